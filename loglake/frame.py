@@ -1,0 +1,132 @@
+"""The frame: how a shipper hands a run of records from one file to Kafka.
+
+One Kafka message value is one frame (layout in ``docs/design.md``)::
+
+    0   4  magic  b"LLKF"
+    4   1  version (1)
+    5   1  flags  (bit 0: payload is an lz4 block)
+    6   2  meta length M, little-endian
+    8   M  meta: a JSON object (source id, path, host, service, byte range, ...)
+    8+M    payload: u32 offsets[n+1] little-endian, then data
+
+``data`` is the verbatim byte range ``[first, end)`` of the source file, line
+terminators included; record ``i`` is ``data[offsets[i]:offsets[i+1]]`` and
+starts at file offset ``first + offsets[i]``. Because the offsets are an Arrow
+binary array's offsets buffer, the ingest side turns a frame into an Arrow
+array of records without a Python loop per line.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+import lz4.block
+import numpy as np
+import orjson
+import pyarrow as pa
+
+MAGIC = b"LLKF"
+VERSION = 1
+FLAG_LZ4 = 0x01
+_PREFIX = struct.Struct("<4sBBH")
+
+
+class FrameError(ValueError):
+    """The bytes are not a frame this version can read."""
+
+
+@dataclass(frozen=True, slots=True)
+class FrameMeta:
+    source_id: str          # stable identity of the file (not its path)
+    source: str             # the path it was read from
+    host: str
+    service: str
+    tenant: str
+    first_offset: int       # file offset of the first record
+    end_offset: int         # file offset just past the last record
+    observed_us: int        # when the shipper read it (epoch microseconds)
+    count: int              # number of records
+
+    def to_json(self, raw_len: int) -> bytes:
+        return orjson.dumps({
+            "sid": self.source_id, "src": self.source, "host": self.host,
+            "svc": self.service, "tenant": self.tenant, "first": self.first_offset,
+            "end": self.end_offset, "obs": self.observed_us, "n": self.count, "raw": raw_len,
+        })
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    meta: FrameMeta
+    #: Records as an Arrow binary array (terminators included), zero-copy over the payload.
+    records: pa.BinaryArray
+
+
+def record_offsets(data: bytes | memoryview) -> np.ndarray:
+    """Offsets (n+1, uint32) of the newline-terminated records in ``data``.
+
+    ``data`` must end with a newline; a trailing partial line is the caller's.
+    """
+    buf = np.frombuffer(data, dtype=np.uint8)
+    ends = np.flatnonzero(buf == 0x0A) + 1
+    out = np.empty(len(ends) + 1, dtype="<u4")
+    out[0] = 0
+    out[1:] = ends
+    return out
+
+
+def encode_frame(meta: FrameMeta, data: bytes, offsets: np.ndarray, *, compress: bool = True) -> bytes:
+    """Build a frame from a verbatim byte range and its record offsets."""
+    if len(offsets) != meta.count + 1 or int(offsets[-1]) != len(data):
+        raise FrameError("offsets do not match the data")
+    if meta.end_offset - meta.first_offset != len(data):
+        raise FrameError("byte range does not match the data length")
+    raw = offsets.astype("<u4", copy=False).tobytes() + bytes(data)
+    payload = lz4.block.compress(raw, store_size=False) if compress else raw
+    head = meta.to_json(len(raw))
+    return _PREFIX.pack(MAGIC, VERSION, FLAG_LZ4 if compress else 0, len(head)) + head + payload
+
+
+def decode_frame(value: bytes) -> Frame:
+    """Parse a frame; raises :class:`FrameError` on anything malformed."""
+    if len(value) < _PREFIX.size:
+        raise FrameError("too short for a frame header")
+    magic, version, flags, mlen = _PREFIX.unpack_from(value)
+    if magic != MAGIC:
+        raise FrameError("bad magic: not a loglake frame")
+    if version != VERSION:
+        raise FrameError(f"unsupported frame version {version}")
+    try:
+        m = orjson.loads(value[_PREFIX.size:_PREFIX.size + mlen])
+        meta = FrameMeta(
+            source_id=str(m["sid"]), source=str(m["src"]), host=str(m["host"]),
+            service=str(m["svc"]), tenant=str(m["tenant"]), first_offset=int(m["first"]),
+            end_offset=int(m["end"]), observed_us=int(m["obs"]), count=int(m["n"]),
+        )
+        raw_len = int(m["raw"])
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise FrameError(f"bad frame meta: {e}") from None
+    body = value[_PREFIX.size + mlen:]
+    if flags & FLAG_LZ4:
+        try:
+            raw = lz4.block.decompress(body, uncompressed_size=raw_len)
+        except lz4.block.LZ4BlockError as e:
+            raise FrameError(f"bad lz4 payload: {e}") from None
+    else:
+        raw = bytes(body)
+    n = meta.count
+    off_len = 4 * (n + 1)
+    if len(raw) != raw_len or raw_len < off_len:
+        raise FrameError("payload length does not match the header")
+    offsets = np.frombuffer(raw, dtype="<u4", count=n + 1)
+    data_len = raw_len - off_len
+    if offsets[0] != 0 or int(offsets[-1]) != data_len or (n and bool(np.any(np.diff(offsets.astype(np.int64)) < 0))):
+        raise FrameError("record offsets are not monotonic within the data")
+    if meta.end_offset - meta.first_offset != data_len:
+        raise FrameError("byte range does not match the data length")
+    buf = pa.py_buffer(raw)
+    records = pa.Array.from_buffers(
+        pa.binary(), n, [None, buf.slice(0, off_len), buf.slice(off_len)]
+    )
+    return Frame(meta=meta, records=records)

@@ -1,0 +1,142 @@
+"""`loglake up`: the embedded broker and every stage as child processes of one supervisor.
+
+Children run in their own process groups, so Ctrl-C reaches only the
+supervisor, which then stops them in dependency order (demo writer, shipper,
+query server, ingest, broker). Each child also gets SIGTERM if the supervisor
+dies, so no broker is ever left running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from loglake.broker import die_with_parent, start_broker, stop_process
+from loglake.config import Config
+from loglake.topics import ensure_topic
+
+log = logging.getLogger("loglake.up")
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    next_start: float = 0.0
+    started: float = field(default=0.0)
+
+    def start(self, env: dict[str, str]) -> None:
+        out = open(self.log_path, "ab")  # noqa: SIM115 (handed to the child)
+        self.proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     env=env, process_group=0, preexec_fn=die_with_parent)
+        out.close()
+        self.started = time.monotonic()
+
+    def stop(self, timeout_s: float = 15.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def _banner(cfg: Config, log_dir: Path) -> str:
+    url = f"http://{cfg.query.host}:{cfg.query.port}"
+    return f"""
+  loglake is up.
+
+    search API   {url}/api/v1/search      (docs: {url}/docs)
+    demo logs    {cfg.demo.dir}/*.log  ->  topic {cfg.kafka.topic} @ {cfg.kafka.bootstrap_servers}
+    data root    {cfg.storage.data_root}
+    process logs {log_dir}/*.log
+
+  Try:
+    curl -s '{url}/api/v1/search?q=level:error&start=now-15m&limit=5'
+    loglake search 'level:error service:api' --since 15m --url {url}
+
+  Ctrl-C stops everything.
+"""
+
+
+def run_up(cfg: Config, config_path: str | None) -> int:
+    """Start everything, print where to look, and supervise until SIGINT/SIGTERM."""
+    log_dir = Path("var/log")
+    log_dir.mkdir(parents=True, exist_ok=True)
+    stopping = False
+
+    def _stop(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+
+    broker = None
+    children: list[Child] = []
+    try:
+        if cfg.broker.embedded:
+            broker = start_broker(cfg.broker.listen, log_file=log_dir / "broker.log")
+            log.info("embedded broker started", extra={"listen": cfg.broker.listen, "pid": broker.pid})
+        asyncio.run(ensure_topic(cfg.kafka))
+
+        env = dict(os.environ)
+        base = [sys.executable, "-m", "loglake"]
+        if config_path:
+            base += ["--config", config_path]
+        names = ["ingest", "serve", "ship"] + (["demo"] if cfg.demo.enabled else [])
+        children = [Child(n, [*base, n], log_dir / f"{n}.log") for n in names]
+        for c in children:
+            c.start(env)
+        _wait_ready(cfg, lambda: stopping)
+        if not stopping:
+            print(_banner(cfg, log_dir), flush=True)
+        while not stopping:
+            time.sleep(0.2)
+            if broker is not None and broker.poll() is not None:
+                log.error("embedded broker exited; stopping", extra={"status": broker.returncode})
+                return 1
+            for c in children:
+                if c.proc is not None and c.proc.poll() is not None:
+                    log.warning("child exited; restarting", extra={"child": c.name, "status": c.proc.returncode,
+                                                                    "log": str(c.log_path)})
+                    c.restarts += 1
+                    c.next_start = time.monotonic() + min(30.0, 0.5 * 2 ** min(c.restarts, 6))
+                    c.proc = None
+                if c.proc is None and time.monotonic() >= c.next_start:
+                    c.start(env)
+        return 0
+    finally:
+        print("\n  stopping loglake ...", flush=True)
+        for c in reversed(children):
+            c.stop()
+        if broker is not None:
+            stop_process(broker)
+        print("  stopped.", flush=True)
+
+
+def _wait_ready(cfg: Config, stopping: Callable[[], bool], timeout_s: float = 60.0) -> None:
+    url = f"http://{cfg.query.host}:{cfg.query.port}/readyz"
+    deadline = time.monotonic() + timeout_s
+    while not stopping() and time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=1.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)

@@ -1,0 +1,1 @@
+"""Search: the query language, planning over the catalog, the HTTP API."""

@@ -1,0 +1,1 @@
+"""The HTTP edge: a thin FastAPI layer over :class:`query.service.SearchService`."""

@@ -1,0 +1,100 @@
+"""Recursive-descent parser: tokens to AST.
+
+    query   := or EOF | EOF
+    or      := and ("OR" and)*
+    and     := unary (["AND"] unary)*          juxtaposition is AND
+    unary   := ("NOT" | "-") unary | primary
+    primary := "(" or ")" | [FIELD] (WORD | PHRASE)
+"""
+
+from __future__ import annotations
+
+from query.errors import QuerySyntaxError
+from query.language.ast import And, MatchAll, Node, Not, Or, Term
+from query.language.lexer import Token, tokenize
+
+MAX_DEPTH = 64
+
+
+class _Parser:
+    def __init__(self, query: str) -> None:
+        self.query = query
+        self.tokens = tokenize(query)
+        self.i = 0
+        self.depth = 0
+
+    def peek(self) -> Token:
+        return self.tokens[self.i]
+
+    def take(self) -> Token:
+        tok = self.tokens[self.i]
+        self.i += 1
+        return tok
+
+    def fail(self, expected: str, tok: Token | None = None) -> QuerySyntaxError:
+        tok = tok or self.peek()
+        found = "end of query" if tok.kind == "EOF" else repr(tok.text)
+        return QuerySyntaxError(f"expected {expected}, found {found}", tok.pos, self.query)
+
+    def parse(self) -> Node:
+        if self.peek().kind == "EOF":
+            return MatchAll()
+        node = self.or_()
+        if self.peek().kind != "EOF":
+            raise self.fail("AND, OR or end of query")
+        return node
+
+    def or_(self) -> Node:
+        items = [self.and_()]
+        while self.peek().kind == "OR":
+            self.take()
+            items.append(self.and_())
+        return items[0] if len(items) == 1 else Or(tuple(items))
+
+    def and_(self) -> Node:
+        items = [self.unary()]
+        while self.peek().kind in ("AND", "NOT", "MINUS", "LPAREN", "FIELD", "WORD", "PHRASE"):
+            if self.peek().kind == "AND":
+                self.take()
+            items.append(self.unary())
+        return items[0] if len(items) == 1 else And(tuple(items))
+
+    def unary(self) -> Node:
+        if self.peek().kind in ("NOT", "MINUS"):
+            self.take()
+            return Not(self.unary())
+        return self.primary()
+
+    def primary(self) -> Node:
+        tok = self.peek()
+        if tok.kind == "LPAREN":
+            self.take()
+            self.depth += 1
+            if self.depth > MAX_DEPTH:
+                raise QuerySyntaxError(f"nesting deeper than {MAX_DEPTH}", tok.pos, self.query)
+            node = self.or_()
+            if self.peek().kind != "RPAREN":
+                raise self.fail("')'")
+            self.take()
+            self.depth -= 1
+            return node
+        field = None
+        if tok.kind == "FIELD":
+            field = self.take().text
+            tok = self.peek()
+        if tok.kind == "PHRASE":
+            self.take()
+            return Term(field, tok.text, "phrase")
+        if tok.kind == "WORD":
+            self.take()
+            wild = any(c in "*?" and k not in tok.escaped for k, c in enumerate(tok.text))
+            if wild and tok.escaped:
+                raise QuerySyntaxError("escaped characters are not supported in a wildcard term",
+                                       tok.pos, self.query)
+            return Term(field, tok.text, "wildcard" if wild else "word")
+        raise self.fail("a value" if field else "a search term, a field:value or '('")
+
+
+def parse(query: str) -> Node:
+    """Parse a query string into its AST; raises QuerySyntaxError with the position."""
+    return _Parser(query).parse()

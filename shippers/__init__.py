@@ -1,0 +1,1 @@
+"""Tailing files into Kafka: discovery, watching, checkpoints, frames, producing."""

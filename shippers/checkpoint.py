@@ -1,0 +1,45 @@
+"""Durable per-file checkpoints: where each file's acknowledged lines end."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import orjson
+
+
+@dataclass(slots=True)
+class FileCheckpoint:
+    path: str          # last path the file was seen at (informational)
+    birth: int         # distinguishes files that reuse an inode, and truncations
+    offset: int        # file offset just past the last acknowledged record
+
+
+class CheckpointStore:
+    """A JSON file of ``{"dev:ino": FileCheckpoint}``, replaced atomically."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.file = state_dir / "checkpoints.json"
+        state_dir.mkdir(parents=True, exist_ok=True)
+
+    def load(self) -> dict[str, FileCheckpoint]:
+        try:
+            data = orjson.loads(self.file.read_bytes())
+        except FileNotFoundError:
+            return {}
+        return {k: FileCheckpoint(**v) for k, v in data.get("files", {}).items()}
+
+    def save(self, files: dict[str, FileCheckpoint]) -> None:
+        tmp = self.file.with_name(f".{self.file.name}.tmp")
+        body = orjson.dumps({"version": 1, "files": {k: asdict(v) for k, v in files.items()}})
+        with open(tmp, "wb") as f:
+            f.write(body)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.file)
+        fd = os.open(self.file.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

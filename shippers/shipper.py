@@ -1,0 +1,237 @@
+"""The shipper loop: discover files, read complete lines, send frames, checkpoint on ack.
+
+Delivery: a frame is produced with acks=all, keyed by the file's source id so
+one file's frames stay ordered in one partition. A file's checkpoint moves
+only past frames the broker acknowledged, so a restarted shipper re-sends at
+most its unacknowledged tail; ingest drops the records it already stored
+(per-source high-water marks in the catalog), so nothing is stored twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import time
+from collections import deque
+from dataclasses import dataclass
+
+from aiokafka import AIOKafkaProducer
+
+from loglake.config import Config
+from loglake.frame import FrameMeta, encode_frame
+from shippers.checkpoint import CheckpointStore, FileCheckpoint
+from shippers.discovery import discover
+from shippers.watcher import FileWatcher
+
+log = logging.getLogger("loglake.shipper")
+
+
+@dataclass(slots=True)
+class InFlight:
+    watcher: FileWatcher
+    end_offset: int
+    size: int
+    future: asyncio.Future
+
+
+def _file_key(st: os.stat_result) -> str:
+    return f"{st.st_dev}:{st.st_ino}"
+
+
+class Shipper:
+    """Tail ``cfg.shipper.include`` into ``cfg.kafka.topic``."""
+
+    def __init__(self, cfg: Config, *, max_inflight_bytes: int = 16 << 20) -> None:
+        self.cfg = cfg
+        self.sc = cfg.shipper
+        self.store = CheckpointStore(self.sc.state_dir)
+        self.checkpoints = self.store.load()
+        self.watchers: dict[str, FileWatcher] = {}
+        self.inflight: deque[InFlight] = deque()
+        self.inflight_bytes = 0
+        self.max_inflight_bytes = max_inflight_bytes
+        self.producer: AIOKafkaProducer | None = None
+        self._dirty = False
+        self.stats = {"lines": 0, "bytes": 0, "frames": 0, "send_errors": 0}
+
+    # -- files ---------------------------------------------------------------
+
+    def scan(self, *, first: bool = False) -> None:
+        """Pick up new files; notice renames out of the globs."""
+        seen: set[str] = set()
+        for path in discover(self.sc.include, self.sc.exclude):
+            try:
+                st = os.stat(path)
+            except FileNotFoundError:
+                continue
+            key = _file_key(st)
+            seen.add(key)
+            w = self.watchers.get(key)
+            if w is not None:
+                w.path, w.in_glob = path, True
+                continue
+            cp = self.checkpoints.get(key)
+            if cp is not None and cp.offset <= st.st_size:
+                birth, offset = cp.birth, cp.offset
+            else:
+                birth = time.time_ns()
+                offset = st.st_size if (self.sc.start_at == "end" and first and cp is None) else 0
+            try:
+                w = FileWatcher(path, key, birth, offset, self.sc.partial_line_timeout_s)
+            except FileNotFoundError:
+                continue
+            self.watchers[key] = w
+            self.checkpoints[key] = FileCheckpoint(path, birth, offset)
+            self._dirty = True
+            log.info("watching file", extra={"path": path, "offset": offset})
+        for key, w in self.watchers.items():
+            w.in_glob = key in seen
+
+    def _release_drained(self) -> None:
+        for key, w in list(self.watchers.items()):
+            if not w.in_glob and w.at_end() and w.acked == w.offset:
+                w.close()
+                del self.watchers[key]
+                self.checkpoints.pop(key, None)
+                self._dirty = True
+                log.info("released file", extra={"path": w.path, "offset": w.offset})
+
+    def source_id(self, w: FileWatcher) -> str:
+        return f"{self.sc.host}:{w.key}:{w.birth}"
+
+    def service_for(self, path: str) -> str:
+        return self.sc.service or os.path.basename(path).split(".", 1)[0] or "unknown"
+
+    # -- sending -------------------------------------------------------------
+
+    async def _send_available(self) -> int:
+        assert self.producer is not None
+        sent = 0
+        for w in list(self.watchers.values()):
+            if w.truncated():
+                log.warning("file truncated; reading it again from the start", extra={"path": w.path})
+                w.restart(time.time_ns())
+                self.checkpoints[w.key] = FileCheckpoint(w.path, w.birth, 0)
+                self._dirty = True
+            while self.inflight_bytes < self.max_inflight_bytes:
+                chunk = w.read(self.sc.max_frame_bytes)
+                if chunk is None:
+                    break
+                n = len(chunk.offsets) - 1
+                meta = FrameMeta(
+                    source_id=self.source_id(w), source=w.path, host=self.sc.host,
+                    service=self.service_for(w.path), tenant=self.sc.tenant,
+                    first_offset=chunk.first_offset, end_offset=chunk.first_offset + len(chunk.data),
+                    observed_us=time.time_ns() // 1000, count=n)
+                value = encode_frame(meta, chunk.data, chunk.offsets)
+                fut = await self.producer.send(
+                    self.cfg.kafka.topic, value, key=meta.source_id.encode(),
+                    headers=[(self.cfg.kafka.tenant_header, self.sc.tenant.encode())])
+                self.inflight.append(InFlight(w, meta.end_offset, len(value), fut))
+                self.inflight_bytes += len(value)
+                self.stats["lines"] += n
+                self.stats["bytes"] += len(chunk.data)
+                self.stats["frames"] += 1
+                sent += 1
+        return sent
+
+    async def _collect_acks(self, wait: bool) -> None:
+        """Advance checkpoints past acknowledged frames, in order."""
+        while self.inflight:
+            head = self.inflight[0]
+            if not head.future.done():
+                if not wait:
+                    return
+                await asyncio.wait([head.future])
+            self.inflight.popleft()
+            self.inflight_bytes -= head.size
+            head.future.result()   # raises the send error, handled by the caller
+            w = head.watcher
+            w.acked = head.end_offset
+            if w.key in self.checkpoints and self.watchers.get(w.key) is w:
+                self.checkpoints[w.key] = FileCheckpoint(w.path, w.birth, w.acked)
+                self._dirty = True
+
+    def _rewind_all(self) -> None:
+        """After a send error: drop what is in flight and re-read from the acks."""
+        for item in self.inflight:
+            item.future.cancel()
+        self.inflight.clear()
+        self.inflight_bytes = 0
+        for w in self.watchers.values():
+            w.offset = w.acked
+
+    def _save(self) -> None:
+        if self._dirty:
+            self.store.save(self.checkpoints)
+            self._dirty = False
+
+    async def _start_producer(self) -> AIOKafkaProducer:
+        k = self.cfg.kafka
+        producer = AIOKafkaProducer(
+            bootstrap_servers=k.bootstrap_servers, client_id=f"{k.client_id}-shipper",
+            acks="all", linger_ms=self.sc.linger_ms, max_batch_size=2 << 20,
+            max_request_size=max(2 << 20, self.sc.max_frame_bytes + (64 << 10)),
+            request_timeout_ms=15_000,
+            compression_type=None,    # frames are lz4 already
+        )
+        await producer.start()
+        return producer
+
+    async def run(self, stop: asyncio.Event, *, once: bool = False) -> None:
+        """Ship until ``stop`` is set (or, with ``once``, until every file is read and acked)."""
+        backoff = 0.5
+        outage_since: float | None = None
+        next_scan = 0.0
+        first = True
+        while not stop.is_set():
+            try:
+                if self.producer is None:
+                    self.producer = await self._start_producer()
+                    if outage_since is not None:
+                        log.info("broker reachable again", extra={"outage_s": round(time.monotonic() - outage_since, 1)})
+                        outage_since = None
+                    backoff = 0.5
+                if time.monotonic() >= next_scan:
+                    self.scan(first=first)
+                    first = False
+                    next_scan = time.monotonic() + self.sc.rescan_interval_s
+                sent = await self._send_available()
+                await self._collect_acks(wait=self.inflight_bytes >= self.max_inflight_bytes or once)
+                self._save()
+                self._release_drained()
+                if once and not self.inflight and all(w.at_end() for w in self.watchers.values()):
+                    break
+                if not sent:
+                    await asyncio.sleep(self.sc.poll_interval_s)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # broker unreachable, timeouts: back off and retry, lose nothing
+                self.stats["send_errors"] += 1
+                if outage_since is None:
+                    outage_since = time.monotonic()
+                    log.warning("cannot deliver to the broker; retrying", extra={"reason": repr(e)})
+                self._rewind_all()
+                if self.producer is not None:
+                    try:
+                        await self.producer.stop()
+                    except Exception:
+                        pass
+                    self.producer = None
+                await asyncio.sleep(backoff * (0.5 + random.random()))
+                backoff = min(backoff * 2, 10.0)
+        try:
+            if self.producer is not None:
+                await self.producer.flush()
+                await self._collect_acks(wait=True)
+        except Exception as e:
+            log.warning("unacknowledged frames at shutdown will be re-sent", extra={"reason": repr(e)})
+        finally:
+            self._save()
+            if self.producer is not None:
+                await self.producer.stop()
+            for w in self.watchers.values():
+                w.close()
+            log.info("shipper stopped", extra=self.stats)

@@ -1,0 +1,32 @@
+"""The record schema (OpenTelemetry logs data model, named for DuckDB users)."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+_DICT = pa.dictionary(pa.int32(), pa.string())
+TS = pa.timestamp("us", tz="UTC")
+
+RECORD_SCHEMA = pa.schema([
+    pa.field("ts", TS, nullable=False),
+    pa.field("observed_ts", TS, nullable=False),
+    pa.field("service", _DICT, nullable=False),
+    pa.field("host", _DICT, nullable=False),
+    pa.field("source", _DICT, nullable=False),
+    pa.field("level", _DICT, nullable=False),
+    pa.field("severity", pa.int8(), nullable=False),
+    pa.field("message", pa.string(), nullable=False),
+    pa.field("attrs", pa.map_(pa.string(), pa.string())),
+    pa.field("trace_id", pa.string()),
+    pa.field("span_id", pa.string()),
+])
+
+COLUMNS: tuple[str, ...] = tuple(RECORD_SCHEMA.names)
+#: Columns a query may compare as text.
+TEXT_COLUMNS = frozenset({"service", "host", "source", "level", "message", "trace_id", "span_id"})
+
+LEVELS: tuple[str, ...] = ("trace", "debug", "info", "warn", "error", "fatal", "unknown")
+#: OpenTelemetry severity numbers for each normalised level (the first of its range).
+SEVERITY: dict[str, int] = {
+    "trace": 1, "debug": 5, "info": 9, "warn": 13, "error": 17, "fatal": 21, "unknown": 0,
+}
