@@ -56,6 +56,7 @@ def drop_stored_prefix(records: pa.BinaryArray, first_offset: int, mark: int) ->
     """Keep only the records that start at or after file offset ``mark``."""
     if mark <= first_offset:
         return records
-    offsets = np.asarray(records.offsets).astype(np.int64)
+    offsets = np.frombuffer(records.buffers()[1], dtype=np.int32, count=len(records) + 1,
+                            offset=4 * records.offset).astype(np.int64)
     starts = first_offset + (offsets[:-1] - offsets[0])
     return records.slice(int(np.searchsorted(starts, mark, side="left")))

@@ -104,6 +104,8 @@ class DemoConfig(_Section):
 class LogConfig(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     json_format: bool = True
+    #: Where `loglake up` writes each child process's log.
+    dir: Path = Path("./var/log")
 
 
 class Config(_Section):

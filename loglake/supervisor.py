@@ -76,7 +76,7 @@ def _banner(cfg: Config, log_dir: Path) -> str:
 
 def run_up(cfg: Config, config_path: str | None) -> int:
     """Start everything, print where to look, and supervise until SIGINT/SIGTERM."""
-    log_dir = Path("var/log")
+    log_dir = cfg.log.dir
     log_dir.mkdir(parents=True, exist_ok=True)
     stopping = False
 
