@@ -53,6 +53,8 @@ class IngestWorker:
         self.marks: dict[tuple[str, str], int] = {}
         self.duck = new_connection()
         self.consumer: AIOKafkaConsumer | None = None
+        # A rebalance callback may flush while the loop is flushing; one at a time.
+        self._flush_lock = asyncio.Lock()
         self.stats = {"records": 0, "segments": 0, "flushes": 0, "bad_frames": 0, "deduplicated": 0}
 
     # -- partition ownership -------------------------------------------------
@@ -166,6 +168,10 @@ class IngestWorker:
 
     async def flush(self, partitions: list[int] | None = None) -> None:
         """Write and commit every non-empty buffer (or those of ``partitions``)."""
+        async with self._flush_lock:
+            await self._flush(partitions)
+
+    async def _flush(self, partitions: list[int] | None) -> None:
         todo = {p: b for p, b in self.buffers.items()
                 if b.last_offset is not None and (partitions is None or p in partitions)}
         if not todo:

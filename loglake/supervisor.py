@@ -58,6 +58,7 @@ class Child:
 
 def _banner(cfg: Config, log_dir: Path) -> str:
     url = f"http://{cfg.query.host}:{cfg.query.port}"
+    exe = sys.argv[0] if os.path.basename(sys.argv[0]) == "loglake" else "loglake"
     return f"""
   loglake is up.
 
@@ -68,7 +69,7 @@ def _banner(cfg: Config, log_dir: Path) -> str:
 
   Try:
     curl -s '{url}/api/v1/search?q=level:error&start=now-15m&limit=5'
-    loglake search 'level:error service:api' --since 15m --url {url}
+    {exe} search 'level:error service:api' --since 15m --url {url}
 
   Ctrl-C stops everything.
 """
