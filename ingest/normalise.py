@@ -137,7 +137,7 @@ def normalise(con: duckdb.DuckDBPyConnection, raw: pa.Table) -> pa.Table:
     """Parse a batch of raw lines (``RAW_SCHEMA``) into records (``RECORD_SCHEMA``)."""
     con.register("raw", raw)
     try:
-        out = con.execute(_NORMALISE_SQL).fetch_arrow_table()
+        out = con.execute(_NORMALISE_SQL).to_arrow_table()
     finally:
         con.unregister("raw")
     return out.cast(RECORD_SCHEMA)

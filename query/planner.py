@@ -20,6 +20,15 @@ SELECT_COLUMNS = ("ts", "observed_ts", "service", "host", "source", "level", "se
                   "message", "attrs", "trace_id", "span_id")
 
 
+_LEVEL_ALIASES = {"warning": "warn", "err": "error", "critical": "fatal", "crit": "fatal"}
+
+
+def level_value(text: str) -> str:
+    """A level as stored: lower case, common aliases folded."""
+    value = text.lower()
+    return _LEVEL_ALIASES.get(value, value)
+
+
 def _like_pattern(value: str) -> str:
     """Lucene wildcards to a LIKE pattern with '\\' as the escape."""
     out = []
@@ -54,8 +63,7 @@ def _term(t: Term) -> Compiled:
     if name == "level":
         if t.kind == "wildcard":
             return Compiled("level LIKE ? ESCAPE '\\'", [_like_pattern(t.value.lower())])
-        value = t.value.lower()
-        return Compiled("level = ?", [{"warning": "warn", "err": "error", "critical": "fatal"}.get(value, value)])
+        return Compiled("level = ?", [level_value(t.value)])
     if name == "severity":
         try:
             return Compiled("severity = ?", [int(t.value)])
@@ -94,7 +102,7 @@ def required_values(node: Node, column: str) -> set[str] | None:
     """Values ``column`` must take for ``node`` to match, if the query pins them."""
     match node:
         case Term(field=f, kind="word" | "phrase") if f is not None and _ALIASES.get(f, f) == column:
-            return {node.value.lower() if column == "level" else node.value}
+            return {level_value(node.value) if column == "level" else node.value}
         case And(items=items):
             sets = [s for s in (required_values(i, column) for i in items) if s is not None]
             if not sets:

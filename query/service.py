@@ -76,7 +76,7 @@ class SearchService:
         segments = self.catalog.segments(tenant, start_us, end_us)
         plan = plan_search(node, segments, str(self.root), start_us, end_us, limit, order)
         if plan.files:
-            table = self._cursor().execute(plan.sql, plan.params).fetch_arrow_table()
+            table = self._cursor().execute(plan.sql, plan.params).to_arrow_table()
             rows = _rows(table)
         else:
             rows = []

@@ -41,21 +41,29 @@ def parse_time_us(text: str, *, now: int | None = None) -> int:
             return now
         delta = parse_duration_us(m.group(2))
         return now - delta if m.group(1) == "-" else now + delta
-    if re.fullmatch(r"\d+(\.\d+)?", t):
-        x = float(t)
-        # Epoch seconds, milliseconds, microseconds or nanoseconds, by magnitude.
-        if x < 1e11:
-            return int(x * 1e6)
-        if x < 1e14:
-            return int(x * 1e3)
-        return int(x) if x < 1e17 else int(x) // 1000
+    if m := _EPOCH_NUMBER.fullmatch(t):
+        return _epoch_us(m.group(1), m.group(2) or "")
     try:
         dt = datetime.fromisoformat(t.replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:
         raise BadTimeRange(f"invalid time {text!r}: expected RFC 3339, epoch seconds or now-15m") from None
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
-    return int(dt.timestamp() * 1_000_000)
+    delta = dt - _EPOCH          # integer arithmetic: exact to the microsecond
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+_EPOCH_NUMBER = re.compile(r"(\d+)(?:\.(\d+))?")
+
+
+def _epoch_us(whole: str, frac: str) -> int:
+    """Epoch seconds, ms, us or ns (by magnitude of the integer part), exactly, truncated to us."""
+    digits = len(whole.lstrip("0")) or 1
+    # < 1e11 seconds, < 1e14 ms, < 1e17 us, else ns: the magnitude says the unit.
+    shift = 6 if digits <= 11 else 3 if digits <= 14 else 0 if digits <= 17 else -3
+    if shift >= 0:
+        return int(whole) * 10 ** shift + int((frac + "0" * shift)[:shift] or 0)
+    return int(whole) // 10 ** -shift
 
 
 def parse_range(start: str | None, end: str | None, *, default_span: str = "1h",

@@ -11,7 +11,7 @@ from query.errors import QuerySyntaxError
 TokenKind = Literal["LPAREN", "RPAREN", "AND", "OR", "NOT", "MINUS", "FIELD", "WORD", "PHRASE", "EOF"]
 
 FIELD_RE = re.compile(r"[A-Za-z_@][A-Za-z0-9_.@-]*")
-_SPECIAL = set('()"') | {" ", "\t", "\n", "\r"}
+_SPECIAL = set('()"')
 _KEYWORDS = {"AND", "OR", "NOT"}
 
 
@@ -58,7 +58,7 @@ def tokenize(query: str) -> list[Token]:
             buf = []
             escaped: set[int] = set()
             fielded = False
-            while i < n and query[i] not in _SPECIAL:
+            while i < n and query[i] not in _SPECIAL and not query[i].isspace():
                 if query[i] == "\\" and i + 1 < n:
                     i += 1
                     escaped.add(len(buf))

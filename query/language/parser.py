@@ -60,10 +60,16 @@ class _Parser:
         return items[0] if len(items) == 1 else And(tuple(items))
 
     def unary(self) -> Node:
-        if self.peek().kind in ("NOT", "MINUS"):
-            self.take()
-            return Not(self.unary())
-        return self.primary()
+        negations = 0
+        while self.peek().kind in ("NOT", "MINUS"):
+            tok = self.take()
+            negations += 1
+            if negations > MAX_DEPTH:
+                raise QuerySyntaxError(f"more than {MAX_DEPTH} negations in a row", tok.pos, self.query)
+        node = self.primary()
+        for _ in range(negations):
+            node = Not(node)
+        return node
 
     def primary(self) -> Node:
         tok = self.peek()

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from query.language.ast import And, MatchAll, Node, Not, Or, Term
 
-_WORD_SPECIAL = set('()":\\ \t\n\r')
+_WORD_SPECIAL = set('()":\\')
 
 
 def _value(t: Term) -> str:
     if t.kind == "phrase":
         return '"' + t.value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    out = "".join("\\" + c if c in _WORD_SPECIAL else c for c in t.value)
+    special = _WORD_SPECIAL if t.kind == "wildcard" else _WORD_SPECIAL | {"*", "?"}
+    out = "".join("\\" + c if c in special or c.isspace() else c for c in t.value)
     if t.value in ("AND", "OR", "NOT") or t.value.startswith("-"):
         out = "\\" + out     # an escape keeps a keyword or a leading '-' literal
     return out
