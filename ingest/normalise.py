@@ -52,7 +52,13 @@ WITH r AS (
             ['ts', 'rest']) END AS lead,
         CASE WHEN j IS NULL THEN regexp_extract(line,
             '^(\S+) \S+ (\S+) \[([^\]]+)\] "(\S+) (\S+)[^"]*" (\d{3}) (\d+|-)(?: "([^"]*)" "([^"]*)")?',
-            ['ip', 'user', 'time', 'method', 'path', 'status', 'bytes', 'referer', 'agent']) END AS clf
+            ['ip', 'user', 'time', 'method', 'path', 'status', 'bytes', 'referer', 'agent']) END AS clf,
+        CASE WHEN j IS NULL AND starts_with(line, '<') THEN regexp_extract(line,
+            '^<(\d{1,3})>1 (\S+) (\S+) (\S+) (\S+) (\S+) (?:-|(?:\[[^\]]*\])+) ?(.*)$',
+            ['pri', 'time', 'host', 'app', 'procid', 'msgid', 'msg']) END AS s5,
+        CASE WHEN j IS NULL THEN regexp_extract(line,
+            '^(?:<(\d{1,3})>)?([A-Z][a-z]{2} +\d{1,2} \d{2}:\d{2}:\d{2}) (\S+) ([^:\[\s]+)(?:\[(\d+)\])?: ?(.*)$',
+            ['pri', 'time', 'host', 'app', 'procid', 'msg']) END AS s3
     FROM keys
 ), t AS (
     SELECT *,
@@ -66,7 +72,19 @@ WITH r AS (
         END AS json_ts,
         try_cast(replace(nullif(lead.ts, ''), ',', '.') AS TIMESTAMPTZ) AS lead_ts,
         try_strptime(nullif(clf.time, ''), '%d/%b/%Y:%H:%M:%S %z') AS clf_ts,
+        try_cast(nullif(s5.time, '') AS TIMESTAMPTZ) AS s5_ts,
+        -- RFC 3164 has no year: take the observed one, or the year before for a
+        -- time more than a day ahead (December lines read in January).
+        CASE WHEN s3.time <> '' THEN (
+            WITH y AS (SELECT try_strptime(CAST(year(observed_ts) AS VARCHAR) || ' ' ||
+                                            regexp_replace(s3.time, ' +', ' ', 'g'), '%Y %b %d %H:%M:%S') AS t)
+            SELECT CASE WHEN t > observed_ts + INTERVAL 1 DAY THEN t - INTERVAL 1 YEAR ELSE t END FROM y)
+        END AS s3_ts,
+        try_cast(coalesce(nullif(s5.pri, ''), nullif(s3.pri, '')) AS INTEGER) AS syslog_pri,
         coalesce(j[k_lvl]->>'$',
+                 CASE syslog_pri % 8 WHEN 0 THEN 'emerg' WHEN 1 THEN 'alert' WHEN 2 THEN 'crit'
+                      WHEN 3 THEN 'err' WHEN 4 THEN 'warning' WHEN 5 THEN 'notice' WHEN 6 THEN 'info'
+                      WHEN 7 THEN 'debug' END,
                  CASE WHEN clf.status <> '' THEN
                       CASE WHEN clf.status >= '500' THEN 'error' WHEN clf.status >= '400' THEN 'warn' ELSE 'info' END
                  END,
@@ -89,7 +107,7 @@ WITH r AS (
     FROM t
 )
 SELECT
-    coalesce(json_ts, lead_ts, clf_ts, observed_ts)::TIMESTAMPTZ AS ts,
+    coalesce(json_ts, lead_ts, clf_ts, s5_ts, s3_ts, observed_ts)::TIMESTAMPTZ AS ts,
     observed_ts,
     coalesce(j[k_svc]->>'$', service) AS service,
     host,
@@ -117,6 +135,12 @@ SELECT
             {'key': 'http.bytes', 'value': nullif(clf.bytes, '-')},
             {'key': 'http.referer', 'value': nullif(nullif(clf.referer, ''), '-')},
             {'key': 'http.user_agent', 'value': nullif(clf.agent, '')}], e -> e.value IS NOT NULL))
+        WHEN coalesce(s5.time, '') <> '' OR coalesce(s3.time, '') <> '' THEN map_from_entries(list_filter([
+            {'key': 'syslog.facility', 'value': CAST(syslog_pri // 8 AS VARCHAR)},
+            {'key': 'syslog.hostname', 'value': nullif(nullif(coalesce(nullif(s5.host, ''), s3.host), ''), '-')},
+            {'key': 'syslog.appname', 'value': nullif(nullif(coalesce(nullif(s5.app, ''), s3.app), ''), '-')},
+            {'key': 'syslog.procid', 'value': nullif(nullif(coalesce(nullif(s5.procid, ''), s3.procid), ''), '-')},
+            {'key': 'syslog.msgid', 'value': nullif(nullif(s5.msgid, ''), '-')}], e -> e.value IS NOT NULL))
         ELSE MAP {}
     END AS attrs,
     j[k_trace]->>'$' AS trace_id,

@@ -1,0 +1,42 @@
+"""`python -m benchmarks SUITE [--lines N]`: run one suite (or `all`) and write its result."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+import time
+
+from benchmarks.harness import RESULTS_DIR, console
+
+SUITES = ("ship", "ingest", "storage", "query", "e2e")
+DEFAULT_LINES = {"ship": 2_000_000, "ingest": 2_000_000, "storage": 2_000_000, "query": 2_000_000,
+                 "e2e": 2_400_000}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    p.add_argument("suite", choices=[*SUITES, "all"])
+    p.add_argument("--lines", type=int, help="corpus size (default per suite; e2e: rate x duration)")
+    p.add_argument("--out", default=str(RESULTS_DIR), help="where SUITE.json goes")
+    args = p.parse_args(argv)
+    cpus = os.sched_getaffinity(0)
+    failed = False
+    for suite in SUITES if args.suite == "all" else (args.suite,):
+        os.sched_setaffinity(0, cpus)
+        lines = args.lines or DEFAULT_LINES[suite]
+        console.rule(f"{suite} ({lines:,} lines)")
+        t0 = time.perf_counter()
+        result = importlib.import_module(f"benchmarks.suites.{suite}").run(lines)
+        result.print()
+        path = result.write(__import__("pathlib").Path(args.out))
+        console.print(f"  wrote {path} in {time.perf_counter() - t0:.0f}s")
+        failed |= not all(result.checks.values())
+    if failed:
+        console.print("[bold red]some answers were wrong[/bold red]")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

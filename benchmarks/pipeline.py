@@ -1,0 +1,140 @@
+"""Running loglake's real stages in-process for the benchmarks: broker, ship, ingest, store."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmarks.corpus import Truth, generate
+from ingest.worker import IngestWorker
+from loglake.broker import start_broker, stop_process
+from loglake.config import Config
+from loglake.topics import ensure_topic
+from shippers.shipper import Shipper
+from storage.catalog import Catalog
+
+WORK = Path(os.environ.get("LOGLAKE_BENCH_WORK", "/tmp/loglake-bench"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def broker(cores: set[int] | None = None) -> Iterator[str]:
+    """A fresh in-memory tansu broker; yields its bootstrap address."""
+    address = f"127.0.0.1:{free_port()}"
+    proc: subprocess.Popen[bytes] = start_broker(address)
+    if cores:
+        os.sched_setaffinity(proc.pid, cores)
+    try:
+        yield address
+    finally:
+        stop_process(proc)
+
+
+def config(work: Path, bootstrap: str, topic: str, include: list[str], **sections: dict[str, Any]) -> Config:
+    base: dict[str, Any] = {
+        "kafka": {"bootstrap_servers": bootstrap, "topic": topic, "partitions": 3},
+        "shipper": {"include": include, "state_dir": str(work / "shipper"), "host": "bench",
+                    "poll_interval_s": 0.01, "max_frame_bytes": 1 << 20},
+        "ingest": {"group_id": f"{topic}-ingest", "flush_rows": 1_000_000, "flush_bytes": 256 << 20,
+                   "flush_interval_s": 5.0},
+        "storage": {"data_root": str(work / "data")},
+        "log": {"level": "warning"},
+    }
+    for name, values in sections.items():
+        base.setdefault(name, {}).update(values)
+    return Config.model_validate(base)
+
+
+def corpus(lines: int, seed: int = 42) -> tuple[Path, Truth]:
+    """The corpus for ``lines`` records, generated once and cached under WORK."""
+    d = WORK / f"corpus-{lines}-{seed}"
+    truth_file = d / "truth.json"
+    if not truth_file.exists():
+        shutil.rmtree(d, ignore_errors=True)
+        t0 = time.perf_counter()
+        truth = generate(d / "logs", lines, seed=seed)
+        truth.save(truth_file)
+        print(f"  corpus: {lines:,} records, {truth.raw_bytes / 1e6:,.0f} MB in {time.perf_counter() - t0:.0f}s")
+    return d / "logs", Truth.load(truth_file)
+
+
+async def ship_once(cfg: Config) -> dict[str, int]:
+    """Ship every file under ``cfg.shipper.include`` to its end; returns the shipper's stats."""
+    await ensure_topic(cfg.kafka)
+    shipper = Shipper(cfg)
+    await shipper.run(asyncio.Event(), once=True)
+    return shipper.stats
+
+
+@dataclass
+class IngestRun:
+    seconds: float              # from partition assignment to the last commit
+    rows: int
+    worker_stats: dict[str, int]
+
+
+async def ingest_until(cfg: Config, rows: int, timeout_s: float = 1800) -> IngestRun:
+    """One ingest worker consuming until the catalog holds ``rows`` rows."""
+    catalog = Catalog(cfg.storage.resolved_catalog_url())
+    assigned_at: list[float] = []
+
+    class Timed(IngestWorker):
+        async def _assigned(self, partitions: Any) -> None:
+            await super()._assigned(partitions)
+            if partitions and not assigned_at:
+                assigned_at.append(time.perf_counter())
+
+    worker = Timed(cfg, catalog)
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    deadline = time.monotonic() + timeout_s
+    done_at = None
+    try:
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+            if task.done():
+                task.result()
+            if catalog.totals()["rows"] >= rows:
+                done_at = time.perf_counter()
+                break
+        stop.set()
+        await task
+    finally:
+        catalog.close()
+    if done_at is None or not assigned_at:
+        raise RuntimeError(f"ingest did not store {rows} rows within {timeout_s}s")
+    return IngestRun(done_at - assigned_at[0], rows, dict(worker.stats))
+
+
+def store(lines: int, seed: int = 42) -> tuple[Path, Truth, Config]:
+    """The corpus shipped and ingested by the real pipeline, cached under WORK."""
+    logs, truth = corpus(lines, seed)
+    work = WORK / f"store-{lines}-{seed}"
+    marker = work / "done.json"
+    if marker.exists():
+        return logs, truth, Config.model_validate(json.loads(marker.read_text()))
+    shutil.rmtree(work, ignore_errors=True)
+    with broker() as address:
+        cfg = config(work, address, "bench.store", [str(logs / "*.log")])
+        t0 = time.perf_counter()
+        asyncio.run(ship_once(cfg))
+        run = asyncio.run(ingest_until(cfg, truth.physical_lines))
+        print(f"  store: shipped and ingested {truth.physical_lines:,} lines in {time.perf_counter() - t0:.0f}s "
+              f"(ingest {run.seconds:.1f}s)")
+    marker.write_text(cfg.model_dump_json())
+    return logs, truth, cfg
