@@ -30,6 +30,12 @@ def _decode_utf8(records: pa.Array) -> pa.StringArray:
                          for b in records.to_pylist()], pa.string())
 
 
+def _strip_terminator(lines: pa.StringArray) -> pa.StringArray:
+    """Drop each record's one line terminator: "\\n" and a "\\r" before it, nothing more."""
+    lines = pc.utf8_rtrim(lines, characters="\n")      # a record holds exactly one trailing newline
+    return pc.if_else(pc.ends_with(lines, "\r"), pc.utf8_slice_codeunits(lines, 0, -1), lines)
+
+
 def _per_run(values: Sequence[str], counts: np.ndarray) -> pa.DictionaryArray:
     indices = np.repeat(np.arange(len(values), dtype=np.int32), counts)
     return pa.DictionaryArray.from_arrays(pa.array(indices, pa.int32()), pa.array(values, pa.string()))
@@ -40,7 +46,7 @@ def raw_table(runs: Sequence[RecordRun]) -> pa.Table:
     runs = [r for r in runs if len(r.records)]
     if not runs:
         return RAW_SCHEMA.empty_table()
-    lines = pc.utf8_rtrim(_decode_utf8(pa.concat_arrays([r.records for r in runs])), characters="\r\n")
+    lines = _strip_terminator(_decode_utf8(pa.concat_arrays([r.records for r in runs])))
     counts = np.fromiter((len(r.records) for r in runs), dtype=np.int64, count=len(runs))
     observed = np.repeat(np.fromiter((r.meta.observed_us for r in runs), dtype=np.int64, count=len(runs)), counts)
     return pa.table([

@@ -120,10 +120,11 @@ SELECT
          ELSE line END AS message,
     CASE
         WHEN j IS NOT NULL THEN map_from_entries(list_transform(
-            list_filter(map_entries(j), e -> e.key NOT IN (
-                CASE WHEN json_ts IS NOT NULL THEN coalesce(k_ts, '') ELSE '' END,
-                coalesce(k_lvl, ''), coalesce(k_msg, ''), coalesce(k_svc, ''),
-                coalesce(k_trace, ''), coalesce(k_span, ''))),
+            list_filter(map_entries(j), e ->
+                NOT coalesce(json_ts IS NOT NULL AND e.key = k_ts, FALSE)
+                AND NOT coalesce(e.key = k_lvl, FALSE) AND NOT coalesce(e.key = k_msg, FALSE)
+                AND NOT coalesce(e.key = k_svc, FALSE) AND NOT coalesce(e.key = k_trace, FALSE)
+                AND NOT coalesce(e.key = k_span, FALSE)),
             e -> {'key': e.key,
                   'value': CASE WHEN json_type(e.value) = 'VARCHAR' THEN e.value->>'$' ELSE e.value::VARCHAR END}))
         WHEN clf.status <> '' THEN map_from_entries(list_filter([

@@ -2,9 +2,9 @@
 
 ``LOGLAKE_<SECTION>__<KEY>`` sets ``[section] key`` (double underscore between
 levels, as in ``LOGLAKE_KAFKA__BOOTSTRAP_SERVERS``); ``LOGLAKE_<KEY>`` sets a
-top-level key. Values are parsed as TOML scalars or arrays when they parse, and
-taken as strings otherwise, so ``LOGLAKE_QUERY__PORT=9000`` is an integer and
-``LOGLAKE_SHIPPER__INCLUDE='["a/*.log"]'`` a list.
+top-level key. Text settings take the value as it is; others parse it as a TOML value, so
+``LOGLAKE_QUERY__PORT=9000`` is an integer, ``LOGLAKE_SHIPPER__TENANT=42`` the
+text "42" and ``LOGLAKE_SHIPPER__INCLUDE='["a/*.log"]'`` a list.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import socket
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -37,6 +37,13 @@ class KafkaConfig(_Section):
     client_id: str = "loglake"
     #: Header that carries the tenant of a message; the topic's tenant otherwise.
     tenant_header: str = "tenant"
+
+    @field_validator("topic")
+    @classmethod
+    def _topic_name(cls, v: str) -> str:
+        if not v or len(v) > 249 or any(c not in _TOPIC_CHARS for c in v):
+            raise ValueError("a topic name is 1-249 of ASCII letters, digits, '.', '_' and '-'")
+        return v
 
 
 class BrokerConfig(_Section):
@@ -118,22 +125,28 @@ class Config(_Section):
     demo: DemoConfig = DemoConfig()
     log: LogConfig = LogConfig()
 
-    @field_validator("kafka")
-    @classmethod
-    def _topic_name(cls, v: KafkaConfig) -> KafkaConfig:
-        if not v.topic or any(c not in _TOPIC_CHARS for c in v.topic):
-            raise ValueError("topic may hold only ASCII letters, digits, '.', '_' and '-'")
-        return v
-
 
 _TOPIC_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 
 
-def _env_value(raw: str) -> Any:
+def _wants_text(path: list[str]) -> bool:
+    """Whether the setting at ``path`` is text (so `42` stays the string "42")."""
+    model: Any = Config
+    for part in path:
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return False
+        model = field.annotation
+    return model in (str, Path) or get_origin(model) is Literal
+
+
+def _env_value(raw: str, text: bool) -> Any:
     try:
-        return tomllib.loads(f"v = {raw}")["v"]
+        value = tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
         return raw
+    # Text settings take the value as written, unless it was written as a TOML string.
+    return value if not text or isinstance(value, str) else raw
 
 
 def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
@@ -149,7 +162,7 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"{name}: conflicts with another LOGLAKE_ variable")
-        node[path[-1]] = _env_value(raw)
+        node[path[-1]] = _env_value(raw, _wants_text(path))
     return tree
 
 
@@ -187,7 +200,7 @@ def load_config(path: str | os.PathLike[str] | None = None,
     if file.exists():
         try:
             data = tomllib.loads(file.read_text())
-        except tomllib.TOMLDecodeError as e:
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
             raise ConfigError(f"{file}: not valid TOML: {e}") from None
     elif explicit:
         raise ConfigError(f"{file}: config file not found")

@@ -30,6 +30,8 @@ MAGIC = b"LLKF"
 VERSION = 1
 FLAG_LZ4 = 0x01
 _PREFIX = struct.Struct("<4sBBH")
+#: Largest uncompressed payload a frame may declare (offsets are u32; memory is finite).
+MAX_RAW_BYTES = 256 << 20
 
 
 class FrameError(ValueError):
@@ -107,11 +109,15 @@ def decode_frame(value: bytes) -> Frame:
         raw_len = int(m["raw"])
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as e:
         raise FrameError(f"bad frame meta: {e}") from None
+    if meta.count < 0:
+        raise FrameError(f"negative record count {meta.count}")
+    if not 0 <= raw_len <= MAX_RAW_BYTES:
+        raise FrameError(f"payload length {raw_len} outside 0..{MAX_RAW_BYTES}")
     body = value[_PREFIX.size + mlen:]
     if flags & FLAG_LZ4:
         try:
             raw = lz4.block.decompress(body, uncompressed_size=raw_len)
-        except lz4.block.LZ4BlockError as e:
+        except (lz4.block.LZ4BlockError, OverflowError, MemoryError) as e:
             raise FrameError(f"bad lz4 payload: {e}") from None
     else:
         raw = bytes(body)

@@ -1,0 +1,404 @@
+"""ingest/normalise.py: raw lines (RAW_SCHEMA) -> typed records (RECORD_SCHEMA) in DuckDB SQL."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import orjson
+import pyarrow as pa
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ingest.normalise import RAW_SCHEMA, new_connection, normalise
+from storage.schema import RECORD_SCHEMA, SEVERITY
+
+OBSERVED = datetime(2031, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)
+LOGHUB = Path("/work/shared/data/loghub")
+
+WELL_KNOWN = frozenset({
+    "@timestamp", "timestamp", "time", "ts", "t",
+    "level", "severity", "lvl", "loglevel",
+    "message", "msg", "log",
+    "service", "service.name", "app",
+    "trace_id", "traceId", "span_id", "spanId",
+})
+
+
+@pytest.fixture(scope="module")
+def con() -> Iterator[duckdb.DuckDBPyConnection]:
+    c = new_connection()
+    yield c
+    c.close()
+
+
+def raw(lines: list[str], *, observed: datetime = OBSERVED, service: str = "file-svc") -> pa.Table:
+    n = len(lines)
+    return pa.table({"line": lines, "observed_ts": [observed] * n, "service": [service] * n,
+                     "host": ["host-1"] * n, "source": ["/var/log/x.log"] * n}, schema=RAW_SCHEMA)
+
+
+def parse_all(con: duckdb.DuckDBPyConnection, lines: list[str], **kw: Any) -> list[dict[str, Any]]:
+    out = normalise(con, raw(lines, **kw))
+    assert out.schema == RECORD_SCHEMA
+    assert out.num_rows == len(lines)
+    return out.to_pylist()
+
+
+def parse(con: duckdb.DuckDBPyConnection, line: str | dict[str, Any], **kw: Any) -> dict[str, Any]:
+    text = orjson.dumps(line).decode() if isinstance(line, dict) else line
+    return parse_all(con, [text], **kw)[0]
+
+
+def attrs(row: dict[str, Any]) -> dict[str, str | None]:
+    return dict(row["attrs"] or [])
+
+
+def utc(*args: int) -> datetime:
+    return datetime(*args, tzinfo=UTC)  # type: ignore[misc]
+
+
+# -- general ---------------------------------------------------------------------
+
+
+def test_output_keeps_order_host_source_and_observed(con: duckdb.DuckDBPyConnection) -> None:
+    lines = ["first", '{"msg":"second"}', "2024-01-01 00:00:00 INFO third"]
+    rows = parse_all(con, lines)
+    assert [r["message"] for r in rows] == ["first", "second", lines[2]]
+    assert {(r["host"], r["source"], r["observed_ts"]) for r in rows} == {("host-1", "/var/log/x.log", OBSERVED)}
+
+
+def test_empty_batch_gives_an_empty_record_table(con: duckdb.DuckDBPyConnection) -> None:
+    out = normalise(con, RAW_SCHEMA.empty_table())
+    assert out.num_rows == 0 and out.schema == RECORD_SCHEMA
+
+
+@pytest.mark.parametrize("level", ["trace", "debug", "info", "warn", "error", "fatal", "unknown"])
+def test_severity_follows_the_schema_table(con: duckdb.DuckDBPyConnection, level: str) -> None:
+    row = parse(con, {"level": level, "msg": "m"})
+    assert row["level"] == level
+    assert row["severity"] == SEVERITY[level]
+
+
+# -- JSON lines ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("key", ["@timestamp", "timestamp", "time", "ts", "t"])
+def test_json_time_keys(con: duckdb.DuckDBPyConnection, key: str) -> None:
+    row = parse(con, {key: "2024-03-04T05:06:07.250Z", "msg": "m"})
+    assert row["ts"] == utc(2024, 3, 4, 5, 6, 7, 250000)
+    assert key not in attrs(row)
+
+
+def test_json_time_key_precedence(con: duckdb.DuckDBPyConnection) -> None:
+    row = parse(con, {"t": "2020-01-01T00:00:00Z", "@timestamp": "2024-03-04T05:06:07Z"})
+    assert row["ts"] == utc(2024, 3, 4, 5, 6, 7)
+    assert attrs(row) == {"t": "2020-01-01T00:00:00Z"}
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("2024-03-04T05:06:07Z", utc(2024, 3, 4, 5, 6, 7)),
+    ("2024-03-04T05:06:07.123456Z", utc(2024, 3, 4, 5, 6, 7, 123456)),
+    ("2024-03-04T05:06:07.123456789Z", utc(2024, 3, 4, 5, 6, 7, 123456)),
+    ("2024-03-04T05:06:07+02:00", utc(2024, 3, 4, 3, 6, 7)),
+    ("2024-03-04T05:06:07.123+0000", utc(2024, 3, 4, 5, 6, 7, 123000)),
+    ("2024-03-04T05:06:07.5-05:30", utc(2024, 3, 4, 10, 36, 7, 500000)),
+    ("2024-03-04 05:06:07,123", utc(2024, 3, 4, 5, 6, 7, 123000)),
+    ("2024-03-04T05:06:07,123Z", utc(2024, 3, 4, 5, 6, 7, 123000)),
+    ("2024-03-04 05:06:07", utc(2024, 3, 4, 5, 6, 7)),
+])
+def test_json_iso_time_strings(con: duckdb.DuckDBPyConnection, text: str, expected: datetime) -> None:
+    assert parse(con, {"time": text})["ts"] == expected
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    (1709528767, utc(2024, 3, 4, 5, 6, 7)),                         # seconds
+    (1709528767.25, utc(2024, 3, 4, 5, 6, 7, 250000)),               # fractional seconds
+    (1709528767123, utc(2024, 3, 4, 5, 6, 7, 123000)),               # milliseconds
+    (1709528767123456, utc(2024, 3, 4, 5, 6, 7, 123456)),            # microseconds
+    (1709528767123456000, utc(2024, 3, 4, 5, 6, 7, 123456)),         # nanoseconds
+    (0, utc(1970, 1, 1)),
+])
+def test_json_epoch_times_by_magnitude(con: duckdb.DuckDBPyConnection, value: float, expected: datetime) -> None:
+    row = parse(con, {"ts": value})
+    assert row["ts"] == expected
+    assert "ts" not in attrs(row)
+
+
+@pytest.mark.parametrize("bad", ["not a time", "2024-13-45T99:99:99Z", ""])
+def test_json_unparsable_time_is_kept_in_attrs_and_ts_is_observed(con: duckdb.DuckDBPyConnection, bad: str) -> None:
+    row = parse(con, {"time": bad, "msg": "m"})
+    assert row["ts"] == OBSERVED
+    assert attrs(row) == {"time": bad}
+
+
+def test_json_unparsable_time_of_another_type_is_kept_in_attrs(con: duckdb.DuckDBPyConnection) -> None:
+    row = parse(con, {"timestamp": [1, 2], "msg": "m"})
+    assert row["ts"] == OBSERVED
+    assert attrs(row) == {"timestamp": "[1,2]"}
+
+
+@pytest.mark.parametrize("key", ["level", "severity", "lvl", "loglevel"])
+@pytest.mark.parametrize(("value", "level"), [
+    ("INFO", "info"), ("warning", "warn"), ("Warn", "warn"), ("ERR", "error"), ("error", "error"),
+    ("debug", "debug"), ("trace", "trace"), ("critical", "fatal"), ("FATAL", "fatal"), ("whatever", "unknown"),
+])
+def test_json_level_keys(con: duckdb.DuckDBPyConnection, key: str, value: str, level: str) -> None:
+    row = parse(con, {key: value, "msg": "m"})
+    assert row["level"] == level
+    assert row["severity"] == SEVERITY[level]
+    assert key not in attrs(row)
+
+
+@pytest.mark.parametrize("key", ["message", "msg", "log"])
+def test_json_message_keys(con: duckdb.DuckDBPyConnection, key: str) -> None:
+    row = parse(con, {key: "hello \"world\"\n\tüñí", "other": "x"})
+    assert row["message"] == "hello \"world\"\n\tüñí"
+    assert attrs(row) == {"other": "x"}
+
+
+@pytest.mark.parametrize(("value", "text"), [
+    (42, "42"), (1.5, "1.5"), (True, "true"), ({"a": {"b": 1}}, '{"a":{"b":1}}'), ([1, "x"], '[1,"x"]'),
+])
+def test_json_non_string_message_is_its_json_text(con: duckdb.DuckDBPyConnection, value: Any, text: str) -> None:
+    assert parse(con, {"message": value})["message"] == text
+
+
+def test_json_without_a_message_key_keeps_the_line(con: duckdb.DuckDBPyConnection) -> None:
+    line = '{"a":1,"b":"two"}'
+    row = parse(con, line)
+    assert row["message"] == line
+    assert attrs(row) == {"a": "1", "b": "two"}
+
+
+@pytest.mark.parametrize("key", ["service", "service.name", "app"])
+def test_json_service_keys_override_the_file_service(con: duckdb.DuckDBPyConnection, key: str) -> None:
+    row = parse(con, {key: "checkout", "msg": "m"})
+    assert row["service"] == "checkout"
+    assert attrs(row) == {}
+
+
+def test_json_without_service_keeps_the_file_service(con: duckdb.DuckDBPyConnection) -> None:
+    assert parse(con, {"msg": "m"}, service="from-file")["service"] == "from-file"
+
+
+@pytest.mark.parametrize(("trace_key", "span_key"), [("trace_id", "span_id"), ("traceId", "spanId")])
+def test_json_trace_and_span_ids(con: duckdb.DuckDBPyConnection, trace_key: str, span_key: str) -> None:
+    row = parse(con, {trace_key: "4bf92f3577b34da6a3ce929d0e0e4736", span_key: "00f067aa0ba902b7", "msg": "m"})
+    assert row["trace_id"] == "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert row["span_id"] == "00f067aa0ba902b7"
+    assert attrs(row) == {}
+
+
+def test_json_without_ids_has_null_trace_and_span(con: duckdb.DuckDBPyConnection) -> None:
+    row = parse(con, {"msg": "m"})
+    assert row["trace_id"] is None and row["span_id"] is None
+
+
+def test_json_other_keys_are_attrs_with_nested_values_as_json_text(con: duckdb.DuckDBPyConnection) -> None:
+    row = parse(con, {"msg": "m", "user": "ann", "n": 5, "f": 2.5, "ok": False,
+                      "ctx": {"req": {"id": 7}, "tags": ["a", "b"]}, "list": [1, {"x": None}]})
+    assert attrs(row) == {"user": "ann", "n": "5", "f": "2.5", "ok": "false",
+                          "ctx": '{"req":{"id":7},"tags":["a","b"]}', "list": '[1,{"x":null}]'}
+
+
+def test_json_full_record(con: duckdb.DuckDBPyConnection) -> None:
+    row = parse(con, {"@timestamp": "2024-03-04T05:06:07.123+01:00", "severity": "ERROR", "msg": "boom",
+                      "service.name": "pay", "traceId": "t1", "spanId": "s1", "code": 500})
+    assert row == {
+        "ts": utc(2024, 3, 4, 4, 6, 7, 123000), "observed_ts": OBSERVED, "service": "pay", "host": "host-1",
+        "source": "/var/log/x.log", "level": "error", "severity": SEVERITY["error"], "message": "boom",
+        "attrs": [("code", "500")], "trace_id": "t1", "span_id": "s1",
+    }
+
+
+@pytest.mark.parametrize("line", ["[1, 2, 3]", '"just a string"', "{not json", "{}x"])
+def test_lines_that_are_not_json_objects_are_plain_text(con: duckdb.DuckDBPyConnection, line: str) -> None:
+    row = parse(con, line)
+    assert row["message"] == line
+    assert row["level"] == "unknown"
+    assert row["ts"] == OBSERVED
+    assert attrs(row) == {}
+
+
+# The empty key is left to its own test below, so the property explores every other key.
+_key = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=12).filter(
+    lambda k: k not in WELL_KNOWN)
+_value = st.text(st.characters(blacklist_categories=("Cs",)), max_size=20) | st.integers(-(2**63), 2**63 - 1)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(obj=st.dictionaries(_key, _value, max_size=8))
+def test_any_flat_json_object_keeps_every_key_in_attrs(con: duckdb.DuckDBPyConnection,
+                                                        obj: dict[str, str | int]) -> None:
+    row = parse(con, orjson.dumps(obj).decode())
+    expected = {k: v if isinstance(v, str) else str(v) for k, v in obj.items()}
+    assert attrs(row) == expected
+    assert row["message"] == orjson.dumps(obj).decode()
+    assert row["ts"] == OBSERVED
+
+
+@pytest.mark.parametrize("obj", [{"": "v"}, {"": 1, "msg": "m", "level": "info"}])
+def test_json_empty_key_is_kept_in_attrs(con: duckdb.DuckDBPyConnection, obj: dict[str, Any]) -> None:
+    row = parse(con, obj)
+    assert attrs(row) == {"": str(obj[""])}
+
+
+# -- plain text with a leading timestamp --------------------------------------------
+
+
+@pytest.mark.parametrize(("line", "ts"), [
+    ("2024-03-04 05:06:07,123 INFO [main] c.e.Worker - started", utc(2024, 3, 4, 5, 6, 7, 123000)),
+    ("2024-03-04 05:06:07.123 INFO started", utc(2024, 3, 4, 5, 6, 7, 123000)),
+    ("2024-03-04 05:06:07 INFO started", utc(2024, 3, 4, 5, 6, 7)),
+    ("2024-03-04T05:06:07Z INFO started", utc(2024, 3, 4, 5, 6, 7)),
+    ("2024-03-04T05:06:07.123456Z INFO started", utc(2024, 3, 4, 5, 6, 7, 123456)),
+    ("2024-03-04T05:06:07+02:00 INFO started", utc(2024, 3, 4, 3, 6, 7)),
+    ("2024-03-04T05:06:07.5-0700 INFO started", utc(2024, 3, 4, 12, 6, 7, 500000)),
+    ("2024-03-04T05:06:07.123456789Z INFO started", utc(2024, 3, 4, 5, 6, 7, 123456)),
+    ("2024-03-04 05:06:07,123+01:00 INFO started", utc(2024, 3, 4, 4, 6, 7, 123000)),
+    ("[2024-03-04T05:06:07Z] INFO started", utc(2024, 3, 4, 5, 6, 7)),
+])
+def test_plain_line_leading_timestamp(con: duckdb.DuckDBPyConnection, line: str, ts: datetime) -> None:
+    row = parse(con, line)
+    assert row["ts"] == ts
+    assert row["level"] == "info"
+    assert row["message"] == line
+    assert attrs(row) == {}
+
+
+@pytest.mark.parametrize(("word", "level"), [
+    ("INFO", "info"), ("WARN", "warn"), ("WARNING", "warn"), ("ERROR", "error"), ("DEBUG", "debug"),
+    ("FATAL", "fatal"), ("CRITICAL", "fatal"), ("TRACE", "trace"),
+])
+@pytest.mark.parametrize("shape", ["{ts} {w} request handled", "{ts} [{w}] request handled",
+                                   "{ts} - {w}  [main:Thing@1] - request handled", "{ts} [main] {w}: handled"])
+def test_plain_line_level_words(con: duckdb.DuckDBPyConnection, word: str, level: str, shape: str) -> None:
+    line = shape.format(ts="2024-03-04 05:06:07,123", w=word)
+    row = parse(con, line)
+    assert row["level"] == level
+    assert row["severity"] == SEVERITY[level]
+    assert row["message"] == line
+    assert row["ts"] == utc(2024, 3, 4, 5, 6, 7, 123000)
+
+
+def test_plain_line_level_word_must_be_a_whole_word(con: duckdb.DuckDBPyConnection) -> None:
+    row = parse(con, "2024-03-04 05:06:07 INFORMATIONAL ERRORS happened")
+    assert row["level"] == "unknown"
+    assert row["ts"] == utc(2024, 3, 4, 5, 6, 7)
+
+
+def test_plain_line_without_a_level_word_is_unknown_but_keeps_its_ts(con: duckdb.DuckDBPyConnection) -> None:
+    row = parse(con, "2024-03-04 05:06:07 something happened")
+    assert row["level"] == "unknown" and row["severity"] == 0
+    assert row["ts"] == utc(2024, 3, 4, 5, 6, 7)
+
+
+# -- access logs ---------------------------------------------------------------------
+
+
+def test_common_log_format(con: duckdb.DuckDBPyConnection) -> None:
+    line = '127.0.0.1 - frank [10/Oct/2000:13:55:36 -0700] "GET /apache_pb.gif HTTP/1.0" 200 2326'
+    row = parse(con, line)
+    assert row["ts"] == utc(2000, 10, 10, 20, 55, 36)
+    assert row["level"] == "info"
+    assert row["message"] == line
+    assert attrs(row) == {"client.ip": "127.0.0.1", "http.user": "frank", "http.method": "GET",
+                          "http.path": "/apache_pb.gif", "http.status": "200", "http.bytes": "2326"}
+
+
+def test_combined_log_format(con: duckdb.DuckDBPyConnection) -> None:
+    line = ('10.1.2.3 - - [04/Mar/2024:05:06:07 +0100] "POST /api/v1/pay?x=1 HTTP/1.1" 201 512 '
+            '"https://shop.example/cart" "Mozilla/5.0 (X11; Linux x86_64)"')
+    row = parse(con, line)
+    assert row["ts"] == utc(2024, 3, 4, 4, 6, 7)
+    assert row["message"] == line
+    assert attrs(row) == {"client.ip": "10.1.2.3", "http.method": "POST", "http.path": "/api/v1/pay?x=1",
+                          "http.status": "201", "http.bytes": "512", "http.referer": "https://shop.example/cart",
+                          "http.user_agent": "Mozilla/5.0 (X11; Linux x86_64)"}
+
+
+def test_access_log_dash_bytes_and_referer_are_omitted(con: duckdb.DuckDBPyConnection) -> None:
+    row = parse(con, '::1 - - [04/Mar/2024:05:06:07 +0000] "HEAD / HTTP/1.1" 304 - "-" "curl/8.0"')
+    assert attrs(row) == {"client.ip": "::1", "http.method": "HEAD", "http.path": "/", "http.status": "304",
+                          "http.user_agent": "curl/8.0"}
+
+
+@pytest.mark.parametrize(("status", "level"), [
+    (100, "info"), (200, "info"), (302, "info"), (399, "info"), (400, "warn"), (404, "warn"), (499, "warn"),
+    (500, "error"), (503, "error"), (599, "error"),
+])
+def test_access_log_level_from_status(con: duckdb.DuckDBPyConnection, status: int, level: str) -> None:
+    row = parse(con, f'1.2.3.4 - - [04/Mar/2024:05:06:07 +0000] "GET /x HTTP/1.1" {status} 10 "-" "ua"')
+    assert row["level"] == level
+    assert row["severity"] == SEVERITY[level]
+    assert attrs(row)["http.status"] == str(status)
+
+
+# -- no known format -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("line", ["just some text", "", "   ", "04/03/2024 05:06 not iso",
+                                  "2024-03-04 not a time", "x" * 500, "\ufffd\ufffd binary junk"])
+def test_line_in_no_format_is_whole_message_unknown_level_observed_ts(con: duckdb.DuckDBPyConnection,
+                                                                      line: str) -> None:
+    row = parse(con, line)
+    assert row["message"] == line
+    assert row["ts"] == OBSERVED
+    assert row["level"] == "unknown" and row["severity"] == 0
+    assert row["service"] == "file-svc"
+    assert attrs(row) == {}
+    assert row["trace_id"] is None and row["span_id"] is None
+
+
+def test_level_word_without_a_timestamp_sets_the_level_and_ts_is_observed(
+        con: duckdb.DuckDBPyConnection) -> None:
+    row = parse(con, "ERROR something broke")
+    assert row["level"] == "error"
+    assert row["ts"] == OBSERVED
+    assert row["message"] == "ERROR something broke"
+
+
+def test_observed_ts_is_per_row(con: duckdb.DuckDBPyConnection) -> None:
+    a, b = OBSERVED, OBSERVED + timedelta(hours=3)
+    table = pa.concat_tables([raw(["no format"], observed=a), raw(["no format"], observed=b)])
+    rows = normalise(con, table).to_pylist()
+    assert [r["ts"] for r in rows] == [a, b]
+
+
+def test_iso_timestamp_converts_with_its_zone_not_the_session_zone(con: duckdb.DuckDBPyConnection) -> None:
+    row = parse(con, "2024-03-04T05:06:07+05:45 ERROR x")
+    assert row["ts"] == datetime(2024, 3, 4, 5, 6, 7, tzinfo=timezone(timedelta(hours=5, minutes=45)))
+    assert row["level"] == "error"
+
+
+# -- real-world lines (loghub) -------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["Zookeeper", "Hadoop"])
+def test_loghub_levels_match_the_structured_csv(con: duckdb.DuckDBPyConnection, name: str) -> None:
+    log = LOGHUB / name / f"{name}_2k.log"
+    structured = LOGHUB / name / f"{name}_2k.log_structured.csv"
+    if not (log.is_file() and structured.is_file()):
+        reason = f"loghub data not found under {LOGHUB} ({name})"
+        print(reason)
+        pytest.skip(reason)
+    with log.open(encoding="utf-8", errors="replace", newline="") as f:
+        lines = [line.rstrip("\r\n") for _, line in zip(range(200), f, strict=False)]
+    with structured.open(encoding="utf-8", errors="replace", newline="") as f:
+        rows = [row for _, row in zip(range(200), csv.DictReader(f), strict=False)]
+    assert [int(r["LineId"]) for r in rows] == list(range(1, len(lines) + 1))
+    parsed = parse_all(con, lines)
+    checked = [(r["Level"].lower(), p["level"], p["message"]) for r, p in zip(rows, parsed, strict=True)
+               if r["Level"] in ("INFO", "WARN", "ERROR")]
+    matched = sum(1 for want, got, _ in checked if want == got)
+    print(f"{name}: {matched}/{len(checked)} levels match the structured CSV")
+    assert checked, "no INFO/WARN/ERROR lines to compare"
+    assert matched == len(checked), [c for c in checked if c[0] != c[1]][:5]
+    # Every line has a leading timestamp: none falls back to the observed time.
+    assert all(p["ts"] != OBSERVED for p in parsed)
