@@ -113,12 +113,24 @@ class Catalog:
         try:
             self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None,
                                        check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA busy_timeout=30000")
+            self._enable_wal()
+            self._db.execute("PRAGMA synchronous=FULL")
             self._migrate()
         except sqlite3.Error as e:
             raise CatalogUnavailable(f"{self.path}: {e}") from e
+
+    def _enable_wal(self, attempts: int = 300) -> None:
+        # Switching to WAL needs a moment alone with the file and does not wait
+        # on the busy handler, so writers opening a new catalog at once retry.
+        for i in range(attempts):
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) or i == attempts - 1:
+                    raise
+                time.sleep(0.01 + 0.001 * i)
 
     def close(self) -> None:
         with self._lock:

@@ -72,7 +72,7 @@ def run(lines: int, repetitions: int = 3) -> Result:
         mine, theirs, ratios = interleaved(
             lambda: _ours(address, logs, truth.physical_lines, truth.raw_bytes, stats),
             {"duckdb_copy": lambda: _duckdb_copy(logs, truth.raw_bytes)},
-            repetitions=repetitions, warmup=0)
+            repetitions=repetitions, warmup=1)
     r = Result("ingest", lines)
     r.metrics = {
         "ingest.mb_per_s": mine.median, "ingest.mb_per_s.spread": mine.spread,

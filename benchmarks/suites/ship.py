@@ -71,7 +71,7 @@ def run(lines: int, repetitions: int = 3) -> Result:
     mine, theirs, ratios = interleaved(
         lambda: _ours(logs, truth.raw_bytes, counts),
         {"librdkafka": lambda: _librdkafka(logs, truth.raw_bytes, counts)},
-        repetitions=repetitions, warmup=0)
+        repetitions=repetitions, warmup=1)
     r = Result("ship", lines)
     mb = truth.raw_bytes / 1e6
     r.metrics = {"ship.mb_per_s": mine.median, "ship.mb_per_s.spread": mine.spread,
