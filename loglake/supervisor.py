@@ -104,9 +104,11 @@ def run_up(cfg: Config, config_path: str | None) -> int:
         children = [Child(n, [*base, n], log_dir / f"{n}.log") for n in names]
         for c in children:
             c.start(env)
-        _wait_ready(cfg, lambda: stopping)
-        if not stopping:
+        if _wait_ready(cfg, lambda: stopping):
             print(_banner(cfg, log_dir), flush=True)
+        elif not stopping:
+            log.error("the query server is not answering; see its log",
+                      extra={"url": f"http://{cfg.query.host}:{cfg.query.port}", "log": str(log_dir / "serve.log")})
         while not stopping:
             time.sleep(0.2)
             if broker is not None and broker.poll() is not None:
@@ -131,13 +133,14 @@ def run_up(cfg: Config, config_path: str | None) -> int:
         print("  stopped.", flush=True)
 
 
-def _wait_ready(cfg: Config, stopping: Callable[[], bool], timeout_s: float = 60.0) -> None:
+def _wait_ready(cfg: Config, stopping: Callable[[], bool], timeout_s: float = 60.0) -> bool:
     url = f"http://{cfg.query.host}:{cfg.query.port}/readyz"
     deadline = time.monotonic() + timeout_s
     while not stopping() and time.monotonic() < deadline:
         try:
             if httpx.get(url, timeout=1.0).status_code == 200:
-                return
+                return True
         except httpx.HTTPError:
             pass
         time.sleep(0.2)
+    return False

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import collections
+import random
 import threading
 import time
 from datetime import timedelta
+
+import pytest
 
 from tests.corpus import append, make_lines, now_utc, uids_in
 from tests.processes import Stack, wait_until
@@ -67,4 +70,40 @@ def test_shipper_killed_mid_flow_loses_nothing_and_duplicates_nothing(stack: Sta
     counts = _run_with_kill(stack, "ship")
     assert sorted(counts) == list(range(N)), "no line lost"
     # The shipper re-sends its unacknowledged tail; ingest's per-source marks drop it.
+    assert max(counts.values()) == 1, [u for u, c in counts.items() if c > 1][:10]
+
+
+def _stored_all(stack: Stack, lines: list, window: int = 8_000) -> collections.Counter[int]:
+    """Every stored uid, read window by window (a search returns at most 10,000 rows)."""
+    counts: collections.Counter[int] = collections.Counter()
+    for i in range(0, len(lines), window):
+        lo = lines[i].ts - timedelta(seconds=1) if i else lines[0].ts - timedelta(minutes=1)
+        hi = lines[i + window].ts - timedelta(seconds=1) if i + window < len(lines) else now_utc() + timedelta(minutes=1)
+        rows = stack.search("", start=lo.isoformat(), end=hi.isoformat(), limit=10_000)["rows"]
+        assert len(rows) < 10_000, "window too wide to count"
+        counts.update(uids_in(rows))
+    return counts
+
+
+@pytest.mark.slow
+def test_soak_ingest_killed_again_and_again_stores_every_line_exactly_once(stack: Stack) -> None:
+    n = 60_000
+    base = now_utc() - timedelta(hours=2)
+    lines = make_lines(n, base, timedelta(milliseconds=100))
+    for name in ("ingest", "serve", "ship"):
+        stack.start(name)
+    stack.wait_ready()
+    writer = Writer(stack, lines, bursts=300, pause_s=0.1)
+    writer.start()
+    rng = random.Random(11)
+    for k in range(5):
+        time.sleep(rng.uniform(2, 6))
+        victim = "ingest" if k == 0 else f"ingest-{k}"
+        stack.kill(victim)
+        stack.start("ingest", name=f"ingest-{k + 1}")
+    writer.join()
+    wait_until(lambda: sum(_stored_all(stack, lines).values()) >= n, 180, interval_s=2, what=f"{n} lines stored")
+    time.sleep(2)
+    counts = _stored_all(stack, lines)
+    assert sorted(counts) == list(range(n))
     assert max(counts.values()) == 1, [u for u, c in counts.items() if c > 1][:10]
