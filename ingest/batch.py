@@ -55,7 +55,29 @@ def raw_table(runs: Sequence[RecordRun]) -> pa.Table:
         _per_run([r.meta.service for r in runs], counts).cast(pa.string()),
         _per_run([r.meta.host for r in runs], counts).cast(pa.string()),
         _per_run([r.meta.source for r in runs], counts).cast(pa.string()),
+        _labels(runs, counts),
     ], schema=RAW_SCHEMA)
+
+
+def _labels(runs: Sequence[RecordRun], counts: np.ndarray) -> pa.MapArray:
+    """Each run's labels repeated for its records (null where a run has none)."""
+    map_type = RAW_SCHEMA.field("labels").type
+    total = int(counts.sum())
+    if not any(r.meta.labels for r in runs):
+        return pa.nulls(total, map_type)
+    keys = [list(r.meta.labels) for r in runs]
+    values = [list(r.meta.labels.values()) for r in runs]
+    sizes = np.repeat(np.fromiter((len(k) for k in keys), dtype=np.int64, count=len(runs)), counts)
+    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int32)
+    # The flat key/value lists: run r's labels, once per record of run r.
+    flat_run = np.repeat(np.arange(len(runs)), counts)
+    flat_run = np.repeat(flat_run, sizes)
+    first_label = np.concatenate([[0], np.cumsum([len(k) for k in keys])])[:-1]
+    within = np.arange(len(flat_run)) - np.repeat(offsets[:-1].astype(np.int64), sizes)
+    all_keys = pa.array([k for ks in keys for k in ks], pa.string())
+    all_values = pa.array([v for vs in values for v in vs], pa.string())
+    pick = pa.array(first_label[flat_run] + within, pa.int64())
+    return pa.MapArray.from_arrays(pa.array(offsets), all_keys.take(pick), all_values.take(pick))
 
 
 def drop_stored_prefix(records: pa.BinaryArray, first_offset: int, mark: int) -> pa.BinaryArray:

@@ -21,6 +21,7 @@ RAW_SCHEMA = pa.schema([
     ("service", pa.string()),
     ("host", pa.string()),
     ("source", pa.string()),
+    ("labels", pa.map_(pa.string(), pa.string())),
 ])
 
 _NORMALISE_SQL = r"""
@@ -105,8 +106,9 @@ WITH r AS (
             ELSE 'unknown'
         END AS level
     FROM t
-)
+), parsed AS (
 SELECT
+    labels,
     coalesce(json_ts, lead_ts, clf_ts, s5_ts, s3_ts, observed_ts)::TIMESTAMPTZ AS ts,
     observed_ts,
     coalesce(j[k_svc]->>'$', service) AS service,
@@ -147,6 +149,12 @@ SELECT
     j[k_trace]->>'$' AS trace_id,
     j[k_span]->>'$' AS span_id
 FROM lv
+)
+SELECT ts, observed_ts, service, host, source, level, severity, message,
+    -- Labels from the shipper's input; what the line itself says wins on a clash.
+    CASE WHEN labels IS NULL OR cardinality(labels) = 0 THEN attrs ELSE map_concat(labels, attrs) END AS attrs,
+    trace_id, span_id
+FROM parsed
 """
 
 

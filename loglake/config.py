@@ -10,13 +10,14 @@ text "42" and ``LOGLAKE_SHIPPER__INCLUDE='["a/*.log"]'`` a list.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 ENV_PREFIX = "LOGLAKE_"
 DEFAULT_CONFIG_FILE = "loglake.toml"
@@ -55,21 +56,103 @@ class BrokerConfig(_Section):
     listen: str = "127.0.0.1:9092"
 
 
+_PRESETS = ("java", "python", "go")
+
+
+class MultilineConfig(_Section):
+    """How lines join into one record: a preset, or exactly one of the two patterns."""
+
+    preset: Literal["java", "python", "go"] | None = None
+    #: A line that matches starts a new record (the others continue it).
+    start_pattern: str | None = None
+    #: A line that matches continues the previous record (the others start one).
+    continue_pattern: str | None = None
+    max_lines: int = Field(500, ge=1)
+    max_bytes: int = Field(1 << 20, ge=64)
+    #: A record still open after this long is shipped as it is.
+    timeout_s: float = Field(1.0, gt=0)
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> MultilineConfig:
+        given = [x for x in (self.preset, self.start_pattern, self.continue_pattern) if x]
+        if len(given) != 1:
+            raise ValueError("set exactly one of preset, start_pattern, continue_pattern")
+        for pattern in (self.start_pattern, self.continue_pattern):
+            if pattern:
+                try:
+                    re.compile(pattern.encode())
+                except re.error as e:
+                    raise ValueError(f"invalid pattern {pattern!r}: {e}") from None
+        return self
+
+
+class InputConfig(_Section):
+    """One group of files tailed alike."""
+
+    include: list[str]
+    exclude: list[str] = []
+    #: Static service label; empty: `service_from_path`, else the file name without its extension.
+    service: str = ""
+    #: A regex with a group named `service`, matched against the file's path.
+    service_from_path: str = ""
+    tenant: str = "default"
+    env: str = ""
+    labels: dict[str, str] = {}
+    start_at: Literal["beginning", "end"] = "beginning"
+    multiline: MultilineConfig | None = None
+    #: Read rotated `.gz` files too (they are skipped by default).
+    include_compressed: bool = False
+
+    @field_validator("service_from_path")
+    @classmethod
+    def _service_group(cls, v: str) -> str:
+        if v:
+            try:
+                if "service" not in re.compile(v).groupindex:
+                    raise ValueError("needs a group named 'service', as in (?P<service>[^/]+)")
+            except re.error as e:
+                raise ValueError(f"invalid pattern: {e}") from None
+        return v
+
+
 class ShipperConfig(_Section):
+    #: The default input; `[[shipper.inputs]]` adds more, each with its own settings.
     include: list[str] = ["./var/demo/*.log"]
     exclude: list[str] = []
-    #: Static service label; empty takes the file name without its extension.
     service: str = ""
-    host: str = Field(default_factory=socket.gethostname)
+    service_from_path: str = ""
     tenant: str = "default"
-    state_dir: Path = Path("./var/shipper")
+    env: str = ""
+    labels: dict[str, str] = {}
     start_at: Literal["beginning", "end"] = "beginning"
+    multiline: MultilineConfig | None = None
+    include_compressed: bool = False
+    inputs: list[InputConfig] = []
+
+    host: str = Field(default_factory=socket.gethostname)
+    state_dir: Path = Path("./var/shipper")
+    #: Files are told apart by a hash of their first bytes (device+inode until they have that many).
+    fingerprint_bytes: int = Field(1024, ge=16, le=1 << 20)
+    #: Longer lines are cut here and flagged (attrs.truncated, attrs.original_length).
+    max_line_bytes: int = Field(1 << 20, ge=64)
     poll_interval_s: float = Field(0.2, gt=0)
     rescan_interval_s: float = Field(2.0, gt=0)
-    max_frame_bytes: int = Field(1 << 20, ge=1024)
+    max_frame_bytes: int = Field(1 << 20, ge=1024, le=64 << 20)
     #: A partial last line (no newline yet) is shipped after waiting this long.
     partial_line_timeout_s: float = Field(5.0, gt=0)
     linger_ms: int = Field(50, ge=0)
+    max_inflight_bytes: int = Field(16 << 20, ge=1 << 16)
+    #: host:port for /metrics (Prometheus) and /healthz; empty: none.
+    metrics_listen: str = ""
+
+    def resolved_inputs(self) -> list[InputConfig]:
+        """`inputs` if any are configured, else the one input the top-level keys describe."""
+        if self.inputs:
+            return list(self.inputs)
+        return [InputConfig(include=self.include, exclude=self.exclude, service=self.service,
+                            service_from_path=self.service_from_path, tenant=self.tenant, env=self.env,
+                            labels=self.labels, start_at=self.start_at, multiline=self.multiline,
+                            include_compressed=self.include_compressed)]
 
 
 class IngestConfig(_Section):

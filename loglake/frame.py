@@ -19,7 +19,7 @@ array of records without a Python loop per line.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import lz4.block
 import numpy as np
@@ -49,13 +49,18 @@ class FrameMeta:
     end_offset: int         # file offset just past the last record
     observed_us: int        # when the shipper read it (epoch microseconds)
     count: int              # number of records
+    #: Labels from the shipper's input (env, extra labels), added to every record's attrs.
+    labels: dict[str, str] = field(default_factory=dict)
 
     def to_json(self, raw_len: int) -> bytes:
-        return orjson.dumps({
+        meta = {
             "sid": self.source_id, "src": self.source, "host": self.host,
             "svc": self.service, "tenant": self.tenant, "first": self.first_offset,
             "end": self.end_offset, "obs": self.observed_us, "n": self.count, "raw": raw_len,
-        })
+        }
+        if self.labels:
+            meta["labels"] = self.labels
+        return orjson.dumps(meta)
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,9 +110,10 @@ def decode_frame(value: bytes) -> Frame:
             source_id=str(m["sid"]), source=str(m["src"]), host=str(m["host"]),
             service=str(m["svc"]), tenant=str(m["tenant"]), first_offset=int(m["first"]),
             end_offset=int(m["end"]), observed_us=int(m["obs"]), count=int(m["n"]),
+            labels={str(k): str(v) for k, v in (m.get("labels") or {}).items()},
         )
         raw_len = int(m["raw"])
-    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as e:
         raise FrameError(f"bad frame meta: {e}") from None
     if meta.count < 0:
         raise FrameError(f"negative record count {meta.count}")

@@ -1,4 +1,4 @@
-"""Durable per-file checkpoints: where each file's acknowledged lines end."""
+"""Durable per-file checkpoints: where each file's acknowledged records end."""
 
 from __future__ import annotations
 
@@ -11,13 +11,15 @@ import orjson
 
 @dataclass(slots=True)
 class FileCheckpoint:
+    source_id: str     # the identity ingest deduplicates by; fixed for the file's life
     path: str          # last path the file was seen at (informational)
-    birth: int         # distinguishes files that reuse an inode, and truncations
     offset: int        # file offset just past the last acknowledged record
 
 
 class CheckpointStore:
-    """A JSON file of ``{"dev:ino": FileCheckpoint}``, replaced atomically."""
+    """A JSON file of ``{key: FileCheckpoint}`` (key: fingerprint or inode), replaced atomically."""
+
+    VERSION = 2
 
     def __init__(self, state_dir: Path) -> None:
         self.file = state_dir / "checkpoints.json"
@@ -28,11 +30,13 @@ class CheckpointStore:
             data = orjson.loads(self.file.read_bytes())
         except FileNotFoundError:
             return {}
+        if data.get("version") != self.VERSION:
+            raise ValueError(f"{self.file}: checkpoint version {data.get('version')} is not {self.VERSION}")
         return {k: FileCheckpoint(**v) for k, v in data.get("files", {}).items()}
 
     def save(self, files: dict[str, FileCheckpoint]) -> None:
         tmp = self.file.with_name(f".{self.file.name}.tmp")
-        body = orjson.dumps({"version": 1, "files": {k: asdict(v) for k, v in files.items()}})
+        body = orjson.dumps({"version": self.VERSION, "files": {k: asdict(v) for k, v in files.items()}})
         with open(tmp, "wb") as f:
             f.write(body)
             f.flush()

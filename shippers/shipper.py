@@ -13,16 +13,19 @@ import asyncio
 import logging
 import os
 import random
+import re
 import time
 from collections import deque
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaProducer
 
-from loglake.config import Config
+from loglake.config import Config, InputConfig
 from loglake.frame import FrameMeta, encode_frame
 from shippers.checkpoint import CheckpointStore, FileCheckpoint
 from shippers.discovery import discover
+from shippers.fingerprint import fingerprint, inode_key
+from shippers.multiline import LineJoiner
 from shippers.watcher import FileWatcher
 
 log = logging.getLogger("loglake.shipper")
@@ -36,73 +39,126 @@ class InFlight:
     future: asyncio.Future
 
 
-def _file_key(st: os.stat_result) -> str:
-    return f"{st.st_dev}:{st.st_ino}"
+@dataclass(frozen=True, slots=True)
+class Input:
+    """An input's settings, compiled."""
+
+    cfg: InputConfig
+    joiner: LineJoiner | None
+    service_re: re.Pattern[str] | None
 
 
 class Shipper:
-    """Tail ``cfg.shipper.include`` into ``cfg.kafka.topic``."""
+    """Tail every configured input into ``cfg.kafka.topic``."""
 
-    def __init__(self, cfg: Config, *, max_inflight_bytes: int = 16 << 20) -> None:
+    def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.sc = cfg.shipper
+        self.inputs = [Input(i, LineJoiner.from_config(i.multiline) if i.multiline else None,
+                             re.compile(i.service_from_path) if i.service_from_path else None)
+                       for i in self.sc.resolved_inputs()]
         self.store = CheckpointStore(self.sc.state_dir)
         self.checkpoints = self.store.load()
-        self.watchers: dict[str, FileWatcher] = {}
+        self.watchers: dict[str, FileWatcher] = {}     # by device:inode
         self.inflight: deque[InFlight] = deque()
         self.inflight_bytes = 0
-        self.max_inflight_bytes = max_inflight_bytes
+        self.max_inflight_bytes = self.sc.max_inflight_bytes
         self.producer: AIOKafkaProducer | None = None
         self._dirty = False
         self.stats = {"lines": 0, "bytes": 0, "frames": 0, "send_errors": 0}
 
     # -- files ---------------------------------------------------------------
 
+    def _new_source_id(self, key: str) -> str:
+        return f"{self.sc.host}:{key}:{time.time_ns()}"
+
+    def _identify(self, fd: int, st: os.stat_result) -> str:
+        return fingerprint(fd, st.st_size, self.sc.fingerprint_bytes) or inode_key(st)
+
     def scan(self, *, first: bool = False) -> None:
         """Pick up new files; notice renames out of the globs."""
         seen: set[str] = set()
-        for path in discover(self.sc.include, self.sc.exclude):
-            try:
-                st = os.stat(path)
-            except FileNotFoundError:
-                continue
-            key = _file_key(st)
-            seen.add(key)
-            w = self.watchers.get(key)
-            if w is not None:
-                w.path, w.in_glob = path, True
-                continue
-            cp = self.checkpoints.get(key)
-            if cp is not None and cp.offset <= st.st_size:
-                birth, offset = cp.birth, cp.offset
-            else:
-                birth = time.time_ns()
-                offset = st.st_size if (self.sc.start_at == "end" and first and cp is None) else 0
-            try:
-                w = FileWatcher(path, key, birth, offset, self.sc.partial_line_timeout_s)
-            except FileNotFoundError:
-                continue
-            self.watchers[key] = w
-            self.checkpoints[key] = FileCheckpoint(path, birth, offset)
-            self._dirty = True
-            log.info("watching file", extra={"path": path, "offset": offset})
-        for key, w in self.watchers.items():
-            w.in_glob = key in seen
+        for index, inp in enumerate(self.inputs):
+            exclude = list(inp.cfg.exclude) + ([] if inp.cfg.include_compressed else ["*.gz"])
+            for path in discover(inp.cfg.include, exclude):
+                try:
+                    st = os.stat(path)
+                except FileNotFoundError:
+                    continue
+                inode = f"{st.st_dev}:{st.st_ino}"
+                if inode in seen:
+                    continue                 # an earlier input has it
+                seen.add(inode)
+                w = self.watchers.get(inode)
+                if w is not None:
+                    w.path, w.in_glob = path, True
+                    continue
+                self._watch(path, st, index, first)
+        for inode, w in self.watchers.items():
+            w.in_glob = inode in seen
+
+    def _watch(self, path: str, st: os.stat_result, index: int, first: bool) -> None:
+        inp = self.inputs[index]
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            return
+        try:
+            key = self._identify(fd, st)
+        finally:
+            os.close(fd)
+        if any(w.key == key for w in self.watchers.values()):
+            return                           # a copy of a file we already read (same first bytes)
+        cp = self.checkpoints.get(key) or self.checkpoints.get(inode_key(st))
+        if cp is not None and cp.offset <= st.st_size:
+            source_id, offset = cp.source_id, cp.offset
+            self.checkpoints.pop(inode_key(st), None)
+        else:
+            source_id = self._new_source_id(key)
+            offset = st.st_size if (inp.cfg.start_at == "end" and first and cp is None) else 0
+        try:
+            w = FileWatcher(path, key=key, source_id=source_id, offset=offset, input_index=index,
+                            partial_timeout_s=self.sc.partial_line_timeout_s, joiner=inp.joiner)
+        except FileNotFoundError:
+            return
+        self.watchers[w.inode] = w
+        self.checkpoints[key] = FileCheckpoint(source_id, path, offset)
+        self._dirty = True
+        log.info("watching file", extra={"path": path, "offset": offset, "key": key})
+
+    def _rekey(self, w: FileWatcher) -> None:
+        """A file known by its inode grew long enough for a fingerprint."""
+        if not w.key.startswith("ino:"):
+            return
+        fp = fingerprint(w.fd, w.size(), self.sc.fingerprint_bytes)
+        if fp is None:
+            return
+        cp = self.checkpoints.pop(w.key, None)
+        w.key = fp
+        if cp is not None:
+            self.checkpoints[fp] = cp
+        self._dirty = True
 
     def _release_drained(self) -> None:
-        for key, w in list(self.watchers.items()):
+        for inode, w in list(self.watchers.items()):
             if not w.in_glob and w.at_end() and w.acked == w.offset:
                 w.close()
-                del self.watchers[key]
-                self.checkpoints.pop(key, None)
+                del self.watchers[inode]
+                self.checkpoints.pop(w.key, None)
                 self._dirty = True
                 log.info("released file", extra={"path": w.path, "offset": w.offset})
 
-    def source_id(self, w: FileWatcher) -> str:
-        return f"{self.sc.host}:{w.key}:{w.birth}"
+    def service_for(self, w: FileWatcher) -> str:
+        inp = self.inputs[w.input_index]
+        if inp.cfg.service:
+            return inp.cfg.service
+        if inp.service_re is not None and (m := inp.service_re.search(w.path)) and m.group("service"):
+            return m.group("service")
+        return os.path.basename(w.path).split(".", 1)[0] or "unknown"
 
-    def service_for(self, path: str) -> str:
-        return self.sc.service or os.path.basename(path).split(".", 1)[0] or "unknown"
+    def labels_for(self, w: FileWatcher) -> dict[str, str]:
+        inp = self.inputs[w.input_index].cfg
+        return {**({"env": inp.env} if inp.env else {}), **inp.labels}
 
     # -- sending -------------------------------------------------------------
 
@@ -112,23 +168,27 @@ class Shipper:
         for w in list(self.watchers.values()):
             if w.truncated():
                 log.warning("file truncated; reading it again from the start", extra={"path": w.path})
-                w.restart(time.time_ns())
-                self.checkpoints[w.key] = FileCheckpoint(w.path, w.birth, 0)
+                self.checkpoints.pop(w.key, None)
+                st = os.fstat(w.fd)
+                key = self._identify(w.fd, st)
+                w.restart(key, self._new_source_id(key))
+                self.checkpoints[w.key] = FileCheckpoint(w.source_id, w.path, 0)
                 self._dirty = True
+            self._rekey(w)
             while self.inflight_bytes < self.max_inflight_bytes:
                 chunk = w.read(self.sc.max_frame_bytes)
                 if chunk is None:
                     break
                 n = len(chunk.offsets) - 1
                 meta = FrameMeta(
-                    source_id=self.source_id(w), source=w.path, host=self.sc.host,
-                    service=self.service_for(w.path), tenant=self.sc.tenant,
+                    source_id=w.source_id, source=w.path, host=self.sc.host,
+                    service=self.service_for(w), tenant=self.inputs[w.input_index].cfg.tenant,
                     first_offset=chunk.first_offset, end_offset=chunk.first_offset + len(chunk.data),
-                    observed_us=time.time_ns() // 1000, count=n)
+                    observed_us=time.time_ns() // 1000, count=n, labels=self.labels_for(w))
                 value = encode_frame(meta, chunk.data, chunk.offsets)
                 fut = await self.producer.send(
                     self.cfg.kafka.topic, value, key=meta.source_id.encode(),
-                    headers=[(self.cfg.kafka.tenant_header, self.sc.tenant.encode())])
+                    headers=[(self.cfg.kafka.tenant_header, meta.tenant.encode())])
                 self.inflight.append(InFlight(w, meta.end_offset, len(value), fut))
                 self.inflight_bytes += len(value)
                 self.stats["lines"] += n
@@ -150,8 +210,8 @@ class Shipper:
             head.future.result()   # raises the send error, handled by the caller
             w = head.watcher
             w.acked = head.end_offset
-            if w.key in self.checkpoints and self.watchers.get(w.key) is w:
-                self.checkpoints[w.key] = FileCheckpoint(w.path, w.birth, w.acked)
+            if w.key in self.checkpoints and self.watchers.get(w.inode) is w:
+                self.checkpoints[w.key] = FileCheckpoint(w.source_id, w.path, w.acked)
                 self._dirty = True
 
     def _rewind_all(self) -> None:

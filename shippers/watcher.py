@@ -1,4 +1,4 @@
-"""Reading one file: complete lines from an offset, following truncation.
+"""Reading one file: complete records from an offset, following truncation.
 
 A watcher holds its file open, so a renamed or deleted file is still read to
 its end through the same descriptor before it is let go.
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from loglake.frame import record_offsets
+from shippers.multiline import LineJoiner, line_starts
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,18 +23,27 @@ class Chunk:
 
 
 class FileWatcher:
-    """Tails one file (identified by device and inode) from ``offset``."""
+    """Tails one file from ``offset``; ``key`` is its checkpoint key, ``source_id`` its identity."""
 
-    def __init__(self, path: str, key: str, birth: int, offset: int, partial_timeout_s: float) -> None:
+    def __init__(self, path: str, *, key: str, source_id: str, offset: int, input_index: int,
+                 partial_timeout_s: float, joiner: LineJoiner | None = None) -> None:
         self.path = path
         self.key = key
-        self.birth = birth
+        self.source_id = source_id
         self.offset = offset          # next byte to read
         self.acked = offset           # end of the last acknowledged record
+        self.input_index = input_index
         self.partial_timeout_s = partial_timeout_s
+        self.joiner = joiner
         self.in_glob = True
-        self._partial_since: float | None = None
+        self._waiting_since: float | None = None
         self._file = open(path, "rb", buffering=0)  # noqa: SIM115 (held for the watcher's life)
+        st = os.fstat(self._file.fileno())
+        self.inode = f"{st.st_dev}:{st.st_ino}"
+
+    @property
+    def fd(self) -> int:
+        return self._file.fileno()
 
     def close(self) -> None:
         self._file.close()
@@ -46,35 +55,50 @@ class FileWatcher:
         """The file shrank below what we read: copytruncate or a rewrite."""
         return self.size() < self.offset
 
-    def restart(self, birth: int) -> None:
-        self.birth, self.offset, self.acked, self._partial_since = birth, 0, 0, None
+    def restart(self, key: str, source_id: str) -> None:
+        """Read the file again from its start, as a new source."""
+        self.key, self.source_id = key, source_id
+        self.offset = self.acked = 0
+        self._waiting_since = None
 
     def at_end(self) -> bool:
         return self.offset >= self.size()
 
+    def _waited(self, timeout_s: float) -> bool:
+        """True once something has waited ``timeout_s`` (the clock starts at the first call)."""
+        now = time.monotonic()
+        if self._waiting_since is None:
+            self._waiting_since = now
+        return now - self._waiting_since >= timeout_s
+
     def read(self, max_bytes: int) -> Chunk | None:
-        """The next run of complete lines, at most ``max_bytes`` (one longer line whole)."""
+        """The next run of complete records, at most ``max_bytes`` (one longer line whole)."""
         size = self.size()
         if size <= self.offset:
             return None
         want = min(size - self.offset, max_bytes)
-        data = os.pread(self._file.fileno(), want, self.offset)
+        data = os.pread(self.fd, want, self.offset)
         cut = data.rfind(b"\n") + 1
         if cut == 0:
             if len(data) >= max_bytes:
                 cut = len(data)          # a line longer than a frame: ship it as its own piece
-            elif self._partial_since is None:
-                self._partial_since = time.monotonic()
-                return None
-            elif time.monotonic() - self._partial_since < self.partial_timeout_s:
+            elif not self._waited(self.partial_timeout_s):
                 return None
             else:
                 cut = len(data)          # waited long enough: ship the partial line
-        self._partial_since = None
         data = data[:cut]
-        offsets = record_offsets(data)
-        if offsets[-1] != len(data):     # the piece does not end with a newline
-            offsets = np.append(offsets, np.uint32(len(data))).astype("<u4")
+        starts = line_starts(data)
+        if self.joiner is not None:
+            starts = self.joiner.record_starts(data, starts)
+            # The last record may go on in lines not written yet: hold it back
+            # until a new record starts after it, or the rule's timeout passes.
+            held = int(starts[-1])
+            if held > 0:
+                data, starts = data[:held], starts[:-1]
+            elif len(data) < max_bytes and not self._waited(self.joiner.timeout_s):
+                return None
+        self._waiting_since = None
+        offsets = np.append(starts, len(data)).astype("<u4")
         chunk = Chunk(self.offset, data, offsets)
         self.offset += len(data)
         return chunk

@@ -37,10 +37,12 @@ def con() -> Iterator[duckdb.DuckDBPyConnection]:
     c.close()
 
 
-def raw(lines: list[str], *, observed: datetime = OBSERVED, service: str = "file-svc") -> pa.Table:
+def raw(lines: list[str], *, observed: datetime = OBSERVED, service: str = "file-svc",
+        labels: dict[str, str] | None = None) -> pa.Table:
     n = len(lines)
     return pa.table({"line": lines, "observed_ts": [observed] * n, "service": [service] * n,
-                     "host": ["host-1"] * n, "source": ["/var/log/x.log"] * n}, schema=RAW_SCHEMA)
+                     "host": ["host-1"] * n, "source": ["/var/log/x.log"] * n,
+                     "labels": [list(labels.items()) if labels else None] * n}, schema=RAW_SCHEMA)
 
 
 def parse_all(con: duckdb.DuckDBPyConnection, lines: list[str], **kw: Any) -> list[dict[str, Any]]:
@@ -402,3 +404,10 @@ def test_loghub_levels_match_the_structured_csv(con: duckdb.DuckDBPyConnection, 
     assert matched == len(checked), [c for c in checked if c[0] != c[1]][:5]
     # Every line has a leading timestamp: none falls back to the observed time.
     assert all(p["ts"] != OBSERVED for p in parsed)
+
+
+def test_shipper_labels_join_the_attrs_and_the_line_wins_a_clash(con: duckdb.DuckDBPyConnection) -> None:
+    out = normalise(con, raw(['{"msg": "m", "env": "from-line"}', "plain text"],
+                             labels={"env": "prod", "team": "payments"})).to_pylist()
+    assert dict(out[0]["attrs"]) == {"env": "from-line", "team": "payments"}
+    assert dict(out[1]["attrs"]) == {"env": "prod", "team": "payments"}

@@ -1,0 +1,91 @@
+"""Joining lines into records: which lines start a record, found for a whole chunk at once.
+
+The rule's regex runs over the chunk in multi-line mode (one pass in C), and
+numpy turns its matches into record boundaries; only a record longer than
+``max_bytes`` is split with a loop over its own lines.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from loglake.config import MultilineConfig
+
+#: Continuation rules for common stack traces.
+PRESETS: dict[str, str] = {
+    # "\tat x.y(Z.java:1)", "\t... 12 more", "Caused by: ...", the exception line itself.
+    "java": r"[ \t]+(?:at |\.\.\. \d+ (?:more|common frames omitted))|Caused by: |Suppressed: |"
+            r"[A-Za-z_$][\w$]*(?:\.[A-Za-z_$][\w$]*)+(?:Exception|Error|Throwable)\b",
+    # The traceback header, indented frames and code, chained-exception notes, the exception line.
+    "python": r"Traceback \(most recent call last\):|[ \t]+\S|"
+              r"During handling of the above exception|The above exception was the direct cause|"
+              r"[A-Za-z_][\w.]*(?:Error|Exception|Warning|Interrupt|Exit)(?::|$)|$",
+    # A blank line, "goroutine N [...]:", function lines, indented file:line lines, "exit status N".
+    "go": r"$|goroutine \d+ \[|[ \t]+\S|created by |exit status \d+|[\w./*()\[\]-]+\(.*\)$",
+}
+
+
+@dataclass(frozen=True)
+class LineJoiner:
+    """Compiled multiline rule."""
+
+    pattern: re.Pattern[bytes]
+    starts_on_match: bool       # True: a match starts a record; False: a match continues one
+    max_lines: int
+    max_bytes: int
+    timeout_s: float
+
+    @classmethod
+    def from_config(cls, mc: MultilineConfig) -> LineJoiner:
+        if mc.preset:
+            text, starts = PRESETS[mc.preset], False
+        elif mc.start_pattern:
+            text, starts = mc.start_pattern, True
+        else:
+            text, starts = mc.continue_pattern or "", False
+        text = text[1:] if text.startswith("^") else text
+        return cls(re.compile(b"(?m)^(?:" + text.encode() + b")"), starts, mc.max_lines, mc.max_bytes, mc.timeout_s)
+
+    def record_starts(self, data: bytes, line_starts: np.ndarray) -> np.ndarray:
+        """Offsets in ``data`` where records begin (always including 0)."""
+        matched = np.fromiter((m.start() for m in self.pattern.finditer(data)), dtype=np.int64)
+        hit = np.isin(line_starts, matched)
+        is_start = hit if self.starts_on_match else ~hit
+        if len(is_start):
+            is_start[0] = True
+        # Cap lines per record: every max_lines-th line of a record starts a new one.
+        group = np.cumsum(is_start) - 1
+        first_line = np.flatnonzero(is_start)
+        position = np.arange(len(line_starts)) - first_line[group]
+        is_start |= (position % self.max_lines) == 0
+        starts = line_starts[is_start]
+        return self._cap_bytes(starts, line_starts, len(data))
+
+    def _cap_bytes(self, starts: np.ndarray, line_starts: np.ndarray, end: int) -> np.ndarray:
+        sizes = np.diff(np.append(starts, end))
+        if not np.any(sizes > self.max_bytes):
+            return starts
+        out: list[int] = []
+        for s, size in zip(starts.tolist(), sizes.tolist(), strict=True):
+            out.append(s)
+            if size <= self.max_bytes:
+                continue
+            record_end = s + size
+            inner = line_starts[(line_starts > s) & (line_starts < record_end)].tolist()
+            begin = s
+            for i, ls in enumerate(inner):
+                line_end = inner[i + 1] if i + 1 < len(inner) else record_end
+                if line_end - begin > self.max_bytes:     # this line would overflow the piece
+                    out.append(ls)
+                    begin = ls
+        return np.array(out, dtype=np.int64)
+
+
+def line_starts(data: bytes) -> np.ndarray:
+    """Offsets where the lines of ``data`` begin (the last may lack its newline)."""
+    buf = np.frombuffer(data, dtype=np.uint8)
+    ends = np.flatnonzero(buf == 0x0A) + 1
+    return np.concatenate([[0], ends[ends < len(data)]]).astype(np.int64)
