@@ -21,13 +21,20 @@ class RecordRun:
     records: pa.BinaryArray      # terminators included
 
 
-def _decode_utf8(records: pa.Array) -> pa.StringArray:
+def _decode_utf8(records: pa.Array) -> tuple[pa.StringArray, list[int]]:
+    """Records as text, and the indexes of those that were not valid UTF-8 (now replaced)."""
     try:
-        return records.cast(pa.string())
+        return records.cast(pa.string()), []
     except pa.ArrowInvalid:
-        # Rare path: invalid UTF-8 somewhere in the run; replace per record.
-        return pa.array([None if b is None else b.decode("utf-8", "replace")
-                         for b in records.to_pylist()], pa.string())
+        # Rare path: invalid UTF-8 somewhere in the batch; replace per record and say which.
+        out, bad = [], []
+        for i, b in enumerate(records.to_pylist()):
+            try:
+                out.append(b.decode("utf-8"))
+            except UnicodeDecodeError:
+                out.append(b.decode("utf-8", "replace"))
+                bad.append(i)
+        return pa.array(out, pa.string()), bad
 
 
 def _strip_terminator(lines: pa.StringArray) -> pa.StringArray:
@@ -46,7 +53,8 @@ def raw_table(runs: Sequence[RecordRun]) -> pa.Table:
     runs = [r for r in runs if len(r.records)]
     if not runs:
         return RAW_SCHEMA.empty_table()
-    lines = _strip_terminator(_decode_utf8(pa.concat_arrays([r.records for r in runs])))
+    text, invalid = _decode_utf8(pa.concat_arrays([r.records for r in runs]))
+    lines = _strip_terminator(text)
     counts = np.fromiter((len(r.records) for r in runs), dtype=np.int64, count=len(runs))
     observed = np.repeat(np.fromiter((r.meta.observed_us for r in runs), dtype=np.int64, count=len(runs)), counts)
     return pa.table([
@@ -55,14 +63,23 @@ def raw_table(runs: Sequence[RecordRun]) -> pa.Table:
         _per_run([r.meta.service for r in runs], counts).cast(pa.string()),
         _per_run([r.meta.host for r in runs], counts).cast(pa.string()),
         _per_run([r.meta.source for r in runs], counts).cast(pa.string()),
-        _labels(runs, counts),
+        _labels(runs, counts, invalid),
+        _per_run([r.meta.wrapper for r in runs], counts).cast(pa.string()),
     ], schema=RAW_SCHEMA)
 
 
-def _labels(runs: Sequence[RecordRun], counts: np.ndarray) -> pa.MapArray:
-    """Each run's labels repeated for its records (null where a run has none)."""
+def _labels(runs: Sequence[RecordRun], counts: np.ndarray, invalid: list[int]) -> pa.MapArray:
+    """Each run's labels repeated for its records (null where a run has none), plus flags."""
     map_type = RAW_SCHEMA.field("labels").type
     total = int(counts.sum())
+    if invalid:
+        # Rare path: per-record flags, built record by record.
+        per_run = np.repeat(np.arange(len(runs)), counts)
+        rows: list[list[tuple[str, str]] | None] = [list(runs[r].meta.labels.items()) or None
+                                                     for r in per_run.tolist()]
+        for i in invalid:
+            rows[i] = [*(rows[i] or []), ("invalid_utf8", "true")]
+        return pa.array(rows, map_type)
     if not any(r.meta.labels for r in runs):
         return pa.nulls(total, map_type)
     keys = [list(r.meta.labels) for r in runs]

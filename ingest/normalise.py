@@ -22,14 +22,33 @@ RAW_SCHEMA = pa.schema([
     ("host", pa.string()),
     ("source", pa.string()),
     ("labels", pa.map_(pa.string(), pa.string())),
+    ("wrapper", pa.string()),          # "", "cri" or "docker": the container runtime's line format
 ])
 
 _NORMALISE_SQL = r"""
-WITH r AS (
+WITH u AS (
+    -- Unwrap container runtime lines first: CRI "<time> <stream> <P|F> <text>" (partial
+    -- lines joined by the shipper) and Docker json-file {"log": ..., "stream", "time"}.
+    SELECT * REPLACE (
+        CASE wrapper
+            WHEN 'cri' THEN regexp_replace(line, '(^|\n)\S+ (?:stdout|stderr) [PF] ?', '', 'g')
+            WHEN 'docker' THEN rtrim(array_to_string(list_transform(string_split(line, chr(10)),
+                                   x -> coalesce(json_extract_string(x, '$.log'), x)), ''), chr(10))
+            ELSE line END AS line),
+        CASE wrapper
+            WHEN 'cri' THEN try_cast(regexp_extract(line, '^(\S+)', 1) AS TIMESTAMPTZ)
+            WHEN 'docker' THEN try_cast(json_extract_string(split_part(line, chr(10), 1), '$.time') AS TIMESTAMPTZ)
+        END AS wrap_ts,
+        CASE wrapper
+            WHEN 'cri' THEN nullif(regexp_extract(line, '^\S+ (stdout|stderr) ', 1), '')
+            WHEN 'docker' THEN json_extract_string(split_part(line, chr(10), 1), '$.stream')
+        END AS wrap_stream
+    FROM raw
+), r AS (
     SELECT *,
         CASE WHEN starts_with(line, '{') AND json_valid(line) AND json_type(line) = 'OBJECT'
              THEN json_transform(line, '"MAP(VARCHAR, JSON)"') END AS j
-    FROM raw
+    FROM u
 ), keys AS (
     SELECT *,
         CASE WHEN j['@timestamp'] IS NOT NULL THEN '@timestamp' WHEN j['timestamp'] IS NOT NULL THEN 'timestamp'
@@ -109,7 +128,8 @@ WITH r AS (
 ), parsed AS (
 SELECT
     labels,
-    coalesce(json_ts, lead_ts, clf_ts, s5_ts, s3_ts, observed_ts)::TIMESTAMPTZ AS ts,
+    wrap_stream,
+    coalesce(json_ts, lead_ts, clf_ts, s5_ts, s3_ts, wrap_ts, observed_ts)::TIMESTAMPTZ AS ts,
     observed_ts,
     coalesce(j[k_svc]->>'$', service) AS service,
     host,
@@ -152,7 +172,11 @@ FROM lv
 )
 SELECT ts, observed_ts, service, host, source, level, severity, message,
     -- Labels from the shipper's input; what the line itself says wins on a clash.
-    CASE WHEN labels IS NULL OR cardinality(labels) = 0 THEN attrs ELSE map_concat(labels, attrs) END AS attrs,
+    CASE WHEN (labels IS NULL OR cardinality(labels) = 0) AND wrap_stream IS NULL THEN attrs
+         ELSE map_concat(coalesce(labels, CAST(MAP {} AS MAP(VARCHAR, VARCHAR))),
+                         CASE WHEN wrap_stream IS NULL THEN CAST(MAP {} AS MAP(VARCHAR, VARCHAR))
+                              ELSE MAP {'stream': wrap_stream} END,
+                         attrs) END AS attrs,
     trace_id, span_id
 FROM parsed
 """

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pyarrow as pa
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
@@ -23,6 +23,7 @@ from ingest.batch import RecordRun, drop_stored_prefix, raw_table
 from ingest.normalise import new_connection, normalise
 from loglake.config import Config
 from loglake.frame import FrameError, FrameMeta, decode_frame
+from loglake.kafka_client import client_kwargs
 from storage.catalog import Catalog, PartitionCommit, PartitionState
 from storage.errors import CatalogConflict
 from storage.segments import SegmentInfo, check_tenant, segment_name, write_segments
@@ -122,6 +123,9 @@ class IngestWorker:
                 self.stats["deduplicated"] += len(records) - len(kept)
                 records = kept
             self.marks[key] = buf.marks[key] = meta.end_offset
+            if meta.truncated_from:
+                meta = replace(meta, labels={**meta.labels, "truncated": "true",
+                                             "original_length": str(meta.truncated_from)})
         else:
             # A third-party producer: one record per message.
             meta = FrameMeta(source_id="", source=f"kafka:{self.topic}", host="", service="unknown",
@@ -224,7 +228,7 @@ class IngestWorker:
                 await worker._assigned(set(assigned))
 
         self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=k.bootstrap_servers, client_id=f"{k.client_id}-ingest",
+            **client_kwargs(k), client_id=f"{k.client_id}-ingest",
             group_id=self.cfg.ingest.group_id, enable_auto_commit=False,
             auto_offset_reset="earliest", max_partition_fetch_bytes=8 << 20, fetch_max_bytes=64 << 20,
         )

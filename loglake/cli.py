@@ -56,7 +56,24 @@ def cmd_ship(cfg: Config, args: argparse.Namespace) -> int:
     async def main() -> None:
         stop = _stop_event()
         await ensure_topic(cfg.kafka)
-        await Shipper(cfg).run(stop, once=args.once)
+        shipper = Shipper(cfg)
+        if not args.once:
+            await shipper.run(stop)
+            return
+        # A backfill: show how much of what is on disk now has been read.
+        from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
+
+        shipper.scan(first=True)
+        total = sum(max(0, w.size() - w.offset) for w in shipper.watchers.values())
+        with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
+                      TransferSpeedColumn(), TimeRemainingColumn(), transient=False) as progress:
+            task = progress.add_task(f"shipping {len(shipper.watchers)} files", total=total or None)
+            run = asyncio.create_task(shipper.run(stop, once=True))
+            while not run.done():
+                progress.update(task, completed=min(total, shipper.stats["bytes"]))
+                await asyncio.wait([run], timeout=0.2)
+            progress.update(task, completed=total)
+            await run
 
     asyncio.run(main())
     return 0

@@ -38,6 +38,17 @@ class KafkaConfig(_Section):
     client_id: str = "loglake"
     #: Header that carries the tenant of a message; the topic's tenant otherwise.
     tenant_header: str = "tenant"
+    # Security for real clusters. Secrets come from an environment variable or a
+    # file, never from this file, and are never logged.
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    sasl_username: str = ""
+    sasl_password_env: str = ""
+    sasl_password_file: str = ""
+    ssl_cafile: str = ""
+    ssl_certfile: str = ""
+    ssl_keyfile: str = ""
+    ssl_check_hostname: bool = True
 
     @field_validator("topic")
     @classmethod
@@ -102,6 +113,9 @@ class InputConfig(_Section):
     multiline: MultilineConfig | None = None
     #: Read rotated `.gz` files too (they are skipped by default).
     include_compressed: bool = False
+    #: Container runtime wrapping: `auto` takes CRI under /var/log/pods or
+    #: /var/log/containers and Docker for `*-json.log`, plain otherwise.
+    format: Literal["auto", "plain", "cri", "docker"] = "auto"
 
     @field_validator("service_from_path")
     @classmethod
@@ -127,6 +141,7 @@ class ShipperConfig(_Section):
     start_at: Literal["beginning", "end"] = "beginning"
     multiline: MultilineConfig | None = None
     include_compressed: bool = False
+    format: Literal["auto", "plain", "cri", "docker"] = "auto"
     inputs: list[InputConfig] = []
 
     host: str = Field(default_factory=socket.gethostname)
@@ -141,6 +156,12 @@ class ShipperConfig(_Section):
     #: A partial last line (no newline yet) is shipped after waiting this long.
     partial_line_timeout_s: float = Field(5.0, gt=0)
     linger_ms: int = Field(50, ge=0)
+    max_batch_bytes: int = Field(2 << 20, ge=16 << 10)
+    acks: Literal["all", "1", "0"] = "all"
+    #: Idempotent producing; off by default because the embedded broker lacks it.
+    idempotence: bool = False
+    #: Frames are lz4-compressed by the shipper; Kafka-level compression then stays off.
+    frame_compression: Literal["lz4", "none"] = "lz4"
     max_inflight_bytes: int = Field(16 << 20, ge=1 << 16)
     #: host:port for /metrics (Prometheus) and /healthz; empty: none.
     metrics_listen: str = ""
@@ -152,7 +173,7 @@ class ShipperConfig(_Section):
         return [InputConfig(include=self.include, exclude=self.exclude, service=self.service,
                             service_from_path=self.service_from_path, tenant=self.tenant, env=self.env,
                             labels=self.labels, start_at=self.start_at, multiline=self.multiline,
-                            include_compressed=self.include_compressed)]
+                            include_compressed=self.include_compressed, format=self.format)]
 
 
 class IngestConfig(_Section):

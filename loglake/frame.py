@@ -51,6 +51,11 @@ class FrameMeta:
     count: int              # number of records
     #: Labels from the shipper's input (env, extra labels), added to every record's attrs.
     labels: dict[str, str] = field(default_factory=dict)
+    #: A line cut at max_line_bytes: the frame holds that one record, and this is
+    #: its original length in the file (the byte range covers all of it).
+    truncated_from: int = 0
+    #: The container runtime's wrapping of each line: "" (none), "cri" or "docker".
+    wrapper: str = ""
 
     def to_json(self, raw_len: int) -> bytes:
         meta = {
@@ -60,7 +65,20 @@ class FrameMeta:
         }
         if self.labels:
             meta["labels"] = self.labels
+        if self.truncated_from:
+            meta["trunc"] = self.truncated_from
+        if self.wrapper:
+            meta["wrap"] = self.wrapper
         return orjson.dumps(meta)
+
+    def check_range(self, data_len: int) -> None:
+        """The byte range must match the data (or, for a truncated line, hold it)."""
+        span = self.end_offset - self.first_offset
+        if self.truncated_from:
+            if self.count != 1 or span != self.truncated_from or data_len > span:
+                raise FrameError("a truncated frame holds one record within its original length")
+        elif span != data_len:
+            raise FrameError("byte range does not match the data length")
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,8 +105,7 @@ def encode_frame(meta: FrameMeta, data: bytes, offsets: np.ndarray, *, compress:
     """Build a frame from a verbatim byte range and its record offsets."""
     if len(offsets) != meta.count + 1 or int(offsets[-1]) != len(data):
         raise FrameError("offsets do not match the data")
-    if meta.end_offset - meta.first_offset != len(data):
-        raise FrameError("byte range does not match the data length")
+    meta.check_range(len(data))
     raw = offsets.astype("<u4", copy=False).tobytes() + bytes(data)
     payload = lz4.block.compress(raw, store_size=False) if compress else raw
     head = meta.to_json(len(raw))
@@ -111,6 +128,7 @@ def decode_frame(value: bytes) -> Frame:
             service=str(m["svc"]), tenant=str(m["tenant"]), first_offset=int(m["first"]),
             end_offset=int(m["end"]), observed_us=int(m["obs"]), count=int(m["n"]),
             labels={str(k): str(v) for k, v in (m.get("labels") or {}).items()},
+            truncated_from=int(m.get("trunc", 0)), wrapper=str(m.get("wrap", "")),
         )
         raw_len = int(m["raw"])
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as e:
@@ -135,8 +153,9 @@ def decode_frame(value: bytes) -> Frame:
     data_len = raw_len - off_len
     if offsets[0] != 0 or int(offsets[-1]) != data_len or (n and bool(np.any(np.diff(offsets.astype(np.int64)) < 0))):
         raise FrameError("record offsets are not monotonic within the data")
-    if meta.end_offset - meta.first_offset != data_len:
-        raise FrameError("byte range does not match the data length")
+    meta.check_range(data_len)
+    if meta.wrapper not in ("", "cri", "docker"):
+        raise FrameError(f"unknown wrapper {meta.wrapper!r}")
     buf = pa.py_buffer(raw)
     records = pa.Array.from_buffers(
         pa.binary(), n, [None, buf.slice(0, off_len), buf.slice(off_len)]

@@ -9,6 +9,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
 from loglake.config import KafkaConfig
+from loglake.kafka_client import client_kwargs
 
 log = logging.getLogger("loglake.topics")
 
@@ -16,8 +17,9 @@ log = logging.getLogger("loglake.topics")
 async def ensure_topic(kafka: KafkaConfig, *, attempts: int = 30) -> None:
     """Create ``kafka.topic`` with ``kafka.partitions`` unless it exists; retry while the broker starts."""
     last: Exception | None = None
+    connection = client_kwargs(kafka)      # a bad security setting fails here, not in the retries
     for _ in range(attempts):
-        admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap_servers, client_id=f"{kafka.client_id}-admin")
+        admin = AIOKafkaAdminClient(**connection, client_id=f"{kafka.client_id}-admin")
         try:
             await admin.start()
             if kafka.topic in await admin.list_topics():

@@ -28,15 +28,35 @@ PRESETS: dict[str, str] = {
 }
 
 
+#: Lines a container runtime split: CRI's partial tag, Docker's "log" without a final newline.
+_CRI_PARTIAL = re.compile(rb"(?m)^\S+ (?:stdout|stderr) P ")
+_DOCKER_COMPLETE = re.compile(rb'(?m)^\{"log":"(?:[^"\\\n]|\\.)*\\n"')
+
+
 @dataclass(frozen=True)
 class LineJoiner:
-    """Compiled multiline rule."""
+    """Compiled multiline rule, or a container runtime's partial-line joining."""
 
     pattern: re.Pattern[bytes]
     starts_on_match: bool       # True: a match starts a record; False: a match continues one
     max_lines: int
     max_bytes: int
     timeout_s: float
+    wrapper: str = ""           # "cri" or "docker": join the runtime's partial lines instead
+
+    @classmethod
+    def for_wrapper(cls, wrapper: str, max_bytes: int, timeout_s: float) -> LineJoiner:
+        pattern = _CRI_PARTIAL if wrapper == "cri" else _DOCKER_COMPLETE
+        return cls(pattern, False, 1_000_000, max_bytes, timeout_s, wrapper)
+
+    def _line_ends_record(self, data: bytes, starts: np.ndarray) -> np.ndarray:
+        """For wrapped lines: does each line end its record (not a runtime partial)?"""
+        matched = np.isin(starts, np.fromiter((m.start() for m in self.pattern.finditer(data)), dtype=np.int64))
+        return ~matched if self.wrapper == "cri" else matched
+
+    def last_record_complete(self, data: bytes, starts: np.ndarray) -> bool:
+        """Whether the final line closes its record (only wrappers can tell)."""
+        return bool(self.wrapper) and bool(self._line_ends_record(data, starts)[-1])
 
     @classmethod
     def from_config(cls, mc: MultilineConfig) -> LineJoiner:
@@ -51,9 +71,13 @@ class LineJoiner:
 
     def record_starts(self, data: bytes, line_starts: np.ndarray) -> np.ndarray:
         """Offsets in ``data`` where records begin (always including 0)."""
-        matched = np.fromiter((m.start() for m in self.pattern.finditer(data)), dtype=np.int64)
-        hit = np.isin(line_starts, matched)
-        is_start = hit if self.starts_on_match else ~hit
+        if self.wrapper:
+            ends = self._line_ends_record(data, line_starts)
+            is_start = np.concatenate([[True], ends[:-1]])
+        else:
+            matched = np.fromiter((m.start() for m in self.pattern.finditer(data)), dtype=np.int64)
+            hit = np.isin(line_starts, matched)
+            is_start = hit if self.starts_on_match else ~hit
         if len(is_start):
             is_start[0] = True
         # Cap lines per record: every max_lines-th line of a record starts a new one.

@@ -22,9 +22,11 @@ from aiokafka import AIOKafkaProducer
 
 from loglake.config import Config, InputConfig
 from loglake.frame import FrameMeta, encode_frame
+from loglake.kafka_client import client_kwargs
 from shippers.checkpoint import CheckpointStore, FileCheckpoint
 from shippers.discovery import discover
 from shippers.fingerprint import fingerprint, inode_key
+from shippers.metrics import serve as metrics_server
 from shippers.multiline import LineJoiner
 from shippers.watcher import FileWatcher
 
@@ -37,6 +39,31 @@ class InFlight:
     end_offset: int
     size: int
     future: asyncio.Future
+
+
+_POD_LOG = re.compile(r"/(?P<namespace>[^/_]+)_(?P<pod>[^/_]+)_(?P<uid>[0-9a-fA-F-]{8,})/(?P<container>[^/]+)/\d+\.log$")
+_CONTAINER_LOG = re.compile(r"/(?P<pod>[^/_]+)_(?P<namespace>[^/_]+)_(?P<container>[^/_]+)-(?P<id>[0-9a-f]{64})\.log$")
+
+
+def kubernetes_labels(path: str) -> dict[str, str]:
+    """Namespace, pod and container from a kubelet log path (/var/log/pods or /var/log/containers)."""
+    if m := _POD_LOG.search(path):
+        return {"k8s.namespace.name": m["namespace"], "k8s.pod.name": m["pod"], "k8s.pod.uid": m["uid"],
+                "k8s.container.name": m["container"]}
+    if m := _CONTAINER_LOG.search(path):
+        return {"k8s.namespace.name": m["namespace"], "k8s.pod.name": m["pod"], "k8s.container.name": m["container"]}
+    return {}
+
+
+def wrapper_for(path: str, fmt: str) -> str:
+    """The container runtime wrapping of a file's lines: "", "cri" or "docker"."""
+    if fmt != "auto":
+        return "" if fmt == "plain" else fmt
+    if path.endswith("-json.log"):
+        return "docker"
+    if "/var/log/pods/" in path or "/var/log/containers/" in path or _POD_LOG.search(path):
+        return "cri"
+    return ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +92,10 @@ class Shipper:
         self.max_inflight_bytes = self.sc.max_inflight_bytes
         self.producer: AIOKafkaProducer | None = None
         self._dirty = False
-        self.stats = {"lines": 0, "bytes": 0, "frames": 0, "send_errors": 0}
+        self.stats = {"lines": 0, "bytes": 0, "frames": 0, "frame_bytes": 0, "send_errors": 0,
+                      "retries": 0, "truncated_lines": 0}
+        self.last_loop = time.monotonic()
+        self._outage_since: float | None = None
 
     # -- files ---------------------------------------------------------------
 
@@ -116,11 +146,16 @@ class Shipper:
         else:
             source_id = self._new_source_id(key)
             offset = st.st_size if (inp.cfg.start_at == "end" and first and cp is None) else 0
+        wrapper = wrapper_for(path, inp.cfg.format)
+        joiner = (LineJoiner.for_wrapper(wrapper, self.sc.max_frame_bytes - 1, self.sc.partial_line_timeout_s)
+                  if wrapper else inp.joiner)
         try:
             w = FileWatcher(path, key=key, source_id=source_id, offset=offset, input_index=index,
-                            partial_timeout_s=self.sc.partial_line_timeout_s, joiner=inp.joiner)
+                            partial_timeout_s=self.sc.partial_line_timeout_s, joiner=joiner,
+                            max_line_bytes=self.sc.max_line_bytes)
         except FileNotFoundError:
             return
+        w.wrapper = wrapper
         self.watchers[w.inode] = w
         self.checkpoints[key] = FileCheckpoint(source_id, path, offset)
         self._dirty = True
@@ -154,11 +189,13 @@ class Shipper:
             return inp.cfg.service
         if inp.service_re is not None and (m := inp.service_re.search(w.path)) and m.group("service"):
             return m.group("service")
+        if container := kubernetes_labels(w.path).get("k8s.container.name"):
+            return container
         return os.path.basename(w.path).split(".", 1)[0] or "unknown"
 
     def labels_for(self, w: FileWatcher) -> dict[str, str]:
         inp = self.inputs[w.input_index].cfg
-        return {**({"env": inp.env} if inp.env else {}), **inp.labels}
+        return {**kubernetes_labels(w.path), **({"env": inp.env} if inp.env else {}), **inp.labels}
 
     # -- sending -------------------------------------------------------------
 
@@ -183,9 +220,14 @@ class Shipper:
                 meta = FrameMeta(
                     source_id=w.source_id, source=w.path, host=self.sc.host,
                     service=self.service_for(w), tenant=self.inputs[w.input_index].cfg.tenant,
-                    first_offset=chunk.first_offset, end_offset=chunk.first_offset + len(chunk.data),
-                    observed_us=time.time_ns() // 1000, count=n, labels=self.labels_for(w))
-                value = encode_frame(meta, chunk.data, chunk.offsets)
+                    first_offset=chunk.first_offset, end_offset=chunk.end_offset,
+                    observed_us=time.time_ns() // 1000, count=n, labels=self.labels_for(w),
+                    truncated_from=chunk.truncated_from, wrapper=w.wrapper)
+                if chunk.truncated_from:
+                    self.stats["truncated_lines"] += 1
+                    log.warning("line longer than max_line_bytes truncated",
+                                extra={"path": w.path, "offset": chunk.first_offset, "length": chunk.truncated_from})
+                value = encode_frame(meta, chunk.data, chunk.offsets, compress=self.sc.frame_compression == "lz4")
                 fut = await self.producer.send(
                     self.cfg.kafka.topic, value, key=meta.source_id.encode(),
                     headers=[(self.cfg.kafka.tenant_header, meta.tenant.encode())])
@@ -194,6 +236,7 @@ class Shipper:
                 self.stats["lines"] += n
                 self.stats["bytes"] += len(chunk.data)
                 self.stats["frames"] += 1
+                self.stats["frame_bytes"] += len(value)
                 sent += 1
         return sent
 
@@ -221,7 +264,7 @@ class Shipper:
         self.inflight.clear()
         self.inflight_bytes = 0
         for w in self.watchers.values():
-            w.offset = w.acked
+            w.rewind()
 
     def _save(self) -> None:
         if self._dirty:
@@ -231,28 +274,41 @@ class Shipper:
     async def _start_producer(self) -> AIOKafkaProducer:
         k = self.cfg.kafka
         producer = AIOKafkaProducer(
-            bootstrap_servers=k.bootstrap_servers, client_id=f"{k.client_id}-shipper",
-            acks="all", linger_ms=self.sc.linger_ms, max_batch_size=2 << 20,
-            max_request_size=max(2 << 20, self.sc.max_frame_bytes + (64 << 10)),
+            **client_kwargs(k), client_id=f"{k.client_id}-shipper",
+            acks="all" if self.sc.acks == "all" else int(self.sc.acks), linger_ms=self.sc.linger_ms,
+            max_batch_size=self.sc.max_batch_bytes, enable_idempotence=self.sc.idempotence,
+            max_request_size=max(self.sc.max_batch_bytes, self.sc.max_frame_bytes + (64 << 10)),
             request_timeout_ms=15_000,
-            compression_type=None,    # frames are lz4 already
+            # Frames are lz4 already; with frame compression off, let Kafka compress.
+            compression_type=None if self.sc.frame_compression == "lz4" else "lz4",
         )
         await producer.start()
         return producer
 
+    def outage_seconds(self) -> float:
+        return 0.0 if self._outage_since is None else time.monotonic() - self._outage_since
+
     async def run(self, stop: asyncio.Event, *, once: bool = False) -> None:
         """Ship until ``stop`` is set (or, with ``once``, until every file is read and acked)."""
+        server = await metrics_server(self.sc.metrics_listen, self) if self.sc.metrics_listen else None
+        try:
+            await self._run(stop, once=once)
+        finally:
+            if server is not None:
+                server.close()
+
+    async def _run(self, stop: asyncio.Event, *, once: bool) -> None:
         backoff = 0.5
-        outage_since: float | None = None
         next_scan = 0.0
         first = True
         while not stop.is_set():
+            self.last_loop = time.monotonic()
             try:
                 if self.producer is None:
                     self.producer = await self._start_producer()
-                    if outage_since is not None:
-                        log.info("broker reachable again", extra={"outage_s": round(time.monotonic() - outage_since, 1)})
-                        outage_since = None
+                    if self._outage_since is not None:
+                        log.info("broker reachable again", extra={"outage_s": round(self.outage_seconds(), 1)})
+                        self._outage_since = None
                     backoff = 0.5
                 if time.monotonic() >= next_scan:
                     self.scan(first=first)
@@ -270,8 +326,9 @@ class Shipper:
                 raise
             except Exception as e:  # broker unreachable, timeouts: back off and retry, lose nothing
                 self.stats["send_errors"] += 1
-                if outage_since is None:
-                    outage_since = time.monotonic()
+                self.stats["retries"] += 1
+                if self._outage_since is None:
+                    self._outage_since = time.monotonic()
                     log.warning("cannot deliver to the broker; retrying", extra={"reason": repr(e)})
                 self._rewind_all()
                 if self.producer is not None:

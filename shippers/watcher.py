@@ -20,13 +20,19 @@ class Chunk:
     first_offset: int
     data: bytes
     offsets: np.ndarray          # record boundaries (n+1) within data
+    truncated_from: int = 0      # a single line cut short: its original length
+
+    @property
+    def end_offset(self) -> int:
+        return self.first_offset + (self.truncated_from or len(self.data))
 
 
 class FileWatcher:
     """Tails one file from ``offset``; ``key`` is its checkpoint key, ``source_id`` its identity."""
 
     def __init__(self, path: str, *, key: str, source_id: str, offset: int, input_index: int,
-                 partial_timeout_s: float, joiner: LineJoiner | None = None) -> None:
+                 partial_timeout_s: float, joiner: LineJoiner | None = None,
+                 max_line_bytes: int = 1 << 20) -> None:
         self.path = path
         self.key = key
         self.source_id = source_id
@@ -35,7 +41,11 @@ class FileWatcher:
         self.input_index = input_index
         self.partial_timeout_s = partial_timeout_s
         self.joiner = joiner
+        self.max_line_bytes = max_line_bytes
+        self.wrapper = ""                  # the container runtime's line format, if any
         self.in_glob = True
+        self._long: tuple[int, bytes] | None = None    # an over-long line: its start and kept head
+        self._scan = 0                                  # how far its end has been looked for
         self._waiting_since: float | None = None
         self._file = open(path, "rb", buffering=0)  # noqa: SIM115 (held for the watcher's life)
         st = os.fstat(self._file.fileno())
@@ -60,6 +70,13 @@ class FileWatcher:
         self.key, self.source_id = key, source_id
         self.offset = self.acked = 0
         self._waiting_since = None
+        self._long = None
+
+    def rewind(self) -> None:
+        """Forget what was read but not acknowledged (it will be read again)."""
+        self.offset = self.acked
+        self._waiting_since = None
+        self._long = None
 
     def at_end(self) -> bool:
         return self.offset >= self.size()
@@ -72,33 +89,70 @@ class FileWatcher:
         return now - self._waiting_since >= timeout_s
 
     def read(self, max_bytes: int) -> Chunk | None:
-        """The next run of complete records, at most ``max_bytes`` (one longer line whole)."""
+        """The next run of complete records, at most ``max_bytes``; an over-long line alone, cut."""
+        limit = min(self.max_line_bytes, max_bytes - 1)
+        if self._long is not None:
+            return self._read_long(max_bytes)
         size = self.size()
         if size <= self.offset:
             return None
         want = min(size - self.offset, max_bytes)
         data = os.pread(self.fd, want, self.offset)
+        first_newline = data.find(b"\n")
+        if first_newline > limit or (first_newline < 0 and len(data) > limit):
+            self._long, self._scan = (self.offset, data[:limit]), self.offset + len(data)
+            return self._read_long(max_bytes)
         cut = data.rfind(b"\n") + 1
         if cut == 0:
-            if len(data) >= max_bytes:
-                cut = len(data)          # a line longer than a frame: ship it as its own piece
-            elif not self._waited(self.partial_timeout_s):
+            if not self._waited(self.partial_timeout_s):
                 return None
-            else:
-                cut = len(data)          # waited long enough: ship the partial line
+            cut = len(data)              # waited long enough: ship the partial line
         data = data[:cut]
         starts = line_starts(data)
-        if self.joiner is not None:
+        lengths = np.diff(np.append(starts, len(data)))
+        over = np.flatnonzero(lengths > limit + 1)
+        if len(over):                    # stop before an over-long line; it goes alone, next
+            data, starts = data[:int(starts[over[0]])], starts[:int(over[0])]
+        if self.joiner is not None and len(data):
+            complete = self.joiner.last_record_complete(data, line_starts(data))
             starts = self.joiner.record_starts(data, starts)
             # The last record may go on in lines not written yet: hold it back
             # until a new record starts after it, or the rule's timeout passes.
             held = int(starts[-1])
-            if held > 0:
+            if complete:
+                pass
+            elif held > 0:
                 data, starts = data[:held], starts[:-1]
-            elif len(data) < max_bytes and not self._waited(self.joiner.timeout_s):
+            elif len(data) < max_bytes and not len(over) and not self._waited(self.joiner.timeout_s):
                 return None
         self._waiting_since = None
         offsets = np.append(starts, len(data)).astype("<u4")
         chunk = Chunk(self.offset, data, offsets)
         self.offset += len(data)
+        return chunk
+
+    def _read_long(self, max_bytes: int) -> Chunk | None:
+        """Find the end of an over-long line without holding it; ship its head, flagged."""
+        assert self._long is not None
+        start, head = self._long
+        size = self.size()
+        end = None
+        while self._scan < size:
+            data = os.pread(self.fd, min(max_bytes, size - self._scan), self._scan)
+            newline = data.find(b"\n")
+            if newline >= 0:
+                end = self._scan + newline + 1
+                break
+            self._scan += len(data)
+        if end is None:
+            if not self._waited(self.partial_timeout_s):
+                return None
+            end = size                   # never terminated: ship what there is
+            body = head
+        else:
+            body = head + b"\n"
+        self._long = None
+        self._waiting_since = None
+        chunk = Chunk(start, body, np.array([0, len(body)], dtype="<u4"), truncated_from=end - start)
+        self.offset = end
         return chunk

@@ -38,11 +38,12 @@ def con() -> Iterator[duckdb.DuckDBPyConnection]:
 
 
 def raw(lines: list[str], *, observed: datetime = OBSERVED, service: str = "file-svc",
-        labels: dict[str, str] | None = None) -> pa.Table:
+        labels: dict[str, str] | None = None, wrapper: str = "") -> pa.Table:
     n = len(lines)
     return pa.table({"line": lines, "observed_ts": [observed] * n, "service": [service] * n,
                      "host": ["host-1"] * n, "source": ["/var/log/x.log"] * n,
-                     "labels": [list(labels.items()) if labels else None] * n}, schema=RAW_SCHEMA)
+                     "labels": [list(labels.items()) if labels else None] * n,
+                     "wrapper": [wrapper] * n}, schema=RAW_SCHEMA)
 
 
 def parse_all(con: duckdb.DuckDBPyConnection, lines: list[str], **kw: Any) -> list[dict[str, Any]]:
@@ -411,3 +412,25 @@ def test_shipper_labels_join_the_attrs_and_the_line_wins_a_clash(con: duckdb.Duc
                              labels={"env": "prod", "team": "payments"})).to_pylist()
     assert dict(out[0]["attrs"]) == {"env": "from-line", "team": "payments"}
     assert dict(out[1]["attrs"]) == {"env": "prod", "team": "payments"}
+
+
+def test_cri_lines_are_unwrapped_joined_and_parsed_again(con: duckdb.DuckDBPyConnection) -> None:
+    lines = ['2026-11-01T10:00:00.5Z stdout F {"level":"error","msg":"db down"}',
+             "2026-11-01T10:00:01Z stderr P first half \n2026-11-01T10:00:01Z stderr F second half",
+             "2026-11-01T10:00:02.25Z stdout F plain text, no time"]
+    out = normalise(con, raw(lines, wrapper="cri")).to_pylist()
+    assert (out[0]["message"], out[0]["level"], dict(out[0]["attrs"])) == ("db down", "error", {"stream": "stdout"})
+    assert out[1]["message"] == "first half second half"
+    assert dict(out[1]["attrs"]) == {"stream": "stderr"}
+    assert out[2]["ts"] == datetime(2026, 11, 1, 10, 0, 2, 250000, tzinfo=UTC)   # the runtime's time
+
+
+def test_docker_json_file_lines_are_unwrapped_and_partials_joined(con: duckdb.DuckDBPyConnection) -> None:
+    lines = ['{"log":"2026-11-01 10:00:00,000 WARN x - disk\\n","stream":"stdout","time":"2026-11-01T10:00:09Z"}',
+             '{"log":"part one ","stream":"stderr","time":"2026-11-01T10:00:10Z"}\n'
+             '{"log":"part two\\n","stream":"stderr","time":"2026-11-01T10:00:10Z"}']
+    out = normalise(con, raw(lines, wrapper="docker")).to_pylist()
+    assert out[0]["message"] == "2026-11-01 10:00:00,000 WARN x - disk" and out[0]["level"] == "warn"
+    assert out[0]["ts"] == datetime(2026, 11, 1, 10, 0, tzinfo=UTC)
+    assert out[1]["message"] == "part one part two" and dict(out[1]["attrs"]) == {"stream": "stderr"}
+    assert out[1]["ts"] == datetime(2026, 11, 1, 10, 0, 10, tzinfo=UTC)
