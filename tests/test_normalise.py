@@ -434,3 +434,15 @@ def test_docker_json_file_lines_are_unwrapped_and_partials_joined(con: duckdb.Du
     assert out[0]["ts"] == datetime(2026, 11, 1, 10, 0, tzinfo=UTC)
     assert out[1]["message"] == "part one part two" and dict(out[1]["attrs"]) == {"stream": "stderr"}
     assert out[1]["ts"] == datetime(2026, 11, 1, 10, 0, 10, tzinfo=UTC)
+
+
+def test_invalid_utf8_is_replaced_and_the_row_flagged(con: duckdb.DuckDBPyConnection) -> None:
+    from ingest.batch import RecordRun, raw_table
+    from loglake.frame import FrameMeta
+
+    records = pa.array([b"fine line\n", b"bad \xff\xfe bytes\n"], pa.binary())
+    meta = FrameMeta("sid", "/x.log", "h", "svc", "default", 0, 25, 1_000_000, 2, {"env": "prod"})
+    out = normalise(con, raw_table([RecordRun(meta, records)])).to_pylist()
+    assert out[0]["message"] == "fine line" and dict(out[0]["attrs"]) == {"env": "prod"}
+    assert out[1]["message"] == "bad \ufffd\ufffd bytes"
+    assert dict(out[1]["attrs"]) == {"env": "prod", "invalid_utf8": "true"}

@@ -305,3 +305,22 @@ def test_crash_loop_twenty_sigkills_while_200k_lines_are_written(stack: Stack) -
     counts = stored()
     assert sorted(counts) == list(range(n))
     assert max(counts.values()) == 1, [u for u, c in counts.items() if c > 1][:10]
+
+
+def test_input_labels_env_and_service_from_path_reach_every_row(stack: Stack) -> None:
+    svc_dir = stack.input_dir / "billing"
+    svc_dir.mkdir()
+    _write(svc_dir / "app.log", _lines(50, 0))
+    stack.start("ingest")
+    stack.start("serve")
+    stack.start("ship", LOGLAKE_SHIPPER__INCLUDE=f'["{stack.input_dir}/**/*.log"]',
+                LOGLAKE_SHIPPER__SERVICE_FROM_PATH=r"/in/(?P<service>[^/]+)/", LOGLAKE_SHIPPER__ENV="prod",
+                LOGLAKE_SHIPPER__LABELS='{team = "payments", region = "eu"}')
+    stack.wait_ready()
+    _wait_stored(stack, 50)
+    rows = stack.search("", start="now-2h", end="now+1h", limit=100)["rows"]
+    assert {r["service"] for r in rows if r["service"] != "app"} == {"billing"}
+    for r in rows:
+        assert {k: r["attrs"].get(k) for k in ("env", "team", "region")} == \
+            {"env": "prod", "team": "payments", "region": "eu"}
+        assert r["host"] == "testhost"
