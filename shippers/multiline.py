@@ -43,6 +43,8 @@ class LineJoiner:
     max_bytes: int
     timeout_s: float
     wrapper: str = ""           # "cri" or "docker": join the runtime's partial lines instead
+    #: The rule alone, to re-check a line within its own bounds (see ``_matching_lines``).
+    bounded: re.Pattern[bytes] | None = None
 
     @classmethod
     def for_wrapper(cls, wrapper: str, max_bytes: int, timeout_s: float) -> LineJoiner:
@@ -67,7 +69,27 @@ class LineJoiner:
         else:
             text, starts = mc.continue_pattern or "", False
         text = text[1:] if text.startswith("^") else text
-        return cls(re.compile(b"(?m)^(?:" + text.encode() + b")"), starts, mc.max_lines, mc.max_bytes, mc.timeout_s)
+        # A zero-width look-ahead at each line start, capturing how far the rule reached.
+        return cls(re.compile(b"(?m)^(?=(" + text.encode() + b"))"), starts, mc.max_lines, mc.max_bytes,
+                   mc.timeout_s, bounded=re.compile(b"(?m)(?:" + text.encode() + b")"))
+
+    def _matching_lines(self, data: bytes) -> np.ndarray:
+        """Starts of the lines the rule matches, each judged within its own line.
+
+        One pass of the look-ahead over the chunk finds the candidates; a match
+        that reached past its line's newline (a rule with ``\\s*``, say) is
+        re-checked against that line alone, so no line is judged by the next.
+        """
+        out = []
+        for m in self.pattern.finditer(data):
+            start, reach = m.start(), m.end(1)
+            if reach > start and data.find(b"\n", start, reach) >= 0:
+                line_end = data.find(b"\n", start)
+                assert self.bounded is not None
+                if not self.bounded.match(data, start, line_end if line_end >= 0 else len(data)):
+                    continue
+            out.append(start)
+        return np.array(out, dtype=np.int64)
 
     def record_starts(self, data: bytes, line_starts: np.ndarray) -> np.ndarray:
         """Offsets in ``data`` where records begin (always including 0)."""
@@ -75,8 +97,7 @@ class LineJoiner:
             ends = self._line_ends_record(data, line_starts)
             is_start = np.concatenate([[True], ends[:-1]])
         else:
-            matched = np.fromiter((m.start() for m in self.pattern.finditer(data)), dtype=np.int64)
-            hit = np.isin(line_starts, matched)
+            hit = np.isin(line_starts, self._matching_lines(data))
             is_start = hit if self.starts_on_match else ~hit
         if len(is_start):
             is_start[0] = True

@@ -100,7 +100,9 @@ class FileWatcher:
         data = os.pread(self.fd, want, self.offset)
         first_newline = data.find(b"\n")
         if first_newline > limit or (first_newline < 0 and len(data) > limit):
-            self._long, self._scan = (self.offset, data[:limit]), self.offset + len(data)
+            # Look for its end from its newline if this read holds it, else past the read.
+            self._long = (self.offset, data[:limit])
+            self._scan = self.offset + (first_newline if first_newline >= 0 else len(data))
             return self._read_long(max_bytes)
         cut = data.rfind(b"\n") + 1
         if cut == 0:

@@ -256,6 +256,33 @@ def test_over_long_line_between_short_lines_is_cut_and_flagged(tmp_path: Path, w
     ]
 
 
+def test_line_of_exactly_max_line_bytes_is_kept_whole(tmp_path: Path, watcher: WatcherFactory) -> None:
+    path = tmp_path / "app.log"
+    path.write_bytes(b"short\n" + b"x" * 100 + b"\n")
+    w = watcher(path, max_line_bytes=100)
+    chunk = w.read(BIG_FRAME)
+    assert chunk is not None
+    assert (_records(chunk), chunk.truncated_from) == ([b"short\n", b"x" * 100 + b"\n"], 0)
+
+
+def test_chunk_stops_before_an_over_long_line(tmp_path: Path, watcher: WatcherFactory) -> None:
+    path = tmp_path / "app.log"
+    path.write_bytes(b"short\n" + b"x" * 101 + b"\n")
+    w = watcher(path, max_line_bytes=100)
+    chunk = w.read(BIG_FRAME)
+    assert chunk is not None
+    assert (_records(chunk), chunk.end_offset, w.offset) == ([b"short\n"], 6, 6)
+
+
+def test_terminated_over_long_line_is_shipped_without_waiting(tmp_path: Path, watcher: WatcherFactory) -> None:
+    path = tmp_path / "app.log"
+    path.write_bytes(b"x" * 200 + b"\n")
+    w = watcher(path, max_line_bytes=100, partial_timeout_s=NEVER)
+    chunk = w.read(BIG_FRAME)
+    assert chunk is not None
+    assert (_records(chunk), chunk.truncated_from, chunk.end_offset) == ([b"x" * 100 + b"\n"], 201, 201)
+
+
 def test_line_longer_than_the_frame_is_found_in_one_read(tmp_path: Path, watcher: WatcherFactory) -> None:
     path = tmp_path / "app.log"
     long_line = b"y" * 5000
@@ -423,10 +450,10 @@ def test_max_lines_splits_a_long_record() -> None:
 
 def test_max_bytes_splits_a_record_at_line_boundaries() -> None:
     joiner = LineJoiner.from_config(MultilineConfig(continue_pattern=r"\t", max_bytes=64))
-    lines = ["head", *[f"\tframe {i:02d} " + "x" * 10 for i in range(8)], "next"]   # 21 bytes a frame line
+    lines = ["Err", *[f"\tframe {i:02d} " + "x" * 9 for i in range(8)], "next"]   # 20 bytes a frame line
     records = _joined(joiner, lines)
     assert b"".join(records) == _text(lines)
-    assert [len(r) for r in records] == [5 + 2 * 21, 3 * 21, 3 * 21, 5]
+    assert [len(r) for r in records] == [4 + 3 * 20, 3 * 20, 2 * 20, 5]     # the first fills 64 exactly
     assert all(r.endswith(b"\n") for r in records)
 
 
@@ -634,6 +661,12 @@ def test_files_with_different_first_bytes_differ(tmp_path: Path) -> None:
 def test_file_shorter_than_the_fingerprint_has_none(tmp_path: Path) -> None:
     (tmp_path / "a").write_bytes(b"x" * 31)
     assert _fingerprint_of(tmp_path / "a", 32) is None
+
+
+def test_file_of_exactly_the_fingerprint_size_has_one(tmp_path: Path) -> None:
+    (tmp_path / "a").write_bytes(b"x" * 32)
+    fp = _fingerprint_of(tmp_path / "a", 32)
+    assert fp is not None and fp.startswith("fp:")
 
 
 def test_fingerprint_is_none_when_the_file_is_shorter_than_its_stated_size(tmp_path: Path) -> None:
