@@ -3,7 +3,7 @@
 Per partition it buffers records from the catalog's next offset on; a flush
 (by rows, bytes or age) normalises the buffer in DuckDB, writes one segment
 per tenant and hour, and commits segments, the partition's new offset and the
-per-source high-water marks in one catalog transaction. Kafka's committed
+per-source stored byte ranges in one catalog transaction. Kafka's committed
 offsets are updated afterwards, for monitoring only.
 """
 
@@ -19,7 +19,8 @@ import pyarrow as pa
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 
-from ingest.batch import RecordRun, drop_stored_prefix, raw_table
+from ingest.batch import RecordRun, raw_table
+from ingest.marks import Ranges, add_range, drop_stored
 from ingest.normalise import new_connection, normalise
 from loglake.config import Config
 from loglake.frame import FrameError, FrameMeta, decode_frame
@@ -38,7 +39,7 @@ class PartitionBuffer:
     runs: list[tuple[str, RecordRun]] = field(default_factory=list)   # (tenant, run)
     rows: int = 0
     bytes: int = 0
-    marks: dict[tuple[str, str], int] = field(default_factory=dict)
+    ranges: dict[tuple[str, str], Ranges] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
 
 
@@ -51,7 +52,7 @@ class IngestWorker:
         self.topic = cfg.kafka.topic
         self.root = cfg.storage.data_root
         self.buffers: dict[int, PartitionBuffer] = {}
-        self.marks: dict[tuple[str, str], int] = {}
+        self.ranges: dict[tuple[str, str], Ranges] = {}    # stored byte ranges per source
         self.duck = new_connection()
         self.consumer: AIOKafkaConsumer | None = None
         # A rebalance callback may flush while the loop is flushing; one at a time.
@@ -67,7 +68,7 @@ class IngestWorker:
         states = self.catalog.partition_states(self.topic)
         ends = await self.consumer.end_offsets(list(partitions))
         starts = await self.consumer.beginning_offsets(list(partitions))
-        self.marks = self.catalog.source_marks()
+        self.ranges = self.catalog.source_ranges()
         for tp in partitions:
             state = states.get(tp.partition, PartitionState(0, 0))
             if state.next_offset > ends[tp]:
@@ -114,15 +115,13 @@ class IngestWorker:
             meta, records = frame.meta, frame.records
             tenant = meta.tenant or tenant
             key = (tenant, meta.source_id)
-            mark = self.marks.get(key, 0)
-            if meta.end_offset <= mark:
-                self.stats["deduplicated"] += meta.count
+            ranges = self.ranges.get(key, [])
+            kept = drop_stored(records, meta.first_offset, ranges)
+            self.stats["deduplicated"] += len(records) - len(kept)
+            records = kept
+            self.ranges[key] = buf.ranges[key] = add_range(ranges, meta.first_offset, meta.end_offset)
+            if not len(records):
                 return
-            if meta.first_offset < mark:
-                kept = drop_stored_prefix(records, meta.first_offset, mark)
-                self.stats["deduplicated"] += len(records) - len(kept)
-                records = kept
-            self.marks[key] = buf.marks[key] = meta.end_offset
             if meta.truncated_from:
                 meta = replace(meta, labels={**meta.labels, "truncated": "true",
                                              "original_length": str(meta.truncated_from)})
@@ -168,7 +167,8 @@ class IngestWorker:
                                        zstd_level=self.cfg.storage.zstd_level,
                                        row_group_rows=self.cfg.storage.row_group_rows)
         return PartitionCommit(self.topic, partition, buf.state.epoch, buf.state.next_offset,
-                               buf.last_offset + 1, segments, dict(buf.marks))
+                               buf.last_offset + 1, segments,
+                               source_ranges={k: list(v) for k, v in buf.ranges.items()})
 
     async def flush(self, partitions: list[int] | None = None) -> None:
         """Write and commit every non-empty buffer (or those of ``partitions``)."""
@@ -207,7 +207,7 @@ class IngestWorker:
 
     def _rewind(self, partitions: list[int]) -> None:
         states = self.catalog.partition_states(self.topic)
-        self.marks = self.catalog.source_marks()
+        self.ranges = self.catalog.source_ranges()
         for p in partitions:
             state = states.get(p, PartitionState(0, 0))
             self.buffers[p] = PartitionBuffer(state)

@@ -14,12 +14,14 @@ class FileCheckpoint:
     source_id: str     # the identity ingest deduplicates by; fixed for the file's life
     path: str          # last path the file was seen at (informational)
     offset: int        # file offset just past the last acknowledged record
+    head_hash: str = ""    # hash of the file's first head_len bytes when the checkpoint was taken
+    head_len: int = 0
 
 
 class CheckpointStore:
     """A JSON file of ``{key: FileCheckpoint}`` (key: fingerprint or inode), replaced atomically."""
 
-    VERSION = 2
+    VERSION = 3
 
     def __init__(self, state_dir: Path) -> None:
         self.file = state_dir / "checkpoints.json"

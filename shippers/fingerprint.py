@@ -23,3 +23,10 @@ def fingerprint(fd: int, size: int, nbytes: int) -> str | None:
 
 def inode_key(st: os.stat_result) -> str:
     return f"ino:{st.st_dev}:{st.st_ino}"
+
+
+def head_hash(fd: int, nbytes: int) -> str:
+    """Hash of the first ``nbytes`` bytes (of fewer, if the file is shorter now); "" for none."""
+    if nbytes <= 0:
+        return ""
+    return hashlib.blake2b(os.pread(fd, nbytes, 0), digest_size=12).hexdigest()

@@ -25,7 +25,7 @@ from loglake.frame import FrameMeta, encode_frame
 from loglake.kafka_client import client_kwargs
 from shippers.checkpoint import CheckpointStore, FileCheckpoint
 from shippers.discovery import discover
-from shippers.fingerprint import fingerprint, inode_key
+from shippers.fingerprint import fingerprint, head_hash, inode_key
 from shippers.metrics import serve as metrics_server
 from shippers.multiline import LineJoiner
 from shippers.watcher import FileWatcher
@@ -36,6 +36,7 @@ log = logging.getLogger("loglake.shipper")
 @dataclass(slots=True)
 class InFlight:
     watcher: FileWatcher
+    source_id: str               # the acks of a file read again (truncated) belong to its old self
     end_offset: int
     size: int
     future: asyncio.Future
@@ -43,6 +44,18 @@ class InFlight:
 
 _POD_LOG = re.compile(r"/(?P<namespace>[^/_]+)_(?P<pod>[^/_]+)_(?P<uid>[0-9a-fA-F-]{8,})/(?P<container>[^/]+)/\d+\.log$")
 _CONTAINER_LOG = re.compile(r"/(?P<pod>[^/_]+)_(?P<namespace>[^/_]+)_(?P<container>[^/_]+)-(?P<id>[0-9a-f]{64})\.log$")
+
+
+def _same_head(path: str, cp: FileCheckpoint) -> bool:
+    """Does the file still begin with the bytes the checkpoint saw?"""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        return head_hash(fd, cp.head_len) == cp.head_hash
+    finally:
+        os.close(fd)
 
 
 def kubernetes_labels(path: str) -> dict[str, str]:
@@ -140,7 +153,7 @@ class Shipper:
         if any(w.key == key for w in self.watchers.values()):
             return                           # a copy of a file we already read (same first bytes)
         cp = self.checkpoints.get(key) or self.checkpoints.get(inode_key(st))
-        if cp is not None and cp.offset <= st.st_size:
+        if cp is not None and cp.offset <= st.st_size and _same_head(path, cp):
             source_id, offset = cp.source_id, cp.offset
             self.checkpoints.pop(inode_key(st), None)
         else:
@@ -157,9 +170,22 @@ class Shipper:
             return
         w.wrapper = wrapper
         self.watchers[w.inode] = w
-        self.checkpoints[key] = FileCheckpoint(source_id, path, offset)
+        self.checkpoints[key] = self._checkpoint(w)
         self._dirty = True
         log.info("watching file", extra={"path": path, "offset": offset, "key": key})
+
+    def _checkpoint(self, w: FileWatcher) -> FileCheckpoint:
+        # The hash of the bytes already shipped (up to the fingerprint size) tells a
+        # resumed file from a new one that took its inode while we were down.
+        n = min(w.acked, self.sc.fingerprint_bytes)
+        return FileCheckpoint(w.source_id, w.path, w.acked, head_hash(w.fd, n), n)
+
+    def prune_checkpoints(self) -> None:
+        """Forget checkpoints of files that are gone (after the first scan)."""
+        live = {w.key for w in self.watchers.values()}
+        for key in [k for k in self.checkpoints if k not in live]:
+            del self.checkpoints[key]
+            self._dirty = True
 
     def _rekey(self, w: FileWatcher) -> None:
         """A file known by its inode grew long enough for a fingerprint."""
@@ -209,7 +235,7 @@ class Shipper:
                 st = os.fstat(w.fd)
                 key = self._identify(w.fd, st)
                 w.restart(key, self._new_source_id(key))
-                self.checkpoints[w.key] = FileCheckpoint(w.source_id, w.path, 0)
+                self.checkpoints[w.key] = self._checkpoint(w)
                 self._dirty = True
             self._rekey(w)
             while self.inflight_bytes < self.max_inflight_bytes:
@@ -231,7 +257,7 @@ class Shipper:
                 fut = await self.producer.send(
                     self.cfg.kafka.topic, value, key=meta.source_id.encode(),
                     headers=[(self.cfg.kafka.tenant_header, meta.tenant.encode())])
-                self.inflight.append(InFlight(w, meta.end_offset, len(value), fut))
+                self.inflight.append(InFlight(w, w.source_id, meta.end_offset, len(value), fut))
                 self.inflight_bytes += len(value)
                 self.stats["lines"] += n
                 self.stats["bytes"] += len(chunk.data)
@@ -252,9 +278,11 @@ class Shipper:
             self.inflight_bytes -= head.size
             head.future.result()   # raises the send error, handled by the caller
             w = head.watcher
+            if head.source_id != w.source_id:
+                continue           # sent before the file was truncated; its offsets mean nothing now
             w.acked = head.end_offset
             if w.key in self.checkpoints and self.watchers.get(w.inode) is w:
-                self.checkpoints[w.key] = FileCheckpoint(w.source_id, w.path, w.acked)
+                self.checkpoints[w.key] = self._checkpoint(w)
                 self._dirty = True
 
     def _rewind_all(self) -> None:
@@ -312,6 +340,8 @@ class Shipper:
                     backoff = 0.5
                 if time.monotonic() >= next_scan:
                     self.scan(first=first)
+                    if first:
+                        self.prune_checkpoints()
                     first = False
                     next_scan = time.monotonic() + self.sc.rescan_interval_s
                 sent = await self._send_available()

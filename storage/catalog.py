@@ -61,6 +61,11 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (tenant, source_id)
     );
     """,
+    # Which byte ranges of each source are stored: usually one, more after a
+    # delivery failure let later frames in before a re-sent earlier one.
+    """
+    ALTER TABLE source_marks ADD COLUMN ranges TEXT;
+    """,
 )
 
 
@@ -82,6 +87,8 @@ class PartitionCommit:
     segments: Sequence[SegmentInfo] = ()
     #: (tenant, source_id) -> end offset now stored
     source_marks: dict[tuple[str, str], int] = field(default_factory=dict)
+    #: (tenant, source_id) -> every stored byte range [lo, hi), when known
+    source_ranges: dict[tuple[str, str], list[tuple[int, int]]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +197,13 @@ class Catalog:
         wanted = set(tenants) if tenants is not None else None
         return {(t, s): e for t, s, e in rows if wanted is None or t in wanted}
 
+    def source_ranges(self) -> dict[tuple[str, str], list[tuple[int, int]]]:
+        """Stored byte ranges per source (a source known only by its end: everything below it)."""
+        with self._lock:
+            rows = self._db.execute("SELECT tenant, source_id, end_offset, ranges FROM source_marks").fetchall()
+        return {(t, sid): ([(int(lo), int(hi)) for lo, hi in orjson.loads(r)] if r else [(0, e)])
+                for t, sid, e, r in rows}
+
     def commit(self, commits: Sequence[PartitionCommit]) -> None:
         """Record segments and advance offsets atomically, or raise CatalogConflict."""
         now = _now_us()
@@ -222,6 +236,14 @@ class Catalog:
                         " end_offset=max(source_marks.end_offset, excluded.end_offset),"
                         " updated_us=excluded.updated_us",
                         (tenant, sid, end, now))
+                for (tenant, sid), ranges in c.source_ranges.items():
+                    db.execute(
+                        "INSERT INTO source_marks (tenant, source_id, end_offset, updated_us, ranges)"
+                        " VALUES (?, ?, ?, ?, ?) ON CONFLICT (tenant, source_id) DO UPDATE SET"
+                        " ranges=excluded.ranges,"
+                        " end_offset=max(source_marks.end_offset, excluded.end_offset)",
+                        (tenant, sid, max((hi for _, hi in ranges), default=0), now,
+                         orjson.dumps(ranges).decode()))
 
     # -- query side ----------------------------------------------------------
 
