@@ -97,12 +97,11 @@ class MultilineConfig(_Section):
         return self
 
 
-class InputConfig(_Section):
-    """One group of files tailed alike."""
+class _InputSettings(_Section):
+    """What every input sets: shared by `[[shipper.inputs]]` and the default input in `[shipper]`."""
 
-    include: list[str]
     exclude: list[str] = []
-    #: Static service label; empty: `service_from_path`, else the file name without its extension.
+    #: Static service label; empty: `service_from_path`, the container name, or the file name.
     service: str = ""
     #: A regex with a group named `service`, matched against the file's path.
     service_from_path: str = ""
@@ -129,19 +128,15 @@ class InputConfig(_Section):
         return v
 
 
-class ShipperConfig(_Section):
+class InputConfig(_InputSettings):
+    """One group of files tailed alike."""
+
+    include: list[str]
+
+
+class ShipperConfig(_InputSettings):
     #: The default input; `[[shipper.inputs]]` adds more, each with its own settings.
     include: list[str] = ["./var/demo/*.log"]
-    exclude: list[str] = []
-    service: str = ""
-    service_from_path: str = ""
-    tenant: str = "default"
-    env: str = ""
-    labels: dict[str, str] = {}
-    start_at: Literal["beginning", "end"] = "beginning"
-    multiline: MultilineConfig | None = None
-    include_compressed: bool = False
-    format: Literal["auto", "plain", "cri", "docker"] = "auto"
     inputs: list[InputConfig] = []
 
     host: str = Field(default_factory=socket.gethostname)
@@ -170,10 +165,7 @@ class ShipperConfig(_Section):
         """`inputs` if any are configured, else the one input the top-level keys describe."""
         if self.inputs:
             return list(self.inputs)
-        return [InputConfig(include=self.include, exclude=self.exclude, service=self.service,
-                            service_from_path=self.service_from_path, tenant=self.tenant, env=self.env,
-                            labels=self.labels, start_at=self.start_at, multiline=self.multiline,
-                            include_compressed=self.include_compressed, format=self.format)]
+        return [InputConfig(**{name: getattr(self, name) for name in InputConfig.model_fields})]
 
 
 class IngestConfig(_Section):
