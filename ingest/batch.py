@@ -9,6 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ingest.marks import record_starts
 from ingest.normalise import RAW_SCHEMA
 from loglake.frame import FrameMeta
 
@@ -101,7 +102,4 @@ def drop_stored_prefix(records: pa.BinaryArray, first_offset: int, mark: int) ->
     """Keep only the records that start at or after file offset ``mark``."""
     if mark <= first_offset:
         return records
-    offsets = np.frombuffer(records.buffers()[1], dtype=np.int32, count=len(records) + 1,
-                            offset=4 * records.offset).astype(np.int64)
-    starts = first_offset + (offsets[:-1] - offsets[0])
-    return records.slice(int(np.searchsorted(starts, mark, side="left")))
+    return records.slice(int(np.searchsorted(record_starts(records, first_offset), mark, side="left")))

@@ -16,9 +16,7 @@ def fingerprint(fd: int, size: int, nbytes: int) -> str | None:
     if size < nbytes:
         return None
     head = os.pread(fd, nbytes, 0)
-    if len(head) < nbytes:
-        return None
-    return "fp:" + hashlib.blake2b(head, digest_size=12).hexdigest()
+    return None if len(head) < nbytes else "fp:" + _digest(head)
 
 
 def inode_key(st: os.stat_result) -> str:
@@ -27,6 +25,8 @@ def inode_key(st: os.stat_result) -> str:
 
 def head_hash(fd: int, nbytes: int) -> str:
     """Hash of the first ``nbytes`` bytes (of fewer, if the file is shorter now); "" for none."""
-    if nbytes <= 0:
-        return ""
-    return hashlib.blake2b(os.pread(fd, nbytes, 0), digest_size=12).hexdigest()
+    return _digest(os.pread(fd, nbytes, 0)) if nbytes > 0 else ""
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=12).hexdigest()

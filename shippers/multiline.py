@@ -58,7 +58,7 @@ class LineJoiner:
 
     def last_record_complete(self, data: bytes, starts: np.ndarray) -> bool:
         """Whether the final line closes its record (only wrappers can tell)."""
-        return bool(self.wrapper) and bool(self._line_ends_record(data, starts)[-1])
+        return self.split(data, starts)[1]
 
     @classmethod
     def from_config(cls, mc: MultilineConfig) -> LineJoiner:
@@ -93,8 +93,14 @@ class LineJoiner:
 
     def record_starts(self, data: bytes, line_starts: np.ndarray) -> np.ndarray:
         """Offsets in ``data`` where records begin (always including 0)."""
+        return self.split(data, line_starts)[0]
+
+    def split(self, data: bytes, line_starts: np.ndarray) -> tuple[np.ndarray, bool]:
+        """Record starts, and whether the last record is known to be complete (wrappers only)."""
+        complete = False
         if self.wrapper:
             ends = self._line_ends_record(data, line_starts)
+            complete = bool(ends[-1])
             is_start = np.concatenate([[True], ends[:-1]])
         else:
             hit = np.isin(line_starts, self._matching_lines(data))
@@ -107,7 +113,7 @@ class LineJoiner:
         position = np.arange(len(line_starts)) - first_line[group]
         is_start |= (position % self.max_lines) == 0
         starts = line_starts[is_start]
-        return self._cap_bytes(starts, line_starts, len(data))
+        return self._cap_bytes(starts, line_starts, len(data)), complete
 
     def _cap_bytes(self, starts: np.ndarray, line_starts: np.ndarray, end: int) -> np.ndarray:
         sizes = np.diff(np.append(starts, end))

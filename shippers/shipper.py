@@ -46,18 +46,6 @@ _POD_LOG = re.compile(r"/(?P<namespace>[^/_]+)_(?P<pod>[^/_]+)_(?P<uid>[0-9a-fA-
 _CONTAINER_LOG = re.compile(r"/(?P<pod>[^/_]+)_(?P<namespace>[^/_]+)_(?P<container>[^/_]+)-(?P<id>[0-9a-f]{64})\.log$")
 
 
-def _same_head(path: str, cp: FileCheckpoint) -> bool:
-    """Does the file still begin with the bytes the checkpoint saw?"""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return False
-    try:
-        return head_hash(fd, cp.head_len) == cp.head_hash
-    finally:
-        os.close(fd)
-
-
 def kubernetes_labels(path: str) -> dict[str, str]:
     """Namespace, pod and container from a kubelet log path (/var/log/pods or /var/log/containers)."""
     if m := _POD_LOG.search(path):
@@ -136,24 +124,24 @@ class Shipper:
                 if w is not None:
                     w.path, w.in_glob = path, True
                     continue
-                self._watch(path, st, index, first)
+                self._watch(path, index, first)
         for inode, w in self.watchers.items():
             w.in_glob = inode in seen
 
-    def _watch(self, path: str, st: os.stat_result, index: int, first: bool) -> None:
+    def _watch(self, path: str, index: int, first: bool) -> None:
         inp = self.inputs[index]
         try:
-            fd = os.open(path, os.O_RDONLY)
+            fd = os.open(path, os.O_RDONLY)        # one descriptor: identified, checked, then read
         except FileNotFoundError:
             return
-        try:
-            key = self._identify(fd, st)
-        finally:
-            os.close(fd)
-        if any(w.key == key for w in self.watchers.values()):
-            return                           # a copy of a file we already read (same first bytes)
+        st = os.fstat(fd)
+        key = self._identify(fd, st)
         cp = self.checkpoints.get(key) or self.checkpoints.get(inode_key(st))
-        if cp is not None and cp.offset <= st.st_size and _same_head(path, cp):
+        if any(w.key == key for w in self.watchers.values()):
+            os.close(fd)
+            return                           # a copy of a file we already read (same first bytes)
+        # The checkpoint is this file's only if the file still begins with the bytes it saw.
+        if cp is not None and cp.offset <= st.st_size and head_hash(fd, cp.head_len) == cp.head_hash:
             source_id, offset = cp.source_id, cp.offset
             self.checkpoints.pop(inode_key(st), None)
         else:
@@ -162,12 +150,9 @@ class Shipper:
         wrapper = wrapper_for(path, inp.cfg.format)
         joiner = (LineJoiner.for_wrapper(wrapper, self.sc.max_frame_bytes - 1, self.sc.partial_line_timeout_s)
                   if wrapper else inp.joiner)
-        try:
-            w = FileWatcher(path, key=key, source_id=source_id, offset=offset, input_index=index,
-                            partial_timeout_s=self.sc.partial_line_timeout_s, joiner=joiner,
-                            max_line_bytes=self.sc.max_line_bytes)
-        except FileNotFoundError:
-            return
+        w = FileWatcher(path, key=key, source_id=source_id, offset=offset, input_index=index,
+                        partial_timeout_s=self.sc.partial_line_timeout_s, joiner=joiner,
+                        max_line_bytes=self.sc.max_line_bytes, fd=fd)
         w.wrapper = wrapper
         self.watchers[w.inode] = w
         self.checkpoints[key] = self._checkpoint(w)
@@ -178,7 +163,7 @@ class Shipper:
         # The hash of the bytes already shipped (up to the fingerprint size) tells a
         # resumed file from a new one that took its inode while we were down.
         n = min(w.acked, self.sc.fingerprint_bytes)
-        return FileCheckpoint(w.source_id, w.path, w.acked, head_hash(w.fd, n), n)
+        return FileCheckpoint(w.source_id, w.path, w.acked, w.head_hash(n), n)
 
     def prune_checkpoints(self) -> None:
         """Forget checkpoints of files that are gone (after the first scan)."""

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from shippers.fingerprint import head_hash
 from shippers.multiline import LineJoiner, line_starts
 
 
@@ -32,7 +33,7 @@ class FileWatcher:
 
     def __init__(self, path: str, *, key: str, source_id: str, offset: int, input_index: int,
                  partial_timeout_s: float, joiner: LineJoiner | None = None,
-                 max_line_bytes: int = 1 << 20) -> None:
+                 max_line_bytes: int = 1 << 20, fd: int | None = None) -> None:
         self.path = path
         self.key = key
         self.source_id = source_id
@@ -47,7 +48,9 @@ class FileWatcher:
         self._long: tuple[int, bytes] | None = None    # an over-long line: its start and kept head
         self._scan = 0                                  # how far its end has been looked for
         self._waiting_since: float | None = None
-        self._file = open(path, "rb", buffering=0)  # noqa: SIM115 (held for the watcher's life)
+        self._head: tuple[int, str] = (0, "")           # (bytes, hash) of the file's beginning
+        # Held for the watcher's life; an already open descriptor is adopted.
+        self._file = open(path if fd is None else fd, "rb", buffering=0)  # noqa: SIM115
         st = os.fstat(self._file.fileno())
         self.inode = f"{st.st_dev}:{st.st_ino}"
 
@@ -57,6 +60,12 @@ class FileWatcher:
 
     def close(self) -> None:
         self._file.close()
+
+    def head_hash(self, nbytes: int) -> str:
+        """Hash of the first ``nbytes`` bytes; they never change, so it is read once per length."""
+        if self._head[0] != nbytes:
+            self._head = (nbytes, head_hash(self.fd, nbytes))
+        return self._head[1]
 
     def size(self) -> int:
         return os.fstat(self._file.fileno()).st_size
@@ -71,6 +80,7 @@ class FileWatcher:
         self.offset = self.acked = 0
         self._waiting_since = None
         self._long = None
+        self._head = (0, "")
 
     def rewind(self) -> None:
         """Forget what was read but not acknowledged (it will be read again)."""
@@ -116,16 +126,14 @@ class FileWatcher:
         if len(over):                    # stop before an over-long line; it goes alone, next
             data, starts = data[:int(starts[over[0]])], starts[:int(over[0])]
         if self.joiner is not None and len(data):
-            complete = self.joiner.last_record_complete(data, line_starts(data))
-            starts = self.joiner.record_starts(data, starts)
+            starts, complete = self.joiner.split(data, starts)
             # The last record may go on in lines not written yet: hold it back
             # until a new record starts after it, or the rule's timeout passes.
             held = int(starts[-1])
-            if complete:
-                pass
-            elif held > 0:
+            if not complete and held > 0:
                 data, starts = data[:held], starts[:-1]
-            elif len(data) < max_bytes and not len(over) and not self._waited(self.joiner.timeout_s):
+            elif not complete and len(data) < max_bytes and not len(over) \
+                    and not self._waited(self.joiner.timeout_s):
                 return None
         self._waiting_since = None
         offsets = np.append(starts, len(data)).astype("<u4")
