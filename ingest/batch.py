@@ -16,10 +16,14 @@ from loglake.frame import FrameMeta
 
 @dataclass(frozen=True, slots=True)
 class RecordRun:
-    """Records from one frame (or one third-party message) and where they came from."""
+    """Records from one frame (or from a run of third-party messages) and where they came from."""
 
     meta: FrameMeta
     records: pa.BinaryArray      # terminators included
+    #: The parsing format configured for the source ("" to detect it per line).
+    format: str = ""
+    #: Per-record observed times (µs) when they differ, as for third-party messages; else meta's.
+    observed_us: np.ndarray | None = None
 
 
 def _decode_utf8(records: pa.Array) -> tuple[pa.StringArray, list[int]]:
@@ -57,7 +61,12 @@ def raw_table(runs: Sequence[RecordRun]) -> pa.Table:
     text, invalid = _decode_utf8(pa.concat_arrays([r.records for r in runs]))
     lines = _strip_terminator(text)
     counts = np.fromiter((len(r.records) for r in runs), dtype=np.int64, count=len(runs))
-    observed = np.repeat(np.fromiter((r.meta.observed_us for r in runs), dtype=np.int64, count=len(runs)), counts)
+    if any(r.observed_us is not None for r in runs):
+        observed = np.concatenate([r.observed_us if r.observed_us is not None
+                                   else np.full(len(r.records), r.meta.observed_us, np.int64) for r in runs])
+    else:
+        observed = np.repeat(np.fromiter((r.meta.observed_us for r in runs), dtype=np.int64, count=len(runs)),
+                             counts)
     return pa.table([
         lines,
         pa.array(observed, pa.timestamp("us", tz="UTC")),
@@ -66,6 +75,7 @@ def raw_table(runs: Sequence[RecordRun]) -> pa.Table:
         _per_run([r.meta.source for r in runs], counts).cast(pa.string()),
         _labels(runs, counts, invalid),
         _per_run([r.meta.wrapper for r in runs], counts).cast(pa.string()),
+        _per_run([r.format for r in runs], counts).cast(pa.string()),
     ], schema=RAW_SCHEMA)
 
 

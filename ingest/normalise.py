@@ -1,20 +1,39 @@
 """Raw lines to typed records, in one DuckDB statement over an Arrow batch.
 
-The whole batch is parsed in SQL: JSON objects (well-known keys mapped to the
-record model, every other key kept in ``attrs``), plain lines with a leading
-ISO 8601 / ``YYYY-MM-DD HH:MM:SS,mmm`` timestamp, and common/combined log
-format access lines. A line that matches no format is still stored, whole, as
-the message, with the observed time.
+The statement runs in stages, each over the whole batch:
+
+1. unwrap container runtime lines (CRI, Docker json-file) so the inner line is parsed;
+2. pick each line's format: the one configured for its source, else the
+   first parser whose cheap ``detect`` test matches (JSON, syslog, access
+   log, Apache error log, logfmt), else plain text;
+3. run each parser's steps on its own rows only (a CASE per parser, so a
+   regex never runs on a line of another format); a line that fails its
+   format falls back to the plain-text parser;
+4. resolve times (zone, missing year, implausible future) and levels, and
+   assemble the record.
+
+A line that no parser understands is still stored, whole, as the message,
+at the observed time, with ``attrs.format = unknown``.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 import duckdb
 import pyarrow as pa
 
+from ingest.levels import level_sql, severity_sql
+from ingest.parsers import ATTRS_TYPE, OUTPUTS, Parser, sql_str
+from ingest.parsers import access, apache_error, json, logfmt, pattern, syslog, text
+from ingest.timestamps import macros
 from storage.schema import RECORD_SCHEMA
 
-#: Columns of the batch handed to :func:`normalise`.
+log = logging.getLogger("loglake.ingest")
+
+#: Columns of the batch handed to :class:`Normaliser`.
 RAW_SCHEMA = pa.schema([
     ("line", pa.string()),
     ("observed_ts", pa.timestamp("us", tz="UTC")),
@@ -23,178 +42,201 @@ RAW_SCHEMA = pa.schema([
     ("source", pa.string()),
     ("labels", pa.map_(pa.string(), pa.string())),
     ("wrapper", pa.string()),          # "", "cri" or "docker": the container runtime's line format
+    ("format", pa.string()),           # "" (detect) or a name from FORMATS / "pattern<i>"
 ])
 
-_NORMALISE_SQL = r"""
-WITH u AS (
-    -- Unwrap container runtime lines first: CRI "<time> <stream> <P|F> <text>" (partial
-    -- lines joined by the shipper) and Docker json-file {"log": ..., "stream", "time"}.
+#: Auto-detection order; plain text is the fallback.
+DETECTED: tuple[Parser, ...] = (json.PARSER, syslog.PARSER, access.PARSER, apache_error.PARSER, logfmt.PARSER)
+#: Format names a source can be configured with (besides "auto" and "pattern").
+FORMATS: dict[str, Parser] = {p.name: p for p in (*DETECTED, text.PARSER)} | {
+    "nginx": access.PARSER, "apache": access.PARSER, "syslog3164": syslog.PARSER, "syslog5424": syslog.PARSER,
+}
+
+
+@dataclass(frozen=True)
+class ParseSettings:
+    """What parsing needs from the configuration."""
+
+    #: Zone for timestamps written without one (an IANA name).
+    default_timezone: str = "UTC"
+    #: A parsed time more than this far ahead of the observed time is not believed.
+    max_ahead_s: float = 7 * 86400
+    #: User-defined patterns; a source configured with the i-th uses format "pattern<i>".
+    patterns: tuple[str, ...] = ()
+
+
+_UNWRAP = r"""
+u AS (
     SELECT * REPLACE (
         CASE wrapper
             WHEN 'cri' THEN regexp_replace(line, '(^|\n)\S+ (?:stdout|stderr) [PF] ?', '', 'g')
             WHEN 'docker' THEN rtrim(array_to_string(list_transform(string_split(line, chr(10)),
-                                   x -> coalesce(json_extract_string(x, '$.log'), x)), ''), chr(10))
+                                   x -> coalesce(try(json_extract_string(x, '$.log')), x)), ''), chr(10))
             ELSE line END AS line),
         CASE wrapper
             WHEN 'cri' THEN try_cast(regexp_extract(line, '^(\S+)', 1) AS TIMESTAMPTZ)
-            WHEN 'docker' THEN try_cast(json_extract_string(split_part(line, chr(10), 1), '$.time') AS TIMESTAMPTZ)
+            WHEN 'docker' THEN try_cast(try(json_extract_string(split_part(line, chr(10), 1), '$.time')) AS TIMESTAMPTZ)
         END AS wrap_ts,
         CASE wrapper
             WHEN 'cri' THEN nullif(regexp_extract(line, '^\S+ (stdout|stderr) ', 1), '')
-            WHEN 'docker' THEN json_extract_string(split_part(line, chr(10), 1), '$.stream')
+            WHEN 'docker' THEN try(json_extract_string(split_part(line, chr(10), 1), '$.stream'))
         END AS wrap_stream
-    FROM raw
+    FROM (
+        -- Records from other producers may be container lines too: recognise them.
+        SELECT * REPLACE (CASE WHEN wrapper <> '' OR format <> '' THEN wrapper
+                               WHEN starts_with(line, '{"log":') THEN 'docker'
+                               WHEN regexp_matches(line, '^\d{4}-\d{2}-\d{2}T\S+ (?:stdout|stderr) [PF] ') THEN 'cri'
+                               ELSE '' END AS wrapper)
+        FROM raw)
+)"""
+
+
+def _case(parsers: Sequence[Parser], column: str, output: str, default: str = "NULL") -> str:
+    whens = [f"WHEN {sql_str(p.name)} THEN {p.sql(p.out[output])}" for p in parsers if output in p.out]
+    if not whens:
+        return default
+    return f"CASE {column} {' '.join(whens)} ELSE {default} END"
+
+
+def build_sql(settings: ParseSettings) -> str:
+    """The normalising statement for ``settings`` (over a registered relation ``raw``)."""
+    patterns = tuple(pattern.parser(i, p) for i, p in enumerate(settings.patterns))
+    first = (*DETECTED, *patterns)
+    everyone = (*first, text.PARSER)
+    zone = sql_str(settings.default_timezone)
+
+    detect = " ".join(f"WHEN {p.detect} THEN {sql_str(p.name)}" for p in DETECTED if p.detect)
+    configured = " ".join(f"WHEN {sql_str(name)} THEN {sql_str(p.name)}" for name, p in
+                          {**FORMATS, **{p.name: p for p in patterns}}.items())
+    ctes = [_UNWRAP, f"""
+c AS (
+    SELECT *, CASE format {configured} WHEN '' THEN CASE {detect} ELSE 'text' END ELSE 'text' END AS fmt FROM u
+)"""]
+    prev = "c"
+    # Each parser's steps, evaluated only on its rows.
+    for p in first:
+        for name, expr in p.steps:
+            ctes.append(f"{p.name}_{name} AS (SELECT *, CASE WHEN fmt = {sql_str(p.name)} "
+                        f"THEN {p.sql(expr)} END AS p_{p.name}_{name} FROM {prev})")
+            prev = f"{p.name}_{name}"
+    oks = " ".join(f"WHEN fmt = {sql_str(p.name)} AND ({p.sql(p.ok)}) THEN {sql_str(p.name)}" for p in first)
+    ctes.append(f"routed AS (SELECT *, CASE {oks} ELSE 'text' END AS fmt2 FROM {prev})")
+    prev = "routed"
+    for name, expr in text.PARSER.steps:
+        ctes.append(f"text_{name} AS (SELECT *, CASE WHEN fmt2 = 'text' "
+                    f"THEN {text.PARSER.sql(expr)} END AS p_text_{name} FROM {prev})")
+        prev = f"text_{name}"
+
+    outputs = {o: _case(everyone, "fmt2", o) for o in OUTPUTS if o not in ("message", "attrs")}
+    outputs["message"] = _case(everyone, "fmt2", "message", "line")
+    outputs["attrs"] = _case(everyone, "fmt2", "attrs", f"[]::{ATTRS_TYPE}")
+    select_out = ",\n        ".join(f"{expr} AS o_{name}" for name, expr in outputs.items())
+    ctes.append(f"o AS (SELECT observed_ts, service, host, source, labels, wrap_ts, wrap_stream, fmt2,\n"
+                f"        {select_out}\n    FROM {prev})")
+
+    ctes.append(f"""
+z AS (
+    SELECT *, timezone({zone}, observed_ts) AS observed_local FROM o
+), tsr AS (
+    SELECT *,
+        coalesce(o_ts_tz, timezone({zone}, o_ts_local),
+                 -- no year written: the observed one, or the year before if that is more than a day ahead
+                 timezone({zone}, CASE WHEN o_ts_noyear IS NULL THEN NULL
+                     WHEN o_ts_noyear + to_years(year(observed_local) - 2000) > observed_local + INTERVAL 1 DAY
+                     THEN o_ts_noyear + to_years(year(observed_local) - 2001)
+                     ELSE o_ts_noyear + to_years(year(observed_local) - 2000) END),
+                 wrap_ts) AS parsed_ts,
+        {severity_sql('o_lvl')} AS severity
+    FROM z
 ), r AS (
-    SELECT *,
-        CASE WHEN starts_with(line, '{') AND json_valid(line) AND json_type(line) = 'OBJECT'
-             THEN json_transform(line, '"MAP(VARCHAR, JSON)"') END AS j
-    FROM u
-), keys AS (
-    SELECT *,
-        CASE WHEN j['@timestamp'] IS NOT NULL THEN '@timestamp' WHEN j['timestamp'] IS NOT NULL THEN 'timestamp'
-             WHEN j['time'] IS NOT NULL THEN 'time' WHEN j['ts'] IS NOT NULL THEN 'ts'
-             WHEN j['t'] IS NOT NULL THEN 't' END AS k_ts,
-        CASE WHEN j['level'] IS NOT NULL THEN 'level' WHEN j['severity'] IS NOT NULL THEN 'severity'
-             WHEN j['lvl'] IS NOT NULL THEN 'lvl' WHEN j['loglevel'] IS NOT NULL THEN 'loglevel' END AS k_lvl,
-        CASE WHEN j['message'] IS NOT NULL THEN 'message' WHEN j['msg'] IS NOT NULL THEN 'msg'
-             WHEN j['log'] IS NOT NULL THEN 'log' END AS k_msg,
-        CASE WHEN j['service'] IS NOT NULL THEN 'service' WHEN j['service.name'] IS NOT NULL THEN 'service.name'
-             WHEN j['app'] IS NOT NULL THEN 'app' END AS k_svc,
-        CASE WHEN j['trace_id'] IS NOT NULL THEN 'trace_id' WHEN j['traceId'] IS NOT NULL THEN 'traceId' END AS k_trace,
-        CASE WHEN j['span_id'] IS NOT NULL THEN 'span_id' WHEN j['spanId'] IS NOT NULL THEN 'spanId' END AS k_span
-    FROM r
-), v AS (
-    SELECT *,
-        j[k_ts] AS j_ts,
-        CASE WHEN json_type(j[k_ts]) IN ('BIGINT', 'UBIGINT', 'DOUBLE') THEN try_cast(j[k_ts]::VARCHAR AS DOUBLE) END AS j_epoch,
-        CASE WHEN j IS NULL THEN regexp_extract(line,
-            '^\[?(\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(?:[.,]\d{1,9})?(?:Z|[+-]\d{2}:?\d{2})?)\]?[ \t]+(.*)$',
-            ['ts', 'rest']) END AS lead,
-        CASE WHEN j IS NULL THEN regexp_extract(line,
-            '^(\S+) \S+ (\S+) \[([^\]]+)\] "(\S+) (\S+)[^"]*" (\d{3}) (\d+|-)(?: "([^"]*)" "([^"]*)")?',
-            ['ip', 'user', 'time', 'method', 'path', 'status', 'bytes', 'referer', 'agent']) END AS clf,
-        CASE WHEN j IS NULL AND starts_with(line, '<') THEN regexp_extract(line,
-            '^<(\d{1,3})>1 (\S+) (\S+) (\S+) (\S+) (\S+) (?:-|(?:\[[^\]]*\])+) ?(.*)$',
-            ['pri', 'time', 'host', 'app', 'procid', 'msgid', 'msg']) END AS s5,
-        CASE WHEN j IS NULL THEN regexp_extract(line,
-            '^(?:<(\d{1,3})>)?([A-Z][a-z]{2} +\d{1,2} \d{2}:\d{2}:\d{2}) (\S+) ([^:\[\s]+)(?:\[(\d+)\])?: ?(.*)$',
-            ['pri', 'time', 'host', 'app', 'procid', 'msg']) END AS s3
-    FROM keys
-), t AS (
-    SELECT *,
-        CASE
-            WHEN j_ts IS NULL THEN NULL
-            WHEN json_type(j_ts) = 'VARCHAR' THEN try_cast(replace(j_ts->>'$', ',', '.') AS TIMESTAMPTZ)
-            -- epoch seconds, milliseconds, microseconds or nanoseconds, by magnitude
-            WHEN j_epoch IS NOT NULL THEN make_timestamptz(CAST(
-                CASE WHEN j_epoch < 1e11 THEN j_epoch * 1e6 WHEN j_epoch < 1e14 THEN j_epoch * 1e3
-                     WHEN j_epoch < 1e17 THEN j_epoch ELSE j_epoch / 1e3 END AS BIGINT))
-        END AS json_ts,
-        try_cast(replace(nullif(lead.ts, ''), ',', '.') AS TIMESTAMPTZ) AS lead_ts,
-        try_strptime(nullif(clf.time, ''), '%d/%b/%Y:%H:%M:%S %z') AS clf_ts,
-        try_cast(nullif(s5.time, '') AS TIMESTAMPTZ) AS s5_ts,
-        -- RFC 3164 has no year: take the observed one, or the year before for a
-        -- time more than a day ahead (December lines read in January).
-        CASE WHEN s3.time <> '' THEN (
-            WITH y AS (SELECT try_strptime(CAST(year(observed_ts) AS VARCHAR) || ' ' ||
-                                            regexp_replace(s3.time, ' +', ' ', 'g'), '%Y %b %d %H:%M:%S') AS t)
-            SELECT CASE WHEN t > observed_ts + INTERVAL 1 DAY THEN t - INTERVAL 1 YEAR ELSE t END FROM y)
-        END AS s3_ts,
-        try_cast(coalesce(nullif(s5.pri, ''), nullif(s3.pri, '')) AS INTEGER) AS syslog_pri,
-        coalesce(j[k_lvl]->>'$',
-                 CASE syslog_pri % 8 WHEN 0 THEN 'emerg' WHEN 1 THEN 'alert' WHEN 2 THEN 'crit'
-                      WHEN 3 THEN 'err' WHEN 4 THEN 'warning' WHEN 5 THEN 'notice' WHEN 6 THEN 'info'
-                      WHEN 7 THEN 'debug' END,
-                 CASE WHEN clf.status <> '' THEN
-                      CASE WHEN clf.status >= '500' THEN 'error' WHEN clf.status >= '400' THEN 'warn' ELSE 'info' END
-                 END,
-                 nullif(regexp_extract(left(coalesce(nullif(lead.rest, ''), line), 96),
-                     '(?:^|[\s\[|:])(TRACE|DEBUG|INFO|NOTICE|WARN|WARNING|ERROR|ERR|FATAL|CRITICAL|CRIT|SEVERE|PANIC)(?:$|[\s\]|:])',
-                     1), '')) AS lvl_raw
-    FROM v
-), lv AS (
-    SELECT *,
-        CASE lower(trim(lvl_raw))
-            WHEN 'trace' THEN 'trace'
-            WHEN 'debug' THEN 'debug' WHEN 'dbg' THEN 'debug' WHEN 'fine' THEN 'debug' WHEN 'finer' THEN 'trace'
-            WHEN 'info' THEN 'info' WHEN 'information' THEN 'info' WHEN 'notice' THEN 'info'
-            WHEN 'warn' THEN 'warn' WHEN 'warning' THEN 'warn'
-            WHEN 'error' THEN 'error' WHEN 'err' THEN 'error' WHEN 'severe' THEN 'error'
-            WHEN 'fatal' THEN 'fatal' WHEN 'critical' THEN 'fatal' WHEN 'crit' THEN 'fatal'
-            WHEN 'panic' THEN 'fatal' WHEN 'emerg' THEN 'fatal' WHEN 'alert' THEN 'fatal'
-            ELSE 'unknown'
-        END AS level
-    FROM t
-), parsed AS (
+    SELECT *, parsed_ts > observed_ts + to_microseconds(CAST({int(settings.max_ahead_s * 1e6)} AS BIGINT)) AS implausible
+    FROM tsr
+)""")
+    sql = "WITH " + ",\n".join(ctes) + f"""
 SELECT
-    labels,
-    wrap_stream,
-    coalesce(json_ts, lead_ts, clf_ts, s5_ts, s3_ts, wrap_ts, observed_ts)::TIMESTAMPTZ AS ts,
+    CAST(CASE WHEN parsed_ts IS NULL OR implausible THEN observed_ts ELSE parsed_ts END AS TIMESTAMPTZ) AS ts,
     observed_ts,
-    coalesce(j[k_svc]->>'$', service) AS service,
-    host,
+    coalesce(o_service, service) AS service,
+    CASE WHEN host = '' THEN coalesce(o_host, '') ELSE host END AS host,
     source,
-    level,
-    CAST(CASE level WHEN 'trace' THEN 1 WHEN 'debug' THEN 5 WHEN 'info' THEN 9 WHEN 'warn' THEN 13
-                    WHEN 'error' THEN 17 WHEN 'fatal' THEN 21 ELSE 0 END AS TINYINT) AS severity,
-    CASE WHEN k_msg IS NOT NULL THEN
-            CASE WHEN json_type(j[k_msg]) = 'VARCHAR' THEN j[k_msg]->>'$' ELSE j[k_msg]::VARCHAR END
-         ELSE line END AS message,
-    CASE
-        WHEN j IS NOT NULL THEN map_from_entries(list_transform(
-            list_filter(map_entries(j), e ->
-                NOT coalesce(json_ts IS NOT NULL AND e.key = k_ts, FALSE)
-                AND NOT coalesce(e.key = k_lvl, FALSE) AND NOT coalesce(e.key = k_msg, FALSE)
-                AND NOT coalesce(e.key = k_svc, FALSE) AND NOT coalesce(e.key = k_trace, FALSE)
-                AND NOT coalesce(e.key = k_span, FALSE)),
-            e -> {'key': e.key,
-                  'value': CASE WHEN json_type(e.value) = 'VARCHAR' THEN e.value->>'$' ELSE e.value::VARCHAR END}))
-        WHEN clf.status <> '' THEN map_from_entries(list_filter([
-            {'key': 'client.ip', 'value': clf.ip},
-            {'key': 'http.user', 'value': nullif(clf.user, '-')},
-            {'key': 'http.method', 'value': clf.method},
-            {'key': 'http.path', 'value': clf.path},
-            {'key': 'http.status', 'value': clf.status},
-            {'key': 'http.bytes', 'value': nullif(clf.bytes, '-')},
-            {'key': 'http.referer', 'value': nullif(nullif(clf.referer, ''), '-')},
-            {'key': 'http.user_agent', 'value': nullif(clf.agent, '')}], e -> e.value IS NOT NULL))
-        WHEN coalesce(s5.time, '') <> '' OR coalesce(s3.time, '') <> '' THEN map_from_entries(list_filter([
-            {'key': 'syslog.facility', 'value': CAST(syslog_pri // 8 AS VARCHAR)},
-            {'key': 'syslog.hostname', 'value': nullif(nullif(coalesce(nullif(s5.host, ''), s3.host), ''), '-')},
-            {'key': 'syslog.appname', 'value': nullif(nullif(coalesce(nullif(s5.app, ''), s3.app), ''), '-')},
-            {'key': 'syslog.procid', 'value': nullif(nullif(coalesce(nullif(s5.procid, ''), s3.procid), ''), '-')},
-            {'key': 'syslog.msgid', 'value': nullif(nullif(s5.msgid, ''), '-')}], e -> e.value IS NOT NULL))
-        ELSE MAP {}
-    END AS attrs,
-    j[k_trace]->>'$' AS trace_id,
-    j[k_span]->>'$' AS span_id
-FROM lv
-)
-SELECT ts, observed_ts, service, host, source, level, severity, message,
-    -- Labels from the shipper's input; what the line itself says wins on a clash.
-    CASE WHEN (labels IS NULL OR cardinality(labels) = 0) AND wrap_stream IS NULL THEN attrs
-         ELSE map_concat(coalesce(labels, CAST(MAP {} AS MAP(VARCHAR, VARCHAR))),
-                         CASE WHEN wrap_stream IS NULL THEN CAST(MAP {} AS MAP(VARCHAR, VARCHAR))
-                              ELSE MAP {'stream': wrap_stream} END,
-                         attrs) END AS attrs,
-    trace_id, span_id
-FROM parsed
+    {level_sql('severity')} AS level,
+    severity,
+    o_message AS message,
+    -- Labels from the shipper's input first, then the container stream, then what the
+    -- line itself says (which wins a clash), then the parse flags.
+    CASE WHEN labels IS NULL AND wrap_stream IS NULL AND NOT coalesce(implausible, FALSE) AND fmt2 <> 'text'
+         THEN o_attrs
+         ELSE ll_last_wins(list_concat(
+             CASE WHEN labels IS NULL THEN []::{ATTRS_TYPE} ELSE CAST(map_entries(labels) AS {ATTRS_TYPE}) END,
+             CASE WHEN wrap_stream IS NULL THEN []::{ATTRS_TYPE} ELSE [{{'key': 'stream', 'value': wrap_stream}}] END,
+             o_attrs,
+             CASE WHEN implausible THEN [{{'key': 'ts_parse', 'value': 'fallback'}}]
+                  WHEN fmt2 = 'text' AND parsed_ts IS NULL AND severity = 0
+                  THEN [{{'key': 'format', 'value': 'unknown'}}]
+                  ELSE []::{ATTRS_TYPE} END)) END AS attrs,
+    o_trace_id AS trace_id,
+    o_span_id AS span_id
+FROM r
 """
+    return sql
 
 
-def new_connection(threads: int = 1) -> duckdb.DuckDBPyConnection:
-    """A DuckDB connection set up for normalising (UTC, no external access needed)."""
-    con = duckdb.connect()
-    con.execute("SET TimeZone = 'UTC'")
-    con.execute(f"SET threads = {int(threads)}")
-    return con
+class Normaliser:
+    """Parses batches of raw lines (``RAW_SCHEMA``) into records (``RECORD_SCHEMA``)."""
+
+    def __init__(self, settings: ParseSettings | None = None, threads: int = 1) -> None:
+        self.settings = settings or ParseSettings()
+        self.con = duckdb.connect()
+        self.con.execute("SET TimeZone = 'UTC'")
+        self.con.execute(f"SET threads = {int(threads)}")
+        for m in macros():
+            self.con.execute(m)
+        for i, p in enumerate(self.settings.patterns):
+            try:
+                self.con.execute("SELECT regexp_matches('', ?)", [p])
+            except duckdb.Error as e:
+                raise pattern.PatternError(f"pattern {i} ({p!r}) is not valid RE2: {e}") from None
+        # Flattening can make two keys equal; the later ones get "#<position>".
+        self.con.execute("""CREATE OR REPLACE MACRO ll_last_wins(l) AS
+            CASE WHEN len(list_distinct(list_transform(l, e -> e.key))) = len(l) THEN l
+                 ELSE list_filter(l, (e, i) -> NOT list_contains(list_transform(l[i + 1:], x -> x.key), e.key)) END""")
+        self.con.execute("""CREATE OR REPLACE MACRO ll_dedupe(l) AS
+            CASE WHEN len(list_distinct(list_transform(l, e -> e.key))) = len(l) THEN l
+                 ELSE list_transform(l, (e, i) -> CASE WHEN list_contains(list_transform(l[:i - 1], x -> x.key), e.key)
+                                                  THEN {'key': e.key || '#' || i, 'value': e.value} ELSE e END) END""")
+        self.sql = build_sql(self.settings)
+
+    def __call__(self, raw: pa.Table) -> pa.Table:
+        self.con.register("raw", raw)
+        try:
+            out = self.con.execute(self.sql).to_arrow_table()
+        finally:
+            self.con.unregister("raw")
+        # The attributes come out as a list of key/value pairs; as a map they are the same buffers.
+        pairs = out.column("attrs").combine_chunks()
+        attrs = pa.MapArray.from_arrays(pairs.offsets, pairs.values.field("key"), pairs.values.field("value"),
+                                        mask=pairs.is_null() if pairs.null_count else None)
+        out = out.set_column(out.schema.get_field_index("attrs"), "attrs", attrs)
+        return out.cast(RECORD_SCHEMA)
+
+    def close(self) -> None:
+        self.con.close()
 
 
-def normalise(con: duckdb.DuckDBPyConnection, raw: pa.Table) -> pa.Table:
-    """Parse a batch of raw lines (``RAW_SCHEMA``) into records (``RECORD_SCHEMA``)."""
-    con.register("raw", raw)
+def normalise_safely(normaliser: Normaliser, raw: pa.Table) -> tuple[pa.Table, list[tuple[int, str]]]:
+    """Like calling ``normaliser``, but a row it fails on is set aside instead of failing the batch.
+
+    The batch is halved until the failing rows are alone; returns the records
+    of the others and (row index, error) for each failed row.
+    """
     try:
-        out = con.execute(_NORMALISE_SQL).to_arrow_table()
-    finally:
-        con.unregister("raw")
-    return out.cast(RECORD_SCHEMA)
+        return normaliser(raw), []
+    except duckdb.Error as e:
+        if raw.num_rows == 1:
+            return RECORD_SCHEMA.empty_table(), [(0, f"{type(e).__name__}: {e}")]
+        log.warning("normalising failed; looking for the rows at fault", extra={"rows": raw.num_rows,
+                                                                              "reason": str(e)[:200]})
+    half = raw.num_rows // 2
+    left, bad_left = normalise_safely(normaliser, raw.slice(0, half))
+    right, bad_right = normalise_safely(normaliser, raw.slice(half))
+    return pa.concat_tables([left, right]), bad_left + [(i + half, err) for i, err in bad_right]

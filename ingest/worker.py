@@ -1,35 +1,57 @@
-"""The ingest worker: a consumer-group member that turns frames into segments.
+"""The ingest worker: a consumer-group member that turns Kafka messages into segments.
 
-Per partition it buffers records from the catalog's next offset on; a flush
-(by rows, bytes or age) normalises the buffer in DuckDB, writes one segment
-per tenant and hour, and commits segments, the partition's new offset and the
-per-source stored byte ranges in one catalog transaction. Kafka's committed
-offsets are updated afterwards, for monitoring only.
+It consumes the shipper's topic and any third-party topics in one group. Per
+partition it buffers records from the catalog's next offset on; a flush (by
+rows, bytes or age) normalises the buffer in DuckDB, writes one segment per
+tenant and hour, sends what could not become rows to the dead-letter topic,
+and then commits segments, the partition's new offset and the per-source
+stored byte ranges in one catalog transaction. Kafka's committed offsets are
+updated afterwards, for monitoring only.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import logging
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field, replace
 
+import numpy as np
 import pyarrow as pa
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 
 from ingest.batch import RecordRun, raw_table
+from ingest.deadletters import DeadLetter, DeadLetterProducer, Reason
 from ingest.marks import Ranges, add_range, drop_stored
-from ingest.normalise import new_connection, normalise
-from loglake.config import Config
+from ingest.metrics import registry_for
+from ingest.normalise import Normaliser, ParseSettings, normalise_safely
+from loglake.config import Config, SourceFormat, TopicInput
 from loglake.frame import FrameError, FrameMeta, decode_frame
 from loglake.kafka_client import client_kwargs
+from loglake.metrics_server import serve as serve_metrics
+from loglake.topics import ensure_topic
 from storage.catalog import Catalog, PartitionCommit, PartitionState
 from storage.errors import CatalogConflict
 from storage.segments import SegmentInfo, check_tenant, segment_name, write_segments
 
 log = logging.getLogger("loglake.ingest")
+
+Key = tuple[str, int]          # (topic, partition)
+
+
+class TopicRecreated(RuntimeError):
+    """The catalog is ahead of the log and the policy is to stop."""
+
+
+@dataclass
+class Pending:
+    """Third-party messages of one tenant, gathered into one run at flush."""
+
+    values: list[bytes] = field(default_factory=list)
+    observed_ms: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -37,6 +59,8 @@ class PartitionBuffer:
     state: PartitionState                  # the catalog's position when the buffer began
     last_offset: int | None = None         # last Kafka offset taken into the buffer
     runs: list[tuple[str, RecordRun]] = field(default_factory=list)   # (tenant, run)
+    pending: dict[str, Pending] = field(default_factory=lambda: defaultdict(Pending))
+    dead: list[DeadLetter] = field(default_factory=list)
     rows: int = 0
     bytes: int = 0
     ranges: dict[tuple[str, str], Ranges] = field(default_factory=dict)
@@ -44,20 +68,44 @@ class PartitionBuffer:
 
 
 class IngestWorker:
-    """Consume ``cfg.kafka.topic`` in group ``cfg.ingest.group_id`` into the catalog."""
+    """Consume ``cfg.kafka.topic`` and ``cfg.ingest.topics`` in group ``cfg.ingest.group_id`` into the catalog."""
 
     def __init__(self, cfg: Config, catalog: Catalog) -> None:
         self.cfg = cfg
         self.catalog = catalog
-        self.topic = cfg.kafka.topic
+        self.inputs: dict[str, TopicInput] = {t.name: t for t in cfg.ingest.topics}
+        self.topics = [cfg.kafka.topic, *(t for t in self.inputs if t != cfg.kafka.topic)]
         self.root = cfg.storage.data_root
-        self.buffers: dict[int, PartitionBuffer] = {}
+        self.buffers: dict[Key, PartitionBuffer] = {}
         self.ranges: dict[tuple[str, str], Ranges] = {}    # stored byte ranges per source
-        self.duck = new_connection()
+        self.normaliser = Normaliser(ParseSettings(default_timezone=cfg.ingest.default_timezone,
+                                                   max_ahead_s=cfg.ingest.max_ahead_s,
+                                                   patterns=cfg.ingest.patterns()))
+        self.dead_letters = DeadLetterProducer(cfg)
         self.consumer: AIOKafkaConsumer | None = None
         # A rebalance callback may flush while the loop is flushing; one at a time.
         self._flush_lock = asyncio.Lock()
-        self.stats = {"records": 0, "segments": 0, "flushes": 0, "bad_frames": 0, "deduplicated": 0}
+        self._retry_at = 0.0
+        self.last_flush = time.monotonic()
+        self.last_loop = time.monotonic()
+        self.stats: Counter[str] = Counter()
+        self.dead_letter_counts: Counter[str] = Counter()
+        self._formats: dict[tuple[str, str, str], str] = {}
+
+    # -- configuration ---------------------------------------------------------
+
+    def format_for(self, topic: str, service: str, source: str) -> str:
+        """The configured format of a source ("" to detect per line); the first matching rule wins."""
+        key = (topic, service, source)
+        if key not in self._formats:
+            fmt, patterns = "", 0
+            for rule in self.cfg.ingest.formats:
+                if _matches(rule, topic, service, source):
+                    fmt = f"pattern{patterns}" if rule.format == "pattern" else rule.format
+                    break
+                patterns += rule.format == "pattern"
+            self._formats[key] = "" if fmt == "auto" else fmt
+        return self._formats[key]
 
     # -- partition ownership -------------------------------------------------
 
@@ -65,156 +113,266 @@ class IngestWorker:
         assert self.consumer is not None
         if not partitions:
             return
-        states = self.catalog.partition_states(self.topic)
         ends = await self.consumer.end_offsets(list(partitions))
         starts = await self.consumer.beginning_offsets(list(partitions))
         self.ranges = self.catalog.source_ranges()
+        states = {t: self.catalog.partition_states(t) for t in {tp.topic for tp in partitions}}
         for tp in partitions:
-            state = states.get(tp.partition, PartitionState(0, 0))
+            state = states[tp.topic].get(tp.partition, PartitionState(0, 0))
             if state.next_offset > ends[tp]:
-                # The log is shorter than what we stored: the topic was recreated
-                # (always so after restarting the in-memory embedded broker).
-                log.warning("topic recreated: catalog offset beyond log end; starting a new epoch",
-                            extra={"partition": tp.partition, "catalog_offset": state.next_offset,
-                                   "log_end": ends[tp]})
-                state = self.catalog.reset_partition(self.topic, tp.partition, starts[tp])
-            self.buffers[tp.partition] = PartitionBuffer(state)
+                state = self._recreated(tp, state, starts[tp], ends[tp])
+            self.buffers[(tp.topic, tp.partition)] = PartitionBuffer(state)
             self.consumer.seek(tp, max(state.next_offset, starts[tp]))
-        log.info("partitions assigned", extra={"partitions": sorted(tp.partition for tp in partitions)})
+        log.info("partitions assigned", extra={"partitions": sorted(f"{tp.topic}/{tp.partition}" for tp in partitions)})
+
+    def _recreated(self, tp: TopicPartition, state: PartitionState, start: int, end: int) -> PartitionState:
+        # The log is shorter than what we stored: the topic was recreated (always so
+        # after restarting the in-memory embedded broker).
+        policy = self.cfg.ingest.on_topic_recreated
+        details = {"topic": tp.topic, "partition": tp.partition, "catalog_offset": state.next_offset,
+                   "log_end": end, "policy": policy}
+        if policy == "fail":
+            log.error("topic recreated: catalog offset beyond log end; stopping (ingest.on_topic_recreated=fail)",
+                      extra=details)
+            raise TopicRecreated(f"{tp.topic}/{tp.partition}: catalog offset {state.next_offset} is beyond the "
+                                 f"log end {end}; the topic was recreated")
+        log.warning("topic recreated: catalog offset beyond log end; starting a new epoch", extra=details)
+        return self.catalog.reset_partition(tp.topic, tp.partition, start if policy == "earliest" else end)
 
     async def _revoked(self, partitions: set[TopicPartition]) -> None:
-        mine = [tp.partition for tp in partitions if tp.partition in self.buffers]
+        mine = [(tp.topic, tp.partition) for tp in partitions if (tp.topic, tp.partition) in self.buffers]
         if mine:
-            await self.flush(mine)
-        for p in mine:
-            self.buffers.pop(p, None)
-        log.info("partitions revoked", extra={"partitions": sorted(mine)})
+            try:
+                await self.flush(mine)
+            except Exception as e:
+                # Abandoning is safe: the catalog did not move, so the next owner re-reads it all.
+                log.warning("flush on revocation failed; abandoning the buffer", extra={"reason": str(e)})
+        for key in mine:
+            self.buffers.pop(key, None)
+        log.info("partitions revoked", extra={"partitions": sorted(f"{t}/{p}" for t, p in mine)})
 
     # -- consuming -----------------------------------------------------------
 
-    def _take(self, partition: int, offset: int, value: bytes | None,
+    def _tenant(self, topic: str, headers: list[tuple[str, bytes]]) -> str:
+        fixed = self.inputs[topic].tenant if topic in self.inputs else ""
+        if fixed:
+            return fixed
+        for k, v in headers or ():
+            if k == self.cfg.kafka.tenant_header and v:
+                return v.decode("utf-8", "replace")
+        return self.cfg.ingest.default_tenant
+
+    def _dead(self, buf: PartitionBuffer, letter: DeadLetter) -> None:
+        buf.dead.append(letter)
+        log.error("record set aside for the dead-letter topic",
+                  extra={"reason": letter.reason.value, "detail": letter.detail[:200], "topic": letter.topic,
+                         "partition": letter.partition, "offset": letter.offset})
+
+    def _take(self, topic: str, partition: int, offset: int, value: bytes | None,
               headers: list[tuple[str, bytes]], timestamp_ms: int) -> None:
-        buf = self.buffers[partition]
+        buf = self.buffers[(topic, partition)]
         if buf.last_offset is None:
             buf.started = time.monotonic()
         buf.last_offset = offset
         if not value:
             return
-        tenant = self.cfg.ingest.default_tenant
-        for k, v in headers or ():
-            if k == self.cfg.kafka.tenant_header and v:
-                tenant = v.decode("utf-8", "replace")
-        if value[:4] == b"LLKF":
-            try:
-                frame = decode_frame(value)
-            except FrameError as e:
-                self.stats["bad_frames"] += 1
-                log.error("corrupt frame skipped", extra={"partition": partition, "offset": offset,
-                                                           "reason": str(e)})
-                return
-            meta, records = frame.meta, frame.records
-            tenant = meta.tenant or tenant
-            key = (tenant, meta.source_id)
-            ranges = self.ranges.get(key, [])
-            kept = drop_stored(records, meta.first_offset, ranges)
-            self.stats["deduplicated"] += len(records) - len(kept)
-            records = kept
-            self.ranges[key] = buf.ranges[key] = add_range(ranges, meta.first_offset, meta.end_offset)
-            if not len(records):
-                return
-            if meta.truncated_from:
-                meta = replace(meta, labels={**meta.labels, "truncated": "true",
-                                             "original_length": str(meta.truncated_from)})
-        else:
-            # A third-party producer: one record per message.
-            meta = FrameMeta(source_id="", source=f"kafka:{self.topic}", host="", service="unknown",
-                             tenant=tenant, first_offset=0, end_offset=len(value),
-                             observed_us=timestamp_ms * 1000, count=1)
-            records = pa.array([value], pa.binary())
+        self.stats["input_bytes"] += len(value)
+        tenant = self._tenant(topic, headers)
+        where = {"topic": topic, "partition": partition, "offset": offset}
+        if value[:4] != b"LLKF":
+            self._take_message(buf, topic, tenant, value, timestamp_ms, where)
+            return
+        try:
+            frame = decode_frame(value)
+        except FrameError as e:
+            self._dead(buf, DeadLetter(Reason.CORRUPT_FRAME, value, detail=str(e), context={"tenant": tenant},
+                                       **where))
+            return
+        meta, records = frame.meta, frame.records
+        tenant = meta.tenant or tenant
+        context = {"tenant": tenant, "source": meta.source, "service": meta.service, "host": meta.host}
         try:
             check_tenant(tenant)
-        except Exception:
-            log.error("record with invalid tenant skipped", extra={"partition": partition, "offset": offset,
-                                                                  "tenant": tenant[:80]})
+        except ValueError as e:
+            self._dead(buf, DeadLetter(Reason.INVALID_TENANT, value, detail=str(e), context=context, **where))
             return
-        buf.runs.append((tenant, RecordRun(meta, records)))
+        key = (tenant, meta.source_id)
+        ranges = self.ranges.get(key, [])
+        kept = drop_stored(records, meta.first_offset, ranges)
+        self.stats["deduplicated"] += len(records) - len(kept)
+        records = kept
+        self.ranges[key] = buf.ranges[key] = add_range(ranges, meta.first_offset, meta.end_offset)
+        if not len(records):
+            return
+        records = self._drop_oversized(buf, records, context, where)
+        if meta.truncated_from:
+            meta = replace(meta, labels={**meta.labels, "truncated": "true",
+                                         "original_length": str(meta.truncated_from)})
+        buf.runs.append((tenant, RecordRun(meta, records, self.format_for(topic, meta.service, meta.source))))
         buf.rows += len(records)
         buf.bytes += records.nbytes
 
+    def _drop_oversized(self, buf: PartitionBuffer, records: pa.BinaryArray, context: dict[str, str],
+                        where: dict[str, object]) -> pa.BinaryArray:
+        limit = self.cfg.ingest.max_record_bytes
+        offsets = np.frombuffer(records.buffers()[1], dtype=np.int32, count=len(records) + 1,
+                                offset=records.offset * 4)
+        lengths = np.diff(offsets)
+        if lengths.max(initial=0) <= limit:
+            return records
+        big = lengths > limit
+        for i in np.flatnonzero(big).tolist():
+            self._dead(buf, DeadLetter(Reason.OVERSIZED, records[i].as_py(),
+                                       detail=f"record of {int(lengths[i])} bytes is over max_record_bytes={limit}",
+                                       context=context, **where))   # type: ignore[arg-type]
+        return records.filter(pa.array(~big))
+
+    def _take_message(self, buf: PartitionBuffer, topic: str, tenant: str, value: bytes, timestamp_ms: int,
+                      where: dict[str, object]) -> None:
+        """A third-party producer's message: one plain-text line or one JSON object."""
+        context = {"tenant": tenant, "source": f"kafka:{topic}"}
+        try:
+            check_tenant(tenant)
+        except ValueError as e:
+            self._dead(buf, DeadLetter(Reason.INVALID_TENANT, value, detail=str(e), context=context, **where))  # type: ignore[arg-type]
+            return
+        if len(value) > self.cfg.ingest.max_record_bytes:
+            self._dead(buf, DeadLetter(Reason.OVERSIZED, value, context=context,
+                                       detail=f"record of {len(value)} bytes is over "
+                                              f"max_record_bytes={self.cfg.ingest.max_record_bytes}",
+                                       **where))   # type: ignore[arg-type]
+            return
+        pending = buf.pending[tenant]
+        pending.values.append(value)
+        pending.observed_ms.append(timestamp_ms)
+        buf.rows += 1
+        buf.bytes += len(value)
+
+    def _gather(self, topic: str, buf: PartitionBuffer) -> list[tuple[str, RecordRun]]:
+        """The buffer's runs, with its third-party messages as one run per tenant."""
+        runs = list(buf.runs)
+        service = self.inputs[topic].service if topic in self.inputs else "unknown"
+        source = f"kafka:{topic}"
+        for tenant, p in buf.pending.items():
+            if not p.values:
+                continue
+            meta = FrameMeta(source_id="", source=source, host="", service=service, tenant=tenant,
+                             first_offset=0, end_offset=0, observed_us=0, count=len(p.values))
+            runs.append((tenant, RecordRun(meta, pa.array(p.values, pa.binary()), self.format_for(topic, service, source),
+                                           observed_us=np.asarray(p.observed_ms, dtype=np.int64) * 1000)))
+        return runs
+
     def _due(self) -> bool:
         ing = self.cfg.ingest
+        if time.monotonic() < self._retry_at:
+            return False
         rows = sum(b.rows for b in self.buffers.values())
         size = sum(b.bytes for b in self.buffers.values())
         oldest = min((b.started for b in self.buffers.values() if b.last_offset is not None), default=None)
         return (rows >= ing.flush_rows or size >= ing.flush_bytes
                 or (oldest is not None and time.monotonic() - oldest >= ing.flush_interval_s))
 
+    def _backlogged(self) -> bool:
+        """Flushes are failing and the buffers are full: stop reading until one succeeds."""
+        size = sum(b.bytes for b in self.buffers.values())
+        return self._retry_at > 0 and size >= 2 * self.cfg.ingest.flush_bytes
+
     # -- flushing ------------------------------------------------------------
 
-    def _write(self, partition: int, buf: PartitionBuffer) -> PartitionCommit:
+    def _write(self, key: Key, buf: PartitionBuffer) -> tuple[PartitionCommit, list[DeadLetter]]:
         assert buf.last_offset is not None
+        topic, partition = key
         segments: list[SegmentInfo] = []
+        dead: list[DeadLetter] = []
         by_tenant: dict[str, list[RecordRun]] = defaultdict(list)
-        for tenant, run in buf.runs:
+        for tenant, run in self._gather(topic, buf):
             by_tenant[tenant].append(run)
-        name = segment_name(self.topic, partition, buf.state.epoch, buf.state.next_offset, buf.last_offset)
+        name = segment_name(topic, partition, buf.state.epoch, buf.state.next_offset, buf.last_offset)
         for tenant, runs in by_tenant.items():
             raw = raw_table(runs)
             if raw.num_rows == 0:
                 continue
-            records = normalise(self.duck, raw)
-            segments += write_segments(self.root, tenant, records, name,
-                                       zstd_level=self.cfg.storage.zstd_level,
-                                       row_group_rows=self.cfg.storage.row_group_rows)
-        return PartitionCommit(self.topic, partition, buf.state.epoch, buf.state.next_offset,
-                               buf.last_offset + 1, segments,
-                               source_ranges={k: list(v) for k, v in buf.ranges.items()})
+            records, failed = normalise_safely(self.normaliser, raw)
+            for i, err in failed:
+                row = raw.slice(i, 1).to_pylist()[0]
+                dead.append(DeadLetter(Reason.UNPARSEABLE, (row["line"] or "").encode(), topic, partition,
+                                       buf.state.next_offset, detail=err,
+                                       context={"tenant": tenant, "source": row["source"] or "",
+                                                "service": row["service"] or "", "host": row["host"] or ""}))
+            if records.num_rows:
+                segments += write_segments(self.root, tenant, records, name,
+                                           zstd_level=self.cfg.storage.zstd_level,
+                                           row_group_rows=self.cfg.storage.row_group_rows)
+        commit = PartitionCommit(topic, partition, buf.state.epoch, buf.state.next_offset, buf.last_offset + 1,
+                                 segments, source_ranges={k: list(v) for k, v in buf.ranges.items()})
+        return commit, dead
 
-    async def flush(self, partitions: list[int] | None = None) -> None:
-        """Write and commit every non-empty buffer (or those of ``partitions``)."""
+    async def flush(self, keys: list[Key] | None = None) -> None:
+        """Write and commit every non-empty buffer (or those of ``keys``)."""
         async with self._flush_lock:
-            await self._flush(partitions)
+            await self._flush(keys)
 
-    async def _flush(self, partitions: list[int] | None) -> None:
-        todo = {p: b for p, b in self.buffers.items()
-                if b.last_offset is not None and (partitions is None or p in partitions)}
+    async def _flush(self, keys: list[Key] | None) -> None:
+        todo = {k: b for k, b in self.buffers.items()
+                if b.last_offset is not None and (keys is None or k in keys)}
         if not todo:
             return
         started = time.monotonic()
-        commits = await asyncio.to_thread(lambda: [self._write(p, b) for p, b in todo.items()])
+        written = await asyncio.to_thread(lambda: [self._write(k, b) for k, b in todo.items()])
+        commits = [c for c, _ in written]
+        dead = [d for b in todo.values() for d in b.dead] + [d for _, ds in written for d in ds]
         try:
+            # Dead letters first: once the catalog moves past them they exist nowhere else.
+            await self.dead_letters.send(dead)
             await asyncio.to_thread(self.catalog.commit, commits)
         except CatalogConflict as e:
             # Someone else stored these offsets (we lost the partition meanwhile):
             # drop ours and resume from what the catalog says.
+            self.stats["conflicts"] += 1
             log.warning("commit conflict; discarding batch and re-reading", extra={"reason": str(e)})
             self._rewind(list(todo))
             return
+        except Exception as e:
+            # Nothing was committed; the buffers stay and the flush is retried.
+            self.stats["flush_errors"] += 1
+            self._retry_at = time.monotonic() + min(30.0, 0.5 * 2 ** min(self.stats["flush_errors"], 6))
+            log.error("flush failed; will retry", extra={"reason": f"{type(e).__name__}: {e}"[:500]})
+            raise FlushFailed(str(e)) from e
+        self._retry_at = 0.0
+        self.last_flush = time.monotonic()
         rows = sum(s.rows for c in commits for s in c.segments)
         self.stats["records"] += rows
         self.stats["segments"] += sum(len(c.segments) for c in commits)
         self.stats["flushes"] += 1
-        for p, c in zip(todo, commits, strict=True):
-            self.buffers[p] = PartitionBuffer(PartitionState(c.epoch, c.new_next))
+        self.dead_letter_counts.update(d.reason.value for d in dead)
+        for k, c in zip(todo, commits, strict=True):
+            self.buffers[k] = PartitionBuffer(PartitionState(c.epoch, c.new_next))
         log.info("flushed", extra={"rows": rows, "segments": sum(len(c.segments) for c in commits),
-                                   "partitions": sorted(todo), "seconds": round(time.monotonic() - started, 3)})
+                                   "dead_letters": len(dead), "partitions": sorted(f"{t}/{p}" for t, p in todo),
+                                   "seconds": round(time.monotonic() - started, 3)})
         if self.consumer is not None:
             try:
-                await self.consumer.commit({TopicPartition(self.topic, c.partition): OffsetAndMetadata(c.new_next, "")
+                await self.consumer.commit({TopicPartition(c.topic, c.partition): OffsetAndMetadata(c.new_next, "")
                                             for c in commits})
             except Exception as e:  # advisory only: the catalog is the truth
                 log.debug("kafka offset commit failed", extra={"reason": str(e)})
 
-    def _rewind(self, partitions: list[int]) -> None:
-        states = self.catalog.partition_states(self.topic)
+    def _rewind(self, keys: list[Key]) -> None:
         self.ranges = self.catalog.source_ranges()
-        for p in partitions:
-            state = states.get(p, PartitionState(0, 0))
-            self.buffers[p] = PartitionBuffer(state)
+        for topic, partition in keys:
+            state = self.catalog.partition_states(topic).get(partition, PartitionState(0, 0))
+            self.buffers[(topic, partition)] = PartitionBuffer(state)
             if self.consumer is not None:
-                self.consumer.seek(TopicPartition(self.topic, p), state.next_offset)
+                self.consumer.seek(TopicPartition(topic, partition), state.next_offset)
 
     # -- the loop ------------------------------------------------------------
+
+    def health(self) -> tuple[bool, dict[str, object]]:
+        stalled = time.monotonic() - self.last_loop > 60
+        failing = self._retry_at > 0
+        return not stalled, {"status": "stalled" if stalled else "retrying" if failing else "ok",
+                             "partitions": len(self.buffers),
+                             "seconds_since_flush": round(time.monotonic() - self.last_flush, 1)}
 
     async def run(self, stop: asyncio.Event) -> None:
         k = self.cfg.kafka
@@ -227,25 +385,51 @@ class IngestWorker:
             async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
                 await worker._assigned(set(assigned))
 
+        await ensure_topic(k)
+        await ensure_topic(k, topic=self.cfg.ingest.dead_letter_topic, partitions=1)
+        for t in self.inputs:
+            await ensure_topic(k, topic=t)
+        server = (await serve_metrics(self.cfg.ingest.metrics_listen, registry_for(self), self.health)
+                  if self.cfg.ingest.metrics_listen else None)
         self.consumer = AIOKafkaConsumer(
             **client_kwargs(k), client_id=f"{k.client_id}-ingest",
             group_id=self.cfg.ingest.group_id, enable_auto_commit=False,
             auto_offset_reset="earliest", max_partition_fetch_bytes=8 << 20, fetch_max_bytes=64 << 20,
         )
-        self.consumer.subscribe([self.topic], listener=Listener())
+        self.consumer.subscribe(self.topics, listener=Listener())
         await self.consumer.start()
-        log.info("ingest worker started", extra={"topic": self.topic, "group": self.cfg.ingest.group_id})
+        log.info("ingest worker started", extra={"topics": self.topics, "group": self.cfg.ingest.group_id})
         try:
             while not stop.is_set():
-                batch = await self.consumer.getmany(timeout_ms=200, max_records=50_000)
-                for tp, messages in batch.items():
-                    if tp.partition not in self.buffers:
-                        continue
-                    for m in messages:
-                        self._take(tp.partition, m.offset, m.value, list(m.headers or ()), m.timestamp)
+                self.last_loop = time.monotonic()
+                if self._backlogged():
+                    await asyncio.sleep(0.2)
+                else:
+                    batch = await self.consumer.getmany(timeout_ms=200, max_records=50_000)
+                    for tp, messages in batch.items():
+                        if (tp.topic, tp.partition) not in self.buffers:
+                            continue
+                        for m in messages:
+                            self._take(tp.topic, tp.partition, m.offset, m.value, list(m.headers or ()),
+                                       m.timestamp)
                 if self._due():
-                    await self.flush()
+                    try:
+                        await self.flush()
+                    except FlushFailed:
+                        pass
             await self.flush()
         finally:
             await self.consumer.stop()
-            log.info("ingest worker stopped", extra=self.stats)
+            await self.dead_letters.stop()
+            if server is not None:
+                server.close()
+            log.info("ingest worker stopped", extra=dict(self.stats))
+
+
+class FlushFailed(RuntimeError):
+    """A flush could not send its dead letters or commit; its buffers are kept for a retry."""
+
+
+def _matches(rule: SourceFormat, topic: str, service: str, source: str) -> bool:
+    return all(not pattern or fnmatch.fnmatchcase(value, pattern)
+               for pattern, value in ((rule.topic, topic), (rule.service, service), (rule.source, source)))

@@ -80,14 +80,17 @@ def cmd_ship(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_ingest(cfg: Config, args: argparse.Namespace) -> int:
+    from ingest.parsers.pattern import PatternError
     from ingest.worker import IngestWorker
-    from loglake.topics import ensure_topic
     from storage.catalog import Catalog
 
+    try:
+        worker = IngestWorker(cfg, Catalog(cfg.storage.resolved_catalog_url()))
+    except PatternError as e:
+        raise ConfigError(f"ingest.formats: {e}") from None
+
     async def main() -> None:
-        stop = _stop_event()
-        await ensure_topic(cfg.kafka)
-        await IngestWorker(cfg, Catalog(cfg.storage.resolved_catalog_url())).run(stop)
+        await worker.run(_stop_event())
 
     asyncio.run(main())
     return 0

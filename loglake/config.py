@@ -168,12 +168,94 @@ class ShipperConfig(_InputSettings):
         return [InputConfig(**{name: getattr(self, name) for name in InputConfig.model_fields})]
 
 
+_FORMATS = ("auto", "json", "logfmt", "clf", "nginx", "apache", "apache_error", "syslog", "syslog3164",
+            "syslog5424", "text", "pattern")
+
+
+class SourceFormat(_Section):
+    """How the lines of matching sources are parsed; the first matching rule wins."""
+
+    #: Glob patterns; empty matches everything. A rule matches when all it names match.
+    service: str = ""
+    source: str = ""
+    topic: str = ""
+    format: Literal["auto", "json", "logfmt", "clf", "nginx", "apache", "apache_error", "syslog", "syslog3164",
+                    "syslog5424", "text", "pattern"] = "auto"
+    #: For `format = "pattern"`: a regex (RE2) with named groups (ts, level, message, ... or attributes).
+    pattern: str = ""
+
+    @model_validator(mode="after")
+    def _pattern(self) -> SourceFormat:
+        from ingest.parsers.pattern import PatternError, group_names
+
+        if self.format == "pattern":
+            try:
+                group_names(self.pattern)
+            except PatternError as e:
+                raise ValueError(str(e)) from None
+        elif self.pattern:
+            raise ValueError("pattern is only used with format = \"pattern\"")
+        return self
+
+
+class TopicInput(_Section):
+    """A topic third-party producers write to (one record per message), besides `kafka.topic`."""
+
+    name: str
+    #: The tenant of every record on this topic; empty: the message's tenant header, else the default.
+    tenant: str = ""
+    #: Service for records that do not name one.
+    service: str = "unknown"
+
+    @field_validator("name")
+    @classmethod
+    def _topic_name(cls, v: str) -> str:
+        return KafkaConfig._topic_name(v)
+
+
 class IngestConfig(_Section):
     group_id: str = "loglake-ingest"
     flush_rows: int = Field(200_000, ge=1)
     flush_bytes: int = Field(64 << 20, ge=1024)
     flush_interval_s: float = Field(2.0, gt=0)
     default_tenant: str = "default"
+    #: More topics to consume, each with its own tenant and service; one consumer group for all.
+    topics: list[TopicInput] = []
+    #: Parsing per source; sources no rule matches are detected line by line.
+    formats: list[SourceFormat] = []
+    #: Zone for timestamps written without one (IANA name).
+    default_timezone: str = "UTC"
+    #: A parsed time further ahead of the observed time falls back to the observed time.
+    max_ahead_s: float = Field(7 * 86400, gt=0)
+    #: Records longer than this go to the dead-letter topic instead of a segment.
+    max_record_bytes: int = Field(1 << 20, ge=1024)
+    #: Where corrupt frames, oversized records and rows that cannot be made go, with the reason in headers.
+    dead_letter_topic: str = "loglake.dead-letters"
+    #: When the catalog's offset is beyond the log end (the topic was recreated): `earliest`
+    #: re-reads what the topic holds, `latest` skips to its end, `fail` stops the worker.
+    on_topic_recreated: Literal["earliest", "latest", "fail"] = "earliest"
+    #: host:port for /metrics (Prometheus) and /healthz; empty: none.
+    metrics_listen: str = ""
+
+    @field_validator("default_timezone")
+    @classmethod
+    def _zone(cls, v: str) -> str:
+        import zoneinfo
+
+        try:
+            zoneinfo.ZoneInfo(v)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {v!r} (use an IANA name such as UTC or Europe/Berlin)") from None
+        return v
+
+    @field_validator("dead_letter_topic")
+    @classmethod
+    def _dlq_name(cls, v: str) -> str:
+        return KafkaConfig._topic_name(v)
+
+    def patterns(self) -> tuple[str, ...]:
+        """The user-defined patterns, in rule order (rule i's pattern is format `pattern<i>`)."""
+        return tuple(f.pattern for f in self.formats if f.format == "pattern")
 
 
 class StorageConfig(_Section):

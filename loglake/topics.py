@@ -1,4 +1,4 @@
-"""Creating the log topic when it does not exist."""
+"""Creating topics (the log topic, third-party inputs, dead letters) when they do not exist."""
 
 from __future__ import annotations
 
@@ -14,18 +14,21 @@ from loglake.kafka_client import client_kwargs
 log = logging.getLogger("loglake.topics")
 
 
-async def ensure_topic(kafka: KafkaConfig, *, attempts: int = 30) -> None:
-    """Create ``kafka.topic`` with ``kafka.partitions`` unless it exists; retry while the broker starts."""
+async def ensure_topic(kafka: KafkaConfig, *, topic: str | None = None, partitions: int | None = None,
+                       attempts: int = 30) -> None:
+    """Create ``topic`` (default ``kafka.topic``) unless it exists; retry while the broker starts."""
+    topic = topic or kafka.topic
+    partitions = partitions or kafka.partitions
     last: Exception | None = None
     connection = client_kwargs(kafka)      # a bad security setting fails here, not in the retries
     for _ in range(attempts):
         admin = AIOKafkaAdminClient(**connection, client_id=f"{kafka.client_id}-admin")
         try:
             await admin.start()
-            if kafka.topic in await admin.list_topics():
+            if topic in await admin.list_topics():
                 return
-            await admin.create_topics([NewTopic(kafka.topic, kafka.partitions, 1)])
-            log.info("topic created", extra={"topic": kafka.topic, "partitions": kafka.partitions})
+            await admin.create_topics([NewTopic(topic, partitions, 1)])
+            log.info("topic created", extra={"topic": topic, "partitions": partitions})
             return
         except TopicAlreadyExistsError:
             return
@@ -34,4 +37,4 @@ async def ensure_topic(kafka: KafkaConfig, *, attempts: int = 30) -> None:
             await asyncio.sleep(0.5)
         finally:
             await admin.close()
-    raise RuntimeError(f"cannot create topic {kafka.topic!r} at {kafka.bootstrap_servers}: {last!r}")
+    raise RuntimeError(f"cannot create topic {topic!r} at {kafka.bootstrap_servers}: {last!r}")

@@ -11,10 +11,11 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-import orjson
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from loglake.metrics_server import serve as serve_http
 
 if TYPE_CHECKING:
     from shippers.shipper import Shipper
@@ -60,31 +61,11 @@ def registry_for(shipper: Shipper) -> CollectorRegistry:
 
 
 async def serve(listen: str, shipper: Shipper) -> asyncio.Server:
-    """A minimal HTTP server for GET /metrics and GET /healthz."""
-    host, _, port = listen.rpartition(":")
-    registry = registry_for(shipper)
+    """GET /metrics and GET /healthz for ``shipper`` on ``listen``."""
 
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=5)
-            path = request.split(b" ", 2)[1].split(b"?", 1)[0] if request.count(b" ") >= 2 else b""
-            if path == b"/metrics":
-                status, ctype, body = "200 OK", "text/plain; version=0.0.4", generate_latest(registry)
-            elif path == b"/healthz":
-                stalled = time.monotonic() - shipper.last_loop > 60
-                status = "503 Service Unavailable" if stalled else "200 OK"
-                body = orjson.dumps({"status": "stalled" if stalled else "ok",
-                                     "broker_outage_s": round(shipper.outage_seconds(), 1),
-                                     "files": len(shipper.watchers)})
-                ctype = "application/json"
-            else:
-                status, ctype, body = "404 Not Found", "text/plain", b"not found\n"
-            writer.write(f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
-                         "Connection: close\r\n\r\n".encode() + body)
-            await writer.drain()
-        except (asyncio.TimeoutError, asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
+    def health() -> tuple[bool, dict[str, object]]:
+        stalled = time.monotonic() - shipper.last_loop > 60
+        return not stalled, {"status": "stalled" if stalled else "ok",
+                             "broker_outage_s": round(shipper.outage_seconds(), 1), "files": len(shipper.watchers)}
 
-    return await asyncio.start_server(handle, host or "127.0.0.1", int(port))
+    return await serve_http(listen, registry_for(shipper), health)

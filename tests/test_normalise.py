@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ingest.normalise import RAW_SCHEMA, new_connection, normalise
+from ingest.normalise import RAW_SCHEMA, Normaliser
 from storage.schema import RECORD_SCHEMA, SEVERITY
 
 OBSERVED = datetime(2031, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)
@@ -31,29 +31,29 @@ WELL_KNOWN = frozenset({
 
 
 @pytest.fixture(scope="module")
-def con() -> Iterator[duckdb.DuckDBPyConnection]:
-    c = new_connection()
+def con() -> Iterator[Normaliser]:
+    c = Normaliser()
     yield c
     c.close()
 
 
 def raw(lines: list[str], *, observed: datetime = OBSERVED, service: str = "file-svc",
-        labels: dict[str, str] | None = None, wrapper: str = "") -> pa.Table:
+        labels: dict[str, str] | None = None, wrapper: str = "", fmt: str = "") -> pa.Table:
     n = len(lines)
     return pa.table({"line": lines, "observed_ts": [observed] * n, "service": [service] * n,
                      "host": ["host-1"] * n, "source": ["/var/log/x.log"] * n,
                      "labels": [list(labels.items()) if labels else None] * n,
-                     "wrapper": [wrapper] * n}, schema=RAW_SCHEMA)
+                     "wrapper": [wrapper] * n, "format": [fmt] * n}, schema=RAW_SCHEMA)
 
 
-def parse_all(con: duckdb.DuckDBPyConnection, lines: list[str], **kw: Any) -> list[dict[str, Any]]:
-    out = normalise(con, raw(lines, **kw))
+def parse_all(con: Normaliser, lines: list[str], **kw: Any) -> list[dict[str, Any]]:
+    out = con(raw(lines, **kw))
     assert out.schema == RECORD_SCHEMA
     assert out.num_rows == len(lines)
     return out.to_pylist()
 
 
-def parse(con: duckdb.DuckDBPyConnection, line: str | dict[str, Any], **kw: Any) -> dict[str, Any]:
+def parse(con: Normaliser, line: str | dict[str, Any], **kw: Any) -> dict[str, Any]:
     text = orjson.dumps(line).decode() if isinstance(line, dict) else line
     return parse_all(con, [text], **kw)[0]
 
@@ -69,20 +69,20 @@ def utc(*args: int) -> datetime:
 # -- general ---------------------------------------------------------------------
 
 
-def test_output_keeps_order_host_source_and_observed(con: duckdb.DuckDBPyConnection) -> None:
+def test_output_keeps_order_host_source_and_observed(con: Normaliser) -> None:
     lines = ["first", '{"msg":"second"}', "2024-01-01 00:00:00 INFO third"]
     rows = parse_all(con, lines)
     assert [r["message"] for r in rows] == ["first", "second", lines[2]]
     assert {(r["host"], r["source"], r["observed_ts"]) for r in rows} == {("host-1", "/var/log/x.log", OBSERVED)}
 
 
-def test_empty_batch_gives_an_empty_record_table(con: duckdb.DuckDBPyConnection) -> None:
-    out = normalise(con, RAW_SCHEMA.empty_table())
+def test_empty_batch_gives_an_empty_record_table(con: Normaliser) -> None:
+    out = con(RAW_SCHEMA.empty_table())
     assert out.num_rows == 0 and out.schema == RECORD_SCHEMA
 
 
 @pytest.mark.parametrize("level", ["trace", "debug", "info", "warn", "error", "fatal", "unknown"])
-def test_severity_follows_the_schema_table(con: duckdb.DuckDBPyConnection, level: str) -> None:
+def test_severity_follows_the_schema_table(con: Normaliser, level: str) -> None:
     row = parse(con, {"level": level, "msg": "m"})
     assert row["level"] == level
     assert row["severity"] == SEVERITY[level]
@@ -92,13 +92,13 @@ def test_severity_follows_the_schema_table(con: duckdb.DuckDBPyConnection, level
 
 
 @pytest.mark.parametrize("key", ["@timestamp", "timestamp", "time", "ts", "t"])
-def test_json_time_keys(con: duckdb.DuckDBPyConnection, key: str) -> None:
+def test_json_time_keys(con: Normaliser, key: str) -> None:
     row = parse(con, {key: "2024-03-04T05:06:07.250Z", "msg": "m"})
     assert row["ts"] == utc(2024, 3, 4, 5, 6, 7, 250000)
     assert key not in attrs(row)
 
 
-def test_json_time_key_precedence(con: duckdb.DuckDBPyConnection) -> None:
+def test_json_time_key_precedence(con: Normaliser) -> None:
     row = parse(con, {"t": "2020-01-01T00:00:00Z", "@timestamp": "2024-03-04T05:06:07Z"})
     assert row["ts"] == utc(2024, 3, 4, 5, 6, 7)
     assert attrs(row) == {"t": "2020-01-01T00:00:00Z"}
@@ -115,7 +115,7 @@ def test_json_time_key_precedence(con: duckdb.DuckDBPyConnection) -> None:
     ("2024-03-04T05:06:07,123Z", utc(2024, 3, 4, 5, 6, 7, 123000)),
     ("2024-03-04 05:06:07", utc(2024, 3, 4, 5, 6, 7)),
 ])
-def test_json_iso_time_strings(con: duckdb.DuckDBPyConnection, text: str, expected: datetime) -> None:
+def test_json_iso_time_strings(con: Normaliser, text: str, expected: datetime) -> None:
     assert parse(con, {"time": text})["ts"] == expected
 
 
@@ -127,20 +127,20 @@ def test_json_iso_time_strings(con: duckdb.DuckDBPyConnection, text: str, expect
     (1709528767123456000, utc(2024, 3, 4, 5, 6, 7, 123456)),         # nanoseconds
     (0, utc(1970, 1, 1)),
 ])
-def test_json_epoch_times_by_magnitude(con: duckdb.DuckDBPyConnection, value: float, expected: datetime) -> None:
+def test_json_epoch_times_by_magnitude(con: Normaliser, value: float, expected: datetime) -> None:
     row = parse(con, {"ts": value})
     assert row["ts"] == expected
     assert "ts" not in attrs(row)
 
 
 @pytest.mark.parametrize("bad", ["not a time", "2024-13-45T99:99:99Z", ""])
-def test_json_unparsable_time_is_kept_in_attrs_and_ts_is_observed(con: duckdb.DuckDBPyConnection, bad: str) -> None:
+def test_json_unparsable_time_is_kept_in_attrs_and_ts_is_observed(con: Normaliser, bad: str) -> None:
     row = parse(con, {"time": bad, "msg": "m"})
     assert row["ts"] == OBSERVED
     assert attrs(row) == {"time": bad}
 
 
-def test_json_unparsable_time_of_another_type_is_kept_in_attrs(con: duckdb.DuckDBPyConnection) -> None:
+def test_json_unparsable_time_of_another_type_is_kept_in_attrs(con: Normaliser) -> None:
     row = parse(con, {"timestamp": [1, 2], "msg": "m"})
     assert row["ts"] == OBSERVED
     assert attrs(row) == {"timestamp": "[1,2]"}
@@ -151,7 +151,7 @@ def test_json_unparsable_time_of_another_type_is_kept_in_attrs(con: duckdb.DuckD
     ("INFO", "info"), ("warning", "warn"), ("Warn", "warn"), ("ERR", "error"), ("error", "error"),
     ("debug", "debug"), ("trace", "trace"), ("critical", "fatal"), ("FATAL", "fatal"), ("whatever", "unknown"),
 ])
-def test_json_level_keys(con: duckdb.DuckDBPyConnection, key: str, value: str, level: str) -> None:
+def test_json_level_keys(con: Normaliser, key: str, value: str, level: str) -> None:
     row = parse(con, {key: value, "msg": "m"})
     assert row["level"] == level
     assert row["severity"] == SEVERITY[level]
@@ -159,7 +159,7 @@ def test_json_level_keys(con: duckdb.DuckDBPyConnection, key: str, value: str, l
 
 
 @pytest.mark.parametrize("key", ["message", "msg", "log"])
-def test_json_message_keys(con: duckdb.DuckDBPyConnection, key: str) -> None:
+def test_json_message_keys(con: Normaliser, key: str) -> None:
     row = parse(con, {key: "hello \"world\"\n\tüñí", "other": "x"})
     assert row["message"] == "hello \"world\"\n\tüñí"
     assert attrs(row) == {"other": "x"}
@@ -168,11 +168,11 @@ def test_json_message_keys(con: duckdb.DuckDBPyConnection, key: str) -> None:
 @pytest.mark.parametrize(("value", "text"), [
     (42, "42"), (1.5, "1.5"), (True, "true"), ({"a": {"b": 1}}, '{"a":{"b":1}}'), ([1, "x"], '[1,"x"]'),
 ])
-def test_json_non_string_message_is_its_json_text(con: duckdb.DuckDBPyConnection, value: Any, text: str) -> None:
+def test_json_non_string_message_is_its_json_text(con: Normaliser, value: Any, text: str) -> None:
     assert parse(con, {"message": value})["message"] == text
 
 
-def test_json_without_a_message_key_keeps_the_line(con: duckdb.DuckDBPyConnection) -> None:
+def test_json_without_a_message_key_keeps_the_line(con: Normaliser) -> None:
     line = '{"a":1,"b":"two"}'
     row = parse(con, line)
     assert row["message"] == line
@@ -180,37 +180,37 @@ def test_json_without_a_message_key_keeps_the_line(con: duckdb.DuckDBPyConnectio
 
 
 @pytest.mark.parametrize("key", ["service", "service.name", "app"])
-def test_json_service_keys_override_the_file_service(con: duckdb.DuckDBPyConnection, key: str) -> None:
+def test_json_service_keys_override_the_file_service(con: Normaliser, key: str) -> None:
     row = parse(con, {key: "checkout", "msg": "m"})
     assert row["service"] == "checkout"
     assert attrs(row) == {}
 
 
-def test_json_without_service_keeps_the_file_service(con: duckdb.DuckDBPyConnection) -> None:
+def test_json_without_service_keeps_the_file_service(con: Normaliser) -> None:
     assert parse(con, {"msg": "m"}, service="from-file")["service"] == "from-file"
 
 
 @pytest.mark.parametrize(("trace_key", "span_key"), [("trace_id", "span_id"), ("traceId", "spanId")])
-def test_json_trace_and_span_ids(con: duckdb.DuckDBPyConnection, trace_key: str, span_key: str) -> None:
+def test_json_trace_and_span_ids(con: Normaliser, trace_key: str, span_key: str) -> None:
     row = parse(con, {trace_key: "4bf92f3577b34da6a3ce929d0e0e4736", span_key: "00f067aa0ba902b7", "msg": "m"})
     assert row["trace_id"] == "4bf92f3577b34da6a3ce929d0e0e4736"
     assert row["span_id"] == "00f067aa0ba902b7"
     assert attrs(row) == {}
 
 
-def test_json_without_ids_has_null_trace_and_span(con: duckdb.DuckDBPyConnection) -> None:
+def test_json_without_ids_has_null_trace_and_span(con: Normaliser) -> None:
     row = parse(con, {"msg": "m"})
     assert row["trace_id"] is None and row["span_id"] is None
 
 
-def test_json_other_keys_are_attrs_with_nested_values_as_json_text(con: duckdb.DuckDBPyConnection) -> None:
+def test_json_other_keys_are_attrs_with_nested_values_as_json_text(con: Normaliser) -> None:
     row = parse(con, {"msg": "m", "user": "ann", "n": 5, "f": 2.5, "ok": False,
                       "ctx": {"req": {"id": 7}, "tags": ["a", "b"]}, "list": [1, {"x": None}]})
     assert attrs(row) == {"user": "ann", "n": "5", "f": "2.5", "ok": "false",
                           "ctx": '{"req":{"id":7},"tags":["a","b"]}', "list": '[1,{"x":null}]'}
 
 
-def test_json_full_record(con: duckdb.DuckDBPyConnection) -> None:
+def test_json_full_record(con: Normaliser) -> None:
     row = parse(con, {"@timestamp": "2024-03-04T05:06:07.123+01:00", "severity": "ERROR", "msg": "boom",
                       "service.name": "pay", "traceId": "t1", "spanId": "s1", "code": 500})
     assert row == {
@@ -221,7 +221,7 @@ def test_json_full_record(con: duckdb.DuckDBPyConnection) -> None:
 
 
 @pytest.mark.parametrize("line", ["[1, 2, 3]", '"just a string"', "{not json", "{}x"])
-def test_lines_that_are_not_json_objects_are_plain_text(con: duckdb.DuckDBPyConnection, line: str) -> None:
+def test_lines_that_are_not_json_objects_are_plain_text(con: Normaliser, line: str) -> None:
     row = parse(con, line)
     assert row["message"] == line
     assert row["level"] == "unknown"
@@ -237,7 +237,7 @@ _value = st.text(st.characters(blacklist_categories=("Cs",)), max_size=20) | st.
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(obj=st.dictionaries(_key, _value, max_size=8))
-def test_any_flat_json_object_keeps_every_key_in_attrs(con: duckdb.DuckDBPyConnection,
+def test_any_flat_json_object_keeps_every_key_in_attrs(con: Normaliser,
                                                         obj: dict[str, str | int]) -> None:
     row = parse(con, orjson.dumps(obj).decode())
     expected = {k: v if isinstance(v, str) else str(v) for k, v in obj.items()}
@@ -247,7 +247,7 @@ def test_any_flat_json_object_keeps_every_key_in_attrs(con: duckdb.DuckDBPyConne
 
 
 @pytest.mark.parametrize("obj", [{"": "v"}, {"": 1, "msg": "m", "level": "info"}])
-def test_json_empty_key_is_kept_in_attrs(con: duckdb.DuckDBPyConnection, obj: dict[str, Any]) -> None:
+def test_json_empty_key_is_kept_in_attrs(con: Normaliser, obj: dict[str, Any]) -> None:
     row = parse(con, obj)
     assert attrs(row) == {"": str(obj[""])}
 
@@ -267,7 +267,7 @@ def test_json_empty_key_is_kept_in_attrs(con: duckdb.DuckDBPyConnection, obj: di
     ("2024-03-04 05:06:07,123+01:00 INFO started", utc(2024, 3, 4, 4, 6, 7, 123000)),
     ("[2024-03-04T05:06:07Z] INFO started", utc(2024, 3, 4, 5, 6, 7)),
 ])
-def test_plain_line_leading_timestamp(con: duckdb.DuckDBPyConnection, line: str, ts: datetime) -> None:
+def test_plain_line_leading_timestamp(con: Normaliser, line: str, ts: datetime) -> None:
     row = parse(con, line)
     assert row["ts"] == ts
     assert row["level"] == "info"
@@ -281,7 +281,7 @@ def test_plain_line_leading_timestamp(con: duckdb.DuckDBPyConnection, line: str,
 ])
 @pytest.mark.parametrize("shape", ["{ts} {w} request handled", "{ts} [{w}] request handled",
                                    "{ts} - {w}  [main:Thing@1] - request handled", "{ts} [main] {w}: handled"])
-def test_plain_line_level_words(con: duckdb.DuckDBPyConnection, word: str, level: str, shape: str) -> None:
+def test_plain_line_level_words(con: Normaliser, word: str, level: str, shape: str) -> None:
     line = shape.format(ts="2024-03-04 05:06:07,123", w=word)
     row = parse(con, line)
     assert row["level"] == level
@@ -290,13 +290,13 @@ def test_plain_line_level_words(con: duckdb.DuckDBPyConnection, word: str, level
     assert row["ts"] == utc(2024, 3, 4, 5, 6, 7, 123000)
 
 
-def test_plain_line_level_word_must_be_a_whole_word(con: duckdb.DuckDBPyConnection) -> None:
+def test_plain_line_level_word_must_be_a_whole_word(con: Normaliser) -> None:
     row = parse(con, "2024-03-04 05:06:07 INFORMATIONAL ERRORS happened")
     assert row["level"] == "unknown"
     assert row["ts"] == utc(2024, 3, 4, 5, 6, 7)
 
 
-def test_plain_line_without_a_level_word_is_unknown_but_keeps_its_ts(con: duckdb.DuckDBPyConnection) -> None:
+def test_plain_line_without_a_level_word_is_unknown_but_keeps_its_ts(con: Normaliser) -> None:
     row = parse(con, "2024-03-04 05:06:07 something happened")
     assert row["level"] == "unknown" and row["severity"] == 0
     assert row["ts"] == utc(2024, 3, 4, 5, 6, 7)
@@ -305,7 +305,7 @@ def test_plain_line_without_a_level_word_is_unknown_but_keeps_its_ts(con: duckdb
 # -- access logs ---------------------------------------------------------------------
 
 
-def test_common_log_format(con: duckdb.DuckDBPyConnection) -> None:
+def test_common_log_format(con: Normaliser) -> None:
     line = '127.0.0.1 - frank [10/Oct/2000:13:55:36 -0700] "GET /apache_pb.gif HTTP/1.0" 200 2326'
     row = parse(con, line)
     assert row["ts"] == utc(2000, 10, 10, 20, 55, 36)
@@ -315,7 +315,7 @@ def test_common_log_format(con: duckdb.DuckDBPyConnection) -> None:
                           "http.path": "/apache_pb.gif", "http.status": "200", "http.bytes": "2326"}
 
 
-def test_combined_log_format(con: duckdb.DuckDBPyConnection) -> None:
+def test_combined_log_format(con: Normaliser) -> None:
     line = ('10.1.2.3 - - [04/Mar/2024:05:06:07 +0100] "POST /api/v1/pay?x=1 HTTP/1.1" 201 512 '
             '"https://shop.example/cart" "Mozilla/5.0 (X11; Linux x86_64)"')
     row = parse(con, line)
@@ -326,7 +326,7 @@ def test_combined_log_format(con: duckdb.DuckDBPyConnection) -> None:
                           "http.user_agent": "Mozilla/5.0 (X11; Linux x86_64)"}
 
 
-def test_access_log_dash_bytes_and_referer_are_omitted(con: duckdb.DuckDBPyConnection) -> None:
+def test_access_log_dash_bytes_and_referer_are_omitted(con: Normaliser) -> None:
     row = parse(con, '::1 - - [04/Mar/2024:05:06:07 +0000] "HEAD / HTTP/1.1" 304 - "-" "curl/8.0"')
     assert attrs(row) == {"client.ip": "::1", "http.method": "HEAD", "http.path": "/", "http.status": "304",
                           "http.user_agent": "curl/8.0"}
@@ -336,7 +336,7 @@ def test_access_log_dash_bytes_and_referer_are_omitted(con: duckdb.DuckDBPyConne
     (100, "info"), (200, "info"), (302, "info"), (399, "info"), (400, "warn"), (404, "warn"), (499, "warn"),
     (500, "error"), (503, "error"), (599, "error"),
 ])
-def test_access_log_level_from_status(con: duckdb.DuckDBPyConnection, status: int, level: str) -> None:
+def test_access_log_level_from_status(con: Normaliser, status: int, level: str) -> None:
     row = parse(con, f'1.2.3.4 - - [04/Mar/2024:05:06:07 +0000] "GET /x HTTP/1.1" {status} 10 "-" "ua"')
     assert row["level"] == level
     assert row["severity"] == SEVERITY[level]
@@ -348,7 +348,7 @@ def test_access_log_level_from_status(con: duckdb.DuckDBPyConnection, status: in
 
 @pytest.mark.parametrize("line", ["just some text", "", "   ", "04/03/2024 05:06 not iso",
                                   "2024-03-04 not a time", "x" * 500, "\ufffd\ufffd binary junk"])
-def test_line_in_no_format_is_whole_message_unknown_level_observed_ts(con: duckdb.DuckDBPyConnection,
+def test_line_in_no_format_is_whole_message_unknown_level_observed_ts(con: Normaliser,
                                                                       line: str) -> None:
     row = parse(con, line)
     assert row["message"] == line
@@ -360,21 +360,21 @@ def test_line_in_no_format_is_whole_message_unknown_level_observed_ts(con: duckd
 
 
 def test_level_word_without_a_timestamp_sets_the_level_and_ts_is_observed(
-        con: duckdb.DuckDBPyConnection) -> None:
+        con: Normaliser) -> None:
     row = parse(con, "ERROR something broke")
     assert row["level"] == "error"
     assert row["ts"] == OBSERVED
     assert row["message"] == "ERROR something broke"
 
 
-def test_observed_ts_is_per_row(con: duckdb.DuckDBPyConnection) -> None:
+def test_observed_ts_is_per_row(con: Normaliser) -> None:
     a, b = OBSERVED, OBSERVED + timedelta(hours=3)
     table = pa.concat_tables([raw(["no format"], observed=a), raw(["no format"], observed=b)])
-    rows = normalise(con, table).to_pylist()
+    rows = con(table).to_pylist()
     assert [r["ts"] for r in rows] == [a, b]
 
 
-def test_iso_timestamp_converts_with_its_zone_not_the_session_zone(con: duckdb.DuckDBPyConnection) -> None:
+def test_iso_timestamp_converts_with_its_zone_not_the_session_zone(con: Normaliser) -> None:
     row = parse(con, "2024-03-04T05:06:07+05:45 ERROR x")
     assert row["ts"] == datetime(2024, 3, 4, 5, 6, 7, tzinfo=timezone(timedelta(hours=5, minutes=45)))
     assert row["level"] == "error"
@@ -384,7 +384,7 @@ def test_iso_timestamp_converts_with_its_zone_not_the_session_zone(con: duckdb.D
 
 
 @pytest.mark.parametrize("name", ["Zookeeper", "Hadoop"])
-def test_loghub_levels_match_the_structured_csv(con: duckdb.DuckDBPyConnection, name: str) -> None:
+def test_loghub_levels_match_the_structured_csv(con: Normaliser, name: str) -> None:
     log = LOGHUB / name / f"{name}_2k.log"
     structured = LOGHUB / name / f"{name}_2k.log_structured.csv"
     if not (log.is_file() and structured.is_file()):
@@ -407,42 +407,42 @@ def test_loghub_levels_match_the_structured_csv(con: duckdb.DuckDBPyConnection, 
     assert all(p["ts"] != OBSERVED for p in parsed)
 
 
-def test_shipper_labels_join_the_attrs_and_the_line_wins_a_clash(con: duckdb.DuckDBPyConnection) -> None:
-    out = normalise(con, raw(['{"msg": "m", "env": "from-line"}', "plain text"],
+def test_shipper_labels_join_the_attrs_and_the_line_wins_a_clash(con: Normaliser) -> None:
+    out = con(raw(['{"msg": "m", "env": "from-line"}', "plain text"],
                              labels={"env": "prod", "team": "payments"})).to_pylist()
     assert dict(out[0]["attrs"]) == {"env": "from-line", "team": "payments"}
     assert dict(out[1]["attrs"]) == {"env": "prod", "team": "payments"}
 
 
-def test_cri_lines_are_unwrapped_joined_and_parsed_again(con: duckdb.DuckDBPyConnection) -> None:
+def test_cri_lines_are_unwrapped_joined_and_parsed_again(con: Normaliser) -> None:
     lines = ['2026-11-01T10:00:00.5Z stdout F {"level":"error","msg":"db down"}',
              "2026-11-01T10:00:01Z stderr P first half \n2026-11-01T10:00:01Z stderr F second half",
              "2026-11-01T10:00:02.25Z stdout F plain text, no time"]
-    out = normalise(con, raw(lines, wrapper="cri")).to_pylist()
+    out = con(raw(lines, wrapper="cri")).to_pylist()
     assert (out[0]["message"], out[0]["level"], dict(out[0]["attrs"])) == ("db down", "error", {"stream": "stdout"})
     assert out[1]["message"] == "first half second half"
     assert dict(out[1]["attrs"]) == {"stream": "stderr"}
     assert out[2]["ts"] == datetime(2026, 11, 1, 10, 0, 2, 250000, tzinfo=UTC)   # the runtime's time
 
 
-def test_docker_json_file_lines_are_unwrapped_and_partials_joined(con: duckdb.DuckDBPyConnection) -> None:
+def test_docker_json_file_lines_are_unwrapped_and_partials_joined(con: Normaliser) -> None:
     lines = ['{"log":"2026-11-01 10:00:00,000 WARN x - disk\\n","stream":"stdout","time":"2026-11-01T10:00:09Z"}',
              '{"log":"part one ","stream":"stderr","time":"2026-11-01T10:00:10Z"}\n'
              '{"log":"part two\\n","stream":"stderr","time":"2026-11-01T10:00:10Z"}']
-    out = normalise(con, raw(lines, wrapper="docker")).to_pylist()
+    out = con(raw(lines, wrapper="docker")).to_pylist()
     assert out[0]["message"] == "2026-11-01 10:00:00,000 WARN x - disk" and out[0]["level"] == "warn"
     assert out[0]["ts"] == datetime(2026, 11, 1, 10, 0, tzinfo=UTC)
     assert out[1]["message"] == "part one part two" and dict(out[1]["attrs"]) == {"stream": "stderr"}
     assert out[1]["ts"] == datetime(2026, 11, 1, 10, 0, 10, tzinfo=UTC)
 
 
-def test_invalid_utf8_is_replaced_and_the_row_flagged(con: duckdb.DuckDBPyConnection) -> None:
+def test_invalid_utf8_is_replaced_and_the_row_flagged(con: Normaliser) -> None:
     from ingest.batch import RecordRun, raw_table
     from loglake.frame import FrameMeta
 
     records = pa.array([b"fine line\n", b"bad \xff\xfe bytes\n"], pa.binary())
     meta = FrameMeta("sid", "/x.log", "h", "svc", "default", 0, 25, 1_000_000, 2, {"env": "prod"})
-    out = normalise(con, raw_table([RecordRun(meta, records)])).to_pylist()
+    out = con(raw_table([RecordRun(meta, records)])).to_pylist()
     assert out[0]["message"] == "fine line" and dict(out[0]["attrs"]) == {"env": "prod"}
     assert out[1]["message"] == "bad \ufffd\ufffd bytes"
     assert dict(out[1]["attrs"]) == {"env": "prod", "invalid_utf8": "true"}

@@ -1,0 +1,61 @@
+"""The formats ingest understands, each a few SQL expressions over a batch.
+
+A parser says how to recognise its lines cheaply (``detect``), how to take
+them apart (``steps``, evaluated only on the rows routed to it), whether a
+line really was in its format (``ok``: a line that fails falls back to the
+plain-text parser), and what it yields for the record (``out``). Everything
+runs inside one DuckDB statement built by :mod:`ingest.normalise`; in the
+SQL, ``{p}`` stands for the parser's own column prefix.
+
+Outputs, all optional (NULL when absent):
+
+- ``ts_tz`` TIMESTAMPTZ: an instant (the text had a zone, or was an epoch);
+- ``ts_local`` TIMESTAMP: wall-clock time, read in the configured zone;
+- ``ts_noyear`` TIMESTAMP: wall-clock time in the year 2000, for formats without a year;
+- ``lvl`` VARCHAR: a level word or letter (see :mod:`ingest.levels`);
+- ``message`` VARCHAR (default: the whole line);
+- ``attrs``: a list of ``{'key', 'value'}`` text pairs;
+- ``service``, ``host``, ``trace_id``, ``span_id`` VARCHAR.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+OUTPUTS: tuple[str, ...] = ("ts_tz", "ts_local", "ts_noyear", "lvl", "message", "attrs",
+                            "service", "host", "trace_id", "span_id")
+
+#: The SQL type of an empty attribute list.
+ATTRS_TYPE = "STRUCT(key VARCHAR, value VARCHAR)[]"
+
+
+@dataclass(frozen=True)
+class Parser:
+    name: str
+    #: SQL predicate over ``line`` for auto-detection, tried in registry order; None: only when configured.
+    detect: str | None
+    #: (name, SQL) pairs computed in order; each is available to later SQL as ``{p}_<name>``.
+    steps: tuple[tuple[str, str], ...]
+    #: SQL predicate: the line is in this format.
+    ok: str
+    out: dict[str, str] = field(default_factory=dict)
+
+    def sql(self, template: str) -> str:
+        return template.replace("{p}", f"p_{self.name}")
+
+
+def sql_str(s: str) -> str:
+    """A SQL string literal."""
+    return "'" + s.replace("'", "''") + "'"
+
+
+def attrs_sql(pairs: list[tuple[str, str]]) -> str:
+    """SQL: an attribute list from (key, value SQL) pairs, leaving out NULL and empty values."""
+    items = ", ".join(f"{{'key': {sql_str(k)}, 'value': {v}}}" for k, v in pairs)
+    return f"list_filter([{items}]::{ATTRS_TYPE}, e -> coalesce(e.value, '') <> '')"
+
+
+def first_key_sql(m: str, keys: tuple[str, ...]) -> str:
+    """SQL: the first of ``keys`` present in map ``m`` (NULL when none is)."""
+    whens = " ".join(f"WHEN {m}[{sql_str(k)}] IS NOT NULL THEN {sql_str(k)}" for k in keys)
+    return f"CASE {whens} END"

@@ -1,0 +1,98 @@
+"""JSON objects, one per line: nested objects flattened into dotted keys, arrays kept as JSON text.
+
+Well-known keys become record columns (the first present of each list below
+wins); every other key goes to ``attrs``. Nesting deeper than ``MAX_DEPTH``
+levels stays JSON text; JSON null is a NULL value. When flattening makes two
+keys equal (``{"a.b": 1, "a": {"b": 2}}``) the later one gets ``#<position>``
+appended, so nothing is lost; so does a key repeated in the line. A line that is not a valid JSON
+object is not an error: it falls back to plain text.
+"""
+
+from __future__ import annotations
+
+from ingest.levels import numeric_word_sql
+from ingest.parsers import ATTRS_TYPE, Parser, sql_str
+
+TS_KEYS = ("@timestamp", "timestamp", "time", "ts", "t")
+LEVEL_KEYS = ("level", "severity", "lvl", "loglevel")
+MESSAGE_KEYS = ("message", "msg", "log")
+SERVICE_KEYS = ("service", "service.name", "app")
+TRACE_KEYS = ("trace_id", "traceId")
+SPAN_KEYS = ("span_id", "spanId")
+HOST_KEYS = ("host", "hostname")
+MAX_DEPTH = 8
+
+_MAP = "'\"MAP(VARCHAR, JSON)\"'"
+_TEXT_MAP = "'\"MAP(VARCHAR, VARCHAR)\"'"
+
+
+def _flatten_once(entries: str) -> str:
+    return (f"flatten(list_transform({entries}, e -> CASE WHEN json_type(e.value) = 'OBJECT' AND e.value <> '{{}}' "
+            f"THEN list_transform(map_entries(json_transform(e.value, {_MAP})), "
+            f"c -> {{'key': e.key || '.' || c.key, 'value': c.value}}) ELSE [e] END))")
+
+
+def _flattened() -> str:
+    sql = f"map_entries(json_transform(line, {_MAP}))"
+    for _ in range(MAX_DEPTH - 1):
+        sql = _flatten_once(sql)
+    # Values as text: strings unquoted, numbers, booleans, arrays and deeper objects as JSON, null as NULL.
+    return (f"CAST(list_transform({sql}, e -> {{'key': e.key, 'value': CASE json_type(e.value) "
+            f"WHEN 'VARCHAR' THEN e.value->>'$' WHEN 'NULL' THEN NULL ELSE CAST(e.value AS VARCHAR) END}}) "
+            f"AS {ATTRS_TYPE})")
+
+
+def _position(keys: tuple[str, ...]) -> str:
+    return "coalesce(" + ", ".join(f"list_position({{p}}_keys, {sql_str(k)})" for k in keys) + ")"
+
+
+# The fast path: a flat object with unique keys becomes a text map in one step. A '{'
+# after the first character may open a nested object, and a repeated key fails the
+# map: those lines take the slow path, which flattens and renames.
+_FLAT = "strpos(substr(line, 2), '{') = 0"
+
+PARSER = Parser(
+    name="json",
+    detect="starts_with(line, '{')",
+    steps=(
+        ("m", f"CASE WHEN {_FLAT} THEN try(json_transform(line, {_TEXT_MAP})) END"),
+        # The map does not check that keys are unique (an Arrow map must not repeat one).
+        ("e", f"CASE WHEN list_unique(map_keys({{p}}_m)) = cardinality({{p}}_m) THEN map_entries({{p}}_m) "
+              f"ELSE ll_dedupe(try({_flattened()})) END"),
+        ("keys", "list_transform({p}_e, x -> x.key)"),
+        ("k", "{"
+              f"'ts': {_position(TS_KEYS)}, 'lvl': {_position(LEVEL_KEYS)}, 'msg': {_position(MESSAGE_KEYS)}, "
+              f"'svc': {_position(SERVICE_KEYS)}, 'trace': {_position(TRACE_KEYS)}, "
+              f"'span': {_position(SPAN_KEYS)}, 'host': {_position(HOST_KEYS)}"
+              "}"),
+        ("v", "{"
+              "'ts': {p}_e[{p}_k.ts].value, 'lvl': {p}_e[{p}_k.lvl].value, 'msg': {p}_e[{p}_k.msg].value, "
+              "'svc': {p}_e[{p}_k.svc].value, 'trace': {p}_e[{p}_k.trace].value, "
+              "'span': {p}_e[{p}_k.span].value, 'host': {p}_e[{p}_k.host].value"
+              "}"),
+        ("tz", "ll_ts_tz({p}_v.ts)"),
+        ("local", "CASE WHEN {p}_tz IS NULL THEN ll_ts_local({p}_v.ts) END"),
+        # Keys that became columns leave attrs: the time only if it parsed, the level only if
+        # it is a normalised name in some case (so "WARNING" or 30 is still there to see).
+        ("drop", "list_filter(["
+                 "CASE WHEN {p}_tz IS NOT NULL OR {p}_local IS NOT NULL THEN {p}_k.ts END, "
+                 "CASE WHEN lower({p}_v.lvl) IN ('trace', 'debug', 'info', 'warn', 'error', 'fatal') "
+                 "     THEN {p}_k.lvl END, "
+                 "{p}_k.msg, {p}_k.svc, {p}_k.trace, {p}_k.span, "
+                 "CASE WHEN host = '' THEN {p}_k.host END], x -> x IS NOT NULL)"),
+    ),
+    ok="{p}_e IS NOT NULL",
+    out={
+        "ts_tz": "{p}_tz",
+        "ts_local": "{p}_local",
+        "lvl": f"CASE WHEN regexp_full_match({{p}}_v.lvl, '\\d{{1,2}}') "
+               f"THEN {numeric_word_sql('TRY_CAST({p}_v.lvl AS INTEGER)')} ELSE {{p}}_v.lvl END",
+        "message": "CASE WHEN {p}_k.msg IS NULL THEN line ELSE coalesce({p}_v.msg, 'null') END",
+        "attrs": "CASE WHEN len({p}_drop) = 0 THEN {p}_e "
+                 "ELSE list_filter({p}_e, (x, i) -> NOT list_contains({p}_drop, i)) END",
+        "service": "{p}_v.svc",
+        "host": "{p}_v.host",
+        "trace_id": "{p}_v.trace",
+        "span_id": "{p}_v.span",
+    },
+)

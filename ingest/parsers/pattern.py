@@ -1,0 +1,63 @@
+"""A user-defined pattern: a regular expression (RE2) with named groups, per source.
+
+Groups named ``ts``, ``level``, ``message``, ``service``, ``host``,
+``trace_id`` and ``span_id`` fill those fields; every other named group
+becomes an attribute. A line the pattern does not match falls back to plain
+text.
+"""
+
+from __future__ import annotations
+
+import re
+
+from ingest.parsers import Parser, attrs_sql, sql_str
+
+FIELDS = ("ts", "level", "message", "service", "host", "trace_id", "span_id")
+
+
+class PatternError(ValueError):
+    """The pattern is not a usable regular expression with named groups."""
+
+
+def group_names(pattern: str) -> tuple[str, ...]:
+    """The pattern's group names in order; every group must be named."""
+    try:
+        compiled = re.compile(pattern)
+    except re.error as e:
+        raise PatternError(f"invalid pattern: {e}") from None
+    names = sorted(compiled.groupindex, key=compiled.groupindex.__getitem__)
+    if not names:
+        raise PatternError("the pattern needs at least one named group, as in (?P<level>\\w+)")
+    if len(names) != compiled.groups:
+        raise PatternError("every group must be named; use (?:...) for the others")
+    return tuple(names)
+
+
+def parser(index: int, pattern: str) -> Parser:
+    """The parser for the ``index``-th configured pattern."""
+    names = group_names(pattern)
+    # RE2 takes (?P<name>...); DuckDB hands back groups by position, named as listed.
+    positional = pattern
+    m = "{p}_m"
+
+    def g(name: str) -> str:
+        return f"nullif({m}.\"{name}\", '')" if name in names else "NULL"
+
+    return Parser(
+        name=f"pattern{index}",
+        detect=None,
+        steps=(("m", f"regexp_extract(line, {sql_str(positional)}, {list(names)})"),),
+        ok=f"regexp_matches(line, {sql_str(positional)})",
+        out={
+            "ts_tz": f"ll_ts_tz({g('ts')})",
+            "ts_local": f"ll_ts_local({g('ts')})",
+            "ts_noyear": f"ll_ts_noyear({g('ts')})",
+            "lvl": g("level"),
+            "message": f"coalesce({g('message')}, line)",
+            "service": g("service"),
+            "host": g("host"),
+            "trace_id": g("trace_id"),
+            "span_id": g("span_id"),
+            "attrs": attrs_sql([(n, g(n)) for n in names if n not in FIELDS]),
+        },
+    )

@@ -1,0 +1,44 @@
+"""A minimal HTTP endpoint for a worker process: GET /metrics (Prometheus) and GET /healthz.
+
+Shippers and ingest workers run an asyncio loop, not a web framework; this
+serves their scrapes on that loop without a thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from prometheus_client import CollectorRegistry, generate_latest
+
+#: Reports (healthy, details) for /healthz.
+Health = Callable[[], tuple[bool, dict[str, Any]]]
+
+
+async def serve(listen: str, registry: CollectorRegistry, health: Health) -> asyncio.Server:
+    """Listen on ``host:port`` for GET /metrics and GET /healthz."""
+    host, _, port = listen.rpartition(":")
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=5)
+            path = request.split(b" ", 2)[1].split(b"?", 1)[0] if request.count(b" ") >= 2 else b""
+            if path == b"/metrics":
+                status, ctype, body = "200 OK", "text/plain; version=0.0.4", generate_latest(registry)
+            elif path == b"/healthz":
+                ok, details = health()
+                status = "200 OK" if ok else "503 Service Unavailable"
+                ctype, body = "application/json", orjson.dumps(details)
+            else:
+                status, ctype, body = "404 Not Found", "text/plain", b"not found\n"
+            writer.write(f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
+                         "Connection: close\r\n\r\n".encode() + body)
+            await writer.drain()
+        except (asyncio.TimeoutError, asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    return await asyncio.start_server(handle, host or "127.0.0.1", int(port))
