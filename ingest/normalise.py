@@ -198,10 +198,10 @@ class Normaliser:
                 raise pattern.PatternError(f"pattern {i} ({p!r}) is not valid RE2: {e}") from None
         # Flattening can make two keys equal; the later ones get "#<position>".
         self.con.execute("""CREATE OR REPLACE MACRO ll_last_wins(l) AS
-            CASE WHEN len(list_distinct(list_transform(l, e -> e.key))) = len(l) THEN l
+            CASE WHEN list_unique(list_transform(l, e -> e.key)) = len(l) THEN l
                  ELSE list_filter(l, (e, i) -> NOT list_contains(list_transform(l[i + 1:], x -> x.key), e.key)) END""")
         self.con.execute("""CREATE OR REPLACE MACRO ll_dedupe(l) AS
-            CASE WHEN len(list_distinct(list_transform(l, e -> e.key))) = len(l) THEN l
+            CASE WHEN list_unique(list_transform(l, e -> e.key)) = len(l) THEN l
                  ELSE list_transform(l, (e, i) -> CASE WHEN list_contains(list_transform(l[:i - 1], x -> x.key), e.key)
                                                   THEN {'key': e.key || '#' || i, 'value': e.value} ELSE e END) END""")
         self.sql = build_sql(self.settings)

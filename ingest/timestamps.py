@@ -48,7 +48,9 @@ def macros() -> list[str]:
         # Timestamp text with a zone (or an epoch in a string) -> instant.
         f"""CREATE OR REPLACE MACRO ll_ts_tz(s) AS
            CASE WHEN regexp_matches(s, '{_ZONED}')
-                     THEN try_cast(regexp_replace(replace(s, ',', '.'), ' ?(?:UTC|GMT)$', 'Z') AS TIMESTAMPTZ)
+                     THEN try_cast(CASE WHEN ends_with(s, 'Z') AND NOT contains(s, ',') THEN s
+                                        ELSE regexp_replace(replace(s, ',', '.'), ' ?(?:UTC|GMT)$', 'Z') END
+                                   AS TIMESTAMPTZ)
                 WHEN regexp_full_match(s, '-?\\d+(?:\\.\\d+)?(?:[eE][+-]?\\d+)?') THEN ll_epoch(try_cast(s AS DOUBLE)) END""",
         # Zone-less timestamp text -> wall-clock time.
         f"""CREATE OR REPLACE MACRO ll_ts_local(s) AS

@@ -81,7 +81,7 @@ def cmd_ship(cfg: Config, args: argparse.Namespace) -> int:
 
 def cmd_ingest(cfg: Config, args: argparse.Namespace) -> int:
     from ingest.parsers.pattern import PatternError
-    from ingest.worker import IngestWorker
+    from ingest.worker import IngestWorker, TopicRecreated
     from storage.catalog import Catalog
 
     try:
@@ -92,7 +92,11 @@ def cmd_ingest(cfg: Config, args: argparse.Namespace) -> int:
     async def main() -> None:
         await worker.run(_stop_event())
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except TopicRecreated as e:
+        print(f"loglake ingest: {e} (ingest.on_topic_recreated = \"fail\")", file=sys.stderr)
+        return EXIT_FAILURE
     return 0
 
 
@@ -162,5 +166,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         setup_logging(args.command, cfg.log.level, cfg.log.json_format)
     try:
         return COMMANDS[args.command](cfg, args)
+    except ConfigError as e:       # found only when a command puts the config to use
+        print(f"loglake: {e}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         return 0

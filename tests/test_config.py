@@ -250,3 +250,57 @@ def test_cli_exits_2_on_a_missing_config_file(tmp_path: Path) -> None:
                           cwd=tmp_path, env=_clean_env(), capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2, proc.stderr
     assert "absent.toml" in proc.stderr
+
+
+# -- ingest: topics, formats, zones ---------------------------------------------
+
+def test_ingest_topics_and_formats_from_the_file(tmp_path: Path) -> None:
+    f = tmp_path / "loglake.toml"
+    f.write_text("""
+[ingest]
+default_timezone = "Europe/Berlin"
+[[ingest.topics]]
+name = "vector-logs"
+tenant = "team-a"
+[[ingest.formats]]
+service = "billing*"
+format = "pattern"
+pattern = '^(?P<level>[A-Z]+) (?P<user>\\w+): (?P<message>.*)$'
+[[ingest.formats]]
+topic = "vector-logs"
+format = "json"
+""")
+    cfg = load_config(f, environ={})
+    assert cfg.ingest.default_timezone == "Europe/Berlin"
+    assert [(t.name, t.tenant, t.service) for t in cfg.ingest.topics] == [("vector-logs", "team-a", "unknown")]
+    assert [r.format for r in cfg.ingest.formats] == ["pattern", "json"]
+    assert cfg.ingest.patterns() == (r"^(?P<level>[A-Z]+) (?P<user>\w+): (?P<message>.*)$",)
+
+
+@pytest.mark.parametrize(("env", "key", "reason"), [
+    ({"LOGLAKE_INGEST__DEFAULT_TIMEZONE": "Mars/Olympus"}, "ingest.default_timezone", "unknown time zone"),
+    ({"LOGLAKE_INGEST__FORMATS": '[{format="pattern", pattern="(a)"}]'}, "ingest.formats.0", "named group"),
+    ({"LOGLAKE_INGEST__FORMATS": '[{format="pattern", pattern="(?P<a>x)(y)"}]'}, "ingest.formats.0",
+     "every group must be named"),
+    ({"LOGLAKE_INGEST__FORMATS": '[{format="pattern", pattern="(?P<a>"}]'}, "ingest.formats.0", "invalid pattern"),
+    ({"LOGLAKE_INGEST__FORMATS": '[{format="json", pattern="(?P<a>x)"}]'}, "ingest.formats.0", "only used with"),
+    ({"LOGLAKE_INGEST__FORMATS": '[{format="yaml"}]'}, "ingest.formats.0.format", "Input should be"),
+    ({"LOGLAKE_INGEST__TOPICS": '[{name="bad topic"}]'}, "ingest.topics.0.name", "topic name"),
+    ({"LOGLAKE_INGEST__ON_TOPIC_RECREATED": "ignore"}, "ingest.on_topic_recreated", "Input should be"),
+])
+def test_bad_ingest_settings_name_the_key(env: dict[str, str], key: str, reason: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        load_config(environ=env)
+    assert key in str(e.value)
+    assert reason in str(e.value)
+
+
+def test_a_pattern_python_accepts_but_re2_rejects_stops_ingest_with_exit_2(tmp_path: Path) -> None:
+    # Look-behind is valid Python regex but not RE2: caught when the worker builds its statement.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOGLAKE_")}
+    env["LOGLAKE_INGEST__FORMATS"] = '[{format="pattern", pattern="(?<=x)(?P<level>y)"}]'
+    env["LOGLAKE_STORAGE__DATA_ROOT"] = str(tmp_path / "data")
+    proc = subprocess.run([sys.executable, "-m", "loglake", "ingest"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert "ingest.formats" in proc.stderr and "RE2" in proc.stderr

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from ingest.parsers import Parser, attrs_sql
 
-_QUOTED = r'"((?:[^"\\]|\\.)*)"'
+# A quoted field with backslash escapes, in the unrolled form RE2 runs fastest.
+_QUOTED = r'"([^"\\]*(?:\\.[^"\\]*)*)"'
 REGEX = (r'^(\S+) (\S+) (\S+) \[([^\]]+)\] "(?:(\S+) (\S+)(?: ([^"]*))?|[^"]*)" (\d{3}) (\d+|-)'
          rf'(?: {_QUOTED} {_QUOTED})?')
 GROUPS = ("ip", "ident", "user", "time", "method", "path", "protocol", "status", "bytes", "referer", "agent")

@@ -26,20 +26,33 @@ _MAP = "'\"MAP(VARCHAR, JSON)\"'"
 _TEXT_MAP = "'\"MAP(VARCHAR, VARCHAR)\"'"
 
 
+def _has_object(entries: str) -> str:
+    # JSON values are raw JSON text: an object (other than an empty one) starts with '{'.
+    return f"list_bool_or(list_transform({entries}, e -> starts_with(e.value, '{{') AND e.value <> '{{}}'))"
+
+
 def _flatten_once(entries: str) -> str:
-    return (f"flatten(list_transform({entries}, e -> CASE WHEN json_type(e.value) = 'OBJECT' AND e.value <> '{{}}' "
+    return (f"flatten(list_transform({entries}, e -> CASE WHEN starts_with(e.value, '{{') AND e.value <> '{{}}' "
             f"THEN list_transform(map_entries(json_transform(e.value, {_MAP})), "
             f"c -> {{'key': e.key || '.' || c.key, 'value': c.value}}) ELSE [e] END))")
 
 
-def _flattened() -> str:
-    sql = f"map_entries(json_transform(line, {_MAP}))"
-    for _ in range(MAX_DEPTH - 1):
-        sql = _flatten_once(sql)
-    # Values as text: strings unquoted, numbers, booleans, arrays and deeper objects as JSON, null as NULL.
-    return (f"CAST(list_transform({sql}, e -> {{'key': e.key, 'value': CASE json_type(e.value) "
-            f"WHEN 'VARCHAR' THEN e.value->>'$' WHEN 'NULL' THEN NULL ELSE CAST(e.value AS VARCHAR) END}}) "
-            f"AS {ATTRS_TYPE})")
+# Values as text: strings unquoted, numbers, booleans, arrays and deeper objects as JSON, null as NULL.
+# A string without escapes only loses its quotes; the others are decoded.
+_AS_TEXT = (f"CAST(list_transform({{p}}_n{MAX_DEPTH - 1}, e -> {{'key': e.key, 'value': "
+            "CASE WHEN starts_with(e.value, '\"') THEN CASE WHEN contains(e.value, chr(92)) THEN e.value->>'$' "
+            "ELSE CAST(e.value AS VARCHAR)[2:-2] END WHEN e.value = 'null' THEN NULL "
+            f"ELSE CAST(e.value AS VARCHAR) END}}) AS {ATTRS_TYPE})")
+
+
+def _flatten_steps() -> tuple[tuple[str, str], ...]:
+    """The slow path: one step per nesting level, each skipped once a row has no object left."""
+    steps = [("n0", f"CASE WHEN {{p}}_fast IS NULL THEN try(map_entries(json_transform(line, {_MAP}))) END")]
+    for level in range(1, MAX_DEPTH):
+        prev = f"{{p}}_n{level - 1}"
+        steps.append((f"n{level}", f"CASE WHEN {prev} IS NOT NULL AND {_has_object(prev)} "
+                                   f"THEN try({_flatten_once(prev)}) ELSE {prev} END"))
+    return tuple(steps)
 
 
 def _position(keys: tuple[str, ...]) -> str:
@@ -57,8 +70,9 @@ PARSER = Parser(
     steps=(
         ("m", f"CASE WHEN {_FLAT} THEN try(json_transform(line, {_TEXT_MAP})) END"),
         # The map does not check that keys are unique (an Arrow map must not repeat one).
-        ("e", f"CASE WHEN list_unique(map_keys({{p}}_m)) = cardinality({{p}}_m) THEN map_entries({{p}}_m) "
-              f"ELSE ll_dedupe(try({_flattened()})) END"),
+        ("fast", "CASE WHEN list_unique(map_keys({p}_m)) = cardinality({p}_m) THEN map_entries({p}_m) END"),
+        *_flatten_steps(),
+        ("e", f"coalesce({{p}}_fast, CASE WHEN {{p}}_n{MAX_DEPTH - 1} IS NOT NULL THEN ll_dedupe({_AS_TEXT}) END)"),
         ("keys", "list_transform({p}_e, x -> x.key)"),
         ("k", "{"
               f"'ts': {_position(TS_KEYS)}, 'lvl': {_position(LEVEL_KEYS)}, 'msg': {_position(MESSAGE_KEYS)}, "
