@@ -84,7 +84,9 @@ u AS (
     FROM (
         -- Records from other producers may be container lines too: recognise them.
         SELECT * REPLACE (CASE WHEN wrapper <> '' OR format <> '' THEN wrapper
-                               WHEN starts_with(line, '{"log":') THEN 'docker'
+                               WHEN starts_with(line, '{"log":')
+                                    AND regexp_matches(line, '"stream":"(?:stdout|stderr)","time":"[^"]+"}\s*$')
+                                    THEN 'docker'
                                WHEN regexp_matches(line, '^\d{4}-\d{2}-\d{2}T\S+ (?:stdout|stderr) [PF] ') THEN 'cri'
                                ELSE '' END AS wrapper)
         FROM raw)
@@ -149,7 +151,9 @@ z AS (
         {severity_sql('o_lvl')} AS severity
     FROM z
 ), r AS (
-    SELECT *, parsed_ts > observed_ts + to_microseconds(CAST({int(settings.max_ahead_s * 1e6)} AS BIGINT)) AS implausible
+    -- Too far ahead, or before 1900 (a misread number): not believed.
+    SELECT *, parsed_ts > observed_ts + to_microseconds(CAST({int(settings.max_ahead_s * 1e6)} AS BIGINT))
+              OR parsed_ts < TIMESTAMPTZ '1900-01-01 00:00:00+00' AS implausible
     FROM tsr
 )""")
     sql = "WITH " + ",\n".join(ctes) + f"""
@@ -170,7 +174,8 @@ SELECT
              CASE WHEN labels IS NULL THEN []::{ATTRS_TYPE} ELSE CAST(map_entries(labels) AS {ATTRS_TYPE}) END,
              CASE WHEN wrap_stream IS NULL THEN []::{ATTRS_TYPE} ELSE [{{'key': 'stream', 'value': wrap_stream}}] END,
              o_attrs,
-             CASE WHEN implausible THEN [{{'key': 'ts_parse', 'value': 'fallback'}}]
+             CASE WHEN implausible THEN [{{'key': 'ts_parse', 'value': 'fallback'}},
+                                         {{'key': 'ts_original', 'value': CAST(parsed_ts AS VARCHAR)}}]
                   WHEN fmt2 = 'text' AND parsed_ts IS NULL AND severity = 0
                   THEN [{{'key': 'format', 'value': 'unknown'}}]
                   ELSE []::{ATTRS_TYPE} END)) END AS attrs,
@@ -196,14 +201,17 @@ class Normaliser:
                 self.con.execute("SELECT regexp_matches('', ?)", [p])
             except duckdb.Error as e:
                 raise pattern.PatternError(f"pattern {i} ({p!r}) is not valid RE2: {e}") from None
-        # Flattening can make two keys equal; the later ones get "#<position>".
+        # Labels, then what the line says: on a clash the later entry stays.
         self.con.execute("""CREATE OR REPLACE MACRO ll_last_wins(l) AS
             CASE WHEN list_unique(list_transform(l, e -> e.key)) = len(l) THEN l
                  ELSE list_filter(l, (e, i) -> NOT list_contains(list_transform(l[i + 1:], x -> x.key), e.key)) END""")
-        self.con.execute("""CREATE OR REPLACE MACRO ll_dedupe(l) AS
+        # Flattening can make two keys equal; the later ones get "#<position>".
+        self.con.execute("""CREATE OR REPLACE MACRO ll_dedupe_once(l) AS
             CASE WHEN list_unique(list_transform(l, e -> e.key)) = len(l) THEN l
                  ELSE list_transform(l, (e, i) -> CASE WHEN list_contains(list_transform(l[:i - 1], x -> x.key), e.key)
                                                   THEN {'key': e.key || '#' || i, 'value': e.value} ELSE e END) END""")
+        # Twice: a renamed key can meet one the line already had under that name.
+        self.con.execute("""CREATE OR REPLACE MACRO ll_dedupe(l) AS ll_dedupe_once(ll_dedupe_once(l))""")
         self.sql = build_sql(self.settings)
 
     def __call__(self, raw: pa.Table) -> pa.Table:
@@ -231,8 +239,10 @@ def normalise_safely(normaliser: Normaliser, raw: pa.Table) -> tuple[pa.Table, l
     """
     try:
         return normaliser(raw), []
+    except (duckdb.OutOfMemoryException, duckdb.InterruptException):
+        raise                       # not the data's fault: the flush fails and is retried
     except duckdb.Error as e:
-        if raw.num_rows == 1:
+        if raw.num_rows <= 1:
             return RECORD_SCHEMA.empty_table(), [(0, f"{type(e).__name__}: {e}")]
         log.warning("normalising failed; looking for the rows at fault", extra={"rows": raw.num_rows,
                                                                               "reason": str(e)[:200]})

@@ -49,7 +49,8 @@ def macros() -> list[str]:
         f"""CREATE OR REPLACE MACRO ll_ts_tz(s) AS
            CASE WHEN regexp_matches(s, '{_ZONED}')
                      THEN try_cast(CASE WHEN ends_with(s, 'Z') AND NOT contains(s, ',') THEN s
-                                        ELSE regexp_replace(replace(s, ',', '.'), ' ?(?:UTC|GMT)$', 'Z') END
+                                        ELSE regexp_replace(regexp_replace(replace(s, ',', '.'), ' ?(?:UTC|GMT)$', 'Z'),
+                                                            ' ([+-]\\d)', '\\1') END
                                    AS TIMESTAMPTZ)
                 WHEN regexp_full_match(s, '-?\\d+(?:\\.\\d+)?(?:[eE][+-]?\\d+)?') THEN ll_epoch(try_cast(s AS DOUBLE)) END""",
         # Zone-less timestamp text -> wall-clock time.

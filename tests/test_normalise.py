@@ -126,8 +126,15 @@ def test_json_iso_time_strings(con: Normaliser, text: str, expected: datetime) -
     (1709528767123456, utc(2024, 3, 4, 5, 6, 7, 123456)),            # microseconds
     (1709528767123456000, utc(2024, 3, 4, 5, 6, 7, 123456)),         # nanoseconds
     (0, utc(1970, 1, 1)),
+    # Numeric strings are epochs too, by the same magnitudes.
+    ("1709528767", utc(2024, 3, 4, 5, 6, 7)),
+    ("1709528767.25", utc(2024, 3, 4, 5, 6, 7, 250000)),
+    ("1709528767123", utc(2024, 3, 4, 5, 6, 7, 123000)),
+    ("1709528767123456", utc(2024, 3, 4, 5, 6, 7, 123456)),
+    ("1709528767123456000", utc(2024, 3, 4, 5, 6, 7, 123456)),
+    ("0", utc(1970, 1, 1)),
 ])
-def test_json_epoch_times_by_magnitude(con: Normaliser, value: float, expected: datetime) -> None:
+def test_json_epoch_times_by_magnitude(con: Normaliser, value: float | str, expected: datetime) -> None:
     row = parse(con, {"ts": value})
     assert row["ts"] == expected
     assert "ts" not in attrs(row)
@@ -148,14 +155,29 @@ def test_json_unparsable_time_of_another_type_is_kept_in_attrs(con: Normaliser) 
 
 @pytest.mark.parametrize("key", ["level", "severity", "lvl", "loglevel"])
 @pytest.mark.parametrize(("value", "level"), [
-    ("INFO", "info"), ("warning", "warn"), ("Warn", "warn"), ("ERR", "error"), ("error", "error"),
-    ("debug", "debug"), ("trace", "trace"), ("critical", "fatal"), ("FATAL", "fatal"), ("whatever", "unknown"),
+    ("INFO", "info"), ("Warn", "warn"), ("error", "error"), ("debug", "debug"), ("trace", "trace"),
+    ("FATAL", "fatal"),
 ])
-def test_json_level_keys(con: Normaliser, key: str, value: str, level: str) -> None:
+def test_json_level_key_with_a_normalised_name_leaves_attrs(con: Normaliser, key: str, value: str,
+                                                             level: str) -> None:
     row = parse(con, {key: value, "msg": "m"})
     assert row["level"] == level
     assert row["severity"] == SEVERITY[level]
-    assert key not in attrs(row)
+    assert attrs(row) == {}
+
+
+@pytest.mark.parametrize("key", ["level", "severity", "lvl", "loglevel"])
+@pytest.mark.parametrize(("value", "level", "severity"), [
+    ("warning", "warn", 13), ("WARNING", "warn", 13), ("ERR", "error", 17), ("critical", "fatal", 21),
+    ("notice", "info", 10), ("whatever", "unknown", 0), (30, "info", 9), (50, "error", 17),
+])
+def test_json_level_key_with_another_value_stays_in_attrs(con: Normaliser, key: str, value: str | int,
+                                                          level: str, severity: int) -> None:
+    # Only trace/debug/info/warn/error/fatal (any case) leave attrs: the producer's own word stays visible.
+    row = parse(con, {key: value, "msg": "m"})
+    assert row["level"] == level
+    assert row["severity"] == severity
+    assert attrs(row) == {key: str(value)}
 
 
 @pytest.mark.parametrize("key", ["message", "msg", "log"])
@@ -166,10 +188,26 @@ def test_json_message_keys(con: Normaliser, key: str) -> None:
 
 
 @pytest.mark.parametrize(("value", "text"), [
-    (42, "42"), (1.5, "1.5"), (True, "true"), ({"a": {"b": 1}}, '{"a":{"b":1}}'), ([1, "x"], '[1,"x"]'),
+    (42, "42"), (1.5, "1.5"), (True, "true"), ([1, "x"], '[1,"x"]'), ([], "[]"),
 ])
 def test_json_non_string_message_is_its_json_text(con: Normaliser, value: Any, text: str) -> None:
-    assert parse(con, {"message": value})["message"] == text
+    row = parse(con, {"message": value})
+    assert row["message"] == text
+    assert attrs(row) == {}
+
+
+@pytest.mark.parametrize(("obj", "flat"), [
+    ({"message": {"a": 1}}, {"message.a": "1"}),
+    ({"message": {"a": {"b": 1}}}, {"message.a.b": "1"}),
+    ({"msg": {"text": "hi", "n": [1]}, "x": 1}, {"msg.text": "hi", "msg.n": "[1]", "x": "1"}),
+])
+def test_json_message_key_holding_an_object_is_flattened_like_any_other(con: Normaliser, obj: dict[str, Any],
+                                                                        flat: dict[str, str]) -> None:
+    # Flattening comes first: the message key is gone, so the message is the whole line.
+    line = orjson.dumps(obj).decode()
+    row = parse(con, line)
+    assert row["message"] == line
+    assert attrs(row) == flat
 
 
 def test_json_without_a_message_key_keeps_the_line(con: Normaliser) -> None:
@@ -203,11 +241,30 @@ def test_json_without_ids_has_null_trace_and_span(con: Normaliser) -> None:
     assert row["trace_id"] is None and row["span_id"] is None
 
 
-def test_json_other_keys_are_attrs_with_nested_values_as_json_text(con: Normaliser) -> None:
+def test_json_other_keys_are_attrs_with_nested_objects_flattened_and_arrays_as_json_text(
+        con: Normaliser) -> None:
     row = parse(con, {"msg": "m", "user": "ann", "n": 5, "f": 2.5, "ok": False,
                       "ctx": {"req": {"id": 7}, "tags": ["a", "b"]}, "list": [1, {"x": None}]})
     assert attrs(row) == {"user": "ann", "n": "5", "f": "2.5", "ok": "false",
-                          "ctx": '{"req":{"id":7},"tags":["a","b"]}', "list": '[1,{"x":null}]'}
+                          "ctx.req.id": "7", "ctx.tags": '["a","b"]', "list": '[1,{"x":null}]'}
+    assert row["message"] == "m"
+
+
+def test_json_null_is_a_null_attr_and_an_empty_object_stays_json_text(con: Normaliser) -> None:
+    row = parse(con, {"msg": "m", "n": None, "e": {}, "deep": {"n": None, "e": {}}})
+    assert row["attrs"] == [("n", None), ("e", "{}"), ("deep.n", None), ("deep.e", "{}")]
+
+
+@pytest.mark.parametrize(("line", "expected"), [
+    ('{"a":1,"a":2}', [("a", "1"), ("a#2", "2")]),                              # repeated in the line
+    ('{"msg":"m","a":"x","b":0,"a":"y"}', [("a", "x"), ("b", "0"), ("a#4", "y")]),
+    ('{"a.b":1,"a":{"b":2}}', [("a.b", "1"), ("a.b#2", "2")]),                  # made equal by flattening
+    ('{"a":{"b":2},"a.b":1}', [("a.b", "2"), ("a.b#2", "1")]),
+])
+def test_json_repeated_keys_get_their_position_appended(con: Normaliser, line: str,
+                                                        expected: list[tuple[str, str]]) -> None:
+    row = parse(con, line)
+    assert row["attrs"] == expected
 
 
 def test_json_full_record(con: Normaliser) -> None:
@@ -226,7 +283,7 @@ def test_lines_that_are_not_json_objects_are_plain_text(con: Normaliser, line: s
     assert row["message"] == line
     assert row["level"] == "unknown"
     assert row["ts"] == OBSERVED
-    assert attrs(row) == {}
+    assert attrs(row) == {"format": "unknown"}
 
 
 # The empty key is left to its own test below, so the property explores every other key.
@@ -355,7 +412,7 @@ def test_line_in_no_format_is_whole_message_unknown_level_observed_ts(con: Norma
     assert row["ts"] == OBSERVED
     assert row["level"] == "unknown" and row["severity"] == 0
     assert row["service"] == "file-svc"
-    assert attrs(row) == {}
+    assert attrs(row) == {"format": "unknown"}
     assert row["trace_id"] is None and row["span_id"] is None
 
 
@@ -365,6 +422,7 @@ def test_level_word_without_a_timestamp_sets_the_level_and_ts_is_observed(
     assert row["level"] == "error"
     assert row["ts"] == OBSERVED
     assert row["message"] == "ERROR something broke"
+    assert attrs(row) == {}          # a level was found: not flagged format=unknown
 
 
 def test_observed_ts_is_per_row(con: Normaliser) -> None:
@@ -411,7 +469,8 @@ def test_shipper_labels_join_the_attrs_and_the_line_wins_a_clash(con: Normaliser
     out = con(raw(['{"msg": "m", "env": "from-line"}', "plain text"],
                              labels={"env": "prod", "team": "payments"})).to_pylist()
     assert dict(out[0]["attrs"]) == {"env": "from-line", "team": "payments"}
-    assert dict(out[1]["attrs"]) == {"env": "prod", "team": "payments"}
+    # The plain line is in no format: the flag comes after the labels.
+    assert out[1]["attrs"] == [("env", "prod"), ("team", "payments"), ("format", "unknown")]
 
 
 def test_cri_lines_are_unwrapped_joined_and_parsed_again(con: Normaliser) -> None:
@@ -443,6 +502,8 @@ def test_invalid_utf8_is_replaced_and_the_row_flagged(con: Normaliser) -> None:
     records = pa.array([b"fine line\n", b"bad \xff\xfe bytes\n"], pa.binary())
     meta = FrameMeta("sid", "/x.log", "h", "svc", "default", 0, 25, 1_000_000, 2, {"env": "prod"})
     out = con(raw_table([RecordRun(meta, records)])).to_pylist()
-    assert out[0]["message"] == "fine line" and dict(out[0]["attrs"]) == {"env": "prod"}
+    # Neither line has a timestamp or a level word, so both are also flagged format=unknown.
+    assert out[0]["message"] == "fine line"
+    assert dict(out[0]["attrs"]) == {"env": "prod", "format": "unknown"}
     assert out[1]["message"] == "bad \ufffd\ufffd bytes"
-    assert dict(out[1]["attrs"]) == {"env": "prod", "invalid_utf8": "true"}
+    assert dict(out[1]["attrs"]) == {"env": "prod", "invalid_utf8": "true", "format": "unknown"}

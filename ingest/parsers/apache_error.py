@@ -5,7 +5,7 @@ from __future__ import annotations
 from ingest.parsers import Parser, attrs_sql
 
 REGEX = (r'^\[([A-Z][a-z]{2} [A-Z][a-z]{2} [ \d]?\d \d{2}:\d{2}:\d{2}(?:\.\d+)? \d{4})\] '
-         r'\[(?:([\w-]+):)?([a-z]+)\d?\](?: \[pid (\d+)(?::tid (\d+))?\])?(?: \[client ([^\]]+)\])?')
+         r'\[(?:([\w-]*):)?([a-z]+)\d?\](?: \[pid (\d+)(?::tid (\d+))?\])?(?: \[client ([^\]]+)\])?')
 GROUPS = ("time", "module", "level", "pid", "tid", "client")
 
 PARSER = Parser(

@@ -16,9 +16,10 @@ PARSER = Parser(
     name="logfmt",
     detect=r"regexp_matches(line, '^[A-Za-z_][\w.\-/@]*=')",
     steps=(
-        ("e", f"ll_dedupe(list_transform(list_zip(regexp_extract_all(line, '{PAIR}', 1), "
-              f"list_transform(regexp_extract_all(line, '{PAIR}', 2), x -> {_UNQUOTE})), "
-              "z -> {'key': z[1], 'value': z[2]}))"),
+        ("pairs", f"list_transform(list_zip(regexp_extract_all(line, '{PAIR}', 1), "
+                  f"list_transform(regexp_extract_all(line, '{PAIR}', 2), x -> {_UNQUOTE})), "
+                  "z -> {'key': z[1], 'value': z[2]})"),
+        ("e", "ll_dedupe({p}_pairs)"),
         ("m", "map_from_entries({p}_e)"),
         ("k", "{"
               f"'ts': {first_key_sql('{p}_m', TS_KEYS)}, 'lvl': {first_key_sql('{p}_m', LEVEL_KEYS)}, "

@@ -37,7 +37,8 @@ PARSER = Parser(
         "ts_tz": "ll_ts_tz(coalesce(nullif({p}_m.time, ''), {p}_b.time))",
         "ts_noyear": "CASE WHEN {p}_b.time NOT LIKE '____-%' THEN ll_ts_noyear({p}_b.time) END",
         "lvl": f"coalesce({syslog_word_sql('{p}_pri')}, "
-               f"nullif(regexp_extract(left(coalesce({{p}}_b.msg, {{p}}_m.msg), 64), '{LEVEL_REGEX}', 1), ''))",
+               f"nullif(regexp_extract(left(coalesce({{p}}_b.msg, {{p}}_m.msg), 64), '{LEVEL_REGEX}', 1), ''), "
+               f"nullif(regexp_extract(left(coalesce({{p}}_b.msg, {{p}}_m.msg), 64), '{LEVEL_REGEX}', 2), ''))",
         "host": _nil("coalesce(nullif({p}_m.host, ''), {p}_b.host)"),
         "attrs": attrs_sql([
             ("syslog.facility", "CAST({p}_pri // 8 AS VARCHAR)"),
