@@ -34,7 +34,7 @@ from loglake.kafka_client import client_kwargs
 from loglake.metrics_server import serve as serve_metrics
 from loglake.topics import ensure_topic
 from storage.catalog import Catalog, PartitionCommit, PartitionState
-from storage.errors import CatalogConflict
+from storage.errors import CatalogConflict, StorageError
 from storage.segments import SegmentInfo, check_tenant, segment_name, write_segments
 
 log = logging.getLogger("loglake.ingest")
@@ -91,6 +91,8 @@ class IngestWorker:
         self.stats: Counter[str] = Counter()
         self.dead_letter_counts: Counter[str] = Counter()
         self._formats: dict[tuple[str, str, str], str] = {}
+        # Partitions whose catalog offset is beyond the reported log end: offset expected next.
+        self._probes: dict[Key, int] = {}
 
     # -- configuration ---------------------------------------------------------
 
@@ -118,26 +120,59 @@ class IngestWorker:
         self.ranges = self.catalog.source_ranges()
         states = {t: self.catalog.partition_states(t) for t in {tp.topic for tp in partitions}}
         for tp in partitions:
+            key = (tp.topic, tp.partition)
             state = states[tp.topic].get(tp.partition, PartitionState(0, 0))
-            if state.next_offset > ends[tp]:
-                state = self._recreated(tp, state, starts[tp], ends[tp])
-            self.buffers[(tp.topic, tp.partition)] = PartitionBuffer(state)
-            self.consumer.seek(tp, max(state.next_offset, starts[tp]))
+            self.buffers[key] = PartitionBuffer(state)
+            self._probes.pop(key, None)
+            if state.next_offset > ends[tp] and state.next_offset > 0:
+                # The log looks shorter than what we stored: the topic may have been recreated
+                # (always so after restarting the in-memory embedded broker). The reported end
+                # is no proof (tansu reports a batch's base offset), so read the last record we
+                # stored: if it is there, nothing was recreated.
+                self._probes[key] = state.next_offset
+                self.consumer.seek(tp, state.next_offset - 1)
+            else:
+                self.consumer.seek(tp, max(state.next_offset, starts[tp]))
         log.info("partitions assigned", extra={"partitions": sorted(f"{tp.topic}/{tp.partition}" for tp in partitions)})
 
-    def _recreated(self, tp: TopicPartition, state: PartitionState, start: int, end: int) -> PartitionState:
-        # The log is shorter than what we stored: the topic was recreated (always so
-        # after restarting the in-memory embedded broker).
+    def _probed(self, tp: TopicPartition, first_offset: int) -> bool:
+        """Settle a probe with the first offset read; whether to take the batch's records."""
+        expected = self._probes.pop((tp.topic, tp.partition))
+        if first_offset >= expected - 1:
+            return True              # our last stored record is there: carry on after it
+        # Reading restarted at the earliest offset: the log really is shorter than the catalog.
+        return self._recreated(tp, expected, first_offset)
+
+    async def _settle_probes(self, batch: dict[TopicPartition, list[object]]) -> None:
+        """Probes that read nothing: a fetch's high watermark below our offset settles them too."""
+        assert self.consumer is not None
+        for topic, partition in list(self._probes):
+            tp = TopicPartition(topic, partition)
+            high = self.consumer.highwater(tp)
+            if batch.get(tp) or high is None or high >= self._probes[(topic, partition)]:
+                continue
+            expected = self._probes.pop((topic, partition))
+            start = (await self.consumer.beginning_offsets([tp]))[tp]
+            self._recreated(tp, expected, start)
+
+    def _recreated(self, tp: TopicPartition, expected: int, start: int) -> bool:
+        """Apply ``ingest.on_topic_recreated``; whether to take the records read from ``start``."""
+        assert self.consumer is not None
+        end = self.consumer.highwater(tp)
         policy = self.cfg.ingest.on_topic_recreated
-        details = {"topic": tp.topic, "partition": tp.partition, "catalog_offset": state.next_offset,
-                   "log_end": end, "policy": policy}
+        details = {"topic": tp.topic, "partition": tp.partition, "catalog_offset": expected,
+                   "log_start": start, "log_end": end, "policy": policy}
         if policy == "fail":
             log.error("topic recreated: catalog offset beyond log end; stopping (ingest.on_topic_recreated=fail)",
                       extra=details)
-            raise TopicRecreated(f"{tp.topic}/{tp.partition}: catalog offset {state.next_offset} is beyond the "
-                                 f"log end {end}; the topic was recreated")
+            raise TopicRecreated(f"{tp.topic}/{tp.partition}: catalog offset {expected} is beyond the log "
+                                 f"(offsets {start} to {end}); the topic was recreated")
         log.warning("topic recreated: catalog offset beyond log end; starting a new epoch", extra=details)
-        return self.catalog.reset_partition(tp.topic, tp.partition, start if policy == "earliest" else end)
+        first = end if policy == "latest" and end is not None else start
+        self.buffers[(tp.topic, tp.partition)] = PartitionBuffer(
+            self.catalog.reset_partition(tp.topic, tp.partition, first))
+        self.consumer.seek(tp, first)
+        return False
 
     async def _revoked(self, partitions: set[TopicPartition]) -> None:
         mine = [(tp.topic, tp.partition) for tp in partitions if (tp.topic, tp.partition) in self.buffers]
@@ -193,7 +228,7 @@ class IngestWorker:
         context = {"tenant": tenant, "source": meta.source, "service": meta.service, "host": meta.host}
         try:
             check_tenant(tenant)
-        except ValueError as e:
+        except StorageError as e:
             self._dead(buf, DeadLetter(Reason.INVALID_TENANT, value, detail=str(e), context=context, **where))
             return
         key = (tenant, meta.source_id)
@@ -233,7 +268,7 @@ class IngestWorker:
         context = {"tenant": tenant, "source": f"kafka:{topic}"}
         try:
             check_tenant(tenant)
-        except ValueError as e:
+        except StorageError as e:
             self._dead(buf, DeadLetter(Reason.INVALID_TENANT, value, detail=str(e), context=context, **where))  # type: ignore[arg-type]
             return
         if len(value) > self.cfg.ingest.max_record_bytes:
@@ -407,11 +442,18 @@ class IngestWorker:
                 else:
                     batch = await self.consumer.getmany(timeout_ms=200, max_records=50_000)
                     for tp, messages in batch.items():
-                        if (tp.topic, tp.partition) not in self.buffers:
+                        if (tp.topic, tp.partition) not in self.buffers or not messages:
                             continue
+                        if (tp.topic, tp.partition) in self._probes:
+                            if not self._probed(tp, messages[0].offset):
+                                continue
+                            stored = self.buffers[(tp.topic, tp.partition)].state.next_offset
+                            messages = [m for m in messages if m.offset >= stored]   # the probe record
                         for m in messages:
                             self._take(tp.topic, tp.partition, m.offset, m.value, list(m.headers or ()),
                                        m.timestamp)
+                    if self._probes:
+                        await self._settle_probes(batch)
                 if self._due():
                     try:
                         await self.flush()
