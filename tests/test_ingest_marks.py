@@ -34,7 +34,7 @@ def _worker(tmp_path: Path) -> IngestWorker:
     cfg = Config.model_validate({"kafka": {"topic": "t"}, "storage": {"data_root": str(tmp_path / "data")}})
     worker = IngestWorker(cfg, Catalog(cfg.storage.resolved_catalog_url()))
     worker.ranges = worker.catalog.source_ranges()
-    worker.buffers[0] = PartitionBuffer(worker.catalog.partition_states("t").get(0, PartitionState(0, 0)))
+    worker.buffers[("t", 0)] = PartitionBuffer(worker.catalog.partition_states("t").get(0, PartitionState(0, 0)))
     return worker
 
 
@@ -49,7 +49,7 @@ def test_a_resent_earlier_range_fills_its_hole_and_duplicates_are_dropped(tmp_pa
     # Frames 0-99 and 200-299 get through; 100-199 failed and is re-sent after them,
     # together with 200-299 again (the shipper rewinds to its last acknowledged offset).
     for first, lo, hi in ((0, 0, 100), (3600, 200, 300), (1800, 100, 200), (3600, 200, 300)):
-        w._take(0, offset, _frame(first, _lines(lo, hi)), [], 0)
+        w._take("t", 0, offset, _frame(first, _lines(lo, hi)), [], 0)
         offset += 1
     asyncio.run(w.flush())
     assert _stored_lines(tmp_path) == [f"line {i:04d} padding" for i in range(300)]
@@ -57,7 +57,7 @@ def test_a_resent_earlier_range_fills_its_hole_and_duplicates_are_dropped(tmp_pa
 
     # After a restart the stored ranges come from the catalog: a full re-send is all duplicate.
     again = _worker(tmp_path)
-    again._take(0, offset, _frame(0, _lines(0, 300)), [], 0)
+    again._take("t", 0, offset, _frame(0, _lines(0, 300)), [], 0)
     asyncio.run(again.flush())
     assert len(_stored_lines(tmp_path)) == 300
     assert again.stats["deduplicated"] == 300
@@ -65,12 +65,12 @@ def test_a_resent_earlier_range_fills_its_hole_and_duplicates_are_dropped(tmp_pa
 
 def test_a_hole_survives_a_restart(tmp_path: Path) -> None:
     w = _worker(tmp_path)
-    w._take(0, 0, _frame(0, _lines(0, 10)), [], 0)
-    w._take(0, 1, _frame(360, _lines(20, 30)), [], 0)
+    w._take("t", 0, 0, _frame(0, _lines(0, 10)), [], 0)
+    w._take("t", 0, 1, _frame(360, _lines(20, 30)), [], 0)
     asyncio.run(w.flush())
     assert w.catalog.source_ranges()[("default", "host:fp:abc:1")] == [(0, 180), (360, 540)]
     again = _worker(tmp_path)
-    again._take(0, 2, _frame(180, _lines(10, 30)), [], 0)      # the hole and a duplicate
+    again._take("t", 0, 2, _frame(180, _lines(10, 30)), [], 0)      # the hole and a duplicate
     asyncio.run(again.flush())
     assert _stored_lines(tmp_path) == [f"line {i:04d} padding" for i in range(30)]
 

@@ -72,7 +72,8 @@ PARSER = Parser(
         # The map does not check that keys are unique (an Arrow map must not repeat one).
         ("fast", "CASE WHEN list_unique(map_keys({p}_m)) = cardinality({p}_m) THEN map_entries({p}_m) END"),
         *_flatten_steps(),
-        ("e", f"coalesce({{p}}_fast, CASE WHEN {{p}}_n{MAX_DEPTH - 1} IS NOT NULL THEN ll_dedupe({_AS_TEXT}) END)"),
+        ("text", f"CASE WHEN {{p}}_fast IS NULL AND {{p}}_n{MAX_DEPTH - 1} IS NOT NULL THEN {_AS_TEXT} END"),
+        ("e", "coalesce({p}_fast, ll_dedupe({p}_text))"),
         ("keys", "list_transform({p}_e, x -> x.key)"),
         ("k", "{"
               f"'ts': {_position(TS_KEYS)}, 'lvl': {_position(LEVEL_KEYS)}, 'msg': {_position(MESSAGE_KEYS)}, "
