@@ -28,7 +28,7 @@ $(BENCH_STAMP): pyproject.toml $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
 	touch $(BENCH_STAMP)
 
-# Every suite at its default scale (about 15 minutes on 2 cores); results in benchmarks/results/.
+# Every suite at its default scale (about 20 minutes on 2 cores); results in benchmarks/results/.
 bench: $(BENCH_STAMP)
 	$(BIN)/python -m benchmarks all
 

@@ -86,10 +86,20 @@ class IngestRun:
     seconds: float              # from partition assignment to the last commit
     rows: int
     worker_stats: dict[str, int]
+    complete: bool = True       # False: stopped on a stall, ``rows`` is what the catalog held then
 
 
-async def ingest_until(cfg: Config, rows: int, timeout_s: float = 1800) -> IngestRun:
-    """One ingest worker consuming until the catalog holds ``rows`` rows."""
+async def ingest_until(cfg: Config, rows: int, timeout_s: float = 1800,
+                       stall_s: float | None = None) -> IngestRun:
+    """One ingest worker consuming until the catalog holds ``rows`` rows.
+
+    With ``stall_s``, a catalog whose row count has not grown for that long
+    since partition assignment (or its last growth) ends the run early with
+    ``complete=False`` (records lost somewhere), so a caller can report a wrong
+    count instead of waiting out ``timeout_s``; ``seconds`` then runs to when
+    the stall was seen, and ``rows`` is what the catalog held after the worker
+    stopped.
+    """
     catalog = Catalog(cfg.storage.resolved_catalog_url())
     assigned_at: list[float] = []
 
@@ -104,20 +114,33 @@ async def ingest_until(cfg: Config, rows: int, timeout_s: float = 1800) -> Inges
     task = asyncio.create_task(worker.run(stop))
     deadline = time.monotonic() + timeout_s
     done_at = None
+    stored, grew_at, stalled_at = -1, time.perf_counter(), None
     try:
         while time.monotonic() < deadline:
             await asyncio.sleep(0.05)
             if task.done():
                 task.result()
-            if catalog.totals()["rows"] >= rows:
+            now_rows = catalog.totals()["rows"]
+            if now_rows != stored:
+                stored, grew_at = now_rows, time.perf_counter()
+            if now_rows >= rows:
                 done_at = time.perf_counter()
+                break
+            if stall_s is not None and assigned_at and \
+                    time.perf_counter() - max(grew_at, assigned_at[0]) > stall_s:
+                stalled_at = time.perf_counter()
                 break
         stop.set()
         await task
+        final_rows = catalog.totals()["rows"]
     finally:
         catalog.close()
-    if done_at is None or not assigned_at:
-        raise RuntimeError(f"ingest did not store {rows} rows within {timeout_s}s")
+    if not assigned_at:
+        raise RuntimeError("ingest worker was never assigned a partition")
+    if done_at is None:
+        if stalled_at is None:
+            raise RuntimeError(f"ingest did not store {rows} rows within {timeout_s}s")
+        return IngestRun(stalled_at - assigned_at[0], final_rows, dict(worker.stats), complete=False)
     return IngestRun(done_at - assigned_at[0], rows, dict(worker.stats))
 
 
