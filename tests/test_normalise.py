@@ -6,6 +6,7 @@ import csv
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from functools import partial
 from typing import Any
 
 import duckdb
@@ -16,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ingest.normalise import RAW_SCHEMA, Normaliser
+from tests import normalising
 from storage.schema import RECORD_SCHEMA, SEVERITY
 
 OBSERVED = datetime(2031, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)
@@ -37,29 +39,10 @@ def con() -> Iterator[Normaliser]:
     c.close()
 
 
-def raw(lines: list[str], *, observed: datetime = OBSERVED, service: str = "file-svc",
-        labels: dict[str, str] | None = None, wrapper: str = "", fmt: str = "") -> pa.Table:
-    n = len(lines)
-    return pa.table({"line": lines, "observed_ts": [observed] * n, "service": [service] * n,
-                     "host": ["host-1"] * n, "source": ["/var/log/x.log"] * n,
-                     "labels": [list(labels.items()) if labels else None] * n,
-                     "wrapper": [wrapper] * n, "format": [fmt] * n}, schema=RAW_SCHEMA)
-
-
-def parse_all(con: Normaliser, lines: list[str], **kw: Any) -> list[dict[str, Any]]:
-    out = con(raw(lines, **kw))
-    assert out.schema == RECORD_SCHEMA
-    assert out.num_rows == len(lines)
-    return out.to_pylist()
-
-
-def parse(con: Normaliser, line: str | dict[str, Any], **kw: Any) -> dict[str, Any]:
-    text = orjson.dumps(line).decode() if isinstance(line, dict) else line
-    return parse_all(con, [text], **kw)[0]
-
-
-def attrs(row: dict[str, Any]) -> dict[str, str | None]:
-    return dict(row["attrs"] or [])
+raw = partial(normalising.raw, observed=OBSERVED)
+parse_all = partial(normalising.parse_all, observed=OBSERVED)
+parse = partial(normalising.parse, observed=OBSERVED)
+attrs = normalising.attrs
 
 
 def utc(*args: int) -> datetime:

@@ -11,6 +11,7 @@ import json
 import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 import duckdb
@@ -21,9 +22,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ingest.levels import NUMERIC_LEVEL, SEVERITY_OF, SYSLOG_SEVERITY, TEXT_LEVEL_WORDS, level_of
-from ingest.normalise import RAW_SCHEMA, Normaliser, ParseSettings, normalise_safely
+from ingest.normalise import Normaliser, ParseSettings, normalise_safely
 from ingest.parsers.json import MAX_DEPTH
 from ingest.parsers.pattern import PatternError
+from tests import normalising
 from storage.schema import LEVELS, RECORD_SCHEMA
 
 #: When the shipper read the lines: after every dated line below, so no time is "in the future".
@@ -66,29 +68,10 @@ def patterned() -> Iterator[Normaliser]:
     yield from _normaliser(ParseSettings(patterns=(PATTERN0, PATTERN1)))
 
 
-def raw(lines: list[str], *, observed: datetime = OBSERVED, service: str = "file-svc", host: str = "host-1",
-        labels: dict[str, str] | None = None, wrapper: str = "", fmt: str = "") -> pa.Table:
-    n = len(lines)
-    return pa.table({"line": lines, "observed_ts": [observed] * n, "service": [service] * n,
-                     "host": [host] * n, "source": ["/var/log/app.log"] * n,
-                     "labels": [list(labels.items()) if labels else None] * n,
-                     "wrapper": [wrapper] * n, "format": [fmt] * n}, schema=RAW_SCHEMA)
-
-
-def parse_all(n: Normaliser, lines: list[str], **kw: Any) -> list[dict[str, Any]]:
-    out = n(raw(lines, **kw))
-    assert out.schema == RECORD_SCHEMA
-    assert out.num_rows == len(lines)
-    return out.to_pylist()
-
-
-def parse(n: Normaliser, line: str | dict[str, Any], **kw: Any) -> dict[str, Any]:
-    text = orjson.dumps(line).decode() if isinstance(line, dict) else line
-    return parse_all(n, [text], **kw)[0]
-
-
-def attrs(row: dict[str, Any]) -> dict[str, str | None]:
-    return dict(row["attrs"] or [])
+raw = partial(normalising.raw, observed=OBSERVED)
+parse_all = partial(normalising.parse_all, observed=OBSERVED)
+parse = partial(normalising.parse, observed=OBSERVED)
+attrs = normalising.attrs
 
 
 # == JSON ===========================================================================
