@@ -297,14 +297,17 @@ class IngestWorker:
                                            observed_us=np.asarray(p.observed_ms, dtype=np.int64) * 1000)))
         return runs
 
-    def _due(self) -> bool:
+    def _due(self, caught_up: bool = False) -> bool:
         ing = self.cfg.ingest
         if time.monotonic() < self._retry_at:
             return False
         rows = sum(b.rows for b in self.buffers.values())
         size = sum(b.bytes for b in self.buffers.values())
         oldest = min((b.started for b in self.buffers.values() if b.last_offset is not None), default=None)
-        return (rows >= ing.flush_rows or size >= ing.flush_bytes
+        # Once the log is read to its end, a batch already a tenth of full is not held for
+        # the interval: waiting would add latency without making segments much bigger.
+        big = rows >= ing.flush_rows // 10 or size >= ing.flush_bytes // 10
+        return (rows >= ing.flush_rows or size >= ing.flush_bytes or (caught_up and big)
                 or (oldest is not None and time.monotonic() - oldest >= ing.flush_interval_s))
 
     def _backlogged(self) -> bool:
@@ -437,10 +440,12 @@ class IngestWorker:
         try:
             while not stop.is_set():
                 self.last_loop = time.monotonic()
+                caught_up = False
                 if self._backlogged():
                     await asyncio.sleep(0.2)
                 else:
                     batch = await self.consumer.getmany(timeout_ms=200, max_records=50_000)
+                    caught_up = not any(batch.values())
                     for tp, messages in batch.items():
                         if (tp.topic, tp.partition) not in self.buffers or not messages:
                             continue
@@ -454,7 +459,7 @@ class IngestWorker:
                                        m.timestamp)
                     if self._probes:
                         await self._settle_probes(batch)
-                if self._due():
+                if self._due(caught_up):
                     try:
                         await self.flush()
                     except FlushFailed:

@@ -50,7 +50,8 @@ def _flatten_steps() -> tuple[tuple[str, str], ...]:
     steps = [("n0", f"CASE WHEN {{p}}_fast IS NULL THEN try(map_entries(json_transform(line, {_MAP}))) END")]
     for level in range(1, MAX_DEPTH):
         prev = f"{{p}}_n{level - 1}"
-        steps.append((f"n{level}", f"CASE WHEN {prev} IS NOT NULL AND {_has_object(prev)} "
+        # Nested CASEs, not AND: only a CASE branch runs on just the rows it selects.
+        steps.append((f"n{level}", f"CASE WHEN {prev} IS NULL THEN NULL WHEN {_has_object(prev)} "
                                    f"THEN try({_flatten_once(prev)}) ELSE {prev} END"))
     return tuple(steps)
 
@@ -70,10 +71,13 @@ PARSER = Parser(
     steps=(
         ("m", f"CASE WHEN {_FLAT} THEN try(json_transform(line, {_TEXT_MAP})) END"),
         # The map does not check that keys are unique (an Arrow map must not repeat one).
-        ("fast", "CASE WHEN list_unique(map_keys({p}_m)) = cardinality({p}_m) THEN map_entries({p}_m) END"),
+        ("fast", "CASE WHEN {p}_m IS NULL THEN NULL "
+                 "WHEN list_unique(map_keys({p}_m)) = cardinality({p}_m) THEN map_entries({p}_m) END"),
         *_flatten_steps(),
-        ("text", f"CASE WHEN {{p}}_fast IS NULL AND {{p}}_n{MAX_DEPTH - 1} IS NOT NULL THEN {_AS_TEXT} END"),
-        ("e", "coalesce({p}_fast, ll_dedupe({p}_text))"),
+        ("text", f"CASE WHEN {{p}}_n{MAX_DEPTH - 1} IS NOT NULL THEN {_AS_TEXT} END"),
+        ("tkeys", "list_transform({p}_text, x -> x.key)"),
+        ("e", "CASE WHEN {p}_fast IS NOT NULL THEN {p}_fast WHEN {p}_text IS NULL THEN NULL "
+              "WHEN list_unique({p}_tkeys) = len({p}_tkeys) THEN {p}_text ELSE ll_dedupe({p}_text) END"),
         ("keys", "list_transform({p}_e, x -> x.key)"),
         ("k", "{"
               f"'ts': {_position(TS_KEYS)}, 'lvl': {_position(LEVEL_KEYS)}, 'msg': {_position(MESSAGE_KEYS)}, "
