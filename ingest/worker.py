@@ -279,7 +279,8 @@ class IngestWorker:
             return
         pending = buf.pending[tenant]
         pending.values.append(value)
-        pending.observed_ms.append(timestamp_ms)
+        # Old message formats carry no timestamp (-1 or None): then it is observed now.
+        pending.observed_ms.append(timestamp_ms if timestamp_ms and timestamp_ms > 0 else int(time.time() * 1000))
         buf.rows += 1
         buf.bytes += len(value)
 
