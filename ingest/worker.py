@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 
@@ -250,9 +251,7 @@ class IngestWorker:
     def _drop_oversized(self, buf: PartitionBuffer, records: pa.BinaryArray, context: dict[str, str],
                         where: dict[str, object]) -> pa.BinaryArray:
         limit = self.cfg.ingest.max_record_bytes
-        offsets = np.frombuffer(records.buffers()[1], dtype=np.int32, count=len(records) + 1,
-                                offset=records.offset * 4)
-        lengths = np.diff(offsets)
+        lengths = pc.binary_length(records).to_numpy(zero_copy_only=False)
         if lengths.max(initial=0) <= limit:
             return records
         big = lengths > limit
