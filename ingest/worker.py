@@ -36,6 +36,7 @@ from loglake.metrics_server import serve as serve_metrics
 from loglake.topics import ensure_topic
 from storage.catalog import Catalog, PartitionCommit, PartitionState
 from storage.errors import CatalogConflict, StorageError
+from storage.root import DataRoot
 from storage.segments import SegmentInfo, check_tenant, segment_name, write_segments
 
 log = logging.getLogger("loglake.ingest")
@@ -76,7 +77,7 @@ class IngestWorker:
         self.catalog = catalog
         self.inputs: dict[str, TopicInput] = {t.name: t for t in cfg.ingest.topics}
         self.topics = [cfg.kafka.topic, *(t for t in self.inputs if t != cfg.kafka.topic)]
-        self.root = cfg.storage.data_root
+        self.root = DataRoot.from_config(cfg.storage)
         self.buffers: dict[Key, PartitionBuffer] = {}
         self.ranges: dict[tuple[str, str], Ranges] = {}    # stored byte ranges per source
         self.normaliser = Normaliser(ParseSettings(default_timezone=cfg.ingest.default_timezone,

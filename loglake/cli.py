@@ -12,8 +12,11 @@ import signal
 import sys
 from collections.abc import Sequence
 
+from loglake import storage_commands
 from loglake.config import Config, ConfigError, load_config
 from loglake.logs import setup_logging
+from query.errors import QueryError
+from storage.errors import StorageError
 
 EXIT_FAILURE, EXIT_USAGE, EXIT_QUERY, EXIT_UNREACHABLE = 1, 2, 3, 4
 
@@ -43,6 +46,12 @@ def cmd_broker(cfg: Config, args: argparse.Namespace) -> int:
         signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
         proc.wait()
         return proc.returncode or 0
+    except QueryError as e:        # a bad query given to `delete`
+        print(f"loglake {args.command}: {e}", file=sys.stderr)
+        return EXIT_QUERY
+    except StorageError as e:      # the catalog or the data root cannot be used
+        print(f"loglake {args.command}: {e}", file=sys.stderr)
+        return EXIT_FAILURE
     except KeyboardInterrupt:
         return 0
     finally:
@@ -148,11 +157,12 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--order", choices=["asc", "desc"], default="desc")
     search.add_argument("--url", help="query server (default from [query] host/port)")
     search.add_argument("--output", choices=["table", "json", "ndjson"], default="table")
+    storage_commands.add_parsers(sub)
     return p
 
 
 COMMANDS = {"up": cmd_up, "broker": cmd_broker, "ship": cmd_ship, "ingest": cmd_ingest,
-            "serve": cmd_serve, "demo": cmd_demo, "search": cmd_search}
+            "serve": cmd_serve, "demo": cmd_demo, "search": cmd_search, **storage_commands.COMMANDS}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -169,5 +179,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as e:       # found only when a command puts the config to use
         print(f"loglake: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except QueryError as e:        # a bad query given to `delete`
+        print(f"loglake {args.command}: {e}", file=sys.stderr)
+        return EXIT_QUERY
+    except StorageError as e:      # the catalog or the data root cannot be used
+        print(f"loglake {args.command}: {e}", file=sys.stderr)
+        return EXIT_FAILURE
     except KeyboardInterrupt:
         return 0

@@ -258,15 +258,171 @@ class IngestConfig(_Section):
         return tuple(f.pattern for f in self.formats if f.format == "pattern")
 
 
+class S3Config(_Section):
+    """An S3-compatible object store, for a data root of ``s3://bucket/prefix``."""
+
+    #: Empty for AWS; ``http://host:port`` for MinIO, Ceph, moto and the like.
+    endpoint_url: str = ""
+    region: str = "us-east-1"
+    #: Credentials come from these environment variables (never from this file).
+    access_key_id_env: str = "AWS_ACCESS_KEY_ID"
+    secret_access_key_env: str = "AWS_SECRET_ACCESS_KEY"
+    #: Path-style URLs (``host/bucket/key``), which most non-AWS stores need.
+    path_style: bool = True
+
+
 class StorageConfig(_Section):
-    data_root: Path = Path("./var/data")
-    #: `sqlite:///path` or empty for `<data_root>/catalog.sqlite`.
+    #: A local directory, or ``s3://bucket/prefix`` (see `[storage.s3]`).
+    data_root: str = "./var/data"
+    #: `sqlite:///path`, `postgresql://user@host:port/db`, or empty for `<data_root>/catalog.sqlite`
+    #: (an S3 data root needs one set: SQLite cannot live in a bucket).
     catalog_url: str = ""
     zstd_level: int = Field(3, ge=1, le=22)
     row_group_rows: int = Field(128 * 1024, ge=1024)
+    #: Files that left the catalog (compacted, expired, deleted) stay this long, so a
+    #: query that already planned them can finish.
+    grace_s: float = Field(600.0, ge=0)
+    s3: S3Config = S3Config()
+
+    @field_validator("data_root", mode="before")
+    @classmethod
+    def _root_text(cls, v: Any) -> Any:
+        return os.fspath(v) if isinstance(v, os.PathLike) else v
+
+    @field_validator("data_root")
+    @classmethod
+    def _root(cls, v: str) -> str:
+        if v.startswith("s3://"):
+            bucket = v.removeprefix("s3://").split("/", 1)[0]
+            if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", bucket):
+                raise ValueError(f"invalid bucket name {bucket!r} in {v!r}")
+        elif "://" in v:
+            raise ValueError(f"unsupported data root {v!r}: a local directory or s3://bucket/prefix")
+        return v
+
+    @field_validator("catalog_url")
+    @classmethod
+    def _catalog(cls, v: str) -> str:
+        if v and not v.startswith(("sqlite:///", "postgresql://", "postgres://")):
+            raise ValueError(f"unsupported catalog url {v!r}: sqlite:///path or postgresql://...")
+        return v
+
+    @model_validator(mode="after")
+    def _s3_needs_a_catalog(self) -> StorageConfig:
+        if self.data_root.startswith("s3://") and not self.catalog_url:
+            raise ValueError("an s3:// data_root needs catalog_url set (sqlite:///local/path or postgresql://...)")
+        return self
 
     def resolved_catalog_url(self) -> str:
-        return self.catalog_url or f"sqlite:///{self.data_root / 'catalog.sqlite'}"
+        return self.catalog_url or f"sqlite:///{Path(self.data_root) / 'catalog.sqlite'}"
+
+
+class CompactionConfig(_Section):
+    """Merging an hour's small segments into big, sorted ones."""
+
+    #: Run by `loglake up` (in its maintenance process) every `interval_s`.
+    enabled: bool = True
+    interval_s: float = Field(300.0, gt=0)
+    #: An output segment holds up to this much (whichever comes first).
+    target_bytes: int = Field(256 << 20, ge=1 << 16)
+    target_rows: int = Field(5_000_000, ge=1000)
+    #: Segments younger than this are left alone (their hour is still being written).
+    min_age_s: float = Field(300.0, ge=0)
+    #: Compacted data is read often and written once: worth a stronger zstd level.
+    zstd_level: int = Field(9, ge=1, le=22)
+    row_group_rows: int = Field(1 << 20, ge=1024)
+
+
+_DURATION_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_SIZE = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+         "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40}
+
+
+def duration_s(text: str) -> float:
+    """``7d``, ``12h``, ``90m`` -> seconds."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*", text)
+    if not m:
+        raise ValueError(f"invalid duration {text!r}: expected a number and s, m, h, d or w (e.g. 7d)")
+    return float(m.group(1)) * _DURATION_S[m.group(2)]
+
+
+def size_bytes(text: str | int) -> int:
+    """``500GB``, ``1.5TiB``, ``1000000`` -> bytes."""
+    if isinstance(text, int):
+        return text
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
+    if not m or m.group(2).lower() not in _SIZE:
+        raise ValueError(f"invalid size {text!r}: expected e.g. 500GB, 2TiB")
+    return int(float(m.group(1)) * _SIZE[m.group(2).lower()])
+
+
+class RetentionPolicy(_Section):
+    """How long one tenant's (or every tenant's) data, or one service's in it, is kept."""
+
+    #: A tenant name, or "*" for every tenant.
+    tenant: str = "*"
+    #: A service name, or "*" for every service of the tenant.
+    service: str = "*"
+    #: Rows older than this are deleted: `7d`, `90d`, `12h`; empty for no age limit.
+    max_age: str = ""
+    #: The tenant's stored bytes are kept under this (oldest segments go first);
+    #: only on a policy for a whole tenant (service "*").
+    max_bytes: str | int = ""
+
+    @field_validator("max_age")
+    @classmethod
+    def _age(cls, v: str) -> str:
+        if v:
+            duration_s(v)
+        return v
+
+    @field_validator("max_bytes")
+    @classmethod
+    def _bytes(cls, v: str | int) -> str | int:
+        if v != "" and size_bytes(v) <= 0:
+            raise ValueError("max_bytes must be positive")
+        return v
+
+    @model_validator(mode="after")
+    def _sensible(self) -> RetentionPolicy:
+        if not self.max_age and self.max_bytes == "":
+            raise ValueError("a retention policy sets max_age, max_bytes or both")
+        if self.max_bytes != "" and self.service != "*":
+            raise ValueError("max_bytes is per tenant: use it on a policy with service \"*\"")
+        return self
+
+    @property
+    def max_age_s(self) -> float | None:
+        return duration_s(self.max_age) if self.max_age else None
+
+    @property
+    def max_bytes_n(self) -> int | None:
+        return size_bytes(self.max_bytes) if self.max_bytes != "" else None
+
+
+class LegalHold(_Section):
+    """Nothing of this tenant (or of this service in it) is deleted while the hold is here."""
+
+    tenant: str
+    service: str = "*"
+    reason: str = ""
+
+
+class RetentionConfig(_Section):
+    #: Run by `loglake up` (in its maintenance process) every `interval_s`.
+    enabled: bool = True
+    interval_s: float = Field(3600.0, gt=0)
+    policies: list[RetentionPolicy] = []
+    holds: list[LegalHold] = []
+
+    @model_validator(mode="after")
+    def _one_policy_each(self) -> RetentionConfig:
+        seen: set[tuple[str, str]] = set()
+        for p in self.policies:
+            if (p.tenant, p.service) in seen:
+                raise ValueError(f"two retention policies for tenant {p.tenant!r} service {p.service!r}")
+            seen.add((p.tenant, p.service))
+        return self
 
 
 class QueryConfig(_Section):
@@ -299,6 +455,8 @@ class Config(_Section):
     shipper: ShipperConfig = ShipperConfig()
     ingest: IngestConfig = IngestConfig()
     storage: StorageConfig = StorageConfig()
+    compaction: CompactionConfig = CompactionConfig()
+    retention: RetentionConfig = RetentionConfig()
     query: QueryConfig = QueryConfig()
     demo: DemoConfig = DemoConfig()
     log: LogConfig = LogConfig()

@@ -100,7 +100,7 @@ def run_up(cfg: Config, config_path: str | None) -> int:
         base = [sys.executable, "-m", "loglake"]
         if config_path:
             base += ["--config", config_path]
-        names = ["ingest", "serve", "ship"] + (["demo"] if cfg.demo.enabled else [])
+        names = ["ingest", "serve", "ship", "maintain"] + (["demo"] if cfg.demo.enabled else [])
         children = [Child(n, [*base, n], log_dir / f"{n}.log") for n in names]
         for c in children:
             c.start(env)

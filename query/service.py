@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -18,6 +17,7 @@ from query.language import parse
 from query.planner import plan_search
 from query.timerange import format_us, parse_range
 from storage.catalog import Catalog
+from storage.root import DataRoot
 
 
 @dataclass
@@ -43,16 +43,15 @@ class SearchService:
     def __init__(self, cfg: Config, catalog: Catalog) -> None:
         self.cfg = cfg
         self.catalog = catalog
-        self.root = Path(cfg.storage.data_root).resolve()
-        self.root.mkdir(parents=True, exist_ok=True)
-        self._db = duckdb.connect()
+        self.root = DataRoot.from_config(cfg.storage)
+        self._db = duckdb.connect(config={"autoinstall_known_extensions": False,
+                                          "autoload_known_extensions": False})
         q = cfg.query
         self._db.execute("SET TimeZone = 'UTC'")
         self._db.execute(f"SET threads = {int(q.threads)}")
         self._db.execute("SET memory_limit = ?", [q.memory_limit])
-        # Queries may read the data root and nothing else, and never the network.
-        self._db.execute("SET allowed_directories = ?", [[str(self.root) + "/"]])
-        self._db.execute("SET enable_external_access = false")
+        # Queries may read the data root and nothing else, and never another host.
+        self.root.configure_duckdb(self._db)
         self._db.execute("SET lock_configuration = true")
         self._local = threading.local()
 
@@ -74,7 +73,7 @@ class SearchService:
         node = parse(q)
         start_us, end_us = parse_range(start, end)
         segments = self.catalog.segments(tenant, start_us, end_us)
-        plan = plan_search(node, segments, str(self.root), start_us, end_us, limit, order)
+        plan = plan_search(node, segments, self.root.url, start_us, end_us, limit, order)
         if plan.files:
             table = self._cursor().execute(plan.sql, plan.params).to_arrow_table()
             rows = _rows(table)

@@ -12,16 +12,15 @@ import os
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from storage.errors import StorageError
+from storage.root import DataRoot
 from storage.schema import RECORD_SCHEMA
 
-_HOUR_US = 3_600_000_000
+HOUR_US = 3_600_000_000
 _TENANT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 
@@ -72,53 +71,34 @@ def sort_rows(table: pa.Table) -> pa.Table:
     return table.take(order)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def describe(tenant: str, rel: str, part: pa.Table, size: int) -> SegmentInfo:
+    """The catalog's description of ``part``, written at ``rel`` with ``size`` bytes."""
+    ts = pc.cast(part["ts"], pa.int64())
+    return SegmentInfo(tenant=tenant, path=rel, min_ts_us=pc.min(ts).as_py(), max_ts_us=pc.max(ts).as_py(),
+                       rows=part.num_rows, bytes=size,
+                       services=_value_counts(part["service"]), levels=_value_counts(part["level"]))
 
 
-def write_segment_file(table: pa.Table, dest: Path, *, zstd_level: int = 3,
-                       row_group_rows: int = 128 * 1024) -> int:
-    """Write ``table`` to ``dest`` durably: temp name, fsync, rename, fsync dir."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        pq.write_table(
-            table, f,
-            compression="zstd", compression_level=zstd_level,
-            use_dictionary=["service", "host", "source", "level", "attrs.key_value.key"],
-            write_statistics=True, write_page_index=True,
-            row_group_size=row_group_rows,
-        )
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, dest)
-    _fsync_dir(dest.parent)
-    return dest.stat().st_size
+def hours_of(table: pa.Table) -> pa.Array:
+    """Each row's hour (epoch hours of ``ts``)."""
+    return pc.divide(pc.cast(table["ts"], pa.int64()), HOUR_US)
 
 
-def write_segments(root: Path, tenant: str, table: pa.Table, name: str, *,
+def write_segments(root: DataRoot | str | os.PathLike[str], tenant: str, table: pa.Table, name: str, *,
                    zstd_level: int = 3, row_group_rows: int = 128 * 1024) -> list[SegmentInfo]:
     """Split ``table`` by hour of ``ts``, sort each part, write one segment per hour."""
     check_tenant(tenant)
+    if not isinstance(root, DataRoot):
+        root = DataRoot(os.fspath(root))
     if table.schema != RECORD_SCHEMA:
         table = table.cast(RECORD_SCHEMA)
-    hours = pc.divide(pc.cast(table["ts"], pa.int64()), _HOUR_US)
+    hours = hours_of(table)
     out: list[SegmentInfo] = []
     unique = sorted(pc.unique(hours).to_pylist())
     for hour in unique:
         part = table if len(unique) == 1 else table.filter(pc.equal(hours, hour))
         part = sort_rows(part)
-        rel = f"{hour_dir(tenant, hour * _HOUR_US)}/{name}"
-        size = write_segment_file(part, root / rel, zstd_level=zstd_level, row_group_rows=row_group_rows)
-        ts = pc.cast(part["ts"], pa.int64())
-        out.append(SegmentInfo(
-            tenant=tenant, path=rel,
-            min_ts_us=pc.min(ts).as_py(), max_ts_us=pc.max(ts).as_py(),
-            rows=part.num_rows, bytes=size,
-            services=_value_counts(part["service"]), levels=_value_counts(part["level"]),
-        ))
+        rel = f"{hour_dir(tenant, hour * HOUR_US)}/{name}"
+        size = root.write_parquet(rel, part, zstd_level=zstd_level, row_group_rows=row_group_rows)
+        out.append(describe(tenant, rel, part, size))
     return out

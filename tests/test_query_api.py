@@ -479,14 +479,14 @@ def test_duckdb_cannot_read_files_outside_the_data_root(cursor: duckdb.DuckDBPyC
 
 
 def test_duckdb_cannot_climb_out_of_the_data_root(server: Server, cursor: duckdb.DuckDBPyConnection) -> None:
-    escape = f"{server.service.root}/../../../../../../etc/passwd"
+    escape = f"{server.service.root.url}/../../../../../../etc/passwd"
     with pytest.raises(duckdb.PermissionException):
         cursor.execute("SELECT * FROM read_csv(?)", [escape]).fetchall()
 
 
 def test_duckdb_reads_segments_inside_the_data_root(server: Server,
                                                     cursor: duckdb.DuckDBPyConnection) -> None:
-    files = sorted(str(p) for p in server.service.root.rglob("*.parquet"))
+    files = sorted(str(p) for p in Path(server.service.root.url).rglob("*.parquet"))
     assert cursor.execute("SELECT count(*) FROM read_parquet(?)", [files]).fetchone() == (13,)
 
 

@@ -46,7 +46,7 @@ class Engines:
         segments = self.svc.catalog.segments("default", start, end)
         if levels is not None:
             segments = [s for s in segments if levels & s.levels.keys()]
-        files = [f"{self.svc.root}/{s.path}" for s in segments]
+        files = [f"{self.svc.root.url}/{s.path}" for s in segments]
         return self.svc._cursor().execute(sql, [files, start, end, *params]).fetchall()
 
     def ours(self, q: str) -> Any:
@@ -149,7 +149,7 @@ def run(lines: int, repetitions: int = 7) -> Result:
     logs, truth, cfg = store(lines)
     catalog = Catalog(cfg.storage.resolved_catalog_url())
     service = SearchService(cfg, catalog)
-    all_files = [f"{service.root}/{s.path}" for s in catalog.segments("default", 0, 1 << 62)]
+    all_files = [f"{service.root.url}/{s.path}" for s in catalog.segments("default", 0, 1 << 62)]
     ch = ClickHouse(WORK / "chdb-query")
     ch.load(f"{cfg.storage.data_root}/tenant=default/**/*.parquet", token_index=True)
     eng = Engines(service, ch, all_files, truth)

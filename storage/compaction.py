@@ -1,0 +1,173 @@
+"""Compaction: an hour's many small segments become a few big, sorted ones.
+
+Ingest writes one segment per partition, hour and flush, so a busy hour has
+hundreds. Compaction reads the small ones of one tenant and hour, sorts their
+rows by (service, ts), writes segments of up to ``target_bytes`` /
+``target_rows`` at a stronger zstd level, and swaps them in with one catalog
+transaction (:meth:`Catalog.swap`). Until that commit the new files are
+invisible, and after it the old ones are: a compactor killed at any point
+leaves no duplicate and no gap, only files nobody references, which
+:func:`collect_garbage` deletes once they are older than the grace period.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+
+from loglake.config import CompactionConfig
+from storage.catalog import Catalog, SegmentRow
+from storage.errors import CatalogConflict
+from storage.root import DataRoot
+from storage.schema import RECORD_SCHEMA
+from storage.segments import SegmentInfo, describe, sort_rows
+
+log = logging.getLogger("loglake.storage")
+
+#: A segment at least this share of the target is not worth rewriting.
+BIG_ENOUGH = 0.5
+
+
+@dataclass
+class CompactionReport:
+    batches: int = 0
+    inputs: int = 0
+    outputs: int = 0
+    rows: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    conflicts: int = 0
+    seconds: float = 0.0
+    hours: list[str] = field(default_factory=list)
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.bytes_in / 1e6 / self.seconds if self.seconds else 0.0
+
+
+def hour_of(seg: SegmentRow) -> str:
+    """The segment's ``tenant=/date=/hour=`` directory."""
+    return seg.path.rsplit("/", 1)[0]
+
+
+def plan(segments: list[SegmentRow], cfg: CompactionConfig, now_us: int | None = None) -> list[list[SegmentRow]]:
+    """Batches of segments to merge: same tenant and hour, each batch within the target size."""
+    now_us = time.time_ns() // 1000 if now_us is None else now_us
+    settled = now_us - int(cfg.min_age_s * 1e6)
+    by_hour: dict[tuple[str, str], list[SegmentRow]] = defaultdict(list)
+    for s in segments:
+        small = s.bytes < cfg.target_bytes * BIG_ENOUGH and s.rows < cfg.target_rows * BIG_ENOUGH
+        if small and s.created_us <= settled:
+            by_hour[(s.tenant, hour_of(s))].append(s)
+    batches: list[list[SegmentRow]] = []
+    for key in sorted(by_hour):
+        group = sorted(by_hour[key], key=lambda s: (s.min_ts_us, s.id))
+        batch: list[SegmentRow] = []
+        size = rows = 0
+        for s in group:
+            if batch and (size + s.bytes > cfg.target_bytes or rows + s.rows > cfg.target_rows):
+                batches.append(batch)
+                batch, size, rows = [], 0, 0
+            batch.append(s)
+            size += s.bytes
+            rows += s.rows
+        batches.append(batch)
+    return [b for b in batches if len(b) >= 2]
+
+
+def merge(root: DataRoot, batch: list[SegmentRow], cfg: CompactionConfig) -> tuple[list[SegmentInfo], pa.Table]:
+    """Write the rows of ``batch`` as new, sorted segments (not yet in the catalog)."""
+    table = pa.concat_tables([root.read_parquet(s.path).cast(RECORD_SCHEMA) for s in batch]).unify_dictionaries()
+    table = sort_rows(table.combine_chunks())
+    tenant, directory = batch[0].tenant, hour_of(batch[0])
+    infos = []
+    for start in range(0, table.num_rows, cfg.target_rows):
+        part = table.slice(start, cfg.target_rows)
+        rel = f"{directory}/compacted-{uuid.uuid4().hex}.parquet"
+        size = root.write_parquet(rel, part, zstd_level=cfg.zstd_level, row_group_rows=cfg.row_group_rows)
+        infos.append(describe(tenant, rel, part, size))
+    return infos, table
+
+
+def compact(root: DataRoot, catalog: Catalog, cfg: CompactionConfig, *, tenant: str | None = None,
+            now_us: int | None = None, progress: Callable[[int], None] | None = None) -> CompactionReport:
+    """Merge every batch :func:`plan` finds; ``progress`` gets the input bytes of each batch done."""
+    report = CompactionReport()
+    t0 = time.perf_counter()
+    for batch in plan(catalog.live_segments(tenant), cfg, now_us):
+        infos, table = merge(root, batch, cfg)
+        if table.num_rows != sum(s.rows for s in batch):
+            # The catalog and the files disagree: leave the hour to fsck rather than guess.
+            log.error("compaction input rows differ from the catalog; hour skipped",
+                      extra={"hour": hour_of(batch[0]), "catalog_rows": sum(s.rows for s in batch),
+                             "file_rows": table.num_rows})
+            for info in infos:
+                root.delete(info.path)
+            continue
+        try:
+            catalog.swap([s.id for s in batch], infos, generation=max(s.generation for s in batch) + 1)
+        except CatalogConflict as e:
+            # Retention, a deletion or another compactor changed the hour meanwhile.
+            log.info("compaction lost a race; outputs dropped", extra={"reason": str(e)})
+            for info in infos:
+                root.delete(info.path)
+            report.conflicts += 1
+            continue
+        report.batches += 1
+        report.inputs += len(batch)
+        report.outputs += len(infos)
+        report.rows += table.num_rows
+        report.bytes_in += sum(s.bytes for s in batch)
+        report.bytes_out += sum(i.bytes for i in infos)
+        report.hours.append(hour_of(batch[0]))
+        if progress is not None:
+            progress(sum(s.bytes for s in batch))
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+@dataclass
+class GarbageReport:
+    retired_deleted: int = 0
+    orphans_deleted: int = 0
+    bytes_freed: int = 0
+
+
+def collect_garbage(root: DataRoot, catalog: Catalog, grace_s: float, *, now_us: int | None = None,
+                    orphans: bool = True) -> GarbageReport:
+    """Delete files of segments retired more than ``grace_s`` ago, then files nobody references.
+
+    A file the catalog does not know and that is younger than the grace period
+    may be a segment whose commit is under way: it is left alone.
+    """
+    now_us = time.time_ns() // 1000 if now_us is None else now_us
+    cut = now_us - int(grace_s * 1e6)
+    report = GarbageReport()
+    done = []
+    for seg in catalog.retired(before_us=cut):
+        if root.delete(seg.path):
+            report.retired_deleted += 1
+            report.bytes_freed += seg.bytes
+        done.append(seg.id)
+    catalog.forget(done)
+    if orphans:
+        known = catalog.known_paths()
+        for rel, stat in root.files().items():
+            if not is_segment_file(rel) or rel in known:
+                continue
+            if stat.mtime_us is not None and stat.mtime_us < cut and root.delete(rel):
+                report.orphans_deleted += 1
+                report.bytes_freed += stat.size
+    return report
+
+
+def is_segment_file(rel: str) -> bool:
+    """Segment files and their temporaries live under ``tenant=``; nothing else there is ours to delete."""
+    name = rel.rsplit("/", 1)[-1]
+    return rel.startswith("tenant=") and (name.endswith(".parquet") or name.endswith(".tmp"))

@@ -1,0 +1,85 @@
+"""Rewriting one segment without some of its rows: how expired and deleted data really goes.
+
+The kept rows go to a new file beside the old one; the catalog swaps the two
+in one transaction, with the audit entries, and the old file is deleted after
+the grace period like any retired segment.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from storage.catalog import AuditEntry, Catalog, SegmentRow
+from storage.root import DataRoot
+from storage.schema import RECORD_SCHEMA
+from storage.segments import describe
+
+#: Given a segment's rows, which to drop.
+DropRows = Callable[[pa.Table], pa.BooleanArray | pa.ChunkedArray]
+
+
+@dataclass
+class Removed:
+    """What left one segment (or would, in a dry run)."""
+
+    segment: SegmentRow
+    rows: int
+    bytes: int                                  # bytes freed: whole segment, or old minus new size
+    by_service: dict[str, int] = field(default_factory=dict)
+    min_ts_us: int | None = None
+    max_ts_us: int | None = None
+
+
+def rows_to_drop(root: DataRoot, seg: SegmentRow, drop: DropRows) -> tuple[pa.Table, pa.BooleanArray]:
+    table = root.read_parquet(seg.path).cast(RECORD_SCHEMA)
+    mask = drop(table)
+    if isinstance(mask, pa.ChunkedArray):
+        mask = mask.combine_chunks()
+    return table, pc.fill_null(mask, False)
+
+
+def removed_of(seg: SegmentRow, gone: pa.Table, freed: int) -> Removed:
+    services = pc.value_counts(gone["service"].combine_chunks().dictionary_decode()
+                               if pa.types.is_dictionary(gone["service"].type) else gone["service"])
+    ts = pc.cast(gone["ts"], pa.int64())
+    return Removed(seg, gone.num_rows, freed,
+                   {str(v): int(c) for v, c in zip(services.field("values").to_pylist(),
+                                                   services.field("counts").to_pylist(), strict=True)},
+                   pc.min(ts).as_py() if gone.num_rows else None, pc.max(ts).as_py() if gone.num_rows else None)
+
+
+def rewrite_segment(root: DataRoot, catalog: Catalog, seg: SegmentRow, drop: DropRows, *,
+                    audit: Callable[[Removed], Sequence[AuditEntry]], dry_run: bool = False,
+                    zstd_level: int = 9, row_group_rows: int = 1 << 20) -> Removed | None:
+    """Replace ``seg`` by a copy without the rows ``drop`` selects; None when it selects none.
+
+    Raises CatalogConflict (and leaves no new file) if the segment stopped
+    being live meanwhile.
+    """
+    table, mask = rows_to_drop(root, seg, drop)
+    n = pc.sum(mask).as_py() or 0
+    if n == 0:
+        return None
+    gone = table.filter(mask)
+    if dry_run:
+        return removed_of(seg, gone, seg.bytes if n == table.num_rows else 0)
+    if n == table.num_rows:
+        removed = removed_of(seg, gone, seg.bytes)
+        catalog.swap([seg.id], [], audit=audit(removed))
+        return removed
+    kept = table.filter(pc.invert(mask))
+    rel = f"{seg.path.rsplit('/', 1)[0]}/rewritten-{uuid.uuid4().hex}.parquet"
+    size = root.write_parquet(rel, kept, zstd_level=zstd_level, row_group_rows=row_group_rows)
+    removed = removed_of(seg, gone, max(0, seg.bytes - size))
+    try:
+        catalog.swap([seg.id], [describe(seg.tenant, rel, kept, size)], generation=seg.generation,
+                     audit=audit(removed))
+    except BaseException:
+        root.delete(rel)
+        raise
+    return removed

@@ -1,0 +1,175 @@
+"""The data root: where segment files live, a local directory or an S3 prefix.
+
+Everything that writes, lists, reads or deletes segment files goes through
+:class:`DataRoot`, which is pyarrow's own filesystem layer (``LocalFileSystem``
+or ``S3FileSystem``) plus what each needs to be safe: on local disk a write
+goes to a temporary name, is fsynced and renamed; on S3 a PUT is atomic
+already (an object is there whole or not at all). DuckDB reads the same files
+by URL (a path, or ``s3://`` through the httpfs extension bundled by the
+``duckdb-extension-httpfs`` wheel: nothing is downloaded at run time).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from loglake.config import S3Config, StorageConfig
+from storage.errors import StorageError
+
+#: Columns written with dictionary encoding (low-cardinality labels and attribute keys).
+DICTIONARY_COLUMNS = ["service", "host", "source", "level", "attrs.key_value.key"]
+
+
+@dataclass(frozen=True, slots=True)
+class FileStat:
+    size: int
+    mtime_us: int | None
+
+
+def httpfs_extension() -> Path:
+    """The httpfs extension file shipped in the ``duckdb-extension-httpfs`` wheel."""
+    import duckdb_extension_httpfs
+
+    base = Path(duckdb_extension_httpfs.__file__).parent
+    found = sorted(base.glob(f"extensions/v{duckdb.__version__}/httpfs.duckdb_extension"))
+    if not found:
+        raise StorageError(f"no httpfs extension for DuckDB {duckdb.__version__} in {base}; "
+                           "install duckdb-extension-httpfs of the same version")
+    return found[0]
+
+
+def _s3_credentials(s3: S3Config) -> tuple[str, str]:
+    key, secret = os.environ.get(s3.access_key_id_env, ""), os.environ.get(s3.secret_access_key_env, "")
+    if not key or not secret:
+        raise StorageError(f"S3 credentials missing: set {s3.access_key_id_env} and {s3.secret_access_key_env}")
+    return key, secret
+
+
+class DataRoot:
+    """Segment files under one root, addressed by '/'-separated paths relative to it."""
+
+    def __init__(self, url: str, s3: S3Config | None = None) -> None:
+        self.s3 = s3 or S3Config()
+        if url.startswith("s3://"):
+            bucket_prefix = url.removeprefix("s3://").strip("/")
+            key, secret = _s3_credentials(self.s3)
+            endpoint = self.s3.endpoint_url
+            scheme = "http" if endpoint.startswith("http://") else "https"
+            self.fs: pafs.FileSystem = pafs.S3FileSystem(
+                access_key=key, secret_key=secret, region=self.s3.region,
+                endpoint_override=endpoint.split("://", 1)[-1] if endpoint else None, scheme=scheme,
+                force_virtual_addressing=not self.s3.path_style)
+            self.base = bucket_prefix
+            self.url = f"s3://{bucket_prefix}"
+            self.local = False
+        else:
+            path = Path(url).resolve()
+            path.mkdir(parents=True, exist_ok=True)
+            self.fs = pafs.LocalFileSystem()
+            self.base = str(path)
+            self.url = str(path)
+            self.local = True
+
+    @classmethod
+    def from_config(cls, storage: StorageConfig) -> DataRoot:
+        return cls(storage.data_root, storage.s3)
+
+    def _path(self, rel: str) -> str:
+        if rel.startswith("/") or ".." in rel.split("/"):
+            raise StorageError(f"segment path {rel!r} escapes the data root")
+        return f"{self.base}/{rel}"
+
+    def file_url(self, rel: str) -> str:
+        """What DuckDB reads for the file at ``rel``."""
+        return f"{self.url}/{rel}"
+
+    # -- files ---------------------------------------------------------------
+
+    def write_parquet(self, rel: str, table: pa.Table, *, zstd_level: int = 3,
+                      row_group_rows: int = 128 * 1024) -> int:
+        """Write ``table`` as zstd Parquet at ``rel`` so it appears whole or not at all; returns its size."""
+        options = dict(compression="zstd", compression_level=zstd_level, use_dictionary=DICTIONARY_COLUMNS,
+                       write_statistics=True, write_page_index=True, row_group_size=row_group_rows)
+        if not self.local:
+            with self.fs.open_output_stream(self._path(rel)) as out:
+                pq.write_table(table, out, **options)
+            return self.fs.get_file_info(self._path(rel)).size
+        dest = Path(self._path(rel))
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+        with open(tmp, "wb") as f:
+            pq.write_table(table, f, **options)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, dest)
+        _fsync_dir(dest.parent)
+        return dest.stat().st_size
+
+    def read_parquet(self, rel: str) -> pa.Table:
+        return pq.read_table(self._path(rel), filesystem=self.fs)
+
+    def delete(self, rel: str) -> bool:
+        """Remove the file at ``rel``; False if it was not there."""
+        try:
+            self.fs.delete_file(self._path(rel))
+        except FileNotFoundError:
+            return False
+        return True
+
+    def exists(self, rel: str) -> bool:
+        return self.fs.get_file_info(self._path(rel)).type == pafs.FileType.File
+
+    def files(self, under: str = "") -> dict[str, FileStat]:
+        """Every file below the root (or below ``under`` in it), by relative path."""
+        start = self._path(under) if under else self.base
+        try:
+            infos = self.fs.get_file_info(pafs.FileSelector(start, recursive=True, allow_not_found=True))
+        except FileNotFoundError:
+            return {}
+        cut = len(self.base) + 1
+        return {i.path[cut:]: FileStat(i.size or 0, i.mtime_ns // 1000 if i.mtime_ns is not None else None)
+                for i in infos if i.type == pafs.FileType.File}
+
+    # -- DuckDB --------------------------------------------------------------
+
+    def configure_duckdb(self, con: duckdb.DuckDBPyConnection) -> None:
+        """Let ``con`` read this root and nothing else (call before locking its configuration)."""
+        if self.local:
+            con.execute("SET allowed_directories = ?", [[self.url + "/"]])
+            con.execute("SET enable_external_access = false")
+            return
+        con.execute(f"LOAD '{httpfs_extension()}'")
+        key, secret = _s3_credentials(self.s3)
+        endpoint = self.s3.endpoint_url
+        params = {"KEY_ID": key, "SECRET": secret, "REGION": self.s3.region,
+                  "URL_STYLE": "path" if self.s3.path_style else "vhost"}
+        if endpoint:
+            params["ENDPOINT"] = endpoint.split("://", 1)[-1]
+            params["USE_SSL"] = not endpoint.startswith("http://")
+        # CREATE SECRET takes no bound parameters: values are quoted here (none is user query text).
+        body = ", ".join(f"{k} {_sql_literal(v)}" for k, v in params.items())
+        con.execute(f"CREATE OR REPLACE SECRET loglake_root (TYPE s3, SCOPE {_sql_literal(self.url)}, {body})")
+        # Loaded first: with external access off, extensions can no longer be loaded.
+        con.execute("SET allowed_directories = ?", [[self.url + "/"]])
+        con.execute("SET enable_external_access = false")
+
+
+def _sql_literal(v: str | bool) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return "'" + v.replace("'", "''") + "'"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
