@@ -230,13 +230,36 @@ class Catalog:
         import psycopg
 
         self.path = None
+        self._connect_postgres()
+        self._migrate()
+
+    def _connect_postgres(self) -> None:
+        import psycopg
+
         try:
             # Autocommit: a read sees what is committed and holds nothing; writes open
             # their own transaction (see _tx).
-            self._db = psycopg.connect(url, autocommit=True, connect_timeout=10)
-            self._migrate()
+            self._db = psycopg.connect(self.url, autocommit=True, connect_timeout=10)
         except psycopg.Error as e:
-            raise CatalogUnavailable(f"{_redact(url)}: {e}".strip()) from e
+            raise CatalogUnavailable(f"{_redact(self.url)}: {e}".strip()) from e
+
+    @contextmanager
+    def _connection(self) -> Iterator[Any]:
+        """The connection, under the lock; a PostgreSQL one that was lost is opened again."""
+        with self._lock:
+            if not self.postgres:
+                yield self._db
+                return
+            import psycopg
+
+            if self._db.closed or self._db.broken:
+                self._connect_postgres()
+            try:
+                yield self._db
+            except psycopg.OperationalError as e:
+                # The server went away mid-statement: nothing was committed. The caller
+                # may retry; the next call reconnects.
+                raise CatalogUnavailable(f"{_redact(self.url)}: {e}".strip()) from e
 
     def _enable_wal(self, attempts: int = 300) -> None:
         # Switching to WAL needs a moment alone with the file and does not wait
@@ -257,26 +280,26 @@ class Catalog:
     @contextmanager
     def _tx(self) -> Iterator[_Tx]:
         """A write transaction, alone among all writers of this catalog."""
-        with self._lock:
+        with self._connection() as conn:
             if self.postgres:
-                with self._db.transaction():
-                    self._db.execute("SELECT pg_advisory_xact_lock(%s)", (_PG_WRITE_LOCK,))
-                    yield _Tx(self._db, True)
+                with conn.transaction():
+                    conn.execute("SELECT pg_advisory_xact_lock(%s)", (_PG_WRITE_LOCK,))
+                    yield _Tx(conn, True)
                 return
             # BEGIN IMMEDIATE takes the write lock up front, so two writers queue
             # instead of failing on upgrade from a read lock.
-            self._db.execute("BEGIN IMMEDIATE")
+            conn.execute("BEGIN IMMEDIATE")
             try:
-                yield _Tx(self._db, False)
+                yield _Tx(conn, False)
             except BaseException:
-                self._db.execute("ROLLBACK")
+                conn.execute("ROLLBACK")
                 raise
             else:
-                self._db.execute("COMMIT")
+                conn.execute("COMMIT")
 
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
-        with self._lock:
-            return list(_Tx(self._db, self.postgres).execute(sql, params).fetchall())
+        with self._connection() as conn:
+            return list(_Tx(conn, self.postgres).execute(sql, params).fetchall())
 
     def _migrate(self) -> None:
         with self._tx() as db:
