@@ -111,7 +111,7 @@ MIGRATIONS: tuple[str, ...] = (
 )
 
 #: The PostgreSQL advisory lock every catalog writer takes (any fixed number will do).
-_PG_WRITE_LOCK = 0x6C6F676C616B65
+_PG_WRITE_LOCK = 0x6C6C
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,14 +189,22 @@ def _postgres_ddl(sql: str) -> str:
 
 
 class _Tx:
-    """A transaction's statements, written once with ``?`` placeholders for both databases."""
+    """A transaction's statements, written once for both databases: ``?`` placeholders,
+    ``MAX2(a, b)`` for the larger of two values, and ``ID_IN(?)`` for "id is in this list"
+    (one parameter however long the list: see :meth:`ids`)."""
 
     def __init__(self, conn: Any, postgres: bool) -> None:
         self.conn, self.postgres = conn, postgres
 
+    def ids(self, ids: Sequence[int]) -> Any:
+        """The parameter for ``ID_IN(?)``."""
+        return [int(i) for i in ids] if self.postgres else orjson.dumps([int(i) for i in ids]).decode()
+
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
         if self.postgres:
-            sql = sql.replace("?", "%s").replace("max(", "greatest(")
+            sql = sql.replace("ID_IN(?)", "id = ANY(?::bigint[])").replace("?", "%s").replace("MAX2(", "greatest(")
+        else:
+            sql = sql.replace("MAX2(", "max(").replace("ID_IN(?)", "id IN (SELECT value FROM json_each(?))")
         return self.conn.execute(sql, params)
 
 
@@ -227,11 +235,13 @@ class Catalog:
             raise CatalogUnavailable(f"{path}: {e}") from e
 
     def _open_postgres(self, url: str) -> None:
-        import psycopg
-
         self.path = None
         self._connect_postgres()
-        self._migrate()
+        try:
+            self._migrate()
+        except BaseException:
+            self._db.close()
+            raise
 
     def _connect_postgres(self) -> None:
         import psycopg
@@ -279,23 +289,37 @@ class Catalog:
 
     @contextmanager
     def _tx(self) -> Iterator[_Tx]:
-        """A write transaction, alone among all writers of this catalog."""
-        with self._connection() as conn:
-            if self.postgres:
-                with conn.transaction():
-                    conn.execute("SELECT pg_advisory_xact_lock(%s)", (_PG_WRITE_LOCK,))
-                    yield _Tx(conn, True)
-                return
-            # BEGIN IMMEDIATE takes the write lock up front, so two writers queue
-            # instead of failing on upgrade from a read lock.
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield _Tx(conn, False)
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            else:
-                conn.execute("COMMIT")
+        """A write transaction, alone among all writers of this catalog.
+
+        A statement that breaks a uniqueness rule (a segment path recorded
+        twice) is a conflict with another writer: CatalogConflict, nothing recorded.
+        """
+        integrity: tuple[type[Exception], ...] = (sqlite3.IntegrityError,)
+        if self.postgres:
+            import psycopg
+
+            integrity = (sqlite3.IntegrityError, psycopg.IntegrityError)
+        try:
+            with self._connection() as conn:
+                if self.postgres:
+                    with conn.transaction():
+                        # One lock per catalog: catalogs in other schemas of the database do not wait.
+                        conn.execute("SELECT pg_advisory_xact_lock(%s::integer, hashtext(current_schema()))",
+                                     (_PG_WRITE_LOCK,))
+                        yield _Tx(conn, True)
+                    return
+                # BEGIN IMMEDIATE takes the write lock up front, so two writers queue
+                # instead of failing on upgrade from a read lock.
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield _Tx(conn, False)
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                else:
+                    conn.execute("COMMIT")
+        except integrity as e:
+            raise CatalogConflict(f"catalog refused a duplicate: {e}") from e
 
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         with self._connection() as conn:
@@ -389,7 +413,7 @@ class Catalog:
                     db.execute(
                         "INSERT INTO source_marks (tenant, source_id, end_offset, updated_us)"
                         " VALUES (?, ?, ?, ?) ON CONFLICT (tenant, source_id) DO UPDATE SET"
-                        " end_offset=max(source_marks.end_offset, excluded.end_offset),"
+                        " end_offset=MAX2(source_marks.end_offset, excluded.end_offset),"
                         " updated_us=excluded.updated_us",
                         (tenant, sid, end, now))
                 for (tenant, sid), ranges in c.source_ranges.items():
@@ -397,7 +421,7 @@ class Catalog:
                         "INSERT INTO source_marks (tenant, source_id, end_offset, updated_us, ranges)"
                         " VALUES (?, ?, ?, ?, ?) ON CONFLICT (tenant, source_id) DO UPDATE SET"
                         " ranges=excluded.ranges,"
-                        " end_offset=max(source_marks.end_offset, excluded.end_offset)",
+                        " end_offset=MAX2(source_marks.end_offset, excluded.end_offset)",
                         (tenant, sid, max((hi for _, hi in ranges), default=0), now,
                          orjson.dumps(ranges).decode()))
 
@@ -418,31 +442,31 @@ class Catalog:
 
     # -- compaction, retention, deletion ---------------------------------------
 
-    def swap(self, retire: Sequence[int], add: Sequence[SegmentInfo] = (), *, generation: int = 0,
+    def swap(self, retire: Sequence[SegmentRow | int], add: Sequence[SegmentInfo] = (), *, generation: int = 0,
              audit: Sequence[AuditEntry] = ()) -> list[int]:
         """Retire segments ``retire`` and make ``add`` live, in one transaction.
 
         Raises CatalogConflict (recording nothing) unless every segment to
-        retire is still live: another compactor, retention run or deletion got
-        there first. Returns the new segments' ids.
+        retire is still live (and, given as a :class:`SegmentRow`, still at its
+        path): another compactor, retention run or deletion got there first.
+        Returns the new segments' ids.
         """
         now = _now_us()
+        wanted = {(r.id if isinstance(r, SegmentRow) else int(r)): (r.path if isinstance(r, SegmentRow) else None)
+                  for r in retire}
         with self._tx() as db:
-            if retire:
-                marks = ",".join("?" * len(retire))
-                rows = db.execute(f"SELECT id, sources FROM segments WHERE id IN ({marks}) AND state='live'",
-                                  tuple(retire)).fetchall()
-                if len(rows) != len(set(retire)):
-                    raise CatalogConflict(f"{len(set(retire)) - len(rows)} of {len(set(retire))} segments "
-                                          "are no longer live")
-                db.execute(f"UPDATE segments SET state='retired', retired_us=? WHERE id IN ({marks})",
-                           (now, *retire))
-                sources: dict[str, int] = {}
-                for _, text in rows:
+            sources: dict[str, int] = {}
+            if wanted:
+                rows = db.execute("SELECT id, path, sources FROM segments WHERE ID_IN(?) AND state='live'",
+                                  (db.ids(list(wanted)),)).fetchall()
+                live = [(i, p, src) for i, p, src in rows if wanted[i] in (None, p)]
+                if len(live) != len(wanted):
+                    raise CatalogConflict(f"{len(wanted) - len(live)} of {len(wanted)} segments are no longer live")
+                db.execute("UPDATE segments SET state='retired', retired_us=? WHERE ID_IN(?)",
+                           (now, db.ids(list(wanted))))
+                for _, _, text in live:
                     for sid, end in (orjson.loads(text) if text else {}).items():
                         sources[sid] = max(sources.get(sid, 0), end)
-            else:
-                sources = {}
             ids = [self._insert_segment(db, s, now, generation=generation, sources=sources or None) for s in add]
             for a in audit:
                 db.execute(
@@ -470,18 +494,15 @@ class Catalog:
         if not ids:
             return
         with self._tx() as db:
-            marks = ",".join("?" * len(ids))
-            db.execute(f"DELETE FROM segments WHERE id IN ({marks}) AND state IN ('retired', 'missing')",
-                       tuple(ids))
+            db.execute("DELETE FROM segments WHERE ID_IN(?) AND state IN ('retired', 'missing')", (db.ids(ids),))
 
     def mark_missing(self, ids: Sequence[int]) -> None:
         """Take live segments whose files are gone out of the live set (kept, for the record)."""
         if not ids:
             return
         with self._tx() as db:
-            marks = ",".join("?" * len(ids))
-            db.execute(f"UPDATE segments SET state='missing', retired_us=? WHERE id IN ({marks}) AND state='live'",
-                       (_now_us(), *ids))
+            db.execute("UPDATE segments SET state='missing', retired_us=? WHERE ID_IN(?) AND state='live'",
+                       (_now_us(), db.ids(ids)))
 
     def known_paths(self) -> dict[str, tuple[int, str]]:
         """Every segment path the catalog knows, with its id and state."""

@@ -111,7 +111,7 @@ def compact(root: DataRoot, catalog: Catalog, cfg: CompactionConfig, *, tenant: 
                 root.delete(info.path)
             continue
         try:
-            catalog.swap([s.id for s in batch], infos, generation=max(s.generation for s in batch) + 1)
+            catalog.swap(batch, infos, generation=max(s.generation for s in batch) + 1)
         except CatalogConflict as e:
             # Retention, a deletion or another compactor changed the hour meanwhile.
             log.info("compaction lost a race; outputs dropped", extra={"reason": str(e)})

@@ -198,7 +198,7 @@ def run(root: DataRoot, catalog: Catalog, rules: Rules, *, dry_run: bool = False
         removed = [(_whole(a.segment), a.actor) for a in group]
         if not dry_run:
             try:
-                catalog.swap([a.segment.id for a in group], [],
+                catalog.swap([a.segment for a in group], [],
                              audit=[e for r, actor in removed for e in audit_entries(r, actor)])
             except CatalogConflict:
                 report.conflicts += 1       # compaction swapped one; the next run sees the new segment

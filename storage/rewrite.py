@@ -70,14 +70,14 @@ def rewrite_segment(root: DataRoot, catalog: Catalog, seg: SegmentRow, drop: Dro
         return removed_of(seg, gone, seg.bytes if n == table.num_rows else 0)
     if n == table.num_rows:
         removed = removed_of(seg, gone, seg.bytes)
-        catalog.swap([seg.id], [], audit=audit(removed))
+        catalog.swap([seg], [], audit=audit(removed))
         return removed
     kept = table.filter(pc.invert(mask))
     rel = f"{seg.path.rsplit('/', 1)[0]}/rewritten-{uuid.uuid4().hex}.parquet"
     size = root.write_parquet(rel, kept, zstd_level=zstd_level, row_group_rows=row_group_rows)
     removed = removed_of(seg, gone, max(0, seg.bytes - size))
     try:
-        catalog.swap([seg.id], [describe(seg.tenant, rel, kept, size)], generation=seg.generation,
+        catalog.swap([seg], [describe(seg.tenant, rel, kept, size)], generation=seg.generation,
                      audit=audit(removed))
     except BaseException:
         root.delete(rel)

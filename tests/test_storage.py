@@ -96,15 +96,6 @@ def run_sql(url: str, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any,
         db.close()
 
 
-def integrity_error(url: str) -> type[Exception]:
-    """What the backend raises on a constraint violation (the catalog lets it through)."""
-    if is_postgres(url):
-        import psycopg
-
-        return psycopg.IntegrityError
-    return sqlite3.IntegrityError
-
-
 def integrity(url: str) -> str:
     """'ok' when the catalog's database is sound (SQLite's integrity_check; on PostgreSQL, the invariants)."""
     if not is_postgres(url):
@@ -302,25 +293,35 @@ def test_unreachable_postgres_is_unavailable_without_leaking_the_password() -> N
     assert "loglake:***@127.0.0.1:1" in str(e.value)
 
 
-@pytest.mark.xfail(strict=True, reason="storage/catalog.py _open_postgres: one psycopg connection for the "
-                   "catalog's life, never re-opened; once the server drops it every call raises "
-                   "psycopg.OperationalError('the connection is closed')")
 def test_postgres_catalog_recovers_when_the_server_drops_its_connection(pg_url: str) -> None:
     app = f"loglake-test-{uuid.uuid4().hex[:12]}"
     cat = Catalog(f"{pg_url}&application_name={app}")
-    try:
-        cat.commit([PartitionCommit("logs", 0, 0, 0, 5, [seg("a.parquet")])])
-        # A server restart, failover or idle timeout ends the session under the catalog.
+
+    def drop_connection() -> None:
+        """What a server restart, failover or idle timeout does to the catalog's session."""
         assert run_sql(pg_url, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = ?",
                        (app,)) == [(True,)]
+
+    try:
+        cat.commit([PartitionCommit("logs", 0, 0, 0, 5, [seg("a.parquet")])])
+        drop_connection()
         try:
-            cat.partition_states("logs")       # the call that finds the connection gone may fail ...
-        except Exception:
+            cat.partition_states("logs")       # the call that finds the connection gone may fail, as unavailable ...
+        except CatalogUnavailable:
             pass
         # ... but the catalog must not stay dead: ingest retries its flush with this same object.
         assert cat.partition_states("logs") == {0: PartitionState(0, 5)}
-        cat.commit([PartitionCommit("logs", 0, 0, 5, 6, [seg("b.parquet")])])
+
+        drop_connection()
+        again = PartitionCommit("logs", 0, 0, 5, 6, [seg("b.parquet")], {("t", "s"): 7})
+        try:
+            cat.commit([again])
+        except CatalogUnavailable:
+            assert segment_count(cat) == 1             # a failed commit recorded nothing ...
+            cat.commit([again])                        # ... and the retry goes through
+        assert cat.partition_states("logs") == {0: PartitionState(0, 6)}
         assert segment_count(cat) == 2
+        assert cat.source_marks() == {("t", "s"): 7}
     finally:
         cat.close()
 
@@ -453,7 +454,7 @@ def test_multi_partition_commit_is_all_or_nothing(catalog: Catalog) -> None:
 
 def test_commit_failing_on_a_segment_row_leaves_offsets_unchanged(catalog: Catalog) -> None:
     catalog.commit([PartitionCommit("logs", 0, 0, 0, 10, [seg("taken.parquet")])])
-    with pytest.raises(integrity_error(catalog.url)):
+    with pytest.raises(CatalogConflict, match="duplicate"):
         catalog.commit([PartitionCommit("logs", 0, 0, 10, 20, [seg("new.parquet"), seg("taken.parquet")],
                                         {("t", "s"): 5})])
     assert catalog.partition_states("logs") == {0: PartitionState(0, 10)}
