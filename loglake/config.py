@@ -372,8 +372,8 @@ class RetentionPolicy(_Section):
     @field_validator("max_age")
     @classmethod
     def _age(cls, v: str) -> str:
-        if v:
-            duration_s(v)
+        if v and duration_s(v) <= 0:
+            raise ValueError("max_age must be longer than 0 (it would delete everything at once)")
         return v
 
     @field_validator("max_bytes")

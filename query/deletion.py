@@ -63,7 +63,7 @@ def delete_matching(root: DataRoot, catalog: Catalog, *, tenant: str, query: str
     report = DeletionReport(dry_run)
 
     def audit(removed: Removed) -> list[AuditEntry]:
-        return [AuditEntry(actor, "delete", tenant, svc, removed.min_ts_us, removed.max_ts_us, 1, rows,
+        return [AuditEntry(actor, "delete", tenant, svc, *removed.range_of(svc), 1, rows,
                            removed.bytes * rows // max(1, removed.rows),
                            {"segment": removed.segment.path, "query": query, "start_us": start_us, "end_us": end_us})
                 for svc, rows in sorted(removed.by_service.items())]

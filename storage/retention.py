@@ -88,7 +88,8 @@ class Action:
     kind: str                                   # "drop" (whole) | "rewrite" (expired rows only) | "bytes"
     #: For a rewrite: service -> rows of it before this time go.
     cutoffs: dict[str, int] = field(default_factory=dict)
-    actor: str = ""
+    #: Per service, the policy that removes its rows (for the audit).
+    actors: dict[str, str] = field(default_factory=dict)
 
 
 def plan(segments: list[SegmentRow], rules: Rules, now_us: int | None = None) -> list[Action]:
@@ -105,13 +106,12 @@ def plan(segments: list[SegmentRow], rules: Rules, now_us: int | None = None) ->
         for s in segs:
             cut = rules.cutoffs(tenant, list(s.services), now_us)
             expired = {svc: c for svc, (c, _) in cut.items() if s.min_ts_us < c}
-            policies = {p for svc, (_, p) in cut.items() if svc in expired}
-            actor = "; ".join(sorted(actor_of(p, f"max_age={p.max_age}") for p in policies))
+            actors = {svc: actor_of(p, f"max_age={p.max_age}") for svc, (_, p) in cut.items() if svc in expired}
             if expired and len(cut) == len(s.services) and all(s.max_ts_us < c for c, _ in cut.values()):
-                actions.append(Action(s, "drop", actor=actor))
+                actions.append(Action(s, "drop", actors=actors))
                 continue
             if expired:
-                actions.append(Action(s, "rewrite", expired, actor))
+                actions.append(Action(s, "rewrite", expired, actors))
             else:
                 untouched.append(s)
             kept_bytes += s.bytes
@@ -127,7 +127,8 @@ def plan(segments: list[SegmentRow], rules: Rules, now_us: int | None = None) ->
                 continue
             if any(rules.held(tenant, svc) for svc in s.services):
                 continue
-            actions.append(Action(s, "bytes", actor=actor_of(cap, f"max_bytes={cap.max_bytes}")))
+            actor = actor_of(cap, f"max_bytes={cap.max_bytes}")
+            actions.append(Action(s, "bytes", actors={svc: actor for svc in s.services}))
             kept_bytes -= s.bytes
     return actions
 
@@ -146,27 +147,27 @@ class RetentionReport:
         self.removed.append(r)
         total_rows = max(1, r.rows)
         for svc, rows in r.by_service.items():
+            lo, hi = r.range_of(svc)
             t = self.totals.setdefault((r.segment.tenant, svc), {"segments": 0, "rows": 0, "bytes": 0,
-                                                                 "min_ts_us": r.min_ts_us or 0,
-                                                                 "max_ts_us": r.max_ts_us or 0})
+                                                                 "min_ts_us": lo or 0, "max_ts_us": hi or 0})
             t["segments"] += 1
             t["rows"] += rows
             t["bytes"] += r.bytes * rows // total_rows
-            if r.min_ts_us is not None:
-                t["min_ts_us"] = min(t["min_ts_us"], r.min_ts_us)
-                t["max_ts_us"] = max(t["max_ts_us"], r.max_ts_us or 0)
+            if lo is not None and hi is not None:
+                t["min_ts_us"] = min(t["min_ts_us"], lo)
+                t["max_ts_us"] = max(t["max_ts_us"], hi)
 
 
 def _whole(seg: SegmentRow) -> Removed:
     return Removed(seg, seg.rows, seg.bytes, dict(seg.services), seg.min_ts_us, seg.max_ts_us)
 
 
-def audit_entries(removed: Removed, actor: str, action: str = "retention",
+def audit_entries(removed: Removed, actors: dict[str, str] | str, action: str = "retention",
                   detail: dict[str, object] | None = None) -> list[AuditEntry]:
-    """One audit entry per service that lost rows in ``removed``."""
+    """One audit entry per service that lost rows in ``removed``, each naming what removed them."""
     total = max(1, removed.rows)
-    return [AuditEntry(actor, action, removed.segment.tenant, svc, removed.min_ts_us, removed.max_ts_us, 1,
-                       rows, removed.bytes * rows // total,
+    return [AuditEntry(actors if isinstance(actors, str) else actors.get(svc, "retention"), action,
+                       removed.segment.tenant, svc, *removed.range_of(svc), 1, rows, removed.bytes * rows // total,
                        {"segment": removed.segment.path, **(detail or {})})
             for svc, rows in sorted(removed.by_service.items())]
 
@@ -195,7 +196,7 @@ def run(root: DataRoot, catalog: Catalog, rules: Rules, *, dry_run: bool = False
         if a.kind in ("drop", "bytes"):
             drops[a.segment.tenant].append(a)
     for group in drops.values():
-        removed = [(_whole(a.segment), a.actor) for a in group]
+        removed = [(_whole(a.segment), a.actors) for a in group]
         if not dry_run:
             try:
                 catalog.swap([a.segment for a in group], [],
@@ -212,7 +213,7 @@ def run(root: DataRoot, catalog: Catalog, rules: Rules, *, dry_run: bool = False
             continue
         try:
             r = rewrite_segment(root, catalog, a.segment, _expired_mask(a.cutoffs), dry_run=dry_run,
-                                audit=lambda removed, actor=a.actor: audit_entries(removed, actor),
+                                audit=lambda removed, actors=a.actors: audit_entries(removed, actors),
                                 zstd_level=zstd_level)
         except CatalogConflict:
             report.conflicts += 1

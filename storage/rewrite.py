@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from storage.catalog import AuditEntry, Catalog, SegmentRow
-from storage.root import DataRoot
+from storage.root import DataRoot, parquet_size
 from storage.schema import RECORD_SCHEMA
 from storage.segments import describe
 
@@ -33,6 +33,11 @@ class Removed:
     by_service: dict[str, int] = field(default_factory=dict)
     min_ts_us: int | None = None
     max_ts_us: int | None = None
+    #: Per service, the first and last time of its removed rows (when known; else the whole range).
+    ranges: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+    def range_of(self, service: str) -> tuple[int | None, int | None]:
+        return self.ranges.get(service, (self.min_ts_us, self.max_ts_us))
 
 
 def rows_to_drop(root: DataRoot, seg: SegmentRow, drop: DropRows) -> tuple[pa.Table, pa.BooleanArray]:
@@ -44,13 +49,14 @@ def rows_to_drop(root: DataRoot, seg: SegmentRow, drop: DropRows) -> tuple[pa.Ta
 
 
 def removed_of(seg: SegmentRow, gone: pa.Table, freed: int) -> Removed:
-    services = pc.value_counts(gone["service"].combine_chunks().dictionary_decode()
-                               if pa.types.is_dictionary(gone["service"].type) else gone["service"])
-    ts = pc.cast(gone["ts"], pa.int64())
-    return Removed(seg, gone.num_rows, freed,
-                   {str(v): int(c) for v, c in zip(services.field("values").to_pylist(),
-                                                   services.field("counts").to_pylist(), strict=True)},
-                   pc.min(ts).as_py() if gone.num_rows else None, pc.max(ts).as_py() if gone.num_rows else None)
+    if not gone.num_rows:
+        return Removed(seg, 0, freed)
+    per = pa.table({"service": gone["service"].cast(pa.string()), "ts": pc.cast(gone["ts"], pa.int64())}) \
+        .group_by("service").aggregate([("ts", "count"), ("ts", "min"), ("ts", "max")])
+    services = per["service"].to_pylist()
+    counts, lows, highs = (per[c].to_pylist() for c in ("ts_count", "ts_min", "ts_max"))
+    return Removed(seg, gone.num_rows, freed, dict(zip(services, counts, strict=True)), min(lows), max(highs),
+                   {s: (lo, hi) for s, lo, hi in zip(services, lows, highs, strict=True)})
 
 
 def rewrite_segment(root: DataRoot, catalog: Catalog, seg: SegmentRow, drop: DropRows, *,
@@ -66,13 +72,16 @@ def rewrite_segment(root: DataRoot, catalog: Catalog, seg: SegmentRow, drop: Dro
     if n == 0:
         return None
     gone = table.filter(mask)
-    if dry_run:
-        return removed_of(seg, gone, seg.bytes if n == table.num_rows else 0)
     if n == table.num_rows:
         removed = removed_of(seg, gone, seg.bytes)
-        catalog.swap([seg], [], audit=audit(removed))
+        if not dry_run:
+            catalog.swap([seg], [], audit=audit(removed))
         return removed
     kept = table.filter(pc.invert(mask))
+    if dry_run:
+        # What the real run frees: the kept rows written the same way, in memory.
+        size = parquet_size(kept, zstd_level=zstd_level, row_group_rows=row_group_rows)
+        return removed_of(seg, gone, max(0, seg.bytes - size))
     rel = f"{seg.path.rsplit('/', 1)[0]}/rewritten-{uuid.uuid4().hex}.parquet"
     size = root.write_parquet(rel, kept, zstd_level=zstd_level, row_group_rows=row_group_rows)
     removed = removed_of(seg, gone, max(0, seg.bytes - size))

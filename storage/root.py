@@ -97,9 +97,7 @@ class DataRoot:
     def write_parquet(self, rel: str, table: pa.Table, *, zstd_level: int = 3,
                       row_group_rows: int = 128 * 1024) -> int:
         """Write ``table`` as zstd Parquet at ``rel`` so it appears whole or not at all; returns its size."""
-        options = dict(compression="zstd", compression_level=zstd_level, use_dictionary=DICTIONARY_COLUMNS,
-                       column_encoding=COLUMN_ENCODING,
-                       write_statistics=True, write_page_index=True, row_group_size=row_group_rows)
+        options = parquet_options(zstd_level, row_group_rows)
         if not self.local:
             with self.fs.open_output_stream(self._path(rel)) as out:
                 pq.write_table(table, out, **options)
@@ -162,6 +160,20 @@ class DataRoot:
         # Loaded first: with external access off, extensions can no longer be loaded.
         con.execute("SET allowed_directories = ?", [[self.url + "/"]])
         con.execute("SET enable_external_access = false")
+
+
+def parquet_options(zstd_level: int, row_group_rows: int) -> dict[str, object]:
+    """How every segment is written (``pyarrow.parquet.write_table`` keywords)."""
+    return dict(compression="zstd", compression_level=zstd_level, use_dictionary=DICTIONARY_COLUMNS,
+                column_encoding=COLUMN_ENCODING, write_statistics=True, write_page_index=True,
+                row_group_size=row_group_rows)
+
+
+def parquet_size(table: pa.Table, *, zstd_level: int, row_group_rows: int) -> int:
+    """The bytes ``table`` would take as a segment (written to memory, not stored)."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, **parquet_options(zstd_level, row_group_rows))
+    return sink.tell()
 
 
 def _sql_literal(v: str | bool) -> str:
