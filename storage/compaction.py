@@ -86,13 +86,19 @@ def merge(root: DataRoot, batch: list[SegmentRow], cfg: CompactionConfig) -> tup
     table = pa.concat_tables([root.read_parquet(s.path).cast(RECORD_SCHEMA) for s in batch]).unify_dictionaries()
     table = sort_rows(table.combine_chunks())
     tenant, directory = batch[0].tenant, hour_of(batch[0])
-    infos = []
-    for start in range(0, table.num_rows, cfg.target_rows):
-        part = table.slice(start, cfg.target_rows)
-        rel = f"{directory}/compacted-{uuid.uuid4().hex}.parquet"
-        size = root.write_parquet(rel, part, zstd_level=cfg.zstd_level, row_group_rows=cfg.row_group_rows)
-        infos.append(describe(tenant, rel, part, size))
+    infos: list[SegmentInfo] = []
+    try:
+        for start in range(0, table.num_rows, cfg.target_rows):
+            part = table.slice(start, cfg.target_rows)
+            rel = f"{directory}/compacted-{uuid.uuid4().hex}.parquet"
+            size = root.write_parquet(rel, part, zstd_level=cfg.zstd_level, row_group_rows=cfg.row_group_rows)
+            infos.append(describe(tenant, rel, part, size))
+    except BaseException:
+        for info in infos:
+            root.delete(info.path)
+        raise
     return infos, table
+
 
 
 def compact(root: DataRoot, catalog: Catalog, cfg: CompactionConfig, *, tenant: str | None = None,
@@ -101,7 +107,13 @@ def compact(root: DataRoot, catalog: Catalog, cfg: CompactionConfig, *, tenant: 
     report = CompactionReport()
     t0 = time.perf_counter()
     for batch in plan(catalog.live_segments(tenant), cfg, now_us):
-        infos, table = merge(root, batch, cfg)
+        try:
+            infos, table = merge(root, batch, cfg)
+        except (OSError, pa.ArrowException) as e:
+            # A file gone or unreadable: the hour is fsck's business; the other hours go on.
+            log.error("compaction could not read an hour; skipped (see loglake fsck)",
+                      extra={"hour": hour_of(batch[0]), "reason": f"{type(e).__name__}: {e}"[:300]})
+            continue
         if table.num_rows != sum(s.rows for s in batch):
             # The catalog and the files disagree: leave the hour to fsck rather than guess.
             log.error("compaction input rows differ from the catalog; hour skipped",
@@ -157,14 +169,22 @@ def collect_garbage(root: DataRoot, catalog: Catalog, grace_s: float, *, now_us:
         done.append(seg.id)
     catalog.forget(done)
     if orphans:
+        # Files first, then the catalog: a segment committed in between is known, not an orphan.
+        files = root.files()
         known = catalog.known_paths()
-        for rel, stat in root.files().items():
+        for rel, stat in files.items():
             if not is_segment_file(rel) or rel in known:
                 continue
-            if stat.mtime_us is not None and stat.mtime_us < cut and root.delete(rel):
+            if stat.mtime_us is not None and stat.mtime_us < cut and _still_old(root, rel, cut) and root.delete(rel):
                 report.orphans_deleted += 1
                 report.bytes_freed += stat.size
     return report
+
+
+def _still_old(root: DataRoot, rel: str, cut_us: int) -> bool:
+    """Looked at again just before deleting: a replay may have rewritten the file meanwhile."""
+    stat = root.stat(rel)
+    return stat is not None and stat.mtime_us is not None and stat.mtime_us < cut_us
 
 
 def is_segment_file(rel: str) -> bool:

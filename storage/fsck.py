@@ -41,6 +41,8 @@ def fsck(root: DataRoot, catalog: Catalog, *, repair: bool = False, grace_s: flo
     """Compare ``root`` with ``catalog``; with ``repair``, fix what is safe to fix."""
     now_us = time.time_ns() // 1000 if now_us is None else now_us
     report = FsckReport(repaired=repair)
+    # The catalog's live set before the files: a segment committed in between has its file listed.
+    live = catalog.live_segments()
     files = {rel: st for rel, st in root.files().items() if is_segment_file(rel)}
     known = catalog.known_paths()
     for rel, st in sorted(files.items()):
@@ -49,8 +51,8 @@ def fsck(root: DataRoot, catalog: Catalog, *, repair: bool = False, grace_s: flo
         age = (now_us - st.mtime_us) / 1e6 if st.mtime_us is not None else None
         entry = (rel, st.size, age)
         (report.orphans if age is None or age >= grace_s else report.young_orphans).append(entry)
-    by_path = {s.path: s for s in catalog.live_segments()}
-    report.missing = [s for p, s in sorted(by_path.items()) if p not in files]
+    by_path = {s.path: s for s in live}
+    report.missing = [s for p, s in sorted(by_path.items()) if p not in files and not root.exists(p)]
     report.retired_gone = [s for s in catalog.retired() if s.path not in files]
     if not repair:
         return report

@@ -124,6 +124,13 @@ class DataRoot:
             return False
         return True
 
+    def stat(self, rel: str) -> FileStat | None:
+        """Size and modification time of the file at ``rel``; None if there is none."""
+        info = self.fs.get_file_info(self._path(rel))
+        if info.type != pafs.FileType.File:
+            return None
+        return FileStat(info.size or 0, info.mtime_ns // 1000 if info.mtime_ns is not None else None)
+
     def exists(self, rel: str) -> bool:
         return self.fs.get_file_info(self._path(rel)).type == pafs.FileType.File
 
