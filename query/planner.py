@@ -12,6 +12,7 @@ from query.errors import QueryError, UnknownField
 from query.language.ast import And, MatchAll, Node, Not, Or, Term
 from query.language.lexer import FIELD_RE
 from storage.catalog import SegmentRow
+from storage.errors import StorageError
 
 #: Columns a term can address by name, and how it compares.
 _EXACT = {"service", "host", "source", "trace_id", "span_id"}
@@ -128,6 +129,13 @@ def prune(segments: list[SegmentRow], node: Node) -> list[SegmentRow]:
             and (levels is None or levels & s.levels.keys())]
 
 
+def _inside(path: str) -> str:
+    """A catalog path, refused if it would leave the data root (DuckDB's check of s3:// URLs is lexical)."""
+    if path.startswith("/") or "\\" in path or ".." in path.split("/"):
+        raise StorageError(f"segment path {path!r} leaves the data root; run loglake fsck")
+    return path
+
+
 @dataclass
 class SearchPlan:
     sql: str
@@ -144,7 +152,7 @@ def plan_search(node: Node, segments: list[SegmentRow], root: str, start_us: int
     chosen = prune(segments, node)
     cond = compile_filter(node)
     direction = "DESC" if order == "desc" else "ASC"
-    files = [f"{root}/{s.path}" for s in chosen]
+    files = [f"{root}/{_inside(s.path)}" for s in chosen]
     sql = (f"SELECT {', '.join(SELECT_COLUMNS)} FROM read_parquet(?) "
            f"WHERE ts >= make_timestamptz(?::BIGINT) AND ts < make_timestamptz(?::BIGINT) AND ({cond.sql}) "
            f"ORDER BY ts {direction} LIMIT ?")
