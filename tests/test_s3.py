@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 import uuid
 from collections import Counter
@@ -183,6 +182,12 @@ def rows_at(root: DataRoot, paths: list[str]) -> list[tuple[Any, ...]]:
     return sorted(out)
 
 
+def pq_bytes(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    return sink.getvalue().to_pybytes()
+
+
 def live_rows(root: DataRoot, catalog: Catalog) -> list[tuple[Any, ...]]:
     return rows_at(root, [s.path for s in catalog.live_segments()])
 
@@ -230,7 +235,7 @@ def test_write_read_round_trip_and_files_lists_exactly_the_written_objects(s3: S
         assert int(before - 1) * 1_000_000 <= stat.mtime_us <= int(after + 1) * 1_000_000
     assert sorted(root.files("tenant=a")) == paths[:2], "under= lists a subtree, paths still relative to the root"
     assert root.files("tenant=zzz") == {}
-    assert s3.object_keys() == set(paths) | set(), "every write is one object at <prefix>/<path>"
+    assert s3.object_keys() == set(paths), "every write is one object at <prefix>/<path>"
 
 
 def test_delete_returns_true_once_then_false(s3: S3) -> None:
@@ -247,6 +252,40 @@ def test_delete_returns_true_once_then_false(s3: S3) -> None:
     assert s3.object_keys() == {keep}
 
 
+@pytest.mark.parametrize("url", ["s3://{bucket}", "s3://{bucket}/"])
+def test_a_data_root_at_the_top_of_a_bucket(s3: S3, tmp_path: Path, url: str) -> None:
+    root = DataRoot(url.format(bucket=s3.bucket), s3.config)
+    assert root.url == f"s3://{s3.bucket}"
+    [info] = write_segments(root, "default", table_of([record("t1", "10:00"), record("t2", "10:01")]), "top.parquet")
+    assert s3.keys() == [info.path]
+    assert list(root.files()) == [info.path] and root.files()[info.path].size == info.bytes
+    con = duck(root)
+    try:
+        assert con.execute("SELECT count(*) FROM read_parquet(?)", [root.file_url(info.path)]).fetchone() == (2,)
+        bucket2 = f"{s3.bucket}-2"           # a bucket whose name starts with this one's
+        s3.client.create_bucket(Bucket=bucket2)
+        DataRoot(f"s3://{bucket2}", s3.config).write_parquet("x.parquet", table_of([record("x", "10:00")]))
+        with pytest.raises(duckdb.PermissionException):
+            con.execute("SELECT count(*) FROM read_parquet(?)", [f"s3://{bucket2}/x.parquet"]).fetchall()
+    finally:
+        con.close()
+    assert root.delete(info.path) and root.files() == {}
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "DataRoot.delete on S3 (pyarrow's S3FileSystem.delete_file) PUTs a zero-byte directory marker "
+    "'<prefix>/<dir>/' for the deleted file's parent, and nothing ever deletes it: every hour directory "
+    "that compaction, retention, deletion or GC has touched keeps an object forever"))
+def test_deleting_files_leaves_no_objects_behind(s3: S3) -> None:
+    root = s3.root()
+    hour = "tenant=a/date=2024-03-01/hour=09"
+    for name in ("one.parquet", "two.parquet"):
+        root.write_parquet(f"{hour}/{name}", table_of([record(name, "09:00")]))
+    assert root.delete(f"{hour}/one.parquet") and root.delete(f"{hour}/two.parquet")
+    assert root.files() == {}
+    assert s3.keys() == [], "the bucket should be as empty as the root's listing"
+
+
 @pytest.mark.parametrize("rel", ["../other/x.parquet", "tenant=a/../../other/x.parquet", "tenant=a/..",
                                  "/lake/tenant=a/x.parquet"])
 def test_paths_escaping_the_root_are_refused(s3: S3, rel: str) -> None:
@@ -261,12 +300,6 @@ def test_paths_escaping_the_root_are_refused(s3: S3, rel: str) -> None:
     assert s3.keys() == before, "nothing written or deleted"
 
 
-def pq_bytes(table: pa.Table) -> bytes:
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink)
-    return sink.getvalue().to_pybytes()
-
-
 @pytest.mark.parametrize("unset", [(KEY_ENV, SECRET_ENV), (KEY_ENV,), (SECRET_ENV,)])
 def test_missing_credentials_are_a_storage_error_naming_the_variables(
         s3: S3, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, unset: tuple[str, ...]) -> None:
@@ -277,11 +310,15 @@ def test_missing_credentials_are_a_storage_error_naming_the_variables(
     assert KEY_ENV in str(e.value) and SECRET_ENV in str(e.value)
     assert "test-key" not in str(e.value) and "test-secret" not in str(e.value), "no secret in the message"
     # Every user of the root fails the same way (before touching DuckDB or the bucket).
+    from ingest.worker import IngestWorker
+
     cfg = lake_config(s3, tmp_path)
     catalog = Catalog(cfg.storage.resolved_catalog_url())
     try:
         with pytest.raises(StorageError, match=KEY_ENV):
             SearchService(cfg, catalog)
+        with pytest.raises(StorageError, match=KEY_ENV):
+            IngestWorker(cfg, catalog)
     finally:
         catalog.close()
 
@@ -356,12 +393,11 @@ def test_duckdb_cannot_read_outside_the_root(s3: S3, tmp_path: Path) -> None:
     try:
         assert con.execute("SELECT count(*) FROM read_parquet(?)",
                            [root.file_url("tenant=default/inside.parquet")]).fetchone() == (1,)
-        for what, url in outside.items():
-            with pytest.raises(duckdb.PermissionException):
-                con.execute("SELECT * FROM read_parquet(?)", [url]).fetchall()
-            assert what
+        for url in outside.values():
+            with pytest.raises(duckdb.PermissionException, match="disabled by configuration"):
+                con.execute("SELECT count(*) FROM read_parquet(?)", [url]).fetchall()
         with pytest.raises(duckdb.PermissionException):
-            con.execute("SELECT * FROM read_csv(?)", [outside["local file"]]).fetchall()
+            con.execute("SELECT count(*) FROM read_csv(?)", [outside["local file"]]).fetchall()
         # The restriction cannot be lifted from inside.
         with pytest.raises(duckdb.Error):
             con.execute("SET enable_external_access = true")
@@ -378,10 +414,24 @@ def test_duckdb_cannot_climb_out_of_the_root_with_dot_dot(s3: S3, tmp_path: Path
     con = duck(s3.root())
     try:
         with pytest.raises(duckdb.PermissionException):
-            con.execute("SELECT * FROM read_parquet(?)",
+            con.execute("SELECT count(*) FROM read_parquet(?)",
                         [f"s3://{s3.bucket}/{PREFIX}/../other/tenant=default/x.parquet"]).fetchall()
     finally:
         con.close()
+
+
+def test_search_refuses_a_catalog_path_that_climbs_out_of_the_root(
+        lake: tuple[Config, DataRoot, Catalog], s3: S3) -> None:
+    cfg, root, catalog = lake
+    store(root, catalog, [record("mine", "10:00")], "mine.parquet")
+    s3.root("other").write_parquet("tenant=default/x.parquet", table_of([record("secret", "10:30")]))
+    # A catalog row (a shared catalog is another trust boundary) pointing outside the root.
+    commit(catalog, [SegmentInfo("default", "../other/tenant=default/x.parquet", at("10:30"), at("10:30"), 1, 100,
+                                 {"api": 1}, {"info": 1})])
+    service = SearchService(cfg, catalog)
+    with pytest.raises((StorageError, duckdb.PermissionException)):
+        leaked = ids(service.search("", *ALL))
+        assert "secret" not in leaked           # (what a search must never return)
 
 
 # -- 3. search -------------------------------------------------------------------------
@@ -436,23 +486,28 @@ def test_search_service_on_s3_finds_exactly_the_committed_rows(lake: tuple[Confi
 
     row = service.search("slow", *ALL).rows[0]
     assert row["service"] == "db" and row["level"] == "warn" and row["host"] == "web-1"
-    assert row["ts"] == f"{DAY}T10:20:00.000000Z" or row["ts"].startswith(f"{DAY}T10:20:00")
+    assert (row["ts"], row["observed_ts"]) == (f"{DAY}T10:20:00.000000Z", f"{DAY}T10:20:00.001000Z")
     assert row["attrs"] == {"id": "d1"}
 
 
 def test_search_api_on_s3(lake: tuple[Config, DataRoot, Catalog]) -> None:
-    from fastapi.testclient import TestClient
+    import httpx
 
     from query.api.app import create_app
 
     cfg, root, catalog = lake
     build_search_lake(root, catalog)
-    with TestClient(create_app(cfg, catalog)) as client:
-        resp = client.get("/api/v1/search", params={"q": "timeout", "start": ALL[0], "end": ALL[1], "order": "asc"})
-        assert resp.status_code == 200, resp.text
-        assert [r["attrs"]["id"] for r in resp.json()["rows"]] == ["a2", "a4", "w2"]
-        ready = client.get("/readyz").json()
-        assert ready["status"] == "ready" and ready["rows"] == 9
+    app = create_app(cfg, catalog)
+
+    async def get(path: str, **params: str) -> httpx.Response:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://loglake") as client:
+            return await client.get(path, params=params)
+
+    resp = asyncio.run(get("/api/v1/search", q="timeout", start=ALL[0], end=ALL[1], order="asc"))
+    assert resp.status_code == 200, resp.text
+    assert [r["attrs"]["id"] for r in resp.json()["rows"]] == ["a2", "a4", "w2"]
+    ready = asyncio.run(get("/readyz")).json()
+    assert ready["status"] == "ready" and ready["rows"] == 9
 
 
 # -- 4. ingest ---------------------------------------------------------------------------
@@ -520,10 +575,13 @@ def test_ingest_worker_stores_every_record_exactly_once_on_s3(broker: str, s3: S
     from loglake.topics import ensure_topic
 
     topic = f"s3test.{uuid.uuid4().hex[:12]}"
-    cfg = lake_config(s3, tmp_path,
-                      kafka={"bootstrap_servers": broker, "topic": topic, "partitions": 2},
-                      ingest={"group_id": f"{topic}-ingest", "flush_interval_s": 0.3,
-                              "dead_letter_topic": f"{topic}.dead"})
+
+    def config(group: str) -> Config:
+        return lake_config(s3, tmp_path, kafka={"bootstrap_servers": broker, "topic": topic, "partitions": 2},
+                           ingest={"group_id": f"{topic}-{group}", "flush_interval_s": 0.3,
+                                   "dead_letter_topic": f"{topic}.dead"})
+
+    cfg = config("first")
     catalog = Catalog(cfg.storage.resolved_catalog_url())
     try:
         asyncio.run(ensure_topic(cfg.kafka))
@@ -532,11 +590,12 @@ def test_ingest_worker_stores_every_record_exactly_once_on_s3(broker: str, s3: S
         stats1 = asyncio.run(_ingest_until(cfg, catalog, 205, first))
         assert stats1["records"] == 205
 
-        # A second worker (a restart) resumes from the catalog's offsets. The shipper of
-        # alpha re-sends its last frame (an acknowledgement was lost) before new ones.
-        resent = (first[3][0], _reframe(first[3]), first[3][2])
-        second = [resent, a.frame(125, 30), b.frame(80, 20)]
-        stats2 = asyncio.run(_ingest_until(cfg, catalog, 255, second))
+        # A second worker (a restart) resumes from the catalog's offsets, not Kafka's: it
+        # joins a new consumer group (no committed offsets there; also a quicker join
+        # than waiting out the old group's rebalance). The shipper of alpha re-sends its
+        # last frame, byte for byte (an acknowledgement was lost), before new ones.
+        second = [first[3], a.frame(125, 30), b.frame(80, 20)]
+        stats2 = asyncio.run(_ingest_until(config("second"), catalog, 255, second))
         assert stats2["records"] == 50 and stats2["deduplicated"] == 25
 
         want = Counter(m for frames in (first, second[1:]) for _, _, ms in frames for m in ms)
@@ -555,11 +614,6 @@ def test_ingest_worker_stores_every_record_exactly_once_on_s3(broker: str, s3: S
         assert Counter(r["message"] for r in got.rows) == want
     finally:
         catalog.close()
-
-
-def _reframe(frame: tuple[bytes, bytes, list[str]]) -> bytes:
-    """The same frame bytes again (a shipper's re-send is byte-identical)."""
-    return frame[1]
 
 
 # -- 5. compaction, garbage, fsck -----------------------------------------------------------
@@ -603,10 +657,16 @@ def test_compaction_on_s3_merges_an_hour_and_garbage_collection_deletes_the_inpu
     assert all(root.exists(p) for p in inputs)
     assert catalog.retired() and {s.path for s in catalog.retired()} == set(inputs)
     assert collect_garbage(root, catalog, grace_s=600).retired_deleted == 0
+    # A retired input whose object someone already deleted: fsck forgets it.
+    s3.remove(f"{PREFIX}/{inputs[0]}")
+    report = fsck(root, catalog)
+    assert [s.path for s in report.retired_gone] == [inputs[0]] and report.missing == [] and report.orphans == []
+    fsck(root, catalog, repair=True)
+    assert inputs[0] not in catalog.known_paths()
 
     gc = collect_garbage(root, catalog, grace_s=0)
 
-    assert (gc.retired_deleted, gc.orphans_deleted) == (12, 0)
+    assert (gc.retired_deleted, gc.orphans_deleted) == (11, 0)
     assert not any(root.exists(p) for p in inputs)
     assert catalog.retired() == []
     assert set(root.files()) == {merged.path, lone.path}
@@ -726,4 +786,3 @@ def test_delete_matching_on_s3_rewrites_the_segment_without_the_matching_rows(
     assert s3.object_keys() == {rewritten, later.path}
     left = [m for p in s3.object_keys() for m in root.read_parquet(p)["message"].to_pylist()]
     assert sorted(m for m in left if "hunter2" in m) == ["password=hunter2 again"], "really gone from the bucket"
-    assert re.search("hunter2", " ".join(left).replace("password=hunter2 again", "")) is None
