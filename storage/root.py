@@ -89,7 +89,8 @@ class DataRoot:
         return f"{self.base}/{rel}"
 
     def file_url(self, rel: str) -> str:
-        """What DuckDB reads for the file at ``rel``."""
+        """What DuckDB reads for the file at ``rel`` (refused if it would leave the root)."""
+        self._path(rel)
         return f"{self.url}/{rel}"
 
     # -- files ---------------------------------------------------------------
