@@ -46,12 +46,6 @@ def cmd_broker(cfg: Config, args: argparse.Namespace) -> int:
         signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
         proc.wait()
         return proc.returncode or 0
-    except QueryError as e:        # a bad query given to `delete`
-        print(f"loglake {args.command}: {e}", file=sys.stderr)
-        return EXIT_QUERY
-    except StorageError as e:      # the catalog or the data root cannot be used
-        print(f"loglake {args.command}: {e}", file=sys.stderr)
-        return EXIT_FAILURE
     except KeyboardInterrupt:
         return 0
     finally:
