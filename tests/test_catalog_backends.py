@@ -10,7 +10,6 @@ from __future__ import annotations
 import multiprocessing as mp
 import queue
 import random
-import sqlite3
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -18,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from tests.catalogs import integrity, is_postgres, run_sql
 from storage.catalog import MIGRATIONS, AuditEntry, Catalog, PartitionCommit, PartitionState, SegmentRow
 from storage.errors import CatalogConflict
 from storage.segments import SegmentInfo
@@ -31,35 +31,6 @@ TOPIC = "logs"
 def seg(path: str, lo: int = 0, hi: int = 10, *, tenant: str = "t", rows: int = 1) -> SegmentInfo:
     return SegmentInfo(tenant=tenant, path=path, min_ts_us=lo, max_ts_us=hi, rows=rows, bytes=100 * rows,
                        services={"api": rows}, levels={"info": rows})
-
-
-def is_postgres(url: str) -> bool:
-    return url.startswith(("postgresql://", "postgres://"))
-
-
-def run_sql(url: str, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    """One statement (``?`` placeholders) on the catalog's database, behind the catalog's back."""
-    if is_postgres(url):
-        import psycopg
-
-        with psycopg.connect(url, autocommit=True) as conn:
-            cur = conn.execute(sql.replace("?", "%s"), params)
-            return [tuple(r) for r in cur.fetchall()] if cur.description else []
-    db = sqlite3.connect(url.removeprefix("sqlite:///"))
-    try:
-        with db:
-            return [tuple(r) for r in db.execute(sql, params).fetchall()]
-    finally:
-        db.close()
-
-
-def integrity(url: str) -> str:
-    """'ok' when the catalog's database is sound (SQLite's integrity_check; on PostgreSQL, the invariants)."""
-    if not is_postgres(url):
-        return str(run_sql(url, "PRAGMA integrity_check")[0][0])
-    [(n, paths)] = run_sql(url, "SELECT count(*), count(DISTINCT path) FROM segments")
-    [(versions,)] = run_sql(url, "SELECT count(*) FROM loglake_schema")
-    return "ok" if n == paths and versions == 1 else f"{n} rows, {paths} paths, {versions} versions"
 
 
 @pytest.fixture
