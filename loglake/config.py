@@ -432,6 +432,17 @@ class QueryConfig(_Section):
     max_limit: int = Field(10_000, ge=1)
     threads: int = Field(2, ge=1)
     memory_limit: str = "2GB"
+    #: A query still running after this long is interrupted (HTTP 504).
+    timeout_s: float = Field(30.0, gt=0)
+    #: Refuse (HTTP 422) a query whose planned segments add up to more than this.
+    max_scan_bytes: int = Field(50 * 1024**3, ge=1)
+    #: Queries running at once; more wait up to queue_timeout_s, then get HTTP 429.
+    max_concurrent: int = Field(4, ge=1)
+    queue_timeout_s: float = Field(2.0, ge=0)
+    #: Rows /api/v1/fields samples (newest first) to list attribute keys and top values.
+    fields_sample_rows: int = Field(10_000, ge=1)
+    #: Groups an aggregation keeps before folding the rest into "other".
+    default_top: int = Field(10, ge=1)
 
 
 class DemoConfig(_Section):

@@ -1,33 +1,62 @@
-"""AST + catalog -> parameterised DuckDB SQL over exactly the segments that can match.
+"""AST + catalog -> parameterised DuckDB SQL over exactly the data that can match.
 
 User text never becomes SQL text: values are bound parameters, column names
 come from the schema, and attribute keys are bound as map keys.
+
+Pruning happens in three steps, each reported in the query's stats: the
+catalog drops segments outside the time range or without a pinned service or
+level; the trigram index in each remaining segment's footer drops row groups
+whose messages cannot contain the searched text (and segments left with
+none); DuckDB then skips row groups by their Parquet statistics and reads only
+the columns the query uses.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from query.errors import QueryError, UnknownField
-from query.language.ast import And, MatchAll, Node, Not, Or, Term
+from query.language.ast import And, Compare, Exists, MatchAll, Node, Not, Or, Range, Term
 from query.language.lexer import FIELD_RE
+from storage import tokens
 from storage.catalog import SegmentRow
 from storage.errors import StorageError
+from storage.schema import SEVERITY
+from storage.tokens import SegmentIndex
 
-#: Columns a term can address by name, and how it compares.
+#: Columns a term can address by name and compare exactly.
 _EXACT = {"service", "host", "source", "trace_id", "span_id"}
 _ALIASES = {"msg": "message", "body": "message", "svc": "service"}
 SELECT_COLUMNS = ("ts", "observed_ts", "service", "host", "source", "level", "severity",
                   "message", "attrs", "trace_id", "span_id")
-
+_TIME_COLUMNS = {"ts", "observed_ts"}
 
 _LEVEL_ALIASES = {"warning": "warn", "err": "error", "critical": "fatal", "crit": "fatal"}
+
+#: A number with an optional duration unit, as attribute values write them.
+_DURATION_SQL = r"^\s*([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(ns|us|µs|ms|s|m|h|d)?\s*$"
+_DURATION = re.compile(_DURATION_SQL)
+_UNIT_S = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
 def level_value(text: str) -> str:
     """A level as stored: lower case, common aliases folded."""
     value = text.lower()
     return _LEVEL_ALIASES.get(value, value)
+
+
+def resolve(name: str) -> tuple[str, str]:
+    """``("column", name)`` for a record column, else ``("attr", key)``."""
+    name = _ALIASES.get(name, name)
+    if not FIELD_RE.fullmatch(name):
+        raise UnknownField(f"invalid field name {name!r}")
+    if name in SELECT_COLUMNS:
+        return "column", name
+    return "attr", name.removeprefix("attrs.")
 
 
 def _like_pattern(value: str) -> str:
@@ -45,19 +74,84 @@ def _like_pattern(value: str) -> str:
     return "".join(out)
 
 
+def number(text: str) -> tuple[float, str | None] | None:
+    """``500`` -> (500.0, None); ``250ms`` -> (0.25, 'ms') in seconds; None if neither."""
+    m = _DURATION.fullmatch(text)
+    if not m:
+        return None
+    value = float(m.group(1))
+    unit = m.group(2)
+    return (value * _UNIT_S[unit], unit) if unit else (value, None)
+
+
 @dataclass
 class Compiled:
     sql: str
     params: list[object] = field(default_factory=list)
 
 
+def _value_sql(kind: str, name: str) -> Compiled:
+    return Compiled(name) if kind == "column" else Compiled("attrs[?]", [name])
+
+
+def numeric_sql(v: Compiled, unit: str | None) -> Compiled:
+    """``v`` as a number; with a unit, as seconds (a bare number is taken in ``unit``)."""
+    if unit is None:
+        return Compiled(f"TRY_CAST({v.sql} AS DOUBLE)", v.params)
+    cases = " ".join(f"WHEN '{u}' THEN {f!r}" for u, f in _UNIT_S.items())
+    sql = (f"TRY_CAST(regexp_extract({v.sql}, '{_DURATION_SQL}', 1) AS DOUBLE) * "
+           f"CASE regexp_extract({v.sql}, '{_DURATION_SQL}', 2) WHEN '' THEN {_UNIT_S[unit]!r} {cases} END")
+    return Compiled(sql, v.params * 2)
+
+
+_SQL_OPS = {">": ">", ">=": ">=", "<": "<", "<=": "<="}
+
+
+def _comparisons(fname: str, bounds: list[tuple[str, str]]) -> Compiled:
+    """``field op value`` for each (op, value), ANDed; numeric when every value is a number or duration."""
+    kind, name = resolve(fname)
+    if name in _TIME_COLUMNS:
+        raise QueryError(f"{name} cannot be compared in a query: use start and end")
+    if name == "level" or name == "severity":
+        params = []
+        for _, value in bounds:
+            if name == "level" and level_value(value) in SEVERITY:
+                params.append(SEVERITY[level_value(value)])
+            else:
+                try:
+                    params.append(int(value))
+                except ValueError:
+                    raise QueryError(f"{fname} compares with a level name or a severity number, "
+                                     f"not {value!r}") from None
+        return Compiled(" AND ".join(f"severity {_SQL_OPS[op]} ?" for op, _ in bounds), params)
+    parsed = [number(v) for _, v in bounds]
+    subject = _value_sql(kind, name)
+    if all(p is not None for p in parsed):
+        units = [p[1] for p in parsed if p is not None and p[1] is not None]
+        unit = units[0] if units else None
+        num = numeric_sql(subject, unit)
+        parts, params = [], []
+        for (op, _), p in zip(bounds, parsed, strict=True):
+            assert p is not None
+            value = p[0] if p[1] is not None or unit is None else p[0] * _UNIT_S[unit]
+            parts.append(f"{num.sql} {_SQL_OPS[op]} ?")
+            params += [*num.params, value]
+        return Compiled(" AND ".join(parts), params)
+    parts, params = [], []
+    for op, value in bounds:
+        parts.append(f"{subject.sql} {_SQL_OPS[op]} ?")
+        params += [*subject.params, value]
+    return Compiled(" AND ".join(parts), params)
+
+
 def _term(t: Term) -> Compiled:
-    name = t.field
-    if name is not None:
-        name = _ALIASES.get(name, name)
-        if not FIELD_RE.fullmatch(name):
-            raise UnknownField(f"invalid field name {name!r}")
-    if name is None or name == "message":
+    kind, name = resolve(t.field) if t.field is not None else ("column", "message")
+    if t.kind == "regex":
+        subject = _value_sql(kind, name)
+        if name in _TIME_COLUMNS or name == "severity":
+            raise QueryError(f"{name} cannot be matched by a regular expression")
+        return Compiled(f"regexp_matches({subject.sql}, ?)", [*subject.params, t.value])
+    if name == "message":
         if t.kind == "wildcard":
             return Compiled("lower(message) LIKE ? ESCAPE '\\'", [f"%{_like_pattern(t.value.lower())}%"])
         return Compiled("contains(lower(message), ?)", [t.value.lower()])
@@ -70,16 +164,21 @@ def _term(t: Term) -> Compiled:
             return Compiled("severity = ?", [int(t.value)])
         except ValueError:
             raise QueryError(f"severity takes a number, not {t.value!r}") from None
-    if name in ("ts", "observed_ts"):
+    if name in _TIME_COLUMNS:
         raise QueryError(f"{name} cannot be searched as a value: use start and end")
-    if name in _EXACT:
-        if t.kind == "wildcard":
-            return Compiled(f"{name} LIKE ? ESCAPE '\\'", [_like_pattern(t.value)])
-        return Compiled(f"{name} = ?", [t.value])
-    key = name.removeprefix("attrs.")
+    subject = _value_sql(kind, name)
     if t.kind == "wildcard":
-        return Compiled("attrs[?] LIKE ? ESCAPE '\\'", [key, _like_pattern(t.value)])
-    return Compiled("attrs[?] = ?", [key, t.value])
+        return Compiled(f"{subject.sql} LIKE ? ESCAPE '\\'", [*subject.params, _like_pattern(t.value)])
+    return Compiled(f"{subject.sql} = ?", [*subject.params, t.value])
+
+
+def _exists(e: Exists) -> Compiled:
+    kind, name = resolve(e.field)
+    if kind == "attr":
+        return Compiled("map_contains(attrs, ?)", [name])
+    if name in ("trace_id", "span_id"):
+        return Compiled(f"coalesce({name}, '') <> ''")
+    return Compiled("TRUE")
 
 
 def compile_filter(node: Node) -> Compiled:
@@ -89,6 +188,19 @@ def compile_filter(node: Node) -> Compiled:
             return Compiled("TRUE")
         case Term():
             return _term(node)
+        case Compare(field=f, op=op, value=v):
+            return _comparisons(f, [(op, v)])
+        case Range(field=f):
+            bounds = []
+            if node.low is not None:
+                bounds.append((">=" if node.include_low else ">", node.low))
+            if node.high is not None:
+                bounds.append(("<=" if node.include_high else "<", node.high))
+            if not bounds:
+                return _exists(Exists(f))
+            return _comparisons(f, bounds)
+        case Exists():
+            return _exists(node)
         case Not(item=item):
             inner = compile_filter(item)
             return Compiled(f"NOT coalesce(({inner.sql}), FALSE)", inner.params)
@@ -97,6 +209,18 @@ def compile_filter(node: Node) -> Compiled:
             op = " AND " if isinstance(node, And) else " OR "
             return Compiled(op.join(f"({p.sql})" for p in parts), [x for p in parts for x in p.params])
     raise TypeError(f"not a query node: {node!r}")
+
+
+def regexes(node: Node) -> list[str]:
+    """Every regular expression in ``node``, so the service can check them before running."""
+    match node:
+        case Term(kind="regex"):
+            return [node.value]
+        case Not(item=item):
+            return regexes(item)
+        case And(items=items) | Or(items=items):
+            return [r for i in items for r in regexes(i)]
+    return []
 
 
 def required_values(node: Node, column: str) -> set[str] | None:
@@ -129,6 +253,45 @@ def prune(segments: list[SegmentRow], node: Node) -> list[SegmentRow]:
             and (levels is None or levels & s.levels.keys())]
 
 
+# -- the trigram index ----------------------------------------------------------
+
+RowGroupTest = Callable[[SegmentIndex], np.ndarray]
+
+
+def _message_text(t: Term) -> list[str]:
+    """Lower-cased pieces every matching message contains."""
+    if t.field is not None and _ALIASES.get(t.field, t.field) != "message":
+        return []
+    if t.kind in ("word", "phrase"):
+        return [t.value.lower()]
+    if t.kind == "wildcard":
+        return [p for p in re.split(r"[*?]", t.value.lower()) if p]
+    return []
+
+
+def index_test(node: Node) -> RowGroupTest | None:
+    """A per-row-group test from ``node``'s message terms; None if the index cannot help."""
+    match node:
+        case Term():
+            ids = [tokens.required(p) for p in _message_text(node)]
+            ids = [i for i in ids if i.size]
+            if not ids:
+                return None
+            need = np.unique(np.concatenate(ids))
+            return lambda idx: idx.has_all(need)
+        case And(items=items):
+            tests = [t for t in (index_test(i) for i in items) if t is not None]
+            if not tests:
+                return None
+            return lambda idx: np.logical_and.reduce([t(idx) for t in tests])
+        case Or(items=items):
+            tests = [index_test(i) for i in items]
+            if any(t is None for t in tests):
+                return None
+            return lambda idx: np.logical_or.reduce([t(idx) for t in tests])  # type: ignore[misc]
+    return None
+
+
 def _inside(path: str) -> str:
     """A catalog path, refused if it would leave the data root (DuckDB's check of s3:// URLs is lexical)."""
     if path.startswith("/") or "\\" in path or ".." in path.split("/"):
@@ -137,24 +300,74 @@ def _inside(path: str) -> str:
 
 
 @dataclass
-class SearchPlan:
-    sql: str
-    params: list[object]
-    files: list[str]
-    segments_total: int
-    segments_scanned: int
-    rows_in_segments: int
-    bytes_in_segments: int
+class Scan:
+    """The data a query reads: whole segments, and row ranges of others; with what was pruned."""
+
+    whole: list[str] = field(default_factory=list)
+    partial: list[tuple[str, list[tuple[int, int]]]] = field(default_factory=list)
+    segments_total: int = 0
+    segments_after_catalog: int = 0
+    segments_scanned: int = 0
+    row_groups_total: int = 0
+    row_groups_scanned: int = 0
+    rows_scanned: int = 0
+    bytes_scanned: int = 0
+    index_used: bool = False
+
+    @property
+    def empty(self) -> bool:
+        return not self.whole and not self.partial
+
+    def stats(self) -> dict[str, int | bool]:
+        return {"segments_total": self.segments_total,
+                "segments_pruned_by_catalog": self.segments_total - self.segments_after_catalog,
+                "segments_pruned_by_index": self.segments_after_catalog - self.segments_scanned,
+                "segments_scanned": self.segments_scanned,
+                "row_groups_total": self.row_groups_total, "row_groups_scanned": self.row_groups_scanned,
+                "rows_scanned": self.rows_scanned, "bytes_scanned": self.bytes_scanned,
+                "index_used": self.index_used}
+
+    def relation(self, columns: str = "*") -> Compiled:
+        """A FROM-clause relation over exactly the scanned data."""
+        parts, params = [], []
+        if self.whole:
+            parts.append(f"SELECT {columns} FROM read_parquet(?, hive_partitioning = false)")
+            params.append(self.whole)
+        for url, ranges in self.partial:
+            rows = " OR ".join("file_row_number >= ? AND file_row_number < ?" for _ in ranges)
+            parts.append(f"SELECT {columns} FROM read_parquet(?, hive_partitioning = false, "
+                         f"file_row_number = true) WHERE {rows}")
+            params += [url, *[b for r in ranges for b in r]]
+        return Compiled("(" + " UNION ALL ".join(parts) + ")", params)
 
 
-def plan_search(node: Node, segments: list[SegmentRow], root: str, start_us: int, end_us: int,
-                limit: int, order: str = "desc") -> SearchPlan:
+def choose(node: Node, segments: list[SegmentRow], root: str,
+           index_of: Callable[[SegmentRow], SegmentIndex | None] | None = None) -> Scan:
+    """What to read for ``node`` among ``segments`` (already limited to the time range)."""
     chosen = prune(segments, node)
-    cond = compile_filter(node)
-    direction = "DESC" if order == "desc" else "ASC"
-    files = [f"{root}/{_inside(s.path)}" for s in chosen]
-    sql = (f"SELECT {', '.join(SELECT_COLUMNS)} FROM read_parquet(?) "
-           f"WHERE ts >= make_timestamptz(?::BIGINT) AND ts < make_timestamptz(?::BIGINT) AND ({cond.sql}) "
-           f"ORDER BY ts {direction} LIMIT ?")
-    return SearchPlan(sql, [files, start_us, end_us, *cond.params, limit], files,
-                      len(segments), len(chosen), sum(s.rows for s in chosen), sum(s.bytes for s in chosen))
+    scan = Scan(segments_total=len(segments), segments_after_catalog=len(chosen))
+    test = index_test(node) if index_of is not None else None
+    for seg in chosen:
+        url = f"{root}/{_inside(seg.path)}"
+        idx = index_of(seg) if test is not None and index_of is not None else None
+        if idx is None:
+            scan.whole.append(url)
+            scan.segments_scanned += 1
+            scan.rows_scanned += seg.rows
+            scan.bytes_scanned += seg.bytes
+            continue
+        scan.index_used = True
+        keep = test(idx)  # type: ignore[misc]
+        scan.row_groups_total += len(idx.rows)
+        kept_rows = int(np.asarray(idx.rows)[keep].sum())
+        if not keep.any():
+            continue
+        scan.segments_scanned += 1
+        scan.row_groups_scanned += int(keep.sum())
+        scan.rows_scanned += kept_rows
+        scan.bytes_scanned += seg.bytes * kept_rows // max(1, seg.rows)
+        if keep.all():
+            scan.whole.append(url)
+        else:
+            scan.partial.append((url, idx.row_ranges(keep)))
+    return scan

@@ -1,40 +1,173 @@
-"""The one search service object: the HTTP API (and anything else) goes through it."""
+"""The one search service object: the HTTP API, the CLI and dashboards go through it.
+
+Every call is planned against the catalog (and the segments' trigram
+indexes), checked against the limits (bytes to scan, concurrent queries),
+then run on a DuckDB that can read the data root and nothing else, with a
+timer that interrupts it at the time limit.
+"""
 
 from __future__ import annotations
 
+import base64
 import threading
 import time
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import duckdb
+import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from loglake.config import Config
-from query.errors import QueryError
-from query.language import parse
-from query.planner import plan_search
-from query.timerange import format_us, parse_range
-from storage.catalog import Catalog
+from query.errors import (QueryError, QueryTimeout, SavedQueryExists, SavedQueryNotFound, ScanTooLarge,
+                          TooManyQueries, UnknownField)
+from query.metrics import QueryMetrics
+from query.language import And, MatchAll, Node, Or, Term, parse
+from query.planner import (SELECT_COLUMNS, Compiled, Scan, choose, compile_filter, numeric_sql, regexes,
+                           required_values, resolve)
+from query.timerange import format_us, parse_duration_us, parse_range
+from storage.catalog import Catalog, SavedQueryRow, SegmentRow
+from storage.errors import CatalogConflict
 from storage.root import DataRoot
+from storage.tokens import IndexCache, SegmentIndex
+
+Order = Literal["asc", "desc"]
+AGGREGATE_FNS = ("count", "sum", "avg", "min", "max", "p50", "p95", "p99")
+_QUANTILES = {"p50": 0.5, "p95": 0.95, "p99": 0.99}
+_NICE_INTERVALS_US = [s * 1_000_000 for s in (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200,
+                                              10800, 21600, 43200, 86400, 172800, 604800)]
+_HOUR_US = 3_600_000_000
+MAX_BUCKETS = 10_000
+#: Rows sharing a timestamp are ordered by this hash of all they hold, so a cursor can resume
+#: between them; only rows identical in every column share a hash, and those are interchangeable.
+_TIE = "hash(observed_ts, service, host, source, level, message, attrs, trace_id, span_id)"
+_RANGE = "ts >= make_timestamptz(?::BIGINT) AND ts < make_timestamptz(?::BIGINT)"
 
 
 @dataclass
 class SearchResult:
     rows: list[dict[str, Any]]
     stats: dict[str, Any]
+    cursor: str | None = None
 
 
-def _rows(table: pa.Table) -> list[dict[str, Any]]:
-    cols = {name: table[name] for name in table.column_names}
+@dataclass
+class Series:
+    group: dict[str, str | None]
+    other: bool
+    total: float | None
+    points: list[float | None]
+
+
+@dataclass
+class AggregateResult:
+    interval_us: int
+    fn: str
+    by: list[str]
+    buckets: list[int]                     # bucket starts, epoch microseconds
+    series: list[Series]
+    stats: dict[str, Any]
+
+
+@dataclass
+class FieldInfo:
+    name: str
+    type: str                              # string | number
+    count: int                             # sampled rows that have it
+    distinct: int
+    top: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _format_ts(table: pa.Table) -> dict[str, pa.ChunkedArray | pa.Array]:
+    cols: dict[str, Any] = {name: table[name] for name in table.column_names}
     for name in ("ts", "observed_ts"):
-        us = pc.cast(cols[name], pa.int64()).to_pylist()
-        cols[name] = pa.chunked_array([pa.array([format_us(u) for u in us], pa.string())])
-    out = pa.table(cols).to_pylist()
-    for r in out:
-        r["attrs"] = dict(r["attrs"] or ())
-    return out
+        if name in cols:
+            us = pc.cast(cols[name], pa.int64()).to_pylist()
+            cols[name] = pa.array([format_us(u) for u in us], pa.string())
+    return cols
+
+
+def _encode_cursor(ts_us: int, tie: int, skip: int, order: str) -> str:
+    raw = orjson.dumps({"v": 1, "t": ts_us, "h": tie, "n": skip, "o": order})
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str, order: str) -> tuple[int, int, int]:
+    try:
+        data = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        t, h, n, o = int(data["t"]), int(data["h"]), int(data["n"]), data["o"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise QueryError(f"invalid cursor: {e}") from None
+    if o != order:
+        raise QueryError(f"this cursor continues a search in {o} order, not {order}")
+    if not (0 <= h < 2**64 and 0 <= n <= 1_000_000):
+        raise QueryError("invalid cursor")
+    return t, h, n
+
+
+def pick_interval(start_us: int, end_us: int, interval: str | None) -> int:
+    """The bucket width: the given one, or a round one giving about 100 buckets."""
+    if interval and interval != "auto":
+        iv = parse_duration_us(interval)
+        if iv <= 0:
+            raise QueryError("interval must be positive")
+    else:
+        span = max(1, end_us - start_us)
+        iv = next((n for n in _NICE_INTERVALS_US if n * 100 >= span), _NICE_INTERVALS_US[-1])
+    if (end_us - start_us) // iv > MAX_BUCKETS:
+        raise QueryError(f"interval too small: more than {MAX_BUCKETS} buckets in the range")
+    return iv
+
+
+def parse_fn(fn: str) -> tuple[str, str | None]:
+    """``count`` or ``p95(field)`` -> (name, field)."""
+    text = fn.strip()
+    if text == "count":
+        return "count", None
+    name, sep, rest = text.partition("(")
+    name = name.strip()
+    if not sep or not rest.endswith(")") or name not in AGGREGATE_FNS or name == "count":
+        raise QueryError(f"fn must be count or one of {', '.join(AGGREGATE_FNS[1:])} over a field, "
+                         f"e.g. p95(duration_ms); not {fn!r}")
+    fieldname = rest[:-1].strip()
+    resolve(fieldname)
+    return name, fieldname
+
+
+def _group_sql(name: str) -> Compiled:
+    kind, key = resolve(name)
+    if kind == "attr":
+        return Compiled("attrs[?]", [key])
+    if key in ("ts", "observed_ts", "attrs"):
+        raise UnknownField(f"cannot group by {key}")
+    return Compiled(f"CAST({key} AS VARCHAR)")
+
+
+def _catalog_counts(node: Node, by: list[str]) -> tuple[str, set[str] | None] | None:
+    """When per-segment catalog counts answer a count: (column counted, values kept or None for all)."""
+    if len(by) > 1:
+        return None
+    target = resolve(by[0])[1] if by else None
+    if target not in (None, "service", "level"):
+        return None
+    if isinstance(node, MatchAll):
+        return (target or "level"), None
+
+    def only(n: Node, column: str) -> bool:
+        match n:
+            case Term(field=f, kind="word" | "phrase") if f is not None:
+                return resolve(f) == ("column", column)
+            case Or(items=items) | And(items=items):
+                return all(only(i, column) for i in items)
+        return False
+
+    for column in ("service", "level"):
+        if only(node, column) and target in (None, column):
+            return column, required_values(node, column)
+    return None
 
 
 class SearchService:
@@ -54,6 +187,9 @@ class SearchService:
         self.root.configure_duckdb(self._db)
         self._db.execute("SET lock_configuration = true")
         self._local = threading.local()
+        self._slots = threading.BoundedSemaphore(q.max_concurrent)
+        self._indexes = IndexCache()
+        self.metrics = QueryMetrics()
 
     def _cursor(self) -> duckdb.DuckDBPyConnection:
         cur = getattr(self._local, "cursor", None)
@@ -61,9 +197,64 @@ class SearchService:
             cur = self._local.cursor = self._db.cursor()
         return cur
 
+    # -- running -------------------------------------------------------------
+
+    @contextmanager
+    def _slot(self) -> Iterator[None]:
+        if not self._slots.acquire(timeout=self.cfg.query.queue_timeout_s):
+            raise TooManyQueries(f"all {self.cfg.query.max_concurrent} query slots are busy; retry shortly")
+        try:
+            yield
+        finally:
+            self._slots.release()
+
+    def _run(self, sql: str, params: list[Any]) -> pa.Table:
+        """Run on this thread's cursor, interrupted at the time limit."""
+        cur = self._cursor()
+        timer = threading.Timer(self.cfg.query.timeout_s, cur.interrupt)
+        timer.start()
+        try:
+            return cur.execute(sql, params).to_arrow_table()
+        except duckdb.InterruptException:
+            raise QueryTimeout(f"query interrupted after {self.cfg.query.timeout_s:g} s") from None
+        except duckdb.InvalidInputException as e:
+            raise QueryError(f"invalid query: {e}") from None
+        finally:
+            timer.cancel()
+
+    def _index(self, seg: SegmentRow) -> SegmentIndex | None:
+        hit, idx = self._indexes.get(seg.path)
+        if not hit:
+            try:
+                idx = self.root.read_index(seg.path)
+            except (OSError, ValueError):
+                idx = None      # unreadable footer: scan the segment whole, as before the index
+            self._indexes.put(seg.path, idx)
+        return idx
+
+    def _plan(self, node: Node, tenant: str, start_us: int, end_us: int,
+              segments: list[SegmentRow] | None = None) -> Scan:
+        for pattern in regexes(node):
+            try:
+                self._cursor().execute("SELECT regexp_matches('', ?)", [pattern])
+            except duckdb.Error as e:
+                raise QueryError(f"invalid regular expression /{pattern}/: {e}") from None
+        compile_filter(node)     # unknown fields and bad values are refused before any reading
+        if segments is None:
+            segments = self.catalog.segments(tenant, start_us, end_us)
+        scan = choose(node, segments, self.root.url, self._index)
+        if scan.bytes_scanned > self.cfg.query.max_scan_bytes:
+            raise ScanTooLarge(scan.bytes_scanned, self.cfg.query.max_scan_bytes)
+        self.metrics.scanned(scan)
+        return scan
+
+    # -- search --------------------------------------------------------------
+
     def search(self, q: str = "", start: str | None = None, end: str | None = None,
-               limit: int | None = None, order: str = "desc", tenant: str = "default") -> SearchResult:
-        """Records matching ``q`` with start <= ts < end, newest first by default."""
+               limit: int | None = None, order: Order = "desc", tenant: str = "default",
+               fields: list[str] | None = None, cursor: str | None = None) -> SearchResult:
+        """Records matching ``q`` with start <= ts < end, newest first by default; ``cursor``
+        continues exactly where the previous page ended."""
         t0 = time.perf_counter()
         limit = self.cfg.query.default_limit if limit is None else limit
         if not 1 <= limit <= self.cfg.query.max_limit:
@@ -72,16 +263,351 @@ class SearchService:
             raise QueryError("order must be asc or desc")
         node = parse(q)
         start_us, end_us = parse_range(start, end)
+        projection = self._projection(fields)
+        after: tuple[int, int, int] | None = None
+        lo, hi = start_us, end_us
+        if cursor:
+            after = _decode_cursor(cursor, order)
+            lo, hi = (lo, min(hi, after[0] + 1)) if order == "desc" else (max(lo, after[0]), hi)
+        with self._slot():
+            scan = self._plan(node, tenant, lo, hi)
+            rows: list[dict[str, Any]] = []
+            next_cursor = None
+            if not scan.empty and lo < hi:
+                rows, next_cursor = self._page(node, scan, lo, hi, limit, order, projection, after)
+        stats = {**scan.stats(), "returned": len(rows), "start": format_us(start_us), "end": format_us(end_us),
+                 "elapsed_ms": round((time.perf_counter() - t0) * 1000, 2)}
+        return SearchResult(rows, stats, next_cursor)
+
+    def _projection(self, fields: list[str] | None) -> list[tuple[str, Compiled]]:
+        if not fields:
+            return [(c, Compiled(c)) for c in SELECT_COLUMNS]
+        out: list[tuple[str, Compiled]] = [("ts", Compiled("ts"))]
+        for name in fields:
+            name = name.strip()
+            if not name or name == "ts" or any(n == name for n, _ in out):
+                continue
+            kind, key = resolve(name)
+            out.append((name, Compiled(key) if kind == "column" else Compiled("attrs[?]", [key])))
+        return out
+
+    def _page(self, node: Node, scan: Scan, lo: int, hi: int, limit: int, order: str,
+              projection: list[tuple[str, Compiled]], after: tuple[int, int, int] | None,
+              ) -> tuple[list[dict[str, Any]], str | None]:
+        """One page. Rows are ordered by ts; only the rows sharing the page's last timestamp
+        need a finer order (for the cursor), so only they are hashed, in a second small query
+        that leaves the main one DuckDB's top-N with late materialisation."""
+        cond = compile_filter(node)
+        source = scan.relation()
+        desc = order == "desc"
+        select = ", ".join(f"{c.sql} AS c{i}" for i, (_, c) in enumerate(projection))
+        select_params: list[Any] = [p for _, c in projection for p in c.params]
+
+        def query(lo_: int, hi_: int, n: int, ties: bool) -> pa.Table:
+            extra = f", {_TIE} AS _h" if ties else ", 0::UBIGINT AS _h"
+            key = "_h" if ties else "ts"
+            sql = (f"SELECT {select}, epoch_us(ts) AS _t{extra} FROM {source.sql} AS logs "
+                   f"WHERE {_RANGE} AND ({cond.sql}) ORDER BY {key} {'DESC' if desc else 'ASC'} LIMIT ?")
+            return self._run(sql, [*select_params, *source.params, lo_, hi_, *cond.params, n])
+
+        parts: list[pa.Table] = []
+        if after is not None:
+            # The rest of the cursor's timestamp: rows past (hash, skip) in hash order.
+            t, h, skip = after
+            tie = query(t, t + 1, 1 << 62, ties=True)
+            hs = tie["_h"].to_pylist()
+            past = [i for i, x in enumerate(hs) if (x < h if desc else x > h)]
+            same = [i for i, x in enumerate(hs) if x == h][skip:]
+            keep = sorted(same + past)
+            parts.append(tie.take(pa.array(keep[:limit], pa.int64())))
+            lo, hi = (lo, t) if desc else (t + 1, hi)
+        taken = sum(p.num_rows for p in parts)
+        if taken < limit and lo < hi:
+            main = query(lo, hi, limit - taken, ties=False)
+            if main.num_rows == limit - taken and main.num_rows:
+                # The page ends inside a timestamp: take that timestamp's rows in hash order.
+                last = main["_t"][main.num_rows - 1].as_py()
+                at_last = pc.equal(main["_t"], last)
+                k = pc.sum(at_last).as_py()
+                tie = query(last, last + 1, k, ties=True)
+                main = pa.concat_tables([main.filter(pc.invert(at_last)), tie])
+            parts.append(main)
+        table = pa.concat_tables(parts) if parts else query(0, 0, 1, ties=False).slice(0, 0)
+        table = table.slice(0, limit)
+        next_cursor = None
+        if table.num_rows == limit:
+            ts_col, h_col = table["_t"].to_pylist(), table["_h"].to_pylist()
+            last_t, last_h = ts_col[-1], h_col[-1]
+            same_n = 0
+            for t_, h_ in zip(reversed(ts_col), reversed(h_col), strict=True):
+                if (t_, h_) != (last_t, last_h):
+                    break
+                same_n += 1
+            if after is not None and (after[0], after[1]) == (last_t, last_h):
+                same_n += after[2]
+            next_cursor = _encode_cursor(last_t, last_h, same_n, order)
+        names = [n for n, _ in projection]
+        out = table.select([f"c{i}" for i in range(len(names))]).rename_columns(names)
+        rows = pa.table(_format_ts(out)).to_pylist()
+        if "attrs" in names:
+            for r in rows:
+                r["attrs"] = dict(r["attrs"] or ())
+        return rows, next_cursor
+
+    # -- aggregate -----------------------------------------------------------
+
+    def aggregate(self, q: str = "", start: str | None = None, end: str | None = None,
+                  interval: str | None = None, by: list[str] | None = None, fn: str = "count",
+                  top: int | None = None, tenant: str = "default") -> AggregateResult:
+        """Buckets of ``interval`` over [start, end), one series per group of ``by`` (the top
+        ``top`` groups, the rest folded into one "other" series)."""
+        t0 = time.perf_counter()
+        node = parse(q)
+        start_us, end_us = parse_range(start, end)
+        iv = pick_interval(start_us, end_us, interval)
+        by = [b.strip() for b in (by or []) if b.strip()]
+        if len(by) > 4:
+            raise QueryError("by takes at most 4 fields")
+        groups = [_group_sql(b) for b in by]
+        fname, ffield = parse_fn(fn)
+        top = self.cfg.query.default_top if top is None else top
+        if not 1 <= top <= 1000:
+            raise QueryError("top must be between 1 and 1000")
+        first = start_us // iv * iv
+        buckets = list(range(first, end_us, iv))
         segments = self.catalog.segments(tenant, start_us, end_us)
-        plan = plan_search(node, segments, self.root.url, start_us, end_us, limit, order)
-        if plan.files:
-            table = self._cursor().execute(plan.sql, plan.params).to_arrow_table()
-            rows = _rows(table)
+        from_catalog: dict[tuple[int, tuple[str | None, ...]], float] = {}
+        counted = 0
+        shortcut = _catalog_counts(node, by) if fname == "count" and iv % _HOUR_US == 0 else None
+        if shortcut is not None:
+            column, keep = shortcut
+            rest = []
+            for seg in segments:
+                if seg.min_ts_us >= start_us and seg.max_ts_us < end_us:
+                    b = seg.min_ts_us // iv * iv
+                    for value, n in (seg.services if column == "service" else seg.levels).items():
+                        if keep is None or value in keep:
+                            k = (value,) if by else ()
+                            from_catalog[(b, k)] = from_catalog.get((b, k), 0) + n
+                    counted += 1
+                else:
+                    rest.append(seg)
+            segments = rest
+        with self._slot():
+            scan = self._plan(node, tenant, start_us, end_us, segments)
+            rows: list[tuple[int, tuple[str | None, ...], bool, float | None]] = []
+            if not scan.empty:
+                rows = self._aggregate_sql(node, scan, start_us, end_us, iv, groups, fname, ffield,
+                                           top if by and not from_catalog else None)
+        if from_catalog:
+            merged: dict[tuple[int, tuple[str | None, ...]], float] = dict(from_catalog)
+            for b, k, _, v in rows:
+                merged[(b, k)] = merged.get((b, k), 0) + (v or 0)
+            rows = self._fold_top(merged, top) if by else [(b, k, False, v) for (b, k), v in merged.items()]
+        series = self._series(rows, by, buckets, iv, first, fname)
+        stats = {**scan.stats(), "segments_answered_by_catalog": counted,
+                 "start": format_us(start_us), "end": format_us(end_us),
+                 "elapsed_ms": round((time.perf_counter() - t0) * 1000, 2)}
+        return AggregateResult(iv, fn if fname == "count" else f"{fname}({ffield})", by, buckets, series, stats)
+
+    @staticmethod
+    def _fold_top(merged: dict[tuple[int, tuple[str | None, ...]], float], top: int,
+                  ) -> list[tuple[int, tuple[str | None, ...], bool, float | None]]:
+        totals: dict[tuple[str | None, ...], float] = {}
+        for (_, k), v in merged.items():
+            totals[k] = totals.get(k, 0) + v
+        keep = set(sorted(totals, key=lambda k: (-totals[k], [x or "" for x in k]))[:top])
+        out: dict[tuple[int, tuple[str | None, ...], bool], float] = {}
+        for (b, k), v in merged.items():
+            key = (b, k, False) if k in keep else (b, (), True)
+            out[key] = out.get(key, 0) + v
+        return [(b, k, o, v) for (b, k, o), v in out.items()]
+
+    def _aggregate_sql(self, node: Node, scan: Scan, start_us: int, end_us: int, iv: int,
+                       groups: list[Compiled], fname: str, ffield: str | None, top: int | None,
+                       ) -> list[tuple[int, tuple[str | None, ...], bool, float | None]]:
+        cond = compile_filter(node)
+        source = scan.relation()
+        value = Compiled("NULL")
+        if ffield is not None:
+            kind, key = resolve(ffield)
+            subject = Compiled(key) if kind == "column" else Compiled("attrs[?]", [key])
+            value = numeric_sql(subject, "s") if kind == "attr" else Compiled(f"TRY_CAST({key} AS DOUBLE)")
+        agg = {"count": "count(*)", "sum": "sum(v)", "avg": "avg(v)", "min": "min(v)", "max": "max(v)"}.get(
+            fname) or f"quantile_cont(v, {_QUANTILES[fname]})"
+        key_sql = "[" + ", ".join(g.sql for g in groups) + "]::VARCHAR[]" if groups else "[]::VARCHAR[]"
+        params: list[Any] = [iv, iv, *[p for g in groups for p in g.params], *value.params, *source.params,
+                             start_us, end_us, *cond.params]
+        base = (f"SELECT (epoch_us(ts) // ?) * ? AS b, {key_sql} AS k, {value.sql} AS v "
+                f"FROM {source.sql} AS logs WHERE {_RANGE} AND ({cond.sql})")
+        if top is None:
+            sql = f"SELECT b, k, FALSE AS other, {agg} AS val FROM ({base}) GROUP BY b, k"
         else:
-            rows = []
-        return SearchResult(rows, {
-            "segments_total": plan.segments_total, "segments_scanned": plan.segments_scanned,
-            "rows_in_scanned_segments": plan.rows_in_segments, "bytes_in_scanned_segments": plan.bytes_in_segments,
-            "returned": len(rows), "start": format_us(start_us), "end": format_us(end_us),
-            "elapsed_ms": round((time.perf_counter() - t0) * 1000, 2),
-        })
+            sql = (f"WITH base AS MATERIALIZED ({base}), "
+                   f"top AS (SELECT k FROM base GROUP BY k ORDER BY count(*) DESC, k LIMIT ?) "
+                   f"SELECT b, CASE WHEN top.k IS NULL THEN []::VARCHAR[] ELSE base.k END AS key, "
+                   f"top.k IS NULL AS other, {agg} AS val "
+                   f"FROM base LEFT JOIN top ON base.k IS NOT DISTINCT FROM top.k GROUP BY ALL")
+            params.append(top)
+        table = self._run(sql, params)
+        return [(int(b), tuple(k), bool(o), v) for b, k, o, v in
+                zip(*(table.column(i).to_pylist() for i in range(4)), strict=True)]
+
+    @staticmethod
+    def _series(rows: list[tuple[int, tuple[str | None, ...], bool, float | None]], by: list[str],
+                buckets: list[int], iv: int, first: int, fname: str) -> list[Series]:
+        zero: float | None = 0 if fname in ("count", "sum") else None
+        found: dict[tuple[tuple[str | None, ...], bool], list[float | None]] = {}
+        for b, k, other, v in rows:
+            points = found.setdefault((k, other), [zero] * len(buckets))
+            i = (b - first) // iv
+            if 0 <= i < len(points):
+                points[i] = v if v is not None else zero
+        out = []
+        for (k, other), points in found.items():
+            values = [p for p in points if p is not None]
+            total: float | None
+            if fname in ("count", "sum"):
+                total = sum(values)
+            elif fname == "min":
+                total = min(values, default=None)
+            elif fname == "max":
+                total = max(values, default=None)
+            else:
+                total = None     # an average or quantile of buckets is not the range's
+            group = {} if other else dict(zip(by, k, strict=True))
+            out.append(Series(group, other, total, points))
+        out.sort(key=lambda s: (s.other, -(s.total or 0), [str(v) for v in s.group.values()]))
+        return out
+
+    # -- fields and values ---------------------------------------------------
+
+    def fields(self, q: str = "", start: str | None = None, end: str | None = None,
+               tenant: str = "default", top: int = 5) -> tuple[list[FieldInfo], dict[str, Any]]:
+        """Fields seen in the newest sampled rows of the range, with their type and top values."""
+        t0 = time.perf_counter()
+        node = parse(q)
+        start_us, end_us = parse_range(start, end)
+        with self._slot():
+            scan = self._plan(node, tenant, start_us, end_us)
+            if scan.empty:
+                return [], {**scan.stats(), "sampled_rows": 0}
+            cond = compile_filter(node)
+            source = scan.relation()
+            sample = (f"SELECT service, host, source, level, trace_id, span_id, attrs FROM {source.sql} AS logs "
+                      f"WHERE {_RANGE} AND ({cond.sql}) ORDER BY ts DESC LIMIT ?")
+            params = [*source.params, start_us, end_us, *cond.params, self.cfg.query.fields_sample_rows]
+            sql = (f"WITH s AS MATERIALIZED ({sample}), "
+                   "kv AS (SELECT unnest(['service', 'host', 'source', 'level', 'trace_id', 'span_id']) AS k, "
+                   "unnest([service, host, source, level, trace_id, span_id]::VARCHAR[]) AS v, TRUE AS col FROM s "
+                   "UNION ALL SELECT unnest(map_keys(attrs)) AS k, unnest(map_values(attrs)) AS v, FALSE FROM s) "
+                   "SELECT k, col, v, count(*) AS n, (SELECT count(*) FROM s) AS total FROM kv "
+                   "WHERE v IS NOT NULL GROUP BY ALL")
+            table = self._run(sql, params)
+        by_field: dict[tuple[str, bool], list[tuple[str, int]]] = {}
+        total = int(table["total"][0].as_py()) if table.num_rows else 0
+        for k, col, v, n in zip(*(table.column(i).to_pylist() for i in range(4)), strict=True):
+            by_field.setdefault((k, col), []).append((v, n))
+        out = []
+        for (k, col), values in by_field.items():
+            values.sort(key=lambda x: (-x[1], x[0]))
+            numeric = all(_is_number(v) for v, _ in values)
+            name = k if col or k not in SELECT_COLUMNS else f"attrs.{k}"
+            out.append(FieldInfo(name, "number" if numeric and not col else "string", sum(n for _, n in values),
+                                 len(values), [{"value": v, "count": n} for v, n in values[:top]]))
+        out.sort(key=lambda f: (f.name not in SELECT_COLUMNS, -f.count, f.name))
+        return out, {**scan.stats(), "sampled_rows": total,
+                     "elapsed_ms": round((time.perf_counter() - t0) * 1000, 2)}
+
+    def values(self, fieldname: str, q: str = "", start: str | None = None, end: str | None = None,
+               limit: int = 20, tenant: str = "default") -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """The most frequent values of one field in the range, with their counts."""
+        t0 = time.perf_counter()
+        if not 1 <= limit <= 1000:
+            raise QueryError("limit must be between 1 and 1000")
+        group = _group_sql(fieldname)
+        node = parse(q)
+        start_us, end_us = parse_range(start, end)
+        with self._slot():
+            scan = self._plan(node, tenant, start_us, end_us)
+            values: list[dict[str, Any]] = []
+            if not scan.empty:
+                cond = compile_filter(node)
+                source = scan.relation()
+                sql = (f"SELECT {group.sql} AS v, count(*) AS n FROM {source.sql} AS logs "
+                       f"WHERE {_RANGE} AND ({cond.sql}) AND v IS NOT NULL GROUP BY v ORDER BY n DESC, v LIMIT ?")
+                table = self._run(sql, [*group.params, *source.params, start_us, end_us, *cond.params, limit])
+                values = [{"value": v, "count": n} for v, n in zip(table["v"].to_pylist(), table["n"].to_pylist(),
+                                                                   strict=True)]
+        return values, {**scan.stats(), "elapsed_ms": round((time.perf_counter() - t0) * 1000, 2)}
+
+    # -- saved queries -------------------------------------------------------
+
+    def saved(self, name: str, tenant: str = "default") -> SavedQueryRow:
+        found = self.catalog.saved_query(tenant, name)
+        if found is None:
+            raise SavedQueryNotFound(f"no saved query named {name!r} (it may have been renamed or deleted); "
+                                     "GET /api/v1/saved-queries lists them")
+        return found
+
+    def save(self, q: SavedQueryRow, replacing: str | None = None) -> SavedQueryRow:
+        """Create ``q``, or replace the saved query ``replacing`` (renaming it if names differ)."""
+        check_saved(q)
+        try:
+            if replacing is None:
+                self.catalog.create_saved_query(q)
+            elif not self.catalog.replace_saved_query(replacing, q):
+                raise SavedQueryNotFound(f"no saved query named {replacing!r}")
+        except CatalogConflict:
+            raise SavedQueryExists(f"a saved query named {q.name!r} exists already") from None
+        return self.saved(q.name, q.tenant)
+
+    def delete_saved(self, name: str, tenant: str = "default") -> None:
+        if not self.catalog.delete_saved_query(tenant, name):
+            raise SavedQueryNotFound(f"no saved query named {name!r}")
+
+    def run_saved(self, name: str, start: str | None = None, end: str | None = None,
+                  tenant: str = "default") -> SearchResult | AggregateResult:
+        """Run a saved query over ``start``/``end``, or its own default range."""
+        sq = self.saved(name, tenant)
+        p = sq.params
+        start = start or p.get("start")
+        end = end or p.get("end")
+        if sq.kind == "aggregate":
+            return self.aggregate(sq.query, start, end, p.get("interval"), p.get("by"), p.get("fn", "count"),
+                                  p.get("top"), tenant)
+        return self.search(sq.query, start, end, p.get("limit"), p.get("order", "desc"), tenant, p.get("fields"))
+
+
+_SAVED_PARAMS = {"search": {"start", "end", "limit", "order", "fields"},
+                 "aggregate": {"start", "end", "interval", "by", "fn", "top"}}
+
+
+def check_saved(q: SavedQueryRow) -> None:
+    """Refuse a saved query that could never run, at save time rather than on a dashboard."""
+    if q.kind not in _SAVED_PARAMS:
+        raise QueryError("kind must be search or aggregate")
+    if not q.name or len(q.name) > 200 or q.name != q.name.strip() or "/" in q.name:
+        raise QueryError("name must be 1-200 characters, without '/' or surrounding spaces")
+    extra = set(q.params) - _SAVED_PARAMS[q.kind]
+    if extra:
+        raise QueryError(f"unknown parameters for a {q.kind} query: {', '.join(sorted(extra))}")
+    parse(q.query)
+    compile_filter(parse(q.query))
+    p = q.params
+    parse_range(p.get("start"), p.get("end"))
+    if q.kind == "aggregate":
+        parse_fn(p.get("fn", "count"))
+        for b in p.get("by") or []:
+            _group_sql(b)
+        if p.get("interval") not in (None, "auto"):
+            parse_duration_us(p["interval"])
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+

@@ -108,6 +108,21 @@ MIGRATIONS: tuple[str, ...] = (
         result    TEXT    NOT NULL       -- JSON summary of the last run
     );
     """,
+    # Saved queries: what dashboards call by name.
+    """
+    CREATE TABLE saved_queries (
+        tenant      TEXT    NOT NULL,
+        name        TEXT    NOT NULL,
+        kind        TEXT    NOT NULL,   -- search | aggregate
+        query       TEXT    NOT NULL,
+        params      TEXT    NOT NULL,   -- JSON: default range, limit, fields, interval, by, fn, ...
+        description TEXT    NOT NULL,
+        owner       TEXT    NOT NULL,
+        created_us  INTEGER NOT NULL,
+        updated_us  INTEGER NOT NULL,
+        PRIMARY KEY (tenant, name)
+    );
+    """,
 )
 
 #: The PostgreSQL advisory lock every catalog writer takes (any fixed number will do).
@@ -151,6 +166,28 @@ class SegmentRow:
     generation: int = 0
     state: str = "live"
     retired_us: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SavedQueryRow:
+    """A saved query as the catalog keeps it."""
+
+    tenant: str
+    name: str
+    kind: str
+    query: str
+    params: dict[str, Any]
+    description: str
+    owner: str
+    created_us: int
+    updated_us: int
+
+
+_SAVED_COLUMNS = "tenant, name, kind, query, params, description, owner, created_us, updated_us"
+
+
+def _saved_row(r: Sequence[Any]) -> SavedQueryRow:
+    return SavedQueryRow(r[0], r[1], r[2], r[3], orjson.loads(r[4]), r[5], r[6], r[7], r[8])
 
 
 @dataclass(frozen=True, slots=True)
@@ -527,6 +564,37 @@ class Catalog:
     def jobs(self) -> dict[str, dict[str, Any]]:
         return {n: {"started_us": s, "ended_us": e, "result": orjson.loads(r)}
                 for n, s, e, r in self._read("SELECT name, started_us, ended_us, result FROM jobs")}
+
+    # -- saved queries -------------------------------------------------------
+
+    def saved_queries(self, tenant: str) -> list[SavedQueryRow]:
+        rows = self._read(f"SELECT {_SAVED_COLUMNS} FROM saved_queries WHERE tenant=? ORDER BY name", (tenant,))
+        return [_saved_row(r) for r in rows]
+
+    def saved_query(self, tenant: str, name: str) -> SavedQueryRow | None:
+        rows = self._read(f"SELECT {_SAVED_COLUMNS} FROM saved_queries WHERE tenant=? AND name=?", (tenant, name))
+        return _saved_row(rows[0]) if rows else None
+
+    def create_saved_query(self, q: SavedQueryRow) -> None:
+        """Store a new saved query; CatalogConflict if the name is taken."""
+        with self._tx() as db:
+            db.execute(f"INSERT INTO saved_queries ({_SAVED_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                       (q.tenant, q.name, q.kind, q.query, orjson.dumps(q.params).decode(), q.description,
+                        q.owner, q.created_us, q.updated_us))
+
+    def replace_saved_query(self, name: str, q: SavedQueryRow) -> bool:
+        """Overwrite (and perhaps rename) the saved query ``name``; False if there is none.
+        CatalogConflict if renamed onto a name that is taken."""
+        with self._tx() as db:
+            cur = db.execute("UPDATE saved_queries SET name=?, kind=?, query=?, params=?, description=?, owner=?,"
+                             " updated_us=? WHERE tenant=? AND name=?",
+                             (q.name, q.kind, q.query, orjson.dumps(q.params).decode(), q.description, q.owner,
+                              q.updated_us, q.tenant, name))
+            return bool(cur.rowcount)
+
+    def delete_saved_query(self, tenant: str, name: str) -> bool:
+        with self._tx() as db:
+            return bool(db.execute("DELETE FROM saved_queries WHERE tenant=? AND name=?", (tenant, name)).rowcount)
 
     # -- query side ----------------------------------------------------------
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pyarrow as pa
@@ -21,7 +22,9 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from loglake.config import S3Config, StorageConfig
+from storage import tokens
 from storage.errors import StorageError
+from storage.tokens import SegmentIndex
 
 #: Columns written with dictionary encoding (low-cardinality labels and attribute keys).
 DICTIONARY_COLUMNS = ["service", "host", "source", "level", "attrs.key_value.key"]
@@ -98,16 +101,15 @@ class DataRoot:
     def write_parquet(self, rel: str, table: pa.Table, *, zstd_level: int = 3,
                       row_group_rows: int = 128 * 1024) -> int:
         """Write ``table`` as zstd Parquet at ``rel`` so it appears whole or not at all; returns its size."""
-        options = parquet_options(zstd_level, row_group_rows)
         if not self.local:
             with self.fs.open_output_stream(self._path(rel)) as out:
-                pq.write_table(table, out, **options)
+                write_segment(table, out, zstd_level=zstd_level, row_group_rows=row_group_rows)
             return self.fs.get_file_info(self._path(rel)).size
         dest = Path(self._path(rel))
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
         with open(tmp, "wb") as f:
-            pq.write_table(table, f, **options)
+            write_segment(table, f, zstd_level=zstd_level, row_group_rows=row_group_rows)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, dest)
@@ -116,6 +118,12 @@ class DataRoot:
 
     def read_parquet(self, rel: str) -> pa.Table:
         return pq.read_table(self._path(rel), filesystem=self.fs)
+
+    def read_index(self, rel: str) -> SegmentIndex | None:
+        """The trigram index in the footer of the segment at ``rel`` (None for a segment without one)."""
+        meta = pq.read_metadata(self._path(rel), filesystem=self.fs)
+        return SegmentIndex.from_metadata(meta.metadata, [meta.row_group(i).num_rows
+                                                          for i in range(meta.num_row_groups)])
 
     def delete(self, rel: str) -> bool:
         """Remove the file at ``rel``; False if it was not there."""
@@ -170,17 +178,23 @@ class DataRoot:
         con.execute("SET enable_external_access = false")
 
 
-def parquet_options(zstd_level: int, row_group_rows: int) -> dict[str, object]:
-    """How every segment is written (``pyarrow.parquet.write_table`` keywords)."""
+def parquet_options(zstd_level: int) -> dict[str, Any]:
+    """How every segment is written (``pyarrow.parquet.ParquetWriter`` keywords)."""
     return dict(compression="zstd", compression_level=zstd_level, use_dictionary=DICTIONARY_COLUMNS,
-                column_encoding=COLUMN_ENCODING, write_statistics=True, write_page_index=True,
-                row_group_size=row_group_rows)
+                column_encoding=COLUMN_ENCODING, write_statistics=True, write_page_index=True)
+
+
+def write_segment(table: pa.Table, sink: Any, *, zstd_level: int, row_group_rows: int) -> None:
+    """``table`` as one segment file, its trigram index in the footer."""
+    with pq.ParquetWriter(sink, table.schema, **parquet_options(zstd_level)) as writer:
+        writer.write_table(table, row_group_size=row_group_rows)
+        writer.add_key_value_metadata(tokens.metadata(table["message"], row_group_rows))
 
 
 def parquet_size(table: pa.Table, *, zstd_level: int, row_group_rows: int) -> int:
     """The bytes ``table`` would take as a segment (written to memory, not stored)."""
     sink = pa.BufferOutputStream()
-    pq.write_table(table, sink, **parquet_options(zstd_level, row_group_rows))
+    write_segment(table, sink, zstd_level=zstd_level, row_group_rows=row_group_rows)
     return sink.tell()
 
 

@@ -1,26 +1,140 @@
-"""FastAPI application: search, health and readiness."""
+"""FastAPI application: search, aggregate, fields, saved queries, retention, health and readiness."""
 
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Iterator
 from typing import Annotated, Any, Literal
 
-from fastapi import FastAPI, Query, Request
-from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+import orjson
+from fastapi import Body, FastAPI, Header, Query, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, Field
 
 from loglake.config import Config
-from query.errors import QueryError, QuerySyntaxError
-from query.service import SearchService
-from query.timerange import format_us
-from storage.catalog import Catalog
+from query.errors import QueryError, QuerySyntaxError, ScanTooLarge, TooManyQueries
+from query.service import AggregateResult, SearchResult, SearchService
+from query.timerange import format_us, now_us
+from storage.catalog import Catalog, SavedQueryRow
 
 log = logging.getLogger("loglake.query")
 
 
+class SearchRequest(BaseModel):
+    q: str = Field("", description="query, e.g. `level:error service:api timeout`")
+    start: str | None = Field(None, description="RFC 3339, epoch, or now-15m; default end-1h")
+    end: str | None = Field(None, description="RFC 3339, epoch, or now-15m; default now")
+    limit: int | None = Field(None, description="rows to return (default 100, at most 10,000)")
+    order: Literal["asc", "desc"] = "desc"
+    fields: list[str] | None = Field(None, description="columns or attribute keys to return (ts always)")
+    cursor: str | None = Field(None, description="the `cursor` of the previous page")
+
+
 class SearchResponse(BaseModel):
     rows: list[dict[str, Any]]
+    #: Pass as `cursor` for the next page; null when this page was the last.
+    cursor: str | None = None
     stats: dict[str, Any]
+
+
+class AggregateRequest(BaseModel):
+    q: str = ""
+    start: str | None = None
+    end: str | None = None
+    interval: str | None = Field(None, description="bucket width like 5m; default about 100 buckets")
+    by: list[str] | None = Field(None, description="fields to group by")
+    fn: str = Field("count", description="count, or sum/avg/min/max/p50/p95/p99 over a field: p95(duration_ms)")
+    top: int | None = Field(None, description="groups kept before folding the rest into `other` (default 10)")
+
+
+class SeriesModel(BaseModel):
+    group: dict[str, str | None]
+    other: bool = Field(description="the groups outside the top N, together")
+    total: float | None
+    points: list[float | None] = Field(description="one value per bucket, in the order of `buckets`")
+
+
+class AggregateResponse(BaseModel):
+    interval: str
+    interval_ms: int
+    fn: str
+    by: list[str]
+    buckets: list[str]
+    series: list[SeriesModel]
+    stats: dict[str, Any]
+
+
+class FieldModel(BaseModel):
+    name: str
+    type: Literal["string", "number"]
+    count: int
+    distinct: int
+    top: list[dict[str, Any]]
+
+
+class FieldsResponse(BaseModel):
+    fields: list[FieldModel]
+    stats: dict[str, Any]
+
+
+class ValuesResponse(BaseModel):
+    field: str
+    values: list[dict[str, Any]]
+    stats: dict[str, Any]
+
+
+class SavedQueryIn(BaseModel):
+    name: str = Field(min_length=1, max_length=200)
+    kind: Literal["search", "aggregate"] = "search"
+    query: str = ""
+    #: Defaults used when the query runs: start/end (default range), limit, order and
+    #: fields for a search; interval, by, fn and top for an aggregation.
+    params: dict[str, Any] = Field(default_factory=dict)
+    description: str = ""
+    owner: str = ""
+
+
+class SavedQueryOut(SavedQueryIn):
+    created: str
+    updated: str
+
+
+def _saved_out(q: SavedQueryRow) -> SavedQueryOut:
+    return SavedQueryOut(name=q.name, kind=q.kind, query=q.query, params=q.params,  # type: ignore[arg-type]
+                         description=q.description, owner=q.owner, created=format_us(q.created_us),
+                         updated=format_us(q.updated_us))
+
+
+def _search_response(r: SearchResult) -> SearchResponse:
+    return SearchResponse(rows=r.rows, cursor=r.cursor, stats=r.stats)
+
+
+def _aggregate_response(r: AggregateResult) -> AggregateResponse:
+    seconds = r.interval_us // 1_000_000
+    label = next(f"{seconds // n}{u}" for n, u in ((86400, "d"), (3600, "h"), (60, "m"), (1, "s"))
+                 if seconds >= n and seconds % n == 0) if seconds else f"{r.interval_us // 1000}ms"
+    return AggregateResponse(
+        interval=label, interval_ms=r.interval_us // 1000, fn=r.fn, by=r.by,
+        buckets=[format_us(b) for b in r.buckets],
+        series=[SeriesModel(group=s.group, other=s.other, total=s.total, points=s.points) for s in r.series],
+        stats=r.stats)
+
+
+def _ndjson(rows: list[dict[str, Any]]) -> Iterator[bytes]:
+    for row in rows:
+        yield orjson.dumps(row) + b"\n"
+
+
+def _split(values: list[str] | None) -> list[str] | None:
+    """``fields=a,b&fields=c`` -> [a, b, c]."""
+    if not values:
+        return None
+    return [v for item in values for v in item.split(",") if v.strip()]
+
+
+Tenant = Annotated[str, Header(alias="X-Scope-OrgID", description="tenant (default: default)")]
 
 
 class RetentionResponse(BaseModel):
@@ -80,20 +194,116 @@ def create_app(cfg: Config, catalog: Catalog | None = None) -> FastAPI:
     @app.exception_handler(QueryError)
     async def _query_error(_: Request, exc: QueryError) -> JSONResponse:
         body: dict[str, Any] = {"error": type(exc).__name__, "message": str(exc)}
+        headers = {}
         if isinstance(exc, QuerySyntaxError):
             body.update(position=exc.position, reason=exc.reason, query=exc.query)
-        return JSONResponse(body, status_code=exc.status_code)
+        if isinstance(exc, ScanTooLarge):
+            body.update(estimated_bytes=exc.estimate, max_scan_bytes=exc.limit)
+        if isinstance(exc, TooManyQueries):
+            headers["Retry-After"] = str(exc.retry_after_s)
+        return JSONResponse(body, status_code=exc.status_code, headers=headers)
 
-    @app.get("/api/v1/search", response_model=SearchResponse)
+    def _search(req: SearchRequest, tenant: str, accept: str | None) -> Response:
+        r = service.search(req.q, req.start, req.end, req.limit, req.order, tenant, _split(req.fields), req.cursor)
+        if accept and "application/x-ndjson" in accept:
+            headers = {"X-Loglake-Cursor": r.cursor} if r.cursor else {}
+            return StreamingResponse(_ndjson(r.rows), media_type="application/x-ndjson", headers=headers)
+        return Response(orjson.dumps(_search_response(r).model_dump()), media_type="application/json")
+
+    search_doc = ("Records matching `q` in [start, end), newest first by default. "
+                  "`Accept: application/x-ndjson` streams one JSON row per line (the next page's cursor "
+                  "in the `X-Loglake-Cursor` header).")
+
+    @app.get("/api/v1/search", response_model=SearchResponse, description=search_doc)
     def search(
         q: Annotated[str, Query(description="query, e.g. `level:error service:api timeout`")] = "",
         start: Annotated[str | None, Query(description="RFC 3339, epoch, or now-15m; default end-1h")] = None,
         end: Annotated[str | None, Query(description="RFC 3339, epoch, or now; default now")] = None,
-        limit: Annotated[int | None, Query(description="rows to return (default 100)")] = None,
+        limit: Annotated[int | None, Query(description="rows to return (default 100, at most 10,000)")] = None,
         order: Annotated[Literal["asc", "desc"], Query()] = "desc",
-    ) -> SearchResponse:
-        result = service.search(q, start, end, limit, order)
-        return SearchResponse(rows=result.rows, stats=result.stats)
+        fields: Annotated[list[str] | None, Query(description="columns or attribute keys, comma-separated")] = None,
+        cursor: Annotated[str | None, Query(description="the `cursor` of the previous page")] = None,
+        tenant: Tenant = "default",
+        accept: Annotated[str | None, Header()] = None,
+    ) -> Response:
+        return _search(SearchRequest(q=q, start=start, end=end, limit=limit, order=order, fields=fields,
+                                     cursor=cursor), tenant, accept)
+
+    @app.post("/api/v1/search", response_model=SearchResponse, description=search_doc)
+    def search_post(req: SearchRequest, tenant: Tenant = "default",
+                    accept: Annotated[str | None, Header()] = None) -> Response:
+        return _search(req, tenant, accept)
+
+    aggregate_doc = ("Counts or statistics per time bucket, one series per group of `by` "
+                     "(the top groups, the rest as one `other` series): a log-volume histogram or a panel.")
+
+    @app.get("/api/v1/aggregate", response_model=AggregateResponse, description=aggregate_doc)
+    def aggregate(
+        q: str = "", start: str | None = None, end: str | None = None,
+        interval: Annotated[str | None, Query(description="bucket width like 5m; default about 100 buckets")] = None,
+        by: Annotated[list[str] | None, Query(description="fields to group by, comma-separated")] = None,
+        fn: Annotated[str, Query(description="count, or p95(duration_ms), avg(bytes), ...")] = "count",
+        top: Annotated[int | None, Query(description="groups kept before `other` (default 10)")] = None,
+        tenant: Tenant = "default",
+    ) -> AggregateResponse:
+        return _aggregate_response(service.aggregate(q, start, end, interval, _split(by), fn, top, tenant))
+
+    @app.post("/api/v1/aggregate", response_model=AggregateResponse, description=aggregate_doc)
+    def aggregate_post(req: AggregateRequest, tenant: Tenant = "default") -> AggregateResponse:
+        return _aggregate_response(service.aggregate(req.q, req.start, req.end, req.interval, _split(req.by),
+                                                     req.fn, req.top, tenant))
+
+    @app.get("/api/v1/fields", response_model=FieldsResponse)
+    def fields(q: str = "", start: str | None = None, end: str | None = None,
+               top: Annotated[int, Query(ge=1, le=100)] = 5, tenant: Tenant = "default") -> FieldsResponse:
+        """Fields seen in the newest rows of the range: their type and most frequent values."""
+        found, stats = service.fields(q, start, end, tenant, top)
+        return FieldsResponse(fields=[FieldModel(name=f.name, type=f.type, count=f.count,  # type: ignore[arg-type]
+                                                 distinct=f.distinct, top=f.top) for f in found], stats=stats)
+
+    @app.get("/api/v1/values/{field}", response_model=ValuesResponse)
+    def values(field: str, q: str = "", start: str | None = None, end: str | None = None,
+               limit: Annotated[int, Query(ge=1, le=1000)] = 20, tenant: Tenant = "default") -> ValuesResponse:
+        """The most frequent values of one field in the range, with counts."""
+        found, stats = service.values(field, q, start, end, limit, tenant)
+        return ValuesResponse(field=field, values=found, stats=stats)
+
+    # -- saved queries ---------------------------------------------------------
+
+    @app.get("/api/v1/saved-queries", response_model=list[SavedQueryOut])
+    def list_saved(tenant: Tenant = "default") -> list[SavedQueryOut]:
+        return [_saved_out(q) for q in catalog.saved_queries(tenant)]
+
+    @app.post("/api/v1/saved-queries", response_model=SavedQueryOut, status_code=201)
+    def create_saved(body: SavedQueryIn, tenant: Tenant = "default") -> SavedQueryOut:
+        now = now_us()
+        row = SavedQueryRow(tenant, body.name, body.kind, body.query, body.params, body.description, body.owner,
+                            now, now)
+        return _saved_out(service.save(row))
+
+    @app.get("/api/v1/saved-queries/{name}", response_model=SavedQueryOut)
+    def get_saved(name: str, tenant: Tenant = "default") -> SavedQueryOut:
+        return _saved_out(service.saved(name, tenant))
+
+    @app.put("/api/v1/saved-queries/{name}", response_model=SavedQueryOut)
+    def put_saved(name: str, body: Annotated[SavedQueryIn, Body()], tenant: Tenant = "default") -> SavedQueryOut:
+        """Replace a saved query; a different `name` in the body renames it."""
+        old = service.saved(name, tenant)
+        row = SavedQueryRow(tenant, body.name, body.kind, body.query, body.params, body.description, body.owner,
+                            old.created_us, now_us())
+        return _saved_out(service.save(row, replacing=name))
+
+    @app.delete("/api/v1/saved-queries/{name}", status_code=204)
+    def delete_saved(name: str, tenant: Tenant = "default") -> Response:
+        service.delete_saved(name, tenant)
+        return Response(status_code=204)
+
+    @app.get("/api/v1/saved-queries/{name}/run", response_model=SearchResponse | AggregateResponse)
+    def run_saved(name: str, start: str | None = None, end: str | None = None,
+                  tenant: Tenant = "default") -> SearchResponse | AggregateResponse:
+        """Run a saved query over start/end, or its own default range: what a dashboard panel calls."""
+        r = service.run_saved(name, start, end, tenant)
+        return _search_response(r) if isinstance(r, SearchResult) else _aggregate_response(r)
 
     @app.get("/api/v1/retention", response_model=RetentionResponse)
     def retention(tenant: Annotated[str | None, Query(description="only this tenant")] = None,
@@ -101,6 +311,19 @@ def create_app(cfg: Config, catalog: Catalog | None = None) -> FastAPI:
                   ) -> RetentionResponse:
         """Policies, holds, what is stored per tenant and service, the last and next runs, recent deletions."""
         return retention_view(cfg, catalog, tenant, limit)
+
+    @app.middleware("http")
+    async def _timed(request: Request, call_next: Any) -> Response:
+        t0 = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        service.metrics.requests.labels(path, str(response.status_code)).observe(time.perf_counter() - t0)
+        return response
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics() -> Response:
+        return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:

@@ -4,16 +4,17 @@
     or      := and ("OR" and)*
     and     := unary (["AND"] unary)*          juxtaposition is AND
     unary   := ("NOT" | "-") unary | primary
-    primary := "(" or ")" | [FIELD] (WORD | PHRASE)
+    primary := "(" or ")" | CMP | FIELD (WORD | PHRASE | REGEX | RANGE) | WORD | PHRASE | REGEX
 """
 
 from __future__ import annotations
 
 from query.errors import QuerySyntaxError
-from query.language.ast import And, MatchAll, Node, Not, Or, Term
-from query.language.lexer import Token, tokenize
+from query.language.ast import And, Compare, Exists, MatchAll, Node, Not, Or, Range, Term
+from query.language.lexer import FIELD_RE, Token, tokenize
 
 MAX_DEPTH = 64
+EXISTS = "_exists_"
 
 
 class _Parser:
@@ -33,7 +34,7 @@ class _Parser:
 
     def fail(self, expected: str, tok: Token | None = None) -> QuerySyntaxError:
         tok = tok or self.peek()
-        found = "end of query" if tok.kind == "EOF" else repr(tok.text)
+        found = "end of query" if tok.kind == "EOF" else repr(tok.text or tok.kind.lower())
         return QuerySyntaxError(f"expected {expected}, found {found}", tok.pos, self.query)
 
     def parse(self) -> Node:
@@ -53,7 +54,8 @@ class _Parser:
 
     def and_(self) -> Node:
         items = [self.unary()]
-        while self.peek().kind in ("AND", "NOT", "MINUS", "LPAREN", "FIELD", "WORD", "PHRASE"):
+        while self.peek().kind in ("AND", "NOT", "MINUS", "LPAREN", "FIELD", "WORD", "PHRASE", "REGEX", "CMP",
+                                  "RANGE"):
             if self.peek().kind == "AND":
                 self.take()
             items.append(self.unary())
@@ -84,13 +86,28 @@ class _Parser:
             self.take()
             self.depth -= 1
             return node
+        if tok.kind == "CMP":
+            self.take()
+            op, value = tok.args
+            if tok.text == EXISTS:
+                raise QuerySyntaxError(f"{EXISTS} takes a field name", tok.pos, self.query)
+            return Compare(tok.text, op, value)  # type: ignore[arg-type]
         field = None
         if tok.kind == "FIELD":
             field = self.take().text
             tok = self.peek()
+            if field == EXISTS:
+                return self.exists(tok)
+            if tok.kind == "RANGE":
+                self.take()
+                low, high, inc_low, inc_high = tok.args
+                return Range(field, low, high, bool(inc_low), bool(inc_high))  # type: ignore[arg-type]
         if tok.kind == "PHRASE":
             self.take()
             return Term(field, tok.text, "phrase")
+        if tok.kind == "REGEX":
+            self.take()
+            return Term(field, tok.text, "regex")
         if tok.kind == "WORD":
             self.take()
             wild = any(c in "*?" and k not in tok.escaped for k, c in enumerate(tok.text))
@@ -98,7 +115,15 @@ class _Parser:
                 raise QuerySyntaxError("escaped characters are not supported in a wildcard term",
                                        tok.pos, self.query)
             return Term(field, tok.text, "wildcard" if wild else "word")
+        if tok.kind == "RANGE":
+            raise QuerySyntaxError("a range needs a field, e.g. status:[400 TO 499]", tok.pos, self.query)
         raise self.fail("a value" if field else "a search term, a field:value or '('")
+
+    def exists(self, tok: Token) -> Node:
+        if tok.kind != "WORD" or tok.escaped or not FIELD_RE.fullmatch(tok.text):
+            raise self.fail(f"a field name after {EXISTS}:", tok)
+        self.take()
+        return Exists(tok.text)
 
 
 def parse(query: str) -> Node:

@@ -1,0 +1,158 @@
+"""The per-row-group trigram index that lets a search skip text it cannot match.
+
+For every row group of a segment we keep one bit per possible trigram of the
+lower-cased message, over a 37-symbol alphabet (``a-z``, ``0-9`` and one
+symbol for every other byte): 37**3 = 50,653 bits, 6.2 KiB before zlib. The
+set is exact, not a Bloom filter, so a trigram missing from the bitmap is
+missing from every message of the row group; a substring search whose own
+trigrams are not all present skips the row group, and a segment with no
+candidate row group is not opened at all. Bitmaps are written into the
+segment's own Parquet footer (key-value metadata), so they are created,
+replaced and deleted with the segment and need no lifecycle of their own.
+
+Lower-casing is Arrow's ``utf8_lower``, which agrees with DuckDB's ``lower``
+(the search runs ``contains(lower(message), ?)``). Trigrams that cross from
+one message into the next are recorded too: they can only make the index
+less selective, never wrong.
+"""
+
+from __future__ import annotations
+
+import base64
+import threading
+import zlib
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+KEY = b"loglake.trigrams.v1"
+ROWS_KEY = b"loglake.trigrams.rows"
+SYMBOLS = 37
+TRIGRAMS = SYMBOLS ** 3
+_BYTES = (TRIGRAMS + 7) // 8
+
+_LUT = np.full(256, SYMBOLS - 1, dtype=np.uint8)
+_LUT[np.frombuffer(b"abcdefghijklmnopqrstuvwxyz", np.uint8)] = np.arange(26)
+_LUT[np.frombuffer(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ", np.uint8)] = np.arange(26)
+_LUT[np.frombuffer(b"0123456789", np.uint8)] = np.arange(26, 36)
+_TRANSLATE = _LUT.tobytes()
+
+
+def _trigram_ids(data: bytes) -> np.ndarray:
+    """Trigram ids of ``data``; ASCII letters fold to lower case in the table itself."""
+    codes = np.frombuffer(data.translate(_TRANSLATE), np.uint8).astype(np.uint16)
+    ids = codes[:-2] * np.uint16(SYMBOLS * SYMBOLS)
+    ids += codes[1:-1] * np.uint16(SYMBOLS)
+    ids += codes[2:]
+    return ids
+
+
+def _text_bytes(messages: pa.Array | pa.ChunkedArray, lowered: bool = False) -> bytes:
+    """The messages' UTF-8 bytes back to back, lower-cased as DuckDB would where not plain ASCII."""
+    if isinstance(messages, pa.ChunkedArray):
+        messages = messages.combine_chunks()
+    if len(messages) == 0 or messages.buffers()[2] is None:
+        return b""
+    width = np.int64 if messages.type == pa.large_string() else np.int32
+    offsets = np.frombuffer(messages.buffers()[1], width)[messages.offset:messages.offset + len(messages) + 1]
+    data = messages.buffers()[2]
+    raw = np.frombuffer(data, np.uint8)[offsets[0]:offsets[-1]]
+    if not lowered and raw.size and raw.max() >= 0x80:
+        # Some non-ASCII letters lower-case to ASCII (KELVIN SIGN to 'k'): use the real mapping.
+        return _text_bytes(pc.utf8_lower(messages), lowered=True)
+    return raw.tobytes()
+
+
+def bitmap(messages: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """The packed trigram bitmap (``_BYTES`` uint8) of some messages."""
+    data = _text_bytes(messages)
+    present = np.zeros(TRIGRAMS, dtype=bool)
+    if len(data) >= 3:
+        present[_trigram_ids(data)] = True
+    return np.packbits(present)
+
+
+def metadata(messages: pa.ChunkedArray | pa.Array, row_group_rows: int) -> dict[bytes, bytes]:
+    """Footer key-values indexing ``messages`` as written in row groups of ``row_group_rows``."""
+    n = len(messages)
+    bounds = list(range(0, n, row_group_rows)) or [0]
+    maps = [bitmap(messages.slice(start, row_group_rows)) for start in bounds]
+    rows = [min(row_group_rows, n - start) for start in bounds]
+    packed = zlib.compress(np.stack(maps).tobytes(), 6)
+    return {KEY: base64.b64encode(packed), ROWS_KEY: ",".join(map(str, rows)).encode()}
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentIndex:
+    """One segment's row groups: their row counts and packed trigram bitmaps."""
+
+    rows: tuple[int, ...]
+    bits: np.ndarray          # (row groups, _BYTES) uint8
+
+    @classmethod
+    def from_metadata(cls, kv: dict[bytes, bytes] | None, row_group_rows: list[int]) -> SegmentIndex | None:
+        """The index in a footer, or None if absent or not matching the file's row groups."""
+        if not kv or KEY not in kv or ROWS_KEY not in kv:
+            return None
+        try:
+            rows = tuple(int(x) for x in kv[ROWS_KEY].split(b","))
+            bits = np.frombuffer(zlib.decompress(base64.b64decode(kv[KEY])), np.uint8)
+        except (ValueError, zlib.error):
+            return None
+        if list(rows) != row_group_rows or bits.size != len(rows) * _BYTES:
+            return None
+        return cls(rows, bits.reshape(len(rows), _BYTES))
+
+    def has_all(self, ids: np.ndarray) -> np.ndarray:
+        """Per row group: whether every trigram in ``ids`` occurs in it."""
+        if ids.size == 0:
+            return np.ones(len(self.rows), dtype=bool)
+        masks = (0x80 >> (ids & 7)).astype(np.uint8)
+        return ((self.bits[:, ids >> 3] & masks) != 0).all(axis=1)
+
+    def row_ranges(self, keep: np.ndarray) -> list[tuple[int, int]]:
+        """Half-open row-number ranges covering the kept row groups, adjacent ones merged."""
+        out: list[tuple[int, int]] = []
+        start = 0
+        for n, k in zip(self.rows, keep.tolist(), strict=True):
+            if k:
+                if out and out[-1][1] == start:
+                    out[-1] = (out[-1][0], start + n)
+                else:
+                    out.append((start, start + n))
+            start += n
+        return out
+
+
+def required(text: str) -> np.ndarray:
+    """Trigram ids that any message containing ``text`` (already lower-cased) must hold."""
+    data = text.encode("utf-8")
+    if len(data) < 3:
+        return np.zeros(0, dtype=np.int64)
+    return np.unique(_trigram_ids(data)).astype(np.int64)
+
+
+class IndexCache:
+    """Segment indexes by path; segments are immutable, so an entry never goes stale."""
+
+    def __init__(self, capacity: int = 4096) -> None:
+        self.capacity = capacity
+        self._items: OrderedDict[str, SegmentIndex | None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, path: str) -> tuple[bool, SegmentIndex | None]:
+        with self._lock:
+            if path in self._items:
+                self._items.move_to_end(path)
+                return True, self._items[path]
+            return False, None
+
+    def put(self, path: str, index: SegmentIndex | None) -> None:
+        with self._lock:
+            self._items[path] = index
+            self._items.move_to_end(path)
+            while len(self._items) > self.capacity:
+                self._items.popitem(last=False)
