@@ -14,7 +14,9 @@ class FileCheckpoint:
     source_id: str     # the identity ingest deduplicates by; fixed for the file's life
     path: str          # last path the file was seen at (informational)
     offset: int        # file offset just past the last acknowledged record
-    head_hash: str = ""    # hash of the file's first head_len bytes when the checkpoint was taken
+    # Hash of the file's first head_len bytes: all it ever sent under source_id, acknowledged
+    # or not, up to the fingerprint size; a file must begin with them to resume this checkpoint.
+    head_hash: str = ""
     head_len: int = 0
 
 

@@ -140,19 +140,23 @@ class Shipper:
         if any(w.key == key for w in self.watchers.values()):
             os.close(fd)
             return                           # a copy of a file we already read (same first bytes)
-        # The checkpoint is this file's only if the file still begins with the bytes it saw.
-        if cp is not None and cp.offset <= st.st_size and head_hash(fd, cp.head_len) == cp.head_hash:
-            source_id, offset = cp.source_id, cp.offset
+        # The checkpoint is this file's only if the file still begins with every byte that
+        # was sent under its source id (up to the fingerprint size): a file deleted and made
+        # again in the same inode while we were down must not inherit the old source id, or
+        # ingest drops its first lines as the old file's, already stored.
+        if cp is not None and max(cp.offset, cp.head_len) <= st.st_size \
+                and head_hash(fd, cp.head_len) == cp.head_hash:
+            source_id, offset, sent_end = cp.source_id, cp.offset, cp.head_len
             self.checkpoints.pop(inode_key(st), None)
         else:
-            source_id = self._new_source_id(key)
+            source_id, sent_end = self._new_source_id(key), 0
             offset = st.st_size if (inp.cfg.start_at == "end" and first and cp is None) else 0
         wrapper = wrapper_for(path, inp.cfg.format)
         joiner = (LineJoiner.for_wrapper(wrapper, self.sc.max_frame_bytes - 1, self.sc.partial_line_timeout_s)
                   if wrapper else inp.joiner)
         w = FileWatcher(path, key=key, source_id=source_id, offset=offset, input_index=index,
                         partial_timeout_s=self.sc.partial_line_timeout_s, joiner=joiner,
-                        max_line_bytes=self.sc.max_line_bytes, fd=fd)
+                        max_line_bytes=self.sc.max_line_bytes, fd=fd, sent_end=sent_end)
         w.wrapper = wrapper
         self.watchers[w.inode] = w
         self.checkpoints[key] = self._checkpoint(w)
@@ -160,10 +164,24 @@ class Shipper:
         log.info("watching file", extra={"path": path, "offset": offset, "key": key})
 
     def _checkpoint(self, w: FileWatcher) -> FileCheckpoint:
-        # The hash of the bytes already shipped (up to the fingerprint size) tells a
-        # resumed file from a new one that took its inode while we were down.
-        n = min(w.acked, self.sc.fingerprint_bytes)
+        # The hash of the bytes sent, not just acknowledged (up to the fingerprint size),
+        # tells a resumed file from a new one that took its inode while we were down: the
+        # broker may have stored frames whose acks were lost, and a new file matching only
+        # the acknowledged bytes (none, at offset 0) would have those offsets deduplicated away.
+        n = min(w.sent_end, self.sc.fingerprint_bytes)
         return FileCheckpoint(w.source_id, w.path, w.acked, w.head_hash(n), n)
+
+    def _claim(self, w: FileWatcher, end: int) -> bool:
+        """Note that bytes up to ``end`` will be sent under ``w.source_id``; True if the
+        checkpoint's head grew and must be saved before they are."""
+        if end <= w.sent_end:
+            return False
+        head_grows = w.sent_end < self.sc.fingerprint_bytes
+        w.sent_end = end
+        if head_grows:
+            self.checkpoints[w.key] = self._checkpoint(w)
+            self._dirty = True
+        return head_grows
 
     def prune_checkpoints(self) -> None:
         """Forget checkpoints of files that are gone (after the first scan)."""
@@ -212,7 +230,9 @@ class Shipper:
 
     async def _send_available(self) -> int:
         assert self.producer is not None
-        sent = 0
+        frames: list[tuple[FileWatcher, FrameMeta, bytes, int, int]] = []
+        reserved = self.inflight_bytes
+        claimed = False
         for w in list(self.watchers.values()):
             if w.truncated():
                 log.warning("file truncated; reading it again from the start", extra={"path": w.path})
@@ -223,7 +243,7 @@ class Shipper:
                 self.checkpoints[w.key] = self._checkpoint(w)
                 self._dirty = True
             self._rekey(w)
-            while self.inflight_bytes < self.max_inflight_bytes:
+            while reserved < self.max_inflight_bytes:
                 chunk = w.read(self.sc.max_frame_bytes)
                 if chunk is None:
                     break
@@ -239,17 +259,25 @@ class Shipper:
                     log.warning("line longer than max_line_bytes truncated",
                                 extra={"path": w.path, "offset": chunk.first_offset, "length": chunk.truncated_from})
                 value = encode_frame(meta, chunk.data, chunk.offsets, compress=self.sc.frame_compression == "lz4")
-                fut = await self.producer.send(
-                    self.cfg.kafka.topic, value, key=meta.source_id.encode(),
-                    headers=[(self.cfg.kafka.tenant_header, meta.tenant.encode())])
-                self.inflight.append(InFlight(w, w.source_id, meta.end_offset, len(value), fut))
-                self.inflight_bytes += len(value)
-                self.stats["lines"] += n
-                self.stats["bytes"] += len(chunk.data)
-                self.stats["frames"] += 1
-                self.stats["frame_bytes"] += len(value)
-                sent += 1
-        return sent
+                claimed |= self._claim(w, chunk.end_offset)
+                frames.append((w, meta, value, n, len(chunk.data)))
+                reserved += len(value)
+        if claimed:
+            # Durable before the sends: after a crash the broker may hold these frames without
+            # our having seen their acks, and the checkpoint must already vouch for their bytes.
+            # Only a file's first fingerprint_bytes need this, so it is one save per pass, and rare.
+            self._save()
+        for w, meta, value, n, nbytes in frames:
+            fut = await self.producer.send(
+                self.cfg.kafka.topic, value, key=meta.source_id.encode(),
+                headers=[(self.cfg.kafka.tenant_header, meta.tenant.encode())])
+            self.inflight.append(InFlight(w, meta.source_id, meta.end_offset, len(value), fut))
+            self.inflight_bytes += len(value)
+            self.stats["lines"] += n
+            self.stats["bytes"] += nbytes
+            self.stats["frames"] += 1
+            self.stats["frame_bytes"] += len(value)
+        return len(frames)
 
     async def _collect_acks(self, wait: bool) -> None:
         """Advance checkpoints past acknowledged frames, in order."""

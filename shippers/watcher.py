@@ -33,12 +33,17 @@ class FileWatcher:
 
     def __init__(self, path: str, *, key: str, source_id: str, offset: int, input_index: int,
                  partial_timeout_s: float, joiner: LineJoiner | None = None,
-                 max_line_bytes: int = 1 << 20, fd: int | None = None) -> None:
+                 max_line_bytes: int = 1 << 20, fd: int | None = None, sent_end: int = 0) -> None:
         self.path = path
         self.key = key
         self.source_id = source_id
         self.offset = offset          # next byte to read
         self.acked = offset           # end of the last acknowledged record
+        # End of everything sent (or skipped) under this source id: the broker may hold
+        # records up to here even if their acks never came back, so the checkpoint's
+        # head hash must cover it, or a different file could inherit the source id and
+        # have its first lines dropped by ingest as already stored.
+        self.sent_end = max(offset, sent_end)
         self.input_index = input_index
         self.partial_timeout_s = partial_timeout_s
         self.joiner = joiner
@@ -77,7 +82,7 @@ class FileWatcher:
     def restart(self, key: str, source_id: str) -> None:
         """Read the file again from its start, as a new source."""
         self.key, self.source_id = key, source_id
-        self.offset = self.acked = 0
+        self.offset = self.acked = self.sent_end = 0
         self._waiting_since = None
         self._long = None
         self._head = (0, "")

@@ -28,7 +28,7 @@ from loglake.config import Config, InputConfig, MultilineConfig, ShipperConfig
 from loglake.frame import FrameMeta, decode_frame, encode_frame
 from shippers.checkpoint import CheckpointStore, FileCheckpoint
 from shippers.discovery import discover
-from shippers.fingerprint import fingerprint, inode_key
+from shippers.fingerprint import fingerprint, head_hash, inode_key
 from shippers.multiline import LineJoiner, line_starts
 from shippers.shipper import Shipper, kubernetes_labels, wrapper_for
 from shippers.watcher import Chunk, FileWatcher
@@ -790,6 +790,44 @@ def test_checkpoint_past_the_end_of_the_file_starts_a_new_source(
     s.scan(first=True)
     w = _only_watcher(s)
     assert w.offset == 0 and w.source_id != "old-source"
+
+
+def _head_hash_of(data: bytes, tmp_path: Path) -> str:
+    other = tmp_path / "head-of.bin"
+    other.write_bytes(data)
+    fd = os.open(other, os.O_RDONLY)
+    try:
+        return head_hash(fd, len(data))
+    finally:
+        os.close(fd)
+
+
+def test_checkpoint_covering_sent_but_unacknowledged_bytes_resumes_the_file_that_has_them(
+        tmp_path: Path, make_shipper: ShipperFactory) -> None:
+    log = tmp_path / "logs" / "app.log"
+    log.write_bytes(b"short\nmore\n")                      # short: known by its inode
+    ino = inode_key(os.stat(log))
+    CheckpointStore(tmp_path / "state").save(
+        {ino: FileCheckpoint("old-source", str(log), 0, _head_hash_of(b"short\n", tmp_path), 6)})
+    s = make_shipper()
+    s.scan(first=True)
+    w = _only_watcher(s)
+    assert (w.source_id, w.offset, w.sent_end) == ("old-source", 0, 6)
+    assert s.checkpoints[ino].head_len == 6, "the head still covers what the broker may hold"
+
+
+def test_checkpoint_at_offset_zero_is_not_inherited_by_a_file_without_the_bytes_sent(
+        tmp_path: Path, make_shipper: ShipperFactory) -> None:
+    """A file made again in a deleted file's inode, when none of the old one's sends were acknowledged."""
+    log = tmp_path / "logs" / "app.log"
+    log.write_bytes(b"fresh\n")
+    ino = inode_key(os.stat(log))
+    CheckpointStore(tmp_path / "state").save(
+        {ino: FileCheckpoint("old-source", str(log), 0, _head_hash_of(b"stale\n", tmp_path), 6)})
+    s = make_shipper()
+    s.scan(first=True)
+    w = _only_watcher(s)
+    assert w.source_id != "old-source" and w.offset == 0
 
 
 def test_start_at_end_skips_what_a_new_file_holds_at_the_first_scan(

@@ -614,6 +614,50 @@ def test_new_file_in_a_reused_inode_is_a_new_source(tmp_path: Path) -> None:
         h.close()
 
 
+def test_file_deleted_and_made_again_in_its_inode_while_down_is_a_new_source(tmp_path: Path) -> None:
+    """start(app,web); append app; ack_some(1); delete app; crash_restart x2; append app.
+
+    The broker stored app's first frame but the shipper never collected the ack, so the
+    checkpoint stayed at offset 0. It must still vouch for the bytes sent: else the new
+    app.log, in the freed inode, inherits the old source id and ingest drops its lines
+    (offsets 0..17) as already stored.
+    """
+    h = Harness(tmp_path)
+    try:
+        log, web = h.logs / "app.log", h.logs / "web.log"
+        first = _lines(0, 1)                          # 17 bytes < FINGERPRINT: known by its inode
+        log.write_bytes(b"".join(first))
+        web.write_bytes(b"line-000001 web \n")
+        h.step()                                      # both sent, nothing acknowledged
+        key = f"ino:{os.stat(log).st_dev}:{os.stat(log).st_ino}"
+        assert h.shipper.store.load()[key].head_len == len(first[0]), \
+            "the checkpoint on disk covers what was sent before the send"
+        with open(log, "ab") as f:
+            f.write(b"".join(_lines(2, 2)))           # never read: lost with the deletion
+        h.ack(1)                                      # the broker stores app's frame; the ack is never collected
+        ino = os.stat(log).st_ino
+        os.unlink(log)
+        h.crash()                                     # closes the old descriptor: the inode is free
+        # Taken now, out of the glob: the restarts' checkpoint saves (a new file each) would take it.
+        reused = _file_in_inode(h.logs, ino)
+        if reused is None:
+            pytest.skip("this file system did not hand out the freed inode again")
+        h.step()
+        h.crash()
+        h.step()
+        second = _lines(4, 1)
+        reused.write_bytes(b"".join(second))
+        reused.rename(log)                            # a new app.log, in the old file's inode
+        h.step()
+        h.drain()
+        # Lines 2 and 3 were never read before app.log was deleted and the shipper restarted.
+        assert sorted(deduplicated(h.topic.frames)) == sorted(first + [b"line-000001 web \n"] + second), (
+            f"the new file took over the deleted file's checkpoint: {h.shipper.store.load()}")
+        assert len({f.meta.source_id for f in h.topic.frames if f.meta.source == str(log)}) == 2
+    finally:
+        h.close()
+
+
 def test_over_long_line_followed_by_lines_is_cut_and_the_rest_kept(tmp_path: Path) -> None:
     """A line over max_line_bytes whose newline is in the first read: cut, and the next lines intact."""
     h = Harness(tmp_path, partial_line_timeout_s=0.01)
