@@ -183,6 +183,8 @@ class SearchService:
         self._db.execute("SET TimeZone = 'UTC'")
         self._db.execute(f"SET threads = {int(q.threads)}")
         self._db.execute("SET memory_limit = ?", [q.memory_limit])
+        # Segments are immutable: parse each footer once, not on every query.
+        self._db.execute("SET parquet_metadata_cache = true")
         # Queries may read the data root and nothing else, and never another host.
         self.root.configure_duckdb(self._db)
         self._db.execute("SET lock_configuration = true")
@@ -426,32 +428,58 @@ class SearchService:
     def _aggregate_sql(self, node: Node, scan: Scan, start_us: int, end_us: int, iv: int,
                        groups: list[Compiled], fname: str, ffield: str | None, top: int | None,
                        ) -> list[tuple[int, tuple[str | None, ...], bool, float | None]]:
+        """(bucket, group, is_other, value) rows. Count, sum, avg, min and max are computed once per
+        (bucket, group) and the top groups folded from that small result; quantiles cannot be
+        folded, so they group the raw rows a second time by (bucket, top group or other)."""
         cond = compile_filter(node)
         source = scan.relation()
-        value = Compiled("NULL")
+        value = Compiled("NULL::DOUBLE")
         if ffield is not None:
             kind, key = resolve(ffield)
             subject = Compiled(key) if kind == "column" else Compiled("attrs[?]", [key])
             value = numeric_sql(subject, "s") if kind == "attr" else Compiled(f"TRY_CAST({key} AS DOUBLE)")
-        agg = {"count": "count(*)", "sum": "sum(v)", "avg": "avg(v)", "min": "min(v)", "max": "max(v)"}.get(
-            fname) or f"quantile_cont(v, {_QUANTILES[fname]})"
-        key_sql = "[" + ", ".join(g.sql for g in groups) + "]::VARCHAR[]" if groups else "[]::VARCHAR[]"
+        keys = [f"k{i}" for i in range(len(groups))]
+        key_cols = "".join(f", {g.sql} AS {k}" for g, k in zip(groups, keys, strict=True))
         params: list[Any] = [iv, iv, *[p for g in groups for p in g.params], *value.params, *source.params,
                              start_us, end_us, *cond.params]
-        base = (f"SELECT (epoch_us(ts) // ?) * ? AS b, {key_sql} AS k, {value.sql} AS v "
+        base = (f"SELECT (epoch_us(ts) // ?) * ? AS b{key_cols}, {value.sql} AS v "
                 f"FROM {source.sql} AS logs WHERE {_RANGE} AND ({cond.sql})")
-        if top is None:
-            sql = f"SELECT b, k, FALSE AS other, {agg} AS val FROM ({base}) GROUP BY b, k"
+        key_list = "".join(f", {k}" for k in keys)
+        joined = " AND ".join(f"g.{k} IS NOT DISTINCT FROM t.{k}" for k in keys)
+        folded = "".join(f", CASE WHEN t.tot IS NULL THEN NULL ELSE g.{k} END AS {k}" for k in keys)
+        if fname in _QUANTILES:
+            agg = f"quantile_cont(v, {_QUANTILES[fname]})"
+            if top is None:
+                sql = f"SELECT b, FALSE AS other{key_list}, {agg} AS val FROM ({base}) GROUP BY ALL"
+            else:
+                sql = (f"WITH g AS MATERIALIZED ({base}), "
+                       f"t AS (SELECT {', '.join(keys)}, count(*) AS tot FROM g GROUP BY ALL "
+                       f"ORDER BY tot DESC, {', '.join(keys)} LIMIT ?) "
+                       f"SELECT g.b, t.tot IS NULL AS other{folded}, {agg} AS val "
+                       f"FROM g LEFT JOIN t ON {joined} GROUP BY ALL")
+                params.append(top)
         else:
-            sql = (f"WITH base AS MATERIALIZED ({base}), "
-                   f"top AS (SELECT k FROM base GROUP BY k ORDER BY count(*) DESC, k LIMIT ?) "
-                   f"SELECT b, CASE WHEN top.k IS NULL THEN []::VARCHAR[] ELSE base.k END AS key, "
-                   f"top.k IS NULL AS other, {agg} AS val "
-                   f"FROM base LEFT JOIN top ON base.k IS NOT DISTINCT FROM top.k GROUP BY ALL")
-            params.append(top)
+            partial = (f"SELECT b{key_list}, count(*) AS n, sum(v) AS s, min(v) AS mn, max(v) AS mx, "
+                       f"count(v) AS nv FROM ({base}) GROUP BY ALL")
+            final = {"count": "sum(n)::BIGINT", "sum": "sum(s)::DOUBLE", "avg": "sum(s) / nullif(sum(nv), 0)",
+                     "min": "min(mn)", "max": "max(mx)"}[fname]
+            if top is None:
+                sql = f"SELECT b, FALSE AS other{key_list}, {final} AS val FROM ({partial}) GROUP BY ALL"
+            else:
+                sql = (f"WITH g AS MATERIALIZED ({partial}), "
+                       f"t AS (SELECT {', '.join(keys)}, sum(n) AS tot FROM g GROUP BY ALL "
+                       f"ORDER BY tot DESC, {', '.join(keys)} LIMIT ?) "
+                       f"SELECT g.b, t.tot IS NULL AS other{folded}, {final} AS val "
+                       f"FROM g LEFT JOIN t ON {joined} GROUP BY ALL")
+                params.append(top)
         table = self._run(sql, params)
-        return [(int(b), tuple(k), bool(o), v) for b, k, o, v in
-                zip(*(table.column(i).to_pylist() for i in range(4)), strict=True)]
+        cols = [table.column(i).to_pylist() for i in range(table.num_columns)]
+        out = []
+        for i in range(table.num_rows):
+            other = bool(cols[1][i])
+            key = () if other else tuple(None if c[i] is None else str(c[i]) for c in cols[2:-1])
+            out.append((int(cols[0][i]), key, other, cols[-1][i]))
+        return out
 
     @staticmethod
     def _series(rows: list[tuple[int, tuple[str | None, ...], bool, float | None]], by: list[str],

@@ -10,8 +10,11 @@ candidate row group is not opened at all. Bitmaps are written into the
 segment's own Parquet footer (key-value metadata), so they are created,
 replaced and deleted with the segment and need no lifecycle of their own.
 
-Lower-casing is Arrow's ``utf8_lower``, which agrees with DuckDB's ``lower``
-(the search runs ``contains(lower(message), ?)``). Trigrams that cross from
+Case is folded as the search ignores it (RE2's ``(?i)``): ASCII letters in
+the translation table, anything else through Arrow's ``utf8_lower`` plus the
+two non-ASCII letters that fold to ASCII ones (KELVIN SIGN, LONG S). Query
+text goes through the same folding, so a row group is only skipped when no
+message in it can match. Trigrams that cross from
 one message into the next are recorded too: they can only make the index
 less selective, never wrong.
 """
@@ -51,7 +54,7 @@ def _trigram_ids(data: bytes) -> np.ndarray:
 
 
 def _text_bytes(messages: pa.Array | pa.ChunkedArray, lowered: bool = False) -> bytes:
-    """The messages' UTF-8 bytes back to back, lower-cased as DuckDB would where not plain ASCII."""
+    """The messages' UTF-8 bytes back to back, case folded where not plain ASCII."""
     if isinstance(messages, pa.ChunkedArray):
         messages = messages.combine_chunks()
     if len(messages) == 0 or messages.buffers()[2] is None:
@@ -61,9 +64,14 @@ def _text_bytes(messages: pa.Array | pa.ChunkedArray, lowered: bool = False) -> 
     data = messages.buffers()[2]
     raw = np.frombuffer(data, np.uint8)[offsets[0]:offsets[-1]]
     if not lowered and raw.size and raw.max() >= 0x80:
-        # Some non-ASCII letters lower-case to ASCII (KELVIN SIGN to 'k'): use the real mapping.
-        return _text_bytes(pc.utf8_lower(messages), lowered=True)
+        # Some non-ASCII letters match ASCII ones ignoring case (KELVIN SIGN and 'k', LONG S and 's').
+        return _text_bytes(fold(messages), lowered=True)
     return raw.tobytes()
+
+
+def fold(text: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """Lower case, with the non-ASCII letters that case-fold to ASCII ones made ASCII."""
+    return pc.replace_substring(pc.utf8_lower(text), "\u017f", "s")
 
 
 def bitmap(messages: pa.Array | pa.ChunkedArray) -> np.ndarray:
@@ -128,8 +136,8 @@ class SegmentIndex:
 
 
 def required(text: str) -> np.ndarray:
-    """Trigram ids that any message containing ``text`` (already lower-cased) must hold."""
-    data = text.encode("utf-8")
+    """Trigram ids that any message containing ``text``, ignoring case, must hold."""
+    data = fold(pa.array([text], pa.string()))[0].as_py().encode("utf-8")
     if len(data) < 3:
         return np.zeros(0, dtype=np.int64)
     return np.unique(_trigram_ids(data)).astype(np.int64)
