@@ -103,7 +103,7 @@ def _decode_cursor(cursor: str, order: str) -> tuple[int, int, int]:
         raise QueryError(f"invalid cursor: {e}") from None
     if o != order:
         raise QueryError(f"this cursor continues a search in {o} order, not {order}")
-    if not (0 <= h < 2**64 and 0 <= n <= 1_000_000):
+    if not (0 <= h < 2**64 and 0 <= n <= 1_000_000 and 0 <= t < 2**62):
         raise QueryError("invalid cursor")
     return t, h, n
 
@@ -234,13 +234,16 @@ class SearchService:
             self._indexes.put(seg.path, idx)
         return idx
 
-    def _plan(self, node: Node, tenant: str, start_us: int, end_us: int,
-              segments: list[SegmentRow] | None = None) -> Scan:
+    def _check_regexes(self, node: Node) -> None:
         for pattern in regexes(node):
             try:
                 self._cursor().execute("SELECT regexp_matches('', ?)", [pattern])
             except duckdb.Error as e:
                 raise QueryError(f"invalid regular expression /{pattern}/: {e}") from None
+
+    def _plan(self, node: Node, tenant: str, start_us: int, end_us: int,
+              segments: list[SegmentRow] | None = None) -> Scan:
+        self._check_regexes(node)
         compile_filter(node)     # unknown fields and bad values are refused before any reading
         if segments is None:
             segments = self.catalog.segments(tenant, start_us, end_us)
@@ -580,7 +583,8 @@ class SearchService:
 
     def save(self, q: SavedQueryRow, replacing: str | None = None) -> SavedQueryRow:
         """Create ``q``, or replace the saved query ``replacing`` (renaming it if names differ)."""
-        check_saved(q)
+        check_saved(q, self.cfg.query.max_limit)
+        self._check_regexes(parse(q.query))
         try:
             if replacing is None:
                 self.catalog.create_saved_query(q)
@@ -598,6 +602,7 @@ class SearchService:
                   tenant: str = "default") -> SearchResult | AggregateResult:
         """Run a saved query over ``start``/``end``, or its own default range."""
         sq = self.saved(name, tenant)
+        check_saved(sq, self.cfg.query.max_limit)   # saved by an older loglake, perhaps
         p = sq.params
         start = start or p.get("start")
         end = end or p.get("end")
@@ -611,7 +616,7 @@ _SAVED_PARAMS = {"search": {"start", "end", "limit", "order", "fields"},
                  "aggregate": {"start", "end", "interval", "by", "fn", "top"}}
 
 
-def check_saved(q: SavedQueryRow) -> None:
+def check_saved(q: SavedQueryRow, max_limit: int) -> None:
     """Refuse a saved query that could never run, at save time rather than on a dashboard."""
     if q.kind not in _SAVED_PARAMS:
         raise QueryError("kind must be search or aggregate")
@@ -620,16 +625,40 @@ def check_saved(q: SavedQueryRow) -> None:
     extra = set(q.params) - _SAVED_PARAMS[q.kind]
     if extra:
         raise QueryError(f"unknown parameters for a {q.kind} query: {', '.join(sorted(extra))}")
-    parse(q.query)
-    compile_filter(parse(q.query))
     p = q.params
-    parse_range(p.get("start"), p.get("end"))
-    if q.kind == "aggregate":
-        parse_fn(p.get("fn", "count"))
-        for b in p.get("by") or []:
-            _group_sql(b)
-        if p.get("interval") not in (None, "auto"):
-            parse_duration_us(p["interval"])
+
+    def typed(key: str, kind: type | tuple[type, ...], what: str) -> Any:
+        value = p.get(key)
+        if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
+            raise QueryError(f"saved query parameter {key} must be {what}")
+        return value
+
+    compile_filter(parse(q.query))
+    parse_range(typed("start", str, "a time"), typed("end", str, "a time"))
+    if q.kind == "search":
+        limit = typed("limit", int, "a whole number")
+        if limit is not None and not 1 <= limit <= max_limit:
+            raise QueryError(f"saved query parameter limit must be between 1 and {max_limit}")
+        if typed("order", str, "asc or desc") not in (None, "asc", "desc"):
+            raise QueryError("saved query parameter order must be asc or desc")
+        fields = typed("fields", list, "a list of field names")
+        for name in fields or []:
+            if not isinstance(name, str):
+                raise QueryError("saved query parameter fields must be a list of field names")
+            resolve(name)
+        return
+    parse_fn(typed("fn", str, "count or a function like p95(field)") or "count")
+    by = typed("by", list, "a list of field names")
+    for name in by or []:
+        if not isinstance(name, str):
+            raise QueryError("saved query parameter by must be a list of field names")
+        _group_sql(name)
+    top = typed("top", int, "a whole number")
+    if top is not None and not 1 <= top <= 1000:
+        raise QueryError("saved query parameter top must be between 1 and 1000")
+    interval = typed("interval", str, "a duration like 5m")
+    if interval not in (None, "auto"):
+        parse_duration_us(interval)
 
 
 def _is_number(text: str) -> bool:

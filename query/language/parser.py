@@ -4,7 +4,9 @@
     or      := and ("OR" and)*
     and     := unary (["AND"] unary)*          juxtaposition is AND
     unary   := ("NOT" | "-") unary | primary
-    primary := "(" or ")" | CMP | FIELD (WORD | PHRASE | REGEX | RANGE) | WORD | PHRASE | REGEX
+    primary := "(" or ")" | CMP | FIELD (WORD | PHRASE | REGEX | RANGE) | WORD | PHRASE
+
+(The lexer makes a REGEX token only after a field: a bare /x/ is a word, as paths are.)
 """
 
 from __future__ import annotations
