@@ -13,7 +13,7 @@ from pathlib import Path
 from benchmarks.harness import RESULTS_DIR, console
 
 SUITES = ("ship", "ingest", "storage", "query", "e2e")
-DEFAULT_LINES = {"ship": 2_000_000, "ingest": 5_000_000, "storage": 2_000_000, "query": 2_000_000,
+DEFAULT_LINES = {"ship": 2_000_000, "ingest": 5_000_000, "storage": 2_000_000, "query": 10_000_000,
                  "e2e": 2_400_000}
 
 

@@ -74,9 +74,21 @@ def _like_pattern(value: str) -> str:
     return "".join(out)
 
 
-def literal_regex(text: str) -> str:
-    """An RE2 pattern matching ``text`` anywhere, ignoring case (Unicode simple case folding)."""
-    return "(?i)" + "".join(c if c.isalnum() or ord(c) > 0x7F else f"\\x{{{ord(c):02x}}}" for c in text)
+def literal_regex(text: str, *, ignore_case: bool = True) -> str:
+    """An RE2 pattern matching ``text`` anywhere (ignoring case: Unicode simple case folding)."""
+    body = "".join(c if c.isalnum() or ord(c) > 0x7F else f"\\x{{{ord(c):02x}}}" for c in text)
+    return "(?i)" + body if ignore_case else body
+
+
+_LITERAL_REGEX = re.compile(r"(?:\(\?i\))?((?:[^\x00-\x7f]|[A-Za-z0-9]|\\x\{[0-9a-f]{2}\})*)")
+
+
+def literal_of(pattern: str) -> str | None:
+    """The text a :func:`literal_regex` pattern matches, or None for any other pattern."""
+    m = _LITERAL_REGEX.fullmatch(pattern)
+    if not m:
+        return None
+    return re.sub(r"\\x\{([0-9a-f]{2})\}", lambda g: chr(int(g.group(1), 16)), m.group(1))
 
 
 def number(text: str) -> tuple[float, str | None] | None:
@@ -273,7 +285,8 @@ def _message_text(t: Term) -> list[str]:
         return [t.value]
     if t.kind == "wildcard":
         return [p for p in re.split(r"[*?]", t.value) if p]
-    return []
+    literal = literal_of(t.value)     # a regex that is a plain string, as the Loki API's |= makes
+    return [literal] if literal else []
 
 
 def index_test(node: Node) -> RowGroupTest | None:

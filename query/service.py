@@ -266,8 +266,14 @@ class SearchService:
             raise QueryError(f"limit must be between 1 and {self.cfg.query.max_limit}")
         if order not in ("asc", "desc"):
             raise QueryError("order must be asc or desc")
-        node = parse(q)
         start_us, end_us = parse_range(start, end)
+        return self.search_node(parse(q), start_us, end_us, limit, order, tenant, fields, cursor, t0)
+
+    def search_node(self, node: Node, start_us: int, end_us: int, limit: int, order: Order = "desc",
+                    tenant: str = "default", fields: list[str] | None = None, cursor: str | None = None,
+                    t0: float | None = None) -> SearchResult:
+        """:meth:`search` for a query already parsed (the Loki API builds its own)."""
+        t0 = time.perf_counter() if t0 is None else t0
         projection = self._projection(fields)
         after: tuple[int, int, int] | None = None
         lo, hi = start_us, end_us
@@ -511,14 +517,43 @@ class SearchService:
         out.sort(key=lambda s: (s.other, -(s.total or 0), [str(v) for v in s.group.values()]))
         return out
 
+    def buckets(self, node: Node, tenant: str, lo_us: int, hi_us: int, origin_us: int, width_us: int,
+                labels: list[str], acc: dict[str, int] | None = None) -> pa.Table:
+        """Rows with lo < ts <= hi counted per bucket (origin + (k-1)*width, origin + k*width] and per
+        value of ``labels``: columns ``k``, the labels, ``n`` (rows) and ``bytes`` (message bytes).
+        Windows are open on the left, as Loki's range vectors are."""
+        groups = [_group_sql(name) for name in labels]
+        with self._slot():
+            scan = self._plan(node, tenant, lo_us, hi_us + 1)
+            if acc is not None:
+                acc["lines"] = acc.get("lines", 0) + scan.rows_scanned
+                acc["bytes"] = acc.get("bytes", 0) + scan.bytes_scanned
+            if scan.empty:
+                return pa.table({"k": pa.array([], pa.int64())})
+            cond = compile_filter(node)
+            source = scan.relation()
+            cols = "".join(f", {g.sql} AS l{i}" for i, g in enumerate(groups))
+            sql = (f"SELECT (epoch_us(ts) - ? + ? - 1) // ? AS k{cols}, count(*) AS n, "
+                   f"sum(strlen(message))::BIGINT AS bytes FROM {source.sql} AS logs "
+                   f"WHERE ts > make_timestamptz(?::BIGINT) AND ts <= make_timestamptz(?::BIGINT) "
+                   f"AND ({cond.sql}) GROUP BY ALL")
+            params = [origin_us, width_us, width_us, *[p for g in groups for p in g.params], *source.params,
+                      lo_us, hi_us, *cond.params]
+            return self._run(sql, params)
+
     # -- fields and values ---------------------------------------------------
 
     def fields(self, q: str = "", start: str | None = None, end: str | None = None,
                tenant: str = "default", top: int = 5) -> tuple[list[FieldInfo], dict[str, Any]]:
         """Fields seen in the newest sampled rows of the range, with their type and top values."""
-        t0 = time.perf_counter()
-        node = parse(q)
         start_us, end_us = parse_range(start, end)
+        return self.fields_node(parse(q), start_us, end_us, tenant, top)
+
+    def fields_node(self, node: Node | None, start_us: int, end_us: int, tenant: str = "default",
+                    top: int = 5) -> tuple[list[FieldInfo], dict[str, Any]]:
+        """:meth:`fields` for a parsed query (None: every record)."""
+        t0 = time.perf_counter()
+        node = node or MatchAll()
         with self._slot():
             scan = self._plan(node, tenant, start_us, end_us)
             if scan.empty:
@@ -571,6 +606,57 @@ class SearchService:
                 values = [{"value": v, "count": n} for v, n in zip(table["v"].to_pylist(), table["n"].to_pylist(),
                                                                    strict=True)]
         return values, {**scan.stats(), "elapsed_ms": round((time.perf_counter() - t0) * 1000, 2)}
+
+    def _select(self, node: Node | None, start_us: int, end_us: int, tenant: str, select: str,
+                tail: str, select_params: list[Any], tail_params: list[Any]) -> tuple[pa.Table | None, Scan]:
+        """``SELECT select FROM <the planned data> WHERE <range and node> tail``; None if nothing to read."""
+        node = node or MatchAll()
+        with self._slot():
+            scan = self._plan(node, tenant, start_us, end_us)
+            if scan.empty:
+                return None, scan
+            cond = compile_filter(node)
+            source = scan.relation()
+            sql = f"SELECT {select} FROM {source.sql} AS logs WHERE {_RANGE} AND ({cond.sql}) {tail}"
+            return self._run(sql, [*select_params, *source.params, start_us, end_us, *cond.params,
+                                   *tail_params]), scan
+
+    def distinct(self, fieldname: str, node: Node | None, start_us: int, end_us: int, tenant: str = "default",
+                 limit: int = 1000) -> list[str]:
+        """Distinct values of one field in the range (label values for the Loki API)."""
+        group = _group_sql(fieldname)
+        table, _ = self._select(node, start_us, end_us, tenant, f"DISTINCT {group.sql} AS v",
+                                "AND v IS NOT NULL ORDER BY v LIMIT ?", group.params, [limit])
+        return [] if table is None else [str(v) for v in table["v"].to_pylist()]
+
+    def label_sets(self, node: Node | None, start_us: int, end_us: int, tenant: str,
+                   labels: list[str]) -> list[dict[str, str | None]]:
+        """Distinct combinations of ``labels`` (columns) in the range."""
+        groups = [_group_sql(name) for name in labels]
+        select = "DISTINCT " + ", ".join(f"{g.sql} AS l{i}" for i, g in enumerate(groups))
+        table, _ = self._select(node, start_us, end_us, tenant, select, "LIMIT ?",
+                                [p for g in groups for p in g.params], [100_000])
+        if table is None:
+            return []
+        cols = [table[f"l{i}"].to_pylist() for i in range(len(labels))]
+        return [{name: cols[i][j] for i, name in enumerate(labels)} for j in range(table.num_rows)]
+
+    def volume(self, node: Node | None, start_us: int, end_us: int, tenant: str,
+               labels: list[str]) -> list[dict[str, Any]]:
+        """Rows, message bytes and streams per combination of ``labels``, most bytes first."""
+        groups = [_group_sql(name) for name in labels]
+        keys = "".join(f"{g.sql} AS l{i}, " for i, g in enumerate(groups))
+        select = (f"{keys}count(*) AS n, sum(strlen(message))::BIGINT AS b, "
+                  "count(DISTINCT (service, host, level, source)) AS streams")
+        tail = ("GROUP BY ALL " if groups else "") + "ORDER BY b DESC LIMIT ?"
+        table, scan = self._select(node, start_us, end_us, tenant, select, tail,
+                                   [p for g in groups for p in g.params], [10_000])
+        if table is None:
+            return []
+        cols = [table[f"l{i}"].to_pylist() for i in range(len(labels))]
+        return [{"labels": tuple(c[j] for c in cols), "rows": int(table["n"][j].as_py()),
+                 "bytes": int(table["b"][j].as_py() or 0), "streams": int(table["streams"][j].as_py()),
+                 "segments": scan.segments_scanned} for j in range(table.num_rows) if table["n"][j].as_py()]
 
     # -- saved queries -------------------------------------------------------
 

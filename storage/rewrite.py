@@ -61,7 +61,7 @@ def removed_of(seg: SegmentRow, gone: pa.Table, freed: int) -> Removed:
 
 def rewrite_segment(root: DataRoot, catalog: Catalog, seg: SegmentRow, drop: DropRows, *,
                     audit: Callable[[Removed], Sequence[AuditEntry]], dry_run: bool = False,
-                    zstd_level: int = 9, row_group_rows: int = 32 * 1024) -> Removed | None:
+                    zstd_level: int = 9, row_group_rows: int = 16 * 1024) -> Removed | None:
     """Replace ``seg`` by a copy without the rows ``drop`` selects; None when it selects none.
 
     Raises CatalogConflict (and leaves no new file) if the segment stopped

@@ -85,7 +85,7 @@ def hours_of(table: pa.Table) -> pa.Array:
 
 
 def write_segments(root: DataRoot | str | os.PathLike[str], tenant: str, table: pa.Table, name: str, *,
-                   zstd_level: int = 3, row_group_rows: int = 32 * 1024) -> list[SegmentInfo]:
+                   zstd_level: int = 3, row_group_rows: int = 16 * 1024) -> list[SegmentInfo]:
     """Split ``table`` by hour of ``ts``, sort each part, write one segment per hour."""
     check_tenant(tenant)
     if not isinstance(root, DataRoot):

@@ -862,7 +862,14 @@ def test_needle_wildcard_uses_its_literal_pieces(server: Server) -> None:
     assert len(body["rows"]) == len(RG_NEEDLE_ROWS)
 
 
-@pytest.mark.parametrize("q", ["ux", "4", "message:/quu+x/", f"message:/{NEEDLE}/"])
+def test_a_regex_that_is_plain_text_prunes_like_a_word(server: Server) -> None:
+    body = server.search(f"message:/{NEEDLE}/", RANGE_C)
+    assert body["stats"]["index_used"] is True and body["stats"]["segments_pruned_by_index"] == 3
+    rows = [r for svc in C_SERVICES for r in DATA_C[svc] if NEEDLE in r["message"]]
+    assert rows and [r["attrs"]["id"] for r in body["rows"]] == newest_first(rows)
+
+
+@pytest.mark.parametrize("q", ["ux", "4", "message:/quu+x/", f"message:/{NEEDLE[:4]}.{NEEDLE[5:]}/"])
 def test_short_substring_or_regex_uses_no_pruning_but_is_right(server: Server, q: str) -> None:
     body = server.search(q, RANGE_C)
     stats = body["stats"]
