@@ -5,7 +5,9 @@ from __future__ import annotations
 import collections
 import random
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+
+import httpx
 
 from tests.corpus import access_status, append, make_lines, now_utc, uids_in
 from tests.processes import Stack, wait_until
@@ -65,3 +67,24 @@ def test_every_line_searchable_exactly_once_within_30s(stack: Stack) -> None:
     server_errors = stack.search("http.status:5*", start=start, end=end, limit=10_000)["rows"]
     assert sorted(uids_in(server_errors)) == [ln.uid for ln in access if access_status(ln.uid) >= 500]
     assert {r["level"] for r in server_errors} == {"error"}
+
+    # The same data through the Loki-compatible API, as Grafana asks for it.
+    def loki(path: str, **params: object) -> dict:
+        resp = httpx.get(f"{stack.url}/loki/api/v1/{path}", params=params, timeout=30)
+        assert resp.status_code == 200, resp.text
+        return resp.json()
+
+    ns = {"start": str(int((base - timedelta(minutes=1)).timestamp() * 1e9)),
+          "end": str(int((now_utc() + timedelta(minutes=1)).timestamp() * 1e9))}
+    assert loki("query", query="vector(1)+vector(1)")["data"]["result"][0]["value"][1] == "2"
+    streams = loki("query_range", query='{service="app", level="error"}', limit=5000, **ns)["data"]["result"]
+    assert sum(len(s["values"]) for s in streams) == len(errors)
+    assert all(s["stream"]["service"] == "app" and s["stream"]["level"] == "error" for s in streams)
+    token_line = random.Random(8).choice(lines)
+    found = loki("query_range", query=f'{{service=~".+"}} |= "{token_line.token}"', **ns)["data"]["result"]
+    exact_us = (token_line.ts - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+    assert [v[0] for s in found for v in s["values"]] == [str(exact_us * 1000)]
+    total = loki("query", query='sum(count_over_time({service=~".+"}[2h]))', time=ns["end"])["data"]["result"]
+    assert total[0]["value"][1] == str(N)
+    assert "service" in loki("labels", **ns)["data"]
+    assert "app" in loki("label/service/values", **ns)["data"]

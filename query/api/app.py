@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field
 
 from loglake.config import Config
 from query.errors import QueryError, QuerySyntaxError, ScanTooLarge, TooManyQueries
+from query.loki.api import router as loki_router
 from query.service import AggregateResult, SearchResult, SearchService
 from query.timerange import format_us, now_us
 from storage.catalog import Catalog, SavedQueryRow
@@ -311,6 +312,8 @@ def create_app(cfg: Config, catalog: Catalog | None = None) -> FastAPI:
                   ) -> RetentionResponse:
         """Policies, holds, what is stored per tenant and service, the last and next runs, recent deletions."""
         return retention_view(cfg, catalog, tenant, limit)
+
+    app.include_router(loki_router(service))
 
     @app.middleware("http")
     async def _timed(request: Request, call_next: Any) -> Response:

@@ -1,0 +1,340 @@
+"""Loki's HTTP API over loglake, so Grafana's Loki data source works unchanged.
+
+Paths, parameters and JSON shapes follow Loki's HTTP API documentation;
+the tenant is ``X-Scope-OrgID``. Every ``stats`` figure is the query's own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import APIRouter, Header, Query, Request, WebSocket, WebSocketDisconnect
+from fastapi.responses import JSONResponse
+
+from query.errors import QueryError
+from query.language.ast import Node
+from query.logql import LogQuery, is_scalar, parse
+from query.loki.engine import Engine, Matrix, Scalar
+from query.loki.pipeline import Entry
+from query.loki.translate import STREAM_LABELS, column_of, selector_node
+from query.service import SearchService
+from query.timerange import now_us, parse_duration_us, parse_time_us
+
+VERSION = "3.4.0"        # the Loki API level this answers, as Grafana checks features by version
+_HOUR_US = 3_600_000_000
+
+Tenant = Annotated[str, Header(alias="X-Scope-OrgID")]
+
+
+def loki_time(text: str | None, default_us: int) -> int:
+    """Loki's times: nanosecond integers, float seconds, or RFC 3339."""
+    if text is None or text == "":
+        return default_us
+    return parse_time_us(text)
+
+
+def loki_step(text: str | None, start_us: int, end_us: int) -> int:
+    """``step``: float seconds or a duration like 15000ms; default about 250 points, at least 1 s."""
+    if not text:
+        return max(1_000_000, math.ceil((end_us - start_us) / 250 / 1e6) * 1_000_000)
+    try:
+        seconds = float(text)
+    except ValueError:
+        return parse_duration_us(text)
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise QueryError("step must be positive")
+    return int(seconds * 1_000_000)
+
+
+def _ns(us: int) -> str:
+    return str(us * 1000)
+
+
+def _sample(v: float) -> str:
+    if math.isnan(v):
+        return "NaN"
+    if math.isinf(v):
+        return "+Inf" if v > 0 else "-Inf"
+    return format(v, ".15g") if v != int(v) or abs(v) >= 1e15 else str(int(v))
+
+
+def _stats(lines: int, bytes_: int, returned: int, t0: float) -> dict[str, Any]:
+    took = max(time.perf_counter() - t0, 1e-9)
+    summary = {"bytesProcessedPerSecond": int(bytes_ / took), "linesProcessedPerSecond": int(lines / took),
+               "totalBytesProcessed": bytes_, "totalLinesProcessed": lines, "execTime": took, "queueTime": 0,
+               "subqueries": 0, "totalEntriesReturned": returned, "splits": 0, "shards": 0,
+               "totalPostFilterLines": returned, "totalStructuredMetadataBytesProcessed": 0}
+    return {"summary": summary, "querier": {"store": {"totalChunksRef": 0, "totalChunksDownloaded": 0}},
+            "ingester": {"totalReached": 0, "totalChunksMatched": 0, "totalBatches": 0, "totalLinesSent": 0}}
+
+
+def _streams(entries: list[Entry]) -> list[dict[str, Any]]:
+    streams: dict[tuple[tuple[str, str], ...], list[list[str]]] = {}
+    for e in entries:
+        key = tuple(sorted(e.labels.items()))
+        streams.setdefault(key, []).append([_ns(e.ts_us), e.line])
+    return [{"stream": dict(k), "values": v} for k, v in streams.items()]
+
+
+def _matrix_json(m: Matrix, steps: np.ndarray) -> list[dict[str, Any]]:
+    secs = [s / 1e6 for s in steps.tolist()]
+    out = []
+    for key, arr in sorted(m.items()):
+        values = [[secs[i], _sample(float(v))] for i, v in enumerate(arr.tolist()) if not math.isnan(v)]
+        if values:
+            out.append({"metric": dict(key), "values": values})
+    return out
+
+
+def _ok(data: Any) -> dict[str, Any]:
+    return {"status": "success", "data": data}
+
+
+def _error(exc: Exception, status: int = 400) -> JSONResponse:
+    # Loki answers errors as plain text; Grafana shows the body.
+    return JSONResponse({"status": "error", "errorType": "bad_data", "error": str(exc)}, status_code=status)
+
+
+def router(service: SearchService) -> APIRouter:
+    """The Loki-compatible routes over ``service``."""
+    engine = Engine(service)
+    r = APIRouter(tags=["loki"])
+
+    def selector_of(query: str | None) -> Node | None:
+        if not query:
+            return None
+        expr = parse(query)
+        if not isinstance(expr, LogQuery):
+            raise QueryError("expected a stream selector such as {service=\"api\"}")
+        return selector_node(expr.selector)
+
+    def run_logs(expr: LogQuery, start_us: int, end_us: int, limit: int, direction: str, tenant: str,
+                 t0: float) -> dict[str, Any]:
+        entries, stats = engine.logs(expr, start_us, end_us, limit, direction, tenant)
+        return _ok({"resultType": "streams", "result": _streams(entries),
+                    "stats": _stats(stats.get("rows_scanned", 0), stats.get("bytes_scanned", 0), len(entries), t0)})
+
+    @r.get("/loki/api/v1/query_range")
+    @r.post("/loki/api/v1/query_range")
+    def query_range(query: str, start: str | None = None, end: str | None = None, limit: int = 100,
+                    step: str | None = None, direction: str = "backward",
+                    tenant: Tenant = "default") -> dict[str, Any]:
+        """Streams for a log query, a matrix for a metric query."""
+        t0 = time.perf_counter()
+        end_us = loki_time(end, now_us())
+        start_us = loki_time(start, end_us - _HOUR_US)
+        if end_us < start_us:
+            raise QueryError("end is before start")
+        expr = parse(query)
+        if isinstance(expr, LogQuery):
+            if not 1 <= limit <= service.cfg.query.max_limit:
+                raise QueryError(f"limit must be between 1 and {service.cfg.query.max_limit}")
+            return run_logs(expr, start_us, end_us + 1, limit, direction, tenant, t0)
+        step_us = loki_step(step, start_us, end_us)
+        if (end_us - start_us) // step_us + 1 > 11_000:
+            raise QueryError("exceeded maximum resolution of 11,000 points per series: increase the step")
+        steps = np.arange(start_us, end_us + 1, step_us, dtype=np.int64)
+        engine.figures()
+        value = engine.evaluate(expr, steps, tenant)
+        if isinstance(value, Scalar):
+            value = {(): value.values}
+        result = _matrix_json(value, steps)
+        f = engine.figures()
+        return _ok({"resultType": "matrix", "result": result,
+                    "stats": _stats(f.get("lines", 0), f.get("bytes", 0), len(result), t0)})
+
+    @r.get("/loki/api/v1/query")
+    @r.post("/loki/api/v1/query")
+    def query_instant(query: str, time_: Annotated[str | None, Query(alias="time")] = None, limit: int = 100,
+                      direction: str = "backward", tenant: Tenant = "default") -> dict[str, Any]:
+        """A metric query at one time (a vector or a scalar); a log query up to that time."""
+        t0 = time.perf_counter()
+        at = loki_time(time_, now_us())
+        expr = parse(query)
+        if isinstance(expr, LogQuery):
+            return run_logs(expr, at - _HOUR_US, at + 1, limit, direction, tenant, t0)
+        steps = np.array([at], dtype=np.int64)
+        engine.figures()
+        value = engine.evaluate(expr, steps, tenant)
+        f = engine.figures()
+        stats = _stats(f.get("lines", 0), f.get("bytes", 0), 1, t0)
+        if is_scalar(expr) and isinstance(value, Scalar):
+            return _ok({"resultType": "scalar", "result": [at / 1e6, _sample(float(value.values[0]))],
+                        "stats": stats})
+        if isinstance(value, Scalar):
+            value = {(): value.values}
+        result = [{"metric": dict(k), "value": [at / 1e6, _sample(float(v[0]))]}
+                  for k, v in sorted(value.items()) if not math.isnan(v[0])]
+        stats["summary"]["totalEntriesReturned"] = len(result)
+        return _ok({"resultType": "vector", "result": result, "stats": stats})
+
+    def _range(start: str | None, end: str | None, since: str | None = None) -> tuple[int, int]:
+        end_us = loki_time(end, now_us())
+        default = end_us - (parse_duration_us(since) if since else 6 * _HOUR_US)
+        return loki_time(start, default), end_us + 1
+
+    @r.get("/loki/api/v1/labels")
+    def labels(start: str | None = None, end: str | None = None, since: str | None = None,
+               query: str | None = None, tenant: Tenant = "default") -> dict[str, Any]:
+        """Label names: the stream labels every record has."""
+        _range(start, end, since)
+        return _ok(sorted(STREAM_LABELS))
+
+    @r.get("/loki/api/v1/label/{name}/values")
+    def label_values(name: str, start: str | None = None, end: str | None = None, since: str | None = None,
+                     query: str | None = None, limit: int = 1000, tenant: Tenant = "default") -> dict[str, Any]:
+        lo, hi = _range(start, end, since)
+        node = selector_of(query)
+        values = service.distinct(column_of(name), node, lo, hi, tenant, limit)
+        return _ok(sorted(values))
+
+    def _series(match: list[str], start: str | None, end: str | None, tenant: str) -> dict[str, Any]:
+        lo, hi = _range(start, end)
+        found: set[tuple[tuple[str, str], ...]] = set()
+        for m in match or ["{service=~\".+\"}"]:
+            node = selector_of(m)
+            for row in service.label_sets(node, lo, hi, tenant, list(STREAM_LABELS)):
+                found.add(tuple(sorted((k, v) for k, v in row.items() if v is not None)))
+        return _ok([dict(k) for k in sorted(found)])
+
+    @r.get("/loki/api/v1/series")
+    def series(match: Annotated[list[str], Query(alias="match[]")] = [],  # noqa: B006 (FastAPI reads it)
+               start: str | None = None, end: str | None = None, tenant: Tenant = "default") -> dict[str, Any]:
+        return _series(match, start, end, tenant)
+
+    @r.post("/loki/api/v1/series")
+    async def series_post(request: Request, tenant: Tenant = "default") -> dict[str, Any]:
+        form = await request.form()
+        match = [str(v) for v in form.getlist("match[]")] or request.query_params.getlist("match[]")
+        return await asyncio.to_thread(_series, match, form.get("start") or request.query_params.get("start"),
+                                       form.get("end") or request.query_params.get("end"), tenant)
+
+    def _index_stats(query: str, start: str | None, end: str | None, tenant: str) -> dict[str, Any]:
+        lo, hi = _range(start, end)
+        node = selector_of(query)
+        s = service.volume(node, lo, hi, tenant, [])
+        total = s[0] if s else {"rows": 0, "bytes": 0, "segments": 0, "streams": 0}
+        return {"streams": total["streams"], "chunks": total["segments"], "entries": total["rows"],
+                "bytes": total["bytes"]}
+
+    @r.get("/loki/api/v1/index/stats")
+    def index_stats(query: str, start: str | None = None, end: str | None = None,
+                    tenant: Tenant = "default") -> dict[str, Any]:
+        return _index_stats(query, start, end, tenant)
+
+    @r.post("/loki/api/v1/index/stats")
+    async def index_stats_post(request: Request, tenant: Tenant = "default") -> dict[str, Any]:
+        f = await request.form()
+        q = request.query_params
+        return await asyncio.to_thread(_index_stats, str(f.get("query") or q.get("query") or ""),
+                                       f.get("start") or q.get("start"), f.get("end") or q.get("end"), tenant)
+
+    def _volume(query: str, start: str | None, end: str | None, limit: int, target: str | None,
+                aggregate_by: str, step: str | None, ranged: bool, tenant: str) -> dict[str, Any]:
+        lo, hi = _range(start, end)
+        node = selector_of(query)
+        expr = parse(query)
+        names = [t.strip() for t in target.split(",")] if target else \
+            [m.name for m in expr.selector.matchers] if isinstance(expr, LogQuery) else []
+        names = [n for n in names if n] if aggregate_by != "labels" else names
+        if not ranged:
+            rows = service.volume(node, lo, hi, tenant, [column_of(n) for n in names])[:limit]
+            return _ok({"resultType": "vector", "result": [
+                {"metric": {n: str(r["labels"][i]) for i, n in enumerate(names) if r["labels"][i] is not None},
+                 "value": [(hi - 1) / 1e6, str(r["bytes"])]} for r in rows]})
+        step_us = loki_step(step, lo, hi)
+        table = service.buckets(node, tenant, lo - 1, hi - 1, lo - 1, step_us, [column_of(n) for n in names])
+        series: dict[tuple[tuple[str, str], ...], dict[int, int]] = {}
+        cols = [table[f"l{i}"].to_pylist() for i in range(len(names))] if table.num_rows else []
+        for j, k in enumerate(table["k"].to_pylist() if table.num_rows else []):
+            key = tuple((n, str(cols[i][j])) for i, n in enumerate(names) if cols[i][j] is not None)
+            t = lo + (k - 1) * step_us      # the bucket's start
+            series.setdefault(key, {})[t] = series.setdefault(key, {}).get(t, 0) + int(table["bytes"][j].as_py())
+        result = [{"metric": dict(k), "values": [[t / 1e6, str(v)] for t, v in sorted(pts.items())]}
+                  for k, pts in sorted(series.items())][:limit]
+        return _ok({"resultType": "matrix", "result": result})
+
+    @r.get("/loki/api/v1/index/volume")
+    @r.post("/loki/api/v1/index/volume")
+    def volume(query: str, start: str | None = None, end: str | None = None, limit: int = 100,
+               targetLabels: str | None = None, aggregateBy: str = "series",  # noqa: N803 (Loki's names)
+               tenant: Tenant = "default") -> dict[str, Any]:
+        """Bytes per label set in the range (Grafana's log volume)."""
+        return _volume(query, start, end, limit, targetLabels, aggregateBy, None, False, tenant)
+
+    @r.get("/loki/api/v1/index/volume_range")
+    @r.post("/loki/api/v1/index/volume_range")
+    def volume_range(query: str, start: str | None = None, end: str | None = None, limit: int = 100,
+                     step: str | None = None, targetLabels: str | None = None,  # noqa: N803
+                     aggregateBy: str = "series", tenant: Tenant = "default") -> dict[str, Any]:  # noqa: N803
+        return _volume(query, start, end, limit, targetLabels, aggregateBy, step, True, tenant)
+
+    @r.get("/loki/api/v1/detected_labels")
+    def detected_labels(query: str | None = None, start: str | None = None, end: str | None = None,
+                        tenant: Tenant = "default") -> dict[str, Any]:
+        lo, hi = _range(start, end)
+        node = selector_of(query)
+        return {"detectedLabels": [{"label": name, "cardinality": len(service.distinct(name, node, lo, hi, tenant,
+                                                                                     10_000))}
+                                   for name in STREAM_LABELS]}
+
+    @r.get("/loki/api/v1/detected_fields")
+    def detected_fields(query: str | None = None, start: str | None = None, end: str | None = None,
+                        limit: int = 1000, tenant: Tenant = "default") -> dict[str, Any]:
+        lo, hi = _range(start, end)
+        node = selector_of(query)
+        fields, _ = service.fields_node(node, lo, hi, tenant)
+        out = [{"label": f.name.removeprefix("attrs."), "type": "float" if f.type == "number" else "string",
+                "cardinality": f.distinct, "parsers": None}
+               for f in fields if f.name not in STREAM_LABELS][:limit]
+        return {"fields": out, "limit": limit}
+
+    @r.get("/loki/api/v1/detected_field/{name}/values")
+    def detected_field_values(name: str, query: str | None = None, start: str | None = None,
+                              end: str | None = None, limit: int = 1000, tenant: Tenant = "default") -> dict[str, Any]:
+        lo, hi = _range(start, end)
+        node = selector_of(query)
+        return {"values": sorted(service.distinct(column_of(name), node, lo, hi, tenant, limit))}
+
+    @r.get("/loki/api/v1/status/buildinfo")
+    def buildinfo() -> dict[str, str]:
+        return {"version": VERSION, "revision": "loglake", "branch": "main", "buildUser": "loglake",
+                "buildDate": "", "goVersion": ""}
+
+    @r.get("/ready")
+    def ready() -> JSONResponse:
+        try:
+            service.catalog.totals()
+        except Exception as e:  # not ready is the honest answer to any catalog failure
+            return JSONResponse({"status": "unavailable", "reason": str(e)}, status_code=503)
+        return JSONResponse("ready", status_code=200)
+
+    @r.websocket("/loki/api/v1/tail")
+    async def tail(ws: WebSocket) -> None:
+        """New lines matching a log query, pushed as they are stored (polled every second)."""
+        await ws.accept()
+        try:
+            q = ws.query_params.get("query", "")
+            tenant = ws.headers.get("x-scope-orgid", "default")
+            limit = int(ws.query_params.get("limit", "100"))
+            expr = parse(q)
+            if not isinstance(expr, LogQuery):
+                raise QueryError("tail needs a log query")
+            since = loki_time(ws.query_params.get("start"), now_us() - _HOUR_US)
+            while True:
+                until = now_us() + 1
+                entries, _ = await asyncio.to_thread(engine.logs, expr, since, until, limit, "forward", tenant)
+                if entries:
+                    since = entries[-1].ts_us + 1
+                    await ws.send_json({"streams": _streams(entries), "dropped_entries": None})
+                await asyncio.sleep(1.0)
+        except WebSocketDisconnect:
+            return
+        except QueryError as e:
+            await ws.close(code=1008, reason=str(e)[:120])
+
+    return r

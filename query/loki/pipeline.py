@@ -1,0 +1,277 @@
+"""LogQL pipeline stages that run after the SQL: parsers, label filters, formats.
+
+Selectors and the line filters before any stage that rewrites the line are
+compiled to SQL (``translate.py``); what is left runs here, entry by entry,
+on the rows the SQL returned. Errors follow Loki: a line a parser cannot read
+keeps its labels and gains ``__error__`` (and ``__error_details__``), which a
+``| __error__ = ""`` filter can drop.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+from query.logql import (
+    BytesFilter, Decolorize, DropLabels, DurationFilter, JsonParser, KeepLabels, LabelAnd, LabelFilter,
+    LabelFormat, LabelOr, LabelPredicate, LineFilter, LineFormat, LogfmtParser, Matcher, NumericFilter,
+    PatternParser, RegexpParser, Stage, pattern_parts, render,
+)
+from query.logql.lexer import parse_bytes, parse_go_duration
+
+ERROR = "__error__"
+ERROR_DETAILS = "__error_details__"
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
+_LABEL_CHARS = re.compile(r"[^A-Za-z0-9_]")
+_LOGFMT = re.compile(r'\s*([^\s=]+)(?:=("(?:[^"\\]|\\.)*"|\S*))?')
+
+
+@dataclass
+class Entry:
+    """One log line on its way through a pipeline."""
+
+    ts_us: int
+    line: str
+    labels: dict[str, str]
+    #: Labels a parser added (they are not stream labels, and collide with them as ``x_extracted``).
+    parsed: set[str] = field(default_factory=set)
+
+
+def sanitize(name: str) -> str:
+    """A label name as Loki's parsers make them: invalid characters become '_'."""
+    out = _LABEL_CHARS.sub("_", name)
+    return "_" + out if out[:1].isdigit() else out
+
+
+@lru_cache(maxsize=256)
+def _regex(pattern: str, anchored: bool) -> re.Pattern[str]:
+    return re.compile(f"(?:{pattern})\\Z" if anchored else pattern, re.S)
+
+
+def _add(entry: Entry, name: str, value: str) -> None:
+    if name in entry.labels and name not in entry.parsed:
+        name = f"{name}_extracted"      # a parsed field never hides a stream label
+    entry.labels[name] = value
+    entry.parsed.add(name)
+
+
+def _fail(entry: Entry, error: str, details: str) -> None:
+    entry.labels.setdefault(ERROR, error)
+    entry.labels.setdefault(ERROR_DETAILS, details)
+
+
+def _flatten(prefix: str, value: Any, out: dict[str, str]) -> None:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _flatten(f"{prefix}_{sanitize(k)}" if prefix else sanitize(k), v, out)
+    elif isinstance(value, list):
+        out[prefix] = json.dumps(value, separators=(",", ":"))
+    elif value is None:
+        out[prefix] = ""
+    elif isinstance(value, bool):
+        out[prefix] = "true" if value else "false"
+    else:
+        out[prefix] = str(value)
+
+
+_PATH_PART = re.compile(r'\.?(?:\["((?:[^"\\]|\\.)*)"\]|\[(\d+)\]|([^.\[\]]+))')
+
+
+def _json_path(doc: Any, expression: str) -> str | None:
+    """``a.b[0]`` or ``a["b c"]`` inside a parsed document; None when absent."""
+    node = doc
+    for m in _PATH_PART.finditer(expression):
+        key, index, name = m.groups()
+        if index is not None:
+            if not isinstance(node, list) or int(index) >= len(node):
+                return None
+            node = node[int(index)]
+        else:
+            k = key if key is not None else name
+            if not isinstance(node, dict) or k not in node:
+                return None
+            node = node[k]
+    if isinstance(node, (dict, list)):
+        return json.dumps(node, separators=(",", ":"))
+    if node is None:
+        return ""
+    return "true" if node is True else "false" if node is False else str(node)
+
+
+def _json(stage: JsonParser, entry: Entry) -> None:
+    try:
+        doc = json.loads(entry.line)
+    except ValueError as e:
+        _fail(entry, "JSONParserErr", str(e))
+        return
+    if stage.params:
+        for p in stage.params:
+            value = _json_path(doc, p.expression)
+            if value is not None:
+                _add(entry, p.label, value)
+        return
+    if not isinstance(doc, dict):
+        _fail(entry, "JSONParserErr", "not a JSON object")
+        return
+    found: dict[str, str] = {}
+    _flatten("", doc, found)
+    for k, v in found.items():
+        _add(entry, k, v)
+
+
+def _logfmt(stage: LogfmtParser, entry: Entry) -> None:
+    pairs: dict[str, str] = {}
+    pos, line = 0, entry.line
+    while pos < len(line):
+        m = _LOGFMT.match(line, pos)
+        if not m or m.end() == pos:
+            if stage.strict:
+                _fail(entry, "LogfmtParserErr", f"unexpected character at {pos}")
+                return
+            pos += 1
+            continue
+        key, raw = m.group(1), m.group(2)
+        pos = m.end()
+        if raw is None:
+            if stage.strict:
+                _fail(entry, "LogfmtParserErr", f"key {key!r} without a value")
+                return
+            raw = ""
+        value = json.loads(raw) if raw.startswith('"') and len(raw) > 1 else raw
+        if value or stage.keep_empty:
+            pairs[sanitize(key)] = value
+    if stage.params:
+        for p in stage.params:
+            if p.expression in pairs:
+                _add(entry, p.label, pairs[p.expression])
+        return
+    for k, v in pairs.items():
+        _add(entry, k, v)
+
+
+@lru_cache(maxsize=256)
+def _pattern_regex(pattern: str) -> re.Pattern[str]:
+    out = []
+    for kind, text in pattern_parts(pattern):
+        out.append(re.escape(text) if kind == "literal" else ("(?:.*?)" if text == "_" else f"(?P<{text}>.*?)"))
+    return re.compile("".join(out) + "$", re.S)
+
+
+def _matcher(m: Matcher, labels: dict[str, str]) -> bool:
+    value = labels.get(m.name, "")
+    if m.op == "=":
+        return value == m.value
+    if m.op == "!=":
+        return value != m.value
+    found = _regex(m.value, True).match(value) is not None
+    return found if m.op == "=~" else not found
+
+
+_COMPARE = {"==": lambda a, b: a == b, "!=": lambda a, b: a != b, ">": lambda a, b: a > b,
+            ">=": lambda a, b: a >= b, "<": lambda a, b: a < b, "<=": lambda a, b: a <= b}
+
+
+def holds(p: LabelPredicate, entry: Entry) -> bool:
+    """A label filter expression on ``entry`` (conversion failures set ``__error__``, as in Loki)."""
+    match p:
+        case Matcher():
+            return _matcher(p, entry.labels)
+        case LabelAnd(items=items):
+            return all(holds(i, entry) for i in items)
+        case LabelOr(items=items):
+            return any(holds(i, entry) for i in items)
+        case NumericFilter(name=name, op=op, value=v) | DurationFilter(name=name, op=op, value=v) \
+                | BytesFilter(name=name, op=op, value=v):
+            raw = entry.labels.get(name)
+            if raw is None:
+                return False
+            got = convert(p, raw)
+            if got is None:
+                _fail(entry, "LabelFilterErr", f"cannot read {raw!r} of {name}")
+                return True     # kept, marked: Loki lets `| __error__=""` decide
+            return _COMPARE[op](got, v)
+    raise TypeError(f"not a label predicate: {p!r}")
+
+
+def convert(p: NumericFilter | DurationFilter | BytesFilter, raw: str) -> float | None:
+    if isinstance(p, DurationFilter):
+        return parse_go_duration(raw.strip())
+    if isinstance(p, BytesFilter):
+        return parse_bytes(raw.strip())
+    try:
+        return float(raw)
+    except ValueError:
+        return None
+
+
+def _line_filter(f: LineFilter, line: str) -> bool:
+    if f.op == "|=":
+        return any(v in line for v in f.values)
+    if f.op == "!=":
+        return not any(v in line for v in f.values)
+    found = any(_regex(v, False).search(line) for v in f.values)
+    return found if f.op == "|~" else not found
+
+
+def _keep(items: Iterable[str | Matcher], labels: dict[str, str], keep: bool) -> dict[str, str]:
+    names = {i for i in items if isinstance(i, str)}
+    matchers = [i for i in items if isinstance(i, Matcher)]
+
+    def listed(k: str) -> bool:
+        return k in names or any(m.name == k and _matcher(m, labels) for m in matchers)
+
+    return {k: v for k, v in labels.items() if listed(k) == keep}
+
+
+def apply(stage: Stage, entry: Entry) -> bool:
+    """Run one stage on ``entry`` in place; False drops it."""
+    match stage:
+        case LineFilter():
+            return _line_filter(stage, entry.line)
+        case JsonParser():
+            _json(stage, entry)
+        case LogfmtParser():
+            _logfmt(stage, entry)
+        case RegexpParser(pattern=pattern):
+            m = _regex(pattern, False).search(entry.line)
+            if m:
+                for k, v in m.groupdict().items():
+                    if v is not None:
+                        _add(entry, k, v)
+        case PatternParser(pattern=pattern):
+            m = _pattern_regex(pattern).match(entry.line)
+            if m:
+                for k, v in m.groupdict().items():
+                    _add(entry, k, v)
+        case LabelFilter(predicate=p):
+            return holds(p, entry)
+        case LineFormat(template=t):
+            entry.line = render(t, entry.labels, entry.line)
+        case LabelFormat(items=items):
+            updated = dict(entry.labels)
+            for item in items:
+                if item.rename:
+                    if item.value in entry.labels:
+                        updated[item.dst] = entry.labels[item.value]
+                        updated.pop(item.value, None)
+                else:
+                    updated[item.dst] = render(item.value, entry.labels, entry.line)
+            entry.labels = updated
+        case KeepLabels(items=items):
+            entry.labels = _keep(items, entry.labels, True)
+        case DropLabels(items=items):
+            entry.labels = _keep(items, entry.labels, False)
+        case Decolorize():
+            entry.line = _ANSI.sub("", entry.line)
+    return True
+
+
+def run(stages: tuple[Stage, ...], entries: Iterable[Entry]) -> Iterator[Entry]:
+    """The entries that pass every stage, transformed by them."""
+    for e in entries:
+        if all(apply(s, e) for s in stages):
+            yield e

@@ -1,0 +1,80 @@
+"""A LogQL log query to the native query AST, so both languages share one planner.
+
+The selector and every line filter that sees the original line (those before
+a ``line_format`` or ``decolorize``) become native nodes: the catalog prunes
+by service and level, the trigram index by the filters' text, DuckDB runs the
+rest. What cannot be SQL stays a pipeline stage (``pipeline.py``).
+"""
+
+from __future__ import annotations
+
+import re
+
+from query.language.ast import And, Exists, MatchAll, Node, Not, Or, Term
+from query.logql import Decolorize, LineFilter, LineFormat, LogQuery, Matcher, Selector, Stage
+from query.planner import literal_regex
+
+#: Loki labels every stream has, as loglake's columns; Grafana also asks for these aliases.
+STREAM_LABELS = ("service", "host", "level", "source")
+_ALIASES = {"service_name": "service", "detected_level": "level", "app": "service", "job": "service"}
+
+
+def column_of(label: str) -> str:
+    """The record field a Loki label addresses (a column, or an attribute key)."""
+    return _ALIASES.get(label, label)
+
+
+def _empty_matches(pattern: str) -> bool:
+    try:
+        return re.fullmatch(pattern, "") is not None
+    except re.error:
+        return False
+
+
+def matcher_node(m: Matcher) -> Node:
+    """One selector matcher; an absent label reads as "" (Loki's rule)."""
+    name = column_of(m.name)
+    absent = Not(Exists(name))
+    if m.op in ("=", "!="):
+        node: Node = Term(name, m.value, "phrase")
+        if m.value == "":
+            node = Or((absent, node))
+        return node if m.op == "=" else Not(node)
+    node = Term(name, f"^(?:{m.value})$", "regex")
+    if _empty_matches(m.value):
+        node = Or((absent, node))
+    return node if m.op == "=~" else Not(node)
+
+
+def selector_node(sel: Selector) -> Node:
+    nodes = [matcher_node(m) for m in sel.matchers]
+    return nodes[0] if len(nodes) == 1 else And(tuple(nodes))
+
+
+def line_filter_node(f: LineFilter) -> Node | None:
+    """A line filter as a native node; None when it keeps every line (``|= ""``)."""
+    if f.op in ("|=", "!="):
+        if any(v == "" for v in f.values):
+            return None if f.op == "|=" else Not(MatchAll())
+        terms = [Term("message", literal_regex(v, ignore_case=False), "regex") for v in f.values]
+    else:
+        terms = [Term("message", v, "regex") for v in f.values]
+    node: Node = terms[0] if len(terms) == 1 else Or(tuple(terms))
+    return node if f.op in ("|=", "|~") else Not(node)
+
+
+def pushdown(q: LogQuery) -> tuple[Node, tuple[Stage, ...]]:
+    """(the native node for ``q``'s SQL part, the stages left to run on its rows)."""
+    nodes = [selector_node(q.selector)]
+    rest: list[Stage] = []
+    line_rewritten = False
+    for stage in q.pipeline:
+        if isinstance(stage, (LineFormat, Decolorize)):
+            line_rewritten = True
+        if isinstance(stage, LineFilter) and not line_rewritten:
+            node = line_filter_node(stage)
+            if node is not None:
+                nodes.append(node)
+            continue
+        rest.append(stage)
+    return (nodes[0] if len(nodes) == 1 else And(tuple(nodes))), tuple(rest)
