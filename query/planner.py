@@ -129,6 +129,8 @@ def _comparisons(fname: str, bounds: list[tuple[str, str]]) -> Compiled:
     kind, name = resolve(fname)
     if name in _TIME_COLUMNS:
         raise QueryError(f"{name} cannot be compared in a query: use start and end")
+    if name == "attrs":
+        raise QueryError("attrs holds every attribute: compare one by its key, e.g. attrs.latency>250ms")
     if name == "level" or name == "severity":
         params = []
         for _, value in bounds:
@@ -168,9 +170,12 @@ def _term(t: Term) -> Compiled:
         if name in _TIME_COLUMNS or name == "severity":
             raise QueryError(f"{name} cannot be matched by a regular expression")
         return Compiled(f"regexp_matches({subject.sql}, ?)", [*subject.params, t.value])
+    if name == "attrs":
+        raise QueryError("attrs holds every attribute: search one by its key, e.g. attrs.http.status:500")
     if name == "message":
         if t.kind == "wildcard":
-            return Compiled("lower(message) LIKE ? ESCAPE '\\'", [f"%{_like_pattern(t.value.lower())}%"])
+            # DuckDB lowers both sides, so they fold alike (Python's lower differs: final sigma, dotted I).
+            return Compiled("lower(message) LIKE lower(?) ESCAPE '\\'", [f"%{_like_pattern(t.value)}%"])
         # RE2's case-insensitive literal search: twice as fast as contains(lower(message), ?),
         # which builds a lower-cased copy of every message first.
         return Compiled("regexp_matches(message, ?)", [literal_regex(t.value)])
@@ -355,7 +360,8 @@ class Scan:
             params.append(self.whole)
         for url, ranges in self.partial:
             rows = " OR ".join("file_row_number >= ? AND file_row_number < ?" for _ in ranges)
-            parts.append(f"SELECT {columns} FROM read_parquet(?, hive_partitioning = false, "
+            cols = "* EXCLUDE (file_row_number)" if columns == "*" else columns
+            parts.append(f"SELECT {cols} FROM read_parquet(?, hive_partitioning = false, "
                          f"file_row_number = true) WHERE {rows}")
             params += [url, *[b for r in ranges for b in r]]
         return Compiled("(" + " UNION ALL ".join(parts) + ")", params)

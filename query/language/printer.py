@@ -29,8 +29,10 @@ def _value(t: Term) -> str:
         return _quote(t.value)
     if t.kind == "regex":
         return _regex(t.value)
-    special = _WORD_SPECIAL if t.kind == "wildcard" else _WORD_SPECIAL | {"*", "?"}
-    out = "".join("\\" + c if c in special or c.isspace() else c for c in t.value)
+    if t.kind == "wildcard":
+        # The parser takes no escape in a wildcard: its text was read as is, and prints as is.
+        return t.value
+    out = "".join("\\" + c if c in _WORD_SPECIAL | {"*", "?"} or c.isspace() else c for c in t.value)
     if t.value in ("AND", "OR", "NOT") or t.value.startswith("-") or (t.field and t.value[:1] in "/[{"):
         out = "\\" + out     # an escape keeps a keyword, a leading '-', or a field's '/' or '[' literal
     return out
