@@ -14,7 +14,6 @@ Segments (all on 2024-03-01, UTC):
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,6 @@ import duckdb
 import httpx
 import pyarrow as pa
 import pytest
-import uvicorn
 from fastapi import FastAPI
 
 from loglake.config import Config, load_config
@@ -34,7 +32,7 @@ from query.timerange import parse_time_us
 from storage.catalog import Catalog, PartitionCommit
 from storage.schema import RECORD_SCHEMA, SEVERITY
 from storage.segments import SegmentInfo, write_segments
-from tests.processes import free_port, wait_until
+from tests.processes import free_port, uvicorn_thread
 
 DAY = "2024-03-01"
 #: Covers every record.
@@ -132,17 +130,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     catalog = Catalog(cfg.storage.resolved_catalog_url())
     build_lake(cfg.storage.data_root, catalog)
     app = create_app(cfg)
-    uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=cfg.query.port,
-                                       log_config=None, access_log=False, lifespan="off"))
-    thread = threading.Thread(target=uv.run, name="uvicorn", daemon=True)
-    thread.start()
-    wait_until(lambda: uv.started or not thread.is_alive(), 10, 0.02, "uvicorn to start")
-    assert uv.started, "uvicorn did not start"
-    url = f"http://127.0.0.1:{cfg.query.port}"
-    with httpx.Client(base_url=url, timeout=10) as client:
+    with uvicorn_thread(app, cfg.query.port) as url, httpx.Client(base_url=url, timeout=10) as client:
         yield Server(url, app, cfg, client)
-    uv.should_exit = True
-    thread.join(10)
     catalog.close()
 
 

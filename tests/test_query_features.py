@@ -37,7 +37,6 @@ import httpx
 import numpy as np
 import pyarrow as pa
 import pytest
-import uvicorn
 from fastapi import FastAPI
 
 from loglake.config import Config, load_config
@@ -49,7 +48,7 @@ from storage.catalog import Catalog, PartitionCommit, SavedQueryRow
 from storage.errors import CatalogConflict
 from storage.schema import RECORD_SCHEMA, SEVERITY
 from storage.segments import SegmentInfo, write_segments
-from tests.processes import free_port, wait_until
+from tests.processes import free_port, uvicorn_thread
 from tests.test_query_api import arrow_table, record
 
 HOUR_US = 3_600_000_000
@@ -240,19 +239,10 @@ def config_for(tmp: Path, data_root: Path, **query: Any) -> Config:
 def serve(cfg: Config) -> Iterator[Server]:
     """``create_app(cfg)`` on a real uvicorn server on a loopback port."""
     app = create_app(cfg)
-    uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=cfg.query.port,
-                                       log_config=None, access_log=False, lifespan="off"))
-    thread = threading.Thread(target=uv.run, name="uvicorn", daemon=True)
-    thread.start()
-    wait_until(lambda: uv.started or not thread.is_alive(), 10, 0.02, "uvicorn to start")
-    assert uv.started, "uvicorn did not start"
-    url = f"http://127.0.0.1:{cfg.query.port}"
     try:
-        with httpx.Client(base_url=url, timeout=30) as client:
+        with uvicorn_thread(app, cfg.query.port) as url, httpx.Client(base_url=url, timeout=30) as client:
             yield Server(url, app, cfg, client)
     finally:
-        uv.should_exit = True
-        thread.join(10)
         app.state.service.catalog.close()
 
 

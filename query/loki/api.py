@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import re
 import time
 from typing import Annotated, Any
 
@@ -17,15 +18,17 @@ from fastapi.responses import JSONResponse
 
 from query.errors import QueryError
 from query.language.ast import Node
-from query.logql import LogQuery, is_scalar, parse
+from query.logql import JsonParser, LogfmtParser, LogQuery, is_scalar, parse
+from query.logql.lexer import parse_bytes, parse_go_duration
 from query.loki.engine import Engine, Matrix, Scalar
-from query.loki.pipeline import Entry
+from query.loki.pipeline import ERROR, Entry, apply, sanitize
 from query.loki.translate import STREAM_LABELS, column_of, selector_node
 from query.service import SearchService
 from query.timerange import now_us, parse_duration_us, parse_time_us
 
 VERSION = "3.4.0"        # the Loki API level this answers, as Grafana checks features by version
 _HOUR_US = 3_600_000_000
+DETECT_SAMPLE = 500         # newest lines detected_fields parses
 
 Tenant = Annotated[str, Header(alias="X-Scope-OrgID")]
 
@@ -40,7 +43,7 @@ def loki_time(text: str | None, default_us: int) -> int:
 def loki_step(text: str | None, start_us: int, end_us: int) -> int:
     """``step``: float seconds or a duration like 15000ms; default about 250 points, at least 1 s."""
     if not text:
-        return max(1_000_000, math.ceil((end_us - start_us) / 250 / 1e6) * 1_000_000)
+        return max(1_000_000, math.floor((end_us - start_us) / 250 / 1e6) * 1_000_000)
     try:
         seconds = float(text)
     except ValueError:
@@ -59,7 +62,8 @@ def _sample(v: float) -> str:
         return "NaN"
     if math.isinf(v):
         return "+Inf" if v > 0 else "-Inf"
-    return format(v, ".15g") if v != int(v) or abs(v) >= 1e15 else str(int(v))
+    # Go's strconv.FormatFloat(v, 'f', -1, 64), as Loki prints samples: shortest exact, no exponent.
+    return np.format_float_positional(v, trim="-")
 
 
 def _stats(lines: int, bytes_: int, returned: int, t0: float) -> dict[str, Any]:
@@ -99,6 +103,41 @@ def _error(exc: Exception, status: int = 400) -> JSONResponse:
     return JSONResponse({"status": "error", "errorType": "bad_data", "error": str(exc)}, status_code=status)
 
 
+async def form_params(request: Request) -> dict[str, str]:
+    """A POST's parameters: the URL's, overridden by a form-encoded body's (Loki takes both)."""
+    params = {k: v for k, v in request.query_params.items()}
+    if request.headers.get("content-type", "").startswith(("application/x-www-form-urlencoded",
+                                                           "multipart/form-data")):
+        form = await request.form()
+        params.update({k: str(v) for k, v in form.items()})
+    return params
+
+
+def required(params: dict[str, str], name: str) -> str:
+    value = params.get(name)
+    if not value:
+        raise QueryError(f"missing parameter {name}")
+    return value
+
+
+def field_type(values: set[str]) -> str:
+    """Loki's detected field type of some values: int, float, duration, bytes, boolean or string."""
+    def every(test: Any) -> bool:
+        return bool(values) and all(test(v) for v in values)
+
+    if every(lambda v: re.fullmatch(r"[-+]?\d+", v)):
+        return "int"
+    if every(lambda v: re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?", v)):
+        return "float"
+    if every(lambda v: v in ("true", "false")):
+        return "boolean"
+    if every(lambda v: parse_go_duration(v) is not None):
+        return "duration"
+    if every(lambda v: parse_bytes(v) is not None):
+        return "bytes"
+    return "string"
+
+
 def router(service: SearchService) -> APIRouter:
     """The Loki-compatible routes over ``service``."""
     engine = Engine(service)
@@ -118,13 +157,14 @@ def router(service: SearchService) -> APIRouter:
         return _ok({"resultType": "streams", "result": _streams(entries),
                     "stats": _stats(stats.get("rows_scanned", 0), stats.get("bytes_scanned", 0), len(entries), t0)})
 
-    @r.get("/loki/api/v1/query_range")
-    @r.post("/loki/api/v1/query_range")
-    def query_range(query: str, start: str | None = None, end: str | None = None, limit: int = 100,
-                    step: str | None = None, direction: str = "backward",
-                    tenant: Tenant = "default") -> dict[str, Any]:
-        """Streams for a log query, a matrix for a metric query."""
+    def check_direction(direction: str) -> None:
+        if direction not in ("forward", "backward"):
+            raise QueryError(f"direction must be forward or backward, not {direction!r}")
+
+    def query_range_impl(query: str, start: str | None, end: str | None, limit: int, step: str | None,
+                         direction: str, tenant: str) -> dict[str, Any]:
         t0 = time.perf_counter()
+        check_direction(direction)
         end_us = loki_time(end, now_us())
         start_us = loki_time(start, end_us - _HOUR_US)
         if end_us < start_us:
@@ -133,7 +173,7 @@ def router(service: SearchService) -> APIRouter:
         if isinstance(expr, LogQuery):
             if not 1 <= limit <= service.cfg.query.max_limit:
                 raise QueryError(f"limit must be between 1 and {service.cfg.query.max_limit}")
-            return run_logs(expr, start_us, end_us + 1, limit, direction, tenant, t0)
+            return run_logs(expr, start_us, end_us, limit, direction, tenant, t0)     # end is exclusive
         step_us = loki_step(step, start_us, end_us)
         if (end_us - start_us) // step_us + 1 > 11_000:
             raise QueryError("exceeded maximum resolution of 11,000 points per series: increase the step")
@@ -147,16 +187,27 @@ def router(service: SearchService) -> APIRouter:
         return _ok({"resultType": "matrix", "result": result,
                     "stats": _stats(f.get("lines", 0), f.get("bytes", 0), len(result), t0)})
 
-    @r.get("/loki/api/v1/query")
-    @r.post("/loki/api/v1/query")
-    def query_instant(query: str, time_: Annotated[str | None, Query(alias="time")] = None, limit: int = 100,
-                      direction: str = "backward", tenant: Tenant = "default") -> dict[str, Any]:
-        """A metric query at one time (a vector or a scalar); a log query up to that time."""
+    @r.get("/loki/api/v1/query_range")
+    def query_range(query: str, start: str | None = None, end: str | None = None, limit: int = 100,
+                    step: str | None = None, direction: str = "backward",
+                    tenant: Tenant = "default") -> dict[str, Any]:
+        """Streams for a log query, a matrix for a metric query."""
+        return query_range_impl(query, start, end, limit, step, direction, tenant)
+
+    @r.post("/loki/api/v1/query_range")
+    async def query_range_post(request: Request, tenant: Tenant = "default") -> dict[str, Any]:
+        p = await form_params(request)
+        return await asyncio.to_thread(query_range_impl, required(p, "query"), p.get("start"), p.get("end"),
+                                       int(p.get("limit") or 100), p.get("step"), p.get("direction") or "backward",
+                                       tenant)
+
+    def query_impl(query: str, time_: str | None, limit: int, direction: str, tenant: str) -> dict[str, Any]:
         t0 = time.perf_counter()
+        check_direction(direction)
         at = loki_time(time_, now_us())
         expr = parse(query)
         if isinstance(expr, LogQuery):
-            return run_logs(expr, at - _HOUR_US, at + 1, limit, direction, tenant, t0)
+            raise QueryError("log queries are not supported as an instant query: use query_range")
         steps = np.array([at], dtype=np.int64)
         engine.figures()
         value = engine.evaluate(expr, steps, tenant)
@@ -172,6 +223,18 @@ def router(service: SearchService) -> APIRouter:
         stats["summary"]["totalEntriesReturned"] = len(result)
         return _ok({"resultType": "vector", "result": result, "stats": stats})
 
+    @r.get("/loki/api/v1/query")
+    def query_instant(query: str, time_: Annotated[str | None, Query(alias="time")] = None, limit: int = 100,
+                      direction: str = "backward", tenant: Tenant = "default") -> dict[str, Any]:
+        """A metric query at one time: a vector, or a scalar."""
+        return query_impl(query, time_, limit, direction, tenant)
+
+    @r.post("/loki/api/v1/query")
+    async def query_instant_post(request: Request, tenant: Tenant = "default") -> dict[str, Any]:
+        p = await form_params(request)
+        return await asyncio.to_thread(query_impl, required(p, "query"), p.get("time"), int(p.get("limit") or 100),
+                                       p.get("direction") or "backward", tenant)
+
     def _range(start: str | None, end: str | None, since: str | None = None) -> tuple[int, int]:
         end_us = loki_time(end, now_us())
         default = end_us - (parse_duration_us(since) if since else 6 * _HOUR_US)
@@ -180,9 +243,12 @@ def router(service: SearchService) -> APIRouter:
     @r.get("/loki/api/v1/labels")
     def labels(start: str | None = None, end: str | None = None, since: str | None = None,
                query: str | None = None, tenant: Tenant = "default") -> dict[str, Any]:
-        """Label names: the stream labels every record has."""
-        _range(start, end, since)
-        return _ok(sorted(STREAM_LABELS))
+        """Label names: the stream labels of the records in the range (and matching ``query``)."""
+        lo, hi = _range(start, end, since)
+        found: set[str] = set()
+        for row in service.label_sets(selector_of(query), lo, hi, tenant, list(STREAM_LABELS)):
+            found.update(k for k, v in row.items() if v is not None)
+        return _ok(sorted(found))
 
     @r.get("/loki/api/v1/label/{name}/values")
     def label_values(name: str, start: str | None = None, end: str | None = None, since: str | None = None,
@@ -210,8 +276,8 @@ def router(service: SearchService) -> APIRouter:
     async def series_post(request: Request, tenant: Tenant = "default") -> dict[str, Any]:
         form = await request.form()
         match = [str(v) for v in form.getlist("match[]")] or request.query_params.getlist("match[]")
-        return await asyncio.to_thread(_series, match, form.get("start") or request.query_params.get("start"),
-                                       form.get("end") or request.query_params.get("end"), tenant)
+        p = await form_params(request)
+        return await asyncio.to_thread(_series, match, p.get("start"), p.get("end"), tenant)
 
     def _index_stats(query: str, start: str | None, end: str | None, tenant: str) -> dict[str, Any]:
         lo, hi = _range(start, end)
@@ -228,10 +294,8 @@ def router(service: SearchService) -> APIRouter:
 
     @r.post("/loki/api/v1/index/stats")
     async def index_stats_post(request: Request, tenant: Tenant = "default") -> dict[str, Any]:
-        f = await request.form()
-        q = request.query_params
-        return await asyncio.to_thread(_index_stats, str(f.get("query") or q.get("query") or ""),
-                                       f.get("start") or q.get("start"), f.get("end") or q.get("end"), tenant)
+        p = await form_params(request)
+        return await asyncio.to_thread(_index_stats, required(p, "query"), p.get("start"), p.get("end"), tenant)
 
     def _volume(query: str, start: str | None, end: str | None, limit: int, target: str | None,
                 aggregate_by: str, step: str | None, ranged: bool, tenant: str) -> dict[str, Any]:
@@ -240,7 +304,15 @@ def router(service: SearchService) -> APIRouter:
         expr = parse(query)
         names = [t.strip() for t in target.split(",")] if target else \
             [m.name for m in expr.selector.matchers] if isinstance(expr, LogQuery) else []
-        names = [n for n in names if n] if aggregate_by != "labels" else names
+        names = [n for n in names if n]
+        if aggregate_by == "labels":
+            # One series per label name, {name: ""}, with the bytes of the records that have it.
+            per = []
+            for n in names:
+                rows = service.volume(node, lo, hi, tenant, [column_of(n)])
+                per.append((n, sum(r["bytes"] for r in rows if r["labels"][0] is not None)))
+            return _ok({"resultType": "vector", "result": [
+                {"metric": {n: ""}, "value": [(hi - 1) / 1e6, str(b)]} for n, b in per if b][:limit]})
         if not ranged:
             rows = service.volume(node, lo, hi, tenant, [column_of(n) for n in names])[:limit]
             return _ok({"resultType": "vector", "result": [
@@ -258,8 +330,16 @@ def router(service: SearchService) -> APIRouter:
                   for k, pts in sorted(series.items())][:limit]
         return _ok({"resultType": "matrix", "result": result})
 
-    @r.get("/loki/api/v1/index/volume")
     @r.post("/loki/api/v1/index/volume")
+    @r.post("/loki/api/v1/index/volume_range")
+    async def volume_post(request: Request, tenant: Tenant = "default") -> dict[str, Any]:
+        p = await form_params(request)
+        ranged = request.url.path.endswith("volume_range")
+        return await asyncio.to_thread(_volume, required(p, "query"), p.get("start"), p.get("end"),
+                                       int(p.get("limit") or 100), p.get("targetLabels"),
+                                       p.get("aggregateBy") or "series", p.get("step"), ranged, tenant)
+
+    @r.get("/loki/api/v1/index/volume")
     def volume(query: str, start: str | None = None, end: str | None = None, limit: int = 100,
                targetLabels: str | None = None, aggregateBy: str = "series",  # noqa: N803 (Loki's names)
                tenant: Tenant = "default") -> dict[str, Any]:
@@ -267,7 +347,6 @@ def router(service: SearchService) -> APIRouter:
         return _volume(query, start, end, limit, targetLabels, aggregateBy, None, False, tenant)
 
     @r.get("/loki/api/v1/index/volume_range")
-    @r.post("/loki/api/v1/index/volume_range")
     def volume_range(query: str, start: str | None = None, end: str | None = None, limit: int = 100,
                      step: str | None = None, targetLabels: str | None = None,  # noqa: N803
                      aggregateBy: str = "series", tenant: Tenant = "default") -> dict[str, Any]:  # noqa: N803
@@ -282,23 +361,59 @@ def router(service: SearchService) -> APIRouter:
                                                                                      10_000))}
                                    for name in STREAM_LABELS]}
 
+    def _detected(query: str | None, lo: int, hi: int, tenant: str) -> dict[str, dict[str, Any]]:
+        """Fields by label-safe name: attributes (sampled by the service) and the fields of JSON or
+        logfmt lines among the newest lines; each with its values, type and parsers."""
+        found: dict[str, dict[str, Any]] = {}
+        fields, _ = service.fields_node(selector_of(query), lo, hi, tenant, top=100)
+        for f in fields:
+            if f.name in STREAM_LABELS or f.name in ("message", "trace_id", "span_id"):
+                continue
+            key = f.name.removeprefix("attrs.")
+            found[sanitize(key)] = {"key": key, "values": {str(t["value"]) for t in f.top},
+                                    "cardinality": f.distinct, "parsers": None}
+        expr = parse(query) if query else parse('{service=~".+"}')
+        if isinstance(expr, LogQuery):
+            entries, _ = engine.logs(expr, lo, hi, DETECT_SAMPLE, "backward", tenant)
+            for e in entries:
+                for parser in (JsonParser(), LogfmtParser()):
+                    probe = Entry(e.ts_us, e.line, {})
+                    apply(parser, probe)
+                    if ERROR in probe.labels or not probe.labels:
+                        continue
+                    name = "json" if isinstance(parser, JsonParser) else "logfmt"
+                    for k, v in probe.labels.items():
+                        d = found.setdefault(k, {"key": None, "values": set(), "cardinality": 0, "parsers": []})
+                        d["values"].add(v)
+                        if d["parsers"] is not None and name not in d["parsers"]:
+                            d["parsers"].append(name)
+                    break
+        for d in found.values():
+            d["cardinality"] = max(d["cardinality"], len(d["values"]))
+        return found
+
     @r.get("/loki/api/v1/detected_fields")
     def detected_fields(query: str | None = None, start: str | None = None, end: str | None = None,
                         limit: int = 1000, tenant: Tenant = "default") -> dict[str, Any]:
+        """Fields of the records beyond their stream labels, under names LogQL accepts."""
         lo, hi = _range(start, end)
-        node = selector_of(query)
-        fields, _ = service.fields_node(node, lo, hi, tenant)
-        out = [{"label": f.name.removeprefix("attrs."), "type": "float" if f.type == "number" else "string",
-                "cardinality": f.distinct, "parsers": None}
-               for f in fields if f.name not in STREAM_LABELS][:limit]
+        found = _detected(query, lo, hi, tenant)
+        out = [{"label": name, "type": field_type(d["values"]), "cardinality": d["cardinality"],
+                "parsers": d["parsers"] or None} for name, d in sorted(found.items())][:limit]
         return {"fields": out, "limit": limit}
 
     @r.get("/loki/api/v1/detected_field/{name}/values")
     def detected_field_values(name: str, query: str | None = None, start: str | None = None,
                               end: str | None = None, limit: int = 1000, tenant: Tenant = "default") -> dict[str, Any]:
         lo, hi = _range(start, end)
-        node = selector_of(query)
-        return {"values": sorted(service.distinct(column_of(name), node, lo, hi, tenant, limit))}
+        if name in STREAM_LABELS or column_of(name) in STREAM_LABELS:
+            return {"values": sorted(service.distinct(column_of(name), selector_of(query), lo, hi, tenant, limit))}
+        d = _detected(query, lo, hi, tenant).get(name)
+        if d is None:
+            return {"values": []}
+        if d["key"] is not None:
+            return {"values": sorted(service.distinct(d["key"], selector_of(query), lo, hi, tenant, limit))}
+        return {"values": sorted(d["values"])[:limit]}
 
     @r.get("/loki/api/v1/status/buildinfo")
     def buildinfo() -> dict[str, str]:

@@ -27,7 +27,7 @@ from query.logql import (
 )
 from query.logql.lexer import parse_bytes, parse_go_duration
 from query.loki import pipeline
-from query.loki.pipeline import ERROR, ERROR_DETAILS, Entry
+from query.loki.pipeline import ERROR, ERROR_DETAILS, Entry, sanitize
 from query.loki.translate import STREAM_LABELS, pushdown
 from query.service import SearchService
 from query.timerange import parse_time_us
@@ -51,11 +51,16 @@ def _key(labels: dict[str, str]) -> Labels:
     return tuple(sorted((k, v) for k, v in labels.items() if k != ERROR_DETAILS))
 
 
+#: What a log query reads of each record: its stream labels, line and attributes.
+FIELDS = [*STREAM_LABELS, "message", "attrs"]
+
+
 def _entries(rows: list[dict]) -> list[Entry]:
     out = []
     for r in rows:
         labels = {name: str(r[name]) for name in STREAM_LABELS if r.get(name) is not None}
-        out.append(Entry(parse_time_us(r["ts"]), r["message"], labels))
+        meta = {sanitize(k): v for k, v in (r.get("attrs") or {}).items() if v is not None}
+        out.append(Entry(parse_time_us(r["ts"]), r["message"], labels, meta=meta))
     return out
 
 
@@ -84,7 +89,7 @@ class Engine:
         """Up to ``limit`` entries with start <= ts < end after the whole pipeline."""
         node, stages = pushdown(q)
         order = "desc" if direction == "backward" else "asc"
-        fields = [*STREAM_LABELS, "message"]
+        fields = FIELDS
         found: list[Entry] = []
         scanned = 0
         cursor = None
@@ -182,7 +187,7 @@ class Engine:
         cursor, seen = None, 0
         while True:
             r = self.svc.search_node(node, lo + 1, hi + 1, self.svc.cfg.query.max_limit, "asc", tenant,
-                                     [*STREAM_LABELS, "message"], cursor)
+                                     FIELDS, cursor)
             seen += len(r.rows)
             acc = self._acc()
             acc["lines"] = acc.get("lines", 0) + len(r.rows)
@@ -376,9 +381,17 @@ def _binary(op: BinaryOp, left: Value, right: Value) -> Value:
         if op.op == "unless":
             return {k: (np.where(np.isnan(rkeys[_match_key(k, op)]), v, np.nan) if _match_key(k, op) in rkeys
                         else v) for k, v in lm.items()}
+        # Per step: a right sample counts where no left series with its match key has one.
         out = dict(lm)
-        lkeys = {_match_key(k, op) for k in lm}
-        out.update({k: v for k, v in rm.items() if _match_key(k, op) not in lkeys})
+        present: dict[Labels, np.ndarray] = {}
+        for k, v in lm.items():
+            mk = _match_key(k, op)
+            present[mk] = present.get(mk, np.zeros(len(v), bool)) | ~np.isnan(v)
+        for k, v in rm.items():
+            mk = _match_key(k, op)
+            kept = np.where(present[mk], np.nan, v) if mk in present else v
+            if not np.isnan(kept).all():
+                out[k] = np.where(np.isnan(out[k]), kept, out[k]) if k in out else kept
         return out
     if isinstance(left, Scalar):
         assert not isinstance(right, Scalar)

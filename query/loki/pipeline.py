@@ -39,6 +39,14 @@ class Entry:
     labels: dict[str, str]
     #: Labels a parser added (they are not stream labels, and collide with them as ``x_extracted``).
     parsed: set[str] = field(default_factory=set)
+    #: The record's attributes under label-safe names: Loki's structured metadata. Label filters
+    #: see them; they are not part of the stream.
+    meta: dict[str, str] = field(default_factory=dict)
+
+    def get(self, name: str) -> str | None:
+        """A label's value, or the attribute's of that name."""
+        value = self.labels.get(name)
+        return self.meta.get(name) if value is None else value
 
 
 def sanitize(name: str) -> str:
@@ -47,9 +55,17 @@ def sanitize(name: str) -> str:
     return "_" + out if out[:1].isdigit() else out
 
 
+_LEADING_FLAGS = re.compile(r"\(\?([aiLmsux]+)\)")
+
+
 @lru_cache(maxsize=256)
 def _regex(pattern: str, anchored: bool) -> re.Pattern[str]:
-    return re.compile(f"(?:{pattern})\\Z" if anchored else pattern, re.S)
+    if not anchored:
+        return re.compile(pattern, re.S)
+    # Python takes global flags only at the very start: (?i)x anchored is (?i:x)\Z, not (?:(?i)x)\Z.
+    m = _LEADING_FLAGS.match(pattern)
+    body = f"(?{m.group(1)}:{pattern[m.end():]})" if m else f"(?:{pattern})"
+    return re.compile(body + "\\Z", re.S)
 
 
 def _add(entry: Entry, name: str, value: str) -> None:
@@ -161,8 +177,10 @@ def _pattern_regex(pattern: str) -> re.Pattern[str]:
     return re.compile("".join(out) + "$", re.S)
 
 
-def _matcher(m: Matcher, labels: dict[str, str]) -> bool:
-    value = labels.get(m.name, "")
+def _matcher(m: Matcher, labels: dict[str, str], meta: dict[str, str] | None = None) -> bool:
+    value = labels.get(m.name)
+    if value is None:
+        value = (meta or {}).get(m.name, "")
     if m.op == "=":
         return value == m.value
     if m.op == "!=":
@@ -179,14 +197,14 @@ def holds(p: LabelPredicate, entry: Entry) -> bool:
     """A label filter expression on ``entry`` (conversion failures set ``__error__``, as in Loki)."""
     match p:
         case Matcher():
-            return _matcher(p, entry.labels)
+            return _matcher(p, entry.labels, entry.meta)
         case LabelAnd(items=items):
             return all(holds(i, entry) for i in items)
         case LabelOr(items=items):
             return any(holds(i, entry) for i in items)
         case NumericFilter(name=name, op=op, value=v) | DurationFilter(name=name, op=op, value=v) \
                 | BytesFilter(name=name, op=op, value=v):
-            raw = entry.labels.get(name)
+            raw = entry.get(name)
             if raw is None:
                 return False
             got = convert(p, raw)
