@@ -77,7 +77,7 @@ def _print_rows(args: argparse.Namespace, body: dict[str, Any], console: Console
     s = body["stats"]
     more = f", next page: --cursor {body['cursor']}" if body.get("cursor") else ""
     console.print(f"[dim]{s['returned']} rows, {s['segments_scanned']}/{s['segments_total']} segments, "
-                  f"{s['elapsed_ms']} ms{more}[/dim]")
+                  f"{s['elapsed_ms']} ms{more}[/dim]", soft_wrap=True)   # a cursor must stay one piece
 
 
 def _print_aggregate(args: argparse.Namespace, body: dict[str, Any], console: Console) -> None:
@@ -196,4 +196,6 @@ def run_search(cfg: Config, args: argparse.Namespace) -> int:
     except httpx.HTTPError as e:
         print(f"loglake: cannot reach {url}: {e}", file=sys.stderr)
         return EXIT_UNREACHABLE
+    except BrokenPipeError:           # `loglake search ... | head`: the reader has what it wanted
+        sys.stderr.close()
     return 0
