@@ -98,11 +98,6 @@ def _ok(data: Any) -> dict[str, Any]:
     return {"status": "success", "data": data}
 
 
-def _error(exc: Exception, status: int = 400) -> JSONResponse:
-    # Loki answers errors as plain text; Grafana shows the body.
-    return JSONResponse({"status": "error", "errorType": "bad_data", "error": str(exc)}, status_code=status)
-
-
 async def form_params(request: Request) -> dict[str, str]:
     """A POST's parameters: the URL's, overridden by a form-encoded body's (Loki takes both)."""
     params = {k: v for k, v in request.query_params.items()}
@@ -111,6 +106,13 @@ async def form_params(request: Request) -> dict[str, str]:
         form = await request.form()
         params.update({k: str(v) for k, v in form.items()})
     return params
+
+
+def whole(params: dict[str, str], name: str, default: int) -> int:
+    try:
+        return int(params.get(name) or default)
+    except ValueError:
+        raise QueryError(f"{name} must be a whole number") from None
 
 
 def required(params: dict[str, str], name: str) -> str:
@@ -198,7 +200,7 @@ def router(service: SearchService) -> APIRouter:
     async def query_range_post(request: Request, tenant: Tenant = "default") -> dict[str, Any]:
         p = await form_params(request)
         return await asyncio.to_thread(query_range_impl, required(p, "query"), p.get("start"), p.get("end"),
-                                       int(p.get("limit") or 100), p.get("step"), p.get("direction") or "backward",
+                                       whole(p, "limit", 100), p.get("step"), p.get("direction") or "backward",
                                        tenant)
 
     def query_impl(query: str, time_: str | None, limit: int, direction: str, tenant: str) -> dict[str, Any]:
@@ -232,7 +234,7 @@ def router(service: SearchService) -> APIRouter:
     @r.post("/loki/api/v1/query")
     async def query_instant_post(request: Request, tenant: Tenant = "default") -> dict[str, Any]:
         p = await form_params(request)
-        return await asyncio.to_thread(query_impl, required(p, "query"), p.get("time"), int(p.get("limit") or 100),
+        return await asyncio.to_thread(query_impl, required(p, "query"), p.get("time"), whole(p, "limit", 100),
                                        p.get("direction") or "backward", tenant)
 
     def _range(start: str | None, end: str | None, since: str | None = None) -> tuple[int, int]:
@@ -336,7 +338,7 @@ def router(service: SearchService) -> APIRouter:
         p = await form_params(request)
         ranged = request.url.path.endswith("volume_range")
         return await asyncio.to_thread(_volume, required(p, "query"), p.get("start"), p.get("end"),
-                                       int(p.get("limit") or 100), p.get("targetLabels"),
+                                       whole(p, "limit", 100), p.get("targetLabels"),
                                        p.get("aggregateBy") or "series", p.get("step"), ranged, tenant)
 
     @r.get("/loki/api/v1/index/volume")
