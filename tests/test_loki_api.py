@@ -1568,3 +1568,10 @@ def test_differential_on_generated_data(server: Server, raw: list[dict[str, Any]
         assert counts == {k: float(v) for k, v in expect.items()}
     finally:
         del TENANTS[tenant]
+
+
+@pytest.mark.parametrize("form", [{"query": '{service="api"}', "limit": "lots"}, {"limit": "3"}],
+                         ids=["limit not a number", "no query"])
+def test_bad_form_body_is_a_bad_request(server: Server, form: dict[str, str]) -> None:
+    resp = server.client.post("/loki/api/v1/query_range", data=form)
+    assert resp.status_code == 400, resp.text
