@@ -12,7 +12,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from loglake import storage_commands
+from loglake import key_commands, storage_commands
 from loglake.config import Config, ConfigError, load_config
 from loglake.logs import setup_logging
 from query.errors import QueryError
@@ -106,10 +106,15 @@ def cmd_ingest(cfg: Config, args: argparse.Namespace) -> int:
 def cmd_serve(cfg: Config, args: argparse.Namespace) -> int:
     import uvicorn
 
+    from loglake.supervisor import is_loopback
     from query.api.app import create_app
 
-    uvicorn.run(create_app(cfg), host=args.host or cfg.query.host, port=args.port or cfg.query.port,
-                log_config=None, access_log=False)
+    host = args.host or cfg.query.host
+    if not cfg.auth.enabled and not is_loopback(host) and not args.insecure:
+        print(f"loglake serve: refusing to serve {host} with authentication off (auth.enabled = false); "
+              "turn it on, listen on loopback, or pass --insecure", file=sys.stderr)
+        return EXIT_USAGE
+    uvicorn.run(create_app(cfg), host=host, port=args.port or cfg.query.port, log_config=None, access_log=False)
     return 0
 
 
@@ -141,6 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the query HTTP server")
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
+    serve.add_argument("--insecure", action="store_true",
+                       help="serve a non-loopback address even with authentication off")
     sub.add_parser("demo", help="append realistic demo lines to files under demo.dir")
     search = sub.add_parser(
         "search", help="search, aggregate and run saved queries through the HTTP API",
@@ -168,15 +175,18 @@ def build_parser() -> argparse.ArgumentParser:
     saved.add_argument("--delete-saved", metavar="NAME", help="delete a saved query")
     search.add_argument("--description", default="", help="with --save")
     search.add_argument("--owner", default="", help="with --save")
-    search.add_argument("--tenant", default="default", help="tenant to search (X-Scope-OrgID)")
+    search.add_argument("--tenant", help="tenant to search (X-Scope-OrgID; default: the key's first, or default)")
     search.add_argument("--url", help="query server (default from [query] host/port)")
+    search.add_argument("--key", help="API key (default: auth.key, e.g. from LOGLAKE_AUTH__KEY)")
     search.add_argument("--output", choices=["table", "json", "ndjson"], default="table")
     storage_commands.add_parsers(sub)
+    key_commands.add_parsers(sub)
     return p
 
 
 COMMANDS = {"up": cmd_up, "broker": cmd_broker, "ship": cmd_ship, "ingest": cmd_ingest,
-            "serve": cmd_serve, "demo": cmd_demo, "search": cmd_search, **storage_commands.COMMANDS}
+            "serve": cmd_serve, "demo": cmd_demo, "search": cmd_search, **storage_commands.COMMANDS,
+            **key_commands.COMMANDS}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -462,6 +462,18 @@ class LogConfig(_Section):
     dir: Path = Path("./var/log")
 
 
+class AuthConfig(_Section):
+    """API keys for the HTTP API (``loglake keys create``)."""
+
+    #: Off only for a demo on loopback (`loglake up` does that); `loglake serve` refuses a
+    #: non-loopback address with it off unless given --insecure.
+    enabled: bool = True
+    #: Verified keys are remembered this long, so scrypt runs once per key, not per request.
+    cache_s: float = Field(60.0, ge=0)
+    #: The key `loglake search` sends (best set as LOGLAKE_AUTH__KEY); the server never reads it.
+    key: str = ""
+
+
 class Config(_Section):
     kafka: KafkaConfig = KafkaConfig()
     broker: BrokerConfig = BrokerConfig()
@@ -473,6 +485,7 @@ class Config(_Section):
     query: QueryConfig = QueryConfig()
     demo: DemoConfig = DemoConfig()
     log: LogConfig = LogConfig()
+    auth: AuthConfig = AuthConfig()
 
 
 _TOPIC_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")

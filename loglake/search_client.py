@@ -163,7 +163,10 @@ def _run_saved(client: httpx.Client, args: argparse.Namespace, console: Console)
 def run_search(cfg: Config, args: argparse.Namespace) -> int:
     url = (args.url or f"http://{cfg.query.host}:{cfg.query.port}").rstrip("/")
     console = Console()
-    headers = {"X-Scope-OrgID": args.tenant}
+    headers = {"X-Scope-OrgID": args.tenant} if args.tenant else {}
+    key = args.key or cfg.auth.key
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
     try:
         with httpx.Client(base_url=url, timeout=120, headers=headers) as client:
             if args.list_saved:

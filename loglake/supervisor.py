@@ -56,6 +56,18 @@ class Child:
             self.proc.wait()
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is reachable from this machine only."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _banner(cfg: Config, log_dir: Path) -> str:
     url = f"http://{cfg.query.host}:{cfg.query.port}"
     exe = sys.argv[0] if os.path.basename(sys.argv[0]) == "loglake" else "loglake"
@@ -71,6 +83,8 @@ def _banner(cfg: Config, log_dir: Path) -> str:
     curl -s '{url}/api/v1/search?q=level:error&start=now-15m&limit=5'
     {exe} search 'level:error service:api' --since 15m --url {url}
 
+  {"Authentication is off: the server listens on loopback only (demo mode)." if is_loopback(cfg.query.host)
+   else "API keys are required: create one with " + exe + " keys create --tenant default --role reader"}
   Ctrl-C stops everything.
 """
 
@@ -97,6 +111,9 @@ def run_up(cfg: Config, config_path: str | None) -> int:
         asyncio.run(ensure_topic(cfg.kafka))
 
         env = dict(os.environ)
+        if is_loopback(cfg.query.host):
+            # The demo: nothing but this machine can reach the server, so no keys are asked for.
+            env["LOGLAKE_AUTH__ENABLED"] = "false"
         base = [sys.executable, "-m", "loglake"]
         if config_path:
             base += ["--config", config_path]

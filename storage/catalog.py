@@ -123,6 +123,19 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (tenant, name)
     );
     """,
+    # API keys: only a hash of the secret part is kept.
+    """
+    CREATE TABLE api_keys (
+        id          TEXT    PRIMARY KEY,   -- the key's public part, logged when it is used
+        tenants     TEXT    NOT NULL,      -- JSON list of the tenants it may use
+        role        TEXT    NOT NULL,      -- reader | writer | admin
+        hash        TEXT    NOT NULL,      -- scrypt$n$r$p$salt$digest of the secret part
+        description TEXT    NOT NULL,
+        created_us  INTEGER NOT NULL,
+        expires_us  INTEGER,
+        revoked_us  INTEGER
+    );
+    """,
 )
 
 #: The PostgreSQL advisory lock every catalog writer takes (any fixed number will do).
@@ -166,6 +179,27 @@ class SegmentRow:
     generation: int = 0
     state: str = "live"
     retired_us: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKeyRow:
+    """An API key as the catalog keeps it: never the secret, only its hash."""
+
+    id: str
+    tenants: tuple[str, ...]
+    role: str
+    hash: str
+    description: str
+    created_us: int
+    expires_us: int | None = None
+    revoked_us: int | None = None
+
+
+_KEY_COLUMNS = "id, tenants, role, hash, description, created_us, expires_us, revoked_us"
+
+
+def _key_row(r: Sequence[Any]) -> ApiKeyRow:
+    return ApiKeyRow(r[0], tuple(orjson.loads(r[1])), r[2], r[3], r[4], r[5], r[6], r[7])
 
 
 @dataclass(frozen=True, slots=True)
@@ -564,6 +598,27 @@ class Catalog:
     def jobs(self) -> dict[str, dict[str, Any]]:
         return {n: {"started_us": s, "ended_us": e, "result": orjson.loads(r)}
                 for n, s, e, r in self._read("SELECT name, started_us, ended_us, result FROM jobs")}
+
+    # -- API keys ------------------------------------------------------------
+
+    def create_api_key(self, key: ApiKeyRow) -> None:
+        with self._tx() as db:
+            db.execute("INSERT INTO api_keys (id, tenants, role, hash, description, created_us, expires_us, "
+                       "revoked_us) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                       (key.id, orjson.dumps(list(key.tenants)).decode(), key.role, key.hash, key.description,
+                        key.created_us, key.expires_us, key.revoked_us))
+
+    def api_key(self, key_id: str) -> ApiKeyRow | None:
+        rows = self._read(f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE id=?", (key_id,))
+        return _key_row(rows[0]) if rows else None
+
+    def api_keys(self) -> list[ApiKeyRow]:
+        return [_key_row(r) for r in self._read(f"SELECT {_KEY_COLUMNS} FROM api_keys ORDER BY created_us")]
+
+    def revoke_api_key(self, key_id: str) -> bool:
+        with self._tx() as db:
+            return bool(db.execute("UPDATE api_keys SET revoked_us=? WHERE id=? AND revoked_us IS NULL",
+                                   (_now_us(), key_id)).rowcount)
 
     # -- saved queries -------------------------------------------------------
 

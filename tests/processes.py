@@ -92,6 +92,7 @@ class Stack:
             "LOGLAKE_SHIPPER__PARTIAL_LINE_TIMEOUT_S": "1.0",
             "LOGLAKE_SHIPPER__HOST": "testhost",
             "LOGLAKE_QUERY__PORT": str(self.query_port),
+            "LOGLAKE_AUTH__ENABLED": "false",     # keys are tested in test_auth.py
         })
         env.update(extra)
         return env

@@ -126,6 +126,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         "LOGLAKE_CONFIG": str(root / "empty.toml"),
         "LOGLAKE_STORAGE__DATA_ROOT": str(root / "data"),
         "LOGLAKE_QUERY__PORT": str(free_port()),
+        "LOGLAKE_AUTH__ENABLED": "false",     # keys are tested in test_auth.py
     })
     catalog = Catalog(cfg.storage.resolved_catalog_url())
     build_lake(cfg.storage.data_root, catalog)

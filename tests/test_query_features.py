@@ -230,7 +230,7 @@ class Server:
 def config_for(tmp: Path, data_root: Path, **query: Any) -> Config:
     (tmp / "empty.toml").write_text("")
     env = {"LOGLAKE_CONFIG": str(tmp / "empty.toml"), "LOGLAKE_STORAGE__DATA_ROOT": str(data_root),
-           "LOGLAKE_QUERY__PORT": str(free_port())}
+           "LOGLAKE_QUERY__PORT": str(free_port()), "LOGLAKE_AUTH__ENABLED": "false"}
     env.update({f"LOGLAKE_QUERY__{k.upper()}": str(v) for k, v in query.items()})
     return load_config(environ=env)
 

@@ -830,7 +830,8 @@ def serving(cfg: Config, catalog: Catalog) -> Iterator[httpx.Client]:
     from query.api.app import create_app
 
     port = free_port()
-    uv = uvicorn.Server(uvicorn.Config(create_app(cfg, catalog), host="127.0.0.1", port=port, log_config=None,
+    open_cfg = cfg.model_copy(update={"auth": cfg.auth.model_copy(update={"enabled": False})})  # see test_auth.py
+    uv = uvicorn.Server(uvicorn.Config(create_app(open_cfg, catalog), host="127.0.0.1", port=port, log_config=None,
                                        access_log=False, lifespan="off"))
     thread = threading.Thread(target=uv.run, name="uvicorn", daemon=True)
     thread.start()

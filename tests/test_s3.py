@@ -497,7 +497,7 @@ def test_search_api_on_s3(lake: tuple[Config, DataRoot, Catalog]) -> None:
 
     cfg, root, catalog = lake
     build_search_lake(root, catalog)
-    app = create_app(cfg, catalog)
+    app = create_app(cfg.model_copy(update={"auth": cfg.auth.model_copy(update={"enabled": False})}), catalog)
 
     async def get(path: str, **params: str) -> httpx.Response:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://loglake") as client:

@@ -14,6 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 
 from loglake.config import Config
+from query.auth import AuthMiddleware, Authenticator
 from query.errors import QueryError, QuerySyntaxError, ScanTooLarge, TooManyQueries
 from query.loki.api import router as loki_router
 from query.service import AggregateResult, SearchResult, SearchService
@@ -314,6 +315,8 @@ def create_app(cfg: Config, catalog: Catalog | None = None) -> FastAPI:
         return retention_view(cfg, catalog, tenant, limit)
 
     app.include_router(loki_router(service))
+    if cfg.auth.enabled:
+        app.add_middleware(AuthMiddleware, auth=Authenticator(catalog, cfg.auth))
 
     @app.middleware("http")
     async def _timed(request: Request, call_next: Any) -> Response:
