@@ -1576,3 +1576,17 @@ def test_differential_on_generated_data(server: Server, raw: list[dict[str, Any]
 def test_bad_form_body_is_a_bad_request(server: Server, form: dict[str, str]) -> None:
     resp = server.client.post("/loki/api/v1/query_range", data=form)
     assert resp.status_code == 400, resp.text
+
+
+def test_pipeline_regexes_are_re2_and_cannot_backtrack() -> None:
+    # Python's re takes exponential time on the second; RE2 answers at once (a hang fails by pytest's timeout).
+    from query.loki.pipeline import regex
+
+    assert regex(r"(a+)+b").search("a" * 50_000 + "b") is not None
+    assert regex(r"^(a+)+$").search("a" * 50_000 + "b") is None
+
+
+def test_invalid_pipeline_regex_is_a_bad_request(server: Server) -> None:
+    resp = server.get("/loki/api/v1/query_range", query='{service="api"} | json | msg=~"a("',
+                      start="2024-03-01T00:00:00Z", end="2024-03-02T00:00:00Z")
+    assert resp.status_code == 400, resp.text

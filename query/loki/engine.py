@@ -416,11 +416,11 @@ def _binary(op: BinaryOp, left: Value, right: Value) -> Value:
 
 
 def _label_replace(lr: LabelReplace, m: Matrix) -> Matrix:
-    rx = re.compile(f"(?:{lr.regex})\\Z")
+    rx = pipeline.regex(lr.regex)
     out = {}
     for key, v in m.items():
         labels = dict(key)
-        found = rx.match(labels.get(lr.src, ""))
+        found = rx.fullmatch(labels.get(lr.src, ""))
         if found:
             new = found.expand(re.sub(r"\$\{?(\w+)\}?", r"\\g<\1>", lr.replacement))
             if new:
