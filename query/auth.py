@@ -103,8 +103,8 @@ def required_role(method: str, path: str) -> str | None:
         return None
     if path.startswith("/api/v1/retention"):
         return "admin"
-    if path.startswith("/api/v1/saved-queries") and method not in ("GET", "HEAD") and not path.endswith("/run"):
-        return "writer"
+    if path.startswith("/api/v1/saved-queries") and method not in ("GET", "HEAD"):
+        return "writer"       # running one (/run) is a GET
     return "reader"
 
 
@@ -193,6 +193,7 @@ class AuthMiddleware:
         scope = dict(scope)
         scope["headers"] = [(k, v) for k, v in scope["headers"] if k.lower() != b"x-scope-orgid"] + \
             [(b"x-scope-orgid", tenant.encode())]
+        scope["state"] = {**scope.get("state", {}), "principal": principal}   # request.state.principal
         await self.app(scope, receive, send)
 
     @staticmethod

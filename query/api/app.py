@@ -308,10 +308,18 @@ def create_app(cfg: Config, catalog: Catalog | None = None) -> FastAPI:
         return _search_response(r) if isinstance(r, SearchResult) else _aggregate_response(r)
 
     @app.get("/api/v1/retention", response_model=RetentionResponse)
-    def retention(tenant: Annotated[str | None, Query(description="only this tenant")] = None,
+    def retention(request: Request,
+                  tenant: Annotated[str | None, Query(description="only this tenant")] = None,
                   limit: Annotated[int, Query(ge=1, le=1000, description="recent deletions to show")] = 50,
                   ) -> RetentionResponse:
         """Policies, holds, what is stored per tenant and service, the last and next runs, recent deletions."""
+        principal = getattr(request.state, "principal", None)
+        if principal is not None:
+            # With keys, one of the key's tenants: the one asked for, else the one the header was pinned to.
+            tenant = tenant or request.headers.get("x-scope-orgid")
+            if tenant not in principal.tenants:
+                return JSONResponse({"error": "Forbidden", "message": f"this key may not use tenant {tenant!r}"},
+                                    status_code=403)
         return retention_view(cfg, catalog, tenant, limit)
 
     app.include_router(loki_router(service))
