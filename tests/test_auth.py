@@ -116,7 +116,7 @@ def cli_args(config: Path, *args: str) -> list[str]:
 
 def cli(config: Path, *args: str, timeout: float = 60, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cli_args(config, *args), env=cli_env(**env), cwd=config.parent, capture_output=True,
-                          text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+                          text=True, timeout=timeout, stdin=subprocess.DEVNULL, check=False)
 
 
 @dataclass(frozen=True)
@@ -291,7 +291,7 @@ print(json.dumps({"raw": base64.b64encode(raw).decode(), "rows": rows}))
 
 def test_catalog_holds_a_scrypt_hash_and_no_plaintext(lake: Lake) -> None:
     out = subprocess.run([sys.executable, "-c", _DUMP_CATALOG, str(lake.catalog_file)], capture_output=True,
-                         text=True, timeout=60)
+                         text=True, timeout=60, check=False)
     assert out.returncode == 0, out.stderr
     dump = json.loads(out.stdout)
     raw = base64.b64decode(dump["raw"])
@@ -697,7 +697,7 @@ def test_tail_without_a_key_is_refused(server: Server, lake: Lake) -> None:
     assert status == 101, head
 
 
-@pytest.mark.timeout(30)
+@pytest.mark.timeout(15)
 def test_tail_without_a_key_is_refused_in_process(server: Server) -> None:
     from starlette.testclient import TestClient
     from starlette.websockets import WebSocketDisconnect
