@@ -188,8 +188,10 @@ class AuthMiddleware:
         if tenant not in principal.tenants:
             await self._deny(scope, send, 403, f"this key may not use tenant {tenant!r}")
             return
-        log.info("api key used", extra={"key_id": principal.key_id, "role": principal.role, "tenant": tenant,
-                                        "method": method, "path": scope["path"]})
+        # The id in the message too, so plain-text logs show it (JSON logs carry the fields).
+        log.info("api key %s used", principal.key_id,
+                 extra={"key_id": principal.key_id, "role": principal.role, "tenant": tenant, "method": method,
+                        "path": scope["path"]})
         scope = dict(scope)
         scope["headers"] = [(k, v) for k, v in scope["headers"] if k.lower() != b"x-scope-orgid"] + \
             [(b"x-scope-orgid", tenant.encode())]
