@@ -114,7 +114,10 @@ def cmd_serve(cfg: Config, args: argparse.Namespace) -> int:
         print(f"loglake serve: refusing to serve {host} with authentication off (auth.enabled = false); "
               "turn it on, listen on loopback, or pass --insecure", file=sys.stderr)
         return EXIT_USAGE
-    uvicorn.run(create_app(cfg), host=host, port=args.port or cfg.query.port, log_config=None, access_log=False)
+    tls = {"ssl_certfile": str(cfg.query.tls_cert), "ssl_keyfile": str(cfg.query.tls_key)} \
+        if cfg.query.tls_cert else {}
+    uvicorn.run(create_app(cfg), host=host, port=args.port or cfg.query.port, log_config=None, access_log=False,
+                **tls)
     return 0
 
 

@@ -430,6 +430,9 @@ class RetentionConfig(_Section):
 class QueryConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
+    #: PEM certificate (chain) and private key: HTTPS without a terminating proxy. Both or neither.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
     default_limit: int = Field(100, ge=1)
     max_limit: int = Field(10_000, ge=1)
     threads: int = Field(2, ge=1)
@@ -441,6 +444,16 @@ class QueryConfig(_Section):
     #: Queries running at once; more wait up to queue_timeout_s, then get HTTP 429.
     max_concurrent: int = Field(4, ge=1)
     queue_timeout_s: float = Field(2.0, ge=0)
+    @model_validator(mode="after")
+    def _tls_pair(self) -> QueryConfig:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("query.tls_cert and query.tls_key go together: set both or neither")
+        for name in ("tls_cert", "tls_key"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_file():
+                raise ValueError(f"query.{name}: no such file {path}")
+        return self
+
     #: Rows /api/v1/fields samples (newest first) to list attribute keys and top values.
     fields_sample_rows: int = Field(10_000, ge=1)
     #: Groups an aggregation keeps before folding the rest into "other".
