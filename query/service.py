@@ -343,7 +343,7 @@ class SearchService:
                 tie = query(last, last + 1, k, ties=True)
                 main = pa.concat_tables([main.filter(pc.invert(at_last)), tie])
             parts.append(main)
-        table = pa.concat_tables(parts) if parts else query(0, 0, 1, ties=False).slice(0, 0)
+        table = pa.concat_tables(parts)     # never empty: search() calls only with lo < hi
         table = table.slice(0, limit)
         next_cursor = None
         if table.num_rows == limit:
@@ -594,18 +594,22 @@ class SearchService:
         group = _group_sql(fieldname)
         node = parse(q)
         start_us, end_us = parse_range(start, end)
-        with self._slot():
-            scan = self._plan(node, tenant, start_us, end_us)
-            values: list[dict[str, Any]] = []
-            if not scan.empty:
-                cond = compile_filter(node)
-                source = scan.relation()
-                sql = (f"SELECT {group.sql} AS v, count(*) AS n FROM {source.sql} AS logs "
-                       f"WHERE {_RANGE} AND ({cond.sql}) AND v IS NOT NULL GROUP BY v ORDER BY n DESC, v LIMIT ?")
-                table = self._run(sql, [*group.params, *source.params, start_us, end_us, *cond.params, limit])
-                values = [{"value": v, "count": n} for v, n in zip(table["v"].to_pylist(), table["n"].to_pylist(),
-                                                                   strict=True)]
+        table, scan = self._select(node, start_us, end_us, tenant, f"{group.sql} AS v, count(*) AS n",
+                                   "AND v IS NOT NULL GROUP BY v ORDER BY n DESC, v LIMIT ?", group.params, [limit])
+        values = [] if table is None else [{"value": v, "count": n} for v, n in
+                                           zip(table["v"].to_pylist(), table["n"].to_pylist(), strict=True)]
         return values, {**scan.stats(), "elapsed_ms": round((time.perf_counter() - t0) * 1000, 2)}
+
+    def cardinalities(self, node: Node | None, start_us: int, end_us: int, tenant: str,
+                      labels: list[str]) -> dict[str, int]:
+        """How many distinct values each of ``labels`` (columns or attribute keys) takes in the range."""
+        groups = [_group_sql(name) for name in labels]
+        select = ", ".join(f"count(DISTINCT {g.sql}) AS c{i}" for i, g in enumerate(groups))
+        table, _ = self._select(node, start_us, end_us, tenant, select, "", [p for g in groups for p in g.params],
+                                [])
+        if table is None:
+            return {name: 0 for name in labels}
+        return {name: int(table[f"c{i}"][0].as_py()) for i, name in enumerate(labels)}
 
     def _select(self, node: Node | None, start_us: int, end_us: int, tenant: str, select: str,
                 tail: str, select_params: list[Any], tail_params: list[Any]) -> tuple[pa.Table | None, Scan]:

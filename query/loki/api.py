@@ -327,7 +327,8 @@ def router(service: SearchService) -> APIRouter:
         for j, k in enumerate(table["k"].to_pylist() if table.num_rows else []):
             key = tuple((n, str(cols[i][j])) for i, n in enumerate(names) if cols[i][j] is not None)
             t = lo + (k - 1) * step_us      # the bucket's start
-            series.setdefault(key, {})[t] = series.setdefault(key, {}).get(t, 0) + int(table["bytes"][j].as_py())
+            points = series.setdefault(key, {})
+            points[t] = points.get(t, 0) + int(table["bytes"][j].as_py())
         result = [{"metric": dict(k), "values": [[t / 1e6, str(v)] for t, v in sorted(pts.items())]}
                   for k, pts in sorted(series.items())][:limit]
         return _ok({"resultType": "matrix", "result": result})
@@ -358,10 +359,8 @@ def router(service: SearchService) -> APIRouter:
     def detected_labels(query: str | None = None, start: str | None = None, end: str | None = None,
                         tenant: Tenant = "default") -> dict[str, Any]:
         lo, hi = _range(start, end)
-        node = selector_of(query)
-        return {"detectedLabels": [{"label": name, "cardinality": len(service.distinct(name, node, lo, hi, tenant,
-                                                                                     10_000))}
-                                   for name in STREAM_LABELS]}
+        counts = service.cardinalities(selector_of(query), lo, hi, tenant, list(STREAM_LABELS))
+        return {"detectedLabels": [{"label": name, "cardinality": counts[name]} for name in STREAM_LABELS]}
 
     def _detected(query: str | None, lo: int, hi: int, tenant: str) -> dict[str, dict[str, Any]]:
         """Fields by label-safe name: attributes (sampled by the service) and the fields of JSON or

@@ -219,15 +219,16 @@ class Engine:
                       n_steps: int) -> Matrix:
         out: Matrix = {}
         for key, (ts, vals) in samples.items():
-            t = np.asarray(ts, dtype=np.int64)
-            v = np.asarray(vals, dtype=float)
+            order = np.argsort(ts, kind="stable")
+            t = np.asarray(ts, dtype=np.int64)[order]
+            v = np.asarray(vals, dtype=float)[order]
             k = (t - origin + width - 1) // width
+            # Step i's window is buckets starts[i]+1 .. starts[i]+per: a slice of the sorted samples.
+            lo = np.searchsorted(k, starts + 1, side="left")
+            hi = np.searchsorted(k, starts + per, side="right")
             series = np.full(n_steps, np.nan)
-            for i in range(n_steps):
-                sel = (k > starts[i]) & (k <= starts[i] + per)
-                if not sel.any():
-                    continue
-                series[i] = _over_time(agg, v[sel], t[sel], range_us)
+            for i in np.nonzero(hi > lo)[0]:
+                series[i] = _over_time(agg, v[lo[i]:hi[i]], t[lo[i]:hi[i]], range_us)
             out[key] = series
         if agg.op == "absent_over_time":
             present = np.zeros(n_steps, bool)
