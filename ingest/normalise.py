@@ -63,6 +63,8 @@ class ParseSettings:
     max_ahead_s: float = 7 * 86400
     #: User-defined patterns; a source configured with the i-th uses format "pattern<i>".
     patterns: tuple[str, ...] = ()
+    #: Attributes kept per record (the first ones); how many were dropped goes in `attrs_dropped`.
+    max_attrs: int = 1000
 
 
 _UNWRAP = r"""
@@ -183,7 +185,13 @@ SELECT
     o_span_id AS span_id
 FROM r
 """
-    return sql
+    # A record with a hundred thousand keys would make every later scan of the map pay for it.
+    n = int(settings.max_attrs)
+    return f"""SELECT * REPLACE (
+    CASE WHEN len(attrs) <= {n} THEN attrs
+         ELSE list_concat(attrs[:{n}], [{{'key': 'attrs_dropped', 'value': CAST(len(attrs) - {n} AS VARCHAR)}}])
+    END AS attrs)
+FROM ({sql})"""
 
 
 class Normaliser:

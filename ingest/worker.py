@@ -82,7 +82,8 @@ class IngestWorker:
         self.ranges: dict[tuple[str, str], Ranges] = {}    # stored byte ranges per source
         self.normaliser = Normaliser(ParseSettings(default_timezone=cfg.ingest.default_timezone,
                                                    max_ahead_s=cfg.ingest.max_ahead_s,
-                                                   patterns=cfg.ingest.patterns()))
+                                                   patterns=cfg.ingest.patterns(),
+                                                   max_attrs=cfg.ingest.max_attrs))
         self.dead_letters = DeadLetterProducer(cfg)
         self.consumer: AIOKafkaConsumer | None = None
         # A rebalance callback may flush while the loop is flushing; one at a time.
@@ -220,7 +221,7 @@ class IngestWorker:
             self._take_message(buf, topic, tenant, value, timestamp_ms, where)
             return
         try:
-            frame = decode_frame(value)
+            frame = decode_frame(value, self.cfg.ingest.max_frame_bytes)
         except FrameError as e:
             self._dead(buf, DeadLetter(Reason.CORRUPT_FRAME, value, detail=str(e), context={"tenant": tenant},
                                        **where))

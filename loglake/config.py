@@ -229,6 +229,10 @@ class IngestConfig(_Section):
     max_ahead_s: float = Field(7 * 86400, gt=0)
     #: Records longer than this go to the dead-letter topic instead of a segment.
     max_record_bytes: int = Field(1 << 20, ge=1024)
+    #: A frame that declares more than this uncompressed is a dead letter (an lz4 bomb), unread.
+    max_frame_bytes: int = Field(64 << 20, ge=1 << 20, le=256 << 20)
+    #: Attributes kept per record; the rest are dropped and counted in `attrs.attrs_dropped`.
+    max_attrs: int = Field(1000, ge=1, le=100_000)
     #: Where corrupt frames, oversized records and rows that cannot be made go, with the reason in headers.
     dead_letter_topic: str = "loglake.dead-letters"
     #: When the catalog's offset is beyond the log end (the topic was recreated): `earliest`
@@ -441,6 +445,11 @@ class QueryConfig(_Section):
     timeout_s: float = Field(30.0, gt=0)
     #: Refuse (HTTP 422) a query whose planned segments add up to more than this.
     max_scan_bytes: int = Field(50 * 1024**3, ge=1)
+    #: Longest query text accepted (native or LogQL), and most terms one query may have.
+    max_query_chars: int = Field(100_000, ge=100)
+    max_query_terms: int = Field(1024, ge=1)
+    #: Largest request body (POSTed queries, saved queries); larger is HTTP 413.
+    max_body_bytes: int = Field(1 << 20, ge=4096)
     #: Queries running at once; more wait up to queue_timeout_s, then get HTTP 429.
     max_concurrent: int = Field(4, ge=1)
     queue_timeout_s: float = Field(2.0, ge=0)
@@ -499,6 +508,14 @@ class Config(_Section):
     demo: DemoConfig = DemoConfig()
     log: LogConfig = LogConfig()
     auth: AuthConfig = AuthConfig()
+
+    @model_validator(mode="after")
+    def _frames_fit(self) -> Config:
+        if self.ingest.max_frame_bytes < self.shipper.max_frame_bytes:
+            raise ValueError(f"ingest.max_frame_bytes ({self.ingest.max_frame_bytes}) is below "
+                             f"shipper.max_frame_bytes ({self.shipper.max_frame_bytes}): every full frame "
+                             "would be a dead letter")
+        return self
 
 
 _TOPIC_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")

@@ -112,8 +112,13 @@ def encode_frame(meta: FrameMeta, data: bytes, offsets: np.ndarray, *, compress:
     return _PREFIX.pack(MAGIC, VERSION, FLAG_LZ4 if compress else 0, len(head)) + head + payload
 
 
-def decode_frame(value: bytes) -> Frame:
-    """Parse a frame; raises :class:`FrameError` on anything malformed."""
+def decode_frame(value: bytes, max_raw_bytes: int = MAX_RAW_BYTES) -> Frame:
+    """Parse a frame; raises :class:`FrameError` on anything malformed.
+
+    A frame declaring more than ``max_raw_bytes`` uncompressed is refused before
+    anything is decompressed: lz4 reaches 255:1, so a small message could otherwise
+    claim hundreds of megabytes.
+    """
     if len(value) < _PREFIX.size:
         raise FrameError("too short for a frame header")
     magic, version, flags, mlen = _PREFIX.unpack_from(value)
@@ -135,8 +140,9 @@ def decode_frame(value: bytes) -> Frame:
         raise FrameError(f"bad frame meta: {e}") from None
     if meta.count < 0:
         raise FrameError(f"negative record count {meta.count}")
-    if not 0 <= raw_len <= MAX_RAW_BYTES:
-        raise FrameError(f"payload length {raw_len} outside 0..{MAX_RAW_BYTES}")
+    limit = min(max_raw_bytes, MAX_RAW_BYTES)
+    if not 0 <= raw_len <= limit:
+        raise FrameError(f"payload length {raw_len} outside 0..{limit}")
     body = value[_PREFIX.size + mlen:]
     if flags & FLAG_LZ4:
         try:

@@ -235,6 +235,16 @@ def compile_filter(node: Node) -> Compiled:
     raise TypeError(f"not a query node: {node!r}")
 
 
+def term_count(node: Node) -> int:
+    """How many terms (leaves) ``node`` has: what a query costs to compile and to run per row."""
+    match node:
+        case Not(item=item):
+            return term_count(item)
+        case And(items=items) | Or(items=items):
+            return sum(term_count(i) for i in items)
+    return 1
+
+
 def regexes(node: Node) -> list[str]:
     """Every regular expression in ``node``, so the service can check them before running."""
     match node:

@@ -26,7 +26,7 @@ from query.errors import (QueryError, QueryTimeout, SavedQueryExists, SavedQuery
                           TooManyQueries, UnknownField)
 from query.metrics import QueryMetrics
 from query.language import And, MatchAll, Node, Or, Term, parse
-from query.planner import (SELECT_COLUMNS, Compiled, Scan, choose, compile_filter, numeric_sql, regexes,
+from query.planner import (SELECT_COLUMNS, Compiled, Scan, choose, compile_filter, numeric_sql, regexes, term_count,
                            required_values, resolve)
 from query.timerange import format_us, parse_duration_us, parse_range
 from storage.catalog import Catalog, SavedQueryRow, SegmentRow
@@ -241,8 +241,23 @@ class SearchService:
             except duckdb.Error as e:
                 raise QueryError(f"invalid regular expression /{pattern}/: {e}") from None
 
+    def check_query_text(self, text: str) -> None:
+        """Refuse query text over ``query.max_query_chars`` before parsing it (either language)."""
+        limit = self.cfg.query.max_query_chars
+        if len(text) > limit:
+            raise QueryError(f"the query is {len(text)} characters long; the limit is {limit} "
+                             "(query.max_query_chars)")
+
+    def parse_query(self, q: str) -> Node:
+        """``q`` parsed, after the length check."""
+        self.check_query_text(q)
+        return parse(q)
+
     def _plan(self, node: Node, tenant: str, start_us: int, end_us: int,
               segments: list[SegmentRow] | None = None) -> Scan:
+        terms, limit = term_count(node), self.cfg.query.max_query_terms
+        if terms > limit:
+            raise QueryError(f"the query has {terms} terms; the limit is {limit} (query.max_query_terms)")
         self._check_regexes(node)
         compile_filter(node)     # unknown fields and bad values are refused before any reading
         if segments is None:
@@ -267,7 +282,7 @@ class SearchService:
         if order not in ("asc", "desc"):
             raise QueryError("order must be asc or desc")
         start_us, end_us = parse_range(start, end)
-        return self.search_node(parse(q), start_us, end_us, limit, order, tenant, fields, cursor, t0)
+        return self.search_node(self.parse_query(q), start_us, end_us, limit, order, tenant, fields, cursor, t0)
 
     def search_node(self, node: Node, start_us: int, end_us: int, limit: int, order: Order = "desc",
                     tenant: str = "default", fields: list[str] | None = None, cursor: str | None = None,
@@ -373,7 +388,7 @@ class SearchService:
         """Buckets of ``interval`` over [start, end), one series per group of ``by`` (the top
         ``top`` groups, the rest folded into one "other" series)."""
         t0 = time.perf_counter()
-        node = parse(q)
+        node = self.parse_query(q)
         start_us, end_us = parse_range(start, end)
         iv = pick_interval(start_us, end_us, interval)
         by = [b.strip() for b in (by or []) if b.strip()]
@@ -547,7 +562,7 @@ class SearchService:
                tenant: str = "default", top: int = 5) -> tuple[list[FieldInfo], dict[str, Any]]:
         """Fields seen in the newest sampled rows of the range, with their type and top values."""
         start_us, end_us = parse_range(start, end)
-        return self.fields_node(parse(q), start_us, end_us, tenant, top)
+        return self.fields_node(self.parse_query(q), start_us, end_us, tenant, top)
 
     def fields_node(self, node: Node | None, start_us: int, end_us: int, tenant: str = "default",
                     top: int = 5) -> tuple[list[FieldInfo], dict[str, Any]]:
@@ -592,7 +607,7 @@ class SearchService:
         if not 1 <= limit <= 1000:
             raise QueryError("limit must be between 1 and 1000")
         group = _group_sql(fieldname)
-        node = parse(q)
+        node = self.parse_query(q)
         start_us, end_us = parse_range(start, end)
         table, scan = self._select(node, start_us, end_us, tenant, f"{group.sql} AS v, count(*) AS n",
                                    "AND v IS NOT NULL GROUP BY v ORDER BY n DESC, v LIMIT ?", group.params, [limit])
@@ -674,7 +689,7 @@ class SearchService:
     def save(self, q: SavedQueryRow, replacing: str | None = None) -> SavedQueryRow:
         """Create ``q``, or replace the saved query ``replacing`` (renaming it if names differ)."""
         check_saved(q, self.cfg.query.max_limit)
-        self._check_regexes(parse(q.query))
+        self._check_regexes(self.parse_query(q.query))
         try:
             if replacing is None:
                 self.catalog.create_saved_query(q)

@@ -14,6 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 
 from loglake.config import Config
+from query.api.limits import BodyLimitMiddleware, BodyTooLarge
 from query.auth import AuthMiddleware, Authenticator
 from query.errors import QueryError, QuerySyntaxError, ScanTooLarge, TooManyQueries
 from query.loki.api import router as loki_router
@@ -325,6 +326,11 @@ def create_app(cfg: Config, catalog: Catalog | None = None) -> FastAPI:
     app.include_router(loki_router(service))
     if cfg.auth.enabled:
         app.add_middleware(AuthMiddleware, auth=Authenticator(catalog, cfg.auth))
+    app.add_middleware(BodyLimitMiddleware, max_bytes=cfg.query.max_body_bytes)   # outermost: before auth
+
+    @app.exception_handler(BodyTooLarge)
+    async def _too_large(_: Request, exc: BodyTooLarge) -> JSONResponse:
+        return JSONResponse({"error": "PayloadTooLarge", "message": exc.detail}, status_code=413)
 
     @app.middleware("http")
     async def _timed(request: Request, call_next: Any) -> Response:

@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse
 
 from query.errors import QueryError
 from query.language.ast import Node
-from query.logql import JsonParser, LogfmtParser, LogQuery, is_scalar, parse
+from query.logql import Expr, JsonParser, LogfmtParser, LogQuery, is_scalar, parse
 from query.logql.lexer import parse_bytes, parse_go_duration
 from query.loki.engine import Engine, Matrix, Scalar
 from query.loki.pipeline import ERROR, Entry, apply, sanitize
@@ -51,6 +51,12 @@ def loki_step(text: str | None, start_us: int, end_us: int) -> int:
     if not math.isfinite(seconds) or seconds <= 0:
         raise QueryError("step must be positive")
     return int(seconds * 1_000_000)
+
+
+def _parse(service: SearchService, text: str) -> Expr:
+    """A LogQL expression, after the service's limit on query length."""
+    service.check_query_text(text)
+    return parse(text)
 
 
 def _ns(us: int) -> str:
@@ -148,7 +154,7 @@ def router(service: SearchService) -> APIRouter:
     def selector_of(query: str | None) -> Node | None:
         if not query:
             return None
-        expr = parse(query)
+        expr = _parse(service, query)
         if not isinstance(expr, LogQuery):
             raise QueryError("expected a stream selector such as {service=\"api\"}")
         return selector_node(expr.selector)
@@ -171,7 +177,7 @@ def router(service: SearchService) -> APIRouter:
         start_us = loki_time(start, end_us - _HOUR_US)
         if end_us < start_us:
             raise QueryError("end is before start")
-        expr = parse(query)
+        expr = _parse(service, query)
         if isinstance(expr, LogQuery):
             if not 1 <= limit <= service.cfg.query.max_limit:
                 raise QueryError(f"limit must be between 1 and {service.cfg.query.max_limit}")
@@ -207,7 +213,7 @@ def router(service: SearchService) -> APIRouter:
         t0 = time.perf_counter()
         check_direction(direction)
         at = loki_time(time_, now_us())
-        expr = parse(query)
+        expr = _parse(service, query)
         if isinstance(expr, LogQuery):
             raise QueryError("log queries are not supported as an instant query: use query_range")
         steps = np.array([at], dtype=np.int64)
@@ -303,7 +309,7 @@ def router(service: SearchService) -> APIRouter:
                 aggregate_by: str, step: str | None, ranged: bool, tenant: str) -> dict[str, Any]:
         lo, hi = _range(start, end)
         node = selector_of(query)
-        expr = parse(query)
+        expr = _parse(service, query)
         names = [t.strip() for t in target.split(",")] if target else \
             [m.name for m in expr.selector.matchers] if isinstance(expr, LogQuery) else []
         names = [n for n in names if n]
@@ -373,7 +379,7 @@ def router(service: SearchService) -> APIRouter:
             key = f.name.removeprefix("attrs.")
             found[sanitize(key)] = {"key": key, "values": {str(t["value"]) for t in f.top},
                                     "cardinality": f.distinct, "parsers": None}
-        expr = parse(query) if query else parse('{service=~".+"}')
+        expr = _parse(service, query) if query else parse('{service=~".+"}')
         if isinstance(expr, LogQuery):
             entries, _ = engine.logs(expr, lo, hi, DETECT_SAMPLE, "backward", tenant)
             for e in entries:
@@ -437,7 +443,7 @@ def router(service: SearchService) -> APIRouter:
             q = ws.query_params.get("query", "")
             tenant = ws.headers.get("x-scope-orgid", "default")
             limit = int(ws.query_params.get("limit", "100"))
-            expr = parse(q)
+            expr = _parse(service, q)
             if not isinstance(expr, LogQuery):
                 raise QueryError("tail needs a log query")
             since = loki_time(ws.query_params.get("start"), now_us() - _HOUR_US)
