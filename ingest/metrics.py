@@ -44,6 +44,8 @@ class IngestCollector(Collector):
         yield GaugeMetricFamily("loglake_ingest_partitions", "Partitions this worker owns", value=len(w.buffers))
         yield GaugeMetricFamily("loglake_ingest_seconds_since_flush", "Seconds since the last successful flush",
                                 value=time.monotonic() - w.last_flush)
+        yield GaugeMetricFamily("loglake_ingest_ready", "1 while flushes succeed, 0 while a fault stops them",
+                                value=0 if w.fault is not None else 1)
 
 
 def registry_for(worker: IngestWorker) -> CollectorRegistry:

@@ -15,6 +15,7 @@ import asyncio
 import fnmatch
 import logging
 import time
+import zlib
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field, replace
 
@@ -67,6 +68,12 @@ class PartitionBuffer:
     bytes: int = 0
     ranges: dict[tuple[str, str], Ranges] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
+    last_record: str | None = None         # fingerprint of the record at last_offset
+
+
+def fingerprint(timestamp_ms: int, value: bytes | None) -> str:
+    """What identifies one Kafka record well enough to tell a recreated topic from the stored one."""
+    return f"{timestamp_ms}:{zlib.crc32(value or b''):08x}"
 
 
 class IngestWorker:
@@ -89,13 +96,18 @@ class IngestWorker:
         # A rebalance callback may flush while the loop is flushing; one at a time.
         self._flush_lock = asyncio.Lock()
         self._retry_at = 0.0
+        #: Why flushes fail, while they do (the data stays buffered): /readyz and metrics report it.
+        self.fault: str | None = None
+        self.fault_since: float | None = None
         self.last_flush = time.monotonic()
         self.last_loop = time.monotonic()
         self.stats: Counter[str] = Counter()
         self.dead_letter_counts: Counter[str] = Counter()
         self._formats: dict[tuple[str, str, str], str] = {}
-        # Partitions whose catalog offset is beyond the reported log end: offset expected next.
+        # Partitions being checked for a recreated topic: offset expected next.
         self._probes: dict[Key, int] = {}
+        # Each probed partition's log start when it was assigned.
+        self._log_starts: dict[Key, int] = {}
 
     # -- configuration ---------------------------------------------------------
 
@@ -127,24 +139,28 @@ class IngestWorker:
             state = states[tp.topic].get(tp.partition, PartitionState(0, 0))
             self.buffers[key] = PartitionBuffer(state)
             self._probes.pop(key, None)
-            if state.next_offset > ends[tp] and state.next_offset > 0:
-                # The log looks shorter than what we stored: the topic may have been recreated
-                # (always so after restarting the in-memory embedded broker). The reported end
-                # is no proof (tansu reports a batch's base offset), so read the last record we
-                # stored: if it is there, nothing was recreated.
+            if state.next_offset > 0 and (state.next_offset > ends[tp] or state.last_record is not None):
+                # The topic may have been recreated (always so after restarting the in-memory
+                # embedded broker), and may even have grown past our offset since. The reported
+                # end is no proof (tansu reports a batch's base offset), so read the last record
+                # we stored back: if it is there, and the same, nothing was recreated.
                 self._probes[key] = state.next_offset
+                self._log_starts[key] = starts[tp]
                 self.consumer.seek(tp, state.next_offset - 1)
             else:
                 self.consumer.seek(tp, max(state.next_offset, starts[tp]))
         log.info("partitions assigned", extra={"partitions": sorted(f"{tp.topic}/{tp.partition}" for tp in partitions)})
 
-    def _probed(self, tp: TopicPartition, first_offset: int) -> bool:
-        """Settle a probe with the first offset read; whether to take the batch's records."""
+    def _probed(self, tp: TopicPartition, first_offset: int, first_record: str) -> bool:
+        """Settle a probe with the first record read; whether to take the batch's records."""
         expected = self._probes.pop((tp.topic, tp.partition))
-        if first_offset >= expected - 1:
-            return True              # our last stored record is there: carry on after it
-        # Reading restarted at the earliest offset: the log really is shorter than the catalog.
-        return self._recreated(tp, expected, first_offset)
+        stored = self.buffers[(tp.topic, tp.partition)].state.last_record
+        if first_offset > expected - 1 or (first_offset == expected - 1 and stored in (None, first_record)):
+            return True              # our last stored record is there (or retention took it): carry on
+        # Reading restarted at the earliest offset (the log is shorter than the catalog), or the
+        # record at our offset is another one (a new log that has grown past it).
+        start = min(first_offset, self._log_starts.get((tp.topic, tp.partition), first_offset))
+        return self._recreated(tp, expected, start)
 
     async def _settle_probes(self, batch: dict[TopicPartition, list[object]]) -> None:
         """Probes that read nothing: a fetch's high watermark below our offset settles them too."""
@@ -166,11 +182,13 @@ class IngestWorker:
         details = {"topic": tp.topic, "partition": tp.partition, "catalog_offset": expected,
                    "log_start": start, "log_end": end, "policy": policy}
         if policy == "fail":
-            log.error("topic recreated: catalog offset beyond log end; stopping (ingest.on_topic_recreated=fail)",
+            log.error("topic recreated: the log no longer holds what the catalog stored last; stopping "
+                      "(ingest.on_topic_recreated=fail)",
                       extra=details)
-            raise TopicRecreated(f"{tp.topic}/{tp.partition}: catalog offset {expected} is beyond the log "
-                                 f"(offsets {start} to {end}); the topic was recreated")
-        log.warning("topic recreated: catalog offset beyond log end; starting a new epoch", extra=details)
+            raise TopicRecreated(f"{tp.topic}/{tp.partition}: the record before catalog offset {expected} is "
+                                 f"not in the log (offsets {start} to {end}); the topic was recreated")
+        log.warning("topic recreated: the log no longer holds what the catalog stored last; starting a new epoch",
+                    extra=details)
         first = end if policy == "latest" and end is not None else start
         self.buffers[(tp.topic, tp.partition)] = PartitionBuffer(
             self.catalog.reset_partition(tp.topic, tp.partition, first))
@@ -344,7 +362,8 @@ class IngestWorker:
                                            zstd_level=self.cfg.storage.zstd_level,
                                            row_group_rows=self.cfg.storage.row_group_rows)
         commit = PartitionCommit(topic, partition, buf.state.epoch, buf.state.next_offset, buf.last_offset + 1,
-                                 segments, source_ranges={k: list(v) for k, v in buf.ranges.items()})
+                                 segments, source_ranges={k: list(v) for k, v in buf.ranges.items()},
+                                 last_record=buf.last_record)
         return commit, dead
 
     async def flush(self, keys: list[Key] | None = None) -> None:
@@ -358,10 +377,12 @@ class IngestWorker:
         if not todo:
             return
         started = time.monotonic()
-        written = await asyncio.to_thread(lambda: [self._write(k, b) for k, b in todo.items()])
-        commits = [c for c, _ in written]
-        dead = [d for b in todo.values() for d in b.dead] + [d for _, ds in written for d in ds]
         try:
+            # A full disk or an unreachable object store fails here; the same names are written again
+            # on the retry, so nothing is left behind twice.
+            written = await asyncio.to_thread(lambda: [self._write(k, b) for k, b in todo.items()])
+            commits = [c for c, _ in written]
+            dead = [d for b in todo.values() for d in b.dead] + [d for _, ds in written for d in ds]
             # Dead letters first: once the catalog moves past them they exist nowhere else.
             await self.dead_letters.send(dead)
             await asyncio.to_thread(self.catalog.commit, commits)
@@ -376,9 +397,14 @@ class IngestWorker:
             # Nothing was committed; the buffers stay and the flush is retried.
             self.stats["flush_errors"] += 1
             self._retry_at = time.monotonic() + min(30.0, 0.5 * 2 ** min(self.stats["flush_errors"], 6))
-            log.error("flush failed; will retry", extra={"reason": f"{type(e).__name__}: {e}"[:500]})
+            self.fault = f"{type(e).__name__}: {e}"[:500]
+            self.fault_since = self.fault_since or time.monotonic()
+            log.error("flush failed; will retry", extra={"reason": self.fault})
             raise FlushFailed(str(e)) from e
+        if self.fault is not None:
+            log.info("flushing again", extra={"fault_s": round(time.monotonic() - (self.fault_since or 0), 1)})
         self._retry_at = 0.0
+        self.fault, self.fault_since = None, None
         self.last_flush = time.monotonic()
         rows = sum(s.rows for c in commits for s in c.segments)
         self.stats["records"] += rows
@@ -386,7 +412,7 @@ class IngestWorker:
         self.stats["flushes"] += 1
         self.dead_letter_counts.update(d.reason.value for d in dead)
         for k, c in zip(todo, commits, strict=True):
-            self.buffers[k] = PartitionBuffer(PartitionState(c.epoch, c.new_next))
+            self.buffers[k] = PartitionBuffer(PartitionState(c.epoch, c.new_next, c.last_record))
         log.info("flushed", extra={"rows": rows, "segments": sum(len(c.segments) for c in commits),
                                    "dead_letters": len(dead), "partitions": sorted(f"{t}/{p}" for t, p in todo),
                                    "seconds": round(time.monotonic() - started, 3)})
@@ -414,6 +440,14 @@ class IngestWorker:
                              "partitions": len(self.buffers),
                              "seconds_since_flush": round(time.monotonic() - self.last_flush, 1)}
 
+    def ready(self) -> tuple[bool, dict[str, object]]:
+        """Alive and storing: not while flushes fail (a full disk, the catalog down)."""
+        alive, details = self.health()
+        if self.fault is not None:
+            return False, {**details, "status": "flush failing", "fault": self.fault,
+                           "fault_s": round(time.monotonic() - (self.fault_since or 0), 1)}
+        return alive, details
+
     async def run(self, stop: asyncio.Event) -> None:
         k = self.cfg.kafka
         worker = self
@@ -429,7 +463,8 @@ class IngestWorker:
         await ensure_topic(k, topic=self.cfg.ingest.dead_letter_topic, partitions=1)
         for t in self.inputs:
             await ensure_topic(k, topic=t)
-        server = (await serve_metrics(self.cfg.ingest.metrics_listen, registry_for(self), self.health)
+        server = (await serve_metrics(self.cfg.ingest.metrics_listen, registry_for(self), self.health,
+                                           self.ready)
                   if self.cfg.ingest.metrics_listen else None)
         self.consumer = AIOKafkaConsumer(
             **client_kwargs(k), client_id=f"{k.client_id}-ingest",
@@ -452,13 +487,18 @@ class IngestWorker:
                         if (tp.topic, tp.partition) not in self.buffers or not messages:
                             continue
                         if (tp.topic, tp.partition) in self._probes:
-                            if not self._probed(tp, messages[0].offset):
+                            first = messages[0]
+                            if not self._probed(tp, first.offset, fingerprint(first.timestamp, first.value)):
                                 continue
                             stored = self.buffers[(tp.topic, tp.partition)].state.next_offset
                             messages = [m for m in messages if m.offset >= stored]   # the probe record
                         for m in messages:
                             self._take(tp.topic, tp.partition, m.offset, m.value, list(m.headers or ()),
                                        m.timestamp)
+                        if messages:
+                            last = messages[-1]
+                            self.buffers[(tp.topic, tp.partition)].last_record = fingerprint(last.timestamp,
+                                                                                             last.value)
                     if self._probes:
                         await self._settle_probes(batch)
                 if self._due(caught_up):

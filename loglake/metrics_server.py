@@ -1,4 +1,4 @@
-"""A minimal HTTP endpoint for a worker process: GET /metrics (Prometheus) and GET /healthz.
+"""A minimal HTTP endpoint for a worker process: GET /metrics (Prometheus), /healthz and /readyz.
 
 Shippers and ingest workers run an asyncio loop, not a web framework; this
 serves their scrapes on that loop without a thread.
@@ -17,8 +17,10 @@ from prometheus_client import CollectorRegistry, generate_latest
 Health = Callable[[], tuple[bool, dict[str, Any]]]
 
 
-async def serve(listen: str, registry: CollectorRegistry, health: Health) -> asyncio.Server:
-    """Listen on ``host:port`` for GET /metrics and GET /healthz."""
+async def serve(listen: str, registry: CollectorRegistry, health: Health,
+                ready: Health | None = None) -> asyncio.Server:
+    """Listen on ``host:port`` for GET /metrics, /healthz (alive) and /readyz (doing its work:
+    503 with the reason while a fault lasts; the same as /healthz when ``ready`` is None)."""
     host, _, port = listen.rpartition(":")
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -27,8 +29,8 @@ async def serve(listen: str, registry: CollectorRegistry, health: Health) -> asy
             path = request.split(b" ", 2)[1].split(b"?", 1)[0] if request.count(b" ") >= 2 else b""
             if path == b"/metrics":
                 status, ctype, body = "200 OK", "text/plain; version=0.0.4", generate_latest(registry)
-            elif path == b"/healthz":
-                ok, details = health()
+            elif path in (b"/healthz", b"/readyz"):
+                ok, details = (ready if path == b"/readyz" and ready is not None else health)()
                 status = "200 OK" if ok else "503 Service Unavailable"
                 ctype, body = "application/json", orjson.dumps(details)
             else:

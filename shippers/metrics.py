@@ -52,6 +52,8 @@ class ShipperCollector(Collector):
         yield lag
         yield GaugeMetricFamily("loglake_shipper_broker_outage_seconds", "How long the broker has been unreachable",
                                 value=s.outage_seconds())
+        yield GaugeMetricFamily("loglake_shipper_ready", "1 while the broker takes frames, 0 during an outage",
+                                value=0 if s.outage_seconds() > 0 else 1)
 
 
 def registry_for(shipper: Shipper) -> CollectorRegistry:
@@ -61,11 +63,18 @@ def registry_for(shipper: Shipper) -> CollectorRegistry:
 
 
 async def serve(listen: str, shipper: Shipper) -> asyncio.Server:
-    """GET /metrics and GET /healthz for ``shipper`` on ``listen``."""
+    """GET /metrics, /healthz and /readyz (503 while the broker is unreachable) for ``shipper``."""
 
     def health() -> tuple[bool, dict[str, object]]:
         stalled = time.monotonic() - shipper.last_loop > 60
         return not stalled, {"status": "stalled" if stalled else "ok",
                              "broker_outage_s": round(shipper.outage_seconds(), 1), "files": len(shipper.watchers)}
 
-    return await serve_http(listen, registry_for(shipper), health)
+    def ready() -> tuple[bool, dict[str, object]]:
+        alive, details = health()
+        outage = shipper.outage_seconds()
+        if alive and outage > 0:
+            return False, {**details, "status": "broker unreachable"}
+        return alive, details
+
+    return await serve_http(listen, registry_for(shipper), health, ready)

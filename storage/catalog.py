@@ -136,6 +136,11 @@ MIGRATIONS: tuple[str, ...] = (
         revoked_us  INTEGER
     );
     """,
+    # The last stored record's fingerprint per partition: a recreated topic that has grown past
+    # the catalog's offset is told apart from the one the catalog stored from.
+    """
+    ALTER TABLE partition_offsets ADD COLUMN last_record TEXT;
+    """,
 )
 
 #: The PostgreSQL advisory lock every catalog writer takes (any fixed number will do).
@@ -146,6 +151,9 @@ _PG_WRITE_LOCK = 0x6C6C
 class PartitionState:
     epoch: int
     next_offset: int
+    #: A fingerprint of the record at next_offset - 1 (see ingest.worker.fingerprint): reading it
+    #: back tells whether the topic is still the one the catalog stored from. Not part of equality.
+    last_record: str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +170,8 @@ class PartitionCommit:
     source_marks: dict[tuple[str, str], int] = field(default_factory=dict)
     #: (tenant, source_id) -> every stored byte range [lo, hi), when known
     source_ranges: dict[tuple[str, str], list[tuple[int, int]]] = field(default_factory=dict)
+    #: Fingerprint of the batch's last record (offset new_next - 1)
+    last_record: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -426,8 +436,9 @@ class Catalog:
     # -- ingest side ---------------------------------------------------------
 
     def partition_states(self, topic: str) -> dict[int, PartitionState]:
-        rows = self._read("SELECT partition, epoch, next_offset FROM partition_offsets WHERE topic = ?", (topic,))
-        return {p: PartitionState(e, n) for p, e, n in rows}
+        rows = self._read("SELECT partition, epoch, next_offset, last_record FROM partition_offsets"
+                          " WHERE topic = ?", (topic,))
+        return {p: PartitionState(e, n, r) for p, e, n, r in rows}
 
     def reset_partition(self, topic: str, partition: int, next_offset: int) -> PartitionState:
         """Start a new offset epoch (the topic was recreated under us)."""
@@ -436,9 +447,10 @@ class Catalog:
                              (topic, partition)).fetchone()
             epoch = (row[0] + 1) if row else 0
             db.execute(
-                "INSERT INTO partition_offsets (topic, partition, epoch, next_offset, updated_us)"
-                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (topic, partition) DO UPDATE SET"
-                " epoch=excluded.epoch, next_offset=excluded.next_offset, updated_us=excluded.updated_us",
+                "INSERT INTO partition_offsets (topic, partition, epoch, next_offset, updated_us, last_record)"
+                " VALUES (?, ?, ?, ?, ?, NULL) ON CONFLICT (topic, partition) DO UPDATE SET"
+                " epoch=excluded.epoch, next_offset=excluded.next_offset, updated_us=excluded.updated_us,"
+                " last_record=NULL",
                 (topic, partition, epoch, next_offset, _now_us()))
         return PartitionState(epoch, next_offset)
 
@@ -466,10 +478,11 @@ class Catalog:
                         f"{c.topic}[{c.partition}] is at epoch {current.epoch} offset "
                         f"{current.next_offset}, batch began at epoch {c.epoch} offset {c.expected_next}")
                 db.execute(
-                    "INSERT INTO partition_offsets (topic, partition, epoch, next_offset, updated_us)"
-                    " VALUES (?, ?, ?, ?, ?) ON CONFLICT (topic, partition) DO UPDATE SET"
-                    " next_offset=excluded.next_offset, updated_us=excluded.updated_us",
-                    (c.topic, c.partition, c.epoch, c.new_next, now))
+                    "INSERT INTO partition_offsets (topic, partition, epoch, next_offset, updated_us, last_record)"
+                    " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (topic, partition) DO UPDATE SET"
+                    " next_offset=excluded.next_offset, updated_us=excluded.updated_us,"
+                    " last_record=excluded.last_record",
+                    (c.topic, c.partition, c.epoch, c.new_next, now, c.last_record))
                 # What each tenant's segments cover of each source: the marks of this batch.
                 covers: dict[str, dict[str, int]] = {}
                 for (tenant, sid), end in c.source_marks.items():

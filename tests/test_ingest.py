@@ -644,6 +644,25 @@ def test_topic_recreated_earliest_reads_the_new_topic_from_its_start(stack: Stac
     assert catalog.partition_states(topic)[0] == PartitionState(1, 4)
 
 
+def test_topic_recreated_and_grown_past_the_catalog_offset_is_still_noticed(stack: Stack) -> None:
+    """The new log already holds more records than the catalog's offset (a busy producer while the
+    worker was away): the record at the catalog's last offset is another one, so nothing is skipped."""
+    topic = f"{stack.topic}.recreated"
+    env = {"LOGLAKE_INGEST__TOPICS": topics_env(f'{{name="{topic}", tenant="team-r"}}')}
+    catalog = _ingest_then_recreate(stack, topic, env)
+    produce(stack.bootstrap, topic, [Msg(f"second life id=b{i}".encode()) for i in range(3, 12)],
+            one_batch_each=True)                             # 12 records now, past offset 8
+    _restart(stack, env)
+    wait_rows(stack, catalog, 20, proc="ingest-2")
+    time.sleep(1.0)
+    messages = sorted(r["message"] for r in stored(stack, catalog, "team-r"))
+    assert messages == sorted([f"first life id=a{i}" for i in range(8)] +
+                              [f"second life id=b{i}" for i in range(12)])
+    assert catalog.partition_states(topic)[0] == PartitionState(1, 12)
+    warned = [r for r in log_records(stack, "ingest-2") if "topic recreated" in r.get("msg", "")]
+    assert len(warned) == 1 and warned[0]["catalog_offset"] == 8 and warned[0]["log_start"] == 0, warned
+
+
 def test_topic_recreated_with_policy_fail_stops_the_worker(stack: Stack) -> None:
     topic = f"{stack.topic}.recreated"
     env = {"LOGLAKE_INGEST__TOPICS": topics_env(f'{{name="{topic}", tenant="team-r"}}')}

@@ -1,0 +1,216 @@
+"""Faults while running: each is reported on /readyz and in metrics while it lasts, and
+afterwards every record sent is stored exactly once.
+
+The quick ones run in `make test`: the data root's disk filling up (a small tmpfs,
+so root is needed), the catalog database going away (PostgreSQL behind a TCP relay
+the test cuts), and the shipper seeing the broker vanish. Longer faults under load
+(broker paused, worker killed, PostgreSQL restarted) are in tests/test_soak.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from loglake.broker import start_broker, stop_process
+from tests.processes import Stack, free_port, wait_until
+from tests.test_ingest import Shipper, _metrics, create_topics, open_catalog, produce, running, stored, wait_rows
+
+
+def _ready(port: int) -> tuple[int, dict[str, object]]:
+    resp = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5)
+    return resp.status_code, resp.json()
+
+
+@contextlib.contextmanager
+def small_disk(path: Path, size: str = "48m") -> Iterator[Path]:
+    """A tmpfs of ``size`` mounted at ``path``; skips (saying why) where mounting is not allowed."""
+    path.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("filling a disk needs a small filesystem: mounting a tmpfs needs root here")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                          capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs for a small disk: {done.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def fill(directory: Path) -> Path:
+    """Write zeros into ``directory`` until not one more byte fits; returns the filler file."""
+    filler = directory / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+    try:
+        chunk = 1 << 20
+        while chunk:
+            try:
+                os.write(fd, b"\0" * chunk)
+            except OSError:
+                chunk //= 2
+    finally:
+        os.close(fd)
+    return filler
+
+
+def test_a_full_disk_makes_ingest_unready_with_the_reason_and_nothing_is_lost(stack: Stack) -> None:
+    with small_disk(stack.data_root):
+        create_topics(stack.bootstrap, stack.topic)
+        port = free_port()
+        stack.start("ingest", LOGLAKE_INGEST__METRICS_LISTEN=f"127.0.0.1:{port}")
+        catalog = open_catalog(stack)
+        ship = Shipper()
+        produce(stack.bootstrap, stack.topic, [ship.frame([f"before id=b{i}" for i in range(100)])])
+        wait_rows(stack, catalog, 100)
+        assert _ready(port)[0] == 200
+
+        filler = fill(stack.data_root)
+        produce(stack.bootstrap, stack.topic, [ship.frame([f"during id=d{i}" for i in range(i, i + 100)])
+                                               for i in range(0, 1000, 100)])
+
+        def unready() -> dict[str, object] | None:
+            running(stack)()
+            status, body = _ready(port)
+            return body if status == 503 else None
+
+        body = wait_until(unready, 30, what="ingest /readyz to report the full disk")
+        assert body["status"] == "flush failing" and "No space left on device" in str(body["fault"]), body
+        m = _metrics(port)
+        assert m[("loglake_ingest_ready", ())] == 0 and m[("loglake_ingest_flush_errors_total", ())] >= 1
+        time.sleep(2)                                       # it keeps failing, and keeps the data
+        assert _ready(port)[0] == 503 and catalog.totals()["rows"] == 100
+
+        filler.unlink()
+        wait_rows(stack, catalog, 1100, timeout_s=60)
+        wait_until(lambda: _ready(port)[0] == 200, 30, what="ingest ready again")
+        assert _metrics(port)[("loglake_ingest_ready", ())] == 1
+        messages = [r["message"] for r in stored(stack, catalog, "default")]
+        assert sorted(messages) == sorted([f"before id=b{i}" for i in range(100)] +
+                                          [f"during id=d{i}" for i in range(1000)])
+        assert "flushing again" in stack.log_text("ingest")
+        catalog.close()
+        stack.stop_all()
+
+
+class Relay:
+    """A TCP relay to ``upstream`` that a test can cut (closing every connection) and restore."""
+
+    def __init__(self, upstream: tuple[str, int]) -> None:
+        self.upstream, self.port = upstream, free_port()
+        self.loop = asyncio.new_event_loop()
+        self.server: asyncio.Server | None = None
+        self.writers: set[asyncio.StreamWriter] = set()
+        threading.Thread(target=self.loop.run_forever, daemon=True).start()
+
+    def _call(self, coro: object) -> None:
+        asyncio.run_coroutine_threadsafe(coro, self.loop).result(10)  # type: ignore[arg-type]
+
+    def up(self) -> None:
+        async def start() -> None:
+            self.server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+        self._call(start())
+
+    def down(self) -> None:
+        async def stop() -> None:
+            assert self.server is not None
+            self.server.close()
+            for w in list(self.writers):
+                w.transport.abort()
+            self.writers.clear()
+        self._call(stop())
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.upstream)
+        except OSError:
+            writer.transport.abort()
+            return
+        self.writers |= {writer, up_writer}
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            dst.transport.abort()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+
+def test_catalog_database_down_is_reported_by_ingest_and_the_query_service(stack: Stack, pg_url: str) -> None:
+    """PostgreSQL goes away (its connections cut, new ones refused) and comes back."""
+    relay = Relay(("127.0.0.1", 5432))
+    relay.up()
+    url = pg_url.replace("127.0.0.1:5432", f"127.0.0.1:{relay.port}")
+    assert url != pg_url
+    create_topics(stack.bootstrap, stack.topic)
+    port = free_port()
+    env = {"LOGLAKE_STORAGE__CATALOG_URL": url}
+    stack.start("ingest", LOGLAKE_INGEST__METRICS_LISTEN=f"127.0.0.1:{port}", **env)
+    stack.start("serve", **env)
+    stack.wait_ready()
+    ship = Shipper()
+    produce(stack.bootstrap, stack.topic, [ship.frame([f"before id=b{i}" for i in range(50)])])
+    wait_until(lambda: stack.search("before", start="now-1h", end="now+1h")["rows"], 30, what="rows searchable")
+
+    relay.down()
+    produce(stack.bootstrap, stack.topic, [ship.frame([f"during id=d{i}" for i in range(50)])])
+    body = wait_until(lambda: _ready(port)[1] if _ready(port)[0] == 503 else None, 30,
+                      what="ingest /readyz to report the catalog")
+    assert body["status"] == "flush failing", body
+    query_ready = httpx.get(f"{stack.url}/readyz", timeout=10)
+    assert query_ready.status_code == 503 and query_ready.json()["status"] == "unavailable", query_ready.text
+    assert _metrics(port)[("loglake_ingest_ready", ())] == 0
+
+    relay.up()
+    wait_until(lambda: _ready(port)[0] == 200, 60, what="ingest ready once the catalog is back")
+    wait_until(lambda: httpx.get(f"{stack.url}/readyz", timeout=10).status_code == 200, 30,
+               what="query service ready again")
+    rows = stack.search("id", start="now-1h", end="now+1h", limit=1000)["rows"]
+    assert sorted(r["message"] for r in rows) == sorted([f"before id=b{i}" for i in range(50)] +
+                                                        [f"during id=d{i}" for i in range(50)])
+    stack.stop_all()
+    relay.down()
+
+
+def test_the_shipper_reports_a_vanished_broker_on_readyz_and_catches_up(tmp_path: Path) -> None:
+    address = f"127.0.0.1:{free_port()}"
+    broker = start_broker(address, log_file=tmp_path / "broker.log")
+    stack = Stack(root=tmp_path / "stack", bootstrap=address, topic="faults.logs")
+    port = free_port()
+    try:
+        log = stack.input_dir / "app.log"
+        log.write_text("".join(f"first id=f{i}\n" for i in range(20)))
+        stack.start("ingest")
+        stack.start("ship", LOGLAKE_SHIPPER__METRICS_LISTEN=f"127.0.0.1:{port}")
+        catalog = open_catalog(stack)
+        wait_rows(stack, catalog, 20, timeout_s=30)
+        assert _ready(port)[0] == 200
+
+        stop_process(broker)                            # the in-memory broker is gone, topic and all
+        with open(log, "a") as f:
+            f.write("".join(f"second id=s{i}\n" for i in range(20)))
+        body = wait_until(lambda: _ready(port)[1] if _ready(port)[0] == 503 else None, 90,
+                          what="shipper /readyz to report the broker")
+        assert body["status"] == "broker unreachable" and float(body["broker_outage_s"]) > 0, body
+        assert _metrics(port)[("loglake_shipper_ready", ())] == 0
+
+        broker = start_broker(address, log_file=tmp_path / "broker.log")
+        wait_until(lambda: _ready(port)[0] == 200, 90, what="shipper ready again")
+        wait_rows(stack, catalog, 40, timeout_s=60)
+        messages = sorted(r["message"] for r in stored(stack, catalog, "default"))
+        assert messages == sorted([f"first id=f{i}" for i in range(20)] + [f"second id=s{i}" for i in range(20)])
+    finally:
+        stack.stop_all()
+        stop_process(broker)
