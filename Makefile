@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: run test test-slow bench clean
+.PHONY: run test test-slow soak bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,10 +19,15 @@ run: $(STAMP)
 	$(BIN)/loglake up
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not slow and not soak" $(PYTEST_ARGS)
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
+
+# Load and faults: 10 minutes of ingest under 20 searchers, then faults under load (about
+# 15 minutes in all; LOGLAKE_SOAK_S shortens the first). Figures in benchmarks/results/soak-*.json.
+soak: $(STAMP)
+	$(BIN)/python -m pytest -m soak -s tests/test_soak.py $(PYTEST_ARGS)
 
 $(BENCH_STAMP): pyproject.toml $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[test,bench]'

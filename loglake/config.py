@@ -452,7 +452,7 @@ class QueryConfig(_Section):
     max_body_bytes: int = Field(1 << 20, ge=4096)
     #: Queries running at once; more wait up to queue_timeout_s, then get HTTP 429.
     max_concurrent: int = Field(4, ge=1)
-    queue_timeout_s: float = Field(2.0, ge=0)
+    queue_timeout_s: float = Field(10.0, ge=0)
     @model_validator(mode="after")
     def _tls_pair(self) -> QueryConfig:
         if (self.tls_cert is None) != (self.tls_key is None):

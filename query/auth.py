@@ -101,7 +101,7 @@ def required_role(method: str, path: str) -> str | None:
     """The least role a request needs; None for the open paths."""
     if path in OPEN_PATHS:
         return None
-    if path.startswith("/api/v1/retention"):
+    if path.startswith(("/api/v1/retention", "/api/v1/keys", "/api/v1/delete")):
         return "admin"
     if path.startswith("/api/v1/saved-queries") and method not in ("GET", "HEAD"):
         return "writer"       # running one (/run) is a GET

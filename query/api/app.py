@@ -1,4 +1,5 @@
-"""FastAPI application: search, aggregate, fields, saved queries, retention, health and readiness."""
+"""FastAPI application: search, aggregate, fields, saved queries, retention, keys and deletion, health
+and readiness."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 
 from loglake.config import Config
+from query.api.admin import router as admin_router
 from query.api.limits import BodyLimitMiddleware, BodyTooLarge
 from query.auth import AuthMiddleware, Authenticator
 from query.errors import QueryError, QuerySyntaxError, ScanTooLarge, TooManyQueries
@@ -324,6 +326,7 @@ def create_app(cfg: Config, catalog: Catalog | None = None) -> FastAPI:
         return retention_view(cfg, catalog, tenant, limit)
 
     app.include_router(loki_router(service))
+    app.include_router(admin_router(service))
     if cfg.auth.enabled:
         app.add_middleware(AuthMiddleware, auth=Authenticator(catalog, cfg.auth))
     app.add_middleware(BodyLimitMiddleware, max_bytes=cfg.query.max_body_bytes)   # outermost: before auth
