@@ -71,6 +71,10 @@ class PartitionBuffer:
     last_record: str | None = None         # fingerprint of the record at last_offset
 
 
+#: The end of year 9999: later times have no calendar date (segments are filed by date and hour).
+MAX_OBSERVED_MS = 253_402_300_800_000
+
+
 def fingerprint(timestamp_ms: int, value: bytes | None) -> str:
     """What identifies one Kafka record well enough to tell a recreated topic from the stored one."""
     return f"{timestamp_ms}:{zlib.crc32(value or b''):08x}"
@@ -298,8 +302,10 @@ class IngestWorker:
             return
         pending = buf.pending[tenant]
         pending.values.append(value)
-        # Old message formats carry no timestamp (-1 or None): then it is observed now.
-        pending.observed_ms.append(timestamp_ms if timestamp_ms and timestamp_ms > 0 else int(time.time() * 1000))
+        # Old message formats carry no timestamp (-1 or None), and a producer's clock can be absurd
+        # (past year 9999 a timestamp has no date): then it is observed now.
+        pending.observed_ms.append(timestamp_ms if timestamp_ms and 0 < timestamp_ms < MAX_OBSERVED_MS
+                                   else int(time.time() * 1000))
         buf.rows += 1
         buf.bytes += len(value)
 
@@ -493,8 +499,16 @@ class IngestWorker:
                             stored = self.buffers[(tp.topic, tp.partition)].state.next_offset
                             messages = [m for m in messages if m.offset >= stored]   # the probe record
                         for m in messages:
-                            self._take(tp.topic, tp.partition, m.offset, m.value, list(m.headers or ()),
-                                       m.timestamp)
+                            try:
+                                self._take(tp.topic, tp.partition, m.offset, m.value, list(m.headers or ()),
+                                           m.timestamp)
+                            except Exception as e:
+                                # A record that breaks ingest in a way nobody foresaw must not stop
+                                # the worker, nor the partition behind it: it is set aside, visibly.
+                                log.exception("record failed ingest", extra={"offset": m.offset})
+                                self._dead(self.buffers[(tp.topic, tp.partition)],
+                                           DeadLetter(Reason.UNPARSEABLE, m.value or b"", tp.topic, tp.partition,
+                                                      m.offset, detail=f"{type(e).__name__}: {e}"[:1000]))
                         if messages:
                             last = messages[-1]
                             self.buffers[(tp.topic, tp.partition)].last_record = fingerprint(last.timestamp,

@@ -112,6 +112,34 @@ def encode_frame(meta: FrameMeta, data: bytes, offsets: np.ndarray, *, compress:
     return _PREFIX.pack(MAGIC, VERSION, FLAG_LZ4 if compress else 0, len(head)) + head + payload
 
 
+#: Offsets, counts and lengths stay below this: they are stored as signed 64-bit numbers, with room.
+MAX_WHOLE = 1 << 62
+#: Microseconds at the end of year 9999: later times have no calendar date.
+MAX_OBSERVED_US = 253_402_300_800_000_000
+
+_NO_DEFAULT = object()
+
+
+def _text(m: dict[str, object], key: str, default: object = _NO_DEFAULT) -> str:
+    v = m.get(key, default)
+    if v is _NO_DEFAULT:
+        raise KeyError(key)
+    if not isinstance(v, str):      # never str() a nested value: that recursion can be made deep
+        raise TypeError(f"{key} is not text")
+    return v
+
+
+def _whole(m: dict[str, object], key: str, limit: int = MAX_WHOLE, default: object = _NO_DEFAULT) -> int:
+    v = m.get(key, default)
+    if v is _NO_DEFAULT:
+        raise KeyError(key)
+    if not isinstance(v, int) or isinstance(v, bool):
+        raise TypeError(f"{key} is not a whole number")
+    if not 0 <= v < limit:
+        raise ValueError(f"{key}={v} is outside 0..{limit - 1}")
+    return v
+
+
 def decode_frame(value: bytes, max_raw_bytes: int = MAX_RAW_BYTES) -> Frame:
     """Parse a frame; raises :class:`FrameError` on anything malformed.
 
@@ -128,14 +156,17 @@ def decode_frame(value: bytes, max_raw_bytes: int = MAX_RAW_BYTES) -> Frame:
         raise FrameError(f"unsupported frame version {version}")
     try:
         m = orjson.loads(value[_PREFIX.size:_PREFIX.size + mlen])
+        labels = m.get("labels") or {}
+        if not isinstance(labels, dict):
+            raise TypeError("labels is not an object")
         meta = FrameMeta(
-            source_id=str(m["sid"]), source=str(m["src"]), host=str(m["host"]),
-            service=str(m["svc"]), tenant=str(m["tenant"]), first_offset=int(m["first"]),
-            end_offset=int(m["end"]), observed_us=int(m["obs"]), count=int(m["n"]),
-            labels={str(k): str(v) for k, v in (m.get("labels") or {}).items()},
-            truncated_from=int(m.get("trunc", 0)), wrapper=str(m.get("wrap", "")),
+            source_id=_text(m, "sid"), source=_text(m, "src"), host=_text(m, "host"),
+            service=_text(m, "svc"), tenant=_text(m, "tenant"), first_offset=_whole(m, "first"),
+            end_offset=_whole(m, "end"), observed_us=_whole(m, "obs", MAX_OBSERVED_US), count=_whole(m, "n"),
+            labels={str(k): _text(labels, k) for k in labels},
+            truncated_from=_whole(m, "trunc", default=0), wrapper=_text(m, "wrap", default=""),
         )
-        raw_len = int(m["raw"])
+        raw_len = _whole(m, "raw")
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as e:
         raise FrameError(f"bad frame meta: {e}") from None
     if meta.count < 0:

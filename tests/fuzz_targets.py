@@ -3,7 +3,8 @@
 ``tests/test_fuzz_ingest.py`` calls them from hypothesis, and runs them under
 atheris (coverage-guided, libFuzzer) in a subprocess through :func:`main`::
 
-    python -c "<instrumenting bootstrap>" frame|line [libFuzzer flags] [corpus dir]
+    python -c "$BOOTSTRAP" frame|line [libFuzzer flags] [corpus dir]
+    python -m tests.fuzz_targets frame|line [libFuzzer flags] [corpus dir]     # the same, by hand
 
 Each ``check_*`` function states the property: it returns quietly when the
 product behaved (a result consistent with the input, or the documented error),
@@ -13,6 +14,7 @@ and raises ``AssertionError`` — or lets the escaping exception through — whe
 from __future__ import annotations
 
 import json
+import os
 import re
 import struct
 import sys
@@ -347,11 +349,6 @@ def _looks_wrapped(line: str) -> bool:
     return bool(_CRI.match(line)) or line.startswith('{"log":')
 
 
-def check_line(data: bytes) -> None:
-    """One record (any bytes) under every configured format: one row or one reported failure each."""
-    check_normalised(normalise_records(normaliser(), [data], COMBOS))
-
-
 #: Lines per atheris input: a statement costs ~0.1 s whatever its size, so one input carries several.
 LINES_PER_INPUT = 16
 
@@ -393,5 +390,6 @@ with atheris.instrument_imports(include=["loglake", "ingest", "storage"]):
 targets.main(sys.argv)
 """
 
-if __name__ == "__main__":  # pragma: no cover - a convenience for running a fuzzer by hand
-    sys.exit("run with: python -c \"$(python -c 'import tests.fuzz_targets as t; print(t.BOOTSTRAP)')\" frame")
+if __name__ == "__main__":  # pragma: no cover - by hand: python -m tests.fuzz_targets frame -max_total_time=60
+    # This module is already imported, uninstrumented: start over in the bootstrap, which instruments first.
+    os.execv(sys.executable, [sys.executable, "-c", BOOTSTRAP, *sys.argv[1:]])

@@ -171,6 +171,9 @@ def test_catalog_database_down_is_reported_by_ingest_and_the_query_service(stack
     assert body["status"] == "flush failing", body
     query_ready = httpx.get(f"{stack.url}/readyz", timeout=10)
     assert query_ready.status_code == 503 and query_ready.json()["status"] == "unavailable", query_ready.text
+    searched = httpx.get(f"{stack.url}/api/v1/search", params={"q": "before"}, timeout=30)
+    assert searched.status_code == 503 and searched.json()["error"] == "StorageUnavailable", searched.text
+    assert searched.headers["retry-after"] == "5"
     assert _metrics(port)[("loglake_ingest_ready", ())] == 0
 
     relay.up()

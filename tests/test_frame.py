@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import struct
 from datetime import UTC, datetime
 from typing import Any
@@ -15,7 +16,8 @@ from hypothesis import strategies as st
 
 from ingest.batch import RecordRun, drop_stored_prefix, raw_table
 from ingest.normalise import RAW_SCHEMA
-from loglake.frame import FLAG_LZ4, MAGIC, VERSION, FrameError, FrameMeta, decode_frame, encode_frame, record_offsets
+from loglake.frame import (FLAG_LZ4, MAGIC, MAX_OBSERVED_US, VERSION, FrameError, FrameMeta, decode_frame, encode_frame,
+                           record_offsets)
 
 # -- helpers -----------------------------------------------------------------
 
@@ -71,7 +73,7 @@ def test_record_offsets_are_the_line_ends() -> None:
 @settings(max_examples=150, deadline=None)
 @given(lines=st.lists(line_bytes, max_size=30), compress=st.booleans(),
        service=json_text, host=json_text, source=json_text, source_id=json_text, tenant=json_text,
-       first=st.integers(0, 2**53), observed_us=st.integers(0, 2**62))
+       first=st.integers(0, 2**53), observed_us=st.integers(0, MAX_OBSERVED_US - 1))
 def test_round_trip_returns_every_record_and_the_meta(
         lines: list[bytes], compress: bool, service: str, host: str, source: str, source_id: str,
         tenant: str, first: int, observed_us: int) -> None:
@@ -373,3 +375,21 @@ def test_drop_stored_prefix_mark_inside_a_record_drops_that_record() -> None:
     assert drop_stored_prefix(records, 100, 105).to_pylist() == [b"bb\n", b"c\n"]
     assert drop_stored_prefix(records, 100, 100).to_pylist() == [b"aaaa\n", b"bb\n", b"c\n"]
     assert drop_stored_prefix(records, 100, 110).to_pylist() == []
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("obs", 253_402_300_800_000_000), ("obs", -1), ("obs", 2**64), ("first", 2**62), ("end", -5), ("n", True),
+    ("obs", 1.5), ("sid", ["nested"]), ("labels", {"k": {"deep": 1}}), ("labels", ["k"]), ("wrap", 3)])
+def test_meta_values_out_of_range_or_of_the_wrong_type_are_frame_errors(field: str, value: object) -> None:
+    """Numbers are whole and within 0..2**62 (times: before year 10000); text is text: nothing later has
+    to cope with a year without a date or an offset past int64."""
+    meta = FrameMeta(source_id="s", source="/a", host="h", service="v", tenant="t", first_offset=0,
+                     end_offset=2, observed_us=1, count=1)
+    good = encode_frame(meta, b"x\n", record_offsets(b"x\n"), compress=False)
+    head_len = int.from_bytes(good[6:8], "little")
+    head = orjson.loads(good[8:8 + head_len])
+    head[field] = value
+    new_head = json.dumps(head).encode()          # json: orjson will not write 2**64
+    bad = good[:6] + len(new_head).to_bytes(2, "little") + new_head + good[8 + head_len:]
+    with pytest.raises(FrameError, match="bad frame meta"):
+        decode_frame(bad)

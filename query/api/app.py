@@ -23,6 +23,7 @@ from query.loki.api import router as loki_router
 from query.service import AggregateResult, SearchResult, SearchService
 from query.timerange import format_us, now_us
 from storage.catalog import Catalog, SavedQueryRow
+from storage.errors import StorageError
 
 log = logging.getLogger("loglake.query")
 
@@ -330,6 +331,13 @@ def create_app(cfg: Config, catalog: Catalog | None = None) -> FastAPI:
     if cfg.auth.enabled:
         app.add_middleware(AuthMiddleware, auth=Authenticator(catalog, cfg.auth))
     app.add_middleware(BodyLimitMiddleware, max_bytes=cfg.query.max_body_bytes)   # outermost: before auth
+
+    @app.exception_handler(StorageError)
+    async def _storage_error(_: Request, exc: StorageError) -> JSONResponse:
+        # The catalog database or the data root is away: not the caller's fault, and passing.
+        log.warning("storage unavailable for a request", extra={"reason": str(exc)[:300]})
+        return JSONResponse({"error": "StorageUnavailable", "message": f"storage is unavailable: {exc}"},
+                            status_code=503, headers={"Retry-After": "5"})
 
     @app.exception_handler(BodyTooLarge)
     async def _too_large(_: Request, exc: BodyTooLarge) -> JSONResponse:
