@@ -43,8 +43,9 @@ def _decode_utf8(records: pa.Array) -> tuple[pa.StringArray, list[int]]:
 
 
 def _strip_terminator(lines: pa.StringArray) -> pa.StringArray:
-    """Drop each record's one line terminator: "\\n" and a "\\r" before it, nothing more."""
-    lines = pc.utf8_rtrim(lines, characters="\n")      # a record holds exactly one trailing newline
+    """Drop each record's line terminator: its trailing newlines (a shipped record has one; a
+    third-party message may carry blank lines after its text) and one "\\r" before them."""
+    lines = pc.utf8_rtrim(lines, characters="\n")
     return pc.if_else(pc.ends_with(lines, "\r"), pc.utf8_slice_codeunits(lines, 0, -1), lines)
 
 

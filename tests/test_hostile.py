@@ -34,7 +34,7 @@ from storage.catalog import Catalog, PartitionCommit
 from storage.schema import RECORD_SCHEMA
 from storage.segments import write_segments
 from tests.processes import Stack, free_port, uvicorn_thread
-from tests.test_ingest import (Msg, Shipper, create_topics, open_catalog, read_topic, running, stored, topics_env,
+from tests.test_ingest import (Shipper, create_topics, open_catalog, read_topic, running, stored, topics_env,
                                wait_rows)
 
 MiB = 1 << 20
