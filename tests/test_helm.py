@@ -72,6 +72,7 @@ FULL: dict[str, Any] = {
             "matchLabels": {"app.kubernetes.io/component": "ingest"}}}}]}},
         "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "logs", "effect": "NoSchedule"}]},
     "query": {"service": {"type": "LoadBalancer", "annotations": {"example.com/lb": "internal"}},
+              "tls": {"existingSecret": "query-cert"},
               "ingress": {"enabled": True, "className": "nginx",
                           "annotations": {"nginx.ingress.kubernetes.io/proxy-read-timeout": "300"},
                           "hosts": [{"host": "logs.example.com", "paths": [{"path": "/", "pathType": "Prefix"}]}],
@@ -367,6 +368,16 @@ def load_as_container(r: Rendered, workload: dict[str, Any], c: dict[str, Any], 
     assert env["LOGLAKE_CONFIG"] == mounts["config"]["mountPath"] + "/loglake.toml"
     file = tmp_path / f"{workload['metadata']['name']}-{c['name']}.toml"
     file.write_text(r.config_toml())
+    # Files from mounted Secrets exist in the pod: stand them in here, where the config points.
+    for mount in mounts.values():
+        if "secret" not in volumes[mount["name"]]:
+            continue
+        for name, value in env.items():
+            if value.startswith(mount["mountPath"] + "/"):
+                local = tmp_path / mount["name"] / value.rsplit("/", 1)[1]
+                local.parent.mkdir(exist_ok=True)
+                local.write_text("<secret file>")
+                env[name] = str(local)
     return load_config(environ={**env, "LOGLAKE_CONFIG": str(file)})
 
 
@@ -621,6 +632,24 @@ def test_each_container_gets_only_the_secrets_it_needs(rendered: dict[str, Rende
     assert [v["secret"]["secretName"] for v in tls] == (["kafka-tls"] if scenario == "full" else [])
 
 
+def test_query_tls_mounts_the_certificate_sets_the_config_and_probes_over_https(
+        rendered: dict[str, Rendered], tmp_path: Path) -> None:
+    query = rendered["full"].workload("query")
+    q = containers(query, init=False)[0]
+    env = {e["name"]: e.get("value") for e in q["env"]}
+    assert env["LOGLAKE_QUERY__TLS_CERT"] == "/etc/loglake/query-tls/tls.crt"
+    assert env["LOGLAKE_QUERY__TLS_KEY"] == "/etc/loglake/query-tls/tls.key"
+    mounts = {m["name"]: m for m in q["volumeMounts"]}
+    assert mounts["query-tls"]["mountPath"] == "/etc/loglake/query-tls" and mounts["query-tls"]["readOnly"]
+    volumes = {v["name"]: v for v in query["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["query-tls"]["secret"]["secretName"] == "query-cert"
+    for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+        assert q[probe]["httpGet"]["scheme"] == "HTTPS", probe
+    for other in ("ingest", "maintain"):
+        assert "query-tls" not in {v["name"] for v in rendered["full"].workload(other)["spec"]["template"]["spec"]
+                                   ["volumes"]}
+
+
 # -- how the pieces fit ---------------------------------------------------------------------------
 
 
@@ -740,6 +769,7 @@ def test_query_probes_and_maintain_singleton(rendered: dict[str, Rendered]) -> N
     q = containers(r.workload("query"))[0]
     assert q["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert q["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert all("scheme" not in q[p]["httpGet"] for p in ("readinessProbe", "livenessProbe", "startupProbe"))
     m = r.workload("maintain")
     assert m["spec"]["replicas"] == 1 and m["spec"]["strategy"] == {"type": "Recreate"}
     assert containers(m)[0]["args"] == ["maintain"]

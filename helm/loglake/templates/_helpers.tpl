@@ -106,6 +106,16 @@ manages set over it. Read by loglake.config.load_config via LOGLAKE_CONFIG.
 {{/* Where things live inside the containers. */}}
 {{- define "loglake.paths.config" -}}/etc/loglake{{- end -}}
 {{- define "loglake.paths.kafkaTls" -}}/etc/loglake/kafka-tls{{- end -}}
+{{- define "loglake.paths.queryTls" -}}/etc/loglake/query-tls{{- end -}}
+
+{{/* A query probe from values, over HTTPS when the server has its own certificate. */}}
+{{- define "loglake.queryProbe" -}}
+{{- $probe := deepCopy .probe -}}
+{{- if and .root.Values.query.tls.existingSecret $probe.httpGet -}}
+{{- $_ := set $probe.httpGet "scheme" "HTTPS" -}}
+{{- end -}}
+{{- toYaml $probe -}}
+{{- end -}}
 {{- define "loglake.paths.shipperState" -}}/var/lib/loglake/shipper{{- end -}}
 {{- define "loglake.paths.demo" -}}/var/lib/loglake{{- end -}}
 
