@@ -28,6 +28,7 @@ import orjson
 from loglake.config import AuthConfig
 from query.errors import QueryError
 from storage.catalog import ApiKeyRow, Catalog
+from storage.errors import StorageError
 from storage.segments import check_tenant
 
 log = logging.getLogger("loglake.auth")
@@ -82,7 +83,10 @@ def create_key(catalog: Catalog, tenants: list[str], role: str, expires_us: int 
     if not tenants:
         raise KeyRequestError("a key needs at least one tenant")
     for t in tenants:
-        check_tenant(t)
+        try:
+            check_tenant(t)
+        except StorageError as e:
+            raise KeyRequestError(str(e)) from None
     key_id, secret = secrets.token_hex(6), secrets.token_urlsafe(32)
     catalog.create_api_key(ApiKeyRow(key_id, tuple(tenants), role, hash_secret(secret), description,
                                      time.time_ns() // 1000, expires_us))

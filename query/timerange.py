@@ -14,8 +14,22 @@ _DURATION = re.compile(r"(\d+)(us|ms|s|m|h|d|w)")
 _RELATIVE = re.compile(r"now(?:\s*([+-])\s*((?:\d+(?:us|ms|s|m|h|d|w))+))?")
 
 
+#: The times a datetime can hold (years 1 to 9999): what is stored, compared and printed stays in it.
+MIN_US = -62_135_596_800_000_000
+MAX_US = 253_402_300_799_999_999
+#: Digits a number in a time or duration may have: far past any real one, far below Python's
+#: int-conversion limit (4,300 digits), which would otherwise be an unhandled error.
+_MAX_DIGITS = 30
+
+
 def now_us() -> int:
     return time.time_ns() // 1000
+
+
+def _bounded(us: int, text: str) -> int:
+    if not MIN_US <= us <= MAX_US:
+        raise BadTimeRange(f"time {text!r} is outside the years 1 to 9999")
+    return us
 
 
 def parse_duration_us(text: str) -> int:
@@ -23,12 +37,14 @@ def parse_duration_us(text: str) -> int:
     text = text.strip()
     pos, total = 0, 0
     for m in _DURATION.finditer(text):
-        if m.start() != pos:
+        if m.start() != pos or len(m.group(1)) > _MAX_DIGITS:
             break
         total += int(m.group(1)) * _UNITS_US[m.group(2)]
         pos = m.end()
     if pos != len(text) or not text:
-        raise BadTimeRange(f"invalid duration {text!r}: expected e.g. 30s, 15m, 1h, 7d")
+        raise BadTimeRange(f"invalid duration {text[:60]!r}: expected e.g. 30s, 15m, 1h, 7d")
+    if total > MAX_US - MIN_US:
+        raise BadTimeRange(f"duration {text[:60]!r} is longer than the years 1 to 9999")
     return total
 
 
@@ -40,16 +56,21 @@ def parse_time_us(text: str, *, now: int | None = None) -> int:
         if not m.group(1):
             return now
         delta = parse_duration_us(m.group(2))
-        return now - delta if m.group(1) == "-" else now + delta
+        return _bounded(now - delta if m.group(1) == "-" else now + delta, text)
     if m := _EPOCH_NUMBER.fullmatch(t):
-        return _epoch_us(m.group(1), m.group(2) or "")
+        if len(m.group(1)) > _MAX_DIGITS:
+            raise BadTimeRange(f"time {text[:60]!r} is outside the years 1 to 9999")
+        return _bounded(_epoch_us(m.group(1), (m.group(2) or "")[:_MAX_DIGITS]), text)
     try:
         dt = datetime.fromisoformat(t.replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:
         raise BadTimeRange(f"invalid time {text!r}: expected RFC 3339, epoch seconds or now-15m") from None
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
-    delta = dt - _EPOCH          # integer arithmetic: exact to the microsecond
+    try:
+        delta = dt - _EPOCH          # integer arithmetic: exact to the microsecond
+    except OverflowError:            # 0001-01-01 in a zone east of UTC is before year 1
+        raise BadTimeRange(f"time {text!r} is outside the years 1 to 9999") from None
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
@@ -71,7 +92,8 @@ def parse_range(start: str | None, end: str | None, *, default_span: str = "1h",
     """``[start, end)`` in epoch microseconds; default the last ``default_span``."""
     now = now_us() if now is None else now
     end_us = parse_time_us(end, now=now) if end else now
-    start_us = parse_time_us(start, now=now) if start else end_us - parse_duration_us(default_span)
+    start_us = parse_time_us(start, now=now) if start else \
+        _bounded(end_us - parse_duration_us(default_span), f"{end} - {default_span}")
     if end_us < start_us:
         raise BadTimeRange("end is before start")
     return start_us, end_us

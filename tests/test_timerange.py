@@ -262,3 +262,21 @@ def test_formatted_time_parses_back_to_the_same_microsecond(us: int) -> None:
 @given(st.integers(min_value=10**14, max_value=4_102_444_800 * S))   # read as microseconds
 def test_epoch_microseconds_parse_back_exactly(us: int) -> None:
     assert parse_time_us(str(us)) == us
+
+
+@pytest.mark.parametrize("text", ["now-100000000w", "now+1000000w", "9" * 5000, "99999999999999999999999999999999",
+                                  "0000-12-31T23:00:00-05:00"])
+def test_times_outside_the_years_1_to_9999_are_refused_with_the_reason(text: str) -> None:
+    with pytest.raises(BadTimeRange, match="the years 1 to 9999|invalid time"):
+        parse_time_us(text)
+
+
+def test_a_default_span_reaching_before_year_1_is_refused() -> None:
+    with pytest.raises(BadTimeRange, match="outside the years 1 to 9999"):
+        parse_range(None, "0001-01-01T00:10:00Z")
+
+
+@pytest.mark.parametrize("text", ["9" * 5000 + "s", "99999999999999999999w"])
+def test_durations_too_long_are_refused(text: str) -> None:
+    with pytest.raises(BadTimeRange, match="duration"):
+        parse_duration_us(text)

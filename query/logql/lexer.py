@@ -61,10 +61,17 @@ class Token:
     value: str | float | int | None = None
 
 
+#: Longest text read as a duration or a size: past it the number is absurd (and past 4,300
+#: digits Python's int() refuses it).
+_MAX_NUMBER_TEXT = 64
+
+
 def parse_prom_duration(text: str) -> int | None:
     """Nanoseconds of a Prometheus duration (``1h30m``, ``1d``, ``250ms``), or None."""
     if text == "0":
         return 0
+    if len(text) > _MAX_NUMBER_TEXT:
+        return None
     m = _PROM_RE.fullmatch(text)
     if not text or m is None:
         return None
@@ -74,6 +81,8 @@ def parse_prom_duration(text: str) -> int | None:
 
 def parse_go_duration(text: str) -> int | None:
     """Nanoseconds of a Go ``time.ParseDuration`` string (``1.5h``, ``-5m``, ``300us``), or None."""
+    if len(text) > _MAX_NUMBER_TEXT:
+        return None
     sign, body = (-1, text[1:]) if text[:1] == "-" else (1, text[1:] if text[:1] == "+" else text)
     if body == "0":
         return 0
@@ -99,6 +108,8 @@ def parse_duration(text: str) -> int | None:
 
 def parse_bytes(text: str) -> int | None:
     """Bytes of a humanized size (``10KB``, ``1.5KiB``, ``20B``, ``5M``), as go-humanize reads it, or None."""
+    if len(text) > _MAX_NUMBER_TEXT:
+        return None
     m = re.fullmatch(r"([0-9]+\.?[0-9]*|\.[0-9]+)(.*)", text, re.DOTALL)
     unit = _BYTE_UNITS.get(m.group(2).strip().lower()) if m else None
     if m is None or unit is None:

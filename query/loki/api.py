@@ -47,10 +47,14 @@ def loki_step(text: str | None, start_us: int, end_us: int) -> int:
     try:
         seconds = float(text)
     except ValueError:
-        return parse_duration_us(text)
-    if not math.isfinite(seconds) or seconds <= 0:
-        raise QueryError("step must be positive")
-    return int(seconds * 1_000_000)
+        step = parse_duration_us(text)
+    else:
+        if not math.isfinite(seconds) or seconds <= 0:
+            raise QueryError("step must be positive")
+        step = int(seconds * 1_000_000)
+    if step < 1:
+        raise QueryError("step must be at least 1µs")
+    return step
 
 
 def _parse(service: SearchService, text: str) -> Expr:

@@ -13,14 +13,17 @@ from __future__ import annotations
 import math
 import re
 import threading
+import time
 import warnings
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import numpy as np
 
-from query.errors import QueryError
+from query.errors import QueryError, QueryTimeout
 from query.logql import (
     BinaryOp, Grouping, LabelReplace, LogQLUnsupported, LogQuery, MetricExpr, Number, RangeAggregation, Vector,
     VectorAggregation,
@@ -36,6 +39,9 @@ Labels = tuple[tuple[str, str], ...]
 MAX_POINTS = 11_000                 # Loki's limit of points per series
 MAX_PIPELINE_LINES = 1_000_000      # lines a metric query may run through Python stages
 _PAGE = 5_000
+#: When the request being answered must end (monotonic seconds): each SQL page has the
+#: service's timeout, but pages and the Python stages between them add up.
+_DEADLINE: ContextVar[float | None] = ContextVar("loki_deadline", default=None)
 
 
 @dataclass
@@ -84,9 +90,31 @@ class Engine:
 
     # -- log queries ----------------------------------------------------------
 
+    @contextmanager
+    def _request(self) -> Iterator[None]:
+        """One request's time limit (query.timeout_s), set by the outermost call only."""
+        if _DEADLINE.get() is not None:
+            yield
+            return
+        token = _DEADLINE.set(time.monotonic() + self.svc.cfg.query.timeout_s)
+        try:
+            yield
+        finally:
+            _DEADLINE.reset(token)
+
+    def _in_time(self) -> None:
+        deadline = _DEADLINE.get()
+        if deadline is not None and time.monotonic() > deadline:
+            raise QueryTimeout(f"query interrupted after {self.svc.cfg.query.timeout_s:g} s")
+
     def logs(self, q: LogQuery, start_us: int, end_us: int, limit: int, direction: str,
              tenant: str) -> tuple[list[Entry], dict[str, int]]:
         """Up to ``limit`` entries with start <= ts < end after the whole pipeline."""
+        with self._request():
+            return self._logs(q, start_us, end_us, limit, direction, tenant)
+
+    def _logs(self, q: LogQuery, start_us: int, end_us: int, limit: int, direction: str,
+              tenant: str) -> tuple[list[Entry], dict[str, int]]:
         node, stages = pushdown(q)
         order = "desc" if direction == "backward" else "asc"
         fields = FIELDS
@@ -102,6 +130,7 @@ class Engine:
                 stats[k] = stats.get(k, 0) + int(r.stats.get(k, 0))
             scanned += len(r.rows)
             found += pipeline.run(stages, _entries(r.rows))
+            self._in_time()
             cursor = r.cursor
             if len(found) >= limit or cursor is None or not stages or scanned >= MAX_PIPELINE_LINES:
                 break
@@ -112,6 +141,10 @@ class Engine:
 
     def evaluate(self, expr: MetricExpr, steps: np.ndarray, tenant: str) -> Value:
         """``expr`` at each step (epoch microseconds)."""
+        with self._request():
+            return self._evaluate(expr, steps, tenant)
+
+    def _evaluate(self, expr: MetricExpr, steps: np.ndarray, tenant: str) -> Value:
         match expr:
             case Number(value=v):
                 return Scalar(np.full(len(steps), v, dtype=float))
@@ -120,11 +153,12 @@ class Engine:
             case RangeAggregation():
                 return self._range(expr, steps, tenant)
             case VectorAggregation():
-                return _vector_agg(expr, self.evaluate(expr.expr, steps, tenant))
+                return _vector_agg(expr, self._evaluate(expr.expr, steps, tenant))
             case BinaryOp():
-                return _binary(expr, self.evaluate(expr.left, steps, tenant), self.evaluate(expr.right, steps, tenant))
+                return _binary(expr, self._evaluate(expr.left, steps, tenant),
+                               self._evaluate(expr.right, steps, tenant))
             case LabelReplace():
-                return _label_replace(expr, _matrix(self.evaluate(expr.expr, steps, tenant), "label_replace"))
+                return _label_replace(expr, _matrix(self._evaluate(expr.expr, steps, tenant), "label_replace"))
         raise LogQLUnsupported(type(expr).__name__)
 
     def _range(self, agg: RangeAggregation, steps: np.ndarray, tenant: str) -> Matrix:
@@ -195,6 +229,7 @@ class Engine:
             if seen > MAX_PIPELINE_LINES:
                 raise QueryError(f"more than {MAX_PIPELINE_LINES:,} lines to run through a pipeline; "
                                  "narrow the time range or the selector")
+            self._in_time()
             for e in pipeline.run(stages, _entries(r.rows)):
                 value: float | None = 1.0 if agg.op != "bytes_over_time" and agg.op != "bytes_rate" \
                     else float(len(e.line.encode()))
@@ -210,6 +245,7 @@ class Engine:
                 key = _key(_grouped(e.labels, agg.grouping))
                 out[key][0].append(e.ts_us)
                 out[key][1].append(value)
+            self._in_time()
             cursor = r.cursor
             if cursor is None:
                 return out
