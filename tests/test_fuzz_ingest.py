@@ -395,6 +395,7 @@ def assert_no_findings(run: FuzzRun, target: str) -> None:
     print(f"\natheris {target}: {run.executed()} inputs in {ATHERIS_SECONDS}s, no findings")
 
 
+@pytest.mark.slow      # coverage-guided: it runs for its time budget, so `make test-slow`
 def test_atheris_frame_decoder(tmp_path: Path) -> None:
     """libFuzzer-guided bytes into decode_frame, from valid seed frames: FrameError or a consistent frame."""
     run = run_atheris("frame", tmp_path)
@@ -402,6 +403,7 @@ def test_atheris_frame_decoder(tmp_path: Path) -> None:
     assert run.executed() > 10_000, "the frame fuzzer ran"
 
 
+@pytest.mark.slow      # coverage-guided: it runs for its time budget, so `make test-slow`
 def test_atheris_normaliser_single_lines(tmp_path: Path) -> None:
     """libFuzzer-guided records, seeded with a line of each format, through every configured format.
 

@@ -9,6 +9,7 @@ settings are the ones an operator writes: ``[kafka] security_protocol``,
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 import subprocess
 import time
@@ -17,8 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from loglake.broker import broker_binary, stop_process, wait_for_port
+from loglake.config import load_config
+from loglake.kafka_client import client_kwargs
+from loglake.topics import ensure_topic
 from tests.kafka_proxy import SecurityProxy
 from tests.processes import Stack, free_port, wait_until
 from tests.test_ingest import open_catalog, running, stored, wait_rows
@@ -61,6 +66,8 @@ def secured(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Secured]
 
 
 MODES = [("SSL", None), ("SASL_PLAINTEXT", "PLAIN"), ("SASL_SSL", "SCRAM-SHA-256"), ("SASL_SSL", "SCRAM-SHA-512")]
+#: The whole pipeline (shipper and worker processes) runs over the strictest; the clients over each.
+FULL = [("SASL_SSL", "SCRAM-SHA-512")]
 
 
 def _security_env(secured: Secured, tmp_path: Path, password: str = PASSWORD) -> dict[str, str]:
@@ -80,6 +87,49 @@ def _security_env(secured: Secured, tmp_path: Path, password: str = PASSWORD) ->
 
 
 @pytest.mark.parametrize("secured", MODES, indirect=True, ids=[m[1] or m[0] for m in MODES])
+def test_loglakes_kafka_clients_connect_with_each_protocol_and_mechanism(secured: Secured, tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The settings every loglake client is built from (``client_kwargs``): topic admin, producer and
+    consumer, over each protocol and mechanism, against the proxy's real TLS and SASL."""
+    env = _security_env(secured, tmp_path)
+    for name, value in env.items():
+        if not name.startswith("LOGLAKE_"):
+            monkeypatch.setenv(name, value)
+    cfg = load_config(environ={"LOGLAKE_CONFIG": str(_empty(tmp_path)), "LOGLAKE_KAFKA__BOOTSTRAP_SERVERS":
+                               secured.bootstrap, "LOGLAKE_KAFKA__TOPIC": "secure.clients", **env})
+
+    async def round_trip() -> bytes:
+        await ensure_topic(cfg.kafka)
+        producer = AIOKafkaProducer(**client_kwargs(cfg.kafka))
+        await producer.start()
+        try:
+            await producer.send_and_wait(cfg.kafka.topic, b"over " + cfg.kafka.security_protocol.encode(),
+                                         partition=0)
+        finally:
+            await producer.stop()
+        consumer = AIOKafkaConsumer(**client_kwargs(cfg.kafka), auto_offset_reset="earliest",
+                                    enable_auto_commit=False)
+        await consumer.start()
+        try:
+            consumer.assign([TopicPartition(cfg.kafka.topic, 0)])
+            message = await asyncio.wait_for(consumer.getone(), 30)
+            return message.value or b""
+        finally:
+            await consumer.stop()
+
+    assert asyncio.run(round_trip()) == b"over " + secured.protocol.encode()
+    if secured.mechanism:
+        assert {who for what, who in secured.proxy.events if what == "auth-ok"} == {"loglake"}
+        assert not [e for e in secured.proxy.events if e[0] != "auth-ok"], secured.proxy.events
+
+
+def _empty(tmp_path: Path) -> Path:
+    path = tmp_path / "empty.toml"
+    path.write_text("")
+    return path
+
+
+@pytest.mark.parametrize("secured", FULL, indirect=True, ids=[m[1] or m[0] for m in FULL])
 def test_shipper_and_ingest_work_over_tls_and_sasl(secured: Secured, tmp_path: Path) -> None:
     stack = Stack(root=tmp_path / "stack", bootstrap=secured.bootstrap, topic="secure.logs")
     env = _security_env(secured, tmp_path)
