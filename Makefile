@@ -18,8 +18,10 @@ $(STAMP): pyproject.toml | $(BIN)/python
 run: $(STAMP)
 	$(BIN)/loglake up
 
+# Two workers, a file each at a time: most tests wait on real processes, so the cores are free.
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow and not soak" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not slow and not soak" -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
