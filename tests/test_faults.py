@@ -242,7 +242,8 @@ def test_the_shipper_reports_a_vanished_broker_on_readyz_while_it_lasts(tmp_path
 @pytest.mark.slow
 def test_everything_written_around_an_embedded_broker_restart_is_stored(tmp_path: Path) -> None:
     """The in-memory broker restarted under a running shipper and worker: the worker notices the new
-    topic and reads it from its start. Known to fail intermittently (about one run in two): after
-    starting the new epoch for a partition whose probe read nothing, the worker sometimes reads
-    nothing more from that partition. Kept visible here, in `make test-slow`, until that is found."""
+    topic and reads it from its start. Known to fail in about one run in three: the restarted broker
+    auto-creates the topic when first asked, with tansu's default of 4 partitions, not loglake's 3;
+    when the source's key hashes to partition 3 the worker's group never reads it. Kept visible here,
+    in `make test-slow`, until the shipper and worker create the topic again themselves."""
     _broker_restart(tmp_path, catch_up=True)
