@@ -9,6 +9,7 @@ through a real uvicorn server.
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 import textwrap
@@ -33,6 +34,7 @@ from query.timerange import parse_time_us
 from storage.catalog import Catalog, PartitionCommit
 from storage.schema import RECORD_SCHEMA
 from storage.segments import write_segments
+from tests.fuzz_targets import FrameParts
 from tests.processes import Stack, free_port, uvicorn_thread
 from tests.test_ingest import (Shipper, create_topics, open_catalog, read_topic, running, stored, topics_env,
                                wait_rows)
@@ -58,12 +60,9 @@ def _bomb_claiming(raw_len: int, payload: bytes) -> bytes:
     """A frame whose header declares ``raw_len`` uncompressed bytes, with ``payload`` after it."""
     meta = FrameMeta(source_id="bomb", source="/b.log", host="h", service="bomb", tenant="default",
                      first_offset=0, end_offset=2, observed_us=time.time_ns() // 1000, count=1)
-    good = encode_frame(meta, b"x\n", record_offsets(b"x\n"))
-    head_len = int.from_bytes(good[6:8], "little")
-    head = orjson.loads(good[8:8 + head_len])
-    head["raw"] = raw_len
-    new_head = orjson.dumps(head)
-    return good[:6] + len(new_head).to_bytes(2, "little") + new_head + payload
+    parts = FrameParts.split(encode_frame(meta, b"x\n", record_offsets(b"x\n")))
+    assert parts is not None and (head := parts.meta_dict()) is not None
+    return dataclasses.replace(parts.with_meta({**head, "raw": raw_len}), payload=payload).join()
 
 
 def test_lz4_bombs_are_dead_letters_and_never_decompressed() -> None:
