@@ -141,6 +141,10 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE partition_offsets ADD COLUMN last_record TEXT;
     """,
+    # The zstd level a segment was written at: compaction rewrites a settled hour once at a stronger one.
+    """
+    ALTER TABLE segments ADD COLUMN zstd_level INTEGER;
+    """,
 )
 
 #: The PostgreSQL advisory lock every catalog writer takes (any fixed number will do).
@@ -189,6 +193,7 @@ class SegmentRow:
     generation: int = 0
     state: str = "live"
     retired_us: int | None = None
+    zstd_level: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,12 +257,12 @@ class AuditEntry:
 
 
 _SEGMENT_COLUMNS = ("id, tenant, path, min_ts_us, max_ts_us, rows, bytes, services, levels, created_us, "
-                    "generation, state, retired_us")
+                    "generation, state, retired_us, zstd_level")
 
 
 def _segment_row(r: Sequence[Any]) -> SegmentRow:
     return SegmentRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], orjson.loads(r[7]), orjson.loads(r[8]),
-                      r[9], r[10], r[11], r[12])
+                      r[9], r[10], r[11], r[12], r[13])
 
 
 def _now_us() -> int:
@@ -516,12 +521,12 @@ class Catalog:
                         sources: dict[str, int] | None = None) -> int:
         row = db.execute(
             "INSERT INTO segments (tenant, path, min_ts_us, max_ts_us, rows, bytes, services, levels, topic,"
-            " partition, epoch, first_offset, last_offset, created_us, generation, sources)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+            " partition, epoch, first_offset, last_offset, created_us, generation, sources, zstd_level)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
             (s.tenant, s.path, s.min_ts_us, s.max_ts_us, s.rows, s.bytes,
              orjson.dumps(s.services).decode(), orjson.dumps(s.levels).decode(),
              topic, partition, epoch, first_offset, last_offset, now, generation,
-             orjson.dumps(sources).decode() if sources else None)).fetchone()
+             orjson.dumps(sources).decode() if sources else None, s.zstd_level)).fetchone()
         return int(row[0])
 
     # -- compaction, retention, deletion ---------------------------------------

@@ -8,6 +8,12 @@ transaction (:meth:`Catalog.swap`). Until that commit the new files are
 invisible, and after it the old ones are: a compactor killed at any point
 leaves no duplicate and no gap, only files nobody references, which
 :func:`collect_garbage` deletes once they are older than the grace period.
+
+An hour is compacted at ``zstd_level`` while it is still being written (it
+may be merged again every few minutes), and once it has settled (ended
+``settle_s`` ago) its segments are written one last time at
+``settled_zstd_level``: the expensive level is paid once per hour. The
+catalog keeps each segment's level, so that rewrite happens once.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from storage.catalog import Catalog, SegmentRow
 from storage.errors import CatalogConflict
 from storage.root import DataRoot
 from storage.schema import RECORD_SCHEMA
-from storage.segments import SegmentInfo, describe, sort_rows
+from storage.segments import HOUR_US, SegmentInfo, describe, sort_rows
 
 log = logging.getLogger("loglake.storage")
 
@@ -56,14 +62,34 @@ def hour_of(seg: SegmentRow) -> str:
     return seg.path.rsplit("/", 1)[0]
 
 
+def settled(seg: SegmentRow, cfg: CompactionConfig, now_us: int) -> bool:
+    """Whether the hour of ``seg`` ended more than ``settle_s`` ago (so it is written for good)."""
+    hour_end = (seg.min_ts_us // HOUR_US + 1) * HOUR_US
+    return hour_end + int(cfg.settle_s * 1e6) <= now_us
+
+
+def level_for(batch: list[SegmentRow], cfg: CompactionConfig, now_us: int) -> int:
+    """The zstd level ``batch`` is written at: the settled level once its hour has settled."""
+    return cfg.settled_zstd_level if settled(batch[0], cfg, now_us) else cfg.zstd_level
+
+
+def _unsettled_level(seg: SegmentRow, cfg: CompactionConfig) -> bool:
+    return seg.zstd_level is None or seg.zstd_level < cfg.settled_zstd_level
+
+
 def plan(segments: list[SegmentRow], cfg: CompactionConfig, now_us: int | None = None) -> list[list[SegmentRow]]:
-    """Batches of segments to merge: same tenant and hour, each batch within the target size."""
+    """Batches of segments to merge: same tenant and hour, each batch within the target size.
+
+    In a settled hour, a segment not yet at ``settled_zstd_level`` is taken
+    even when big, and alone, to be written once more at that level.
+    """
     now_us = time.time_ns() // 1000 if now_us is None else now_us
-    settled = now_us - int(cfg.min_age_s * 1e6)
+    old_enough = now_us - int(cfg.min_age_s * 1e6)
     by_hour: dict[tuple[str, str], list[SegmentRow]] = defaultdict(list)
     for s in segments:
         small = s.bytes < cfg.target_bytes * BIG_ENOUGH and s.rows < cfg.target_rows * BIG_ENOUGH
-        if small and s.created_us <= settled:
+        final = settled(s, cfg, now_us)
+        if s.created_us <= old_enough and (small or (final and _unsettled_level(s, cfg))):
             by_hour[(s.tenant, hour_of(s))].append(s)
     batches: list[list[SegmentRow]] = []
     for key in sorted(by_hour):
@@ -78,11 +104,14 @@ def plan(segments: list[SegmentRow], cfg: CompactionConfig, now_us: int | None =
             size += s.bytes
             rows += s.rows
         batches.append(batch)
-    return [b for b in batches if len(b) >= 2]
+    return [b for b in batches
+            if len(b) >= 2 or (settled(b[0], cfg, now_us) and _unsettled_level(b[0], cfg))]
 
 
-def merge(root: DataRoot, batch: list[SegmentRow], cfg: CompactionConfig) -> tuple[list[SegmentInfo], pa.Table]:
+def merge(root: DataRoot, batch: list[SegmentRow], cfg: CompactionConfig,
+          zstd_level: int | None = None) -> tuple[list[SegmentInfo], pa.Table]:
     """Write the rows of ``batch`` as new, sorted segments (not yet in the catalog)."""
+    zstd_level = cfg.zstd_level if zstd_level is None else zstd_level
     table = pa.concat_tables([root.read_parquet(s.path).cast(RECORD_SCHEMA) for s in batch]).unify_dictionaries()
     table = sort_rows(table.combine_chunks())
     tenant, directory = batch[0].tenant, hour_of(batch[0])
@@ -91,8 +120,8 @@ def merge(root: DataRoot, batch: list[SegmentRow], cfg: CompactionConfig) -> tup
         for start in range(0, table.num_rows, cfg.target_rows):
             part = table.slice(start, cfg.target_rows)
             rel = f"{directory}/compacted-{uuid.uuid4().hex}.parquet"
-            size = root.write_parquet(rel, part, zstd_level=cfg.zstd_level, row_group_rows=cfg.row_group_rows)
-            infos.append(describe(tenant, rel, part, size))
+            size = root.write_parquet(rel, part, zstd_level=zstd_level, row_group_rows=cfg.row_group_rows)
+            infos.append(describe(tenant, rel, part, size, zstd_level))
     except BaseException:
         for info in infos:
             root.delete(info.path)
@@ -106,9 +135,10 @@ def compact(root: DataRoot, catalog: Catalog, cfg: CompactionConfig, *, tenant: 
     """Merge every batch :func:`plan` finds; ``progress`` gets the input bytes of each batch done."""
     report = CompactionReport()
     t0 = time.perf_counter()
+    now_us = time.time_ns() // 1000 if now_us is None else now_us
     for batch in plan(catalog.live_segments(tenant), cfg, now_us):
         try:
-            infos, table = merge(root, batch, cfg)
+            infos, table = merge(root, batch, cfg, level_for(batch, cfg, now_us))
         except (OSError, pa.ArrowException) as e:
             # A file gone or unreadable: the hour is fsck's business; the other hours go on.
             log.error("compaction could not read an hour; skipped (see loglake fsck)",

@@ -78,6 +78,8 @@ def rewrite_segment(root: DataRoot, catalog: Catalog, seg: SegmentRow, drop: Dro
             catalog.swap([seg], [], audit=audit(removed))
         return removed
     kept = table.filter(pc.invert(mask))
+    # A segment compaction already wrote at its settled level keeps it: no second rewrite for that.
+    zstd_level = max(zstd_level, seg.zstd_level or 0)
     if dry_run:
         # What the real run frees: the kept rows written the same way, in memory.
         size = parquet_size(kept, zstd_level=zstd_level, row_group_rows=row_group_rows)
@@ -86,7 +88,7 @@ def rewrite_segment(root: DataRoot, catalog: Catalog, seg: SegmentRow, drop: Dro
     size = root.write_parquet(rel, kept, zstd_level=zstd_level, row_group_rows=row_group_rows)
     removed = removed_of(seg, gone, max(0, seg.bytes - size))
     try:
-        catalog.swap([seg], [describe(seg.tenant, rel, kept, size)], generation=seg.generation,
+        catalog.swap([seg], [describe(seg.tenant, rel, kept, size, zstd_level)], generation=seg.generation,
                      audit=audit(removed))
     except BaseException:
         root.delete(rel)

@@ -36,6 +36,8 @@ class SegmentInfo:
     bytes: int
     services: dict[str, int] = field(default_factory=dict)
     levels: dict[str, int] = field(default_factory=dict)
+    #: The zstd level it was written at (None: not known, as for segments from before it was kept).
+    zstd_level: int | None = None
 
 
 def check_tenant(tenant: str) -> str:
@@ -71,12 +73,13 @@ def sort_rows(table: pa.Table) -> pa.Table:
     return table.take(order)
 
 
-def describe(tenant: str, rel: str, part: pa.Table, size: int) -> SegmentInfo:
+def describe(tenant: str, rel: str, part: pa.Table, size: int, zstd_level: int | None = None) -> SegmentInfo:
     """The catalog's description of ``part``, written at ``rel`` with ``size`` bytes."""
     ts = pc.cast(part["ts"], pa.int64())
     return SegmentInfo(tenant=tenant, path=rel, min_ts_us=pc.min(ts).as_py(), max_ts_us=pc.max(ts).as_py(),
                        rows=part.num_rows, bytes=size,
-                       services=_value_counts(part["service"]), levels=_value_counts(part["level"]))
+                       services=_value_counts(part["service"]), levels=_value_counts(part["level"]),
+                       zstd_level=zstd_level)
 
 
 def hours_of(table: pa.Table) -> pa.Array:
@@ -100,5 +103,5 @@ def write_segments(root: DataRoot | str | os.PathLike[str], tenant: str, table: 
         part = sort_rows(part)
         rel = f"{hour_dir(tenant, hour * HOUR_US)}/{name}"
         size = root.write_parquet(rel, part, zstd_level=zstd_level, row_group_rows=row_group_rows)
-        out.append(describe(tenant, rel, part, size))
+        out.append(describe(tenant, rel, part, size, zstd_level))
     return out

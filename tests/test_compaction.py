@@ -29,6 +29,7 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from hypothesis import given, settings
@@ -39,6 +40,7 @@ from query.service import SearchService
 from storage.catalog import Catalog, PartitionCommit, SegmentRow
 from storage.compaction import collect_garbage, compact, hour_of, is_segment_file, plan
 from storage.fsck import fsck
+from storage.rewrite import rewrite_segment
 from storage.root import DataRoot
 from storage.schema import COLUMNS, RECORD_SCHEMA, SEVERITY
 from storage.segments import HOUR_US, SegmentInfo, hour_dir, segment_name, write_segments
@@ -163,7 +165,9 @@ def lake(tmp_path: Path, catalog_url: str) -> Iterator[Lake]:
 
 
 def cfg_of(**kw: Any) -> CompactionConfig:
-    return CompactionConfig(**{"min_age_s": 0, "zstd_level": 9, **kw})
+    # The test data is years old, so every hour has settled; unless a test is about the settled
+    # rewrite, its hours are treated as still being written (a settle time no hour reaches).
+    return CompactionConfig(**{"min_age_s": 0, "zstd_level": 9, "settle_s": 1e12, **kw})
 
 
 def file_rows(root: DataRoot, rel: str, cache: dict[Any, Counter[RowKey]] | None = None) -> Counter[RowKey]:
@@ -249,7 +253,9 @@ def srow(sid: int, tenant: str = "a", hour: int = 10, *, rows: int = 100, size: 
                       levels={"info": rows}, created_us=T0 - int(age_s * 1e6))
 
 
-PLAN_CFG = CompactionConfig(target_bytes=1 << 20, target_rows=10_000, min_age_s=300)
+PLAN_CFG = CompactionConfig(target_bytes=1 << 20, target_rows=10_000, min_age_s=300, settle_s=1e12)
+#: As PLAN_CFG, but hours settle 15 minutes after they end (the data is a month old: all have).
+SETTLED_CFG = PLAN_CFG.model_copy(update={"settle_s": 900.0})
 
 
 def test_plan_groups_only_segments_of_the_same_tenant_and_hour() -> None:
@@ -291,6 +297,28 @@ def test_plan_respects_the_targets_and_never_returns_a_single_segment() -> None:
     assert [sorted(s.id for s in b) for b in ordered] == [[6, 7, 8], [3, 4, 5], [0, 1, 2]]
     assert plan([srow(1)], PLAN_CFG, now_us=T0) == []
     assert plan([], PLAN_CFG, now_us=T0) == []
+
+
+def test_plan_writes_a_settled_hour_once_more_at_the_settled_level() -> None:
+    half_bytes = SETTLED_CFG.target_bytes // 2
+    level = SETTLED_CFG.settled_zstd_level
+    # Alone in its settled hour, a segment below the settled level (or of an unknown one) is
+    # taken, big or not; one already at that level (or above) is not, so it happens once.
+    for seg in (srow(1), replace(srow(1), zstd_level=3), replace(srow(1), zstd_level=level - 1),
+                replace(srow(1, size=half_bytes * 2), zstd_level=9)):
+        assert plan([seg], SETTLED_CFG, now_us=T0) == [[seg]]
+    for seg in (replace(srow(1), zstd_level=level), replace(srow(1, size=half_bytes * 2), zstd_level=level + 2)):
+        assert plan([seg], SETTLED_CFG, now_us=T0) == []
+    # A settled segment that came late still joins the one written at the settled level.
+    done, late = replace(srow(1, minute=0), zstd_level=level), replace(srow(2, minute=30), zstd_level=3)
+    assert plan([done, late], SETTLED_CFG, now_us=T0) == [[done, late]]
+    # Young segments wait for min_age_s as before.
+    assert plan([srow(1, age_s=10)], SETTLED_CFG, now_us=T0) == []
+    # The hour settles settle_s after it ends, not before.
+    hour_end = DAY_US + 11 * HOUR_US
+    seg = replace(srow(1, hour=10, age_s=0), created_us=hour_end - 1)
+    assert plan([seg], SETTLED_CFG, now_us=hour_end + 900 * 10**6 - 1) == []
+    assert plan([seg], SETTLED_CFG, now_us=hour_end + 900 * 10**6) == [[seg]]
 
 
 @settings(max_examples=200, deadline=None)
@@ -379,6 +407,45 @@ def test_compact_keeps_every_row_sorts_and_swaps_then_gc_removes_the_old_files(l
     # Nothing left to do: a second run changes nothing.
     again = compact(lake.root, lake.catalog, cfg)
     assert (again.batches, again.conflicts) == (0, 0)
+
+
+def test_a_settled_hour_is_written_once_more_at_the_settled_level(lake: Lake) -> None:
+    lake.fill(("a",), [3, 4], segments=4, rows=200)
+    [single] = lake.flush("a", 5, 80)                     # alone in its hour, as ingest wrote it
+    before = live_rows(lake.root, lake.catalog)
+    assert single.zstd_level == 3 and {s.zstd_level for s in lake.catalog.live_segments()} == {3}
+    # While the hours are being written: merged at the hot level, the lone segment left alone.
+    hot = compact(lake.root, lake.catalog, cfg_of(row_group_rows=1024))
+    assert (hot.batches, hot.inputs) == (2, 8)
+    assert sorted(s.zstd_level for s in lake.catalog.live_segments()) == [3, 9, 9]
+    hot_paths = {s.path for s in lake.catalog.live_segments()}
+    # Settled: every hour's segments written once more, at the settled level; the same records.
+    settled_cfg = cfg_of(row_group_rows=1024, settle_s=900, settled_zstd_level=15)
+    done = compact(lake.root, lake.catalog, settled_cfg)
+    assert (done.batches, done.inputs, done.outputs, done.conflicts) == (3, 3, 3, 0)
+    live = lake.catalog.live_segments()
+    assert {s.zstd_level for s in live} == {15} and not hot_paths & {s.path for s in live}
+    assert all(s.generation >= 1 for s in live)
+    assert live_rows(lake.root, lake.catalog) == before == lake.expected
+    assert_catalog_matches_files(lake.root, lake.catalog)
+    for s in live:
+        assert_sorted_by_service_ts(pq.read_table(lake.dir / s.path))
+    # Once only: the settled hours have nothing left to do, unless a straggler arrives.
+    assert compact(lake.root, lake.catalog, settled_cfg).batches == 0
+    lake.flush("a", 4, 30)
+    late = compact(lake.root, lake.catalog, settled_cfg)
+    assert (late.batches, late.inputs) == (1, 2)
+    assert {s.zstd_level for s in lake.catalog.live_segments()} == {15}
+    assert live_rows(lake.root, lake.catalog) == lake.expected
+    assert compact(lake.root, lake.catalog, settled_cfg).batches == 0
+    # A deletion that rewrites a settled segment keeps its level: nothing for compaction to redo.
+    seg = lake.catalog.live_segments()[0]
+    removed = rewrite_segment(lake.root, lake.catalog, seg, lambda t: pc.equal(t["level"].cast(pa.string()), "warn"),
+                              audit=lambda r: [], zstd_level=9)
+    assert removed is not None and 0 < removed.rows < seg.rows
+    [rewritten] = [s for s in lake.catalog.live_segments() if s.path.rsplit("/", 1)[-1].startswith("rewritten-")]
+    assert rewritten.zstd_level == 15
+    assert compact(lake.root, lake.catalog, settled_cfg).batches == 0
 
 
 def test_compact_splits_an_hour_by_target_rows_and_one_tenant_at_a_time(lake: Lake) -> None:

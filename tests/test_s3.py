@@ -641,7 +641,8 @@ def test_compaction_on_s3_merges_an_hour_and_garbage_collection_deletes_the_inpu
     service = SearchService(cfg, catalog)
     found_before = ids(service.search("", *ALL, limit=1000, order="asc"))
 
-    report = compact(root, catalog, CompactionConfig(min_age_s=0))
+    # The hours are years old; first as a service compacts an hour still being written.
+    report = compact(root, catalog, CompactionConfig(min_age_s=0, settle_s=1e12))
 
     assert (report.batches, report.inputs, report.outputs, report.rows) == (1, 12, 1, 72)
     live = catalog.live_segments()
@@ -672,6 +673,17 @@ def test_compaction_on_s3_merges_an_hour_and_garbage_collection_deletes_the_inpu
     assert set(root.files()) == {merged.path, lone.path}
     assert s3.object_keys() == {merged.path, lone.path}
     assert live_rows(root, catalog) == before
+    assert fsck(root, catalog).clean
+    # Settled: both hours written once more at the settled level, on S3 as on disk.
+    settled = CompactionConfig(min_age_s=0)
+    again = compact(root, catalog, settled)
+    assert (again.batches, again.inputs, again.outputs, again.rows) == (2, 2, 2, 73)
+    assert {s.zstd_level for s in catalog.live_segments()} == {settled.settled_zstd_level}
+    assert compact(root, catalog, settled).batches == 0
+    collect_garbage(root, catalog, grace_s=0)
+    assert s3.object_keys() == {s.path for s in catalog.live_segments()}
+    assert live_rows(root, catalog) == before
+    assert ids(service.search("", *ALL, limit=1000, order="asc")) == found_before
     assert fsck(root, catalog).clean
 
 

@@ -2,8 +2,10 @@
 
 The corpus goes through the real pipeline (shipper, broker, ingest), then
 `storage.compaction.compact` merges each hour's segments with the default
-settings, and the retired files are collected. Compaction throughput is the
-segment bytes it read per second (one process, DuckDB not involved: pyarrow
+settings, as a running service does: first while the hour is being written
+(the hot level), then once more when it has settled (the settled level), and
+the retired files are collected. Compaction throughput is the segment bytes
+it read per second, per pass (one process, DuckDB not involved: pyarrow
 reads, sorts and writes).
 """
 
@@ -20,6 +22,7 @@ from benchmarks.pipeline import WORK, store
 from loglake.config import CompactionConfig
 from storage.catalog import Catalog
 from storage.compaction import collect_garbage, compact
+from storage.compaction import settled as settled_hour
 from storage.root import DataRoot
 
 
@@ -43,10 +46,23 @@ def run(lines: int) -> Result:
     root = DataRoot(str(work))
     catalog = Catalog(f"sqlite:///{work / 'catalog.sqlite'}")
     before = catalog.totals()
+    # As in service: each hour merged while it is written (the hot level), then, once settled,
+    # written once more at the settled level. The corpus's day is long over, so the hot pass
+    # is asked for by a settle time no hour reaches.
     settings = CompactionConfig(min_age_s=0)
+    hot_settings = CompactionConfig(min_age_s=0, settle_s=1e12)
     t0 = time.perf_counter()
-    report = compact(root, catalog, settings)
+    report = compact(root, catalog, hot_settings)
     seconds = time.perf_counter() - t0
+    collect_garbage(root, catalog, grace_s=0)
+    hot = catalog.totals()
+    # Stack-trace lines carry no time of their own and are stored at their observed (current) time,
+    # in an hour that has not settled yet.
+    now_us = time.time_ns() // 1000
+    due = sum(settled_hour(s, settings, now_us) for s in catalog.live_segments())
+    t0 = time.perf_counter()
+    settled = compact(root, catalog, settings, now_us=now_us)
+    settled_s = time.perf_counter() - t0
     collect_garbage(root, catalog, grace_s=0)
     totals = catalog.totals()
     hours = len({s.path.rsplit("/", 1)[0] for s in catalog.live_segments()})
@@ -63,20 +79,28 @@ def run(lines: int) -> Result:
                  "storage.x_smaller_than_raw": truth.raw_bytes / ours, "storage.segments": totals["segments"],
                  "storage.hours": hours, "storage.bytes_before_compaction": before["bytes"],
                  "storage.segments_before_compaction": before["segments"],
+                 "storage.bytes_hot": hot["bytes"], "storage.x_smaller_than_raw_hot": truth.raw_bytes / hot["bytes"],
                  "compaction.mb_per_s": report.bytes_in / 1e6 / seconds,
                  "compaction.raw_mb_per_s": truth.raw_bytes / 1e6 / seconds,
-                 "compaction.rows_per_s": report.rows / seconds}
+                 "compaction.rows_per_s": report.rows / seconds,
+                 "compaction.settled_mb_per_s": settled.bytes_in / 1e6 / settled_s,
+                 "compaction.settled_raw_mb_per_s": truth.raw_bytes / 1e6 / settled_s}
     r.baselines = {"clickhouse.bytes": ch_bytes, "clickhouse.x_smaller_than_raw": truth.raw_bytes / ch_bytes,
                    "gzip6.bytes": gz, "gzip6.x_smaller_than_raw": truth.raw_bytes / gz}
     r.ratios = {"storage.bytes.vs_clickhouse": ours / ch_bytes, "storage.bytes.vs_gzip6": ours / gz}
     r.check("ClickHouse holds the same rows", ch_rows == totals["rows"] == truth.physical_lines,
             f"clickhouse {ch_rows}, ours {totals['rows']}, lines {truth.physical_lines}")
-    r.check("compaction kept every row", totals["rows"] == before["rows"],
-            f"before {before['rows']}, after {totals['rows']}")
+    r.check("compaction kept every row", totals["rows"] == hot["rows"] == before["rows"],
+            f"before {before['rows']}, after the hot pass {hot['rows']}, after settling {totals['rows']}")
+    r.check("every settled hour written once more", settled.inputs == due,
+            f"{settled.inputs} segments rewritten; {due} of {hot['segments']} are in settled hours")
     r.notes.append(f"Segments as ingest wrote them ({before['segments']} files, {before['bytes'] / 1e6:.1f} MB), "
-                   f"then compacted with the defaults (zstd {settings.zstd_level}, row groups of "
-                   f"{settings.row_group_rows:,} rows, up to {settings.target_bytes >> 20} MB or "
-                   f"{settings.target_rows:,} rows a file): {totals['segments']} files for {hours} hours. "
+                   f"then compacted with the defaults as a running service does: merged while the hour is "
+                   f"written (zstd {settings.zstd_level}, row groups of {settings.row_group_rows:,} rows, up to "
+                   f"{settings.target_bytes >> 20} MB or {settings.target_rows:,} rows a file; "
+                   f"{hot['bytes'] / 1e6:.1f} MB, compaction.mb_per_s), then each settled hour written once more "
+                   f"at zstd {settings.settled_zstd_level} (compaction.settled_mb_per_s): "
+                   f"{totals['segments']} files for {hours} hours. "
                    "ClickHouse: MergeTree ORDER BY (service, ts), ZSTD(3), Delta on times, LowCardinality labels, "
                    "after OPTIMIZE FINAL, loaded from the compacted files.")
     r.notes.append("Targets: at least 6x smaller than the raw NDJSON, and no larger than ClickHouse.")
