@@ -501,6 +501,13 @@ class AuthConfig(_Section):
     key: str = ""
 
 
+class MaintainConfig(_Section):
+    """The maintenance process (`loglake maintain`, run by `loglake up`)."""
+
+    #: host:port for /metrics, /healthz and /readyz (503 while a job's last run failed); empty: none.
+    metrics_listen: str = ""
+
+
 class Config(_Section):
     kafka: KafkaConfig = KafkaConfig()
     broker: BrokerConfig = BrokerConfig()
@@ -509,6 +516,7 @@ class Config(_Section):
     storage: StorageConfig = StorageConfig()
     compaction: CompactionConfig = CompactionConfig()
     retention: RetentionConfig = RetentionConfig()
+    maintain: MaintainConfig = MaintainConfig()
     query: QueryConfig = QueryConfig()
     demo: DemoConfig = DemoConfig()
     log: LogConfig = LogConfig()

@@ -7,11 +7,13 @@ works; `--dry-run` shows the same table and changes nothing.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import signal
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
@@ -20,6 +22,9 @@ from rich.table import Table
 from loglake.config import Config
 from storage.catalog import Catalog
 from storage.root import DataRoot
+
+if TYPE_CHECKING:
+    from storage.maintenance import Maintenance
 
 console = Console()
 EXIT_PROBLEMS = 1
@@ -147,13 +152,42 @@ def cmd_fsck(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_maintain(cfg: Config, args: argparse.Namespace) -> int:
-    from storage.maintenance import maintain
+    from storage.maintenance import Maintenance
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    maintain(cfg, stop)
+    maintenance = Maintenance(cfg)
+    if cfg.maintain.metrics_listen:
+        _serve_in_background(cfg.maintain.metrics_listen, maintenance)
+    maintenance.run(stop)
     return 0
+
+
+def _serve_in_background(listen: str, maintenance: Maintenance) -> None:
+    """/metrics, /healthz and /readyz on a thread of their own: the jobs run synchronously, and
+    a long compaction must not leave a scrape or a probe unanswered."""
+    from loglake.metrics_server import serve
+    from storage.metrics import registry_for
+
+    started = threading.Event()
+    failed: list[BaseException] = []
+
+    async def main() -> None:
+        try:
+            server = await serve(listen, registry_for(maintenance), maintenance.health, maintenance.ready)
+        except BaseException as e:
+            failed.append(e)
+            raise
+        finally:
+            started.set()
+        async with server:
+            await server.serve_forever()
+
+    threading.Thread(target=lambda: asyncio.run(main()), name="metrics", daemon=True).start()
+    started.wait()
+    if failed:
+        raise failed[0]
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -12,7 +12,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import asdict
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from loglake.config import Config
@@ -60,25 +62,87 @@ def run_gc(cfg: Config, root: DataRoot, catalog: Catalog) -> dict[str, Any]:
     return result
 
 
+@dataclass
+class JobState:
+    """What one job has done since start, for /metrics and /readyz."""
+
+    interval_s: float
+    runs: int = 0
+    failures: int = 0
+    last_started: float | None = None          # unix time
+    last_success: float | None = None          # unix time
+    last_seconds: float | None = None
+    #: Why the last run failed (None once a run succeeds).
+    fault: str | None = None
+    totals: Counter[str] = field(default_factory=Counter)
+
+
+class Maintenance:
+    """The jobs, their schedule and their state: one instance per maintenance process."""
+
+    def __init__(self, cfg: Config, *, catalog: Catalog | None = None, root: DataRoot | None = None) -> None:
+        self.cfg = cfg
+        self.catalog = catalog or Catalog(cfg.storage.resolved_catalog_url())
+        self.root = root or DataRoot.from_config(cfg.storage)
+        self.jobs: dict[str, tuple[Job, JobState]] = {"gc": (run_gc, JobState(GC_INTERVAL_S))}
+        if cfg.compaction.enabled:
+            self.jobs["compaction"] = (run_compaction, JobState(cfg.compaction.interval_s))
+        if cfg.retention.enabled and cfg.retention.policies:
+            self.jobs["retention"] = (run_retention, JobState(cfg.retention.interval_s))
+        #: Live segments, rows and bytes in the catalog, as of the last garbage collection.
+        self.stored: dict[str, int] = {}
+
+    def run_job(self, name: str) -> None:
+        """Run job ``name`` once, recording how it went; a failure is logged, not raised."""
+        job, state = self.jobs[name]
+        state.runs += 1
+        state.last_started = time.time()
+        t0 = time.monotonic()
+        try:
+            result = job(self.cfg, self.root, self.catalog)
+        except Exception as e:
+            state.failures += 1
+            state.fault = f"{type(e).__name__}: {e}"[:500]
+            log.error("maintenance job failed", extra={"job": name, "reason": state.fault})
+        else:
+            state.fault = None
+            state.last_success = time.time()
+            state.totals.update({k: v for k, v in result.items() if isinstance(v, int) and not isinstance(v, bool)})
+            if name == "gc":
+                self.stored = {k: int(v) for k, v in self.catalog.totals().items()}
+        finally:
+            state.last_seconds = time.monotonic() - t0
+
+    def run(self, stop: threading.Event) -> None:
+        """Run the jobs on their intervals until ``stop`` is set; a failing job is retried next interval."""
+        due = {name: time.monotonic() for name in self.jobs}
+        log.info("maintenance started", extra={"jobs": list(self.jobs)})
+        while not stop.is_set():
+            for name, (_, state) in self.jobs.items():
+                if stop.is_set() or time.monotonic() < due[name]:
+                    continue
+                self.run_job(name)
+                due[name] = time.monotonic() + state.interval_s
+            stop.wait(max(0.1, min(due.values()) - time.monotonic()))
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """Alive: the process answers. The details say what each job last did."""
+        return True, {"jobs": {name: {"runs": st.runs, "failures": st.failures, "last_success": st.last_success,
+                                      "last_seconds": st.last_seconds, "fault": st.fault}
+                               for name, (_, st) in self.jobs.items()}}
+
+    def ready(self) -> tuple[bool, dict[str, Any]]:
+        """Doing its work: not while a job's last run failed (the catalog or the data root is unreachable)."""
+        faults = {name: st.fault for name, (_, st) in self.jobs.items() if st.fault is not None}
+        if faults:
+            return False, {"status": "job failing", "faults": faults}
+        return True, {"status": "ok"}
+
+
+Job = Callable[[Config, DataRoot, Catalog], dict[str, Any]]
+
+
 def maintain(cfg: Config, stop: threading.Event, *, catalog: Catalog | None = None,
              root: DataRoot | None = None) -> None:
     """Run the jobs on their intervals until ``stop`` is set; a failing job is logged and retried."""
-    catalog = catalog or Catalog(cfg.storage.resolved_catalog_url())
-    root = root or DataRoot.from_config(cfg.storage)
-    jobs = [("gc", GC_INTERVAL_S, run_gc)]
-    if cfg.compaction.enabled:
-        jobs.append(("compaction", cfg.compaction.interval_s, run_compaction))
-    if cfg.retention.enabled and cfg.retention.policies:
-        jobs.append(("retention", cfg.retention.interval_s, run_retention))
-    due = {name: time.monotonic() for name, _, _ in jobs}
-    log.info("maintenance started", extra={"jobs": [n for n, _, _ in jobs]})
-    while not stop.is_set():
-        for name, interval, job in jobs:
-            if stop.is_set() or time.monotonic() < due[name]:
-                continue
-            try:
-                job(cfg, root, catalog)
-            except Exception as e:
-                log.error("maintenance job failed", extra={"job": name, "reason": f"{type(e).__name__}: {e}"[:500]})
-            due[name] = time.monotonic() + interval
-        stop.wait(max(0.1, min(due.values()) - time.monotonic()))
+    Maintenance(cfg, catalog=catalog, root=root).run(stop)

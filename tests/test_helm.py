@@ -231,7 +231,8 @@ def test_every_optional_feature_renders(rendered: dict[str, Rendered]) -> None:
     assert ingress["ingressClassName"] == "nginx" and ingress["rules"][0]["host"] == "logs.example.com"
     assert ingress["tls"] == [{"secretName": "logs-tls", "hosts": ["logs.example.com"]}]
     assert {s["metadata"]["name"] for s in r.of("Service")} == {
-        f"{FULLNAME}-query", f"{FULLNAME}-shipper-metrics", f"{FULLNAME}-ingest-metrics"}
+        f"{FULLNAME}-query", f"{FULLNAME}-shipper-metrics", f"{FULLNAME}-ingest-metrics",
+        f"{FULLNAME}-maintain-metrics"}
     for w in r.workloads():
         spec = w["spec"]["template"]["spec"]
         assert spec["imagePullSecrets"] == [{"name": "registry-creds"}]
@@ -412,6 +413,8 @@ def test_configmap_is_read_by_loglakes_loader_in_every_container(
                 assert (cfg.query.host, cfg.query.port) == ("0.0.0.0", port_named(c, "http"))
             if c["name"] == "ingest":
                 assert cfg.ingest.metrics_listen == f"0.0.0.0:{port_named(c, 'metrics')}"
+            if c["name"] == "maintain":
+                assert cfg.maintain.metrics_listen == f"0.0.0.0:{port_named(c, 'metrics')}"
             if c["name"] == "shipper":
                 assert cfg.shipper.metrics_listen == f"0.0.0.0:{port_named(c, 'metrics')}"
                 assert cfg.shipper.host == NODE_NAME
@@ -697,7 +700,8 @@ def test_service_monitor_scrapes_the_metrics_ports(rendered: dict[str, Rendered]
     (sm,) = r.of("ServiceMonitor")
     assert sm["apiVersion"] == "monitoring.coreos.com/v1" and sm["metadata"]["labels"]["release"] == "kube-prometheus"
     selected = [s for s in r.of("Service") if selects(sm["spec"]["selector"]["matchLabels"], s["metadata"]["labels"])]
-    assert {s["metadata"]["name"] for s in selected} == {f"{FULLNAME}-shipper-metrics", f"{FULLNAME}-ingest-metrics"}
+    assert {s["metadata"]["name"] for s in selected} == {f"{FULLNAME}-shipper-metrics", f"{FULLNAME}-ingest-metrics",
+                                                         f"{FULLNAME}-maintain-metrics"}
     (endpoint,) = sm["spec"]["endpoints"]
     assert endpoint["path"] == "/metrics"
     for svc in selected:
@@ -709,12 +713,12 @@ def test_service_monitor_scrapes_the_metrics_ports(rendered: dict[str, Rendered]
 @pytest.mark.parametrize("scenario", ["required", "full"])
 def test_prometheus_annotations_point_at_the_metrics_port(rendered: dict[str, Rendered], scenario: str) -> None:
     r = rendered[scenario]
-    for component in ("shipper", "ingest"):
+    for component in ("shipper", "ingest", "maintain"):
         w = r.workload(component)
         annotations = w["spec"]["template"]["metadata"]["annotations"]
         assert annotations["prometheus.io/scrape"] == "true" and annotations["prometheus.io/path"] == "/metrics"
         assert int(annotations["prometheus.io/port"]) == port_named(containers(w, init=False)[0], "metrics")
-    for component in ("query", "maintain"):     # no /metrics there
+    for component in ("query",):     # not annotated for scraping
         annotations = r.workload(component)["spec"]["template"]["metadata"]["annotations"]
         assert "prometheus.io/scrape" not in annotations
     off = render_kinds_and_annotations(merged(REQUIRED, {"metrics": {"podAnnotations": False}}))
@@ -773,3 +777,5 @@ def test_query_probes_and_maintain_singleton(rendered: dict[str, Rendered]) -> N
     m = r.workload("maintain")
     assert m["spec"]["replicas"] == 1 and m["spec"]["strategy"] == {"type": "Recreate"}
     assert containers(m)[0]["args"] == ["maintain"]
+    probe = containers(m)[0]["livenessProbe"]["httpGet"]
+    assert probe["path"] == "/healthz" and probe["port"] == "metrics"
