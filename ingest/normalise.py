@@ -139,19 +139,19 @@ c AS (
                 f"        {select_out}\n    FROM {prev})")
 
     ctes.append(f"""
-z AS (
-    SELECT *, timezone({zone}, observed_ts) AS observed_local FROM o
-), tsr AS (
+tsr AS (
     SELECT *,
         coalesce(o_ts_tz, timezone({zone}, o_ts_local),
                  -- no year written: the observed one, or the year before if that is more than a day ahead
+                 -- (the observed wall-clock time is worked out only for these rows)
                  timezone({zone}, CASE WHEN o_ts_noyear IS NULL THEN NULL
-                     WHEN o_ts_noyear + to_years(year(observed_local) - 2000) > observed_local + INTERVAL 1 DAY
-                     THEN o_ts_noyear + to_years(year(observed_local) - 2001)
-                     ELSE o_ts_noyear + to_years(year(observed_local) - 2000) END),
+                     WHEN o_ts_noyear + to_years(year(timezone({zone}, observed_ts)) - 2000)
+                          > timezone({zone}, observed_ts) + INTERVAL 1 DAY
+                     THEN o_ts_noyear + to_years(year(timezone({zone}, observed_ts)) - 2001)
+                     ELSE o_ts_noyear + to_years(year(timezone({zone}, observed_ts)) - 2000) END),
                  wrap_ts) AS parsed_ts,
         {severity_sql('o_lvl')} AS severity
-    FROM z
+    FROM o
 ), r AS (
     -- Too far ahead, or before 1900 (a misread number): not believed.
     SELECT *, parsed_ts > observed_ts + to_microseconds(CAST({int(settings.max_ahead_s * 1e6)} AS BIGINT))

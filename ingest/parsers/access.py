@@ -20,7 +20,8 @@ PARSER = Parser(
     ok="{p}_m.status <> ''",
     out={
         "ts_tz": "try_strptime({p}_m.time, '%d/%b/%Y:%H:%M:%S %z')",
-        "ts_local": "try_strptime({p}_m.time, '%d/%b/%Y:%H:%M:%S')",
+        # Only for a time written without its zone (with one, the format above has it).
+        "ts_local": "CASE WHEN NOT contains({p}_m.time, ' ') THEN try_strptime({p}_m.time, '%d/%b/%Y:%H:%M:%S') END",
         "lvl": "CASE WHEN {p}_m.status >= '500' THEN 'error' WHEN {p}_m.status >= '400' THEN 'warn' ELSE 'info' END",
         "attrs": attrs_sql([
             ("client.ip", "{p}_m.ip"),

@@ -39,20 +39,28 @@ def _flatten_once(entries: str) -> str:
 
 # Values as text: strings unquoted, numbers, booleans, arrays and deeper objects as JSON, null as NULL.
 # A string without escapes only loses its quotes; the others are decoded.
-_AS_TEXT = (f"CAST(list_transform({{p}}_n{MAX_DEPTH - 1}, e -> {{'key': e.key, 'value': "
+_AS_TEXT = (f"CAST(list_transform({{p}}_n, e -> {{'key': e.key, 'value': "
             "CASE WHEN starts_with(e.value, '\"') THEN CASE WHEN contains(e.value, chr(92)) THEN e.value->>'$' "
             "ELSE CAST(e.value AS VARCHAR)[2:-2] END WHEN e.value = 'null' THEN NULL "
             f"ELSE CAST(e.value AS VARCHAR) END}}) AS {ATTRS_TYPE})")
 
 
 def _flatten_steps() -> tuple[tuple[str, str], ...]:
-    """The slow path: one step per nesting level, each skipped once a row has no object left."""
-    steps = [("n0", f"CASE WHEN {{p}}_fast IS NULL THEN try(map_entries(json_transform(line, {_MAP}))) END")]
+    """The slow path: one step per nesting level, then the entries of the last one the row needs.
+
+    Nesting n levels deep takes n opening braces, so a line with b of them is
+    flat after b - 1 steps: later steps leave it NULL instead of copying its
+    entries on, and ``n`` takes them from step b - 1 (or the last step).
+    """
+    steps = [("n0", f"CASE WHEN {{p}}_fast IS NULL THEN try(map_entries(json_transform(line, {_MAP}))) END"),
+             ("braces", "CASE WHEN {p}_n0 IS NOT NULL THEN len(string_split(line, '{')) - 1 END")]
     for level in range(1, MAX_DEPTH):
         prev = f"{{p}}_n{level - 1}"
         # Nested CASEs, not AND: only a CASE branch runs on just the rows it selects.
-        steps.append((f"n{level}", f"CASE WHEN {prev} IS NULL THEN NULL WHEN {_has_object(prev)} "
-                                   f"THEN try({_flatten_once(prev)}) ELSE {prev} END"))
+        steps.append((f"n{level}", f"CASE WHEN {prev} IS NULL OR {{p}}_braces <= {level} THEN NULL "
+                                   f"WHEN {_has_object(prev)} THEN try({_flatten_once(prev)}) ELSE {prev} END"))
+    last = " ".join(f"WHEN {{p}}_braces = {level + 1} THEN {{p}}_n{level}" for level in range(MAX_DEPTH - 1))
+    steps.append(("n", f"CASE WHEN {{p}}_n0 IS NULL THEN NULL {last} ELSE {{p}}_n{MAX_DEPTH - 1} END"))
     return tuple(steps)
 
 
@@ -74,7 +82,7 @@ PARSER = Parser(
         ("fast", "CASE WHEN {p}_m IS NULL THEN NULL "
                  "WHEN list_unique(map_keys({p}_m)) = cardinality({p}_m) THEN map_entries({p}_m) END"),
         *_flatten_steps(),
-        ("text", f"CASE WHEN {{p}}_n{MAX_DEPTH - 1} IS NOT NULL THEN {_AS_TEXT} END"),
+        ("text", f"CASE WHEN {{p}}_n IS NOT NULL THEN {_AS_TEXT} END"),
         ("tkeys", "list_transform({p}_text, x -> x.key)"),
         ("e", "CASE WHEN {p}_fast IS NOT NULL THEN {p}_fast WHEN {p}_text IS NULL THEN NULL "
               "WHEN list_unique({p}_tkeys) = len({p}_tkeys) THEN {p}_text ELSE ll_dedupe({p}_text) END"),
