@@ -100,6 +100,8 @@ class Maintenance:
         t0 = time.monotonic()
         try:
             result = job(self.cfg, self.root, self.catalog)
+            if name == "gc":
+                self.stored = {k: int(v) for k, v in self.catalog.totals().items()}
         except Exception as e:
             state.failures += 1
             state.fault = f"{type(e).__name__}: {e}"[:500]
@@ -108,8 +110,6 @@ class Maintenance:
             state.fault = None
             state.last_success = time.time()
             state.totals.update({k: v for k, v in result.items() if isinstance(v, int) and not isinstance(v, bool)})
-            if name == "gc":
-                self.stored = {k: int(v) for k, v in self.catalog.totals().items()}
         finally:
             state.last_seconds = time.monotonic() - t0
 
