@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.structs import OffsetAndMetadata
+from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 
 from ingest.batch import RecordRun, raw_table
 from ingest.deadletters import DeadLetter, DeadLetterProducer, Reason
@@ -32,9 +32,9 @@ from ingest.metrics import registry_for
 from ingest.normalise import Normaliser, ParseSettings, normalise_safely
 from loglake.config import Config, SourceFormat, TopicInput
 from loglake.frame import FrameError, FrameMeta, decode_frame
-from loglake.kafka_client import client_kwargs
+from loglake.kafka_client import client_kwargs, on_connection_broken, refresh_metadata
 from loglake.metrics_server import serve as serve_metrics
-from loglake.topics import ensure_topic
+from loglake.topics import ensure_topic, partition_fault
 from storage.catalog import Catalog, PartitionCommit, PartitionState
 from storage.errors import CatalogConflict, StorageError
 from storage.root import DataRoot
@@ -112,6 +112,11 @@ class IngestWorker:
         self._probes: dict[Key, int] = {}
         # Each probed partition's log start when it was assigned.
         self._log_starts: dict[Key, int] = {}
+        #: Why the log topic is not as configured (its partition count), while it is not.
+        self.topic_fault: str | None = None
+        # Partitions whose log is to be checked since a broker connection broke, and when it broke
+        # (epoch ms, the clock of the consumer's poll timestamps).
+        self._unverified: dict[Key, int] = {}
 
     # -- configuration ---------------------------------------------------------
 
@@ -128,12 +133,52 @@ class IngestWorker:
             self._formats[key] = "" if fmt == "auto" else fmt
         return self._formats[key]
 
+    # -- topics ----------------------------------------------------------------
+
+    async def _ensure_topics(self, attempts: int) -> None:
+        """Create the log topic, the dead-letter topic and the third-party topics unless they exist."""
+        k = self.cfg.kafka
+        count = await ensure_topic(k, attempts=attempts)
+        fault = partition_fault(k, count)
+        if fault is not None and fault != self.topic_fault:
+            log.error("topic partition count differs from the configuration",
+                      extra={"topic": k.topic, "partitions": count, "configured": k.partitions, "fault": fault})
+        self.topic_fault = fault
+        await ensure_topic(k, topic=self.cfg.ingest.dead_letter_topic, partitions=1, attempts=attempts)
+        for t in self.inputs:
+            await ensure_topic(k, topic=t, attempts=attempts)
+
+    async def _topics_again(self) -> None:
+        """On a rebalance, before reading: create any topic the broker lost, and show it to the consumer.
+
+        A rebalance is what a worker sees of a broker that went away and came back: the embedded
+        broker loses its consumer groups along with its topics, so the member joins again. The
+        topics must exist before the consumer asks for their offsets, since loglake's clients never
+        let a broker auto-create one (tansu would, with 4 partitions rather than ``kafka.partitions``)."""
+        assert self.consumer is not None
+        try:
+            await self._ensure_topics(attempts=3)
+        except Exception as e:
+            log.warning("cannot check the topics on rebalance; reading on", extra={"reason": str(e)})
+            return
+        if any(self.consumer.partitions_for_topic(t) is None for t in self.topics):
+            # Its metadata saw a topic vanish (it then holds no partition of it): let it see the topic
+            # again now, not at its next periodic refresh; the group rebalances once more.
+            refresh_metadata(self.consumer)
+
     # -- partition ownership -------------------------------------------------
 
     async def _assigned(self, partitions: set[TopicPartition]) -> None:
         assert self.consumer is not None
+        await self._topics_again()
         if not partitions:
             return
+        await self._position(partitions)
+        log.info("partitions assigned", extra={"partitions": sorted(f"{tp.topic}/{tp.partition}" for tp in partitions)})
+
+    async def _position(self, partitions: set[TopicPartition]) -> None:
+        """Start each partition's buffer at the catalog's offset, probing the log where it may be new."""
+        assert self.consumer is not None
         ends = await self.consumer.end_offsets(list(partitions))
         starts = await self.consumer.beginning_offsets(list(partitions))
         self.ranges = self.catalog.source_ranges()
@@ -143,6 +188,7 @@ class IngestWorker:
             state = states[tp.topic].get(tp.partition, PartitionState(0, 0))
             self.buffers[key] = PartitionBuffer(state)
             self._probes.pop(key, None)
+            self._unverified.pop(key, None)
             if state.next_offset > 0 and (state.next_offset > ends[tp] or state.last_record is not None):
                 # The topic may have been recreated (always so after restarting the in-memory
                 # embedded broker), and may even have grown past our offset since. The reported
@@ -153,7 +199,70 @@ class IngestWorker:
                 self.consumer.seek(tp, state.next_offset - 1)
             else:
                 self.consumer.seek(tp, max(state.next_offset, starts[tp]))
-        log.info("partitions assigned", extra={"partitions": sorted(f"{tp.topic}/{tp.partition}" for tp in partitions)})
+
+    def _connection_broken(self) -> None:
+        """A broker connection broke. The broker may come back with new, shorter logs (the embedded one
+        keeps them in memory), and the consumer would go on reading them from its old positions,
+        taking records that are not the ones after those it took. Until each partition's log is
+        checked (``_verify``), nothing fetched from it after this moment is taken."""
+        now_ms = int(time.time() * 1000)
+        for key in self.buffers:
+            self._unverified.setdefault(key, now_ms)
+
+    async def _verify(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
+        """Check the log of every partition fetched from again since a broker connection broke.
+
+        What was fetched before the break is taken as usual (the consumer fetches no more of a
+        partition while it holds records of it, so a poll timestamp before the break vouches for
+        them). Once a fetch after the break has come back the broker is there again: the topics are
+        created if it lost them, what was taken before the break is flushed, and the partition is
+        positioned as on assignment (a probe of the last stored record tells a new log). The
+        records fetched meanwhile are dropped from ``batch`` and read again."""
+        assert self.consumer is not None
+        ensured = False
+        for key, broken_ms in list(self._unverified.items()):
+            tp = TopicPartition(*key)
+            if not self._owned(key):
+                self._unverified.pop(key, None)
+                continue
+            polled = self.consumer.last_poll_timestamp(tp)
+            if polled is None or polled <= broken_ms:
+                continue
+            batch.pop(tp, None)
+            if not ensured:
+                ensured = True
+                try:
+                    await self._ensure_topics(attempts=1)
+                except Exception as e:     # the log can be checked all the same
+                    log.warning("cannot check the topics after a broken broker connection", extra={"reason": str(e)})
+            try:
+                if time.monotonic() < self._retry_at:
+                    raise FlushFailed("flushes are failing")
+                await self.flush([key])
+                # A rebalance runs beside this loop: the partition may have been revoked meanwhile,
+                # or assigned again (and positioned by that).
+                if key in self._unverified and self._owned(key):
+                    await self._position({tp})
+                    log.info("broker connection back: log checked from the catalog's offset",
+                             extra={"topic": tp.topic, "partition": tp.partition})
+            except Exception as e:
+                # Checked again after the next fetch; meanwhile nothing more of it is taken.
+                log.warning("cannot check the log after a broken broker connection yet",
+                            extra={"topic": tp.topic, "partition": tp.partition, "reason": str(e)})
+                if self._owned(key):
+                    self.consumer.seek(tp, self._resume_offset(key))
+
+    def _owned(self, key: Key) -> bool:
+        """Whether ``key`` is assigned to this worker (and has its buffer)."""
+        assert self.consumer is not None
+        return key in self.buffers and TopicPartition(*key) in self.consumer.assignment()
+
+    def _resume_offset(self, key: Key) -> int:
+        """Where reading ``key`` goes on: its probe's record, past what its buffer holds, or the catalog's offset."""
+        if key in self._probes:
+            return self._probes[key] - 1
+        buf = self.buffers[key]
+        return buf.last_offset + 1 if buf.last_offset is not None else buf.state.next_offset
 
     def _probed(self, tp: TopicPartition, first_offset: int, first_record: str) -> bool:
         """Settle a probe with the first record read; whether to take the batch's records."""
@@ -209,6 +318,7 @@ class IngestWorker:
                 log.warning("flush on revocation failed; abandoning the buffer", extra={"reason": str(e)})
         for key in mine:
             self.buffers.pop(key, None)
+            self._unverified.pop(key, None)
         log.info("partitions revoked", extra={"partitions": sorted(f"{t}/{p}" for t, p in mine)})
 
     # -- consuming -----------------------------------------------------------
@@ -465,10 +575,7 @@ class IngestWorker:
             async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
                 await worker._assigned(set(assigned))
 
-        await ensure_topic(k)
-        await ensure_topic(k, topic=self.cfg.ingest.dead_letter_topic, partitions=1)
-        for t in self.inputs:
-            await ensure_topic(k, topic=t)
+        await self._ensure_topics(attempts=30)
         server = (await serve_metrics(self.cfg.ingest.metrics_listen, registry_for(self), self.health,
                                            self.ready)
                   if self.cfg.ingest.metrics_listen else None)
@@ -477,6 +584,7 @@ class IngestWorker:
             group_id=self.cfg.ingest.group_id, enable_auto_commit=False,
             auto_offset_reset="earliest", max_partition_fetch_bytes=8 << 20, fetch_max_bytes=64 << 20,
         )
+        on_connection_broken(self.consumer, self._connection_broken)
         self.consumer.subscribe(self.topics, listener=Listener())
         await self.consumer.start()
         log.info("ingest worker started", extra={"topics": self.topics, "group": self.cfg.ingest.group_id})
@@ -488,6 +596,8 @@ class IngestWorker:
                     await asyncio.sleep(0.2)
                 else:
                     batch = await self.consumer.getmany(timeout_ms=200, max_records=50_000)
+                    if self._unverified:
+                        await self._verify(batch)
                     caught_up = not any(batch.values())
                     for tp, messages in batch.items():
                         if (tp.topic, tp.partition) not in self.buffers or not messages:

@@ -52,8 +52,9 @@ class ShipperCollector(Collector):
         yield lag
         yield GaugeMetricFamily("loglake_shipper_broker_outage_seconds", "How long the broker has been unreachable",
                                 value=s.outage_seconds())
-        yield GaugeMetricFamily("loglake_shipper_ready", "1 while the broker takes frames, 0 during an outage",
-                                value=0 if s.outage_seconds() > 0 else 1)
+        yield GaugeMetricFamily("loglake_shipper_ready", "1 while the broker takes frames into the topic as "
+                                "configured; 0 during an outage or while its partition count differs",
+                                value=0 if s.outage_seconds() > 0 or s.topic_fault is not None else 1)
 
 
 def registry_for(shipper: Shipper) -> CollectorRegistry:
@@ -63,7 +64,8 @@ def registry_for(shipper: Shipper) -> CollectorRegistry:
 
 
 async def serve(listen: str, shipper: Shipper) -> asyncio.Server:
-    """GET /metrics, /healthz and /readyz (503 while the broker is unreachable) for ``shipper``."""
+    """GET /metrics, /healthz and /readyz (503 while the broker is unreachable, or while the topic's
+    partition count is not ``kafka.partitions``) for ``shipper``."""
 
     def health() -> tuple[bool, dict[str, object]]:
         stalled = time.monotonic() - shipper.last_loop > 60
@@ -75,6 +77,8 @@ async def serve(listen: str, shipper: Shipper) -> asyncio.Server:
         outage = shipper.outage_seconds()
         if alive and outage > 0:
             return False, {**details, "status": "broker unreachable"}
+        if alive and shipper.topic_fault is not None:
+            return False, {**details, "status": "topic partitions differ", "fault": shipper.topic_fault}
         return alive, details
 
     return await serve_http(listen, registry_for(shipper), health, ready)

@@ -22,7 +22,8 @@ from aiokafka import AIOKafkaProducer
 
 from loglake.config import Config, InputConfig
 from loglake.frame import FrameMeta, encode_frame
-from loglake.kafka_client import client_kwargs
+from loglake.kafka_client import client_kwargs, on_connection_broken
+from loglake.topics import ensure_topic, partition_fault
 from shippers.checkpoint import CheckpointStore, FileCheckpoint
 from shippers.discovery import discover
 from shippers.fingerprint import fingerprint, head_hash, inode_key
@@ -97,6 +98,10 @@ class Shipper:
                       "retries": 0, "truncated_lines": 0}
         self.last_loop = time.monotonic()
         self._outage_since: float | None = None
+        #: Why the topic is not as configured (its partition count), while it is not: /readyz says so.
+        self.topic_fault: str | None = None
+        # A broker connection broke: make sure of the topic before sending more.
+        self._check_topic = False
 
     # -- files ---------------------------------------------------------------
 
@@ -323,8 +328,36 @@ class Shipper:
             # Frames are lz4 already; with frame compression off, let Kafka compress.
             compression_type=None if self.sc.frame_compression == "lz4" else "lz4",
         )
+        on_connection_broken(producer, self._connection_broken)
         await producer.start()
         return producer
+
+    def _connection_broken(self) -> None:
+        """The broker may be gone, and come back without the topic (the embedded one keeps it in memory)."""
+        self._check_topic = True
+
+    async def _ensure_topic(self) -> None:
+        """Create the topic if the broker does not have it, before a new producer asks for it.
+
+        Runs before every producer this shipper starts (the first, and the one after a failed
+        delivery) and before sending more once a connection of its producer broke. The embedded
+        broker loses its topics when it restarts, and loglake's clients do not let it auto-create
+        them (it would with 4 partitions, not ``kafka.partitions``). Raises while the broker is away."""
+        self._check_topic = False           # first: a connection that breaks meanwhile asks again
+        self._note_partitions(await ensure_topic(self.cfg.kafka, attempts=1))
+
+    def _note_partitions(self, count: int) -> None:
+        """Record whether ``count``, the topic's partitions, is the configured number; log a change."""
+        fault = partition_fault(self.cfg.kafka, count)
+        if fault != self.topic_fault:
+            if fault is not None:
+                log.error("topic partition count differs from the configuration; frames go to partitions it "
+                          "does not expect", extra={"topic": self.cfg.kafka.topic, "partitions": count,
+                                                    "configured": self.cfg.kafka.partitions, "fault": fault})
+            else:
+                log.info("topic has the configured partition count", extra={"topic": self.cfg.kafka.topic,
+                                                                            "partitions": count})
+        self.topic_fault = fault
 
     def outage_seconds(self) -> float:
         return 0.0 if self._outage_since is None else time.monotonic() - self._outage_since
@@ -346,11 +379,14 @@ class Shipper:
             self.last_loop = time.monotonic()
             try:
                 if self.producer is None:
+                    await self._ensure_topic()
                     self.producer = await self._start_producer()
                     if self._outage_since is not None:
                         log.info("broker reachable again", extra={"outage_s": round(self.outage_seconds(), 1)})
                         self._outage_since = None
                     backoff = 0.5
+                elif self._check_topic:
+                    await self._ensure_topic()      # the broker away: an outage, handled below
                 if time.monotonic() >= next_scan:
                     self.scan(first=first)
                     if first:
@@ -358,6 +394,8 @@ class Shipper:
                     first = False
                     next_scan = time.monotonic() + self.sc.rescan_interval_s
                 sent = await self._send_available()
+                if (known := self.producer.client.cluster.partitions_for_topic(self.cfg.kafka.topic)) is not None:
+                    self._note_partitions(len(known))     # the producer's metadata may show a change
                 await self._collect_acks(wait=self.inflight_bytes >= self.max_inflight_bytes or once)
                 self._save()
                 self._release_drained()
