@@ -338,8 +338,8 @@ class CompactionConfig(_Section):
     min_age_s: float = Field(300.0, ge=0)
     #: Compacted data is read often and written once: worth a stronger zstd level.
     zstd_level: int = Field(9, ge=1, le=22)
-    #: An hour over for `settle_s` gets no more than late stragglers: its segments are then
-    #: rewritten once at this level (levels 16+ search harder for matches: about 10% smaller
+    #: An hour over for `settle_s`, with no new segment for as long, is settled: its segments are
+    #: then rewritten once at this level (levels 16+ search harder for matches: about 10% smaller
     #: than 9 on the benchmark corpus, at about a seventh of the speed; decompression costs the same).
     settled_zstd_level: int = Field(17, ge=1, le=22)
     settle_s: float = Field(900.0, ge=0)

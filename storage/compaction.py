@@ -11,9 +11,11 @@ leaves no duplicate and no gap, only files nobody references, which
 
 An hour is compacted at ``zstd_level`` while it is still being written (it
 may be merged again every few minutes), and once it has settled (ended
-``settle_s`` ago) its segments are written one last time at
-``settled_zstd_level``: the expensive level is paid once per hour. The
-catalog keeps each segment's level, so that rewrite happens once.
+``settle_s`` ago, with no new segment for as long) its segments are written
+one last time at ``settled_zstd_level``: the expensive level is paid once
+per hour. The catalog keeps each segment's level, so that rewrite happens
+once; late data reopens the hour, is merged among itself, and is folded in
+once the hour settles again.
 """
 
 from __future__ import annotations
@@ -62,34 +64,46 @@ def hour_of(seg: SegmentRow) -> str:
     return seg.path.rsplit("/", 1)[0]
 
 
-def settled(seg: SegmentRow, cfg: CompactionConfig, now_us: int) -> bool:
-    """Whether the hour of ``seg`` ended more than ``settle_s`` ago (so it is written for good)."""
-    hour_end = (seg.min_ts_us // HOUR_US + 1) * HOUR_US
-    return hour_end + int(cfg.settle_s * 1e6) <= now_us
+HourKey = tuple[str, str]
 
 
-def level_for(batch: list[SegmentRow], cfg: CompactionConfig, now_us: int) -> int:
-    """The zstd level ``batch`` is written at: the settled level once its hour has settled."""
-    return cfg.settled_zstd_level if settled(batch[0], cfg, now_us) else cfg.zstd_level
+def settled_hours(segments: list[SegmentRow], cfg: CompactionConfig, now_us: int) -> set[HourKey]:
+    """The (tenant, hour) pairs that are written for good: the hour ended ``settle_s`` ago, and
+    no segment has come into it for as long (late data, as after an outage, keeps it open)."""
+    ends: dict[HourKey, int] = {}
+    newest: dict[HourKey, int] = {}
+    for s in segments:
+        key = (s.tenant, hour_of(s))
+        ends[key] = (s.min_ts_us // HOUR_US + 1) * HOUR_US
+        newest[key] = max(newest.get(key, 0), s.created_us)
+    wait = int(cfg.settle_s * 1e6)
+    return {key for key, end in ends.items() if end + wait <= now_us and newest[key] + wait <= now_us}
 
 
-def _unsettled_level(seg: SegmentRow, cfg: CompactionConfig) -> bool:
-    return seg.zstd_level is None or seg.zstd_level < cfg.settled_zstd_level
+def _at_settled_level(seg: SegmentRow, cfg: CompactionConfig) -> bool:
+    return seg.zstd_level is not None and seg.zstd_level >= cfg.settled_zstd_level
 
 
 def plan(segments: list[SegmentRow], cfg: CompactionConfig, now_us: int | None = None) -> list[list[SegmentRow]]:
     """Batches of segments to merge: same tenant and hour, each batch within the target size.
 
-    In a settled hour, a segment not yet at ``settled_zstd_level`` is taken
-    even when big, and alone, to be written once more at that level.
+    In a settled hour (:func:`settled_hours`), a segment not yet at
+    ``settled_zstd_level`` is taken even when big, and alone, to be written
+    once more at that level. In an open hour, a segment already at that
+    level is left alone: late data is merged among itself until the hour
+    settles again, not by rewriting the settled segment every run.
     """
     now_us = time.time_ns() // 1000 if now_us is None else now_us
     old_enough = now_us - int(cfg.min_age_s * 1e6)
-    by_hour: dict[tuple[str, str], list[SegmentRow]] = defaultdict(list)
+    done = settled_hours(segments, cfg, now_us)
+    by_hour: dict[HourKey, list[SegmentRow]] = defaultdict(list)
     for s in segments:
         small = s.bytes < cfg.target_bytes * BIG_ENOUGH and s.rows < cfg.target_rows * BIG_ENOUGH
-        final = settled(s, cfg, now_us)
-        if s.created_us <= old_enough and (small or (final and _unsettled_level(s, cfg))):
+        if (s.tenant, hour_of(s)) in done:
+            wanted = small or not _at_settled_level(s, cfg)
+        else:
+            wanted = small and not _at_settled_level(s, cfg)
+        if s.created_us <= old_enough and wanted:
             by_hour[(s.tenant, hour_of(s))].append(s)
     batches: list[list[SegmentRow]] = []
     for key in sorted(by_hour):
@@ -105,7 +119,7 @@ def plan(segments: list[SegmentRow], cfg: CompactionConfig, now_us: int | None =
             rows += s.rows
         batches.append(batch)
     return [b for b in batches
-            if len(b) >= 2 or (settled(b[0], cfg, now_us) and _unsettled_level(b[0], cfg))]
+            if len(b) >= 2 or ((b[0].tenant, hour_of(b[0])) in done and not _at_settled_level(b[0], cfg))]
 
 
 def merge(root: DataRoot, batch: list[SegmentRow], cfg: CompactionConfig,
@@ -136,9 +150,12 @@ def compact(root: DataRoot, catalog: Catalog, cfg: CompactionConfig, *, tenant: 
     report = CompactionReport()
     t0 = time.perf_counter()
     now_us = time.time_ns() // 1000 if now_us is None else now_us
-    for batch in plan(catalog.live_segments(tenant), cfg, now_us):
+    live = catalog.live_segments(tenant)
+    done = settled_hours(live, cfg, now_us)
+    for batch in plan(live, cfg, now_us):
+        level = cfg.settled_zstd_level if (batch[0].tenant, hour_of(batch[0])) in done else cfg.zstd_level
         try:
-            infos, table = merge(root, batch, cfg, level_for(batch, cfg, now_us))
+            infos, table = merge(root, batch, cfg, level)
         except (OSError, pa.ArrowException) as e:
             # A file gone or unreadable: the hour is fsck's business; the other hours go on.
             log.error("compaction could not read an hour; skipped (see loglake fsck)",

@@ -314,6 +314,12 @@ def test_plan_writes_a_settled_hour_once_more_at_the_settled_level() -> None:
     assert plan([done, late], SETTLED_CFG, now_us=T0) == [[done, late]]
     # Young segments wait for min_age_s as before.
     assert plan([srow(1, age_s=10)], SETTLED_CFG, now_us=T0) == []
+    # Late data opens the hour again: until nothing has come for settle_s, stragglers merge among
+    # themselves and the segment at the settled level is left alone.
+    fresh = [replace(srow(2, minute=30, age_s=600), zstd_level=1), replace(srow(3, minute=40, age_s=600), zstd_level=1)]
+    assert plan([done, *fresh], SETTLED_CFG, now_us=T0) == [fresh]
+    assert plan([done, fresh[0]], SETTLED_CFG, now_us=T0) == []
+    assert plan([done, *fresh], SETTLED_CFG, now_us=T0 + 300 * 10**6) == [[done, *fresh]]
     # The hour settles settle_s after it ends, not before.
     hour_end = DAY_US + 11 * HOUR_US
     seg = replace(srow(1, hour=10, age_s=0), created_us=hour_end - 1)
@@ -419,9 +425,12 @@ def test_a_settled_hour_is_written_once_more_at_the_settled_level(lake: Lake) ->
     assert (hot.batches, hot.inputs) == (2, 8)
     assert sorted(s.zstd_level for s in lake.catalog.live_segments()) == [3, 9, 9]
     hot_paths = {s.path for s in lake.catalog.live_segments()}
-    # Settled: every hour's segments written once more, at the settled level; the same records.
+    # Settled (settle_s after their last segment came): every hour's segments written once more,
+    # at the settled level; the same records.
     settled_cfg = cfg_of(row_group_rows=1024, settle_s=900, settled_zstd_level=15)
-    done = compact(lake.root, lake.catalog, settled_cfg)
+    assert compact(lake.root, lake.catalog, settled_cfg).batches == 0     # just compacted: not settled yet
+    later = now_us() + 901 * 10**6
+    done = compact(lake.root, lake.catalog, settled_cfg, now_us=later)
     assert (done.batches, done.inputs, done.outputs, done.conflicts) == (3, 3, 3, 0)
     live = lake.catalog.live_segments()
     assert {s.zstd_level for s in live} == {15} and not hot_paths & {s.path for s in live}
@@ -430,14 +439,24 @@ def test_a_settled_hour_is_written_once_more_at_the_settled_level(lake: Lake) ->
     assert_catalog_matches_files(lake.root, lake.catalog)
     for s in live:
         assert_sorted_by_service_ts(pq.read_table(lake.dir / s.path))
-    # Once only: the settled hours have nothing left to do, unless a straggler arrives.
-    assert compact(lake.root, lake.catalog, settled_cfg).batches == 0
+    # Once only: the settled hours have nothing left to do.
+    assert compact(lake.root, lake.catalog, settled_cfg, now_us=later).batches == 0
+    # Late data opens an hour again: stragglers are merged among themselves at the hot level,
+    # the settled segment left as it is; once nothing more comes, all of it is written as one.
+    [settled_seg] = [s for s in lake.catalog.live_segments() if hour_of(s).endswith("04")]
     lake.flush("a", 4, 30)
-    late = compact(lake.root, lake.catalog, settled_cfg)
+    lake.flush("a", 4, 20)
+    busy = compact(lake.root, lake.catalog, settled_cfg)
+    assert (busy.batches, busy.inputs) == (1, 2)
+    hour4 = [s for s in lake.catalog.live_segments() if hour_of(s).endswith("04")]
+    assert settled_seg in hour4 and sorted(s.zstd_level for s in hour4) == [9, 15]
+    quiet = now_us() + 901 * 10**6
+    late = compact(lake.root, lake.catalog, settled_cfg, now_us=quiet)
     assert (late.batches, late.inputs) == (1, 2)
     assert {s.zstd_level for s in lake.catalog.live_segments()} == {15}
+    assert len([s for s in lake.catalog.live_segments() if hour_of(s).endswith("04")]) == 1
     assert live_rows(lake.root, lake.catalog) == lake.expected
-    assert compact(lake.root, lake.catalog, settled_cfg).batches == 0
+    assert compact(lake.root, lake.catalog, settled_cfg, now_us=quiet).batches == 0
     # A deletion that rewrites a settled segment keeps its level: nothing for compaction to redo.
     seg = lake.catalog.live_segments()[0]
     removed = rewrite_segment(lake.root, lake.catalog, seg, lambda t: pc.equal(t["level"].cast(pa.string()), "warn"),
@@ -445,7 +464,7 @@ def test_a_settled_hour_is_written_once_more_at_the_settled_level(lake: Lake) ->
     assert removed is not None and 0 < removed.rows < seg.rows
     [rewritten] = [s for s in lake.catalog.live_segments() if s.path.rsplit("/", 1)[-1].startswith("rewritten-")]
     assert rewritten.zstd_level == 15
-    assert compact(lake.root, lake.catalog, settled_cfg).batches == 0
+    assert compact(lake.root, lake.catalog, settled_cfg, now_us=now_us() + 901 * 10**6).batches == 0
 
 
 def test_compact_splits_an_hour_by_target_rows_and_one_tenant_at_a_time(lake: Lake) -> None:

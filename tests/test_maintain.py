@@ -47,6 +47,7 @@ def test_maintain_reports_its_jobs_on_metrics_and_a_lost_catalog_on_readyz(tmp_p
     try:
         stack.start("maintain", LOGLAKE_STORAGE__DATA_ROOT=str(lake.dir), LOGLAKE_STORAGE__CATALOG_URL=url,
                     LOGLAKE_STORAGE__GRACE_S="0", LOGLAKE_COMPACTION__MIN_AGE_S="0",
+                    LOGLAKE_COMPACTION__SETTLE_S="0",
                     LOGLAKE_COMPACTION__INTERVAL_S="1", LOGLAKE_MAINTAIN__METRICS_LISTEN=f"127.0.0.1:{port}")
         wait_until(lambda: _get(port, "/healthz")[0] == 200, 30, what="maintain answering /healthz")
 

@@ -674,12 +674,14 @@ def test_compaction_on_s3_merges_an_hour_and_garbage_collection_deletes_the_inpu
     assert s3.object_keys() == {merged.path, lone.path}
     assert live_rows(root, catalog) == before
     assert fsck(root, catalog).clean
-    # Settled: both hours written once more at the settled level, on S3 as on disk.
+    # Settled (settle_s after the last segment came): both hours written once more at the
+    # settled level, on S3 as on disk.
     settled = CompactionConfig(min_age_s=0)
-    again = compact(root, catalog, settled)
+    later = time.time_ns() // 1000 + int(settled.settle_s * 1e6) + 1
+    again = compact(root, catalog, settled, now_us=later)
     assert (again.batches, again.inputs, again.outputs, again.rows) == (2, 2, 2, 73)
     assert {s.zstd_level for s in catalog.live_segments()} == {settled.settled_zstd_level}
-    assert compact(root, catalog, settled).batches == 0
+    assert compact(root, catalog, settled, now_us=later).batches == 0
     collect_garbage(root, catalog, grace_s=0)
     assert s3.object_keys() == {s.path for s in catalog.live_segments()}
     assert live_rows(root, catalog) == before
