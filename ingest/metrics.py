@@ -10,6 +10,8 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from loglake.metrics_server import registry_of
+
 if TYPE_CHECKING:
     from ingest.worker import IngestWorker
 
@@ -49,6 +51,4 @@ class IngestCollector(Collector):
 
 
 def registry_for(worker: IngestWorker) -> CollectorRegistry:
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(IngestCollector(worker))
-    return registry
+    return registry_of(IngestCollector(worker))

@@ -34,7 +34,7 @@ from loglake.config import Config, SourceFormat, TopicInput
 from loglake.frame import FrameError, FrameMeta, decode_frame
 from loglake.kafka_client import client_kwargs, on_connection_broken, refresh_metadata
 from loglake.metrics_server import serve as serve_metrics
-from loglake.topics import ensure_topic, partition_fault
+from loglake.topics import ensure_topic, note_partitions
 from storage.catalog import Catalog, PartitionCommit, PartitionState
 from storage.errors import CatalogConflict, StorageError
 from storage.root import DataRoot
@@ -138,12 +138,7 @@ class IngestWorker:
     async def _ensure_topics(self, attempts: int) -> None:
         """Create the log topic, the dead-letter topic and the third-party topics unless they exist."""
         k = self.cfg.kafka
-        count = await ensure_topic(k, attempts=attempts)
-        fault = partition_fault(k, count)
-        if fault is not None and fault != self.topic_fault:
-            log.error("topic partition count differs from the configuration",
-                      extra={"topic": k.topic, "partitions": count, "configured": k.partitions, "fault": fault})
-        self.topic_fault = fault
+        self.topic_fault = note_partitions(k, await ensure_topic(k, attempts=attempts), self.topic_fault)
         await ensure_topic(k, topic=self.cfg.ingest.dead_letter_topic, partitions=1, attempts=attempts)
         for t in self.inputs:
             await ensure_topic(k, topic=t, attempts=attempts)

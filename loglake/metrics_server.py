@@ -12,6 +12,15 @@ from typing import Any
 
 import orjson
 from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.registry import Collector
+
+
+def registry_of(collector: Collector) -> CollectorRegistry:
+    """A registry holding only ``collector``, which reads its figures at scrape time."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    return registry
+
 
 #: Reports (healthy, details) for /healthz.
 Health = Callable[[], tuple[bool, dict[str, Any]]]

@@ -62,6 +62,19 @@ async def _partition_counts(admin: AIOKafkaAdminClient) -> dict[str, int]:
     return {t["topic"]: len(t["partitions"]) for t in await admin.describe_topics() if not t["error_code"]}
 
 
+def note_partitions(kafka: KafkaConfig, count: int, previous: str | None) -> str | None:
+    """The log topic's fault for ``count`` partitions (see ``partition_fault``), logged when it
+    differs from ``previous``, the fault last noted: once when it appears, once when it goes."""
+    fault = partition_fault(kafka, count)
+    if fault != previous:
+        if fault is not None:
+            log.error("topic partition count differs from the configuration", extra={
+                "topic": kafka.topic, "partitions": count, "configured": kafka.partitions, "fault": fault})
+        else:
+            log.info("topic has the configured partition count", extra={"topic": kafka.topic, "partitions": count})
+    return fault
+
+
 def partition_fault(kafka: KafkaConfig, count: int) -> str | None:
     """Why the log topic's ``count`` partitions are a fault, or None when they are ``kafka.partitions``.
 

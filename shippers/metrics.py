@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from loglake.metrics_server import registry_of
 from loglake.metrics_server import serve as serve_http
 
 if TYPE_CHECKING:
@@ -58,9 +59,7 @@ class ShipperCollector(Collector):
 
 
 def registry_for(shipper: Shipper) -> CollectorRegistry:
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(ShipperCollector(shipper))
-    return registry
+    return registry_of(ShipperCollector(shipper))
 
 
 async def serve(listen: str, shipper: Shipper) -> asyncio.Server:

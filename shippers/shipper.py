@@ -23,7 +23,7 @@ from aiokafka import AIOKafkaProducer
 from loglake.config import Config, InputConfig
 from loglake.frame import FrameMeta, encode_frame
 from loglake.kafka_client import client_kwargs, on_connection_broken
-from loglake.topics import ensure_topic, partition_fault
+from loglake.topics import ensure_topic, note_partitions
 from shippers.checkpoint import CheckpointStore, FileCheckpoint
 from shippers.discovery import discover
 from shippers.fingerprint import fingerprint, head_hash, inode_key
@@ -344,20 +344,8 @@ class Shipper:
         broker loses its topics when it restarts, and loglake's clients do not let it auto-create
         them (it would with 4 partitions, not ``kafka.partitions``). Raises while the broker is away."""
         self._check_topic = False           # first: a connection that breaks meanwhile asks again
-        self._note_partitions(await ensure_topic(self.cfg.kafka, attempts=1))
-
-    def _note_partitions(self, count: int) -> None:
-        """Record whether ``count``, the topic's partitions, is the configured number; log a change."""
-        fault = partition_fault(self.cfg.kafka, count)
-        if fault != self.topic_fault:
-            if fault is not None:
-                log.error("topic partition count differs from the configuration; frames go to partitions it "
-                          "does not expect", extra={"topic": self.cfg.kafka.topic, "partitions": count,
-                                                    "configured": self.cfg.kafka.partitions, "fault": fault})
-            else:
-                log.info("topic has the configured partition count", extra={"topic": self.cfg.kafka.topic,
-                                                                            "partitions": count})
-        self.topic_fault = fault
+        self.topic_fault = note_partitions(self.cfg.kafka, await ensure_topic(self.cfg.kafka, attempts=1),
+                                           self.topic_fault)
 
     def outage_seconds(self) -> float:
         return 0.0 if self._outage_since is None else time.monotonic() - self._outage_since
@@ -395,7 +383,8 @@ class Shipper:
                     next_scan = time.monotonic() + self.sc.rescan_interval_s
                 sent = await self._send_available()
                 if (known := self.producer.client.cluster.partitions_for_topic(self.cfg.kafka.topic)) is not None:
-                    self._note_partitions(len(known))     # the producer's metadata may show a change
+                    # The producer's metadata may show a change.
+                    self.topic_fault = note_partitions(self.cfg.kafka, len(known), self.topic_fault)
                 await self._collect_acks(wait=self.inflight_bytes >= self.max_inflight_bytes or once)
                 self._save()
                 self._release_drained()

@@ -94,8 +94,12 @@ def plan(segments: list[SegmentRow], cfg: CompactionConfig, now_us: int | None =
     settles again, not by rewriting the settled segment every run.
     """
     now_us = time.time_ns() // 1000 if now_us is None else now_us
+    return _plan(segments, cfg, now_us, settled_hours(segments, cfg, now_us))
+
+
+def _plan(segments: list[SegmentRow], cfg: CompactionConfig, now_us: int,
+          done: set[HourKey]) -> list[list[SegmentRow]]:
     old_enough = now_us - int(cfg.min_age_s * 1e6)
-    done = settled_hours(segments, cfg, now_us)
     by_hour: dict[HourKey, list[SegmentRow]] = defaultdict(list)
     for s in segments:
         small = s.bytes < cfg.target_bytes * BIG_ENOUGH and s.rows < cfg.target_rows * BIG_ENOUGH
@@ -123,9 +127,8 @@ def plan(segments: list[SegmentRow], cfg: CompactionConfig, now_us: int | None =
 
 
 def merge(root: DataRoot, batch: list[SegmentRow], cfg: CompactionConfig,
-          zstd_level: int | None = None) -> tuple[list[SegmentInfo], pa.Table]:
-    """Write the rows of ``batch`` as new, sorted segments (not yet in the catalog)."""
-    zstd_level = cfg.zstd_level if zstd_level is None else zstd_level
+          zstd_level: int) -> tuple[list[SegmentInfo], pa.Table]:
+    """Write the rows of ``batch`` at ``zstd_level`` as new, sorted segments (not yet in the catalog)."""
     table = pa.concat_tables([root.read_parquet(s.path).cast(RECORD_SCHEMA) for s in batch]).unify_dictionaries()
     table = sort_rows(table.combine_chunks())
     tenant, directory = batch[0].tenant, hour_of(batch[0])
@@ -152,7 +155,7 @@ def compact(root: DataRoot, catalog: Catalog, cfg: CompactionConfig, *, tenant: 
     now_us = time.time_ns() // 1000 if now_us is None else now_us
     live = catalog.live_segments(tenant)
     done = settled_hours(live, cfg, now_us)
-    for batch in plan(live, cfg, now_us):
+    for batch in _plan(live, cfg, now_us, done):
         level = cfg.settled_zstd_level if (batch[0].tenant, hour_of(batch[0])) in done else cfg.zstd_level
         try:
             infos, table = merge(root, batch, cfg, level)

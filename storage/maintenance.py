@@ -62,6 +62,9 @@ def run_gc(cfg: Config, root: DataRoot, catalog: Catalog) -> dict[str, Any]:
     return result
 
 
+Job = Callable[[Config, DataRoot, Catalog], dict[str, Any]]
+
+
 @dataclass
 class JobState:
     """What one job has done since start, for /metrics and /readyz."""
@@ -69,7 +72,6 @@ class JobState:
     interval_s: float
     runs: int = 0
     failures: int = 0
-    last_started: float | None = None          # unix time
     last_success: float | None = None          # unix time
     last_seconds: float | None = None
     #: Why the last run failed (None once a run succeeds).
@@ -96,7 +98,6 @@ class Maintenance:
         """Run job ``name`` once, recording how it went; a failure is logged, not raised."""
         job, state = self.jobs[name]
         state.runs += 1
-        state.last_started = time.time()
         t0 = time.monotonic()
         try:
             result = job(self.cfg, self.root, self.catalog)
@@ -137,9 +138,6 @@ class Maintenance:
         if faults:
             return False, {"status": "job failing", "faults": faults}
         return True, {"status": "ok"}
-
-
-Job = Callable[[Config, DataRoot, Catalog], dict[str, Any]]
 
 
 def maintain(cfg: Config, stop: threading.Event, *, catalog: Catalog | None = None,

@@ -9,6 +9,8 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from loglake.metrics_server import registry_of
+
 if TYPE_CHECKING:
     from storage.maintenance import Maintenance
 
@@ -60,6 +62,4 @@ class MaintenanceCollector(Collector):
 
 
 def registry_for(maintenance: Maintenance) -> CollectorRegistry:
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(MaintenanceCollector(maintenance))
-    return registry
+    return registry_of(MaintenanceCollector(maintenance))
