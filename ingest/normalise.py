@@ -1,11 +1,14 @@
-"""Raw lines to typed records, in one DuckDB statement over an Arrow batch.
+"""Raw lines to typed records, in DuckDB statements over an Arrow batch.
 
-The statement runs in stages, each over the whole batch:
+Two statements run in stages, each over the whole batch:
 
 1. unwrap container runtime lines (CRI, Docker json-file) so the inner line is parsed;
 2. pick each line's format: the one configured for its source, else the
    first parser whose cheap ``detect`` test matches (JSON, syslog, access
    log, Apache error log, logfmt), else plain text;
+
+   (between the two, the compiled pre-passes of the JSON and access-log
+   parsers run over their own lines, on the Arrow batch);
 3. run each parser's steps on its own rows only (a CASE per parser, so a
    regex never runs on a line of another format); a line that fails its
    format falls back to the plain-text parser;
@@ -24,6 +27,7 @@ from dataclasses import dataclass
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from ingest.levels import level_sql, severity_sql
 from ingest.parsers import ATTRS_TYPE, OUTPUTS, Parser, sql_str
@@ -33,16 +37,19 @@ from storage.schema import RECORD_SCHEMA
 
 log = logging.getLogger("loglake.ingest")
 
+# A value per source, repeated on each of its lines: dictionary-encoded, as the batch builds them.
+_PER_SOURCE = pa.dictionary(pa.int32(), pa.string())
+
 #: Columns of the batch handed to :class:`Normaliser`.
 RAW_SCHEMA = pa.schema([
     ("line", pa.string()),
     ("observed_ts", pa.timestamp("us", tz="UTC")),
-    ("service", pa.string()),
-    ("host", pa.string()),
-    ("source", pa.string()),
+    ("service", _PER_SOURCE),
+    ("host", _PER_SOURCE),
+    ("source", _PER_SOURCE),
     ("labels", pa.map_(pa.string(), pa.string())),
-    ("wrapper", pa.string()),          # "", "cri" or "docker": the container runtime's line format
-    ("format", pa.string()),           # "" (detect) or a name from FORMATS / "pattern<i>"
+    ("wrapper", _PER_SOURCE),          # "", "cri" or "docker": the container runtime's line format
+    ("format", _PER_SOURCE),           # "" (detect) or a name from FORMATS / "pattern<i>"
 ])
 
 #: Auto-detection order; plain text is the fallback.
@@ -102,8 +109,13 @@ def _case(parsers: Sequence[Parser], column: str, output: str, default: str = "N
     return f"CASE {column} {' '.join(whens)} ELSE {default} END"
 
 
-def build_sql(settings: ParseSettings) -> str:
-    """The normalising statement for ``settings`` (over a registered relation ``raw``)."""
+def build_sql(settings: ParseSettings) -> tuple[str, str]:
+    """The two normalising statements for ``settings``.
+
+    The first routes the lines of a registered relation ``raw`` (unwrapped, each
+    with its format); the second parses them from a relation ``c``: the first's
+    rows plus, per parser with a compiled pre-pass, its columns.
+    """
     patterns = tuple(pattern.parser(i, p) for i, p in enumerate(settings.patterns))
     first = (*DETECTED, *patterns)
     everyone = (*first, text.PARSER)
@@ -112,10 +124,13 @@ def build_sql(settings: ParseSettings) -> str:
     detect = " ".join(f"WHEN {p.detect} THEN {sql_str(p.name)}" for p in DETECTED if p.detect)
     configured = " ".join(f"WHEN {sql_str(name)} THEN {sql_str(p.name)}" for name, p in
                           {**FORMATS, **{p.name: p for p in patterns}}.items())
-    ctes = [_UNWRAP, f"""
-c AS (
-    SELECT *, CASE format {configured} WHEN '' THEN CASE {detect} ELSE 'text' END ELSE 'text' END AS fmt FROM u
-)"""]
+    # Stage one, unwrapping and routing, ends here: its rows come back as the relation "c",
+    # with the columns of the parsers' compiled pre-passes added (see Normaliser).
+    route = f"""WITH {_UNWRAP.strip()}
+SELECT line, wrap_ts, wrap_stream,
+       CASE format {configured} WHEN '' THEN CASE {detect} ELSE 'text' END ELSE 'text' END AS fmt
+FROM u"""
+    ctes: list[str] = []
     prev = "c"
     # Each parser's steps, evaluated only on its rows.
     for p in first:
@@ -187,7 +202,7 @@ FROM r
 """
     # A record with a hundred thousand keys would make every later scan of the map pay for it.
     n = int(settings.max_attrs)
-    return f"""SELECT * REPLACE (
+    return route, f"""SELECT * REPLACE (
     CASE WHEN len(attrs) <= {n} THEN attrs
          ELSE list_concat(attrs[:{n}], [{{'key': 'attrs_dropped', 'value': CAST(len(attrs) - {n} AS VARCHAR)}}])
     END AS attrs)
@@ -220,20 +235,39 @@ class Normaliser:
                                                   THEN {'key': e.key || '#' || i, 'value': e.value} ELSE e END) END""")
         # Twice: a renamed key can meet one the line already had under that name.
         self.con.execute("""CREATE OR REPLACE MACRO ll_dedupe(l) AS ll_dedupe_once(ll_dedupe_once(l))""")
-        self.sql = build_sql(self.settings)
+        self.route_sql, self.parse_sql = build_sql(self.settings)
+        self.native = [p for p in DETECTED if p.native is not None]
 
     def __call__(self, raw: pa.Table) -> pa.Table:
         self.con.register("raw", raw)
         try:
-            out = self.con.execute(self.sql).to_arrow_table()
+            routed = self.con.execute(self.route_sql).to_arrow_table()
         finally:
             self.con.unregister("raw")
+        # The columns routing does not change come straight from the batch, not through DuckDB.
+        for name in ("observed_ts", "service", "host", "source", "labels"):
+            routed = routed.append_column(name, raw.column(name))
+        self.con.register("c", self._pre_pass(routed))
+        try:
+            out = self.con.execute(self.parse_sql).to_arrow_table()
+        finally:
+            self.con.unregister("c")
         # The attributes come out as a list of key/value pairs; as a map they are the same buffers.
         pairs = out.column("attrs").combine_chunks()
         attrs = pa.MapArray.from_arrays(pairs.offsets, pairs.values.field("key"), pairs.values.field("value"),
                                         mask=pairs.is_null() if pairs.null_count else None)
         out = out.set_column(out.schema.get_field_index("attrs"), "attrs", attrs)
         return out.cast(RECORD_SCHEMA)
+
+    def _pre_pass(self, routed: pa.Table) -> pa.Table:
+        """``routed`` plus the compiled pre-passes' columns, each over its own parser's rows."""
+        lines = routed.column("line").combine_chunks()
+        fmt = routed.column("fmt").combine_chunks()
+        for p in self.native:
+            selected = pc.fill_null(pc.equal(fmt, p.name), False).to_numpy(zero_copy_only=False)
+            for name, column in p.native(lines, selected).items():  # type: ignore[misc]
+                routed = routed.append_column(f"p_{p.name}_{name}", column)
+        return routed
 
     def close(self) -> None:
         self.con.close()

@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ingest import _native, batch
 from ingest.batch import RecordRun, drop_stored_prefix, raw_table
 from ingest.normalise import RAW_SCHEMA
 from loglake.frame import (FLAG_LZ4, MAGIC, MAX_OBSERVED_US, VERSION, FrameError, FrameMeta, decode_frame, encode_frame,
@@ -389,3 +390,26 @@ def test_meta_values_out_of_range_or_of_the_wrong_type_are_frame_errors(field: s
     assert parts is not None and (head := parts.meta_dict()) is not None
     with pytest.raises(FrameError, match="bad frame meta"):
         decode_frame(parts.with_meta({**head, field: value}).join())
+
+
+_ENDED = st.builds(lambda text, end: text.encode() + end, st.text(max_size=8),
+                   st.sampled_from([b"", b"\n", b"\n\n", b"\r\n", b"\r\r\n", b"\r", b"\n\r", b"\r\n\n"]))
+
+
+@settings(max_examples=200, deadline=None)
+@given(parts=st.lists(st.tuples(st.lists(_ENDED, max_size=6), st.integers(0, 3)), max_size=5))
+def test_compiled_join_of_lines_equals_the_arrow_kernels(parts: list[tuple[list[bytes], int]]) -> None:
+    # Each part a binary array of records, sliced (so its offsets do not start at 0).
+    arrays = [pa.array(records, pa.binary()).slice(min(cut, len(records))) for records, cut in parts]
+    offsets, data = _native.join_lines([(a.buffers()[1], a.buffers()[2], a.offset, len(a)) for a in arrays])
+    joined = pa.Array.from_buffers(pa.binary(), len(offsets) // 4 - 1, [None, pa.py_buffer(offsets),
+                                                                          pa.py_buffer(data)]).cast(pa.string())
+    kernels = [batch._strip_terminator(a.cast(pa.string())) for a in arrays]
+    assert joined.to_pylist() == [line for k in kernels for line in k.to_pylist()]
+
+
+def test_compiled_join_checks_its_buffers() -> None:
+    a = pa.array([b"x\n"], pa.binary())
+    with pytest.raises(ValueError, match="shorter"):
+        _native.join_lines([(a.buffers()[1], a.buffers()[2], 0, 3)])
+    assert _native.join_lines([]) == (b"\x00\x00\x00\x00", b"")

@@ -1,7 +1,8 @@
 """The formats ingest understands, each a few SQL expressions over a batch.
 
 A parser says how to recognise its lines cheaply (``detect``), how to take
-them apart (``steps``, evaluated only on the rows routed to it), whether a
+them apart (``steps``, evaluated only on the rows routed to it, after an
+optional compiled pre-pass, ``native``, over the same rows), whether a
 line really was in its format (``ok``: a line that fails falls back to the
 plain-text parser), and what it yields for the record (``out``). Everything
 runs inside one DuckDB statement built by :mod:`ingest.normalise`; in the
@@ -20,7 +21,11 @@ Outputs, all optional (NULL when absent):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
 
 OUTPUTS: tuple[str, ...] = ("ts_tz", "ts_local", "ts_noyear", "lvl", "message", "attrs",
                             "service", "host", "trace_id", "span_id")
@@ -39,6 +44,9 @@ class Parser:
     #: SQL predicate: the line is in this format.
     ok: str
     out: dict[str, str] = field(default_factory=dict)
+    #: Compiled pre-pass over the lines routed to this parser (a mask), run before the steps:
+    #: returns columns, one value per line, available to the steps as ``{p}_<name>``.
+    native: Callable[[pa.StringArray, np.ndarray], dict[str, pa.Array]] | None = None
 
     def sql(self, template: str) -> str:
         return template.replace("{p}", f"p_{self.name}")

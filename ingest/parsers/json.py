@@ -6,11 +6,22 @@ levels stays JSON text; JSON null is a NULL value. When flattening makes two
 keys equal (``{"a.b": 1, "a": {"b": 2}}``) the later one gets ``#<position>``
 appended, so nothing is lost; so does a key repeated in the line. A line that is not a valid JSON
 object is not an error: it falls back to plain text.
+
+The flattening is compiled (``_native.json_entries``, one pass over the
+batch); it keeps numbers as written (``1.50`` stays ``1.50``). What it does not
+take (a repeated key, a lone surrogate or ``\u0000``, more than 256 keys,
+anything that is not strict JSON) it leaves to the SQL steps below, which
+decide it as they always did: there, numbers are written as DuckDB's JSON
+reader writes them (``1.5``).
 """
 
 from __future__ import annotations
 
+import numpy as np
+import pyarrow as pa
+
 from ingest.levels import numeric_word_sql
+from ingest import _native
 from ingest.parsers import ATTRS_TYPE, Parser, sql_str
 
 TS_KEYS = ("@timestamp", "timestamp", "time", "ts", "t")
@@ -45,6 +56,27 @@ _AS_TEXT = (f"CAST(list_transform({{p}}_n, e -> {{'key': e.key, 'value': "
             f"ELSE CAST(e.value AS VARCHAR) END}}) AS {ATTRS_TYPE})")
 
 
+_ENTRIES = pa.list_(pa.struct([("key", pa.large_string()), ("value", pa.large_string())]))
+PARSED = 1          # the line's status from _native: 1 flattened there, 2 left to the SQL steps
+
+
+def native_entries(lines: pa.StringArray, selected: np.ndarray) -> dict[str, pa.Array]:
+    """The compiled flattening of the ``selected`` lines: ``status`` and their entries ``c``."""
+    status, list_off, key_off, keys, val_off, vals, valid = _native.json_entries(
+        lines.buffers()[1], lines.buffers()[2], selected.view(np.uint8), lines.offset, len(lines), MAX_DEPTH)
+    m = len(valid)
+    null_values = m - int(np.count_nonzero(np.frombuffer(valid, np.uint8)))
+    bitmap = pa.py_buffer(np.packbits(np.frombuffer(valid, np.uint8), bitorder="little")) if null_values else None
+    key_arr = pa.Array.from_buffers(pa.large_string(), m, [None, pa.py_buffer(key_off), pa.py_buffer(keys)])
+    val_arr = pa.Array.from_buffers(pa.large_string(), m, [bitmap, pa.py_buffer(val_off), pa.py_buffer(vals)],
+                                    null_count=null_values)
+    st = np.frombuffer(status, np.int8)
+    entries = pa.ListArray.from_arrays(pa.Array.from_buffers(pa.int32(), len(st) + 1, [None, pa.py_buffer(list_off)]),
+                                       pa.StructArray.from_arrays([key_arr, val_arr], names=["key", "value"]),
+                                       type=_ENTRIES, mask=pa.array(st != PARSED))
+    return {"status": pa.array(st), "c": entries}
+
+
 def _flatten_steps() -> tuple[tuple[str, str], ...]:
     """The slow path: one step per nesting level, then the entries of the last one the row needs.
 
@@ -52,7 +84,8 @@ def _flatten_steps() -> tuple[tuple[str, str], ...]:
     flat after b - 1 steps: later steps leave it NULL instead of copying its
     entries on, and ``n`` takes them from step b - 1 (or the last step).
     """
-    steps = [("n0", f"CASE WHEN {{p}}_fast IS NULL THEN try(map_entries(json_transform(line, {_MAP}))) END"),
+    steps = [("n0", f"CASE WHEN {{p}}_status <> {PARSED} AND {{p}}_fast IS NULL "
+                    f"THEN try(map_entries(json_transform(line, {_MAP}))) END"),
              ("braces", "CASE WHEN {p}_n0 IS NOT NULL THEN len(string_split(line, '{')) - 1 END")]
     for level in range(1, MAX_DEPTH):
         prev = f"{{p}}_n{level - 1}"
@@ -77,14 +110,16 @@ PARSER = Parser(
     name="json",
     detect="starts_with(line, '{')",
     steps=(
-        ("m", f"CASE WHEN {_FLAT} THEN try(json_transform(line, {_TEXT_MAP})) END"),
+        # The SQL steps run only on the lines the compiled pass left (status 2).
+        ("m", f"CASE WHEN {{p}}_status <> {PARSED} AND {_FLAT} THEN try(json_transform(line, {_TEXT_MAP})) END"),
         # The map does not check that keys are unique (an Arrow map must not repeat one).
         ("fast", "CASE WHEN {p}_m IS NULL THEN NULL "
                  "WHEN list_unique(map_keys({p}_m)) = cardinality({p}_m) THEN map_entries({p}_m) END"),
         *_flatten_steps(),
         ("text", f"CASE WHEN {{p}}_n IS NOT NULL THEN {_AS_TEXT} END"),
         ("tkeys", "list_transform({p}_text, x -> x.key)"),
-        ("e", "CASE WHEN {p}_fast IS NOT NULL THEN {p}_fast WHEN {p}_text IS NULL THEN NULL "
+        ("e", f"CASE WHEN {{p}}_status = {PARSED} THEN {{p}}_c "
+              "WHEN {p}_fast IS NOT NULL THEN {p}_fast WHEN {p}_text IS NULL THEN NULL "
               "WHEN list_unique({p}_tkeys) = len({p}_tkeys) THEN {p}_text ELSE ll_dedupe({p}_text) END"),
         ("keys", "list_transform({p}_e, x -> x.key)"),
         ("k", "{"
@@ -109,6 +144,7 @@ PARSER = Parser(
                  "CASE WHEN host = '' THEN {p}_k.host END], x -> x IS NOT NULL)"),
     ),
     ok="{p}_e IS NOT NULL",
+    native=native_entries,
     out={
         "ts_tz": "{p}_tz",
         "ts_local": "{p}_local",

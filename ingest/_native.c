@@ -1,0 +1,715 @@
+/* Ingest's compiled loops: whole Arrow arrays in, Arrow buffers out.
+ *
+ * join_lines makes a batch's one array of lines from its frames' records. The
+ * rest is the compiled half of two parsers.
+ *
+ * DuckDB's JSON and regex functions are fast per call, but flattening a JSON
+ * object and extracting eleven regex groups per access-log line take dozens of
+ * list and lambda operations per row in SQL. These two scanners do that work in
+ * one pass over the batch's value buffer, for the lines they fully understand.
+ * Every other line is marked DEFER and the SQL parser handles it as before, so
+ * the SQL stays the reference for anything unusual (duplicate keys, lone
+ * surrogates, invalid JSON, access lines of another shape); the scanners only
+ * ever take a subset of what the SQL accepts, and give the same answer on it.
+ *
+ * Row status: 0 not asked, 1 parsed here, 2 deferred to SQL.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum { NOT_ASKED = 0, PARSED = 1, DEFER = 2 };
+
+/* Nesting deeper than this anywhere in a line (inside arrays too): deferred, so no
+ * line can recurse without bound. */
+#define MAX_NESTING 256
+/* Above this many attributes the duplicate check would be quadratic: deferred. */
+#define MAX_PAIRWISE 256
+
+/* -- character classes, one table lookup per byte ----------------------------------- */
+
+enum {
+    C_SPACE = 1,       /* RE2's \s: \t \n \f \r and space */
+    C_QUOTE = 2,
+    C_BACKSLASH = 4,
+    C_RBRACKET = 8,
+    C_CONTROL = 16,    /* below 0x20: not allowed raw in a JSON string */
+    C_JSON_WS = 32,    /* JSON's whitespace: \t \n \r and space */
+};
+static unsigned char cls[256];
+
+static void init_classes(void) {
+    for (int c = 0; c < 0x20; c++) cls[c] |= C_CONTROL;
+    cls['\t'] |= C_SPACE | C_JSON_WS;
+    cls['\n'] |= C_SPACE | C_JSON_WS;
+    cls['\r'] |= C_SPACE | C_JSON_WS;
+    cls[' '] |= C_SPACE | C_JSON_WS;
+    cls['\f'] |= C_SPACE;
+    cls['"'] |= C_QUOTE;
+    cls['\\'] |= C_BACKSLASH;
+    cls[']'] |= C_RBRACKET;
+}
+
+#define IS(c, mask) (cls[(unsigned char)(c)] & (mask))
+
+/* -- growable byte buffer ------------------------------------------------------ */
+
+typedef struct {
+    char *p;
+    Py_ssize_t len, cap;
+} Buf;
+
+static int buf_reserve(Buf *b, Py_ssize_t extra) {
+    if (b->len + extra <= b->cap)
+        return 0;
+    Py_ssize_t cap = b->cap ? b->cap : 4096;
+    while (cap < b->len + extra)
+        cap *= 2;
+    char *p = realloc(b->p, (size_t)cap);
+    if (!p)
+        return -1;
+    b->p = p;
+    b->cap = cap;
+    return 0;
+}
+
+static inline int buf_put(Buf *b, const char *s, Py_ssize_t n) {
+    if (buf_reserve(b, n) < 0)
+        return -1;
+    memcpy(b->p + b->len, s, (size_t)n);
+    b->len += n;
+    return 0;
+}
+
+static inline int buf_byte(Buf *b, char c) {
+    if (b->len == b->cap && buf_reserve(b, 1) < 0)
+        return -1;
+    b->p[b->len++] = c;
+    return 0;
+}
+
+static inline int buf_i64(Buf *b, int64_t v) { return buf_put(b, (const char *)&v, 8); }
+static inline int buf_i32(Buf *b, int32_t v) { return buf_put(b, (const char *)&v, 4); }
+
+static PyObject *buf_bytes(Buf *b) {
+    return PyBytes_FromStringAndSize(b->p ? b->p : "", b->len);
+}
+
+/* -- input: an Arrow string array ------------------------------------------------ */
+
+typedef struct {
+    Py_buffer offsets, data, selected;
+    Py_ssize_t first, n;
+} Lines;
+
+static int lines_open(Lines *in, PyObject *offsets, PyObject *data, PyObject *selected, Py_ssize_t first,
+                      Py_ssize_t n) {
+    memset(in, 0, sizeof *in);
+    if (PyObject_GetBuffer(offsets, &in->offsets, PyBUF_SIMPLE) < 0)
+        return -1;
+    if (PyObject_GetBuffer(data, &in->data, PyBUF_SIMPLE) < 0) {
+        PyBuffer_Release(&in->offsets);
+        return -1;
+    }
+    if (PyObject_GetBuffer(selected, &in->selected, PyBUF_SIMPLE) < 0) {
+        PyBuffer_Release(&in->offsets);
+        PyBuffer_Release(&in->data);
+        return -1;
+    }
+    in->first = first;
+    in->n = n;
+    if (first < 0 || n < 0 || (first + n + 1) * 4 > in->offsets.len || n > in->selected.len) {
+        PyErr_SetString(PyExc_ValueError, "offsets or selection shorter than the array");
+        PyBuffer_Release(&in->offsets);
+        PyBuffer_Release(&in->data);
+        PyBuffer_Release(&in->selected);
+        return -1;
+    }
+    return 0;
+}
+
+static void lines_close(Lines *in) {
+    PyBuffer_Release(&in->offsets);
+    PyBuffer_Release(&in->data);
+    PyBuffer_Release(&in->selected);
+}
+
+static inline int line_at(Lines *in, Py_ssize_t i, const char **s, const char **end) {
+    const int32_t *off = (const int32_t *)in->offsets.buf;
+    int32_t a = off[in->first + i], b = off[in->first + i + 1];
+    if (a < 0 || b < a || b > in->data.len)
+        return -1;
+    *s = (const char *)in->data.buf + a;
+    *end = (const char *)in->data.buf + b;
+    return 0;
+}
+
+/* -- JSON ---------------------------------------------------------------------- */
+
+typedef struct {
+    const char *p, *end;
+    Buf *keys, *vals, *key;     /* key: the current dotted key being built */
+    Buf *key_off, *val_off, *valid;
+    int64_t entries;
+    int max_depth;
+    int oom;
+} Json;
+
+static inline void skip_ws(Json *j) {
+    while (j->p < j->end && IS(*j->p, C_JSON_WS))
+        j->p++;
+}
+
+static inline int hex4(const char *p, unsigned *out) {
+    unsigned v = 0;
+    for (int i = 0; i < 4; i++) {
+        char c = p[i];
+        v <<= 4;
+        if (c >= '0' && c <= '9') v |= (unsigned)(c - '0');
+        else if (c >= 'a' && c <= 'f') v |= (unsigned)(c - 'a' + 10);
+        else if (c >= 'A' && c <= 'F') v |= (unsigned)(c - 'A' + 10);
+        else return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+/* A string at j->p (on its opening quote), decoded into out (NULL: only checked).
+ * -1: not one this scanner takes. */
+static int json_string(Json *j, Buf *out) {
+    const char *p = j->p + 1;
+    for (;;) {
+        const char *run = p;
+        while (p < j->end && !IS(*p, C_QUOTE | C_BACKSLASH | C_CONTROL))
+            p++;
+        if (out && p > run && buf_put(out, run, p - run) < 0) { j->oom = 1; return -1; }
+        if (p >= j->end || IS(*p, C_CONTROL))
+            return -1;
+        if (*p == '"') {
+            j->p = p + 1;
+            return 0;
+        }
+        /* a backslash escape */
+        if (p + 1 >= j->end)
+            return -1;
+        char c = p[1], d;
+        p += 2;
+        switch (c) {
+        case '"': d = '"'; break;
+        case '\\': d = '\\'; break;
+        case '/': d = '/'; break;
+        case 'b': d = '\b'; break;
+        case 'f': d = '\f'; break;
+        case 'n': d = '\n'; break;
+        case 'r': d = '\r'; break;
+        case 't': d = '\t'; break;
+        case 'u': {
+            unsigned u, lo;
+            if (j->end - p < 4 || hex4(p, &u) < 0)
+                return -1;
+            p += 4;
+            if (u == 0 || (u >= 0xDC00 && u <= 0xDFFF))
+                return -1;           /* NUL or a lone low surrogate: left to the SQL parser */
+            if (u >= 0xD800 && u <= 0xDBFF) {
+                if (j->end - p < 6 || p[0] != '\\' || p[1] != 'u' || hex4(p + 2, &lo) < 0 || lo < 0xDC00 ||
+                    lo > 0xDFFF)
+                    return -1;
+                p += 6;
+                u = 0x10000 + ((u - 0xD800) << 10) + (lo - 0xDC00);
+            }
+            if (out) {
+                char utf8[4];
+                int len;
+                if (u < 0x80) { utf8[0] = (char)u; len = 1; }
+                else if (u < 0x800) { utf8[0] = (char)(0xC0 | (u >> 6)); utf8[1] = (char)(0x80 | (u & 0x3F)); len = 2; }
+                else if (u < 0x10000) {
+                    utf8[0] = (char)(0xE0 | (u >> 12)); utf8[1] = (char)(0x80 | ((u >> 6) & 0x3F));
+                    utf8[2] = (char)(0x80 | (u & 0x3F)); len = 3;
+                } else {
+                    utf8[0] = (char)(0xF0 | (u >> 18)); utf8[1] = (char)(0x80 | ((u >> 12) & 0x3F));
+                    utf8[2] = (char)(0x80 | ((u >> 6) & 0x3F)); utf8[3] = (char)(0x80 | (u & 0x3F)); len = 4;
+                }
+                if (buf_put(out, utf8, len) < 0) { j->oom = 1; return -1; }
+            }
+            continue;
+        }
+        default:
+            return -1;
+        }
+        if (out && buf_byte(out, d) < 0) { j->oom = 1; return -1; }
+    }
+}
+
+/* A number at j->p, in RFC 8259's grammar. */
+static int json_number(Json *j) {
+    const char *p = j->p;
+    if (p < j->end && *p == '-') p++;
+    if (p >= j->end) return -1;
+    if (*p == '0') p++;
+    else if (*p >= '1' && *p <= '9') { while (p < j->end && *p >= '0' && *p <= '9') p++; }
+    else return -1;
+    if (p < j->end && *p == '.') {
+        p++;
+        if (p >= j->end || *p < '0' || *p > '9') return -1;
+        while (p < j->end && *p >= '0' && *p <= '9') p++;
+    }
+    if (p < j->end && (*p == 'e' || *p == 'E')) {
+        p++;
+        if (p < j->end && (*p == '+' || *p == '-')) p++;
+        if (p >= j->end || *p < '0' || *p > '9') return -1;
+        while (p < j->end && *p >= '0' && *p <= '9') p++;
+    }
+    j->p = p;
+    return 0;
+}
+
+static int json_literal(Json *j, const char *word, Py_ssize_t n) {
+    if (j->end - j->p < n || memcmp(j->p, word, (size_t)n) != 0) return -1;
+    j->p += n;
+    return 0;
+}
+
+/* Any value, only checked: for arrays and objects that stay JSON text. */
+static int json_skip(Json *j, int nesting) {
+    if (j->p >= j->end) return -1;
+    char c = *j->p;
+    if (c == '"') return json_string(j, NULL);
+    if (c == 't') return json_literal(j, "true", 4);
+    if (c == 'f') return json_literal(j, "false", 5);
+    if (c == 'n') return json_literal(j, "null", 4);
+    if (c != '{' && c != '[') return json_number(j);
+    if (nesting >= MAX_NESTING) return -1;
+    char close = c == '{' ? '}' : ']';
+    j->p++;
+    skip_ws(j);
+    if (j->p < j->end && *j->p == close) { j->p++; return 0; }
+    for (;;) {
+        if (c == '{') {
+            if (j->p >= j->end || *j->p != '"' || json_string(j, NULL) < 0) return -1;
+            skip_ws(j);
+            if (j->p >= j->end || *j->p != ':') return -1;
+            j->p++;
+            skip_ws(j);
+        }
+        if (json_skip(j, nesting + 1) < 0) return -1;
+        skip_ws(j);
+        if (j->p >= j->end) return -1;
+        if (*j->p == ',') { j->p++; skip_ws(j); continue; }
+        if (*j->p == close) { j->p++; return 0; }
+        return -1;
+    }
+}
+
+/* JSON text from a to b without the whitespace between tokens, as the SQL parser writes it. */
+static int put_compact(Json *j, const char *a, const char *b) {
+    Buf *out = j->vals;
+    if (buf_reserve(out, b - a) < 0) { j->oom = 1; return -1; }
+    int in_string = 0;
+    for (const char *p = a; p < b; p++) {
+        char c = *p;
+        if (in_string) {
+            if (c == '\\') { out->p[out->len++] = c; c = *++p; }
+            else if (c == '"') in_string = 0;
+        } else if (IS(c, C_JSON_WS)) {
+            continue;
+        } else if (c == '"') {
+            in_string = 1;
+        }
+        out->p[out->len++] = c;
+    }
+    return 0;
+}
+
+static int end_entry(Json *j, int valid) {
+    if (buf_put(j->keys, j->key->p, j->key->len) < 0 || buf_i64(j->key_off, j->keys->len) < 0 ||
+        buf_i64(j->val_off, j->vals->len) < 0 || buf_byte(j->valid, (char)valid) < 0) {
+        j->oom = 1;
+        return -1;
+    }
+    j->entries++;
+    return 0;
+}
+
+/* The members of an object at j->p (on its '{'), each leaf an entry under key prefix j->key. */
+static int json_object(Json *j, int depth) {
+    Py_ssize_t prefix = j->key->len;
+    j->p++;
+    skip_ws(j);
+    if (j->p < j->end && *j->p == '}') { j->p++; return 0; }
+    for (;;) {
+        if (j->p >= j->end || *j->p != '"') return -1;
+        j->key->len = prefix;
+        if (json_string(j, j->key) < 0) return -1;
+        skip_ws(j);
+        if (j->p >= j->end || *j->p != ':') return -1;
+        j->p++;
+        skip_ws(j);
+        if (j->p >= j->end) return -1;
+        const char *v = j->p;
+        char c = *v;
+        if (c == '"') {
+            if (json_string(j, j->vals) < 0 || end_entry(j, 1) < 0) return -1;
+        } else if (c == '{') {
+            const char *after = v + 1;
+            while (after < j->end && IS(*after, C_JSON_WS)) after++;
+            int empty = after < j->end && *after == '}';
+            if (!empty && depth < j->max_depth) {
+                Py_ssize_t here = j->key->len;
+                if (buf_byte(j->key, '.') < 0) { j->oom = 1; return -1; }
+                if (json_object(j, depth + 1) < 0) return -1;
+                j->key->len = here;
+            } else {
+                if (json_skip(j, depth) < 0 || put_compact(j, v, j->p) < 0 || end_entry(j, 1) < 0) return -1;
+            }
+        } else if (c == '[') {
+            if (json_skip(j, depth) < 0 || put_compact(j, v, j->p) < 0 || end_entry(j, 1) < 0) return -1;
+        } else if (c == 'n') {
+            if (json_literal(j, "null", 4) < 0 || end_entry(j, 0) < 0) return -1;
+        } else {
+            if (c == 't') { if (json_literal(j, "true", 4) < 0) return -1; }
+            else if (c == 'f') { if (json_literal(j, "false", 5) < 0) return -1; }
+            else if (json_number(j) < 0) return -1;
+            if (buf_put(j->vals, v, j->p - v) < 0) { j->oom = 1; return -1; }
+            if (end_entry(j, 1) < 0) return -1;
+        }
+        skip_ws(j);
+        if (j->p >= j->end) return -1;
+        if (*j->p == ',') { j->p++; skip_ws(j); continue; }
+        if (*j->p == '}') { j->p++; return 0; }
+        return -1;
+    }
+}
+
+/* Whether entries [first, first + n) repeat a key. */
+static int repeats_a_key(Buf *keys, Buf *key_off, int64_t first, int64_t n) {
+    const int64_t *off = (const int64_t *)key_off->p;
+    for (int64_t a = first; a < first + n; a++) {
+        int64_t la = off[a + 1] - off[a];
+        for (int64_t b = a + 1; b < first + n; b++) {
+            if (off[b + 1] - off[b] == la && memcmp(keys->p + off[a], keys->p + off[b], (size_t)la) == 0)
+                return 1;
+        }
+    }
+    return 0;
+}
+
+static void free_bufs(Buf *bufs, int n) {
+    for (int i = 0; i < n; i++) free(bufs[i].p);
+}
+
+PyDoc_STRVAR(json_entries_doc,
+"json_entries(offsets, data, selected, first, n, max_depth)\n--\n\n"
+"Flatten the JSON object on each selected line of an Arrow string array into\n"
+"(key, value) entries: nested objects become dotted keys up to max_depth levels,\n"
+"arrays and deeper objects stay compact JSON text, strings are decoded, numbers\n"
+"and true/false are their text, null is a null value.\n\n"
+"Returns (status, list_offsets, key_offsets, keys, value_offsets, values, valid):\n"
+"a status byte per line (0 not selected, 1 flattened, 2 left to the SQL parser),\n"
+"int32 entry offsets per line, int64 offsets and bytes of the keys and values,\n"
+"and a validity byte per entry (0: JSON null).");
+
+static PyObject *json_entries(PyObject *self, PyObject *args) {
+    PyObject *offsets, *data, *selected;
+    Py_ssize_t first, n;
+    int max_depth;
+    if (!PyArg_ParseTuple(args, "OOOnni", &offsets, &data, &selected, &first, &n, &max_depth))
+        return NULL;
+    Lines in;
+    if (lines_open(&in, offsets, data, selected, first, n) < 0)
+        return NULL;
+    /* status, list_off, key_off, keys, val_off, vals, valid, key */
+    Buf b[8] = {{0}};
+    Buf *status = &b[0], *list_off = &b[1];
+    Json j = {.keys = &b[3], .vals = &b[5], .key = &b[7], .key_off = &b[2], .val_off = &b[4], .valid = &b[6],
+              .max_depth = max_depth};
+    const char *sel = (const char *)in.selected.buf;
+    int failed = 0;
+    Py_BEGIN_ALLOW_THREADS
+    if (buf_reserve(status, n) < 0 || buf_i32(list_off, 0) < 0 || buf_i64(j.key_off, 0) < 0 ||
+        buf_i64(j.val_off, 0) < 0)
+        j.oom = 1;
+    for (Py_ssize_t i = 0; i < n && !j.oom; i++) {
+        char st = NOT_ASKED;
+        if (sel[i]) {
+            const char *s, *end;
+            /* Where this line's entries start: a deferred line leaves none behind. */
+            int64_t entries = j.entries;
+            Py_ssize_t keys = j.keys->len, vals = j.vals->len, koff = j.key_off->len, voff = j.val_off->len,
+                       valid = j.valid->len;
+            st = DEFER;
+            if (line_at(&in, i, &s, &end) == 0 && s < end && *s == '{') {
+                j.p = s;
+                j.end = end;
+                j.key->len = 0;
+                if (json_object(&j, 1) == 0) {
+                    skip_ws(&j);
+                    if (j.p == end && j.entries - entries <= MAX_PAIRWISE &&
+                        !repeats_a_key(j.keys, j.key_off, entries, j.entries - entries))
+                        st = PARSED;
+                }
+            }
+            if (st == DEFER) {
+                j.entries = entries;
+                j.keys->len = keys;
+                j.vals->len = vals;
+                j.key_off->len = koff;
+                j.val_off->len = voff;
+                j.valid->len = valid;
+            }
+        }
+        status->p[status->len++] = st;
+        if (j.entries > INT32_MAX || buf_i32(list_off, (int32_t)j.entries) < 0) {
+            failed = 1;
+            break;
+        }
+    }
+    Py_END_ALLOW_THREADS
+    lines_close(&in);
+    if (j.oom || failed) {
+        free_bufs(b, 8);
+        return j.oom ? PyErr_NoMemory() : (PyErr_SetString(PyExc_OverflowError, "too many entries"), NULL);
+    }
+    PyObject *out = Py_BuildValue("(NNNNNNN)", buf_bytes(status), buf_bytes(list_off), buf_bytes(j.key_off),
+                                  buf_bytes(j.keys), buf_bytes(j.val_off), buf_bytes(j.vals), buf_bytes(j.valid));
+    free_bufs(b, 8);
+    return out;
+}
+
+/* -- access log lines ------------------------------------------------------------ */
+
+/* The one shape of a common or combined-format line taken here, as a regex:
+ *   ^[^\s"]+ [^\s"]+ [^\s"]+ \[[^\]"]+\] "[^\s"\\]+ [^\s"\\]+ [^\s"\\]+" \d{3} (?:\d+|-)(?: "[^"\\]*" "[^"\\]*")?$
+ * On such a line the SQL parser's regex has exactly one way to match, and gives
+ * these same eleven groups; any other line is left to it. \s is RE2's: [\t\n\f\r ]. */
+
+#define CLF_FIELDS 11
+
+/* Advance over a run of bytes of none of the classes in `stop`; NULL if the run is empty. */
+static inline const char *run_until(const char *p, const char *end, unsigned char stop) {
+    const char *a = p;
+    while (p < end && !IS(*p, stop))
+        p++;
+    return p > a ? p : NULL;
+}
+
+static int clf_line(const char *s, const char *end, const char *at[CLF_FIELDS], const char *to[CLF_FIELDS]) {
+    const char *p = s, *q;
+    /* ip ident user */
+    for (int f = 0; f < 3; f++) {
+        if (!(q = run_until(p, end, C_SPACE | C_QUOTE)) || q >= end || *q != ' ') return -1;
+        at[f] = p; to[f] = q; p = q + 1;
+    }
+    /* [time] */
+    if (p >= end || *p != '[') return -1;
+    p++;
+    if (!(q = run_until(p, end, C_RBRACKET | C_QUOTE)) || q >= end || *q != ']') return -1;
+    at[3] = p; to[3] = q; p = q + 1;
+    if (end - p < 2 || p[0] != ' ' || p[1] != '"') return -1;
+    p += 2;
+    /* "method path protocol" */
+    for (int f = 4; f < 7; f++) {
+        if (!(q = run_until(p, end, C_SPACE | C_QUOTE | C_BACKSLASH)) || q >= end || *q != (f < 6 ? ' ' : '"'))
+            return -1;
+        at[f] = p; to[f] = q; p = q + 1;
+    }
+    /* status (three digits) and bytes (digits or '-') */
+    if (p >= end || *p != ' ' || end - p < 5) return -1;
+    p++;
+    for (int d = 0; d < 3; d++) if (p[d] < '0' || p[d] > '9') return -1;
+    if (p[3] != ' ') return -1;
+    at[7] = p; to[7] = p + 3; p += 4;
+    if (p < end && *p == '-') { at[8] = p; to[8] = ++p; }
+    else {
+        at[8] = p;
+        while (p < end && *p >= '0' && *p <= '9') p++;
+        if (p == at[8]) return -1;
+        to[8] = p;
+    }
+    /* the common format ends here; the combined one has "referer" "agent", then ends */
+    if (p == end) {
+        at[9] = to[9] = at[10] = to[10] = p;
+        return 0;
+    }
+    for (int f = 9; f < 11; f++) {
+        if (end - p < 2 || p[0] != ' ' || p[1] != '"') return -1;
+        p += 2;
+        q = p;
+        while (q < end && !IS(*q, C_QUOTE | C_BACKSLASH)) q++;
+        if (q >= end || *q != '"') return -1;
+        at[f] = p; to[f] = q; p = q + 1;
+    }
+    return p == end ? 0 : -1;
+}
+
+PyDoc_STRVAR(clf_fields_doc,
+"clf_fields(offsets, data, selected, first, n)\n--\n\n"
+"Split each selected combined-format access line of an Arrow string array into\n"
+"its eleven fields (ip, ident, user, time, method, path, protocol, status, bytes,\n"
+"referer, agent).\n\n"
+"Returns (status, [(offsets, bytes)] * 11): a status byte per line (0 not\n"
+"selected, 1 split, 2 left to the SQL parser) and per field int32 offsets and\n"
+"bytes, an empty value on lines not split here.");
+
+static PyObject *clf_fields(PyObject *self, PyObject *args) {
+    PyObject *offsets, *data, *selected;
+    Py_ssize_t first, n;
+    if (!PyArg_ParseTuple(args, "OOOnn", &offsets, &data, &selected, &first, &n))
+        return NULL;
+    Lines in;
+    if (lines_open(&in, offsets, data, selected, first, n) < 0)
+        return NULL;
+    Buf b[1 + 2 * CLF_FIELDS] = {{0}};
+    Buf *status = &b[0];
+    const char *sel = (const char *)in.selected.buf;
+    int oom = 0;
+    Py_BEGIN_ALLOW_THREADS
+    oom = buf_reserve(status, n) < 0;
+    for (int f = 0; f < CLF_FIELDS && !oom; f++)
+        oom = buf_reserve(&b[1 + 2 * f], 4 * (n + 1)) < 0 || buf_i32(&b[1 + 2 * f], 0) < 0;
+    for (Py_ssize_t i = 0; i < n && !oom; i++) {
+        char st = NOT_ASKED;
+        const char *at[CLF_FIELDS], *to[CLF_FIELDS];
+        const char *s, *end;
+        if (sel[i]) {
+            st = line_at(&in, i, &s, &end) == 0 && clf_line(s, end, at, to) == 0 ? PARSED : DEFER;
+        }
+        status->p[status->len++] = st;
+        for (int f = 0; f < CLF_FIELDS && !oom; f++) {
+            Buf *off = &b[1 + 2 * f], *val = &b[2 + 2 * f];
+            if (st == PARSED && buf_put(val, at[f], to[f] - at[f]) < 0) oom = 1;
+            else if (val->len > INT32_MAX || buf_i32(off, (int32_t)val->len) < 0) oom = 1;
+        }
+    }
+    Py_END_ALLOW_THREADS
+    lines_close(&in);
+    if (oom) {
+        free_bufs(b, 1 + 2 * CLF_FIELDS);
+        return PyErr_NoMemory();
+    }
+    PyObject *fields = PyList_New(CLF_FIELDS);
+    if (!fields) { free_bufs(b, 1 + 2 * CLF_FIELDS); return NULL; }
+    for (int f = 0; f < CLF_FIELDS; f++) {
+        PyObject *pair = Py_BuildValue("(NN)", buf_bytes(&b[1 + 2 * f]), buf_bytes(&b[2 + 2 * f]));
+        if (!pair) { Py_DECREF(fields); free_bufs(b, 1 + 2 * CLF_FIELDS); return NULL; }
+        PyList_SET_ITEM(fields, f, pair);
+    }
+    PyObject *out = Py_BuildValue("(NN)", buf_bytes(status), fields);
+    free_bufs(b, 1 + 2 * CLF_FIELDS);
+    return out;
+}
+
+/* -- a batch's lines ---------------------------------------------------------------- */
+
+PyDoc_STRVAR(join_lines_doc,
+"join_lines(parts)\n--\n\n"
+"One array of lines from several Arrow binary arrays of records, each given as\n"
+"(offsets, data, first, n), without each record's terminator: its trailing\n"
+"newlines and then one carriage return.\n\n"
+"Returns (offsets, data): int32 offsets and the bytes of a binary array.");
+
+static PyObject *join_lines(PyObject *self, PyObject *args) {
+    PyObject *parts;
+    if (!PyArg_ParseTuple(args, "O!", &PyList_Type, &parts))
+        return NULL;
+    Py_ssize_t k = PyList_GET_SIZE(parts), total_rows = 0, total_bytes = 0;
+    Py_buffer *bufs = PyMem_Calloc((size_t)(2 * k + 1), sizeof(Py_buffer));
+    Py_ssize_t *firsts = PyMem_Calloc((size_t)(2 * k + 1), sizeof(Py_ssize_t));
+    if (!bufs || !firsts) {
+        PyMem_Free(bufs);
+        PyMem_Free(firsts);
+        return PyErr_NoMemory();
+    }
+    Py_ssize_t *counts = firsts + k;
+    Py_ssize_t opened = 0;
+    PyObject *out = NULL;
+    for (Py_ssize_t i = 0; i < k; i++) {
+        PyObject *offsets, *data;
+        Py_ssize_t first, n;
+        if (!PyArg_ParseTuple(PyList_GET_ITEM(parts, i), "OOnn", &offsets, &data, &first, &n))
+            goto done;
+        if (PyObject_GetBuffer(offsets, &bufs[2 * i], PyBUF_SIMPLE) < 0)
+            goto done;
+        opened = 2 * i + 1;
+        if (PyObject_GetBuffer(data, &bufs[2 * i + 1], PyBUF_SIMPLE) < 0)
+            goto done;
+        opened = 2 * i + 2;
+        if (first < 0 || n < 0 || (first + n + 1) * 4 > bufs[2 * i].len) {
+            PyErr_SetString(PyExc_ValueError, "offsets shorter than the array");
+            goto done;
+        }
+        const int32_t *off = (const int32_t *)bufs[2 * i].buf;
+        if (off[first] < 0 || off[first + n] < off[first] || off[first + n] > bufs[2 * i + 1].len) {
+            PyErr_SetString(PyExc_ValueError, "offsets outside the data");
+            goto done;
+        }
+        firsts[i] = first;
+        counts[i] = n;
+        total_rows += n;
+        total_bytes += off[first + n] - off[first];
+    }
+    if (total_bytes > INT32_MAX) {
+        PyErr_SetString(PyExc_OverflowError, "lines over 2 GiB in one array");
+        goto done;
+    }
+    PyObject *offsets_out = PyBytes_FromStringAndSize(NULL, (total_rows + 1) * 4);
+    PyObject *data_out = PyBytes_FromStringAndSize(NULL, total_bytes);
+    if (!offsets_out || !data_out) {
+        Py_XDECREF(offsets_out);
+        Py_XDECREF(data_out);
+        goto done;
+    }
+    int32_t *o = (int32_t *)PyBytes_AS_STRING(offsets_out);
+    char *d = PyBytes_AS_STRING(data_out);
+    int32_t at = 0;
+    Py_ssize_t row = 0;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < k; i++) {
+        const int32_t *off = (const int32_t *)bufs[2 * i].buf + firsts[i];
+        const char *src = (const char *)bufs[2 * i + 1].buf;
+        for (Py_ssize_t r = 0; r < counts[i]; r++) {
+            int32_t a = off[r], b = off[r + 1];
+            if (b < a) b = a;            /* not from a valid array; an empty line rather than a crash */
+            while (b > a && src[b - 1] == '\n') b--;
+            if (b > a && src[b - 1] == '\r') b--;
+            o[row++] = at;
+            memcpy(d + at, src + a, (size_t)(b - a));
+            at += b - a;
+        }
+    }
+    o[row] = at;
+    Py_END_ALLOW_THREADS
+    /* Shrink the data to what was kept (terminators dropped). */
+    if (at != total_bytes && _PyBytes_Resize(&data_out, at) < 0) {
+        Py_DECREF(offsets_out);
+        goto done;
+    }
+    out = Py_BuildValue("(NN)", offsets_out, data_out);
+done:
+    for (Py_ssize_t i = 0; i < opened; i++)
+        PyBuffer_Release(&bufs[i]);
+    PyMem_Free(bufs);
+    PyMem_Free(firsts);
+    return out;
+}
+
+static PyMethodDef methods[] = {
+    {"join_lines", join_lines, METH_VARARGS, join_lines_doc},
+    {"json_entries", json_entries, METH_VARARGS, json_entries_doc},
+    {"clf_fields", clf_fields, METH_VARARGS, clf_fields_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "_native",
+    .m_doc = "Ingest's compiled loops: a batch's lines, and the JSON and access-log pre-passes.",
+    .m_size = -1,
+    .m_methods = methods,
+};
+
+PyMODINIT_FUNC PyInit__native(void) {
+    init_classes();
+    return PyModule_Create(&module);
+}

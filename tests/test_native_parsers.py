@@ -1,0 +1,208 @@
+"""ingest/parsers/_native.c: the compiled pre-passes of the JSON and access-log parsers.
+
+The SQL steps of each parser are the reference. Every property here compares
+the records a normaliser makes with its compiled pre-pass against those of one
+whose pre-pass leaves every line to the SQL (``SqlOnly``), over generated
+lines, and checks which lines the compiled code takes at all. Lines are
+written for these tests; none is copied from a corpus.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import duckdb
+import numpy as np
+import orjson
+import pyarrow as pa
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ingest.normalise import Normaliser
+from ingest import _native
+from ingest.parsers import access
+from ingest.parsers import json as json_parser
+from tests import normalising
+
+OBSERVED = datetime(2024, 6, 1, 12, 0, tzinfo=UTC)
+PARSED, DEFER = 1, 2
+
+
+class SqlOnly(Normaliser):
+    """A normaliser whose compiled pre-passes take no line: the SQL steps parse them all."""
+
+    def _pre_pass(self, routed: pa.Table) -> pa.Table:
+        out = super()._pre_pass(routed)
+        for name in ("p_json_status", "p_clf_status"):
+            i = out.schema.get_field_index(name)
+            out = out.set_column(i, name, pa.array(np.full(out.num_rows, DEFER, np.int8)))
+        return out
+
+
+@pytest.fixture(scope="module")
+def both() -> Iterator[tuple[Normaliser, Normaliser]]:
+    native, sql = Normaliser(), SqlOnly()
+    yield native, sql
+    native.close()
+    sql.close()
+
+
+def _records(n: Normaliser, lines: list[str]) -> list[dict[str, Any]]:
+    return normalising.parse_all(n, lines, observed=OBSERVED)
+
+
+def _status(parser: Any, lines: list[str]) -> list[int]:
+    arr = pa.array(lines, pa.string())
+    return np.asarray(parser(arr, np.ones(len(lines), bool))["status"]).tolist()
+
+
+def _same_value(native: str | None, sql: str | None) -> bool:
+    """Numbers keep their text natively and are rewritten by DuckDB: equal as JSON, else exactly."""
+    if native == sql:
+        return True
+    try:
+        return json.loads(native) == json.loads(sql)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False
+
+
+def _assert_same(native: list[dict[str, Any]], sql: list[dict[str, Any]]) -> None:
+    for a, b in zip(native, sql, strict=True):
+        assert [k for k, _ in a["attrs"] or []] == [k for k, _ in b["attrs"] or []], (a, b)
+        for (key, va), (_, vb) in zip(a["attrs"] or [], b["attrs"] or [], strict=True):
+            assert _same_value(va, vb), (key, va, vb)
+        for column in ("ts", "level", "severity"):
+            assert a[column] == b[column], (column, a, b)
+        for column in ("message", "service", "host", "trace_id", "span_id"):
+            assert _same_value(a[column], b[column]), (column, a[column], b[column])
+
+
+# == JSON ===========================================================================
+
+_KEY = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=4) | \
+    st.sampled_from(["msg", "message", "level", "time", "ts", "service", "trace_id", "host", "a.b", "http"])
+_SCALAR = (st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1)
+           | st.floats(allow_nan=False, allow_infinity=False)
+           | st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=12)
+           | st.sampled_from(["2024-03-04T05:06:07Z", "2024-03-04 05:06:07,123", "1709528767", "WARN", "30"]))
+_VALUE = st.recursive(_SCALAR, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_KEY, inner, max_size=4),
+                      max_leaves=24)
+_DUMPS = {
+    "orjson": lambda o: orjson.dumps(o).decode(),
+    "spaced": lambda o: json.dumps(o),                   # ", " and ": ", everything else as \uXXXX
+    "ascii": lambda o: json.dumps(o, separators=(",", ":")),       # \uXXXX, surrogate pairs
+    "pretty": lambda o: json.dumps(o, ensure_ascii=False, indent=1).replace("\n", " \t"),
+}
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(objs=st.lists(st.dictionaries(_KEY, _VALUE, max_size=8), min_size=1, max_size=8),
+       style=st.sampled_from(sorted(_DUMPS)))
+def test_json_records_equal_the_sql_parsers(both: tuple[Normaliser, Normaliser], objs: list[dict[str, Any]],
+                                            style: str) -> None:
+    lines = [_DUMPS[style](o) for o in objs]
+    native, sql = both
+    _assert_same(_records(native, lines), _records(sql, lines))
+
+
+def test_json_lines_the_compiled_pass_takes_and_leaves() -> None:
+    taken = ['{}', '{"a":1}', '{ "a" : [1, {"b": 2}] , "c": {"d": {}} }  ', '{"s":"\\ud83d\\ude00 \\u00e9 \\n"}',
+             '{"n":-0.5e+3,"t":true,"f":false,"z":null}', '{"deep":' + '{"k":' * 20 + '1' + '}' * 20 + '}']
+    left = ['{"a":1,"a":2}', '{"k.v":1,"k":{"v":2}}', '{"s":"\\ud83d"}', '{"s":"\\u0000"}', '{"s":"tab\tinside"}',
+            '{"a":01}', '{"a":1.}', '{"a":.5}', '{"a":NaN}', "{'a':1}", '{"a":1}{"b":2}', '{"a":1,}', '{"a" 1}',
+            '{"a":[1,]}', '{"a":tru}', '{', '{"a":"unterminated}', '[1,2]', ' {"a":1}',
+            '{"a":' + '[' * 300 + ']' * 300 + '}', '{' + ",".join(f'"k{i}":{i}' for i in range(257)) + '}']
+    assert _status(json_parser.native_entries, taken) == [PARSED] * len(taken)
+    assert _status(json_parser.native_entries, left) == [DEFER] * len(left)
+
+
+def test_json_entries_of_a_sliced_array_with_a_selection() -> None:
+    arr = pa.array(['{"x":0}', '{"a":"1","b":{"c":null}}', 'not json', '{"d":[true]}'], pa.string()).slice(1)
+    out = json_parser.native_entries(arr, np.array([True, False, True]))
+    assert out["status"].to_pylist() == [PARSED, 0, PARSED]
+    assert out["c"].to_pylist() == [[{"key": "a", "value": "1"}, {"key": "b.c", "value": None}], None,
+                                    [{"key": "d", "value": "[true]"}]]
+    empty = json_parser.native_entries(pa.array([], pa.string()), np.zeros(0, bool))
+    assert len(empty["status"]) == 0 and len(empty["c"]) == 0
+
+
+def test_json_numbers_keep_their_text(both: tuple[Normaliser, Normaliser]) -> None:
+    native, sql = both
+    line = '{"msg":"m","a":1.50,"b":1e3,"c":123456789012345678901234567890}'
+    assert normalising.attrs(_records(native, [line])[0]) == {"a": "1.50", "b": "1e3",
+                                                              "c": "123456789012345678901234567890"}
+    # The SQL parser (which a line the compiled pass leaves still goes through) rewrites them.
+    assert normalising.attrs(_records(sql, [line])[0])["a"] == "1.5"
+
+
+def test_json_buffers_are_checked() -> None:
+    arr = pa.array(['{"a":1}'], pa.string())
+    with pytest.raises(ValueError, match="shorter"):
+        _native.json_entries(arr.buffers()[1], arr.buffers()[2], b"\x01", 0, 5, 8)
+
+
+# == access logs ======================================================================
+
+_TOKEN = st.text(st.characters(codec="utf-8", blacklist_categories=("Cs",)), min_size=0, max_size=6)
+_PLAIN = st.text(st.sampled_from('abcXYZ09./-:+?=&[]é'), min_size=1, max_size=8)
+
+
+@st.composite
+def _access_line(draw: st.DrawFn) -> str:
+    """Access lines near the usual shape: each part plain or arbitrary, and separators sometimes changed."""
+    def part(plain: st.SearchStrategy[str] = _PLAIN) -> str:
+        return draw(plain | _TOKEN)
+    status = draw(st.sampled_from(["200", "404", "503", "20", "2000", "abc"]))
+    size = draw(st.sampled_from(["0", "1234", "-", "", "12a"]))
+    request = f"{part()} {part()} {part()}" if draw(st.booleans()) else part()
+    line = f'{part()} {part()} {part()} [{part()}] "{request}" {status} {size}'
+    if draw(st.booleans()):
+        line += f' "{part()}" "{part()}"'
+    if draw(st.integers(0, 4)) == 0:
+        line += draw(_TOKEN)
+    if draw(st.integers(0, 4)) == 0:
+        i = draw(st.integers(0, len(line)))
+        line = line[:i] + draw(st.sampled_from([" ", '"', "\\", "\t", "]", "\\\""])) + line[i:]
+    return line
+
+
+@settings(max_examples=400, deadline=None)
+@given(lines=st.lists(_access_line(), min_size=1, max_size=10))
+def test_access_fields_equal_the_regexs(lines: list[str]) -> None:
+    out = access.native_fields(pa.array(lines, pa.string()), np.ones(len(lines), bool))
+    con = duckdb.connect()
+    want = con.execute(f"SELECT regexp_extract(line, '{access.REGEX}', {list(access.GROUPS)}) AS m "
+                       "FROM (SELECT unnest(?) AS line, generate_subscripts(?, 1) AS i) ORDER BY i",
+                       [lines, lines]).fetchall()
+    for line, st_, got, (expected,) in zip(lines, out["status"].to_pylist(), out["f"].to_pylist(), want,
+                                           strict=True):
+        if st_ == PARSED:
+            assert got == expected, line
+        else:
+            assert st_ == DEFER and got is None
+
+
+def test_access_lines_the_compiled_pass_takes_and_leaves() -> None:
+    taken = ['1.2.3.4 - - [04/Mar/2024:05:06:07 +0000] "GET /x?a=1 HTTP/1.1" 200 512 "-" "curl/8.5.0"',
+             '::1 - bob [04/Mar/2024:05:06:07 +0000] "POST /api HTTP/2.0" 503 - "https://e.x/" "Mozilla/5.0 (X11)"',
+             '10.0.0.1 - - [04/Mar/2024:05:06:07 +0000] "GET / HTTP/1.0" 304 0']
+    left = ['1.2.3.4 - - [04/Mar/2024:05:06:07 +0000] "-" 400 0 "-" "-"',
+            '1.2.3.4 - - [04/Mar/2024:05:06:07 +0000] "GET /a b HTTP/1.1" 200 1 "-" "-"',
+            '1.2.3.4 - - [04/Mar/2024:05:06:07 +0000] "GET / HTTP/1.1" 200 1 "-" "a \\"quoted\\" agent"',
+            '1.2.3.4 - - [04/Mar/2024:05:06:07 +0000] "GET / HTTP/1.1" 200 1 "-" "-" 0.012',
+            '1.2.3.4  - - [04/Mar/2024:05:06:07 +0000] "GET / HTTP/1.1" 200 1',
+            '1.2.3.4 - - [04/Mar/2024:05:06:07 +0000] "GET / HTTP/1.1" 200',
+            'not an access line at all']
+    assert _status(access.native_fields, taken) == [PARSED] * len(taken)
+    assert _status(access.native_fields, left) == [DEFER] * len(left)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(lines=st.lists(_access_line(), min_size=1, max_size=10))
+def test_access_records_equal_the_sql_parsers(both: tuple[Normaliser, Normaliser], lines: list[str]) -> None:
+    native, sql = both
+    _assert_same(_records(native, lines), _records(sql, lines))
