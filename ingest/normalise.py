@@ -124,10 +124,11 @@ def build_sql(settings: ParseSettings) -> tuple[str, str]:
     detect = " ".join(f"WHEN {p.detect} THEN {sql_str(p.name)}" for p in DETECTED if p.detect)
     configured = " ".join(f"WHEN {sql_str(name)} THEN {sql_str(p.name)}" for name, p in
                           {**FORMATS, **{p.name: p for p in patterns}}.items())
-    # Stage one, unwrapping and routing, ends here: its rows come back as the relation "c",
-    # with the columns of the parsers' compiled pre-passes added (see Normaliser).
+    # Stage one, unwrapping and routing, ends here: its rows come back (a line only where it was
+    # unwrapped) and, with the batch's columns and those of the parsers' compiled pre-passes
+    # added, become the relation "c" (see Normaliser).
     route = f"""WITH {_UNWRAP.strip()}
-SELECT line, wrap_ts, wrap_stream,
+SELECT CASE WHEN wrapper <> '' THEN line END AS unwrapped, wrap_ts, wrap_stream,
        CASE format {configured} WHEN '' THEN CASE {detect} ELSE 'text' END ELSE 'text' END AS fmt
 FROM u"""
     ctes: list[str] = []
@@ -239,30 +240,38 @@ class Normaliser:
         self.native = [p for p in DETECTED if p.native is not None]
 
     def __call__(self, raw: pa.Table) -> pa.Table:
-        self.con.register("raw", raw)
-        try:
-            routed = self.con.execute(self.route_sql).to_arrow_table()
-        finally:
-            self.con.unregister("raw")
-        # The columns routing does not change come straight from the batch, not through DuckDB.
-        for name in ("observed_ts", "service", "host", "source", "labels"):
-            routed = routed.append_column(name, raw.column(name))
-        self.con.register("c", self._pre_pass(routed))
+        self.con.register("c", self._pre_pass(self._route(raw)))
         try:
             out = self.con.execute(self.parse_sql).to_arrow_table()
         finally:
             self.con.unregister("c")
         # The attributes come out as a list of key/value pairs; as a map they are the same buffers.
-        pairs = out.column("attrs").combine_chunks()
+        pairs = _one_chunk(out.column("attrs"))
         attrs = pa.MapArray.from_arrays(pairs.offsets, pairs.values.field("key"), pairs.values.field("value"),
                                         mask=pairs.is_null() if pairs.null_count else None)
         out = out.set_column(out.schema.get_field_index("attrs"), "attrs", attrs)
         return out.cast(RECORD_SCHEMA)
 
+    def _route(self, raw: pa.Table) -> pa.Table:
+        """The first statement over ``raw``: each line (unwrapped) with its format."""
+        self.con.register("raw", raw)
+        try:
+            routed = self.con.execute(self.route_sql).to_arrow_table()
+        finally:
+            self.con.unregister("raw")
+        # The columns routing does not change come straight from the batch, not through DuckDB;
+        # so do the lines, but for those it unwrapped.
+        unwrapped = routed.column("unwrapped")
+        line = raw.column("line") if unwrapped.null_count == len(unwrapped) else \
+            pc.coalesce(unwrapped, raw.column("line"))
+        routed = routed.drop_columns(["unwrapped"]).append_column("line", line)
+        for name in ("observed_ts", "service", "host", "source", "labels"):
+            routed = routed.append_column(name, raw.column(name))
+        return routed
+
     def _pre_pass(self, routed: pa.Table) -> pa.Table:
         """``routed`` plus the compiled pre-passes' columns, each over its own parser's rows."""
-        lines = routed.column("line").combine_chunks()
-        fmt = routed.column("fmt").combine_chunks()
+        lines, fmt = _one_chunk(routed.column("line")), _one_chunk(routed.column("fmt"))
         for p in self.native:
             selected = pc.fill_null(pc.equal(fmt, p.name), False).to_numpy(zero_copy_only=False)
             for name, column in p.native(lines, selected).items():  # type: ignore[misc]
@@ -271,6 +280,11 @@ class Normaliser:
 
     def close(self) -> None:
         self.con.close()
+
+
+def _one_chunk(column: pa.ChunkedArray) -> pa.Array:
+    # combine_chunks copies even a single chunk.
+    return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
 
 
 def normalise_safely(normaliser: Normaliser, raw: pa.Table) -> tuple[pa.Table, list[tuple[int, str]]]:

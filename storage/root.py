@@ -28,6 +28,10 @@ from storage.tokens import SegmentIndex
 
 #: Columns written with dictionary encoding (low-cardinality labels and attribute keys).
 DICTIONARY_COLUMNS = ["service", "host", "source", "level", "attrs.key_value.key"]
+#: Min/max statistics only where a row group's range can prune a query: the times and the columns
+#: a segment is sorted or filtered by. A message's, an attribute's or a random id's range spans
+#: nearly everything in every row group; writing them cost 12% of writing a segment (measured).
+STATISTICS_COLUMNS = ["ts", "observed_ts", "service", "host", "source", "level", "severity"]
 #: Times, sorted within a service, shrink to small deltas (1.5% of a segment, measured).
 COLUMN_ENCODING = {"ts": "DELTA_BINARY_PACKED", "observed_ts": "DELTA_BINARY_PACKED"}
 
@@ -181,7 +185,7 @@ class DataRoot:
 def parquet_options(zstd_level: int) -> dict[str, Any]:
     """How every segment is written (``pyarrow.parquet.ParquetWriter`` keywords)."""
     return dict(compression="zstd", compression_level=zstd_level, use_dictionary=DICTIONARY_COLUMNS,
-                column_encoding=COLUMN_ENCODING, write_statistics=True, write_page_index=True)
+                column_encoding=COLUMN_ENCODING, write_statistics=STATISTICS_COLUMNS, write_page_index=True)
 
 
 def write_segment(table: pa.Table, sink: Any, *, zstd_level: int, row_group_rows: int) -> None:

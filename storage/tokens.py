@@ -31,6 +31,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from storage import _trigrams
+
 KEY = b"loglake.trigrams.v1"
 ROWS_KEY = b"loglake.trigrams.rows"
 SYMBOLS = 37
@@ -45,7 +47,8 @@ _TRANSLATE = _LUT.tobytes()
 
 
 def _trigram_ids(data: bytes) -> np.ndarray:
-    """Trigram ids of ``data``; ASCII letters fold to lower case in the table itself."""
+    """Trigram ids of ``data``; ASCII letters fold to lower case in the table itself. (A query's
+    few; a segment's are set by ``_trigrams.bitmaps``, in C, with the same table.)"""
     codes = np.frombuffer(data.translate(_TRANSLATE), np.uint8).astype(np.uint16)
     ids = codes[:-2] * np.uint16(SYMBOLS * SYMBOLS)
     ids += codes[1:-1] * np.uint16(SYMBOLS)
@@ -53,20 +56,20 @@ def _trigram_ids(data: bytes) -> np.ndarray:
     return ids
 
 
-def _text_bytes(messages: pa.Array | pa.ChunkedArray, lowered: bool = False) -> bytes:
-    """The messages' UTF-8 bytes back to back, case folded where not plain ASCII."""
+def _text(messages: pa.Array | pa.ChunkedArray, lowered: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """The messages' UTF-8 bytes back to back, case folded where not plain ASCII, and where each
+    message starts in them (``len(messages) + 1`` int64 offsets)."""
     if isinstance(messages, pa.ChunkedArray):
-        messages = messages.combine_chunks()
+        messages = messages.chunk(0) if messages.num_chunks == 1 else messages.combine_chunks()
     if len(messages) == 0 or messages.buffers()[2] is None:
-        return b""
+        return np.zeros(0, np.uint8), np.zeros(len(messages) + 1, np.int64)
     width = np.int64 if messages.type == pa.large_string() else np.int32
     offsets = np.frombuffer(messages.buffers()[1], width)[messages.offset:messages.offset + len(messages) + 1]
-    data = messages.buffers()[2]
-    raw = np.frombuffer(data, np.uint8)[offsets[0]:offsets[-1]]
+    raw = np.frombuffer(messages.buffers()[2], np.uint8)[offsets[0]:offsets[-1]]
     if not lowered and raw.size and raw.max() >= 0x80:
         # Some non-ASCII letters match ASCII ones ignoring case (KELVIN SIGN and 'k', LONG S and 's').
-        return _text_bytes(fold(messages), lowered=True)
-    return raw.tobytes()
+        return _text(fold(messages), lowered=True)
+    return raw, offsets.astype(np.int64) - offsets[0]
 
 
 def fold(text: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
@@ -74,22 +77,24 @@ def fold(text: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
     return pc.replace_substring(pc.utf8_lower(text), "\u017f", "s")
 
 
+def _bitmaps(messages: pa.Array | pa.ChunkedArray, starts: list[int]) -> bytes:
+    """The packed trigram bitmaps of the messages from each of ``starts`` to the next (or the end)."""
+    data, offsets = _text(messages)
+    bounds = offsets[np.array([*starts, len(messages)], np.int64)]
+    return _trigrams.bitmaps(data, bounds, _TRANSLATE)
+
+
 def bitmap(messages: pa.Array | pa.ChunkedArray) -> np.ndarray:
     """The packed trigram bitmap (``_BYTES`` uint8) of some messages."""
-    data = _text_bytes(messages)
-    present = np.zeros(TRIGRAMS, dtype=bool)
-    if len(data) >= 3:
-        present[_trigram_ids(data)] = True
-    return np.packbits(present)
+    return np.frombuffer(_bitmaps(messages, [0]), np.uint8)
 
 
 def metadata(messages: pa.ChunkedArray | pa.Array, row_group_rows: int) -> dict[bytes, bytes]:
     """Footer key-values indexing ``messages`` as written in row groups of ``row_group_rows``."""
     n = len(messages)
-    bounds = list(range(0, n, row_group_rows)) or [0]
-    maps = [bitmap(messages.slice(start, row_group_rows)) for start in bounds]
-    rows = [min(row_group_rows, n - start) for start in bounds]
-    packed = zlib.compress(np.stack(maps).tobytes(), 6)
+    starts = list(range(0, n, row_group_rows)) or [0]
+    rows = [min(row_group_rows, n - start) for start in starts]
+    packed = zlib.compress(_bitmaps(messages, starts), 6)
     return {KEY: base64.b64encode(packed), ROWS_KEY: ",".join(map(str, rows)).encode()}
 
 
