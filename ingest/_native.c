@@ -76,6 +76,8 @@ static int buf_reserve(Buf *b, Py_ssize_t extra) {
 }
 
 static inline int buf_put(Buf *b, const char *s, Py_ssize_t n) {
+    if (n == 0)
+        return 0;
     if (buf_reserve(b, n) < 0)
         return -1;
     memcpy(b->p + b->len, s, (size_t)n);
@@ -416,6 +418,8 @@ static PyObject *json_entries(PyObject *self, PyObject *args) {
     int max_depth;
     if (!PyArg_ParseTuple(args, "OOOnni", &offsets, &data, &selected, &first, &n, &max_depth))
         return NULL;
+    /* Flattening recurses once per level: never deeper than any line may nest. */
+    max_depth = max_depth < 1 ? 1 : max_depth > MAX_NESTING ? MAX_NESTING : max_depth;
     Lines in;
     if (lines_open(&in, offsets, data, selected, first, n) < 0)
         return NULL;
@@ -640,9 +644,15 @@ static PyObject *join_lines(PyObject *self, PyObject *args) {
             goto done;
         }
         const int32_t *off = (const int32_t *)bufs[2 * i].buf;
-        if (off[first] < 0 || off[first + n] < off[first] || off[first + n] > bufs[2 * i + 1].len) {
+        if (off[first] < 0 || off[first + n] > bufs[2 * i + 1].len) {
             PyErr_SetString(PyExc_ValueError, "offsets outside the data");
             goto done;
+        }
+        for (Py_ssize_t r = first; r < first + n; r++) {
+            if (off[r + 1] < off[r]) {
+                PyErr_SetString(PyExc_ValueError, "offsets that go backwards");
+                goto done;
+            }
         }
         firsts[i] = first;
         counts[i] = n;
@@ -670,7 +680,6 @@ static PyObject *join_lines(PyObject *self, PyObject *args) {
         const char *src = (const char *)bufs[2 * i + 1].buf;
         for (Py_ssize_t r = 0; r < counts[i]; r++) {
             int32_t a = off[r], b = off[r + 1];
-            if (b < a) b = a;            /* not from a valid array; an empty line rather than a crash */
             while (b > a && src[b - 1] == '\n') b--;
             if (b > a && src[b - 1] == '\r') b--;
             o[row++] = at;

@@ -413,3 +413,9 @@ def test_compiled_join_checks_its_buffers() -> None:
     with pytest.raises(ValueError, match="shorter"):
         _native.join_lines([(a.buffers()[1], a.buffers()[2], 0, 3)])
     assert _native.join_lines([]) == (b"\x00\x00\x00\x00", b"")
+
+
+def test_compiled_join_refuses_offsets_that_go_backwards() -> None:
+    offsets = np.array([0, 3, 1, 4], np.int32)
+    with pytest.raises(ValueError, match="backwards"):
+        _native.join_lines([(offsets, b"abcd", 0, 3)])
