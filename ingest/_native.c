@@ -548,28 +548,51 @@ static int clf_line(const char *s, const char *end, const char *at[CLF_FIELDS], 
 }
 
 PyDoc_STRVAR(clf_fields_doc,
-"clf_fields(offsets, data, selected, first, n)\n--\n\n"
+"clf_fields(offsets, data, selected, first, n, attrs)\n--\n\n"
 "Split each selected combined-format access line of an Arrow string array into\n"
 "its eleven fields (ip, ident, user, time, method, path, protocol, status, bytes,\n"
-"referer, agent).\n\n"
-"Returns (status, [(offsets, bytes)] * 11): a status byte per line (0 not\n"
-"selected, 1 split, 2 left to the SQL parser) and per field int32 offsets and\n"
-"bytes, an empty value on lines not split here.");
+"referer, agent), and make its attributes: attrs lists (field index, whether a\n"
+"lone '-' is absent) per attribute, in order; an empty field is absent.\n\n"
+"Returns (status, [(offsets, bytes)] * 11, (list_offsets, keys, value_offsets,\n"
+"values)): a status byte per line (0 not selected, 1 split, 2 left to the SQL\n"
+"parser); per field int32 offsets and bytes, an empty value on lines not split\n"
+"here; int32 attribute offsets per line, a byte per attribute (its index in\n"
+"attrs), and the values' int32 offsets and bytes.");
+
+#define CLF_BUFS (1 + 2 * CLF_FIELDS + 4)
 
 static PyObject *clf_fields(PyObject *self, PyObject *args) {
-    PyObject *offsets, *data, *selected;
+    PyObject *offsets, *data, *selected, *spec;
     Py_ssize_t first, n;
-    if (!PyArg_ParseTuple(args, "OOOnn", &offsets, &data, &selected, &first, &n))
+    if (!PyArg_ParseTuple(args, "OOOnnO!", &offsets, &data, &selected, &first, &n, &PyList_Type, &spec))
         return NULL;
+    /* The attributes: which field each is, and whether a lone "-" means absent. */
+    int attr_field[16], attr_dash[16];
+    Py_ssize_t n_attrs = PyList_GET_SIZE(spec);
+    if (n_attrs > 16) {
+        PyErr_SetString(PyExc_ValueError, "at most 16 attributes");
+        return NULL;
+    }
+    for (Py_ssize_t a = 0; a < n_attrs; a++) {
+        if (!PyArg_ParseTuple(PyList_GET_ITEM(spec, a), "ip", &attr_field[a], &attr_dash[a]))
+            return NULL;
+        if (attr_field[a] < 0 || attr_field[a] >= CLF_FIELDS) {
+            PyErr_SetString(PyExc_ValueError, "no such field");
+            return NULL;
+        }
+    }
     Lines in;
     if (lines_open(&in, offsets, data, selected, first, n) < 0)
         return NULL;
-    Buf b[1 + 2 * CLF_FIELDS] = {{0}};
+    Buf b[CLF_BUFS] = {{0}};
     Buf *status = &b[0];
+    /* per line: where its attributes start; per attribute: its index in spec, and its value */
+    Buf *attr_off = &b[1 + 2 * CLF_FIELDS], *attr_key = attr_off + 1, *val_off = attr_off + 2, *vals = attr_off + 3;
     const char *sel = (const char *)in.selected.buf;
     int oom = 0;
+    int32_t entries = 0;
     Py_BEGIN_ALLOW_THREADS
-    oom = buf_reserve(status, n) < 0;
+    oom = buf_reserve(status, n) < 0 || buf_i32(attr_off, 0) < 0 || buf_i32(val_off, 0) < 0;
     for (int f = 0; f < CLF_FIELDS && !oom; f++)
         oom = buf_reserve(&b[1 + 2 * f], 4 * (n + 1)) < 0 || buf_i32(&b[1 + 2 * f], 0) < 0;
     for (Py_ssize_t i = 0; i < n && !oom; i++) {
@@ -585,22 +608,35 @@ static PyObject *clf_fields(PyObject *self, PyObject *args) {
             if (st == PARSED && buf_put(val, at[f], to[f] - at[f]) < 0) oom = 1;
             else if (val->len > INT32_MAX || buf_i32(off, (int32_t)val->len) < 0) oom = 1;
         }
+        /* The attributes of a split line: the non-empty fields, a "-" being empty where it means so. */
+        for (Py_ssize_t a = 0; st == PARSED && a < n_attrs && !oom; a++) {
+            const char *v = at[attr_field[a]];
+            Py_ssize_t len = to[attr_field[a]] - v;
+            if (len == 0 || (attr_dash[a] && len == 1 && *v == '-'))
+                continue;
+            oom = buf_byte(attr_key, (char)a) < 0 || buf_put(vals, v, len) < 0 || vals->len > INT32_MAX ||
+                  buf_i32(val_off, (int32_t)vals->len) < 0;
+            entries++;
+        }
+        if (!oom)
+            oom = buf_i32(attr_off, entries) < 0;
     }
     Py_END_ALLOW_THREADS
     lines_close(&in);
     if (oom) {
-        free_bufs(b, 1 + 2 * CLF_FIELDS);
+        free_bufs(b, CLF_BUFS);
         return PyErr_NoMemory();
     }
     PyObject *fields = PyList_New(CLF_FIELDS);
-    if (!fields) { free_bufs(b, 1 + 2 * CLF_FIELDS); return NULL; }
+    if (!fields) { free_bufs(b, CLF_BUFS); return NULL; }
     for (int f = 0; f < CLF_FIELDS; f++) {
         PyObject *pair = Py_BuildValue("(NN)", buf_bytes(&b[1 + 2 * f]), buf_bytes(&b[2 + 2 * f]));
-        if (!pair) { Py_DECREF(fields); free_bufs(b, 1 + 2 * CLF_FIELDS); return NULL; }
+        if (!pair) { Py_DECREF(fields); free_bufs(b, CLF_BUFS); return NULL; }
         PyList_SET_ITEM(fields, f, pair);
     }
-    PyObject *out = Py_BuildValue("(NN)", buf_bytes(status), fields);
-    free_bufs(b, 1 + 2 * CLF_FIELDS);
+    PyObject *out = Py_BuildValue("(NN(NNNN))", buf_bytes(status), fields, buf_bytes(attr_off), buf_bytes(attr_key),
+                                  buf_bytes(val_off), buf_bytes(vals));
+    free_bufs(b, CLF_BUFS);
     return out;
 }
 

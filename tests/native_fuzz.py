@@ -59,7 +59,8 @@ def main(seconds: float, seed: int, native_so: str, trigrams_so: str) -> int:
         offsets, data = text.buffers()[1], text.buffers()[2]
         selected = (np.array([rng.random() for _ in range(len(text))]) < 0.9).view(np.uint8)
         native.json_entries(offsets, data, selected, text.offset, len(text), rng.choice([0, 1, 8, 1000]))
-        native.clf_fields(offsets, data, selected, text.offset, len(text))
+        spec = [(rng.randint(0, 10), rng.random() < 0.5) for _ in range(rng.randint(0, 16))]
+        native.clf_fields(offsets, data, selected, text.offset, len(text), spec)
         ends = [b"", b"\n", b"\r\n", b"\n\n"]
         records = pa.array([line.encode() + rng.choice(ends) for line in lines], pa.binary()).slice(cut)
         part = (records.buffers()[1], records.buffers()[2], records.offset, len(records))

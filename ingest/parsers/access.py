@@ -22,19 +22,35 @@ REGEX = (r'^(\S+) (\S+) (\S+) \[([^\]]+)\] "(?:(\S+) (\S+)(?: ([^"]*))?|[^"]*)" 
          rf'(?: {_QUOTED} {_QUOTED})?')
 GROUPS = ("ip", "ident", "user", "time", "method", "path", "protocol", "status", "bytes", "referer", "agent")
 
+#: The attributes of an access line: (key, field, whether a lone "-" means absent); an empty
+#: value is absent too. The SQL below and the compiled split both make them from this.
+ATTRS = (("client.ip", "ip", False), ("http.user", "user", True), ("http.method", "method", False),
+         ("http.path", "path", False), ("http.status", "status", False), ("http.bytes", "bytes", True),
+         ("http.referer", "referer", True), ("http.user_agent", "agent", True))
+
 _FIELDS = pa.struct([(g, pa.string()) for g in GROUPS])
+_ATTR_KEYS = pa.array([key for key, _, _ in ATTRS], pa.string())
+_ATTR_SPEC = [(GROUPS.index(field), dash) for _, field, dash in ATTRS]
 
 
 def native_fields(lines: pa.StringArray, selected: np.ndarray) -> dict[str, pa.Array]:
-    """The compiled split of the ``selected`` lines: ``status`` (1 split) and the fields ``f``."""
-    status, fields = _native.clf_fields(lines.buffers()[1], lines.buffers()[2], selected.view(np.uint8),
-                                        lines.offset, len(lines))
-    n = len(lines)
+    """The compiled split of the ``selected`` lines: ``status`` (1 split), the fields ``f`` and
+    the attributes ``attrs`` of the lines split."""
+    status, fields, (attr_off, keys, val_off, vals) = _native.clf_fields(
+        lines.buffers()[1], lines.buffers()[2], selected.view(np.uint8), lines.offset, len(lines), _ATTR_SPEC)
+    n, m = len(lines), len(keys)
     st = np.frombuffer(status, np.int8)
+    split = pa.array(st != 1)
     arrays = [pa.Array.from_buffers(pa.string(), n, [None, pa.py_buffer(off), pa.py_buffer(data)])
               for off, data in fields]
-    return {"status": pa.array(st), "f": pa.StructArray.from_arrays(arrays, fields=list(_FIELDS),
-                                                                    mask=pa.array(st != 1))}
+    entries = pa.StructArray.from_arrays(
+        [pa.DictionaryArray.from_arrays(pa.Array.from_buffers(pa.int8(), m, [None, pa.py_buffer(keys)]), _ATTR_KEYS),
+         pa.Array.from_buffers(pa.string(), m, [None, pa.py_buffer(val_off), pa.py_buffer(vals)])],
+        names=["key", "value"])
+    attrs = pa.ListArray.from_arrays(pa.Array.from_buffers(pa.int32(), n + 1, [None, pa.py_buffer(attr_off)]),
+                                     entries, mask=split)
+    return {"status": pa.array(st), "f": pa.StructArray.from_arrays(arrays, fields=list(_FIELDS), mask=split),
+            "attrs": attrs}
 
 
 PARSER = Parser(
@@ -48,15 +64,8 @@ PARSER = Parser(
         # Only for a time written without its zone (with one, the format above has it).
         "ts_local": "CASE WHEN NOT contains({p}_m.time, ' ') THEN try_strptime({p}_m.time, '%d/%b/%Y:%H:%M:%S') END",
         "lvl": "CASE WHEN {p}_m.status >= '500' THEN 'error' WHEN {p}_m.status >= '400' THEN 'warn' ELSE 'info' END",
-        "attrs": attrs_sql([
-            ("client.ip", "{p}_m.ip"),
-            ("http.user", "nullif({p}_m.user, '-')"),
-            ("http.method", "{p}_m.method"),
-            ("http.path", "{p}_m.path"),
-            ("http.status", "{p}_m.status"),
-            ("http.bytes", "nullif({p}_m.bytes, '-')"),
-            ("http.referer", "nullif({p}_m.referer, '-')"),
-            ("http.user_agent", "nullif({p}_m.agent, '-')"),
-        ]),
+        "attrs": "CASE WHEN {p}_status = 1 THEN {p}_attrs ELSE "
+                 + attrs_sql([(key, f"nullif({{p}}_m.{field}, '-')" if dash else f"{{p}}_m.{field}")
+                              for key, field, dash in ATTRS]) + " END",
     },
 )
