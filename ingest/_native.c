@@ -401,30 +401,105 @@ static void free_bufs(Buf *bufs, int n) {
     for (int i = 0; i < n; i++) free(bufs[i].p);
 }
 
+/* The well-known keys: candidate c is key[c] (len[c] bytes) of group group[c], rank[c] in its
+ * group's precedence; by_first[b] lists the candidates starting with byte b. */
+#define MAX_CANDIDATES 64
+#define MAX_GROUPS 16
+typedef struct {
+    int n, groups;
+    const char *key[MAX_CANDIDATES];
+    Py_ssize_t len[MAX_CANDIDATES];
+    int group[MAX_CANDIDATES], rank[MAX_CANDIDATES];
+    signed char by_first[256][MAX_CANDIDATES + 1];    /* -1 ends each list */
+} WellKnown;
+
+static int well_known_open(WellKnown *w, PyObject *groups) {
+    memset(w, 0, sizeof *w);
+    for (int c = 0; c < 256; c++) w->by_first[c][0] = -1;
+    w->groups = (int)PyList_GET_SIZE(groups);
+    if (w->groups > MAX_GROUPS) { PyErr_SetString(PyExc_ValueError, "too many key groups"); return -1; }
+    for (int g = 0; g < w->groups; g++) {
+        PyObject *keys = PyList_GET_ITEM(groups, g);
+        if (!PyList_Check(keys)) { PyErr_SetString(PyExc_TypeError, "a key group is a list of bytes"); return -1; }
+        for (Py_ssize_t r = 0; r < PyList_GET_SIZE(keys); r++) {
+            PyObject *k = PyList_GET_ITEM(keys, r);
+            if (!PyBytes_Check(k) || PyBytes_GET_SIZE(k) == 0 || w->n >= MAX_CANDIDATES) {
+                PyErr_SetString(PyExc_ValueError, "keys are non-empty bytes, at most 64 in all");
+                return -1;
+            }
+            int c = w->n++;
+            w->key[c] = PyBytes_AS_STRING(k);     /* the list is held by the caller for the call */
+            w->len[c] = PyBytes_GET_SIZE(k);
+            w->group[c] = g;
+            w->rank[c] = (int)r;
+            signed char *list = w->by_first[(unsigned char)w->key[c][0]];
+            int at = 0;
+            while (list[at] >= 0) at++;
+            list[at] = (signed char)c;
+            list[at + 1] = -1;
+        }
+    }
+    return 0;
+}
+
+/* Per group, the 1-based position among the line's entries [first, first + n) of the first of
+ * its keys (in precedence order) that the line has; 0 when it has none. Keys are unique here. */
+static int find_well_known(const WellKnown *w, Buf *keys, Buf *key_off, int64_t first, int64_t n, Buf *out) {
+    int32_t pos[MAX_GROUPS];
+    int best[MAX_GROUPS];
+    for (int g = 0; g < w->groups; g++) { pos[g] = 0; best[g] = MAX_CANDIDATES; }
+    const int64_t *off = (const int64_t *)key_off->p;
+    for (int64_t e = first; e < first + n; e++) {
+        Py_ssize_t len = off[e + 1] - off[e];
+        if (len == 0) continue;
+        const char *k = keys->p + off[e];
+        for (const signed char *c = w->by_first[(unsigned char)k[0]]; *c >= 0; c++) {
+            if (w->len[*c] == len && memcmp(w->key[*c], k, (size_t)len) == 0 && w->rank[*c] < best[w->group[*c]]) {
+                best[w->group[*c]] = w->rank[*c];
+                pos[w->group[*c]] = (int32_t)(e - first + 1);
+            }
+        }
+    }
+    return buf_put(out, (const char *)pos, (Py_ssize_t)sizeof(int32_t) * w->groups);
+}
+
 PyDoc_STRVAR(json_entries_doc,
-"json_entries(offsets, data, selected, first, n, max_depth)\n--\n\n"
+"json_entries(offsets, data, selected, first, n, max_depth, groups)\n--\n\n"
 "Flatten the JSON object on each selected line of an Arrow string array into\n"
 "(key, value) entries: nested objects become dotted keys up to max_depth levels,\n"
 "arrays and deeper objects stay compact JSON text, strings are decoded, numbers\n"
 "and true/false are their text, null is a null value.\n\n"
-"Returns (status, list_offsets, key_offsets, keys, value_offsets, values, valid):\n"
-"a status byte per line (0 not selected, 1 flattened, 2 left to the SQL parser),\n"
-"int32 entry offsets per line, int64 offsets and bytes of the keys and values,\n"
-"and a validity byte per entry (0: JSON null).");
+"Returns (status, list_offsets, key_offsets, keys, value_offsets, values, valid,\n"
+"positions): a status byte per line (0 not selected, 1 flattened, 2 left to the\n"
+"SQL parser), int32 entry offsets per line, int64 offsets and bytes of the keys\n"
+"and values, a validity byte per entry (0: JSON null), and per line and group of\n"
+"well-known keys (groups: lists of bytes, in precedence order) the int32 1-based\n"
+"position of the entry holding the first of them the line has (0: none).");
 
 static PyObject *json_entries(PyObject *self, PyObject *args) {
-    PyObject *offsets, *data, *selected;
+    PyObject *offsets, *data, *selected, *groups;
     Py_ssize_t first, n;
     int max_depth;
-    if (!PyArg_ParseTuple(args, "OOOnni", &offsets, &data, &selected, &first, &n, &max_depth))
+    if (!PyArg_ParseTuple(args, "OOOnniO!", &offsets, &data, &selected, &first, &n, &max_depth, &PyList_Type,
+                          &groups))
         return NULL;
+    WellKnown *wk = PyMem_Malloc(sizeof(WellKnown));
+    if (!wk)
+        return PyErr_NoMemory();
+    if (well_known_open(wk, groups) < 0) {
+        PyMem_Free(wk);
+        return NULL;
+    }
     /* Flattening recurses once per level: never deeper than any line may nest. */
     max_depth = max_depth < 1 ? 1 : max_depth > MAX_NESTING ? MAX_NESTING : max_depth;
     Lines in;
-    if (lines_open(&in, offsets, data, selected, first, n) < 0)
+    if (lines_open(&in, offsets, data, selected, first, n) < 0) {
+        PyMem_Free(wk);
         return NULL;
-    /* status, list_off, key_off, keys, val_off, vals, valid, key */
-    Buf b[8] = {{0}};
+    }
+    /* status, list_off, key_off, keys, val_off, vals, valid, key, positions */
+    Buf b[9] = {{0}};
+    Buf *positions = &b[8];
     Buf *status = &b[0], *list_off = &b[1];
     Json j = {.keys = &b[3], .vals = &b[5], .key = &b[7], .key_off = &b[2], .val_off = &b[4], .valid = &b[6],
               .max_depth = max_depth};
@@ -468,16 +543,22 @@ static PyObject *json_entries(PyObject *self, PyObject *args) {
             failed = 1;
             break;
         }
+        int64_t row_first = ((const int32_t *)list_off->p)[i];
+        if (find_well_known(wk, j.keys, j.key_off, row_first, st == PARSED ? j.entries - row_first : 0,
+                            positions) < 0)
+            j.oom = 1;
     }
     Py_END_ALLOW_THREADS
     lines_close(&in);
+    PyMem_Free(wk);
     if (j.oom || failed) {
-        free_bufs(b, 8);
+        free_bufs(b, 9);
         return j.oom ? PyErr_NoMemory() : (PyErr_SetString(PyExc_OverflowError, "too many entries"), NULL);
     }
-    PyObject *out = Py_BuildValue("(NNNNNNN)", buf_bytes(status), buf_bytes(list_off), buf_bytes(j.key_off),
-                                  buf_bytes(j.keys), buf_bytes(j.val_off), buf_bytes(j.vals), buf_bytes(j.valid));
-    free_bufs(b, 8);
+    PyObject *out = Py_BuildValue("(NNNNNNNN)", buf_bytes(status), buf_bytes(list_off), buf_bytes(j.key_off),
+                                  buf_bytes(j.keys), buf_bytes(j.val_off), buf_bytes(j.vals), buf_bytes(j.valid),
+                                  buf_bytes(positions));
+    free_bufs(b, 9);
     return out;
 }
 

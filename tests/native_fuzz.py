@@ -58,7 +58,9 @@ def main(seconds: float, seed: int, native_so: str, trigrams_so: str) -> int:
         text = pa.array(lines, pa.string()).slice(cut)
         offsets, data = text.buffers()[1], text.buffers()[2]
         selected = (np.array([rng.random() for _ in range(len(text))]) < 0.9).view(np.uint8)
-        native.json_entries(offsets, data, selected, text.offset, len(text), rng.choice([0, 1, 8, 1000]))
+        groups = [[rng.choice([b"a", b"b", b"ts", b"msg", b"\xc3\xa9", b"k.k"]) for _ in range(rng.randint(1, 4))]
+                  for _ in range(rng.randint(0, 16))]
+        native.json_entries(offsets, data, selected, text.offset, len(text), rng.choice([0, 1, 8, 1000]), groups)
         spec = [(rng.randint(0, 10), rng.random() < 0.5) for _ in range(rng.randint(0, 16))]
         native.clf_fields(offsets, data, selected, text.offset, len(text), spec)
         ends = [b"", b"\n", b"\r\n", b"\n\n"]

@@ -142,7 +142,7 @@ def test_json_numbers_keep_their_text(both: tuple[Normaliser, Normaliser]) -> No
 def test_json_buffers_are_checked() -> None:
     arr = pa.array(['{"a":1}'], pa.string())
     with pytest.raises(ValueError, match="shorter"):
-        _native.json_entries(arr.buffers()[1], arr.buffers()[2], b"\x01", 0, 5, 8)
+        _native.json_entries(arr.buffers()[1], arr.buffers()[2], b"\x01", 0, 5, 8, [])
 
 
 # == access logs ======================================================================

@@ -60,10 +60,18 @@ _ENTRIES = pa.list_(pa.struct([("key", pa.large_string()), ("value", pa.large_st
 PARSED = 1          # the line's status from _native: 1 flattened there, 2 left to the SQL steps
 
 
+#: The groups of well-known keys, each in precedence order: their positions become the step ``k``.
+WELL_KNOWN = {"ts": TS_KEYS, "lvl": LEVEL_KEYS, "msg": MESSAGE_KEYS, "svc": SERVICE_KEYS, "trace": TRACE_KEYS,
+              "span": SPAN_KEYS, "host": HOST_KEYS}
+_GROUPS = [[k.encode() for k in keys] for keys in WELL_KNOWN.values()]
+
+
 def native_entries(lines: pa.StringArray, selected: np.ndarray) -> dict[str, pa.Array]:
-    """The compiled flattening of the ``selected`` lines: ``status`` and their entries ``c``."""
-    status, list_off, key_off, keys, val_off, vals, valid = _native.json_entries(
-        lines.buffers()[1], lines.buffers()[2], selected.view(np.uint8), lines.offset, len(lines), MAX_DEPTH)
+    """The compiled flattening of the ``selected`` lines: ``status``, their entries ``c`` and
+    where their well-known keys are (``pos``, as the step ``k`` has them)."""
+    status, list_off, key_off, keys, val_off, vals, valid, positions = _native.json_entries(
+        lines.buffers()[1], lines.buffers()[2], selected.view(np.uint8), lines.offset, len(lines), MAX_DEPTH,
+        _GROUPS)
     m = len(valid)
     null_values = m - int(np.count_nonzero(np.frombuffer(valid, np.uint8)))
     bitmap = pa.py_buffer(np.packbits(np.frombuffer(valid, np.uint8), bitorder="little")) if null_values else None
@@ -74,7 +82,10 @@ def native_entries(lines: pa.StringArray, selected: np.ndarray) -> dict[str, pa.
     entries = pa.ListArray.from_arrays(pa.Array.from_buffers(pa.int32(), len(st) + 1, [None, pa.py_buffer(list_off)]),
                                        pa.StructArray.from_arrays([key_arr, val_arr], names=["key", "value"]),
                                        type=_ENTRIES, mask=pa.array(st != PARSED))
-    return {"status": pa.array(st), "c": entries}
+    pos = np.frombuffer(positions, np.int32).reshape(len(st), len(WELL_KNOWN))
+    found = pa.StructArray.from_arrays([pa.array(pos[:, g], mask=pos[:, g] == 0) for g in range(len(WELL_KNOWN))],
+                                       names=list(WELL_KNOWN))
+    return {"status": pa.array(st), "c": entries, "pos": found}
 
 
 def _flatten_steps() -> tuple[tuple[str, str], ...]:
@@ -121,12 +132,9 @@ PARSER = Parser(
         ("e", f"CASE WHEN {{p}}_status = {PARSED} THEN {{p}}_c "
               "WHEN {p}_fast IS NOT NULL THEN {p}_fast WHEN {p}_text IS NULL THEN NULL "
               "WHEN list_unique({p}_tkeys) = len({p}_tkeys) THEN {p}_text ELSE ll_dedupe({p}_text) END"),
-        ("keys", "list_transform({p}_e, x -> x.key)"),
-        ("k", "{"
-              f"'ts': {_position(TS_KEYS)}, 'lvl': {_position(LEVEL_KEYS)}, 'msg': {_position(MESSAGE_KEYS)}, "
-              f"'svc': {_position(SERVICE_KEYS)}, 'trace': {_position(TRACE_KEYS)}, "
-              f"'span': {_position(SPAN_KEYS)}, 'host': {_position(HOST_KEYS)}"
-              "}"),
+        ("keys", f"CASE WHEN {{p}}_status <> {PARSED} THEN list_transform({{p}}_e, x -> x.key) END"),
+        ("k", f"CASE WHEN {{p}}_status = {PARSED} THEN {{p}}_pos ELSE {{"
+              + ", ".join(f"'{name}': {_position(keys)}" for name, keys in WELL_KNOWN.items()) + "} END"),
         ("v", "{"
               "'ts': {p}_e[{p}_k.ts].value, 'lvl': {p}_e[{p}_k.lvl].value, 'msg': {p}_e[{p}_k.msg].value, "
               "'svc': {p}_e[{p}_k.svc].value, 'trace': {p}_e[{p}_k.trace].value, "
