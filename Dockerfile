@@ -9,7 +9,7 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
 
-# A C compiler for the parsers' compiled pass (ingest/_native.c); only in this stage.
+# A C compiler for the compiled loops (ingest/_native.c, storage/_trigrams.c); only in this stage.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends gcc libc6-dev \
  && rm -rf /var/lib/apt/lists/*
