@@ -83,7 +83,7 @@ def raw_table(runs: Sequence[RecordRun]) -> pa.Table:
 def _lines(runs: Sequence[RecordRun]) -> tuple[pa.StringArray, list[int]]:
     """Every record of ``runs`` as one array of text lines, and the indexes of those that were
     not valid UTF-8 (now with replacement characters)."""
-    if not any(r.records.null_count for r in runs):
+    if all(r.records.type == pa.binary() and not r.records.null_count for r in runs):
         try:
             # One compiled pass: each record copied once, without its terminator.
             offsets, data = _native.join_lines([(r.records.buffers()[1], r.records.buffers()[2], r.records.offset,

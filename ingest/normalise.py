@@ -272,6 +272,8 @@ class Normaliser:
     def _pre_pass(self, routed: pa.Table) -> pa.Table:
         """``routed`` plus the compiled pre-passes' columns, each over its own parser's rows."""
         lines, fmt = _one_chunk(routed.column("line")), _one_chunk(routed.column("fmt"))
+        if lines.type != pa.string():
+            lines = lines.cast(pa.string())         # the compiled code reads int32 offsets
         for p in self.native:
             selected = pc.fill_null(pc.equal(fmt, p.name), False).to_numpy(zero_copy_only=False)
             for name, column in p.native(lines, selected).items():  # type: ignore[misc]

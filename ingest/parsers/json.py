@@ -9,8 +9,8 @@ object is not an error: it falls back to plain text.
 
 The flattening is compiled (``_native.json_entries``, one pass over the
 batch); it keeps numbers as written (``1.50`` stays ``1.50``). What it does not
-take (a repeated key, a lone surrogate or ``\u0000``, more than 256 keys,
-anything that is not strict JSON) it leaves to the SQL steps below, which
+take (a repeated key, a lone surrogate or ``\\u0000``, more than 256 keys,
+nesting deeper than 256, anything that is not strict JSON) it leaves to the SQL steps below, which
 decide it as they always did: there, numbers are written as DuckDB's JSON
 reader writes them (``1.5``).
 """
@@ -20,8 +20,8 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from ingest.levels import numeric_word_sql
 from ingest import _native
+from ingest.levels import numeric_word_sql
 from ingest.parsers import ATTRS_TYPE, Parser, sql_str
 
 TS_KEYS = ("@timestamp", "timestamp", "time", "ts", "t")
