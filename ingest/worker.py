@@ -106,6 +106,8 @@ class IngestWorker:
         self.last_flush = time.monotonic()
         self.last_loop = time.monotonic()
         self.stats: Counter[str] = Counter()
+        # Flushing by size since the log was last read to its end: working through a backlog.
+        self._behind = False
         self.dead_letter_counts: Counter[str] = Counter()
         self._formats: dict[tuple[str, str, str], str] = {}
         # Partitions being checked for a recreated topic: offset expected next.
@@ -435,10 +437,19 @@ class IngestWorker:
         rows = sum(b.rows for b in self.buffers.values())
         size = sum(b.bytes for b in self.buffers.values())
         oldest = min((b.started for b in self.buffers.values() if b.last_offset is not None), default=None)
+        full = rows >= ing.flush_rows or size >= ing.flush_bytes
+        if full:
+            self._behind = True
+        elif caught_up and self._behind:
+            # The end of a backlog: its last rows are not held for the interval. A steady
+            # trickle never flushes by size, so its segments still grow for the interval.
+            self._behind = False
+            if rows:
+                return True
         # Once the log is read to its end, a batch already a tenth of full is not held for
         # the interval: waiting would add latency without making segments much bigger.
         big = rows >= ing.flush_rows // 10 or size >= ing.flush_bytes // 10
-        return (rows >= ing.flush_rows or size >= ing.flush_bytes or (caught_up and big)
+        return (full or (caught_up and big)
                 or (oldest is not None and time.monotonic() - oldest >= ing.flush_interval_s))
 
     def _backlogged(self) -> bool:
