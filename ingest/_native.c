@@ -106,36 +106,30 @@ typedef struct {
     Py_ssize_t first, n;
 } Lines;
 
-static int lines_open(Lines *in, PyObject *offsets, PyObject *data, PyObject *selected, Py_ssize_t first,
-                      Py_ssize_t n) {
-    memset(in, 0, sizeof *in);
-    if (PyObject_GetBuffer(offsets, &in->offsets, PyBUF_SIMPLE) < 0)
-        return -1;
-    if (PyObject_GetBuffer(data, &in->data, PyBUF_SIMPLE) < 0) {
-        PyBuffer_Release(&in->offsets);
-        return -1;
-    }
-    if (PyObject_GetBuffer(selected, &in->selected, PyBUF_SIMPLE) < 0) {
-        PyBuffer_Release(&in->offsets);
-        PyBuffer_Release(&in->data);
-        return -1;
-    }
-    in->first = first;
-    in->n = n;
-    if (first < 0 || n < 0 || (first + n + 1) * 4 > in->offsets.len || n > in->selected.len) {
-        PyErr_SetString(PyExc_ValueError, "offsets or selection shorter than the array");
-        PyBuffer_Release(&in->offsets);
-        PyBuffer_Release(&in->data);
-        PyBuffer_Release(&in->selected);
-        return -1;
-    }
-    return 0;
-}
-
 static void lines_close(Lines *in) {
+    /* Releasing a view never taken (obj NULL, from the memset) does nothing. */
     PyBuffer_Release(&in->offsets);
     PyBuffer_Release(&in->data);
     PyBuffer_Release(&in->selected);
+}
+
+static int lines_open(Lines *in, PyObject *offsets, PyObject *data, PyObject *selected, Py_ssize_t first,
+                      Py_ssize_t n) {
+    memset(in, 0, sizeof *in);
+    in->first = first;
+    in->n = n;
+    if (PyObject_GetBuffer(offsets, &in->offsets, PyBUF_SIMPLE) < 0 ||
+        PyObject_GetBuffer(data, &in->data, PyBUF_SIMPLE) < 0 ||
+        PyObject_GetBuffer(selected, &in->selected, PyBUF_SIMPLE) < 0) {
+        lines_close(in);
+        return -1;
+    }
+    if (first < 0 || n < 0 || (first + n + 1) * 4 > in->offsets.len || n > in->selected.len) {
+        PyErr_SetString(PyExc_ValueError, "offsets or selection shorter than the array");
+        lines_close(in);
+        return -1;
+    }
+    return 0;
 }
 
 static inline int line_at(Lines *in, Py_ssize_t i, const char **s, const char **end) {

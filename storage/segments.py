@@ -64,14 +64,20 @@ def _value_counts(col: pa.ChunkedArray) -> dict[str, int]:
                                           counts.field("counts").to_pylist(), strict=True)}
 
 
-def sort_rows(table: pa.Table) -> pa.Table:
-    """Rows ordered by (service, ts), the order every segment keeps."""
+def _order(table: pa.Table, hours: pa.Array | pa.ChunkedArray | None = None) -> pa.Array:
+    """Row indices in (service, ts) order, the order every segment keeps; first by ``hours``
+    when given. The sort is stable."""
     service = table["service"]
     if pa.types.is_dictionary(service.type):
         service = service.cast(pa.string())   # Arrow cannot sort dictionary columns directly
-    order = pc.sort_indices(pa.table({"service": service, "ts": table["ts"]}),
-                            sort_keys=[("service", "ascending"), ("ts", "ascending")])
-    return table.take(order)
+    keys = {"service": service, "ts": table["ts"]} if hours is None else \
+        {"hour": hours, "service": service, "ts": table["ts"]}
+    return pc.sort_indices(pa.table(keys), sort_keys=[(k, "ascending") for k in keys])
+
+
+def sort_rows(table: pa.Table) -> pa.Table:
+    """Rows ordered by (service, ts), the order every segment keeps."""
+    return table.take(_order(table))
 
 
 def describe(tenant: str, rel: str, part: pa.Table, size: int, zstd_level: int | None = None) -> SegmentInfo:
@@ -99,11 +105,7 @@ def write_segments(root: DataRoot | str | os.PathLike[str], tenant: str, table: 
     # One stable sort by (hour, service, ts) and one take; each hour is then a slice, in the
     # order sort_rows gives it (filtering out each hour first cost a pass over the batch per hour).
     hours = hours_of(table)
-    service = table["service"]
-    if pa.types.is_dictionary(service.type):
-        service = service.cast(pa.string())   # Arrow cannot sort dictionary columns directly
-    order = pc.sort_indices(pa.table({"hour": hours, "service": service, "ts": table["ts"]}),
-                            sort_keys=[("hour", "ascending"), ("service", "ascending"), ("ts", "ascending")])
+    order = _order(table, hours)
     table = table.take(order)
     by_hour = np.asarray(hours.take(order))
     starts = np.flatnonzero(np.diff(by_hour)) + 1 if len(by_hour) else np.zeros(0, np.int64)

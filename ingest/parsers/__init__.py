@@ -52,6 +52,18 @@ class Parser:
         return template.replace("{p}", f"p_{self.name}")
 
 
+def native_args(lines: pa.StringArray, selected: np.ndarray) -> tuple[object, ...]:
+    """The leading arguments of every compiled pre-pass: the lines' buffers, slice and selection."""
+    return lines.buffers()[1], lines.buffers()[2], selected.view(np.uint8), lines.offset, len(lines)
+
+
+def strings(n: int, offsets: bytes, data: bytes, validity: pa.Buffer | None = None, *,
+            large: bool = False) -> pa.Array:
+    """A string array of ``n`` values over buffers a compiled pre-pass returned (no copy)."""
+    return pa.Array.from_buffers(pa.large_string() if large else pa.string(), n,
+                                 [validity, pa.py_buffer(offsets), pa.py_buffer(data)])
+
+
 def sql_str(s: str) -> str:
     """A SQL string literal."""
     return "'" + s.replace("'", "''") + "'"

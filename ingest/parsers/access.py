@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 
 from ingest import _native
-from ingest.parsers import Parser, attrs_sql
+from ingest.parsers import Parser, attrs_sql, native_args, strings
 
 # A quoted field with backslash escapes, in the unrolled form RE2 runs fastest.
 _QUOTED = r'"([^"\\]*(?:\\.[^"\\]*)*)"'
@@ -36,16 +36,14 @@ _ATTR_SPEC = [(GROUPS.index(field), dash) for _, field, dash in ATTRS]
 def native_fields(lines: pa.StringArray, selected: np.ndarray) -> dict[str, pa.Array]:
     """The compiled split of the ``selected`` lines: ``status`` (1 split), the fields ``f`` and
     the attributes ``attrs`` of the lines split."""
-    status, fields, (attr_off, keys, val_off, vals) = _native.clf_fields(
-        lines.buffers()[1], lines.buffers()[2], selected.view(np.uint8), lines.offset, len(lines), _ATTR_SPEC)
+    status, fields, (attr_off, keys, val_off, vals) = _native.clf_fields(*native_args(lines, selected), _ATTR_SPEC)
     n, m = len(lines), len(keys)
     st = np.frombuffer(status, np.int8)
     split = pa.array(st != 1)
-    arrays = [pa.Array.from_buffers(pa.string(), n, [None, pa.py_buffer(off), pa.py_buffer(data)])
-              for off, data in fields]
+    arrays = [strings(n, off, data) for off, data in fields]
     entries = pa.StructArray.from_arrays(
         [pa.DictionaryArray.from_arrays(pa.Array.from_buffers(pa.int8(), m, [None, pa.py_buffer(keys)]), _ATTR_KEYS),
-         pa.Array.from_buffers(pa.string(), m, [None, pa.py_buffer(val_off), pa.py_buffer(vals)])],
+         strings(m, val_off, vals)],
         names=["key", "value"])
     attrs = pa.ListArray.from_arrays(pa.Array.from_buffers(pa.int32(), n + 1, [None, pa.py_buffer(attr_off)]),
                                      entries, mask=split)

@@ -22,7 +22,7 @@ import pyarrow as pa
 
 from ingest import _native
 from ingest.levels import numeric_word_sql
-from ingest.parsers import ATTRS_TYPE, Parser, sql_str
+from ingest.parsers import ATTRS_TYPE, Parser, native_args, sql_str, strings
 
 TS_KEYS = ("@timestamp", "timestamp", "time", "ts", "t")
 LEVEL_KEYS = ("level", "severity", "lvl", "loglevel")
@@ -70,14 +70,12 @@ def native_entries(lines: pa.StringArray, selected: np.ndarray) -> dict[str, pa.
     """The compiled flattening of the ``selected`` lines: ``status``, their entries ``c`` and
     where their well-known keys are (``pos``, as the step ``k`` has them)."""
     status, list_off, key_off, keys, val_off, vals, valid, positions = _native.json_entries(
-        lines.buffers()[1], lines.buffers()[2], selected.view(np.uint8), lines.offset, len(lines), MAX_DEPTH,
-        _GROUPS)
+        *native_args(lines, selected), MAX_DEPTH, _GROUPS)
     m = len(valid)
-    null_values = m - int(np.count_nonzero(np.frombuffer(valid, np.uint8)))
-    bitmap = pa.py_buffer(np.packbits(np.frombuffer(valid, np.uint8), bitorder="little")) if null_values else None
-    key_arr = pa.Array.from_buffers(pa.large_string(), m, [None, pa.py_buffer(key_off), pa.py_buffer(keys)])
-    val_arr = pa.Array.from_buffers(pa.large_string(), m, [bitmap, pa.py_buffer(val_off), pa.py_buffer(vals)],
-                                    null_count=null_values)
+    present = np.frombuffer(valid, np.uint8)
+    bitmap = None if present.all() else pa.py_buffer(np.packbits(present, bitorder="little"))
+    key_arr = strings(m, key_off, keys, large=True)
+    val_arr = strings(m, val_off, vals, bitmap, large=True)
     st = np.frombuffer(status, np.int8)
     entries = pa.ListArray.from_arrays(pa.Array.from_buffers(pa.int32(), len(st) + 1, [None, pa.py_buffer(list_off)]),
                                        pa.StructArray.from_arrays([key_arr, val_arr], names=["key", "value"]),
