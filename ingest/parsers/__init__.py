@@ -4,9 +4,9 @@ A parser says how to recognise its lines cheaply (``detect``), how to take
 them apart (``steps``, evaluated only on the rows routed to it, after an
 optional compiled pre-pass, ``native``, over the same rows), whether a
 line really was in its format (``ok``: a line that fails falls back to the
-plain-text parser), and what it yields for the record (``out``). Everything
-runs inside one DuckDB statement built by :mod:`ingest.normalise`; in the
-SQL, ``{p}`` stands for the parser's own column prefix.
+plain-text parser), and what it yields for the record (``out``). The SQL
+runs inside the parsing statement built by :mod:`ingest.normalise`; in it,
+``{p}`` stands for the parser's own column prefix.
 
 Outputs, all optional (NULL when absent):
 
