@@ -18,8 +18,8 @@ from typing import Any
 from benchmarks.corpus import Truth, generate
 from ingest.worker import IngestWorker
 from loglake.broker import start_broker, stop_process
-from loglake.config import Config
-from loglake.topics import ensure_topic
+from loglake.core.config import Config
+from loglake.core.topics import ensure_topic
 from shippers.shipper import Shipper
 from storage.catalog import Catalog
 

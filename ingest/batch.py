@@ -12,7 +12,7 @@ import pyarrow.compute as pc
 from ingest import _native
 from ingest.marks import record_starts
 from ingest.normalise import RAW_SCHEMA
-from loglake.frame import FrameMeta
+from loglake.core.frame import FrameMeta
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,8 +15,8 @@ from enum import StrEnum
 
 from aiokafka import AIOKafkaProducer
 
-from loglake.config import Config
-from loglake.kafka_client import client_kwargs
+from loglake.core.config import Config
+from loglake.core.kafka_client import client_kwargs
 
 log = logging.getLogger("loglake.ingest")
 

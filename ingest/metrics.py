@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from loglake.metrics_server import registry_of
+from loglake.core.metrics_server import registry_of
 
 if TYPE_CHECKING:
     from ingest.worker import IngestWorker

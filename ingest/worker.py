@@ -30,11 +30,11 @@ from ingest.deadletters import DeadLetter, DeadLetterProducer, Reason
 from ingest.marks import Ranges, add_range, drop_stored
 from ingest.metrics import registry_for
 from ingest.normalise import Normaliser, ParseSettings, normalise_safely
-from loglake.config import Config, SourceFormat, TopicInput
-from loglake.frame import FrameError, FrameMeta, decode_frame
-from loglake.kafka_client import client_kwargs, on_connection_broken, refresh_metadata
-from loglake.metrics_server import serve as serve_metrics
-from loglake.topics import ensure_topic, note_partitions
+from loglake.core.config import Config, SourceFormat, TopicInput
+from loglake.core.frame import FrameError, FrameMeta, decode_frame
+from loglake.core.kafka_client import client_kwargs, on_connection_broken, refresh_metadata
+from loglake.core.metrics_server import serve as serve_metrics
+from loglake.core.topics import ensure_topic, note_partitions
 from storage.catalog import Catalog, PartitionCommit, PartitionState
 from storage.errors import CatalogConflict, StorageError
 from storage.root import DataRoot

@@ -12,9 +12,10 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from loglake import key_commands, storage_commands
-from loglake.config import Config, ConfigError, load_config
-from loglake.logs import setup_logging
+from loglake.commands import keys as key_commands
+from loglake.commands import storage as storage_commands
+from loglake.core.config import Config, ConfigError, load_config
+from loglake.core.logs import setup_logging
 from query.errors import QueryError
 from storage.errors import StorageError
 
@@ -37,7 +38,7 @@ def cmd_up(cfg: Config, args: argparse.Namespace) -> int:
 
 def cmd_broker(cfg: Config, args: argparse.Namespace) -> int:
     from loglake.broker import start_broker, stop_process
-    from loglake.topics import ensure_topic
+    from loglake.core.topics import ensure_topic
 
     proc = start_broker(cfg.broker.listen)
     try:
@@ -53,7 +54,7 @@ def cmd_broker(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_ship(cfg: Config, args: argparse.Namespace) -> int:
-    from loglake.topics import ensure_topic
+    from loglake.core.topics import ensure_topic
     from shippers.shipper import Shipper
 
     async def main() -> None:

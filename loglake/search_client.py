@@ -17,7 +17,7 @@ import orjson
 from rich.console import Console
 from rich.table import Table
 
-from loglake.config import Config
+from loglake.core.config import Config
 
 EXIT_REFUSED = 3
 EXIT_UNREACHABLE = 4

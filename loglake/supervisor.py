@@ -22,8 +22,8 @@ from pathlib import Path
 import httpx
 
 from loglake.broker import die_with_parent, start_broker, stop_process
-from loglake.config import Config
-from loglake.topics import ensure_topic
+from loglake.core.config import Config
+from loglake.core.topics import ensure_topic
 
 log = logging.getLogger("loglake.up")
 

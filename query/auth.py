@@ -25,7 +25,7 @@ from typing import Any
 
 import orjson
 
-from loglake.config import AuthConfig
+from loglake.core.config import AuthConfig
 from query.errors import QueryError
 from storage.catalog import ApiKeyRow, Catalog
 from storage.errors import StorageError

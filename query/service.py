@@ -21,7 +21,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from loglake.config import Config
+from loglake.core.config import Config
 from query.errors import (QueryError, QueryTimeout, SavedQueryExists, SavedQueryNotFound, ScanTooLarge,
                           TooManyQueries, UnknownField)
 from query.metrics import QueryMetrics

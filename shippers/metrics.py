@@ -15,8 +15,8 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from loglake.metrics_server import registry_of
-from loglake.metrics_server import serve as serve_http
+from loglake.core.metrics_server import registry_of
+from loglake.core.metrics_server import serve as serve_http
 
 if TYPE_CHECKING:
     from shippers.shipper import Shipper

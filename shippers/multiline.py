@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from loglake.config import MultilineConfig
+from loglake.core.config import MultilineConfig
 
 #: Continuation rules for common stack traces.
 PRESETS: dict[str, str] = {

@@ -20,10 +20,10 @@ from dataclasses import dataclass
 
 from aiokafka import AIOKafkaProducer
 
-from loglake.config import Config, InputConfig
-from loglake.frame import FrameMeta, encode_frame
-from loglake.kafka_client import client_kwargs, on_connection_broken
-from loglake.topics import ensure_topic, note_partitions
+from loglake.core.config import Config, InputConfig
+from loglake.core.frame import FrameMeta, encode_frame
+from loglake.core.kafka_client import client_kwargs, on_connection_broken
+from loglake.core.topics import ensure_topic, note_partitions
 from shippers.checkpoint import CheckpointStore, FileCheckpoint
 from shippers.discovery import discover
 from shippers.fingerprint import fingerprint, head_hash, inode_key

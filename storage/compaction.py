@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
-from loglake.config import CompactionConfig
+from loglake.core.config import CompactionConfig
 from storage.catalog import Catalog, SegmentRow
 from storage.errors import CatalogConflict
 from storage.root import DataRoot

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from loglake.config import Config
+from loglake.core.config import Config
 from storage import compaction, retention
 from storage.catalog import Catalog
 from storage.root import DataRoot

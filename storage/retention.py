@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from loglake.config import RetentionConfig, RetentionPolicy
+from loglake.core.config import RetentionConfig, RetentionPolicy
 from storage.catalog import AuditEntry, Catalog, SegmentRow
 from storage.errors import CatalogConflict
 from storage.rewrite import Removed, rewrite_segment

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from loglake.config import S3Config, StorageConfig
+from loglake.core.config import S3Config, StorageConfig
 from storage import tokens
 from storage.errors import StorageError
 from storage.tokens import SegmentIndex

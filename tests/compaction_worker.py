@@ -31,7 +31,7 @@ def main() -> int:
     p.add_argument("--until")
     args = p.parse_args()
 
-    from loglake.config import CompactionConfig
+    from loglake.core.config import CompactionConfig
     from storage.catalog import Catalog
     from storage.compaction import compact
     from storage.root import DataRoot

@@ -37,8 +37,8 @@ import pyarrow as pa
 import pytest
 from fastapi import FastAPI
 
-from loglake.config import Config, load_config
-from loglake.logs import JsonFormatter
+from loglake.core.config import Config, load_config
+from loglake.core.logs import JsonFormatter
 from query.api.app import create_app
 from query.auth import secret_matches
 from query.timerange import parse_time_us

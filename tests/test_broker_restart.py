@@ -1,7 +1,7 @@
 """The embedded broker restarted under a running shipper and worker: the topic comes back as configured.
 
 tansu keeps topics in memory and, asked for the metadata of a topic it does not have, creates it
-with 4 partitions. loglake's clients never ask it to (``loglake.kafka_client``); the shipper
+with 4 partitions. loglake's clients never ask it to (``loglake.core.kafka_client``); the shipper
 creates the topic again with ``kafka.partitions`` before it produces after a broken connection,
 and the worker before it reads, checking each partition's new log from the catalog's offset.
 """
@@ -18,9 +18,9 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
 from loglake.broker import start_broker, stop_process
-from loglake.config import KafkaConfig
-from loglake.kafka_client import client_kwargs
-from loglake.topics import ensure_topic
+from loglake.core.config import KafkaConfig
+from loglake.core.kafka_client import client_kwargs
+from loglake.core.topics import ensure_topic
 from tests.processes import Stack, free_port, wait_until
 from tests.test_ingest import create_topics, open_catalog, running, stored, wait_rows
 

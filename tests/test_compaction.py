@@ -35,7 +35,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from loglake.config import CompactionConfig, Config, QueryConfig, StorageConfig
+from loglake.core.config import CompactionConfig, Config, QueryConfig, StorageConfig
 from query.service import SearchService
 from storage.catalog import Catalog, PartitionCommit, SegmentRow
 from storage.compaction import collect_garbage, compact, hour_of, is_segment_file, plan

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from loglake.config import Config, ConfigError, load_config
+from loglake.core.config import Config, ConfigError, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_PYTHON = REPO / ".venv" / "bin" / "python"

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from ingest.worker import IngestWorker, PartitionBuffer
-from loglake.config import Config
+from loglake.core.config import Config
 from storage.catalog import Catalog, PartitionState
 
 

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from ingest import _native, batch
 from ingest.batch import RecordRun, drop_stored_prefix, raw_table
 from ingest.normalise import RAW_SCHEMA
-from loglake.frame import (FLAG_LZ4, MAGIC, MAX_OBSERVED_US, VERSION, FrameError, FrameMeta, decode_frame, encode_frame,
+from loglake.core.frame import (FLAG_LZ4, MAGIC, MAX_OBSERVED_US, VERSION, FrameError, FrameMeta, decode_frame, encode_frame,
                            record_offsets)
 from tests.fuzz_targets import FrameParts
 

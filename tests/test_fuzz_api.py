@@ -43,7 +43,7 @@ import schemathesis
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from loglake.config import Config, load_config
+from loglake.core.config import Config, load_config
 from query.api.app import create_app
 from query.auth import create_key
 from query.timerange import now_us

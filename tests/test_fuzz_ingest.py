@@ -39,8 +39,8 @@ from hypothesis import strategies as st
 
 from ingest.normalise import Normaliser, ParseSettings
 from ingest.worker import IngestWorker, PartitionBuffer
-from loglake.config import Config
-from loglake.frame import MAGIC, MAX_RAW_BYTES, VERSION, FrameError, decode_frame
+from loglake.core.config import Config
+from loglake.core.frame import MAGIC, MAX_RAW_BYTES, VERSION, FrameError, decode_frame
 from storage.catalog import Catalog, PartitionState
 from storage.errors import StorageError
 from storage.segments import check_tenant

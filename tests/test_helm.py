@@ -22,7 +22,7 @@ import pytest
 import yaml
 from kubernetes_validate import utils as kv_utils
 
-from loglake.config import load_config
+from loglake.core.config import load_config
 
 CHART = Path(__file__).resolve().parent.parent / "helm" / "loglake"
 RELEASE, NAMESPACE = "rel", "logs"
@@ -523,7 +523,7 @@ def test_chart_managed_keys_win_over_config(chart: helm.Chart, tmp_path: Path) -
 
 def test_a_config_key_loglake_does_not_know_is_refused_by_the_loader(chart: helm.Chart, tmp_path: Path) -> None:
     """The loader check can fail: the chart writes what it is given, loglake refuses unknown keys."""
-    from loglake.config import ConfigError
+    from loglake.core.config import ConfigError
 
     r = render(chart, merged(REQUIRED, {"config": {"ingest": {"flush_intervall_s": 5}}}))
     query = r.workload("query")
@@ -573,7 +573,7 @@ def test_every_container_has_resources_and_a_locked_down_security_context(
 @pytest.mark.parametrize("scenario", list(SCENARIOS))
 def test_service_links_are_off(rendered: dict[str, Rendered], scenario: str, tmp_path: Path) -> None:
     """Kubernetes' service-link variables for the release's Services would read as config overrides."""
-    from loglake.config import ConfigError
+    from loglake.core.config import ConfigError
 
     r = rendered[scenario]
     for w in r.workloads():

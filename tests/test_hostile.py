@@ -27,8 +27,8 @@ import orjson
 import pyarrow as pa
 import pytest
 
-from loglake.config import Config, load_config
-from loglake.frame import FrameError, FrameMeta, decode_frame, encode_frame, record_offsets
+from loglake.core.config import Config, load_config
+from loglake.core.frame import FrameError, FrameMeta, decode_frame, encode_frame, record_offsets
 from query.api.app import create_app
 from query.timerange import parse_time_us
 from storage.catalog import Catalog, PartitionCommit

@@ -30,7 +30,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from prometheus_client.parser import text_string_to_metric_families
 
-from loglake.frame import FrameMeta, encode_frame, record_offsets
+from loglake.core.frame import FrameMeta, encode_frame, record_offsets
 from storage.catalog import Catalog, PartitionState
 from tests.processes import Stack, free_port, wait_until
 

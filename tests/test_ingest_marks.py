@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 
 from ingest.marks import add_range, drop_stored
 from ingest.worker import IngestWorker, PartitionBuffer
-from loglake.config import Config
-from loglake.frame import FrameMeta, decode_frame, encode_frame, record_offsets
+from loglake.core.config import Config
+from loglake.core.frame import FrameMeta, decode_frame, encode_frame, record_offsets
 from storage.catalog import Catalog, PartitionState
 
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from loglake.config import ConfigError, KafkaConfig
-from loglake.kafka_client import client_kwargs
+from loglake.core.config import ConfigError, KafkaConfig
+from loglake.core.kafka_client import client_kwargs
 
 
 def test_plaintext_is_just_the_bootstrap_servers() -> None:

@@ -21,9 +21,9 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from loglake.broker import broker_binary, stop_process, wait_for_port
-from loglake.config import load_config
-from loglake.kafka_client import client_kwargs
-from loglake.topics import ensure_topic
+from loglake.core.config import load_config
+from loglake.core.kafka_client import client_kwargs
+from loglake.core.topics import ensure_topic
 from tests.kafka_proxy import SecurityProxy
 from tests.processes import Stack, free_port, wait_until
 from tests.test_ingest import open_catalog, running, stored, wait_rows

@@ -41,7 +41,7 @@ from fastapi import FastAPI
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from loglake.config import Config, load_config
+from loglake.core.config import Config, load_config
 from query.api.app import create_app
 from query.timerange import parse_time_us
 from storage.catalog import Catalog, PartitionCommit

@@ -480,7 +480,7 @@ def test_docker_json_file_lines_are_unwrapped_and_partials_joined(con: Normalise
 
 def test_invalid_utf8_is_replaced_and_the_row_flagged(con: Normaliser) -> None:
     from ingest.batch import RecordRun, raw_table
-    from loglake.frame import FrameMeta
+    from loglake.core.frame import FrameMeta
 
     records = pa.array([b"fine line\n", b"bad \xff\xfe bytes\n"], pa.binary())
     meta = FrameMeta("sid", "/x.log", "h", "svc", "default", 0, 25, 1_000_000, 2, {"env": "prod"})

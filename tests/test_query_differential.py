@@ -37,7 +37,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from loglake.config import load_config
+from loglake.core.config import load_config
 from query.errors import QueryError
 from query.language import (
     And,

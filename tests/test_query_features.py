@@ -39,7 +39,7 @@ import pyarrow as pa
 import pytest
 from fastapi import FastAPI
 
-from loglake.config import Config, load_config
+from loglake.core.config import Config, load_config
 from query.api.app import create_app
 from query.service import SearchService
 from query.timerange import parse_time_us

@@ -32,7 +32,7 @@ import pyarrow.compute as pc
 import pytest
 import uvicorn
 
-from loglake.config import (CompactionConfig, Config, ConfigError, LegalHold, RetentionConfig, RetentionPolicy,
+from loglake.core.config import (CompactionConfig, Config, ConfigError, LegalHold, RetentionConfig, RetentionPolicy,
                             StorageConfig, load_config)
 from query.deletion import delete_matching
 from query.errors import QueryError

@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from loglake.config import (CompactionConfig, Config, RetentionConfig, RetentionPolicy, S3Config,
+from loglake.core.config import (CompactionConfig, Config, RetentionConfig, RetentionPolicy, S3Config,
                             StorageConfig)
 from query.deletion import delete_matching
 from query.service import SearchService
@@ -525,7 +525,7 @@ class Source:
 
     def frame(self, first: int, count: int) -> tuple[bytes, bytes, list[str]]:
         """Records ``first``..``first+count-1`` of this source, as the next frame; (key, value, messages)."""
-        from loglake.frame import FrameMeta, encode_frame, record_offsets
+        from loglake.core.frame import FrameMeta, encode_frame, record_offsets
 
         messages = [f"INFO s3 ingest record {self.name}-{i:04d}" for i in range(first, first + count)]
         data = "".join(m + "\n" for m in messages).encode()
@@ -572,7 +572,7 @@ async def _ingest_until(cfg: Config, catalog: Catalog, rows: int, produce: list[
 
 
 def test_ingest_worker_stores_every_record_exactly_once_on_s3(broker: str, s3: S3, tmp_path: Path) -> None:
-    from loglake.topics import ensure_topic
+    from loglake.core.topics import ensure_topic
 
     topic = f"s3test.{uuid.uuid4().hex[:12]}"
 

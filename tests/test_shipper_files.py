@@ -24,8 +24,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from loglake.config import Config, InputConfig, MultilineConfig, ShipperConfig
-from loglake.frame import FrameMeta, decode_frame, encode_frame
+from loglake.core.config import Config, InputConfig, MultilineConfig, ShipperConfig
+from loglake.core.frame import FrameMeta, decode_frame, encode_frame
 from shippers.checkpoint import CheckpointStore, FileCheckpoint
 from shippers.discovery import discover
 from shippers.fingerprint import fingerprint, head_hash, inode_key

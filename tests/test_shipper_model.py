@@ -32,8 +32,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from ingest.batch import drop_stored_prefix
-from loglake.config import Config
-from loglake.frame import Frame, decode_frame
+from loglake.core.config import Config
+from loglake.core.frame import Frame, decode_frame
 from shippers.shipper import Shipper
 
 TOPIC = "model.logs"

@@ -24,7 +24,7 @@ from benchmarks.clickhouse import ClickHouse
 from benchmarks.corpus import NEEDLE, Q2_HOUR, Q2_LEVEL, Q2_SERVICE, Q5_HOURS, Q5_START_HOUR, SUBSTRING, Truth
 from benchmarks.harness import Result, interleaved
 from benchmarks.pipeline import WORK, store
-from loglake.config import CompactionConfig, Config
+from loglake.core.config import CompactionConfig, Config
 from query.planner import literal_regex
 from query.service import SearchService
 from query.timerange import format_us, parse_time_us

@@ -58,8 +58,8 @@ def _librdkafka(logs: Path, raw_bytes: int, lines_out: dict[str, int]) -> float:
 
 
 async def _create(address: str) -> None:
-    from loglake.config import KafkaConfig
-    from loglake.topics import ensure_topic
+    from loglake.core.config import KafkaConfig
+    from loglake.core.topics import ensure_topic
 
     await ensure_topic(KafkaConfig(bootstrap_servers=address, topic="bench.ship", partitions=3))
 

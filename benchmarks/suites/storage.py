@@ -19,7 +19,7 @@ from pathlib import Path
 from benchmarks.clickhouse import ClickHouse
 from benchmarks.harness import Result
 from benchmarks.pipeline import WORK, store
-from loglake.config import CompactionConfig
+from loglake.core.config import CompactionConfig
 from storage.catalog import Catalog
 from storage.compaction import collect_garbage, compact, hour_of, settled_hours
 from storage.root import DataRoot

@@ -8,29 +8,12 @@ text.
 
 from __future__ import annotations
 
-import re
-
 from ingest.parsers import Parser, attrs_sql, sql_str
+from loglake.core.config import PatternError, group_names
+
+__all__ = ["FIELDS", "PatternError", "group_names", "parser"]
 
 FIELDS = ("ts", "level", "message", "service", "host", "trace_id", "span_id")
-
-
-class PatternError(ValueError):
-    """The pattern is not a usable regular expression with named groups."""
-
-
-def group_names(pattern: str) -> tuple[str, ...]:
-    """The pattern's group names in order; every group must be named."""
-    try:
-        compiled = re.compile(pattern)
-    except re.error as e:
-        raise PatternError(f"invalid pattern: {e}") from None
-    names = sorted(compiled.groupindex, key=compiled.groupindex.__getitem__)
-    if not names:
-        raise PatternError("the pattern needs at least one named group, as in (?P<level>\\w+)")
-    if len(names) != compiled.groups:
-        raise PatternError("every group must be named; use (?:...) for the others")
-    return tuple(names)
 
 
 def parser(index: int, pattern: str) -> Parser:

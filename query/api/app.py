@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 
-from loglake.config import Config
+from loglake.core.config import Config
 from query.api.admin import router as admin_router
 from query.api.limits import BodyLimitMiddleware, BodyTooLarge
 from query.auth import AuthMiddleware, Authenticator

@@ -8,7 +8,7 @@ import sys
 from rich.console import Console
 from rich.table import Table
 
-from loglake.config import Config
+from loglake.core.config import Config
 from query.auth import ROLES, create_key
 from query.timerange import format_us, now_us, parse_duration_us
 from storage.catalog import Catalog

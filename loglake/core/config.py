@@ -172,6 +172,28 @@ _FORMATS = ("auto", "json", "logfmt", "clf", "nginx", "apache", "apache_error", 
             "syslog5424", "text", "pattern")
 
 
+class PatternError(ValueError):
+    """The pattern is not a usable regular expression with named groups."""
+
+
+def group_names(pattern: str) -> tuple[str, ...]:
+    """A ``format = "pattern"`` regex's group names in order; every group must be named.
+
+    This checks the groups only; whether RE2 (which runs the pattern in DuckDB) accepts
+    the syntax is checked when the ingest worker builds its statement.
+    """
+    try:
+        compiled = re.compile(pattern)
+    except re.error as e:
+        raise PatternError(f"invalid pattern: {e}") from None
+    names = sorted(compiled.groupindex, key=compiled.groupindex.__getitem__)
+    if not names:
+        raise PatternError("the pattern needs at least one named group, as in (?P<level>\\w+)")
+    if len(names) != compiled.groups:
+        raise PatternError("every group must be named; use (?:...) for the others")
+    return tuple(names)
+
+
 class SourceFormat(_Section):
     """How the lines of matching sources are parsed; the first matching rule wins."""
 
@@ -186,8 +208,6 @@ class SourceFormat(_Section):
 
     @model_validator(mode="after")
     def _pattern(self) -> SourceFormat:
-        from ingest.parsers.pattern import PatternError, group_names
-
         if self.format == "pattern":
             try:
                 group_names(self.pattern)

@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 from rich.table import Table
 
-from loglake.config import Config
+from loglake.core.config import Config
 from storage.catalog import Catalog
 from storage.root import DataRoot
 
@@ -167,7 +167,7 @@ def cmd_maintain(cfg: Config, args: argparse.Namespace) -> int:
 def _serve_in_background(listen: str, maintenance: Maintenance) -> None:
     """/metrics, /healthz and /readyz on a thread of their own: the jobs run synchronously, and
     a long compaction must not leave a scrape or a probe unanswered."""
-    from loglake.metrics_server import serve
+    from loglake.core.metrics_server import serve
     from storage.metrics import registry_for
 
     started = threading.Event()

@@ -26,7 +26,7 @@ from aiokafka.conn import CloseReason
 from aiokafka.helpers import create_ssl_context
 from aiokafka.protocol.metadata import MetadataRequest
 
-from loglake.config import ConfigError, KafkaConfig
+from loglake.core.config import ConfigError, KafkaConfig
 
 
 def sasl_password(k: KafkaConfig) -> str:

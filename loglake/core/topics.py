@@ -1,6 +1,6 @@
 """Creating topics (the log topic, third-party inputs, dead letters) when they do not exist.
 
-loglake never lets a broker auto-create a topic (see ``loglake.kafka_client``): this is the one
+loglake never lets a broker auto-create a topic (see ``loglake.core.kafka_client``): this is the one
 place topics come from. It runs at start-up, and again whenever a shipper or an ingest worker
 comes back from losing the broker, since the embedded broker loses every topic when it restarts.
 """
@@ -13,8 +13,8 @@ import logging
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError, for_code
 
-from loglake.config import KafkaConfig
-from loglake.kafka_client import client_kwargs
+from loglake.core.config import KafkaConfig
+from loglake.core.kafka_client import client_kwargs
 
 log = logging.getLogger("loglake.topics")
 

@@ -1,0 +1,1 @@
+"""The shell's commands behind `loglake storage ...` and `loglake keys ...`."""
