@@ -147,6 +147,10 @@ def test_env_numeric_looking_value_for_a_string_key_stays_a_string(name: str, ra
     assert getattr(getattr(cfg, attr[0]), attr[1]) == raw
 
 
+def test_env_entry_of_a_text_table_stays_a_string() -> None:
+    assert load_config(environ={"LOGLAKE_SHIPPER__LABELS__TEAM": "42"}).shipper.labels == {"team": "42"}
+
+
 # -- errors ---------------------------------------------------------------------------------
 
 

