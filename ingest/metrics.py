@@ -23,6 +23,8 @@ _COUNTERS = {
     "deduplicated": ("loglake_ingest_deduplicated_records", "Re-sent records recognised as already stored"),
     "conflicts": ("loglake_ingest_commit_conflicts", "Flushes discarded because another worker stored the offsets"),
     "flush_errors": ("loglake_ingest_flush_errors", "Flushes that failed and will be retried"),
+    "tenant_overridden": ("loglake_ingest_tenant_overridden_records",
+                          "Records of frames naming another tenant than their topic's configured one"),
 }
 
 

@@ -320,8 +320,12 @@ class IngestWorker:
 
     # -- consuming -----------------------------------------------------------
 
+    def _pinned(self, topic: str) -> str:
+        """The tenant configured for ``topic`` ("" when it has none)."""
+        return self.inputs[topic].tenant if topic in self.inputs else ""
+
     def _tenant(self, topic: str, headers: list[tuple[str, bytes]]) -> str:
-        fixed = self.inputs[topic].tenant if topic in self.inputs else ""
+        fixed = self._pinned(topic)
         if fixed:
             return fixed
         for k, v in headers or ():
@@ -356,6 +360,13 @@ class IngestWorker:
                                        **where))
             return
         meta, records = frame.meta, frame.records
+        # A topic's configured tenant wins over the frame's, or anyone who may write to a pinned
+        # third-party topic could file records under any tenant by sending a frame naming it.
+        pinned = self._pinned(topic)
+        if pinned and meta.tenant != pinned:
+            if meta.tenant:
+                self.stats["tenant_overridden"] += len(records)
+            meta = replace(meta, tenant=pinned)
         tenant = meta.tenant or tenant
         context = {"tenant": tenant, "source": meta.source, "service": meta.service, "host": meta.host}
         try:

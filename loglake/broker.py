@@ -26,7 +26,9 @@ def broker_binary() -> str:
 
 
 def split_host_port(address: str) -> tuple[str, int]:
+    """``host:port`` (an IPv6 host in brackets) as ``(host, port)``, without the brackets."""
     host, _, port = address.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
     if not host or not port.isdigit():
         raise BrokerError(f"invalid address {address!r}: expected host:port")
     return host, int(port)
@@ -52,7 +54,7 @@ def start_broker(listen: str, *, log_file: Path | None = None) -> subprocess.Pop
             raise BrokerError(f"{host}:{port} is already in use; set broker.listen to a free port")
     except OSError:
         pass
-    url = f"tcp://{host}:{port}"
+    url = f"tcp://[{host}]:{port}" if ":" in host else f"tcp://{host}:{port}"
     out = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115
     proc = subprocess.Popen(
         [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,

@@ -10,8 +10,8 @@ One Kafka message value is one frame (layout in ``docs/design.md``)::
     8+M    payload: u32 offsets[n+1] little-endian, then data
 
 ``data`` is the verbatim byte range ``[first, end)`` of the source file, line
-terminators included; record ``i`` is ``data[offsets[i]:offsets[i+1]]`` and
-starts at file offset ``first + offsets[i]``. Because the offsets are an Arrow
+terminators included (so no record is empty); record ``i`` is
+``data[offsets[i]:offsets[i+1]]`` and starts at file offset ``first + offsets[i]``. Because the offsets are an Arrow
 binary array's offsets buffer, the ingest side turns a frame into an Arrow
 array of records without a Python loop per line.
 """
@@ -174,6 +174,17 @@ def decode_frame(value: bytes, max_raw_bytes: int = MAX_RAW_BYTES) -> Frame:
     limit = min(max_raw_bytes, MAX_RAW_BYTES)
     if not 0 <= raw_len <= limit:
         raise FrameError(f"payload length {raw_len} outside 0..{limit}")
+    n = meta.count
+    off_len = 4 * (n + 1)
+    data_len = raw_len - off_len
+    if data_len < 0:
+        raise FrameError("payload length does not match the header")
+    # Every record holds at least one byte (its line terminator; a cut line its head), so a
+    # frame holds at most one record per byte of data, and one declaring more is refused
+    # before anything is decompressed: 8 MiB of zero offsets, 33 kB once compressed, would
+    # otherwise be two million empty rows.
+    if n > data_len:
+        raise FrameError(f"{n} records in {data_len} bytes of data: an empty record")
     body = value[_PREFIX.size + mlen:]
     if flags & FLAG_LZ4:
         try:
@@ -182,14 +193,17 @@ def decode_frame(value: bytes, max_raw_bytes: int = MAX_RAW_BYTES) -> Frame:
             raise FrameError(f"bad lz4 payload: {e}") from None
     else:
         raw = bytes(body)
-    n = meta.count
-    off_len = 4 * (n + 1)
-    if len(raw) != raw_len or raw_len < off_len:
+    if len(raw) != raw_len:
         raise FrameError("payload length does not match the header")
     offsets = np.frombuffer(raw, dtype="<u4", count=n + 1)
-    data_len = raw_len - off_len
-    if offsets[0] != 0 or int(offsets[-1]) != data_len or (n and bool(np.any(np.diff(offsets.astype(np.int64)) < 0))):
-        raise FrameError("record offsets are not monotonic within the data")
+    if offsets[0] != 0 or int(offsets[-1]) != data_len:
+        raise FrameError("record offsets do not span the data")
+    if n:
+        steps = np.diff(offsets.astype(np.int64))
+        if bool(np.any(steps < 0)):
+            raise FrameError("record offsets are not monotonic within the data")
+        if bool(np.any(steps == 0)):
+            raise FrameError(f"an empty record at index {int(np.argmax(steps == 0))}: each holds at least one byte")
     meta.check_range(data_len)
     if meta.wrapper not in ("", "cri", "docker"):
         raise FrameError(f"unknown wrapper {meta.wrapper!r}")
