@@ -10,7 +10,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ingest import _native
-from ingest.marks import record_starts
 from ingest.normalise import RAW_SCHEMA
 from loglake.core.frame import FrameMeta
 
@@ -133,10 +132,3 @@ def _labels(runs: Sequence[RecordRun], counts: np.ndarray, invalid: list[int]) -
     all_values = pa.array([v for vs in values for v in vs], pa.string())
     pick = pa.array(first_label[flat_run] + within, pa.int64())
     return pa.MapArray.from_arrays(pa.array(offsets), all_keys.take(pick), all_values.take(pick))
-
-
-def drop_stored_prefix(records: pa.BinaryArray, first_offset: int, mark: int) -> pa.BinaryArray:
-    """Keep only the records that start at or after file offset ``mark``."""
-    if mark <= first_offset:
-        return records
-    return records.slice(int(np.searchsorted(record_starts(records, first_offset), mark, side="left")))

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from loglake.broker import start_broker, stop_process
-from tests.processes import Stack, free_port
+from tests.helpers.processes import Stack, free_port
 
 _topics = itertools.count()
 

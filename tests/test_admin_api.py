@@ -1,5 +1,5 @@
 """Admin routes over a real server with keys on: API keys and deletion on demand, each within the
-admin's own tenants. The lake and keys are test_auth.py's, built afresh for this module."""
+admin's own tenants. The lake and keys are tests/helpers/tenants.py's, built afresh for this module."""
 
 from __future__ import annotations
 
@@ -7,12 +7,18 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.test_auth import ALL, IDS, KEY_RE, Lake, Server, search_ids, serving
-from tests.test_auth import lake as lake  # noqa: F401 - the module-scoped fixture, one lake for this file
+from tests.helpers.server import Server
+from tests.helpers.tenants import ALL, IDS, KEY_RE, Lake, search_ids, serving, tenant_lake
 
 
 @pytest.fixture(scope="module")
-def server(lake: Lake) -> Iterator[Server]:      # noqa: F811
+def lake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lake]:
+    with tenant_lake(tmp_path_factory.mktemp("admin")) as lk:
+        yield lk
+
+
+@pytest.fixture(scope="module")
+def server(lake: Lake) -> Iterator[Server]:
     """No key cache, so a revoked key stops at once."""
     with serving(lake, LOGLAKE_AUTH__CACHE_S="0") as s:
         yield s
@@ -24,14 +30,14 @@ ADMIN_ROUTES = [("GET", "/api/v1/keys", {}), ("POST", "/api/v1/keys", {"json": {
 
 
 @pytest.mark.parametrize(("method", "path", "kw"), ADMIN_ROUTES, ids=[f"{m} {p}" for m, p, _ in ADMIN_ROUTES])
-def test_admin_routes_need_an_admin(server: Server, lake: Lake, method: str, path: str, kw: dict) -> None:  # noqa: F811
+def test_admin_routes_need_an_admin(server: Server, lake: Lake, method: str, path: str, kw: dict) -> None:
     assert server.call(method, path, **kw).status_code == 401
     for role in ("reader", "writer"):
         resp = server.call(method, path, lake.keys[role].whole, **kw)
         assert resp.status_code == 403 and role in resp.json()["message"], resp.text
 
 
-def test_an_admin_makes_lists_and_revokes_keys_of_its_own_tenant(server: Server, lake: Lake) -> None:  # noqa: F811
+def test_an_admin_makes_lists_and_revokes_keys_of_its_own_tenant(server: Server, lake: Lake) -> None:
     admin = lake.keys["admin"].whole
     made = server.call("POST", "/api/v1/keys", admin, json={"role": "reader", "expires": "7d",
                                                              "description": "made over http"})
@@ -55,7 +61,7 @@ def test_an_admin_makes_lists_and_revokes_keys_of_its_own_tenant(server: Server,
     assert server.call("DELETE", f"/api/v1/keys/{body['id']}", admin).status_code == 404    # already revoked
 
 
-def test_an_admin_cannot_reach_beyond_its_tenants(server: Server, lake: Lake) -> None:  # noqa: F811
+def test_an_admin_cannot_reach_beyond_its_tenants(server: Server, lake: Lake) -> None:
     admin = lake.keys["admin"].whole
     resp = server.call("POST", "/api/v1/keys", admin, json={"tenants": ["beta"], "role": "admin"})
     assert resp.status_code == 403 and "beta" in resp.json()["message"], resp.text
@@ -69,7 +75,7 @@ def test_an_admin_cannot_reach_beyond_its_tenants(server: Server, lake: Lake) ->
     assert server.call("POST", "/api/v1/keys", admin, json={"role": "owner"}).status_code == 422
 
 
-def test_deletion_over_http_is_dry_by_default_scoped_and_audited(server: Server, lake: Lake) -> None:  # noqa: F811
+def test_deletion_over_http_is_dry_by_default_scoped_and_audited(server: Server, lake: Lake) -> None:
     admin = lake.keys["admin"].whole
     dry = server.call("POST", "/api/v1/delete", admin, json={"q": "order", **ALL})
     assert dry.status_code == 200, dry.text

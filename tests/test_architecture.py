@@ -103,6 +103,30 @@ def test_the_rule_check_sees_lazy_and_relative_imports(tmp_path: Path) -> None:
     assert not any("query/ok.py" in b for b in bad), bad
 
 
+def imports_between_tests(root: Path) -> list[str]:
+    """Every import of a test module (``tests.test_*``) under ``root/tests``, as ``file:line: imports x``."""
+    found = []
+    for path in sorted((root / "tests").rglob("*.py")):
+        for line, target in imports_of(path, module_name(path, root)):
+            if target.startswith("tests.test_"):
+                found.append(f"{path.relative_to(root)}:{line}: imports {target}")
+    return found
+
+
+def test_no_test_file_imports_another_test_file(tmp_path: Path) -> None:
+    # What tests share lives in tests/helpers/: importing a test module runs its module-level code and
+    # collects its fixtures into the importer, and ties two files' tests together.
+    bad = imports_between_tests(ROOT)
+    assert not bad, "test files importing test files (move the shared code to tests/helpers/):\n" + "\n".join(bad)
+    # The check itself sees the usual spellings, lazy ones included.
+    (tmp_path / "tests" / "helpers").mkdir(parents=True)
+    (tmp_path / "tests" / "test_a.py").write_text("from tests.test_b import x\nimport tests.test_c\n")
+    (tmp_path / "tests" / "helpers" / "h.py").write_text("def f():\n    from tests import test_d\n")
+    (tmp_path / "tests" / "test_ok.py").write_text("from tests.helpers.kafka import produce\n")
+    assert [b.split(": ")[1] for b in imports_between_tests(tmp_path)] == [
+        "imports tests.test_d", "imports tests.test_b", "imports tests.test_c"]
+
+
 if __name__ == "__main__":
     problems = violations(Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT)
     print("\n".join(problems) or "no violations")

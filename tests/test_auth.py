@@ -1,7 +1,7 @@
 """API keys, roles and tenancy on the HTTP API, with authentication on.
 
 A real uvicorn server (auth on, as by default) serves a small lake of two
-tenants, written straight through the storage package:
+tenants (tests/helpers/tenants.py), written straight through the storage package:
 
     acme   service shop, host acmehost, attr acme_attr, messages "ACMEMARK ...", ids A1..A4
     beta   service bank, host betahost, attr beta_attr, messages "BETAMARK ...", ids B1..B3
@@ -27,193 +27,36 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
 import httpx
-import pyarrow as pa
 import pytest
-from fastapi import FastAPI
 
-from loglake.core.config import Config, load_config
 from loglake.core.logs import JsonFormatter
-from query.api.app import create_app
 from query.auth import secret_matches
 from query.timerange import parse_time_us
-from storage.catalog import Catalog, PartitionCommit, SavedQueryRow
-from storage.schema import RECORD_SCHEMA, SEVERITY
-from storage.segments import SegmentInfo, write_segments
-from tests.processes import free_port, uvicorn_thread, wait_until
+from tests.helpers.processes import free_port, wait_until
+from tests.helpers.server import Server
+from tests.helpers.tenants import (ALL, IDS, KEY_RE, SAVED, TENANTS, Lake, cli, cli_args, cli_env, parse_key,
+                                   search_ids, serving, tenant_lake)
 
-DAY = "2024-03-01"
-ALL = {"start": f"{DAY}T09:00:00Z", "end": f"{DAY}T12:00:00Z"}
 START_NS = str(parse_time_us(ALL["start"]) * 1000)
 END_NS = str(parse_time_us(ALL["end"]) * 1000)
 LOKI_RANGE = {"start": START_NS, "end": END_NS}
-KEY_RE = re.compile(r"llk_([0-9a-f]{12})_([A-Za-z0-9_-]+)")
-
-
-def record(tenant_tag: str, rid: str, clock: str, service: str, host: str, level: str, text: str,
-           **attrs: str) -> dict[str, Any]:
-    ts = parse_time_us(f"{DAY}T{clock}Z")
-    return {
-        "ts": ts, "observed_ts": ts + 1_000, "service": service, "host": host,
-        "source": f"/var/log/{service}.log", "level": level, "severity": SEVERITY[level],
-        "message": f"{tenant_tag} {text}", "attrs": [("id", rid), *attrs.items()],
-        "trace_id": None, "span_id": None,
-    }
-
-
-TENANTS: dict[str, list[dict[str, Any]]] = {
-    "acme": [
-        record("ACMEMARK", "A1", "10:00:00", "shop", "acmehost", "info", "order placed", acme_attr="x"),
-        record("ACMEMARK", "A2", "10:05:00", "shop", "acmehost", "error", "payment gateway timeout",
-               acme_attr="y"),
-        record("ACMEMARK", "A3", "10:10:00", "shop", "acmehost", "info", "order shipped", acme_attr="x"),
-        record("ACMEMARK", "A4", "10:20:00", "shop", "acmehost", "error", "stock sync failed", acme_attr="z"),
-    ],
-    "beta": [
-        record("BETAMARK", "B1", "10:01:00", "bank", "betahost", "info", "transfer booked", beta_attr="p"),
-        record("BETAMARK", "B2", "10:06:00", "bank", "betahost", "error", "ledger mismatch", beta_attr="q"),
-        record("BETAMARK", "B3", "10:15:00", "bank", "betahost", "info", "statement sent", beta_attr="p"),
-    ],
-}
 #: Strings only one tenant's data (or saved queries) contains.
 MARKS = {"acme": ("ACMEMARK", "acme_attr", "acmehost", "shop"), "beta": ("BETAMARK", "beta_attr", "betahost", "bank")}
-IDS = {t: [r["attrs"][0][1] for r in rows] for t, rows in TENANTS.items()}
-#: A saved query per tenant (made straight in the catalog), named after that tenant's service.
-SAVED = {"acme": "shop-errors", "beta": "bank-errors"}
 OTHER = {"acme": "beta", "beta": "acme"}
 
 
-def build_lake(data_root: Path, catalog: Catalog) -> None:
-    written: list[SegmentInfo] = []
-    for tenant, rows in TENANTS.items():
-        table = pa.Table.from_pydict({n: [r[n] for r in rows] for n in RECORD_SCHEMA.names}, schema=RECORD_SCHEMA)
-        written += write_segments(data_root, tenant, table, f"{tenant}.parquet")
-    catalog.commit([PartitionCommit(topic="test", partition=0, epoch=0, expected_next=0,
-                                    new_next=len(written), segments=written)])
-    now = time.time_ns() // 1000
-    for tenant, name in SAVED.items():
-        catalog.create_saved_query(SavedQueryRow(tenant, name, "search", "level:error",
-                                                 {"start": ALL["start"], "end": ALL["end"]}, "", "", now, now))
-
-
-# -- the CLI ------------------------------------------------------------------------------
-
-
-def cli_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LOGLAKE_")}
-    env.update(extra)
-    return env
-
-
-def cli_args(config: Path, *args: str) -> list[str]:
-    return [sys.executable, "-m", "loglake", "--config", str(config), *args]
-
-
-def cli(config: Path, *args: str, timeout: float = 60, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(cli_args(config, *args), env=cli_env(**env), cwd=config.parent, capture_output=True,
-                          text=True, timeout=timeout, stdin=subprocess.DEVNULL, check=False)
-
-
-@dataclass(frozen=True)
-class Key:
-    whole: str
-    id: str
-    secret: str
-    stderr: str
-
-
-def parse_key(out: subprocess.CompletedProcess[str]) -> Key:
-    assert out.returncode == 0, out.stderr
-    lines = out.stdout.splitlines()
-    assert len(lines) == 1, f"stdout should be the key alone, got {out.stdout!r}"
-    m = KEY_RE.fullmatch(lines[0])
-    assert m, f"not a key: {lines[0]!r}"
-    return Key(lines[0], m[1], m[2], out.stderr)
-
-
-def create_keys(config: Path, specs: dict[str, list[str]]) -> dict[str, Key]:
-    """``loglake keys create`` once per spec, the processes running side by side."""
-    procs = {name: subprocess.Popen(cli_args(config, "keys", "create", *args), env=cli_env(), cwd=config.parent,
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                    stdin=subprocess.DEVNULL)
-             for name, args in specs.items()}
-    keys = {}
-    for name, proc in procs.items():
-        out, err = proc.communicate(timeout=60)
-        keys[name] = parse_key(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
-    return keys
-
-
-# -- the lake, its keys and the servers -------------------------------------------------------
-
-
-@dataclass
-class Lake:
-    root: Path
-    config: Path
-    catalog: Catalog
-    keys: dict[str, Key]
-
-    @property
-    def catalog_file(self) -> Path:
-        return self.root / "data" / "catalog.sqlite"
-
-
-KEY_SPECS = {
-    "reader": ["--tenant", "acme", "--role", "reader"],
-    "writer": ["--tenant", "acme", "--role", "writer"],
-    "admin": ["--tenant", "acme", "--role", "admin"],
-    "both": ["--tenant", "acme,beta", "--role", "reader"],          # default tenant: acme
-    "beta_first": ["--tenant", "beta", "--tenant", "acme", "--role", "reader"],
-    "beta_writer": ["--tenant", "beta", "--role", "writer"],
-    "revokee": ["--tenant", "acme", "--role", "reader", "--description", "to be revoked"],
-}
+# -- the lake and its servers ---------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
 def lake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lake]:
-    root = tmp_path_factory.mktemp("auth")
-    config = root / "loglake.toml"
-    config.write_text(f'[storage]\ndata_root = "{root / "data"}"\n\n[auth]\nenabled = true\n')
-    cfg = load_config(config, environ={})
-    catalog = Catalog(cfg.storage.resolved_catalog_url())
-    build_lake(cfg.storage.data_root, catalog)
-    yield Lake(root, config, catalog, create_keys(config, KEY_SPECS))
-    catalog.close()
-
-
-@dataclass
-class Server:
-    url: str
-    app: FastAPI
-    cfg: Config
-    client: httpx.Client
-
-    def call(self, method: str, path: str, key: str | None = None, tenant: str | None = None,
-             **kw: Any) -> httpx.Response:
-        headers = dict(kw.pop("headers", {}))
-        if key is not None:
-            headers["Authorization"] = f"Bearer {key}"
-        if tenant is not None:
-            headers["X-Scope-OrgID"] = tenant
-        return self.client.request(method, path, headers=headers, **kw)
-
-    def get(self, path: str, key: str | None = None, tenant: str | None = None, **kw: Any) -> httpx.Response:
-        return self.call("GET", path, key, tenant, **kw)
-
-
-@contextlib.contextmanager
-def serving(lake: Lake, **env: str) -> Iterator[Server]:
-    cfg = load_config(lake.config, environ=env)
-    assert cfg.auth.enabled, "these tests need authentication on"
-    app = create_app(cfg)
-    with uvicorn_thread(app, free_port()) as url, httpx.Client(base_url=url, timeout=30) as client:
-        yield Server(url, app, cfg, client)
+    with tenant_lake(tmp_path_factory.mktemp("auth")) as lk:
+        yield lk
 
 
 @pytest.fixture(scope="module")
@@ -526,12 +369,6 @@ SCOPED: list[tuple[str, str, dict[str, Any]]] = [
     ("GET", "/loki/api/v1/detected_fields", {"params": {"query": '{host=~".+"}', **LOKI_RANGE}}),
 ]
 SCOPED_IDS = [f"{m} {p}" + (" metric" if "count_over_time" in str(kw) else "") for m, p, kw in SCOPED]
-
-
-def search_ids(server: Server, key: str, tenant: str | None = None) -> list[str]:
-    resp = server.get("/api/v1/search", key, tenant, params=ALL)
-    assert resp.status_code == 200, resp.text
-    return sorted(r["attrs"]["id"] for r in resp.json()["rows"])
 
 
 def test_default_tenant_is_the_keys_first(server: Server, lake: Lake) -> None:

@@ -21,8 +21,9 @@ from loglake.broker import start_broker, stop_process
 from loglake.core.config import KafkaConfig
 from loglake.core.kafka_client import client_kwargs
 from loglake.core.topics import ensure_topic
-from tests.processes import Stack, free_port, wait_until
-from tests.test_ingest import create_topics, open_catalog, running, stored, wait_rows
+from tests.helpers.kafka import create_topics
+from tests.helpers.processes import Stack, free_port, running, wait_until
+from tests.helpers.stored import open_catalog, stored, wait_rows
 
 
 def partition_counts(bootstrap: str) -> dict[str, int]:

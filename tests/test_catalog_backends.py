@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.catalogs import integrity, is_postgres, run_sql
+from tests.helpers.catalogs import integrity, is_postgres, run_sql
 from storage.catalog import MIGRATIONS, AuditEntry, Catalog, PartitionCommit, PartitionState, SegmentRow
 from storage.errors import CatalogConflict
 from storage.segments import SegmentInfo

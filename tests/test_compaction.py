@@ -5,7 +5,7 @@ it takes part. Rows are compared as multisets of whole records (every column,
 attrs included), read back from the live segments' files, never from the
 catalog's counts alone.
 
-The crash tests SIGKILL a real compactor process (tests/compaction_worker.py) at
+The crash tests SIGKILL a real compactor process (tests/helpers/compaction_worker.py) at
 varied points, mid-write of an output file included; the race tests run two
 compactors, or a compactor and an ingest-like committer, at once.
 """
@@ -20,10 +20,9 @@ import subprocess
 import sys
 import threading
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import replace
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -37,26 +36,21 @@ from hypothesis import strategies as st
 
 from loglake.core.config import CompactionConfig, Config, QueryConfig, StorageConfig
 from query.service import SearchService
-from storage.catalog import Catalog, PartitionCommit, SegmentRow
+from storage.catalog import Catalog, SegmentRow
 from storage.compaction import collect_garbage, compact, hour_of, is_segment_file, plan
 from storage.fsck import fsck
 from storage.rewrite import rewrite_segment
 from storage.root import DataRoot
-from storage.schema import COLUMNS, RECORD_SCHEMA, SEVERITY
+from storage.schema import RECORD_SCHEMA
 from storage.segments import HOUR_US, SegmentInfo, hour_dir, segment_name, write_segments
-from tests.processes import wait_until
+from tests.helpers.flushed_lake import DAY_US, TOPIC, Lake, RowKey, keys_of
+from tests.helpers.processes import wait_until
 
 REPO = Path(__file__).resolve().parent.parent
-WORKER = Path(__file__).resolve().parent / "compaction_worker.py"
-TOPIC = "logs"
-DAY_US = int(datetime(2024, 3, 1, tzinfo=UTC).timestamp()) * 1_000_000
+WORKER = Path(__file__).resolve().parent / "helpers" / "compaction_worker.py"
 #: Every query covers the whole day.
 DAY = {"start": "2024-03-01T00:00:00Z", "end": "2024-03-02T00:00:00Z"}
 GRACE_S = 600.0
-SERVICES = ("api", "web", "db", "billing")
-LEVELS = ("info", "warn", "error", "debug")
-
-RowKey = tuple[Any, ...]
 
 
 def now_us() -> int:
@@ -66,95 +60,6 @@ def now_us() -> int:
 def after_grace_us() -> int:
     """A clock past the grace period of everything retired or written so far."""
     return now_us() + int((GRACE_S + 1) * 1e6)
-
-
-# -- building a lake -----------------------------------------------------------------------------
-
-
-def make_table(rng: random.Random, tenant: str, hour: int, n: int, first_id: int) -> pa.Table:
-    """``n`` (or a few more) records in ``hour`` of the day: every column varies, some exact duplicates."""
-    rows: list[dict[str, Any]] = []
-    for i in range(n):
-        uid = first_id + i
-        ts = DAY_US + hour * HOUR_US + rng.randrange(HOUR_US)
-        level = rng.choice(LEVELS)
-        attrs: list[tuple[str, str]] | None = [
-            None, [], [("id", str(uid))], [("id", str(uid)), ("http.status", rng.choice(["200", "500"]))],
-            [("zeta", "last"), ("alpha", "first"), ("id", str(uid)), ("naïve", "ü ✓")],
-        ][uid % 5]
-        rows.append({
-            "ts": ts, "observed_ts": ts + rng.randrange(5_000_000), "service": rng.choice(SERVICES),
-            "host": f"host-{uid % 3}", "source": f"/var/log/{uid % 2}.log", "level": level,
-            "severity": SEVERITY.get(level, 0), "message": f"{tenant} row {uid} {rng.getrandbits(64):016x} ✓",
-            "attrs": attrs, "trace_id": None if uid % 4 else f"{rng.getrandbits(128):032x}",
-            "span_id": None if uid % 4 else f"{rng.getrandbits(64):016x}",
-        })
-        if uid % 97 == 0:
-            rows.append(dict(rows[-1]))               # an exact duplicate: both copies must survive
-        if uid % 89 == 0:
-            rows.append(dict(rows[-1], observed_ts=rows[-1]["observed_ts"] + 1))   # same ts, a tie to sort
-    return pa.Table.from_pydict({c: [r[c] for r in rows] for c in COLUMNS}, schema=RECORD_SCHEMA)
-
-
-def keys_of(table: pa.Table) -> list[RowKey]:
-    """Each record as a hashable tuple of every column (attrs as its ordered pairs)."""
-    out = []
-    for r in table.cast(RECORD_SCHEMA).to_pylist():
-        attrs = r["attrs"]
-        r["attrs"] = None if attrs is None else tuple(attrs)
-        out.append(tuple(r[c] for c in COLUMNS))
-    return out
-
-
-class Lake:
-    """A data root and its catalog, filled the way ingest fills them: one segment per flush and hour."""
-
-    def __init__(self, base: Path, catalog_url: str, seed: int = 7) -> None:
-        self.dir = base / "data"
-        self.url = catalog_url
-        self.root = DataRoot(str(self.dir))
-        self.catalog = Catalog(catalog_url)
-        self.rng = random.Random(seed)
-        self.next_id = 0
-        self.offsets: dict[int, int] = defaultdict(int)
-        self.expected: Counter[RowKey] = Counter()
-        self.by_tenant: dict[str, Counter[RowKey]] = defaultdict(Counter)
-        self._lock = threading.Lock()
-
-    def batch(self, tenant: str, hour: int, n: int, *, partition: int = 0) -> tuple[pa.Table, int, int]:
-        """The next records a worker of ``partition`` would flush, and the offsets they cover."""
-        with self._lock:
-            table = make_table(self.rng, tenant, hour, n, self.next_id)
-            self.next_id += n
-            first = self.offsets[partition]
-            self.offsets[partition] += table.num_rows
-        return table, first, first + table.num_rows - 1
-
-    def store(self, tenant: str, table: pa.Table, first: int, last: int, *, partition: int = 0,
-              catalog: Catalog | None = None) -> list[SegmentInfo]:
-        """Write the segments of ``table`` and commit them with the partition's offsets, as ingest does."""
-        infos = write_segments(self.root, tenant, table, segment_name(TOPIC, partition, 0, first, last))
-        (catalog or self.catalog).commit([PartitionCommit(
-            TOPIC, partition, 0, first, last + 1, infos, {(tenant, f"src-{partition}"): last + 1})])
-        keys = keys_of(table)
-        with self._lock:
-            self.expected.update(keys)
-            self.by_tenant[tenant].update(keys)
-        return infos
-
-    def flush(self, tenant: str, hour: int, n: int, *, partition: int = 0,
-              catalog: Catalog | None = None) -> list[SegmentInfo]:
-        table, first, last = self.batch(tenant, hour, n, partition=partition)
-        return self.store(tenant, table, first, last, partition=partition, catalog=catalog)
-
-    def fill(self, tenants: tuple[str, ...], hours: range | list[int], segments: int, rows: int) -> None:
-        for tenant in tenants:
-            for hour in hours:
-                for _ in range(segments):
-                    self.flush(tenant, hour, rows)
-
-    def close(self) -> None:
-        self.catalog.close()
 
 
 @pytest.fixture

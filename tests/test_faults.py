@@ -9,59 +9,24 @@ the test cuts), and the shipper seeing the broker vanish. Longer faults under lo
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import os
-import shutil
-import subprocess
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
 from loglake.broker import start_broker, stop_process
-from tests.processes import Stack, free_port, wait_until
-from tests.test_ingest import Shipper, _metrics, create_topics, open_catalog, produce, running, stored, wait_rows
+from tests.helpers.disk import fill, small_disk
+from tests.helpers.kafka import Shipper, create_topics, produce
+from tests.helpers.metrics import scrape
+from tests.helpers.processes import Stack, free_port, running, wait_until
+from tests.helpers.relay import Relay
+from tests.helpers.stored import open_catalog, stored, wait_rows
 
 
 def _ready(port: int) -> tuple[int, dict[str, object]]:
     resp = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5)
     return resp.status_code, resp.json()
-
-
-@contextlib.contextmanager
-def small_disk(path: Path, size: str = "48m") -> Iterator[Path]:
-    """A tmpfs of ``size`` mounted at ``path``; skips (saying why) where mounting is not allowed."""
-    path.mkdir(parents=True, exist_ok=True)
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("filling a disk needs a small filesystem: mounting a tmpfs needs root here")
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                          capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs for a small disk: {done.stderr.strip()}")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
-
-
-def fill(directory: Path) -> Path:
-    """Write zeros into ``directory`` until not one more byte fits; returns the filler file."""
-    filler = directory / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
-    try:
-        chunk = 1 << 20
-        while chunk:
-            try:
-                os.write(fd, b"\0" * chunk)
-            except OSError:
-                chunk //= 2
-    finally:
-        os.close(fd)
-    return filler
 
 
 def test_a_full_disk_makes_ingest_unready_with_the_reason_and_nothing_is_lost(stack: Stack) -> None:
@@ -86,7 +51,7 @@ def test_a_full_disk_makes_ingest_unready_with_the_reason_and_nothing_is_lost(st
 
         body = wait_until(unready, 30, what="ingest /readyz to report the full disk")
         assert body["status"] == "flush failing" and "No space left on device" in str(body["fault"]), body
-        m = _metrics(port)
+        m = scrape(port)
         assert m[("loglake_ingest_ready", ())] == 0 and m[("loglake_ingest_flush_errors_total", ())] >= 1
         time.sleep(2)                                       # it keeps failing, and keeps the data
         assert _ready(port)[0] == 503 and catalog.totals()["rows"] == 100
@@ -94,58 +59,13 @@ def test_a_full_disk_makes_ingest_unready_with_the_reason_and_nothing_is_lost(st
         filler.unlink()
         wait_rows(stack, catalog, 1100, timeout_s=60)
         wait_until(lambda: _ready(port)[0] == 200, 30, what="ingest ready again")
-        assert _metrics(port)[("loglake_ingest_ready", ())] == 1
+        assert scrape(port)[("loglake_ingest_ready", ())] == 1
         messages = [r["message"] for r in stored(stack, catalog, "default")]
         assert sorted(messages) == sorted([f"before id=b{i}" for i in range(100)] +
                                           [f"during id=d{i}" for i in range(1000)])
         assert "flushing again" in stack.log_text("ingest")
         catalog.close()
         stack.stop_all()
-
-
-class Relay:
-    """A TCP relay to ``upstream`` that a test can cut (closing every connection) and restore."""
-
-    def __init__(self, upstream: tuple[str, int]) -> None:
-        self.upstream, self.port = upstream, free_port()
-        self.loop = asyncio.new_event_loop()
-        self.server: asyncio.Server | None = None
-        self.writers: set[asyncio.StreamWriter] = set()
-        threading.Thread(target=self.loop.run_forever, daemon=True).start()
-
-    def _call(self, coro: object) -> None:
-        asyncio.run_coroutine_threadsafe(coro, self.loop).result(10)  # type: ignore[arg-type]
-
-    def up(self) -> None:
-        async def start() -> None:
-            self.server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
-        self._call(start())
-
-    def down(self) -> None:
-        async def stop() -> None:
-            assert self.server is not None
-            self.server.close()
-            for w in list(self.writers):
-                w.transport.abort()
-            self.writers.clear()
-        self._call(stop())
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            up_reader, up_writer = await asyncio.open_connection(*self.upstream)
-        except OSError:
-            writer.transport.abort()
-            return
-        self.writers |= {writer, up_writer}
-
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(OSError, asyncio.IncompleteReadError):
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            dst.transport.abort()
-
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
 
 
 def test_catalog_database_down_is_reported_by_ingest_and_the_query_service(stack: Stack, pg_url: str) -> None:
@@ -174,7 +94,7 @@ def test_catalog_database_down_is_reported_by_ingest_and_the_query_service(stack
     searched = httpx.get(f"{stack.url}/api/v1/search", params={"q": "before"}, timeout=30)
     assert searched.status_code == 503 and searched.json()["error"] == "StorageUnavailable", searched.text
     assert searched.headers["retry-after"] == "5"
-    assert _metrics(port)[("loglake_ingest_ready", ())] == 0
+    assert scrape(port)[("loglake_ingest_ready", ())] == 0
 
     relay.up()
     wait_until(lambda: _ready(port)[0] == 200, 60, what="ingest ready once the catalog is back")
@@ -208,11 +128,11 @@ def _broker_restart(tmp_path: Path, catch_up: bool) -> None:
         body = wait_until(lambda: _ready(port)[1] if _ready(port)[0] == 503 else None, 90,
                           what="shipper /readyz to report the broker")
         assert body["status"] == "broker unreachable" and float(body["broker_outage_s"]) >= 0, body
-        assert _metrics(port)[("loglake_shipper_ready", ())] == 0
+        assert scrape(port)[("loglake_shipper_ready", ())] == 0
 
         broker = start_broker(address, log_file=tmp_path / "broker.log")
         wait_until(lambda: _ready(port)[0] == 200, 90, what="shipper ready again")
-        assert _metrics(port)[("loglake_shipper_ready", ())] == 1
+        assert scrape(port)[("loglake_shipper_ready", ())] == 1
         if not catch_up:
             return
         want = sorted([f"first id=f{i}" for i in range(20)] + [f"second id=s{i}" for i in range(20)])

@@ -6,7 +6,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from ingest.worker import IngestWorker, PartitionBuffer
+from ingest.buffers import PartitionBuffer
+from ingest.worker import IngestWorker
 from loglake.core.config import Config
 from storage.catalog import Catalog, PartitionState
 

@@ -14,11 +14,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ingest import _native, batch
-from ingest.batch import RecordRun, drop_stored_prefix, raw_table
+from ingest.batch import RecordRun, raw_table
+from ingest.marks import drop_stored
 from ingest.normalise import RAW_SCHEMA
 from loglake.core.frame import (FLAG_LZ4, MAGIC, MAX_OBSERVED_US, VERSION, FrameError, FrameMeta, decode_frame, encode_frame,
                            record_offsets)
-from tests.fuzz_targets import FrameParts
+from tests.helpers.fuzz_targets import FrameParts
 
 # -- helpers -----------------------------------------------------------------
 
@@ -319,7 +320,12 @@ def test_raw_table_lines_are_the_decoded_records(frames: list[list[bytes]]) -> N
     assert got == expected
 
 
-# -- drop_stored_prefix -------------------------------------------------------------
+# -- dropping a stored prefix (ingest.marks.drop_stored with the range [0, mark)) ------------
+
+
+def drop_stored_up_to(records: pa.BinaryArray, first: int, mark: int) -> list[bytes]:
+    """The production dedup over one stored range from the file's start: record starts on real frames."""
+    return drop_stored(records, first, [(0, mark)]).to_pylist()
 
 
 def starts_of(lines: list[bytes], first: int) -> list[int]:
@@ -332,32 +338,32 @@ def starts_of(lines: list[bytes], first: int) -> list[int]:
 
 @settings(max_examples=200, deadline=None)
 @given(lines=st.lists(line_bytes, max_size=12), first=st.integers(0, 10_000), data=st.data())
-def test_drop_stored_prefix_keeps_records_starting_at_or_after_the_mark(
+def test_drop_stored_up_to_keeps_records_starting_at_or_after_the_mark(
         lines: list[bytes], first: int, data: st.DataObject) -> None:
     total = sum(len(line) + 1 for line in lines)
     mark = data.draw(st.integers(0, first + total + 5), label="mark")
     records = pa.array([line + b"\n" for line in lines], pa.binary())
-    kept = drop_stored_prefix(records, first, mark)
+    kept = drop_stored_up_to(records, first, mark)
     expected = [line + b"\n" for line, s in zip(lines, starts_of(lines, first), strict=True) if s >= mark]
-    assert kept.to_pylist() == expected
+    assert kept == expected
 
 
 @settings(max_examples=200, deadline=None)
 @given(lines=st.lists(line_bytes, max_size=12), first=st.integers(0, 10_000), compress=st.booleans(),
        data=st.data())
-def test_drop_stored_prefix_on_a_decoded_frame(
+def test_drop_stored_up_to_on_a_decoded_frame(
         lines: list[bytes], first: int, compress: bool, data: st.DataObject) -> None:
     frame = decode_frame(frame_of(lines, compress=compress, first=first))
     starts = starts_of(lines, first)
     anywhere = st.integers(0, frame.meta.end_offset + 5)
     mark = data.draw(st.sampled_from(starts) | anywhere if starts else anywhere, label="mark")
-    kept = drop_stored_prefix(frame.records, frame.meta.first_offset, mark)
-    assert kept.to_pylist() == [line + b"\n" for line, s in zip(lines, starts, strict=True) if s >= mark]
+    kept = drop_stored_up_to(frame.records, frame.meta.first_offset, mark)
+    assert kept == [line + b"\n" for line, s in zip(lines, starts, strict=True) if s >= mark]
 
 
 @settings(max_examples=100, deadline=None)
 @given(lines=st.lists(line_bytes, min_size=1, max_size=12), data=st.data())
-def test_drop_stored_prefix_on_an_already_sliced_array(lines: list[bytes], data: st.DataObject) -> None:
+def test_drop_stored_up_to_on_an_already_sliced_array(lines: list[bytes], data: st.DataObject) -> None:
     first = 500
     frame = decode_frame(frame_of(lines, compress=True, first=first))
     k = data.draw(st.integers(0, len(lines)), label="k")
@@ -365,17 +371,17 @@ def test_drop_stored_prefix_on_an_already_sliced_array(lines: list[bytes], data:
     tail = frame.records.slice(k)
     tail_first = starts[k] if k < len(lines) else frame.meta.end_offset
     mark = data.draw(st.integers(0, frame.meta.end_offset + 2), label="mark")
-    kept = drop_stored_prefix(tail, tail_first, mark)
-    assert kept.to_pylist() == [line + b"\n" for line, s in list(zip(lines, starts, strict=True))[k:] if s >= mark]
+    kept = drop_stored_up_to(tail, tail_first, mark)
+    assert kept == [line + b"\n" for line, s in list(zip(lines, starts, strict=True))[k:] if s >= mark]
 
 
-def test_drop_stored_prefix_mark_inside_a_record_drops_that_record() -> None:
+def test_drop_stored_up_to_mark_inside_a_record_drops_that_record() -> None:
     records = pa.array([b"aaaa\n", b"bb\n", b"c\n"], pa.binary())
     # starts at 100, 105, 108
-    assert drop_stored_prefix(records, 100, 106).to_pylist() == [b"c\n"]
-    assert drop_stored_prefix(records, 100, 105).to_pylist() == [b"bb\n", b"c\n"]
-    assert drop_stored_prefix(records, 100, 100).to_pylist() == [b"aaaa\n", b"bb\n", b"c\n"]
-    assert drop_stored_prefix(records, 100, 110).to_pylist() == []
+    assert drop_stored_up_to(records, 100, 106) == [b"c\n"]
+    assert drop_stored_up_to(records, 100, 105) == [b"bb\n", b"c\n"]
+    assert drop_stored_up_to(records, 100, 100) == [b"aaaa\n", b"bb\n", b"c\n"]
+    assert drop_stored_up_to(records, 100, 110) == []
 
 
 @pytest.mark.parametrize(("field", "value"), [

@@ -50,7 +50,7 @@ from query.timerange import now_us
 from storage.catalog import Catalog, PartitionCommit, SavedQueryRow
 from storage.schema import RECORD_SCHEMA, SEVERITY
 from storage.segments import SegmentInfo, write_segments
-from tests.processes import free_port, uvicorn_thread
+from tests.helpers.processes import free_port, uvicorn_thread
 
 #: query.timeout_s of the fuzzed servers; every answer must come within it plus MARGIN_S.
 FUZZ_TIMEOUT_S = 5.0

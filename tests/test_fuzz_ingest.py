@@ -38,16 +38,16 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from ingest.normalise import Normaliser, ParseSettings
-from ingest.worker import IngestWorker, PartitionBuffer
+from ingest.worker import IngestWorker
 from loglake.core.config import Config
 from loglake.core.frame import MAGIC, MAX_RAW_BYTES, VERSION, FrameError, decode_frame
-from storage.catalog import Catalog, PartitionState
+from storage.catalog import Catalog
 from storage.errors import StorageError
 from storage.segments import check_tenant
-from tests import fuzz_targets as ft
-from tests.processes import Stack
-from tests.test_ingest import (Msg, Shipper, create_topics, open_catalog, produce, read_topic, running, stored,
-                               topics_env, wait_rows)
+from tests.helpers import fuzz_targets as ft
+from tests.helpers.kafka import Msg, Shipper, create_topics, produce, read_topic, topics_env
+from tests.helpers.processes import Stack, running
+from tests.helpers.stored import open_catalog, stored, wait_rows
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -417,11 +417,10 @@ def test_atheris_normaliser_single_lines(tmp_path: Path) -> None:
 # == 4. the worker ==========================================================================
 
 def fresh_worker(root: Path) -> IngestWorker:
-    """A real worker (normaliser, catalog, data root) without Kafka: messages go in through ``_take``."""
+    """A real worker (normaliser, catalog, data root) without Kafka: messages go in through its router."""
     cfg = Config.model_validate({"kafka": {"topic": "t"}, "storage": {"data_root": str(root / "data")}})
     worker = IngestWorker(cfg, Catalog(cfg.storage.resolved_catalog_url()))
-    worker.ranges = worker.catalog.source_ranges()
-    worker.buffers[("t", 0)] = PartitionBuffer(PartitionState(0, 0))
+    worker.partitions.open([("t", 0)])
     return worker
 
 
@@ -434,11 +433,11 @@ class Taken:
 
 
 def take_and_write(worker: IngestWorker, messages: list[tuple[bytes, int]]) -> Taken:
-    """``_take`` each (value, kafka timestamp ms), then a flush's write and catalog commit (no dead-letter send)."""
+    """Take each (value, kafka timestamp ms), then a flush's write and catalog commit (no dead-letter send)."""
     for offset, (value, ts) in enumerate(messages):
-        worker._take("t", 0, offset, value, [], ts)
+        worker.router.take("t", 0, offset, value, [], ts)
     buf = worker.buffers[("t", 0)]
-    commit, dead = worker._write(("t", 0), buf)
+    commit, dead = worker.flusher.write(("t", 0), buf)
     worker.catalog.commit([commit])
     return Taken(sum(s.rows for s in commit.segments), Counter(d.reason.value for d in [*buf.dead, *dead]))
 
@@ -476,7 +475,7 @@ def test_worker_takes_any_message_without_raising(messages: list[bytes]) -> None
             expected = sum(expected_outcomes(m) for m in messages)
             assert got.rows + sum(got.dead.values()) + worker.stats["deduplicated"] == expected, got
         finally:
-            worker.normaliser.close()
+            worker.flusher.normaliser.close()
             worker.catalog.close()
 
 
@@ -518,7 +517,7 @@ def test_worker_survives_hostile_meta_and_timestamps(tmp_path: Path, messages: l
         assert got.rows + sum(got.dead.values()) + worker.stats["deduplicated"] == \
             sum(expected_outcomes(v) for v, _ in messages)
     finally:
-        worker.normaliser.close()
+        worker.flusher.normaliser.close()
         worker.catalog.close()
 
 

@@ -34,10 +34,10 @@ from query.timerange import parse_time_us
 from storage.catalog import Catalog, PartitionCommit
 from storage.schema import RECORD_SCHEMA
 from storage.segments import write_segments
-from tests.fuzz_targets import FrameParts
-from tests.processes import Stack, free_port, uvicorn_thread
-from tests.test_ingest import (Shipper, create_topics, open_catalog, read_topic, running, stored, topics_env,
-                               wait_rows)
+from tests.helpers.fuzz_targets import FrameParts
+from tests.helpers.kafka import Shipper, create_topics, read_topic, topics_env
+from tests.helpers.processes import Stack, free_port, running, uvicorn_thread
+from tests.helpers.stored import open_catalog, stored, wait_rows
 
 MiB = 1 << 20
 

@@ -10,222 +10,29 @@ from their topic.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import signal
 import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import confluent_kafka
-import duckdb
 import httpx
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from prometheus_client.parser import text_string_to_metric_families
 
-from loglake.core.frame import FrameMeta, encode_frame, record_offsets
 from storage.catalog import Catalog, PartitionState
-from tests.processes import Stack, free_port, wait_until
+from tests.helpers.kafka import (Delivered, Letter, Msg, Shipper, create_topics, delete_topic, produce, read_topic,
+                                 topics_env)
+from tests.helpers.metrics import scrape
+from tests.helpers.processes import Stack, free_port, running, wait_until
+from tests.helpers.stored import open_catalog, stored, wait_rows
 
 pytestmark = pytest.mark.timeout(90)
 
 
-# -- Kafka: topics, producing, reading back ------------------------------------
-
-
-def create_topics(bootstrap: str, *names: str, partitions: int = 1) -> None:
-    async def go() -> None:
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-        await admin.start()
-        try:
-            await admin.create_topics([NewTopic(n, partitions, 1) for n in names])
-        finally:
-            await admin.close()
-
-    asyncio.run(go())
-
-
-def delete_topic(bootstrap: str, name: str) -> None:
-    async def go() -> None:
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-        await admin.start()
-        try:
-            await admin.delete_topics([name])
-            wait = time.monotonic() + 10
-            while name in await admin.list_topics():
-                assert time.monotonic() < wait, f"topic {name} still listed after deletion"
-                await asyncio.sleep(0.1)
-        finally:
-            await admin.close()
-
-    asyncio.run(go())
-
-
-@dataclass
-class Msg:
-    value: bytes
-    headers: list[tuple[str, bytes]] | None = None
-    key: bytes | None = None
-    timestamp_ms: int | None = None          # None: librdkafka stamps it (CreateTime)
-
-
-@dataclass(frozen=True)
-class Delivered:
-    partition: int
-    offset: int
-    timestamp_ms: int
-
-
-def produce(bootstrap: str, topic: str, messages: list[Msg], *, one_batch_each: bool = False) -> list[Delivered]:
-    """Produce with librdkafka; returns where each message landed, in order. Fails on any delivery error."""
-    producer = confluent_kafka.Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "acks": "all",
-                                         "enable.idempotence": False, "message.max.bytes": 2_000_000})
-    results: list[Delivered | None] = [None] * len(messages)
-    errors: list[str] = []
-
-    def report(i: int):
-        def cb(err: Any, msg: Any) -> None:
-            if err is not None:
-                errors.append(f"message {i}: {err}")
-            else:
-                results[i] = Delivered(msg.partition(), msg.offset(), msg.timestamp()[1])
-        return cb
-
-    for i, m in enumerate(messages):
-        kwargs: dict[str, Any] = {"value": m.value, "on_delivery": report(i)}
-        if m.headers is not None:
-            kwargs["headers"] = m.headers
-        if m.key is not None:
-            kwargs["key"] = m.key
-        if m.timestamp_ms is not None:
-            kwargs["timestamp"] = m.timestamp_ms
-        producer.produce(topic, **kwargs)
-        if one_batch_each:
-            assert producer.flush(15) == 0, "librdkafka could not deliver within 15 s"
-    assert producer.flush(15) == 0, "librdkafka could not deliver within 15 s"
-    assert not errors, errors
-    assert all(r is not None for r in results)
-    return results  # type: ignore[return-value]
-
-
-@dataclass(frozen=True)
-class Letter:
-    value: bytes
-    headers: dict[str, str]
-
-
-def read_topic(bootstrap: str, topic: str, expect: int, timeout_s: float = 20,
-               check: Callable[[], None] | None = None) -> list[Letter]:
-    """Everything on partition 0 of ``topic`` once ``expect`` messages are there (and a moment more).
-
-    ``check`` runs between polls (to fail at once when the worker died).
-    """
-
-    async def go() -> list[Letter]:
-        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                                    auto_offset_reset="earliest", max_partition_fetch_bytes=4 << 20,
-                                    fetch_max_bytes=16 << 20)
-        await consumer.start()
-        try:
-            consumer.assign([TopicPartition(topic, 0)])
-            out: list[Letter] = []
-            deadline = time.monotonic() + timeout_s
-            settle: float | None = None
-            while time.monotonic() < deadline:
-                if check is not None:
-                    check()
-                batch = await consumer.getmany(timeout_ms=200)
-                for messages in batch.values():
-                    out += [Letter(m.value or b"", {k: v.decode() for k, v in m.headers or ()}) for m in messages]
-                if len(out) >= expect:
-                    # Give a duplicate the chance to show up.
-                    settle = settle or time.monotonic() + 1.0
-                    if time.monotonic() >= settle:
-                        break
-            return out
-        finally:
-            await consumer.stop()
-
-    return asyncio.run(go())
-
-
-class Shipper:
-    """Builds frames the way ``loglake ship`` does: one source, consecutive byte ranges."""
-
-    def __init__(self, tenant: str = "default", service: str = "app", source: str = "/var/log/app.log",
-                 host: str = "shiphost") -> None:
-        self.tenant, self.service, self.source, self.host = tenant, service, source, host
-        self.source_id = f"{host}:{abs(hash(source)) % 10**9}:{time.time_ns()}"
-        self.offset = 0
-
-    def frame(self, lines: list[str], *, tenant: str | None = None, observed_us: int | None = None) -> Msg:
-        data = "".join(line + "\n" for line in lines).encode()
-        meta = FrameMeta(source_id=self.source_id, source=self.source, host=self.host, service=self.service,
-                         tenant=self.tenant if tenant is None else tenant, first_offset=self.offset,
-                         end_offset=self.offset + len(data),
-                         observed_us=observed_us or time.time_ns() // 1000, count=len(lines))
-        self.offset += len(data)
-        value = encode_frame(meta, data, record_offsets(data))
-        return Msg(value, headers=[("tenant", meta.tenant.encode())], key=self.source_id.encode())
-
-
-# -- the catalog and the stored rows ------------------------------------------
-
-
-def open_catalog(stack: Stack) -> Catalog:
-    path = stack.data_root / "catalog.sqlite"
-    wait_until(path.exists, 30, what=f"catalog {path} created by the ingest worker")
-    return Catalog(f"sqlite:///{path}")
-
-
-def stored(stack: Stack, catalog: Catalog, tenant: str) -> list[dict[str, Any]]:
-    """Rows of ``tenant`` from the catalog's live segments; times as epoch µs, attrs as a dict."""
-    segments = catalog.segments(tenant, 0, 2**62)
-    if not segments:
-        return []
-    paths = [str(stack.data_root / s.path) for s in segments]
-    con = duckdb.connect()
-    try:
-        table = con.execute(
-            "SELECT epoch_us(ts) AS ts, epoch_us(observed_ts) AS observed_ts, service::VARCHAR AS service,"
-            " host::VARCHAR AS host, source::VARCHAR AS source, level::VARCHAR AS level, severity, message,"
-            " attrs, trace_id, span_id FROM read_parquet(?) ORDER BY observed_ts, message", [paths]
-        ).to_arrow_table()
-    finally:
-        con.close()
-    rows = table.to_pylist()
-    for r in rows:
-        r["attrs"] = dict(r["attrs"] or [])
-    return rows
-
-
-def running(stack: Stack, proc: str = "ingest") -> Callable[[], None]:
-    """A check that fails, with the log tail, once the worker has exited."""
-    def check() -> None:
-        assert stack.procs[proc].poll() is None, (
-            f"{proc} exited with {stack.procs[proc].returncode}:\n{stack.log_text(proc)[-3000:]}")
-    return check
-
-
-def wait_rows(stack: Stack, catalog: Catalog, want: int, timeout_s: float = 20, proc: str = "ingest") -> None:
-    alive = running(stack, proc)
-
-    def enough() -> bool:
-        alive()
-        return catalog.totals()["rows"] >= want
-
-    try:
-        wait_until(enough, timeout_s, what=f"{want} rows in the catalog")
-    except AssertionError as e:
-        raise AssertionError(f"{e}; catalog has {catalog.totals()}; worker log tail:\n"
-                             f"{stack.log_text(proc)[-3000:]}") from None
+# -- reading what was stored -----------------------------------------------------
 
 
 def by_message(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -252,10 +59,6 @@ def log_records(stack: Stack, name: str) -> list[dict[str, Any]]:
         except ValueError:
             continue
     return out
-
-
-def topics_env(*inputs: str) -> str:
-    return "[" + ", ".join(inputs) + "]"
 
 
 # -- 1. third-party producers ---------------------------------------------------
@@ -375,16 +178,6 @@ def test_tenant_header_name_comes_from_kafka_tenant_header(stack: Stack) -> None
 # -- 2. dead letters ----------------------------------------------------------------
 
 
-def _metrics(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    resp = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5)
-    assert resp.status_code == 200
-    out = {}
-    for family in text_string_to_metric_families(resp.text):
-        for s in family.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
-
-
 def _check_letter(letter: Letter, reason: str, topic: str, where: Delivered, value: bytes) -> None:
     assert letter.headers["reason"] == reason
     assert letter.headers["topic"] == topic
@@ -450,7 +243,7 @@ def test_corrupt_frames_and_oversized_records_go_to_the_dead_letter_topic(stack:
     wait_rows(stack, catalog, 9)
     assert stack.procs["ingest"].poll() is None
 
-    m = _metrics(port)
+    m = scrape(port)
     dead = {dict(k[1])["reason"]: v for k, v in m.items() if k[0] == "loglake_ingest_dead_letters_total"}
     assert dead == {"corrupt_frame": 2, "oversized_record": 2}
     assert m[("loglake_ingest_records_total", ())] == 9
@@ -491,7 +284,7 @@ def test_invalid_tenant_goes_to_the_dead_letter_topic(stack: Stack, via: str) ->
     assert catalog.totals()["rows"] == 2
     running(stack)()
     assert not [p for p in stack.root.rglob("*") if "etc" in p.parts or "x" in p.parts]
-    dead = {dict(k[1])["reason"]: v for k, v in _metrics(port).items()
+    dead = {dict(k[1])["reason"]: v for k, v in scrape(port).items()
             if k[0] == "loglake_ingest_dead_letters_total"}
     assert dead == {"invalid_tenant": 1}
 

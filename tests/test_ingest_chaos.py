@@ -34,7 +34,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from loglake.broker import start_broker, stop_process
 from storage.catalog import Catalog, PartitionState
-from tests.processes import Stack, free_port, wait_until
+from tests.helpers.processes import Stack, free_port, wait_until
 
 ID_SQL_RE = r"id=(f[0-9]{2}-[0-9]{7})"
 

@@ -13,10 +13,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ingest.marks import add_range, drop_stored
-from ingest.worker import IngestWorker, PartitionBuffer
+from ingest.worker import IngestWorker
 from loglake.core.config import Config
 from loglake.core.frame import FrameMeta, decode_frame, encode_frame, record_offsets
-from storage.catalog import Catalog, PartitionState
+from storage.catalog import Catalog
 
 
 def _frame(first: int, lines: list[bytes]) -> bytes:
@@ -33,8 +33,7 @@ def _lines(lo: int, hi: int) -> list[bytes]:
 def _worker(tmp_path: Path) -> IngestWorker:
     cfg = Config.model_validate({"kafka": {"topic": "t"}, "storage": {"data_root": str(tmp_path / "data")}})
     worker = IngestWorker(cfg, Catalog(cfg.storage.resolved_catalog_url()))
-    worker.ranges = worker.catalog.source_ranges()
-    worker.buffers[("t", 0)] = PartitionBuffer(worker.catalog.partition_states("t").get(0, PartitionState(0, 0)))
+    worker.partitions.open([("t", 0)])      # as on assignment: the catalog's offset and stored ranges
     return worker
 
 
@@ -49,7 +48,7 @@ def test_a_resent_earlier_range_fills_its_hole_and_duplicates_are_dropped(tmp_pa
     # Frames 0-99 and 200-299 get through; 100-199 failed and is re-sent after them,
     # together with 200-299 again (the shipper rewinds to its last acknowledged offset).
     for first, lo, hi in ((0, 0, 100), (3600, 200, 300), (1800, 100, 200), (3600, 200, 300)):
-        w._take("t", 0, offset, _frame(first, _lines(lo, hi)), [], 0)
+        w.router.take("t", 0, offset, _frame(first, _lines(lo, hi)), [], 0)
         offset += 1
     asyncio.run(w.flush())
     assert _stored_lines(tmp_path) == [f"line {i:04d} padding" for i in range(300)]
@@ -57,7 +56,7 @@ def test_a_resent_earlier_range_fills_its_hole_and_duplicates_are_dropped(tmp_pa
 
     # After a restart the stored ranges come from the catalog: a full re-send is all duplicate.
     again = _worker(tmp_path)
-    again._take("t", 0, offset, _frame(0, _lines(0, 300)), [], 0)
+    again.router.take("t", 0, offset, _frame(0, _lines(0, 300)), [], 0)
     asyncio.run(again.flush())
     assert len(_stored_lines(tmp_path)) == 300
     assert again.stats["deduplicated"] == 300
@@ -65,12 +64,12 @@ def test_a_resent_earlier_range_fills_its_hole_and_duplicates_are_dropped(tmp_pa
 
 def test_a_hole_survives_a_restart(tmp_path: Path) -> None:
     w = _worker(tmp_path)
-    w._take("t", 0, 0, _frame(0, _lines(0, 10)), [], 0)
-    w._take("t", 0, 1, _frame(360, _lines(20, 30)), [], 0)
+    w.router.take("t", 0, 0, _frame(0, _lines(0, 10)), [], 0)
+    w.router.take("t", 0, 1, _frame(360, _lines(20, 30)), [], 0)
     asyncio.run(w.flush())
     assert w.catalog.source_ranges()[("default", "host:fp:abc:1")] == [(0, 180), (360, 540)]
     again = _worker(tmp_path)
-    again._take("t", 0, 2, _frame(180, _lines(10, 30)), [], 0)      # the hole and a duplicate
+    again.router.take("t", 0, 2, _frame(180, _lines(10, 30)), [], 0)      # the hole and a duplicate
     asyncio.run(again.flush())
     assert _stored_lines(tmp_path) == [f"line {i:04d} padding" for i in range(30)]
 

@@ -1,6 +1,6 @@
 """Kafka security: the real shipper and ingest worker over TLS and SASL (PLAIN, SCRAM-SHA-256/512).
 
-A broker of its own per test advertises the security proxy (tests/kafka_proxy.py),
+A broker of its own per test advertises the security proxy (tests/helpers/kafka_proxy.py),
 which terminates TLS and checks credentials before passing bytes to tansu. The
 settings are the ones an operator writes: ``[kafka] security_protocol``,
 ``sasl_mechanism``, ``sasl_username``, the password from a variable or a file, and
@@ -24,10 +24,10 @@ from loglake.broker import broker_binary, stop_process, wait_for_port
 from loglake.core.config import load_config
 from loglake.core.kafka_client import client_kwargs
 from loglake.core.topics import ensure_topic
-from tests.kafka_proxy import SecurityProxy
-from tests.processes import Stack, free_port, wait_until
-from tests.test_ingest import open_catalog, running, stored, wait_rows
-from tests.test_tls import self_signed
+from tests.helpers.kafka_proxy import SecurityProxy
+from tests.helpers.processes import Stack, free_port, running, wait_until
+from tests.helpers.stored import open_catalog, stored, wait_rows
+from tests.helpers.tls import self_signed
 
 PASSWORD = "s3cret-Pa55word-never-logged"
 

@@ -33,7 +33,7 @@ import duckdb
 import pytest
 
 from storage.catalog import Catalog
-from tests.processes import Stack, wait_until
+from tests.helpers.processes import Stack, wait_until
 
 LOGHUB = Path(__file__).resolve().parents[2] / "shared" / "data" / "loghub"   # beside the checkout, never copied in
 SYSTEMS = ("Android", "Apache", "HDFS", "Hadoop", "HealthApp", "Linux", "OpenSSH", "OpenStack", "Spark", "Zookeeper")

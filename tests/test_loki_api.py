@@ -35,19 +35,16 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pyarrow as pa
 import pytest
-from fastapi import FastAPI
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from loglake.core.config import Config, load_config
+from loglake.core.config import Config
 from query.api.app import create_app
 from query.timerange import parse_time_us
-from storage.catalog import Catalog, PartitionCommit
-from storage.schema import RECORD_SCHEMA, SEVERITY
-from storage.segments import SegmentInfo, write_segments
-from tests.processes import free_port, uvicorn_thread
+from storage.catalog import Catalog
+from tests.helpers.lake import Segment, record, write_lake
+from tests.helpers.server import Server, config_for, serve
 
 DAY = "2024-03-01"
 T0_US = parse_time_us(f"{DAY}T10:00:00Z")
@@ -159,68 +156,43 @@ ACME = make_records("acme", 12, 23, ("auth", "shop"))
 TENANTS = {"default": DEFAULT, "acme": ACME}
 
 
-def arrow_table(rows: list[Rec]) -> pa.Table:
-    cols: dict[str, list[Any]] = {name: [] for name in RECORD_SCHEMA.names}
-    for r in rows:
-        values = {"ts": r.ts, "observed_ts": r.ts + 1000, "service": r.service, "host": r.host,
-                  "source": r.source, "level": r.level, "severity": SEVERITY[r.level], "message": r.message,
-                  "attrs": list(r.attrs), "trace_id": None, "span_id": None}
-        for name in RECORD_SCHEMA.names:
-            cols[name].append(values[name])
-    return pa.Table.from_pydict(cols, schema=RECORD_SCHEMA)
-
-
-def write_lake(data_root: Path, catalog: Catalog, tenants: dict[str, list[Rec]], partition: int = 0) -> None:
-    written: list[SegmentInfo] = []
+def write_tenants(data_root: Path, catalog: Catalog, tenants: dict[str, list[Rec]], partition: int = 0) -> None:
+    """Each tenant's records, one segment per service (and hour), committed on ``partition`` of topic loki."""
+    segments: list[Segment] = []
     for tenant, recs in tenants.items():
         by_service: dict[str, list[Rec]] = defaultdict(list)
         for r in recs:
             by_service[r.service].append(r)
-        for service, rows in sorted(by_service.items()):
-            written += write_segments(data_root, tenant, arrow_table(rows), f"{service}-p{partition}.parquet")
-    catalog.commit([PartitionCommit(topic="loki", partition=partition, epoch=0, expected_next=0,
-                                    new_next=len(written), segments=written)])
+        segments += [Segment(tenant, f"{service}-p{partition}.parquet",
+                             [record(r.ts, r.service, r.level, r.message, attrs=r.attrs, host=r.host)
+                              for r in rows])
+                     for service, rows in sorted(by_service.items())]
+    write_lake(data_root, catalog, segments, topic="loki", partition=partition)
 
 
 # -- the server -----------------------------------------------------------------------------
 
 
-@dataclass
-class Server:
-    url: str
-    app: FastAPI
-    cfg: Config
-    client: httpx.Client
-    catalog: Catalog
+def logs(server: Server, query: str, tenant: str | None = None, **params: Any) -> list[tuple[int, str]]:
+    """(ns, line) of every entry of a log query over the whole data, newest first."""
+    params = {"start": ns(START_US), "end": ns(END_US), "limit": 5000, **params}
+    body = server.ok("/loki/api/v1/query_range", tenant=tenant, query=query, **params)
+    assert body["data"]["resultType"] == "streams"
+    entries = [(int(t), line) for s in body["data"]["result"] for t, line in s["values"]]
+    return sorted(entries, reverse=params.get("direction", "backward") == "backward")
 
-    def get(self, path: str, tenant: str | None = None, **params: Any) -> httpx.Response:
-        headers = {"X-Scope-OrgID": tenant} if tenant else {}
-        return self.client.get(path, params=params, headers=headers)
 
-    def ok(self, path: str, tenant: str | None = None, **params: Any) -> Any:
-        resp = self.get(path, tenant, **params)
-        assert resp.status_code == 200, f"{resp.status_code}: {resp.text}"
-        return resp.json()
-
-    def logs(self, query: str, tenant: str | None = None, **params: Any) -> list[tuple[int, str]]:
-        """(ns, line) of every entry of a log query over the whole data, newest first."""
-        params = {"start": ns(START_US), "end": ns(END_US), "limit": 5000, **params}
-        body = self.ok("/loki/api/v1/query_range", tenant, query=query, **params)
-        assert body["data"]["resultType"] == "streams"
-        entries = [(int(t), line) for s in body["data"]["result"] for t, line in s["values"]]
-        return sorted(entries, reverse=params.get("direction", "backward") == "backward")
-
-    def matrix(self, query: str, start_us: int, end_us: int, step: str, tenant: str | None = None,
-               ) -> dict[tuple[tuple[str, str], ...], dict[float, float]]:
-        body = self.ok("/loki/api/v1/query_range", tenant, query=query, start=ns(start_us), end=ns(end_us),
-                       step=step)
-        assert body["data"]["resultType"] == "matrix", body
-        out: dict[tuple[tuple[str, str], ...], dict[float, float]] = {}
-        for s in body["data"]["result"]:
-            key = tuple(sorted(s["metric"].items()))
-            assert key not in out, f"series {key} twice"
-            out[key] = {float(t): float(v) for t, v in s["values"]}
-        return out
+def matrix(server: Server, query: str, start_us: int, end_us: int, step: str, tenant: str | None = None,
+           ) -> dict[tuple[tuple[str, str], ...], dict[float, float]]:
+    body = server.ok("/loki/api/v1/query_range", tenant=tenant, query=query, start=ns(start_us), end=ns(end_us),
+                     step=step)
+    assert body["data"]["resultType"] == "matrix", body
+    out: dict[tuple[tuple[str, str], ...], dict[float, float]] = {}
+    for s in body["data"]["result"]:
+        key = tuple(sorted(s["metric"].items()))
+        assert key not in out, f"series {key} twice"
+        out[key] = {float(t): float(v) for t, v in s["values"]}
+    return out
 
 
 class _NoTraceback(logging.Filter):
@@ -239,27 +211,33 @@ class _NoTraceback(logging.Filter):
         return True
 
 
+@dataclass
+class Lake:
+    cfg: Config
+    catalog: Catalog
+
+
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def lake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lake]:
+    """A data root and catalog holding TENANTS."""
     root = tmp_path_factory.mktemp("loki-api")
-    (root / "empty.toml").write_text("")
-    cfg = load_config(environ={
-        "LOGLAKE_CONFIG": str(root / "empty.toml"),
-        "LOGLAKE_STORAGE__DATA_ROOT": str(root / "data"),
-        "LOGLAKE_QUERY__PORT": str(free_port()),
-        "LOGLAKE_AUTH__ENABLED": "false",     # keys are tested in test_auth.py
-    })
+    cfg = config_for(root, root / "data")
     catalog = Catalog(cfg.storage.resolved_catalog_url())
-    write_lake(cfg.storage.data_root, catalog, TENANTS)
-    app = create_app(cfg)
+    write_tenants(cfg.storage.data_root, catalog, TENANTS)
+    yield Lake(cfg, catalog)
+    catalog.close()
+
+
+@pytest.fixture(scope="module")
+def server(lake: Lake) -> Iterator[Server]:
     quiet = _NoTraceback()
     logging.getLogger("uvicorn.error").addFilter(quiet)
-    # No keep-alive: a 500 makes uvicorn drop its connection, which must not fail the next test.
-    with uvicorn_thread(app, cfg.query.port) as url, \
-            httpx.Client(base_url=url, timeout=30, limits=httpx.Limits(max_keepalive_connections=0)) as client:
-        yield Server(url, app, cfg, client, catalog)
-    logging.getLogger("uvicorn.error").removeFilter(quiet)
-    catalog.close()
+    try:
+        # No keep-alive: a 500 makes uvicorn drop its connection, which must not fail the next test.
+        with serve(lake.cfg, keepalive=False) as s:
+            yield s
+    finally:
+        logging.getLogger("uvicorn.error").removeFilter(quiet)
 
 
 # -- reference evaluation in plain Python -------------------------------------------------------
@@ -471,7 +449,7 @@ def test_labels_is_a_list_of_label_names(server: Server) -> None:
 
 
 def test_labels_come_from_the_data(server: Server) -> None:
-    assert server.ok("/loki/api/v1/labels", "nobody", start=ns(START_US), end=ns(END_US))["data"] in ([], None)
+    assert server.ok("/loki/api/v1/labels", tenant="nobody", start=ns(START_US), end=ns(END_US))["data"] in ([], None)
     body = server.ok("/loki/api/v1/labels", query='{service="no-such-service"}', start=ns(START_US), end=ns(END_US))
     assert body["data"] in ([], None)
 
@@ -479,7 +457,7 @@ def test_labels_come_from_the_data(server: Server) -> None:
 @pytest.mark.parametrize("tenant", ["default", "acme"])
 @pytest.mark.parametrize("label", STREAM_LABELS)
 def test_label_values_are_the_values_in_the_data(server: Server, tenant: str, label: str) -> None:
-    body = server.ok(f"/loki/api/v1/label/{label}/values", tenant, start=ns(START_US), end=ns(END_US))
+    body = server.ok(f"/loki/api/v1/label/{label}/values", tenant=tenant, start=ns(START_US), end=ns(END_US))
     assert body["status"] == "success"
     assert isinstance(body["data"], list) and all(isinstance(x, str) for x in body["data"])
     assert sorted(body["data"]) == sorted({r.stream[label] for r in records(tenant)})
@@ -780,7 +758,7 @@ def test_times_as_nanoseconds_float_seconds_and_rfc3339_agree(server: Server) ->
     want = entries(records(pred=lambda r: r.service == "billing", lo=lo, hi=hi))
     assert want
     for start, end in forms:
-        assert server.logs('{service="billing"}', start=start, end=end) == want, (start, end)
+        assert logs(server, '{service="billing"}', start=start, end=end) == want, (start, end)
     m_want = None
     for start, end in forms:
         body = server.ok("/loki/api/v1/query_range", query='sum(count_over_time({service="billing"}[10m]))',
@@ -799,23 +777,23 @@ def test_times_as_nanoseconds_float_seconds_and_rfc3339_agree(server: Server) ->
 def test_log_range_includes_its_start(server: Server) -> None:
     edge = BOUNDARY[0]
     end = edge.ts + 20 * MINUTE_US
-    got = server.logs('{service="auth"}', start=ns(edge.ts), end=ns(end))
+    got = logs(server, '{service="auth"}', start=ns(edge.ts), end=ns(end))
     assert (edge.ts * 1000, edge.message) in got
     assert got == entries(records(pred=lambda r: r.service == "auth", lo=edge.ts, hi=end))
-    assert (edge.ts * 1000, edge.message) not in server.logs('{service="auth"}', start=ns(edge.ts + 1),
+    assert (edge.ts * 1000, edge.message) not in logs(server, '{service="auth"}', start=ns(edge.ts + 1),
                                                              end=ns(end))
 
 
 def test_log_range_excludes_its_end(server: Server) -> None:
     edge = BOUNDARY[0]
-    got = server.logs('{service="auth"}', start=ns(edge.ts - 30 * MINUTE_US), end=ns(edge.ts))
+    got = logs(server, '{service="auth"}', start=ns(edge.ts - 30 * MINUTE_US), end=ns(edge.ts))
     assert (edge.ts * 1000, edge.message) not in got
     assert got == entries(records(pred=lambda r: r.service == "auth", lo=edge.ts - 30 * MINUTE_US, hi=edge.ts))
 
 
 def test_step_in_seconds_and_as_durations_agree(server: Server) -> None:
     q = 'sum by (level) (count_over_time({service=~".+"}[15m]))'
-    results = [server.matrix(q, M_START, M_END, step) for step in ("900", "900.0", "900000ms", "15m")]
+    results = [matrix(server, q, M_START, M_END, step) for step in ("900", "900.0", "900000ms", "15m")]
     want = vector_agg(range_series(records(), M_START, M_END, 15 * MINUTE_US, 15 * MINUTE_US), sum, by=("level",))
     for got in results:
         assert_series(got, want)
@@ -846,15 +824,16 @@ def test_unknown_direction_is_a_bad_request(server: Server) -> None:
 
 def test_tenants_are_isolated(server: Server) -> None:
     for tenant in ("default", "acme"):
-        assert server.logs('{service="auth"}', tenant) == entries(records(tenant, lambda r: r.service == "auth"))
-        body = server.ok("/loki/api/v1/query", tenant, query='sum by (service) (count_over_time({service=~".+"}[3h]))',
-                         time=ns(END_US))
+        assert logs(server, '{service="auth"}', tenant) == entries(records(tenant, lambda r: r.service == "auth"))
+        body = server.ok("/loki/api/v1/query", tenant=tenant,
+                         query='sum by (service) (count_over_time({service=~".+"}[3h]))', time=ns(END_US))
         assert vector_of(body) == {(("service", k),): float(n) for k, n in Counter(
             r.service for r in records(tenant)).items()}
     # no header: the default tenant; an unknown tenant sees nothing
-    assert server.logs('{service="auth"}') == entries(records("default", lambda r: r.service == "auth"))
-    assert server.logs('{service="auth"}', "nobody") == []
-    assert server.ok("/loki/api/v1/label/service/values", "nobody", start=ns(START_US), end=ns(END_US))["data"] == []
+    assert logs(server, '{service="auth"}') == entries(records("default", lambda r: r.service == "auth"))
+    assert logs(server, '{service="auth"}', "nobody") == []
+    assert server.ok("/loki/api/v1/label/service/values", tenant="nobody", start=ns(START_US),
+                     end=ns(END_US))["data"] == []
 
 
 def test_stats_carry_the_query_figures(server: Server) -> None:
@@ -1008,7 +987,7 @@ SELECTORS: list[tuple[str, Callable[[Rec], bool]]] = [
 
 @pytest.mark.parametrize(("query", "pred"), SELECTORS, ids=[q for q, _ in SELECTORS])
 def test_stream_selectors(server: Server, query: str, pred: Callable[[Rec], bool]) -> None:
-    assert server.logs(query) == entries(records(pred=pred))
+    assert logs(server, query) == entries(records(pred=pred))
 
 
 LINE_FILTERS: list[tuple[str, Callable[[Rec], bool]]] = [
@@ -1032,7 +1011,7 @@ LINE_FILTERS: list[tuple[str, Callable[[Rec], bool]]] = [
 def test_line_filters_are_case_sensitive_and_chain(server: Server, query: str, pred: Callable[[Rec], bool]) -> None:
     want = entries(records(pred=pred))
     assert want, "the data does not exercise this filter"
-    assert server.logs(query) == want
+    assert logs(server, query) == want
 
 
 def test_the_data_tells_line_filter_cases_apart() -> None:
@@ -1077,7 +1056,7 @@ PARSED: list[tuple[str, Callable[[Rec], bool]]] = [
 def test_parsers_and_label_filters(server: Server, query: str, pred: Callable[[Rec], bool]) -> None:
     want = entries(records(pred=pred))
     assert want, "the data does not exercise this filter"
-    assert server.logs(query) == want
+    assert logs(server, query) == want
 
 
 def test_pattern_parser(server: Server) -> None:
@@ -1089,7 +1068,7 @@ def test_pattern_parser(server: Server) -> None:
 
 
 def test_regexp_parser(server: Server) -> None:
-    got = server.logs('{service="auth"} | regexp `^(?P<verb>[A-Z]+) (?P<path>/\\S+)` | verb="GET" | path=~"/u.*"')
+    got = logs(server, '{service="auth"} | regexp `^(?P<verb>[A-Z]+) (?P<path>/\\S+)` | verb="GET" | path=~"/u.*"')
     assert got == entries(records(pred=lambda r: r.service == "auth" and r.message.startswith("GET /u")))
     assert got
 
@@ -1118,30 +1097,30 @@ def test_error_label_marks_lines_a_parser_cannot_read(server: Server) -> None:
     want = {r.ts * 1000: (None if r.service == "api" else "JSONParserErr")
             for r in records(pred=lambda r: r.service in ("api", "auth"))}
     assert errors == want
-    assert server.logs('{service=~"api|auth"} | json | __error__=""') == entries(
+    assert logs(server, '{service=~"api|auth"} | json | __error__=""') == entries(
         records(pred=lambda r: r.service == "api"))
-    assert server.logs('{service=~"api|auth"} | json | __error__="JSONParserErr"') == entries(
+    assert logs(server, '{service=~"api|auth"} | json | __error__="JSONParserErr"') == entries(
         records(pred=lambda r: r.service == "auth"))
-    assert server.logs('{service=~"api|auth"} | json | __error__!=""') == entries(
+    assert logs(server, '{service=~"api|auth"} | json | __error__!=""') == entries(
         records(pred=lambda r: r.service == "auth"))
 
 
 def test_line_format(server: Server) -> None:
-    got = server.logs('{service="api"} | json | line_format "{{.user}} got {{.status}} in {{.duration}}"')
+    got = logs(server, '{service="api"} | json | line_format "{{.user}} got {{.status}} in {{.duration}}"')
     want = sorted(((r.ts * 1000, "{user} got {status} in {duration}".format(**json_fields(r)))
                    for r in records(pred=lambda r: r.service == "api")), reverse=True)
     assert got == want
 
 
 def test_line_filter_after_line_format_sees_the_new_line(server: Server) -> None:
-    got = server.logs('{service="api"} | json | line_format "{{.user}}/{{.status}}" |= "alice/5"')
+    got = logs(server, '{service="api"} | json | line_format "{{.user}}/{{.status}}" |= "alice/5"')
     want = sorted(((r.ts * 1000, f"alice/{json_fields(r)['status']}") for r in records(
         pred=_json_pred(lambda f: f["user"] == "alice" and f["status"].startswith("5")))), reverse=True)
     assert want and got == want
 
 
 def test_line_filter_after_line_format_is_case_sensitive(server: Server) -> None:
-    got = server.logs('{service="api"} | json | line_format "{{.msg}} ({{.user}})" |= "Timeout" != "(bob)"')
+    got = logs(server, '{service="api"} | json | line_format "{{.msg}} ({{.user}})" |= "Timeout" != "(bob)"')
     want = sorted(((r.ts * 1000, "{msg} ({user})".format(**json_fields(r))) for r in records(
         pred=_json_pred(lambda f: "Timeout" in f["msg"] and f["user"] != "bob"))), reverse=True)
     assert want and got == want
@@ -1181,12 +1160,12 @@ def test_drop(server: Server) -> None:
 
 
 def test_label_filter_regex_with_an_inline_flag(server: Server) -> None:
-    assert server.logs('{service="api"} | json | msg=~"(?i)timeout.*"') == entries(
+    assert logs(server, '{service="api"} | json | msg=~"(?i)timeout.*"') == entries(
         records(pred=_json_pred(lambda f: f["msg"].lower().startswith("timeout"))))
 
 
 def test_label_filter_on_an_attribute(server: Server) -> None:
-    assert server.logs('{service="api"} | region="eu"') == entries(
+    assert logs(server, '{service="api"} | region="eu"') == entries(
         records(pred=lambda r: r.service == "api" and r.attr["region"] == "eu"))
 
 
@@ -1196,7 +1175,7 @@ STEP = 10 * MINUTE_US
 
 
 def _m(server: Server, query: str, step_us: int = STEP) -> Series:
-    return server.matrix(query, M_START, M_END, f"{step_us // SECOND_US}")
+    return matrix(server, query, M_START, M_END, f"{step_us // SECOND_US}")
 
 
 def test_count_over_time_per_stream_with_windows_open_on_the_left(server: Server) -> None:
@@ -1425,7 +1404,7 @@ def test_instant_metric_queries(server: Server) -> None:
 
 def native_rows(server: Server, q: str, tenant: str = "default", lo: int = START_US,
                 hi: int = END_US) -> list[tuple[int, str]]:
-    body = server.ok("/api/v1/search", tenant, q=q, start=ns(lo), end=ns(hi), limit=10_000,
+    body = server.ok("/api/v1/search", tenant=tenant, q=q, start=ns(lo), end=ns(hi), limit=10_000,
                      fields="message")
     return sorted(((parse_time_us(r["ts"]) * 1000, r["message"]) for r in body["rows"]), reverse=True)
 
@@ -1436,7 +1415,7 @@ def native_counts(server: Server, q: str, by: str | None, tenant: str = "default
     params = {"q": q, "start": ns(M_START), "end": ns(M_END), "interval": "1h", "fn": "count"}
     if by:
         params["by"] = by
-    body = server.ok("/api/v1/aggregate", tenant, **params)
+    body = server.ok("/api/v1/aggregate", tenant=tenant, **params)
     buckets = [parse_time_us(b) for b in body["buckets"]]
     out = {}
     for s in body["series"]:
@@ -1451,7 +1430,7 @@ def native_counts(server: Server, q: str, by: str | None, tenant: str = "default
 def logql_counts(server: Server, selector: str, by: str | None, tenant: str = "default",
                  ) -> dict[tuple[Key, float], float]:
     grouping = f" by ({by})" if by else ""
-    got = server.matrix(f"sum{grouping} (count_over_time({selector}[1h]))", M_START, M_END, "3600", tenant)
+    got = matrix(server, f"sum{grouping} (count_over_time({selector}[1h]))", M_START, M_END, "3600", tenant)
     return {(k, t): v for k, pts in got.items() for t, v in pts.items()}
 
 
@@ -1473,7 +1452,7 @@ EQUIVALENT = [
 def test_logql_and_native_return_the_same_rows(server: Server, logql: str, native: str) -> None:
     rows = native_rows(server, native)
     assert rows, "the data does not exercise this pair"
-    assert server.logs(logql) == rows
+    assert logs(server, logql) == rows
 
 
 @pytest.mark.parametrize(("selector", "native", "by"), [
@@ -1539,7 +1518,7 @@ H_FILTERS: list[Callable[[str], tuple[str, str, Callable[[str], bool]]]] = [
                                                                   HealthCheck.too_slow])
 @given(raw=_h_records, selector=st.sampled_from(H_SELECTORS), make_filter=st.sampled_from(H_FILTERS),
        word=st.sampled_from(FILTER_WORDS), by=st.sampled_from([None, "level", "service"]))
-def test_differential_on_generated_data(server: Server, raw: list[dict[str, Any]],
+def test_differential_on_generated_data(server: Server, lake: Lake, raw: list[dict[str, Any]],
                                         selector: tuple[str, str, Callable[[Rec], bool]],
                                         make_filter: Callable[[str], tuple[str, str, Callable[[str], bool]]],
                                         word: str, by: str | None) -> None:
@@ -1550,14 +1529,14 @@ def test_differential_on_generated_data(server: Server, raw: list[dict[str, Any]
         ts = T0_US + d["second"] * SECOND_US + d["micro"] + i      # distinct times
         recs.append(Rec(f"{tenant}-{i}", tenant, ts, d["service"], d["host"], d["level"], " ".join(d["words"]),
                         (("id", f"{tenant}-{i}"), ("region", d["region"]))))
-    write_lake(server.cfg.storage.data_root, server.catalog, {tenant: recs}, partition=n)
+    write_tenants(lake.cfg.storage.data_root, lake.catalog, {tenant: recs}, partition=n)
     TENANTS[tenant] = recs
     try:
         l_sel, n_sel, pred = selector
         l_filter, n_filter, mpred = make_filter(word)
         logql, native = l_sel + l_filter, (n_sel + n_filter).strip()
         want = entries([r for r in recs if pred(r) and mpred(r.message)])
-        assert server.logs(logql, tenant) == want
+        assert logs(server, logql, tenant) == want
         assert native_rows(server, native, tenant) == want
         counts = logql_counts(server, logql, by, tenant)
         assert counts == native_counts(server, native, by, tenant)

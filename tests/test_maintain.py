@@ -1,7 +1,7 @@
 """`loglake maintain` as a real process: what its jobs did shows on /metrics, and a catalog it
 cannot reach on /readyz, while /healthz keeps answering.
 
-The catalog is PostgreSQL behind a TCP relay the test cuts (tests/test_faults.py's Relay);
+The catalog is PostgreSQL behind a TCP relay the test cuts (tests/helpers/relay.py);
 the segments are written and committed the way ingest writes them.
 """
 
@@ -14,10 +14,10 @@ import httpx
 
 from storage.catalog import Catalog
 from storage.root import DataRoot
-from tests.processes import Stack, free_port, wait_until
-from tests.test_compaction import Lake
-from tests.test_faults import Relay
-from tests.test_ingest import _metrics
+from tests.helpers.flushed_lake import Lake
+from tests.helpers.metrics import Samples, scrape
+from tests.helpers.processes import Stack, free_port, wait_until
+from tests.helpers.relay import Relay
 
 
 def _get(port: int, path: str) -> tuple[int, dict[str, object]]:
@@ -28,7 +28,7 @@ def _get(port: int, path: str) -> tuple[int, dict[str, object]]:
     return resp.status_code, resp.json()
 
 
-def _job(metrics: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, job: str) -> float:
+def _job(metrics: Samples, name: str, job: str) -> float:
     return metrics.get((name, (("job", job),)), 0.0)
 
 
@@ -52,7 +52,7 @@ def test_maintain_reports_its_jobs_on_metrics_and_a_lost_catalog_on_readyz(tmp_p
         wait_until(lambda: _get(port, "/healthz")[0] == 200, 30, what="maintain answering /healthz")
 
         # Compaction ran: both hours merged (and, being long over, written at the settled level).
-        metrics = wait_until(lambda: (m := _metrics(port)).get(("loglake_compaction_input_segments_total", ()))
+        metrics = wait_until(lambda: (m := scrape(port)).get(("loglake_compaction_input_segments_total", ()))
                              == segments_in and m, 60, what="compaction on /metrics")
         assert metrics[("loglake_compaction_input_bytes_total", ())] == bytes_in
         assert metrics[("loglake_compaction_output_segments_total", ())] == 2
@@ -69,7 +69,7 @@ def test_maintain_reports_its_jobs_on_metrics_and_a_lost_catalog_on_readyz(tmp_p
             live.close()
         # The stored volume is what the catalog says after the last garbage collection
         # (GC runs first, at start, so it may still show the inputs until its next run).
-        stored = _metrics(port)
+        stored = scrape(port)
         assert stored[("loglake_storage_rows", ())] == totals["rows"] == sum(lake.expected.values())
 
         # The catalog goes away: the next runs fail, /readyz says so, /healthz still answers.
@@ -78,14 +78,14 @@ def test_maintain_reports_its_jobs_on_metrics_and_a_lost_catalog_on_readyz(tmp_p
                                 what="/readyz to report the lost catalog")
         assert body["status"] == "job failing" and "compaction" in body["faults"], body  # type: ignore[operator]
         assert _get(port, "/healthz")[0] == 200
-        metrics = _metrics(port)
+        metrics = scrape(port)
         assert metrics[("loglake_maintenance_ready", ())] == 0
         assert _job(metrics, "loglake_maintenance_job_failures_total", "compaction") >= 1
 
         # Back: the next run succeeds and it is ready again.
         relay.up()
         wait_until(lambda: _get(port, "/readyz")[0] == 200, 60, what="ready once the catalog is back")
-        assert _metrics(port)[("loglake_maintenance_ready", ())] == 1
+        assert scrape(port)[("loglake_maintenance_ready", ())] == 1
         assert "maintenance job failed" in stack.log_text("maintain")
         assert DataRoot(str(lake.dir)).files()                 # nothing was lost meanwhile
     finally:

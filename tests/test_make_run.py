@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.processes import free_port, wait_until
+from tests.helpers.processes import free_port, wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 

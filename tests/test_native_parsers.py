@@ -26,7 +26,7 @@ from ingest.normalise import Normaliser
 from ingest import _native
 from ingest.parsers import access
 from ingest.parsers import json as json_parser
-from tests import normalising
+from tests.helpers import normalising
 
 OBSERVED = datetime(2024, 6, 1, 12, 0, tzinfo=UTC)
 PARSED, DEFER = 1, 2

@@ -1,7 +1,7 @@
 """The compiled modules (ingest/_native.c, storage/_trigrams.c) under AddressSanitizer and UBSan.
 
 Both files are built again with ``-fsanitize=address,undefined`` and driven by
-``tests/native_fuzz.py`` with mutated lines for a while: any out-of-bounds read
+``tests/helpers/native_fuzz.py`` with mutated lines for a while: any out-of-bounds read
 or write, use after free or undefined behaviour aborts that process, and the
 test shows the sanitizer's report. It needs gcc and its sanitizer runtimes
 (the machine that builds the package has the compiler); without them it is
@@ -50,7 +50,8 @@ def test_compiled_modules_survive_mutated_input_under_sanitizers(tmp_path: Path)
     # (pymalloc's arenas are one big block to it, and an overflow inside one goes unseen).
     env = {**os.environ, "LD_PRELOAD": f"{asan}:{ubsan}", "PYTHONMALLOC": "malloc",
            "ASAN_OPTIONS": "detect_leaks=0:abort_on_error=1", "UBSAN_OPTIONS": "print_stacktrace=1"}
-    run = subprocess.run([sys.executable, str(ROOT / "tests" / "native_fuzz.py"), str(FUZZ_S), str(seed),
+    fuzzer = ROOT / "tests" / "helpers" / "native_fuzz.py"
+    run = subprocess.run([sys.executable, str(fuzzer), str(FUZZ_S), str(seed),
                           built["native"], built["trigrams"]], capture_output=True, text=True, env=env,
                          timeout=FUZZ_S + 120)
     assert run.returncode == 0 and "runtime error" not in run.stderr, \

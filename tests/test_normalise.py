@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ingest.normalise import RAW_SCHEMA, Normaliser
-from tests import normalising
+from tests.helpers import normalising
 from storage.schema import RECORD_SCHEMA, SEVERITY
 
 OBSERVED = datetime(2031, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)

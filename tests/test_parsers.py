@@ -25,7 +25,7 @@ from ingest.levels import NUMERIC_LEVEL, SEVERITY_OF, SYSLOG_SEVERITY, TEXT_LEVE
 from ingest.normalise import Normaliser, ParseSettings, normalise_safely
 from ingest.parsers.json import MAX_DEPTH
 from ingest.parsers.pattern import PatternError
-from tests import normalising
+from tests.helpers import normalising
 from storage.schema import LEVELS, RECORD_SCHEMA
 
 #: When the shipper read the lines: after every dated line below, so no time is "in the future".

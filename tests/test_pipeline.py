@@ -9,8 +9,8 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 
-from tests.corpus import access_status, append, make_lines, now_utc, uids_in
-from tests.processes import Stack, wait_until
+from tests.helpers.corpus import access_status, append, make_lines, now_utc, uids_in
+from tests.helpers.processes import Stack, wait_until
 
 N = 10_000
 

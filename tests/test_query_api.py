@@ -15,39 +15,26 @@ Segments (all on 2024-03-01, UTC):
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import duckdb
 import httpx
-import pyarrow as pa
 import pytest
-from fastapi import FastAPI
 
-from loglake.core.config import Config, load_config
-from query.api.app import create_app
-from query.service import SearchService
 from query.timerange import parse_time_us
-from storage.catalog import Catalog, PartitionCommit
-from storage.schema import RECORD_SCHEMA, SEVERITY
-from storage.segments import SegmentInfo, write_segments
-from tests.processes import free_port, uvicorn_thread
+from storage.catalog import Catalog
+from tests.helpers import lake
+from tests.helpers.server import Server, config_for, serve
 
 DAY = "2024-03-01"
 #: Covers every record.
 ALL = {"start": f"{DAY}T09:00:00Z", "end": f"{DAY}T13:00:00Z"}
 
 
-def record(rid: str, clock: str, service: str, level: str, message: str,
-           **attrs: str) -> dict[str, Any]:
-    ts = parse_time_us(f"{DAY}T{clock}Z")
-    return {
-        "ts": ts, "observed_ts": ts + 1_000, "service": service, "host": "web-1",
-        "source": f"/var/log/{service}.log", "level": level, "severity": SEVERITY[level],
-        "message": message, "attrs": [("id", rid), *attrs.items()],
-        "trace_id": None, "span_id": None,
-    }
+def record(rid: str, clock: str, service: str, level: str, message: str, **attrs: str) -> dict[str, Any]:
+    return lake.record(parse_time_us(f"{DAY}T{clock}Z"), service, level, message,
+                       attrs=[("id", rid), *attrs.items()])
 
 
 SEGMENTS: dict[str, list[dict[str, Any]]] = {
@@ -82,57 +69,15 @@ SEGMENTS: dict[str, list[dict[str, Any]]] = {
 NEWEST_FIRST = ["t5", "t4", "t3", "t2", "t1", "c2", "c1", "b2", "a4", "a3", "a2", "b1", "a1"]
 
 
-def arrow_table(rows: list[dict[str, Any]]) -> pa.Table:
-    return pa.Table.from_pydict({name: [r[name] for r in rows] for name in RECORD_SCHEMA.names},
-                                schema=RECORD_SCHEMA)
-
-
-def build_lake(data_root: Path, catalog: Catalog) -> None:
-    written: list[SegmentInfo] = []
-    for name, rows in SEGMENTS.items():
-        written += write_segments(data_root, "default", arrow_table(rows), f"{name}.parquet")
-    catalog.commit([PartitionCommit(topic="test", partition=0, epoch=0, expected_next=0,
-                                    new_next=len(written), segments=written)])
-
-
-@dataclass
-class Server:
-    url: str
-    app: FastAPI
-    cfg: Config
-    client: httpx.Client
-
-    @property
-    def service(self) -> SearchService:
-        return self.app.state.service
-
-    def get(self, q: str, **params: Any) -> httpx.Response:
-        return self.client.get("/api/v1/search", params={"q": q, **params})
-
-    def search(self, q: str = "", **params: Any) -> dict[str, Any]:
-        resp = self.get(q, **{**ALL, **params})
-        assert resp.status_code == 200, resp.text
-        return resp.json()
-
-    def ids(self, q: str = "", **params: Any) -> list[str]:
-        return [row["attrs"]["id"] for row in self.search(q, **params)["rows"]]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     root = tmp_path_factory.mktemp("query-api")
-    (root / "empty.toml").write_text("")
-    cfg = load_config(environ={
-        "LOGLAKE_CONFIG": str(root / "empty.toml"),
-        "LOGLAKE_STORAGE__DATA_ROOT": str(root / "data"),
-        "LOGLAKE_QUERY__PORT": str(free_port()),
-        "LOGLAKE_AUTH__ENABLED": "false",     # keys are tested in test_auth.py
-    })
+    cfg = config_for(root, root / "data")
     catalog = Catalog(cfg.storage.resolved_catalog_url())
-    build_lake(cfg.storage.data_root, catalog)
-    app = create_app(cfg)
-    with uvicorn_thread(app, cfg.query.port) as url, httpx.Client(base_url=url, timeout=10) as client:
-        yield Server(url, app, cfg, client)
+    lake.write_lake(cfg.storage.data_root, catalog,
+                    [lake.Segment("default", f"{name}.parquet", rows) for name, rows in SEGMENTS.items()])
+    with serve(cfg, timeout_s=10, rng=ALL) as s:
+        yield s
     catalog.close()
 
 
@@ -163,7 +108,7 @@ def test_order_asc_returns_oldest_first(server: Server) -> None:
 
 
 def test_unknown_order_is_rejected(server: Server) -> None:
-    assert server.get("", order="sideways", **ALL).status_code == 422
+    assert server.query("", order="sideways", **ALL).status_code == 422
 
 
 def test_row_carries_every_column_with_rfc3339_times_and_attrs_as_a_dict(server: Server) -> None:
@@ -185,7 +130,7 @@ def test_stats_echo_the_range_and_count_returned_rows(server: Server) -> None:
 
 
 def test_range_defaults_to_the_hour_before_end(server: Server) -> None:
-    resp = server.get("", end=f"{DAY}T11:00:01Z")
+    resp = server.query("", end=f"{DAY}T11:00:01Z")
     assert resp.status_code == 200
     body = resp.json()
     assert body["stats"]["start"] == f"{DAY}T10:00:01.000000Z"
@@ -193,7 +138,7 @@ def test_range_defaults_to_the_hour_before_end(server: Server) -> None:
 
 
 def test_range_defaults_to_the_last_hour_when_nothing_is_given(server: Server) -> None:
-    resp = server.get("")
+    resp = server.query("")
     assert resp.status_code == 200
     stats = resp.json()["stats"]
     assert parse_time_us(stats["end"]) - parse_time_us(stats["start"]) == 3_600_000_000
@@ -280,7 +225,7 @@ def test_unknown_attribute_matches_nothing(server: Server) -> None:
 
 
 def test_searching_a_timestamp_as_a_value_is_rejected(server: Server) -> None:
-    resp = server.get("ts:5", **ALL)
+    resp = server.query("ts:5", **ALL)
     assert resp.status_code == 400
     assert resp.json()["error"] == "QueryError"
 
@@ -304,14 +249,14 @@ def test_range_accepts_epoch_numbers(server: Server) -> None:
 
 
 def test_bad_start_is_rejected(server: Server) -> None:
-    resp = server.get("", start="yesterday")
+    resp = server.query("", start="yesterday")
     assert resp.status_code == 400
     assert resp.json()["error"] == "BadTimeRange"
     assert "yesterday" in resp.json()["message"]
 
 
 def test_end_before_start_is_rejected(server: Server) -> None:
-    resp = server.get("", start=f"{DAY}T12:00:00Z", end=f"{DAY}T11:00:00Z")
+    resp = server.query("", start=f"{DAY}T12:00:00Z", end=f"{DAY}T11:00:00Z")
     assert resp.status_code == 400
     assert resp.json() == {"error": "BadTimeRange", "message": "end is before start"}
 
@@ -334,7 +279,7 @@ def test_limit_at_the_maximum_is_accepted(server: Server) -> None:
 @pytest.mark.parametrize("limit", [0, -1, "over"])
 def test_limit_outside_its_bounds_is_rejected(server: Server, limit: int | str) -> None:
     value = server.cfg.query.max_limit + 1 if limit == "over" else limit
-    resp = server.get("", limit=value, **ALL)
+    resp = server.query("", limit=value, **ALL)
     assert resp.status_code == 400
     assert resp.json()["error"] == "QueryError"
     assert "limit" in resp.json()["message"]
@@ -381,7 +326,7 @@ def test_range_with_no_segments_returns_no_rows(server: Server) -> None:
 
 
 def test_syntax_error_is_400_with_position_and_reason(server: Server) -> None:
-    resp = server.get("level:error (timeout", **ALL)
+    resp = server.query("level:error (timeout", **ALL)
     assert resp.status_code == 400
     assert resp.json() == {
         "error": "QuerySyntaxError",
@@ -391,7 +336,7 @@ def test_syntax_error_is_400_with_position_and_reason(server: Server) -> None:
 
 
 def test_unclosed_quote_is_400_with_position(server: Server) -> None:
-    body = server.get('"abc', **ALL).json()
+    body = server.query('"abc', **ALL).json()
     assert (body["position"], body["reason"]) == (4, 'unclosed quote: expected "')
 
 
@@ -443,7 +388,7 @@ def test_percent_and_underscore_stay_literal_inside_wildcard_terms(server: Serve
 
 @pytest.mark.parametrize("field", ["../../etc/passwd", "attrs/../x", "a;b", "a'b"])
 def test_path_or_sql_in_a_field_name_is_a_syntax_error(server: Server, field: str) -> None:
-    resp = server.get(f"{field}:x", **ALL)
+    resp = server.query(f"{field}:x", **ALL)
     assert resp.status_code == 400
     assert resp.json()["reason"].startswith("invalid field name")
 

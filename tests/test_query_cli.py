@@ -1,6 +1,6 @@
 """`loglake search` as a user runs it: a real subprocess against a real uvicorn server.
 
-The server serves the data sets of tests/test_query_features.py; expected
+The server serves the data sets of tests/helpers/query_data.py; expected
 answers come from those records (or, for output formats, from the HTTP API the
 CLI is a client of, whose answers test_query_features checks against the data).
 """
@@ -21,23 +21,10 @@ from typing import Any
 import pytest
 
 from storage.catalog import Catalog
-from tests.processes import free_port
-from tests.test_query_features import (
-    A_END,
-    A_START,
-    DATA_A,
-    HOUR_US,
-    RANGE_A,
-    Server,
-    as_us,
-    attr,
-    build,
-    config_for,
-    expected_counts,
-    newest_first,
-    series_map,
-    serve,
-)
+from tests.helpers.processes import free_port
+from tests.helpers.query_data import (A_END, A_START, DATA_A, HOUR_US, RANGE_A, as_us, attr, build, expected_counts,
+                                      newest_first, series_map)
+from tests.helpers.server import Server, config_for, serve
 
 _SCRIPT = Path(sys.executable).parent / "loglake"
 LOGLAKE = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "loglake"]

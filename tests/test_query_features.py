@@ -2,19 +2,9 @@
 
 The data is written straight through the storage package (Parquet segments
 plus catalog rows), as in tests/test_query_api.py, and every expected answer
-is computed in Python from the records written here, never typed in.
+is computed in Python from the records written, never typed in.
 
-Data sets, each in a time range of its own so they do not disturb each other:
-
-    A  2024-03-01 10:00-14:00  240 records of services api, billing and web
-       (one segment per service and hour: 12), attributes status, latency
-       (durations), bytes, user; some with a trace_id. Language, search,
-       aggregate, fields and values tests.
-    B  2024-03-02 00:00-01:00  50 records sharing 3 timestamps, some identical
-       but for attrs.id, in two segments of 4-row row groups. Cursor tests.
-    C  2024-03-03 03:00-04:00  4 segments of filler text, needle words in one
-       or two of them; 05:00-06:00 one segment of 10 row groups with a needle
-       in one. Index pruning tests.
+The data sets A, B and C are described in tests/helpers/query_data.py.
 """
 
 from __future__ import annotations
@@ -22,12 +12,11 @@ from __future__ import annotations
 import base64
 import json
 import math
-import random
 import re
 import threading
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,213 +26,27 @@ import httpx
 import numpy as np
 import pyarrow as pa
 import pytest
-from fastapi import FastAPI
 
-from loglake.core.config import Config, load_config
-from query.api.app import create_app
-from query.service import SearchService
+from loglake.core.config import Config
 from query.timerange import parse_time_us
 from storage import tokens
 from storage.catalog import Catalog, PartitionCommit, SavedQueryRow
 from storage.errors import CatalogConflict
 from storage.schema import RECORD_SCHEMA, SEVERITY
-from storage.segments import SegmentInfo, write_segments
-from tests.processes import free_port, uvicorn_thread
-from tests.test_query_api import arrow_table, record
-
-HOUR_US = 3_600_000_000
-MIN_US = 60_000_000
-SEC_US = 1_000_000
-
-
-def rec(rid: str, ts_us: int, service: str, level: str, message: str, *, host: str = "web-1",
-        trace_id: str | None = None, **attrs: str) -> dict[str, Any]:
-    """A record at any time (tests.test_query_api.record fixes the day)."""
-    r = record(rid, "00:00:00", service, level, message, **attrs)
-    r.update(ts=ts_us, observed_ts=ts_us + 1_000, host=host, trace_id=trace_id)
-    return r
-
-
-def attr(r: dict[str, Any], key: str) -> str | None:
-    return dict(r["attrs"]).get(key)
-
-
-# -- data set A: the language, search and aggregations ---------------------------------
-
-A_START, A_END = "2024-03-01T10:00:00Z", "2024-03-01T14:00:00Z"
-RANGE_A = {"start": A_START, "end": A_END}
-A0 = parse_time_us(A_START)
-A_MESSAGES = [
-    "GET /api/users 200 OK", "Timeout talking to db", "upstream timeout after 3 retries",
-    "cache miss for key user:42", "payment declined", "connection reset by peer",
-    "slow request took 1500 ms", "user logged in",
-]
-A_LEVELS = ["debug", "info", "info", "info", "warn", "error", "fatal"]
-A_STATUS = ["200", "201", "404", "429", "500", "503", None]
-A_LATENCY = ["300ms", "1.5s", "120", "2m", "250ms", "80ms", "abc", "0.2s", None, None]
-#: Distinct counts, so "top N" is well defined.
-A_USERS = ["alice"] * 60 + ["bob"] * 45 + ["carol"] * 30 + ["dave"] * 20 + ["erin"] * 10 + ["frank"] * 5 + [None] * 70
-
-
-def _data_a() -> list[dict[str, Any]]:
-    rng = random.Random(20240301)
-    users = list(A_USERS)
-    rng.shuffle(users)
-    out = []
-    for i in range(240):
-        ts = A0 + i * MIN_US + rng.randrange(0, 59) * SEC_US + rng.randrange(0, 1000)
-        attrs: dict[str, str] = {}
-        for key, value in (("status", rng.choice(A_STATUS)), ("latency", rng.choice(A_LATENCY)),
-                           ("bytes", None if rng.random() < 0.1 else str(rng.randrange(0, 5000))),
-                           ("user", users[i])):
-            if value is not None:
-                attrs[key] = value
-        out.append(rec(f"A{i:03d}", ts, rng.choice(["api", "api", "billing", "web"]), rng.choice(A_LEVELS),
-                       rng.choice(A_MESSAGES), host=f"web-{i % 3}",
-                       trace_id=f"{rng.getrandbits(64):016x}" if rng.random() < 0.3 else None, **attrs))
-    return out
-
-
-DATA_A = _data_a()
-
-# -- data set B: equal timestamps ---------------------------------------------------------
-
-B_START, B_END = "2024-03-02T00:00:00Z", "2024-03-02T01:00:00Z"
-RANGE_B = {"start": B_START, "end": B_END}
-B_TIMES = [parse_time_us(f"2024-03-02T00:{m}:00Z") for m in ("10", "20", "30")]
-DUP = "duplicate heartbeat"
-TWIN, TWINS = "BTWIN", 5
-
-
-def _data_b() -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
-    n = 0
-
-    def add(ts: int, service: str, message: str, host: str = "h1", rid: str | None = None) -> None:
-        nonlocal n
-        out.append(rec(rid or f"B{n:02d}", ts, service, "info", message, host=host))
-        n += 1
-
-    t1, t2, t3 = B_TIMES
-    for _ in range(12):
-        add(t1, "pager", DUP)                     # identical but for attrs.id
-    for j in range(8):
-        add(t1, "pager", f"event {j}")
-    for j in range(15):
-        add(t2, ["pager", "alpha"][j % 2], "tick", host=f"h{j // 2}")   # differ by service or host only
-    for _ in range(TWINS):
-        add(t2, "pager", "twin tick", rid=TWIN)   # identical in every column, attrs too
-    for _ in range(4):
-        add(t3, "pager", DUP)
-    for j in range(6):
-        add(t3, "alpha", f"event {j}")
-    assert len(out) == 50 and len({r["ts"] for r in out}) == 3
-    return out
-
-
-DATA_B = _data_b()
-
-# -- data set C: needles ------------------------------------------------------------------
-
-C_START, C_END = "2024-03-03T03:00:00Z", "2024-03-03T04:00:00Z"
-RANGE_C = {"start": C_START, "end": C_END}
-C0 = parse_time_us(C_START)
-RG_START, RG_END = "2024-03-03T05:00:00Z", "2024-03-03T06:00:00Z"
-RANGE_RG = {"start": RG_START, "end": RG_END}
-RG0 = parse_time_us(RG_START)
-NEEDLE, NEEDLE2, RG_NEEDLE = "zebraquux", "jackdawvex", "xylophonic"
-FILLER = ["request handled ok for user {n}", "cache hit on item {n}", "worker {n} idle", "path /items/{n} served"]
-C_SERVICES = ["n1", "n2", "n3", "n4"]
-RG_ROWS, RG_GROUP = 1000, 100
-RG_NEEDLE_ROWS = (537, 538)
-
-
-def _data_c() -> dict[str, list[dict[str, Any]]]:
-    segs: dict[str, list[dict[str, Any]]] = {}
-    for s, svc in enumerate(C_SERVICES):
-        rows = []
-        for i in range(200):
-            msg = FILLER[i % len(FILLER)].format(n=i)
-            if svc == "n3" and i in (50, 150):
-                msg = f"found {NEEDLE} in the cache"
-            if svc == "n1" and i == 70:
-                msg = f"a {NEEDLE2.upper()} appeared"
-            rows.append(rec(f"C{s}-{i:03d}", C0 + i * 10 * SEC_US + s * 1000, svc, "info", msg))
-        segs[svc] = rows
-    segs["rg"] = [rec(f"R{i:04d}", RG0 + i * 3 * SEC_US, "rg", "info",
-                      f"{RG_NEEDLE} event" if i in RG_NEEDLE_ROWS else FILLER[i % len(FILLER)].format(n=i))
-                  for i in range(RG_ROWS)]
-    return segs
-
-
-DATA_C = _data_c()
-
-
-def build(data_root: Path, catalog: Catalog) -> None:
-    written: list[SegmentInfo] = []
-    by_service: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for r in DATA_A:
-        by_service[r["service"]].append(r)
-    for svc, rows in sorted(by_service.items()):
-        written += write_segments(data_root, "default", arrow_table(rows), f"{svc}-a.parquet")
-    written += write_segments(data_root, "default", arrow_table(DATA_B[0::2]), "b-even.parquet", row_group_rows=4)
-    written += write_segments(data_root, "default", arrow_table(DATA_B[1::2]), "b-odd.parquet", row_group_rows=4)
-    for svc in C_SERVICES:
-        written += write_segments(data_root, "default", arrow_table(DATA_C[svc]), f"{svc}-c.parquet")
-    written += write_segments(data_root, "default", arrow_table(DATA_C["rg"]), "rg.parquet",
-                              row_group_rows=RG_GROUP)
-    catalog.commit([PartitionCommit(topic="test", partition=0, epoch=0, expected_next=0,
-                                    new_next=len(written), segments=written)])
-
+from storage.segments import write_segments
+from tests.helpers.query_data import (
+    A0, A_END, A_START, A_STATUS, B_END, B_START, C_SERVICES, DATA_A, DATA_B, DATA_C, DUP, HOUR_US, MIN_US,
+    NEEDLE, NEEDLE2, RANGE_A, RANGE_B, RANGE_C, RANGE_RG, RG_GROUP, RG_NEEDLE, RG_NEEDLE_ROWS, RG_ROWS, TWIN,
+    TWINS, as_us, attr, bucket_labels, build, expected_counts, hour_of, newest_first, series_map
+)
+from tests.helpers.server import Server, config_for, serve
 
 # -- the server -------------------------------------------------------------------------
 
 
-@dataclass
-class Server:
-    url: str
-    app: FastAPI
-    cfg: Config
-    client: httpx.Client
-
-    @property
-    def service(self) -> SearchService:
-        return self.app.state.service
-
-    def get(self, path: str, **params: Any) -> httpx.Response:
-        return self.client.get(path, params=params)
-
-    def search(self, q: str = "", rng: dict[str, str] | None = None, **params: Any) -> dict[str, Any]:
-        resp = self.client.get("/api/v1/search", params={"q": q, **(rng or RANGE_A), "limit": 10_000, **params})
-        assert resp.status_code == 200, resp.text
-        return resp.json()
-
-    def ids(self, q: str = "", rng: dict[str, str] | None = None, **params: Any) -> list[str]:
-        return [row["attrs"]["id"] for row in self.search(q, rng, **params)["rows"]]
-
-    def aggregate(self, **params: Any) -> dict[str, Any]:
-        resp = self.client.get("/api/v1/aggregate", params={**RANGE_A, **params})
-        assert resp.status_code == 200, resp.text
-        return resp.json()
-
-
-def config_for(tmp: Path, data_root: Path, **query: Any) -> Config:
-    (tmp / "empty.toml").write_text("")
-    env = {"LOGLAKE_CONFIG": str(tmp / "empty.toml"), "LOGLAKE_STORAGE__DATA_ROOT": str(data_root),
-           "LOGLAKE_QUERY__PORT": str(free_port()), "LOGLAKE_AUTH__ENABLED": "false"}
-    env.update({f"LOGLAKE_QUERY__{k.upper()}": str(v) for k, v in query.items()})
-    return load_config(environ=env)
-
-
-@contextmanager
-def serve(cfg: Config) -> Iterator[Server]:
-    """``create_app(cfg)`` on a real uvicorn server on a loopback port."""
-    app = create_app(cfg)
-    try:
-        with uvicorn_thread(app, cfg.query.port) as url, httpx.Client(base_url=url, timeout=30) as client:
-            yield Server(url, app, cfg, client)
-    finally:
-        app.state.service.catalog.close()
+def served(cfg: Config) -> AbstractContextManager[Server]:
+    """The service of ``cfg`` served, its searches over data set A with room for every row."""
+    return serve(cfg, rng=RANGE_A, limit=10_000)
 
 
 @dataclass
@@ -265,12 +68,8 @@ def lake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lake]:
 
 @pytest.fixture(scope="module")
 def server(lake: Lake) -> Iterator[Server]:
-    with serve(config_for(lake.tmp, lake.data_root)) as s:
+    with served(config_for(lake.tmp, lake.data_root)) as s:
         yield s
-
-
-def newest_first(rows: list[dict[str, Any]]) -> list[str]:
-    return [attr(r, "id") for r in sorted(rows, key=lambda r: r["ts"], reverse=True)]  # type: ignore[misc]
 
 
 def where(pred: Callable[[dict[str, Any]], bool], rows: list[dict[str, Any]] = DATA_A) -> list[str]:
@@ -914,39 +713,6 @@ def test_needle_and_a_service_prune_by_catalog_and_index(server: Server) -> None
 # == aggregate ==============================================================================
 
 
-def hour_of(us: int, iv: int) -> int:
-    return us // iv * iv
-
-
-def bucket_labels(start_us: int, end_us: int, iv: int) -> list[int]:
-    return list(range(start_us // iv * iv, end_us, iv))
-
-
-def as_us(text: str) -> int:
-    return parse_time_us(text)
-
-
-def series_map(body: dict[str, Any]) -> dict[tuple[tuple[str, str | None], ...] | str, list[float | None]]:
-    out: dict[Any, list[float | None]] = {}
-    for s in body["series"]:
-        key = "other" if s["other"] else tuple(sorted(s["group"].items()))
-        assert key not in out
-        out[key] = s["points"]
-    return out
-
-
-def expected_counts(rows: list[dict[str, Any]], iv: int, start_us: int, end_us: int,
-                    group: Callable[[dict[str, Any]], tuple[tuple[str, str | None], ...]] = lambda r: ()
-                    ) -> dict[Any, list[float]]:
-    buckets = bucket_labels(start_us, end_us, iv)
-    out: dict[Any, list[float]] = {}
-    for r in rows:
-        if start_us <= r["ts"] < end_us:
-            points = out.setdefault(group(r), [0] * len(buckets))
-            points[buckets.index(hour_of(r["ts"], iv))] += 1
-    return out
-
-
 @pytest.mark.parametrize("interval,iv", [("30m", 30 * MIN_US), ("15m", 15 * MIN_US), ("1h", HOUR_US),
                                          ("2h", 2 * HOUR_US)])
 def test_aggregate_counts_per_interval(server: Server, interval: str, iv: int) -> None:
@@ -1563,7 +1329,7 @@ def test_max_scan_bytes_refuses_before_running_with_the_estimate(lake: Lake, tmp
     billing = sum(s.bytes for s in segs if "billing" in s.services)
     limit = billing + 1
     assert limit < total
-    with serve(config_for(tmp_path, lake.data_root, max_scan_bytes=limit)) as s:
+    with served(config_for(tmp_path, lake.data_root, max_scan_bytes=limit)) as s:
         resp = s.get("/api/v1/search", **RANGE_A)
         assert resp.status_code == 422, resp.text
         body = resp.json()
@@ -1589,7 +1355,7 @@ def test_max_scan_bytes_is_checked_after_index_pruning(lake: Lake, tmp_path: Pat
     (needle_seg,) = [s for s in segs if "n3" in s.services]
     limit = needle_seg.bytes + 1
     assert sum(s.bytes for s in segs) > limit
-    with serve(config_for(tmp_path, lake.data_root, max_scan_bytes=limit)) as s:
+    with served(config_for(tmp_path, lake.data_root, max_scan_bytes=limit)) as s:
         whole = s.get("/api/v1/search", q=NEEDLE[:2], **RANGE_C)       # too short for the index
         assert whole.status_code == 422
         assert whole.json()["estimated_bytes"] == sum(x.bytes for x in segs)
@@ -1600,7 +1366,7 @@ def test_max_scan_bytes_is_checked_after_index_pruning(lake: Lake, tmp_path: Pat
 
 
 def test_concurrency_limit_is_429_with_retry_after(lake: Lake, tmp_path: Path) -> None:
-    with serve(config_for(tmp_path, lake.data_root, max_concurrent=1, queue_timeout_s=0)) as s:
+    with served(config_for(tmp_path, lake.data_root, max_concurrent=1, queue_timeout_s=0)) as s:
         assert s.get("/api/v1/search", **RANGE_A).status_code == 200
         slots = s.service._slots
         assert slots.acquire(timeout=5)
@@ -1622,7 +1388,7 @@ def test_concurrency_limit_is_429_with_retry_after(lake: Lake, tmp_path: Path) -
 
 
 def test_concurrency_queue_waits_for_a_free_slot(lake: Lake, tmp_path: Path) -> None:
-    with serve(config_for(tmp_path, lake.data_root, max_concurrent=1, queue_timeout_s=5)) as s:
+    with served(config_for(tmp_path, lake.data_root, max_concurrent=1, queue_timeout_s=5)) as s:
         slots = s.service._slots
         assert slots.acquire(timeout=5)
         timer = threading.Timer(0.3, slots.release)
@@ -1660,7 +1426,7 @@ def test_slow_query_is_interrupted_with_504_and_the_server_keeps_answering(tmp_p
     _big_lake(tmp_path, 1_000_000)
     big = {"start": "2024-03-05T00:00:00Z", "end": "2024-03-05T01:00:00Z"}
     slow = " OR ".join(f"message:/{c}[a-z]*{c}{c}q/" for c in "abcdefghijklmnopqrst")
-    with serve(config_for(tmp_path, tmp_path / "data", timeout_s=0.2)) as s:
+    with served(config_for(tmp_path, tmp_path / "data", timeout_s=0.2)) as s:
         resp = httpx.get(f"{s.url}/api/v1/search", params={"q": slow, **big}, timeout=60)
         assert resp.status_code == 504, resp.text
         assert resp.json()["error"] == "QueryTimeout"

@@ -10,8 +10,8 @@ from datetime import timedelta
 
 import pytest
 
-from tests.corpus import append, make_lines, now_utc, uids_in
-from tests.processes import Stack, wait_until
+from tests.helpers.corpus import append, make_lines, now_utc, uids_in
+from tests.helpers.processes import Stack, wait_until
 
 N = 9_000
 

@@ -46,7 +46,7 @@ from storage.retention import Rules
 from storage.root import DataRoot
 from storage.schema import RECORD_SCHEMA, SEVERITY
 from storage.segments import SegmentInfo, write_segments
-from tests.processes import free_port, wait_until
+from tests.helpers.processes import free_port, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 VENV_PYTHON = REPO / ".venv" / "bin" / "python"

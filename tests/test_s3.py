@@ -40,7 +40,7 @@ from storage.fsck import fsck
 from storage.root import DataRoot
 from storage.schema import RECORD_SCHEMA, SEVERITY
 from storage.segments import SegmentInfo, write_segments
-from tests.processes import free_port
+from tests.helpers.processes import free_port
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -15,8 +15,8 @@ import httpx
 import pytest
 
 from loglake.broker import start_broker, stop_process
-from tests.corpus import append, make_lines, now_utc, uids_in
-from tests.processes import Stack, free_port, wait_until
+from tests.helpers.corpus import append, make_lines, now_utc, uids_in
+from tests.helpers.processes import Stack, free_port, wait_until
 
 
 def _write(path: os.PathLike[str], lines: list) -> None:

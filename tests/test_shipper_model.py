@@ -5,8 +5,8 @@ deletion, broker faults (errors, stored frames whose acks are lost) and
 shipper crash-restarts drive the real :class:`Shipper` over real files. Only
 the Kafka producer is replaced, by an in-memory one whose "topic" keeps a
 frame once the broker has stored it. Afterwards ingest's deduplication
-(per-source high-water marks, as in ``IngestWorker._take``) is applied to
-the topic, and every line written must come out of it exactly once.
+(per-source stored byte ranges, ``ingest.marks``, as the worker applies them) is
+applied to the topic, and every line written must come out of it exactly once.
 
 After the machine: a restart in the middle of a file, and one small case for
 each bug the machine found.
@@ -31,7 +31,7 @@ from hypothesis import HealthCheck, Phase, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from ingest.batch import drop_stored_prefix
+from ingest.marks import Ranges, add_range, drop_stored
 from loglake.core.config import Config
 from loglake.core.frame import Frame, decode_frame
 from shippers.shipper import Shipper
@@ -145,22 +145,21 @@ class ModelShipper(Shipper):
 
 
 def deduplicated(frames: Iterable[Frame], stats: collections.Counter[str] | None = None) -> list[bytes]:
-    """The records ingest stores from ``frames``, in order (``IngestWorker._take``'s dedup)."""
-    marks: dict[tuple[str, str], int] = {}
+    """The records ingest stores from ``frames``, in order: the worker's byte-range dedup, its own functions."""
+    ranges: dict[tuple[str, str], Ranges] = {}
     out: list[bytes] = []
     stats = collections.Counter() if stats is None else stats
     for frame in frames:
         meta, records = frame.meta, frame.records
         key = (meta.tenant, meta.source_id)
-        mark = marks.get(key, 0)
-        if meta.end_offset <= mark:
+        stored = ranges.get(key, [])
+        kept = drop_stored(records, meta.first_offset, stored)
+        if len(records) and not len(kept):
             stats["dedup: frame dropped"] += 1
-            continue
-        if meta.first_offset < mark:
-            records = drop_stored_prefix(records, meta.first_offset, mark)
-            stats["dedup: stored prefix cut"] += 1
-        marks[key] = meta.end_offset
-        out.extend(records.to_pylist())
+        elif len(kept) < len(records):
+            stats["dedup: stored records cut"] += 1
+        ranges[key] = add_range(stored, meta.first_offset, meta.end_offset)
+        out.extend(kept.to_pylist())
     return out
 
 

@@ -36,8 +36,8 @@ import pytest
 
 from loglake.broker import start_broker, stop_process
 from storage.catalog import Catalog
-from tests.processes import Stack, free_port, wait_until
-from tests.test_faults import fill, small_disk
+from tests.helpers.disk import fill, small_disk
+from tests.helpers.processes import Stack, free_port, wait_until
 
 SOAK_S = float(os.environ.get("LOGLAKE_SOAK_S", "600"))
 RATE = int(os.environ.get("LOGLAKE_SOAK_RATE", "2000"))

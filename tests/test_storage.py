@@ -26,7 +26,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.catalogs import integrity, is_postgres, run_sql
+from tests.helpers.catalogs import integrity, is_postgres, run_sql
 from storage.catalog import MIGRATIONS, Catalog, PartitionCommit, PartitionState, _postgres_ddl
 from storage.errors import CatalogConflict, CatalogUnavailable, StorageError
 from storage.schema import RECORD_SCHEMA, SEVERITY

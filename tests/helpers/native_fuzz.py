@@ -1,6 +1,6 @@
 """Random and mutated inputs for the compiled modules, run by tests/test_native_sanitized.py.
 
-Usage: ``python tests/native_fuzz.py SECONDS SEED NATIVE_SO TRIGRAMS_SO``. It loads
+Usage: ``python tests/helpers/native_fuzz.py SECONDS SEED NATIVE_SO TRIGRAMS_SO``. It loads
 the two modules from the given (sanitizer-built) files and calls every function
 with mutated JSON and access lines, sliced arrays, random selections, depths and
 bounds until SECONDS have passed; a sanitizer report aborts the process.

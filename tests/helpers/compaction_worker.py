@@ -1,6 +1,6 @@
 """A compactor in a process of its own, for tests/test_compaction.py (killed mid-run, or raced with another).
 
-    python tests/compaction_worker.py DATA_ROOT CATALOG_URL [--zstd N] [--target-rows N]
+    python tests/helpers/compaction_worker.py DATA_ROOT CATALOG_URL [--zstd N] [--target-rows N]
         [--target-bytes N] [--row-group-rows N] [--tenant T] [--wait] [--until FILE]
 
 Prints ``ready`` once the catalog is open. With ``--wait`` it then waits for a

@@ -4,7 +4,7 @@
 atheris (coverage-guided, libFuzzer) in a subprocess through :func:`main`::
 
     python -c "$BOOTSTRAP" frame|line [libFuzzer flags] [corpus dir]
-    python -m tests.fuzz_targets frame|line [libFuzzer flags] [corpus dir]     # the same, by hand
+    python -m tests.helpers.fuzz_targets frame|line [libFuzzer flags] [corpus dir]     # the same, by hand
 
 Each ``check_*`` function states the property: it returns quietly when the
 product behaved (a result consistent with the input, or the documented error),
@@ -386,10 +386,10 @@ def main(argv: list[str]) -> None:
 BOOTSTRAP = """\
 import sys, atheris
 with atheris.instrument_imports(include=["loglake", "ingest", "storage"]):
-    import tests.fuzz_targets as targets
+    import tests.helpers.fuzz_targets as targets
 targets.main(sys.argv)
 """
 
-if __name__ == "__main__":  # pragma: no cover - by hand: python -m tests.fuzz_targets frame -max_total_time=60
+if __name__ == "__main__":  # pragma: no cover - by hand: python -m tests.helpers.fuzz_targets frame -max_total_time=60
     # This module is already imported, uninstrumented: start over in the bootstrap, which instruments first.
     os.execv(sys.executable, [sys.executable, "-c", BOOTSTRAP, *sys.argv[1:]])

@@ -147,3 +147,11 @@ class Stack:
         resp = httpx.get(f"{self.url}/api/v1/search", params={"q": q, **params}, timeout=30)
         resp.raise_for_status()
         return resp.json()
+
+
+def running(stack: Stack, proc: str = "ingest") -> Callable[[], None]:
+    """A check that fails, with the log tail, once the worker has exited."""
+    def check() -> None:
+        assert stack.procs[proc].poll() is None, (
+            f"{proc} exited with {stack.procs[proc].returncode}:\n{stack.log_text(proc)[-3000:]}")
+    return check
