@@ -31,7 +31,7 @@ from loglake.core.config import Config, ConfigError, load_config
 from loglake.core.frame import (FLAG_LZ4, MAGIC, VERSION, FrameError, FrameMeta, decode_frame, encode_frame,
                            record_offsets)
 from storage.catalog import Catalog
-from tests.processes import Stack, free_port, wait_until
+from tests.helpers.processes import Stack, free_port, wait_until
 
 pytestmark = pytest.mark.timeout(90)
 
