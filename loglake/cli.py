@@ -54,16 +54,21 @@ def cmd_broker(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_ship(cfg: Config, args: argparse.Namespace) -> int:
-    from loglake.core.topics import ensure_topic
-    from shippers.shipper import Shipper
+    from shippers.shipper import Shipper, StartupError, reach_broker
 
-    async def main() -> None:
+    async def main() -> int:
         stop = _stop_event()
-        await ensure_topic(cfg.kafka)
-        shipper = Shipper(cfg)
+        shipper = Shipper(cfg)          # first: settings it ignores are warned about at once
+        try:
+            if await reach_broker(cfg, stop) is None:
+                print("loglake ship: stopped while waiting for the broker", file=sys.stderr)
+                return 0
+        except StartupError as e:
+            print(f"loglake ship: {e}", file=sys.stderr)
+            return EXIT_FAILURE
         if not args.once:
             await shipper.run(stop)
-            return
+            return 0
         # A backfill: show how much of what is on disk now has been read.
         from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 
@@ -78,9 +83,9 @@ def cmd_ship(cfg: Config, args: argparse.Namespace) -> int:
                 await asyncio.wait([run], timeout=0.2)
             progress.update(task, completed=total)
             await run
+        return 0
 
-    asyncio.run(main())
-    return 0
+    return asyncio.run(main())
 
 
 def cmd_ingest(cfg: Config, args: argparse.Namespace) -> int:
@@ -117,6 +122,8 @@ def cmd_serve(cfg: Config, args: argparse.Namespace) -> int:
         return EXIT_USAGE
     tls = {"ssl_certfile": str(cfg.query.tls_cert), "ssl_keyfile": str(cfg.query.tls_key)} \
         if cfg.query.tls_cert else {}
+    # The app checks Host against the address it really listens on, --host included.
+    cfg = cfg.model_copy(update={"query": cfg.query.model_copy(update={"host": host})})
     uvicorn.run(create_app(cfg), host=host, port=args.port or cfg.query.port, log_config=None, access_log=False,
                 **tls)
     return 0

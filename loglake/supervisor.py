@@ -68,7 +68,13 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def _banner(cfg: Config, log_dir: Path) -> str:
+def demo_auth_off(cfg: Config) -> bool:
+    """Whether `up` turns authentication off: on loopback, and only when the configuration leaves
+    ``auth.enabled`` unset (an explicit true, in the file or the environment, is kept)."""
+    return is_loopback(cfg.query.host) and "enabled" not in cfg.auth.model_fields_set
+
+
+def _banner(cfg: Config, log_dir: Path, auth_off: bool) -> str:
     url = f"http://{cfg.query.host}:{cfg.query.port}"
     exe = sys.argv[0] if os.path.basename(sys.argv[0]) == "loglake" else "loglake"
     return f"""
@@ -83,7 +89,7 @@ def _banner(cfg: Config, log_dir: Path) -> str:
     curl -s '{url}/api/v1/search?q=level:error&start=now-15m&limit=5'
     {exe} search 'level:error service:api' --since 15m --url {url}
 
-  {"Authentication is off: the server listens on loopback only (demo mode)." if is_loopback(cfg.query.host)
+  {"Authentication is off: the server listens on loopback only (demo mode)." if auth_off
    else "API keys are required: create one with " + exe + " keys create --tenant default --role reader"}
   Ctrl-C stops everything.
 """
@@ -111,8 +117,10 @@ def run_up(cfg: Config, config_path: str | None) -> int:
         asyncio.run(ensure_topic(cfg.kafka))
 
         env = dict(os.environ)
-        if is_loopback(cfg.query.host):
-            # The demo: nothing but this machine can reach the server, so no keys are asked for.
+        auth_off = demo_auth_off(cfg) or not cfg.auth.enabled
+        if auth_off:
+            # The demo: nothing but this machine can reach the server, so no keys are asked for
+            # (the server still refuses key management and foreign Host names).
             env["LOGLAKE_AUTH__ENABLED"] = "false"
         base = [sys.executable, "-m", "loglake"]
         if config_path:
@@ -122,7 +130,7 @@ def run_up(cfg: Config, config_path: str | None) -> int:
         for c in children:
             c.start(env)
         if _wait_ready(cfg, lambda: stopping):
-            print(_banner(cfg, log_dir), flush=True)
+            print(_banner(cfg, log_dir, auth_off), flush=True)
         elif not stopping:
             log.error("the query server is not answering; see its log",
                       extra={"url": f"http://{cfg.query.host}:{cfg.query.port}", "log": str(log_dir / "serve.log")})

@@ -18,6 +18,9 @@ class FileCheckpoint:
     # or not, up to the fingerprint size; a file must begin with them to resume this checkpoint.
     head_hash: str = ""
     head_len: int = 0
+    # When the file was let go (Unix time; 0 while it is read). Kept a while when compressed
+    # files are read, so the .gz a rotated file becomes is known as what was already sent.
+    released_at: float = 0.0
 
 
 class CheckpointStore:

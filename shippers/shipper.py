@@ -16,7 +16,9 @@ import random
 import re
 import time
 from collections import deque
-from dataclasses import dataclass
+from collections.abc import Awaitable
+from dataclasses import dataclass, replace
+from typing import TypeVar
 
 from aiokafka import AIOKafkaProducer
 
@@ -25,6 +27,7 @@ from loglake.core.frame import FrameMeta, encode_frame
 from loglake.core.kafka_client import client_kwargs, on_connection_broken
 from loglake.core.topics import ensure_topic, note_partitions
 from shippers.checkpoint import CheckpointStore, FileCheckpoint
+from shippers.compressed import CompressedFileError, decompressed
 from shippers.discovery import discover
 from shippers.fingerprint import fingerprint, head_hash, inode_key
 from shippers.metrics import serve as metrics_server
@@ -32,6 +35,29 @@ from shippers.multiline import LineJoiner
 from shippers.watcher import FileWatcher
 
 log = logging.getLogger("loglake.shipper")
+
+T = TypeVar("T")
+
+#: Checkpoints of files let go are kept this long (and at most this many) while compressed files
+#: are read: a rotated file may be compressed as late as its next rotation.
+RELEASED_KEEP_S = 7 * 86400
+RELEASED_KEEP_MAX = 1000
+#: Compressed files read at once, each through a decompressed copy on disk.
+MAX_OPEN_COMPRESSED = 2
+
+
+class StartupError(Exception):
+    """The broker could not be reached within ``shipper.startup_timeout_s``."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Compressed:
+    """What is known of a .gz file at a given size and mtime: read (or a copy of a file being read)
+    under checkpoint ``key``, or unreadable then (``key`` None) until it changes."""
+
+    size: int
+    mtime_ns: int
+    key: str | None
 
 
 @dataclass(slots=True)
@@ -102,6 +128,13 @@ class Shipper:
         self.topic_fault: str | None = None
         # A broker connection broke: make sure of the topic before sending more.
         self._check_topic = False
+        #: .gz files not being read now, by device:inode of the .gz file.
+        self._compressed: dict[str, _Compressed] = {}
+        self._compressed_waiting = False       # a .gz file waits for one being read to finish
+        self._keep_released = any(i.cfg.include_compressed for i in self.inputs)
+        self._shared_warned: set[str] = set()
+        for reason in self.sc.ignored_settings():
+            log.warning("setting ignored", extra={"reason": reason})
 
     # -- files ---------------------------------------------------------------
 
@@ -113,7 +146,8 @@ class Shipper:
 
     def scan(self, *, first: bool = False) -> None:
         """Pick up new files; notice renames out of the globs."""
-        seen: set[str] = set()
+        seen: dict[str, int] = {}          # device:inode -> the input that has it
+        self._compressed_waiting = False
         for index, inp in enumerate(self.inputs):
             exclude = list(inp.cfg.exclude) + ([] if inp.cfg.include_compressed else ["*.gz"])
             for path in discover(inp.cfg.include, exclude):
@@ -123,27 +157,114 @@ class Shipper:
                     continue
                 inode = f"{st.st_dev}:{st.st_ino}"
                 if inode in seen:
+                    self._warn_shared(path, seen[inode], index)
                     continue                 # an earlier input has it
-                seen.add(inode)
+                seen[inode] = index
                 w = self.watchers.get(inode)
                 if w is not None:
                     w.path, w.in_glob = path, True
                     continue
-                self._watch(path, index, first)
+                if path.endswith(".gz"):     # only when the input reads compressed files
+                    self._watch_compressed(path, st, index, first)
+                else:
+                    self._watch(path, index, first)
         for inode, w in self.watchers.items():
             w.in_glob = inode in seen
+        for inode in [i for i in self._compressed if i not in seen]:
+            gone = self._compressed.pop(inode)
+            if gone.key is not None:
+                self._retire(gone.key)
+        if self._keep_released:
+            self._expire_released()
 
-    def _watch(self, path: str, index: int, first: bool) -> None:
-        inp = self.inputs[index]
-        try:
-            fd = os.open(path, os.O_RDONLY)        # one descriptor: identified, checked, then read
-        except FileNotFoundError:
+    def _warn_shared(self, path: str, owner: int, other: int) -> None:
+        """A file several inputs match is read with the first one's settings only: say so, once."""
+        if path in self._shared_warned or len(self._shared_warned) > 10_000:
             return
+        self._shared_warned.add(path)
+        log.warning("file matched by more than one input; the later input's settings are ignored for it",
+                    extra={"path": path, "input": self._input_name(owner), "ignored": self._input_name(other)})
+
+    def _input_name(self, index: int) -> str:
+        return f"shipper.inputs.{index}" if index < len(self.sc.inputs) else "shipper"
+
+    def _watch_compressed(self, path: str, st: os.stat_result, index: int, first: bool) -> None:
+        """Read a .gz file through its decompressed copy, unless what it holds was read already."""
+        inode = f"{st.st_dev}:{st.st_ino}"
+        known = self._compressed.get(inode)
+        if known is not None and (known.size, known.mtime_ns) == (st.st_size, st.st_mtime_ns):
+            return                           # decided at this size: read, a copy, or unreadable
+        if sum(w.compressed is not None for w in self.watchers.values()) >= MAX_OPEN_COMPRESSED:
+            self._compressed_waiting = True  # each open one holds a decompressed copy on disk
+            return
+        try:
+            fd = decompressed(path, self.sc.state_dir)
+        except CompressedFileError as e:     # most often still being written by the rotation
+            self._compressed[inode] = _Compressed(st.st_size, st.st_mtime_ns, None)
+            log.warning("compressed file not readable (yet); tried again when it changes",
+                        extra={"path": path, "reason": str(e)})
+            return
+        self._watch(path, index, first, fd=fd, compressed=(inode, st.st_size, st.st_mtime_ns))
+
+    def _content_match(self, fd: int, size: int) -> str | None:
+        """The key of the checkpoint whose sent bytes this content begins with (the longest), for
+        content too short to fingerprint."""
+        best: tuple[int, str] | None = None
+        hashes: dict[int, str] = {}
+        for k, cp in self.checkpoints.items():
+            if not 0 < cp.head_len <= size or (best is not None and cp.head_len <= best[0]):
+                continue
+            if cp.head_len not in hashes:
+                hashes[cp.head_len] = head_hash(fd, cp.head_len)
+            if hashes[cp.head_len] == cp.head_hash:
+                best = (cp.head_len, k)
+        return None if best is None else best[1]
+
+    def _retire(self, key: str) -> None:
+        """A file was let go: forget its checkpoint, or keep it a while if compressed files are read."""
+        cp = self.checkpoints.get(key)
+        if cp is None or any(w.key == key for w in self.watchers.values()):
+            return
+        if self._keep_released:
+            if not cp.released_at:
+                self.checkpoints[key] = replace(cp, released_at=time.time())
+        else:
+            del self.checkpoints[key]
+        self._dirty = True
+
+    def _expire_released(self) -> None:
+        held = {w.key for w in self.watchers.values()} | {c.key for c in self._compressed.values() if c.key}
+        released = sorted(((cp.released_at, k) for k, cp in self.checkpoints.items()
+                           if cp.released_at and k not in held), reverse=True)
+        cutoff = time.time() - RELEASED_KEEP_S
+        for i, (at, key) in enumerate(released):
+            if at < cutoff or i >= RELEASED_KEEP_MAX:
+                del self.checkpoints[key]
+                self._dirty = True
+
+    def _watch(self, path: str, index: int, first: bool, *, fd: int | None = None,
+               compressed: tuple[str, int, int] | None = None) -> None:
+        """Start reading ``path`` (or, for a .gz file, ``fd``, its decompressed copy, with
+        ``compressed`` the .gz file's device:inode, size and mtime)."""
+        inp = self.inputs[index]
+        if fd is None:
+            try:
+                fd = os.open(path, os.O_RDONLY)    # one descriptor: identified, checked, then read
+            except FileNotFoundError:
+                return
         st = os.fstat(fd)
         key = self._identify(fd, st)
-        cp = self.checkpoints.get(key) or self.checkpoints.get(inode_key(st))
+        if compressed is None:
+            cp = self.checkpoints.get(key) or self.checkpoints.get(inode_key(st))
+        else:
+            # The copy's inode means nothing: a short file is known by the bytes sent of it.
+            if key.startswith("ino:"):
+                key = self._content_match(fd, st.st_size) or f"gz:{compressed[0]}"
+            cp = self.checkpoints.get(key)
         if any(w.key == key for w in self.watchers.values()):
             os.close(fd)
+            if compressed is not None:       # the file it was compressed from, still being read
+                self._compressed[compressed[0]] = _Compressed(compressed[1], compressed[2], key)
             return                           # a copy of a file we already read (same first bytes)
         # The checkpoint is this file's only if the file still begins with every byte that
         # was sent under its source id (up to the fingerprint size): a file deleted and made
@@ -152,7 +273,8 @@ class Shipper:
         if cp is not None and max(cp.offset, cp.head_len) <= st.st_size \
                 and head_hash(fd, cp.head_len) == cp.head_hash:
             source_id, offset, sent_end = cp.source_id, cp.offset, cp.head_len
-            self.checkpoints.pop(inode_key(st), None)
+            if compressed is None:
+                self.checkpoints.pop(inode_key(st), None)
         else:
             source_id, sent_end = self._new_source_id(key), 0
             offset = st.st_size if (inp.cfg.start_at == "end" and first and cp is None) else 0
@@ -163,6 +285,8 @@ class Shipper:
                         partial_timeout_s=self.sc.partial_line_timeout_s, joiner=joiner,
                         max_line_bytes=self.sc.max_line_bytes, fd=fd, sent_end=sent_end)
         w.wrapper = wrapper
+        if compressed is not None:
+            w.inode, w.compressed = compressed[0], compressed[1:]   # known by the .gz file's inode
         self.watchers[w.inode] = w
         self.checkpoints[key] = self._checkpoint(w)
         self._dirty = True
@@ -189,11 +313,11 @@ class Shipper:
         return head_grows
 
     def prune_checkpoints(self) -> None:
-        """Forget checkpoints of files that are gone (after the first scan)."""
-        live = {w.key for w in self.watchers.values()}
+        """Forget checkpoints of files that are gone (after the first scan); while compressed files
+        are read, keep them a while instead, since they may come back compressed."""
+        live = {w.key for w in self.watchers.values()} | {c.key for c in self._compressed.values() if c.key}
         for key in [k for k in self.checkpoints if k not in live]:
-            del self.checkpoints[key]
-            self._dirty = True
+            self._retire(key)
 
     def _rekey(self, w: FileWatcher) -> None:
         """A file known by its inode grew long enough for a fingerprint."""
@@ -210,10 +334,18 @@ class Shipper:
 
     def _release_drained(self) -> None:
         for inode, w in list(self.watchers.items()):
-            if not w.in_glob and w.at_end() and w.acked == w.offset:
+            if (w.in_glob and w.compressed is None) or not w.at_end() or w.acked != w.offset:
+                continue
+            if w.compressed is not None and w.in_glob:
+                # Read to its end: the decompressed copy goes, the checkpoint stays while the .gz does.
+                self._compressed[inode] = _Compressed(*w.compressed, w.key)
                 w.close()
                 del self.watchers[inode]
-                self.checkpoints.pop(w.key, None)
+                log.info("compressed file read", extra={"path": w.path, "offset": w.offset})
+            elif not w.in_glob:
+                w.close()
+                del self.watchers[inode]
+                self._retire(w.key)
                 self._dirty = True
                 log.info("released file", extra={"path": w.path, "offset": w.offset})
 
@@ -329,7 +461,14 @@ class Shipper:
             compression_type=None if self.sc.frame_compression == "lz4" else "lz4",
         )
         on_connection_broken(producer, self._connection_broken)
-        await producer.start()
+        try:
+            await producer.start()
+        except BaseException:              # failed, or cancelled by a stop: close what it opened
+            try:
+                await producer.stop()
+            except Exception:
+                pass
+            raise
         return producer
 
     def _connection_broken(self) -> None:
@@ -367,8 +506,13 @@ class Shipper:
             self.last_loop = time.monotonic()
             try:
                 if self.producer is None:
-                    await self._ensure_topic()
-                    self.producer = await self._start_producer()
+                    await _until_stopped(self._ensure_topic(), stop)
+                    if stop.is_set():
+                        break
+                    producer = await _until_stopped(self._start_producer(), stop)
+                    if producer is None:
+                        break
+                    self.producer = producer
                     if self._outage_since is not None:
                         log.info("broker reachable again", extra={"outage_s": round(self.outage_seconds(), 1)})
                         self._outage_since = None
@@ -389,7 +533,9 @@ class Shipper:
                 self._save()
                 self._release_drained()
                 if once and not self.inflight and all(w.at_end() for w in self.watchers.values()):
-                    break
+                    if not self._compressed_waiting:
+                        break
+                    next_scan = 0.0            # the .gz files that waited for these to finish
                 if not sent:
                     await asyncio.sleep(self.sc.poll_interval_s)
             except asyncio.CancelledError:
@@ -407,7 +553,7 @@ class Shipper:
                     except Exception:
                         pass
                     self.producer = None
-                await asyncio.sleep(backoff * (0.5 + random.random()))
+                await _until_stopped(asyncio.sleep(backoff * (0.5 + random.random()), True), stop)
                 backoff = min(backoff * 2, 10.0)
         try:
             if self.producer is not None:
@@ -422,3 +568,82 @@ class Shipper:
             for w in self.watchers.values():
                 w.close()
             log.info("shipper stopped", extra=self.stats)
+
+
+async def _until_stopped(work: Awaitable[T], stop: asyncio.Event) -> T | None:
+    """``work``'s result, or None once ``stop`` is set first (``work`` is then cancelled): a signal
+    must not wait for a connection attempt or a back-off to run out."""
+    task = asyncio.ensure_future(work)
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait([task, stopped], return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:         # our caller gave up (a timeout): so does the work
+        task.cancel()
+        raise
+    finally:
+        stopped.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass
+    except Exception:                      # it failed as it was cancelled: moot, we are stopping
+        pass
+    return None
+
+
+def describe_error(e: BaseException) -> str:
+    """An exception as its type and message (aiokafka's messages often start with the type already)."""
+    name, text = type(e).__name__, str(e)
+    return text if text.startswith(name) else f"{name}: {text}" if text else name
+
+
+async def reach_broker(cfg: Config, stop: asyncio.Event) -> int | None:
+    """Make sure of the log topic at start, retrying until ``shipper.startup_timeout_s`` runs out
+    (``StartupError``, with the last cause) or ``stop`` is set (None); its partition count otherwise."""
+    deadline = time.monotonic() + cfg.shipper.startup_timeout_s
+    delay = 0.5
+    cause = ""
+    errors = _ConnectionErrors()
+    aiokafka_log = logging.getLogger("aiokafka")    # its client logs as "aiokafka"
+    aiokafka_log.addFilter(errors)
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            errors.last = None
+            try:
+                async with asyncio.timeout(max(left, 0.0)):
+                    found = await _until_stopped(ensure_topic(cfg.kafka, attempts=1), stop)
+                return found
+            except TimeoutError:           # an attempt that got no answer (a TLS or SASL mismatch, say)
+                cause = cause or "TimeoutError: no answer from the broker"
+            except RuntimeError as e:      # ensure_topic's, chained to what went wrong
+                cause = describe_error(e.__cause__ or e)
+                if errors.last is not None:
+                    cause += f" ({describe_error(errors.last)})"
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise StartupError(f"cannot reach the broker at {cfg.kafka.bootstrap_servers} within "
+                                   f"shipper.startup_timeout_s={cfg.shipper.startup_timeout_s:g}: {cause}")
+            log.warning("broker not reachable yet; retrying",
+                        extra={"bootstrap_servers": cfg.kafka.bootstrap_servers, "reason": cause,
+                               "gives_up_in_s": round(left, 1)})
+            if await _until_stopped(asyncio.sleep(min(delay, left), True), stop) is None:
+                return None
+            delay = min(delay * 2, 5.0)
+    finally:
+        aiokafka_log.removeFilter(errors)
+
+
+class _ConnectionErrors(logging.Filter):
+    """Keeps the error of aiokafka's last failed connection: its client logs the cause (often with an
+    empty message) and raises a bare "Unable to bootstrap"."""
+
+    last: BaseException | None = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and record.args and isinstance(record.args[-1], BaseException):
+            self.last = record.args[-1]
+        return True

@@ -49,6 +49,8 @@ class FileWatcher:
         self.joiner = joiner
         self.max_line_bytes = max_line_bytes
         self.wrapper = ""                  # the container runtime's line format, if any
+        #: For a .gz file read through its decompressed copy: the .gz file's (size, mtime_ns).
+        self.compressed: tuple[int, int] | None = None
         self.in_glob = True
         self._long: tuple[int, bytes] | None = None    # an over-long line: its start and kept head
         self._scan = 0                                  # how far its end has been looked for

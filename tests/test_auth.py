@@ -539,7 +539,9 @@ def test_tail_without_a_key_is_refused_in_process(server: Server) -> None:
     from starlette.testclient import TestClient
     from starlette.websockets import WebSocketDisconnect
 
-    with pytest.raises(WebSocketDisconnect) as refused, TestClient(server.app).websocket_connect(TAIL):
+    # An absolute URL: the Host must name the server (the default, testserver, is refused).
+    client = TestClient(server.app)
+    with pytest.raises(WebSocketDisconnect) as refused, client.websocket_connect("ws://localhost" + TAIL):
         pytest.fail("the tail WebSocket was accepted without a key")
     assert refused.value.code == 1008
 

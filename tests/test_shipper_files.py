@@ -8,6 +8,7 @@ checkpoint store, and the configuration that drives them.
 
 from __future__ import annotations
 
+import gzip
 import os
 import shutil
 import tempfile
@@ -858,7 +859,7 @@ def test_compressed_files_are_skipped_by_default(tmp_path: Path, make_shipper: S
 
 def test_compressed_files_are_watched_with_include_compressed(tmp_path: Path, make_shipper: ShipperFactory) -> None:
     (tmp_path / "logs" / "app.log").write_bytes(HEADER)
-    (tmp_path / "logs" / "app.log.1.gz").write_bytes(b"\x1f\x8b" + b"z" * 40)
+    (tmp_path / "logs" / "app.log.1.gz").write_bytes(gzip.compress(b"R" + HEADER[1:]))   # an older file
     s = make_shipper(include=[str(tmp_path / "logs" / "app.log*")], include_compressed=True)
     s.scan(first=True)
     assert sorted(w.path for w in s.watchers.values()) == [
@@ -998,11 +999,11 @@ def test_resolved_inputs_without_inputs_is_the_top_level_input() -> None:
         include_compressed=True, format="cri")]
 
 
-def test_resolved_inputs_are_the_inputs_tables_when_given() -> None:
+def test_resolved_inputs_are_the_inputs_tables_then_the_top_level_input() -> None:
     cfg = Config.model_validate(tomllib.loads("""
         [shipper]
-        include = ["/ignored/*.log"]
-        tenant = "ignored"
+        include = ["/var/log/other/*.log"]
+        tenant = "other"
 
         [[shipper.inputs]]
         include = ["/var/log/java/*.log"]
@@ -1018,5 +1019,6 @@ def test_resolved_inputs_are_the_inputs_tables_when_given() -> None:
     assert [(i.include, i.service, i.tenant, i.format) for i in inputs] == [
         (["/var/log/java/*.log"], "billing", "default", "auto"),
         (["/var/log/pods/*/*/*.log"], "", "k8s", "cri"),
+        (["/var/log/other/*.log"], "", "other", "auto"),
     ]
     assert inputs[0].multiline == MultilineConfig(preset="java") and inputs[1].multiline is None

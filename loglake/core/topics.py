@@ -53,7 +53,7 @@ async def ensure_topic(kafka: KafkaConfig, *, topic: str | None = None, partitio
                 await asyncio.sleep(0.5)
         finally:
             await admin.close()
-    raise RuntimeError(f"cannot create topic {topic!r} at {kafka.bootstrap_servers}: {last!r}")
+    raise RuntimeError(f"cannot create topic {topic!r} at {kafka.bootstrap_servers}: {last!r}") from last
 
 
 async def _partition_counts(admin: AIOKafkaAdminClient) -> dict[str, int]:
