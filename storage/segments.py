@@ -9,7 +9,6 @@ overwrites an orphan rather than adding a duplicate.
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -17,12 +16,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from loglake.core.tenants import is_tenant_name
 from storage.errors import StorageError
 from storage.root import DataRoot
 from storage.schema import RECORD_SCHEMA
 
 HOUR_US = 3_600_000_000
-_TENANT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +42,7 @@ class SegmentInfo:
 
 def check_tenant(tenant: str) -> str:
     """Tenants become directory names: allow only a safe, short alphabet."""
-    if not _TENANT_RE.fullmatch(tenant):
+    if not is_tenant_name(tenant):
         raise StorageError(f"invalid tenant name {tenant!r}")
     return tenant
 

@@ -23,8 +23,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
 
-from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator,
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
                       model_validator)
+
+from loglake.core.tenants import TENANT_RULE, is_tenant_name
 
 ENV_PREFIX = "LOGLAKE_"
 DEFAULT_CONFIG_FILE = "loglake.toml"
@@ -80,8 +82,35 @@ class BrokerConfig(_Section):
 
     #: Start it in `loglake up`; set false to use an existing Kafka.
     embedded: bool = True
+    #: The embedded broker has no authentication, so `listen` must be a loopback address
+    #: unless this is true (anyone who reaches the port can then read and write every tenant).
+    #: Declared before `listen`, whose check reads it.
+    allow_remote: bool = False
     #: Address it listens on; `kafka.bootstrap_servers` should point here.
     listen: str = "127.0.0.1:9092"
+
+    @field_validator("listen")
+    @classmethod
+    def _loopback_unless_allowed(cls, v: str, info: ValidationInfo) -> str:
+        host, sep, port = v.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError("expected host:port")
+        if not info.data.get("allow_remote", False) and not _is_loopback(host.removeprefix("[").removesuffix("]")):
+            raise ValueError(f"{host} is not a loopback address and the embedded broker has no "
+                             "authentication; listen on 127.0.0.1, or set broker.allow_remote = true")
+        return v
+
+
+def _is_loopback(host: str) -> bool:
+    """Whether ``host`` names this machine only (a name other than localhost may resolve anywhere)."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 # -- shippers/: what is tailed and how it is shipped -----------------------------------------------
@@ -132,6 +161,14 @@ class _InputSettings(_Section):
     #: /var/log/containers and Docker for `*-json.log`, plain otherwise.
     format: Literal["auto", "plain", "cri", "docker"] = "auto"
 
+    @field_validator("tenant")
+    @classmethod
+    def _tenant_name(cls, v: str) -> str:
+        # Checked here, not first in ingest: a bad name would send every line to dead letters.
+        if not is_tenant_name(v):
+            raise ValueError(f"invalid tenant name {v!r} ({TENANT_RULE})")
+        return v
+
     @field_validator("service_from_path")
     @classmethod
     def _service_group(cls, v: str) -> str:
@@ -153,9 +190,12 @@ class InputConfig(_InputSettings):
 class ShipperConfig(_InputSettings):
     """The shipper of one host: its inputs, checkpoints, and how it batches for Kafka."""
 
-    #: The default input; `[[shipper.inputs]]` adds more, each with its own settings.
+    #: The default input; `[[shipper.inputs]]` adds more, each with its own settings
+    #: (`include = []` leaves only those).
     include: list[str] = ["./var/demo/*.log"]
     inputs: list[InputConfig] = []
+    #: How long `loglake ship` tries to reach the broker at start before it gives up (exit 1).
+    startup_timeout_s: float = Field(60.0, gt=0)
 
     host: str = Field(default_factory=socket.gethostname)
     state_dir: Path = Path("./var/shipper")
@@ -180,10 +220,34 @@ class ShipperConfig(_InputSettings):
     metrics_listen: str = ""
 
     def resolved_inputs(self) -> list[InputConfig]:
-        """`inputs` if any are configured, else the one input the top-level keys describe."""
-        if self.inputs:
-            return list(self.inputs)
-        return [InputConfig(**{name: getattr(self, name) for name in InputConfig.model_fields})]
+        """Every `[[shipper.inputs]]` table, then the input the top-level keys describe (unless its
+        `include` is empty). A file several inputs match belongs to the first: the top-level input
+        takes only what no table claimed."""
+        top = [] if not self.include else \
+            [InputConfig(**{name: getattr(self, name) for name in InputConfig.model_fields})]
+        return [*self.inputs, *top]
+
+    def ignored_settings(self) -> list[str]:
+        """Settings that have no effect as configured, each with the reason (for a warning at start)."""
+        out: list[str] = []
+        input_keys = set(InputConfig.model_fields) - {"include"}
+        if not self.include:
+            out += [f"shipper.{k} is ignored: shipper.include is empty, so the top-level input reads no files"
+                    for k in sorted(self.model_fields_set & input_keys)]
+        elif self.inputs and "include" not in self.model_fields_set:
+            out.append(f"shipper.include is not set, so the top-level input also reads its default {self.include} "
+                       "besides [[shipper.inputs]]; set include = [] to read only the inputs")
+        named = [(f"shipper.inputs.{i}", inp) for i, inp in enumerate(self.inputs)]
+        if self.include:
+            named.append(("shipper", self))
+        for where, inp in named:
+            if inp.multiline is not None and inp.format in ("cri", "docker"):
+                out.append(f"{where}.multiline is ignored: format = {inp.format!r} joins the container "
+                           "runtime's partial lines instead")
+            if not inp.include_compressed:
+                out += [f"{where}.include: {g!r} matches only .gz files, which are skipped unless "
+                        "include_compressed = true" for g in inp.include if g.endswith(".gz")]
+        return out
 
 
 # -- ingest/: topics, parsing, flushing ------------------------------------------------------------
@@ -483,6 +547,10 @@ class QueryConfig(_Section):
     """The search service: where it listens, and the limits that keep one query from taking it over."""
 
     host: str = "127.0.0.1"
+    #: Names the server answers to besides loopback's (`Host` header; any port). On a loopback
+    #: host only localhost, 127.0.0.1, [::1], the host itself and these pass (DNS rebinding);
+    #: elsewhere Host is checked only once this names some. "*": any.
+    allowed_hosts: list[str] = Field(default_factory=list)
     port: int = Field(8080, ge=0, le=65535)
     #: PEM certificate (chain) and private key: HTTPS without a terminating proxy. Both or neither.
     tls_cert: Path | None = None
@@ -527,6 +595,13 @@ class AuthConfig(_Section):
     enabled: bool = True
     #: Verified keys are remembered this long, so scrypt runs once per key, not per request.
     cache_s: float = Field(60.0, ge=0)
+    #: Failed key checks a client (address) may make before it backs off; then each further
+    #: failure doubles the wait (HTTP 429 with Retry-After), up to backoff_max_s.
+    failures_per_client: int = Field(20, ge=1)
+    #: The same for one key id, counted over every client that has failed before (so an
+    #: attacker cannot lock a key's owner out).
+    failures_per_key: int = Field(10, ge=1)
+    backoff_max_s: float = Field(60.0, gt=0)
     #: The key `loglake search` sends (best set as LOGLAKE_AUTH__KEY); the server never reads it.
     key: str = ""
 
