@@ -47,6 +47,12 @@ class QueryTimeout(QueryError):
     status_code = 504
 
 
+class QueryOutOfMemory(QueryError):
+    """The query needed more than ``query.memory_limit`` (HTTP 503: the server is fine, the query too big)."""
+
+    status_code = 503
+
+
 class TooManyQueries(QueryError):
     """Every query slot is busy (HTTP 429 with Retry-After)."""
 

@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -22,8 +23,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from loglake.core.config import Config
-from query.errors import (QueryError, QueryTimeout, SavedQueryExists, SavedQueryNotFound, ScanTooLarge,
-                          TooManyQueries, UnknownField)
+from query.errors import (QueryError, QueryOutOfMemory, QueryTimeout, SavedQueryExists, SavedQueryNotFound,
+                          ScanTooLarge, TooManyQueries, UnknownField)
 from query.metrics import QueryMetrics
 from query.language import And, MatchAll, Node, Or, Term, parse
 from query.planner import (SELECT_COLUMNS, Compiled, Scan, choose, compile_filter, numeric_sql, regexes, term_count,
@@ -45,6 +46,9 @@ MAX_BUCKETS = 10_000
 #: between them; only rows identical in every column share a hash, and those are interchangeable.
 _TIE = "hash(observed_ts, service, host, source, level, message, attrs, trace_id, span_id)"
 _RANGE = "ts >= make_timestamptz(?::BIGINT) AND ts < make_timestamptz(?::BIGINT)"
+#: Fields one search may return: each is a column of every row DuckDB holds (20,000 of them ran it
+#: out of memory).
+MAX_FIELDS = 256
 
 
 @dataclass
@@ -170,6 +174,11 @@ def _catalog_counts(node: Node, by: list[str]) -> tuple[str, set[str] | None] | 
     return None
 
 
+#: When the running request's wait for a slot ends (time.monotonic()), set by whatever admitted it
+#: (the HTTP API's QueryGate), so a request never waits more than queue_timeout_s in all.
+queue_deadline: ContextVar[float | None] = ContextVar("queue_deadline", default=None)
+
+
 class SearchService:
     """Searches one data root through its catalog with a locked-down DuckDB."""
 
@@ -203,7 +212,9 @@ class SearchService:
 
     @contextmanager
     def _slot(self) -> Iterator[None]:
-        if not self._slots.acquire(timeout=self.cfg.query.queue_timeout_s):
+        deadline = queue_deadline.get()
+        wait = self.cfg.query.queue_timeout_s if deadline is None else max(0.0, deadline - time.monotonic())
+        if not self._slots.acquire(timeout=wait):
             raise TooManyQueries(f"all {self.cfg.query.max_concurrent} query slots are busy; retry shortly")
         try:
             yield
@@ -219,6 +230,10 @@ class SearchService:
             return cur.execute(sql, params).to_arrow_table()
         except duckdb.InterruptException:
             raise QueryTimeout(f"query interrupted after {self.cfg.query.timeout_s:g} s") from None
+        except duckdb.OutOfMemoryException:
+            raise QueryOutOfMemory(f"the query needed more memory than query.memory_limit "
+                                   f"({self.cfg.query.memory_limit}); narrow the time range or ask for fewer "
+                                   "rows or fields") from None
         except duckdb.InvalidInputException as e:
             raise QueryError(f"invalid query: {e}") from None
         finally:
@@ -308,6 +323,7 @@ class SearchService:
     def _projection(self, fields: list[str] | None) -> list[tuple[str, Compiled]]:
         if not fields:
             return [(c, Compiled(c)) for c in SELECT_COLUMNS]
+        check_fields(fields)
         out: list[tuple[str, Compiled]] = [("ts", Compiled("ts"))]
         for name in fields:
             name = name.strip()
@@ -688,6 +704,7 @@ class SearchService:
 
     def save(self, q: SavedQueryRow, replacing: str | None = None) -> SavedQueryRow:
         """Create ``q``, or replace the saved query ``replacing`` (renaming it if names differ)."""
+        check_saved_name(q.name)
         check_saved(q, self.cfg.query.max_limit)
         self._check_regexes(self.parse_query(q.query))
         try:
@@ -717,6 +734,30 @@ class SearchService:
         return self.search(sq.query, start, end, p.get("limit"), p.get("order", "desc"), tenant, p.get("fields"))
 
 
+#: A saved query's name: ASCII letters, digits, '.', '_', '-' and inner spaces, starting with a
+#: letter or digit, at most 128 characters. It appears in URLs, dashboards and terminals, so no
+#: '/', '..' alone, control characters or bidirectional overrides. Names saved before the rule
+#: still run, read and delete; only new names (and renames) are checked.
+SAVED_NAME_RULE = ("1-128 characters: ASCII letters, digits, '.', '_', '-' and spaces, starting with a letter or "
+                   "digit and not ending with a space")
+_NAME_FIRST = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
+_NAME_REST = _NAME_FIRST | frozenset("._- ")
+
+
+def check_saved_name(name: str) -> None:
+    """Refuse a new saved-query name outside :data:`SAVED_NAME_RULE` (HTTP 400, saying the rule)."""
+    if not (0 < len(name) <= 128 and name[0] in _NAME_FIRST and name[-1] != " "
+            and all(c in _NAME_REST for c in name)):
+        raise QueryError(f"invalid saved query name {name[:60]!r}: a name is {SAVED_NAME_RULE}")
+
+
+def check_fields(fields: list[str]) -> None:
+    """Refuse more than :data:`MAX_FIELDS` distinct fields to return (HTTP 400)."""
+    distinct = {f.strip() for f in fields if f.strip()}
+    if len(distinct) > MAX_FIELDS:
+        raise QueryError(f"{len(distinct)} fields asked for; a search returns at most {MAX_FIELDS}")
+
+
 _SAVED_PARAMS = {"search": {"start", "end", "limit", "order", "fields"},
                  "aggregate": {"start", "end", "interval", "by", "fn", "top"}}
 
@@ -725,8 +766,6 @@ def check_saved(q: SavedQueryRow, max_limit: int) -> None:
     """Refuse a saved query that could never run, at save time rather than on a dashboard."""
     if q.kind not in _SAVED_PARAMS:
         raise QueryError("kind must be search or aggregate")
-    if not q.name or len(q.name) > 200 or q.name != q.name.strip() or "/" in q.name:
-        raise QueryError("name must be 1-200 characters, without '/' or surrounding spaces")
     extra = set(q.params) - _SAVED_PARAMS[q.kind]
     if extra:
         raise QueryError(f"unknown parameters for a {q.kind} query: {', '.join(sorted(extra))}")
@@ -751,6 +790,7 @@ def check_saved(q: SavedQueryRow, max_limit: int) -> None:
             if not isinstance(name, str):
                 raise QueryError("saved query parameter fields must be a list of field names")
             resolve(name)
+        check_fields(fields or [])
         return
     parse_fn(typed("fn", str, "count or a function like p95(field)") or "count")
     by = typed("by", list, "a list of field names")

@@ -28,7 +28,7 @@ def now_us() -> int:
 
 def _bounded(us: int, text: str) -> int:
     if not MIN_US <= us <= MAX_US:
-        raise BadTimeRange(f"time {text!r} is outside the years 1 to 9999")
+        raise BadTimeRange(f"time {text[:60]!r} is outside the years 1 to 9999")
     return us
 
 
@@ -36,8 +36,10 @@ def parse_duration_us(text: str) -> int:
     """``15m``, ``1h30m``, ``250ms`` -> microseconds."""
     text = text.strip()
     pos, total = 0, 0
-    for m in _DURATION.finditer(text):
-        if m.start() != pos or len(m.group(1)) > _MAX_DIGITS:
+    # Anchored at each position, not finditer: that would rescan a long run of digits from every
+    # one of its characters (quadratic, holding the GIL).
+    while m := _DURATION.match(text, pos):
+        if len(m.group(1)) > _MAX_DIGITS:
             break
         total += int(m.group(1)) * _UNITS_US[m.group(2)]
         pos = m.end()
@@ -64,14 +66,15 @@ def parse_time_us(text: str, *, now: int | None = None) -> int:
     try:
         dt = datetime.fromisoformat(t.replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:
-        raise BadTimeRange(f"invalid time {text!r}: expected RFC 3339, epoch seconds or now-15m") from None
+        raise BadTimeRange(f"invalid time {text[:60]!r}: expected RFC 3339, epoch seconds or now-15m") from None
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
     try:
         delta = dt - _EPOCH          # integer arithmetic: exact to the microsecond
     except OverflowError:            # 0001-01-01 in a zone east of UTC is before year 1
-        raise BadTimeRange(f"time {text!r} is outside the years 1 to 9999") from None
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+        raise BadTimeRange(f"time {text[:60]!r} is outside the years 1 to 9999") from None
+    # The subtraction can succeed and still land before 0001-01-01 UTC (0001-01-01T00:00+14:00).
+    return _bounded((delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds, text)
 
 
 _EPOCH_NUMBER = re.compile(r"(\d+)(?:\.(\d+))?")

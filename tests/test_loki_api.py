@@ -676,7 +676,9 @@ def test_tail_streams_matching_lines_of_the_tenant(server: Server) -> None:
     got: list[Any] = []
     with TestClient(app) as client:
         query = httpx.QueryParams({"query": '{service="auth"}', "start": ns(start), "limit": "1000"})
-        with client.websocket_connect(f"/loki/api/v1/tail?{query}", headers={"X-Scope-OrgID": "acme"}) as ws:
+        # An absolute URL: the Host must name the server (the default, testserver, is refused).
+        with client.websocket_connect(f"ws://localhost/loki/api/v1/tail?{query}",
+                                      headers={"X-Scope-OrgID": "acme"}) as ws:
             reader = threading.Thread(target=lambda: got.append(ws.receive_json()), daemon=True)
             reader.start()
             reader.join(20)

@@ -1253,7 +1253,7 @@ def test_saved_queries_are_per_tenant(server: Server) -> None:
 
 def test_saved_query_names_with_sql_are_only_text(server: Server) -> None:
     c = server.client
-    name = "x'; DROP TABLE saved_queries; --"
+    name = "x -- DROP TABLE saved_queries"      # SQL as far as the name rule lets it (no quotes or ';')
     resp = c.post("/api/v1/saved-queries", json=saved(name, "service:billing", limit=3, **RANGE_A))
     assert resp.status_code == 201, resp.text
     got = c.get(f"/api/v1/saved-queries/{quote(name, safe='')}")
@@ -1498,7 +1498,7 @@ def test_injection_through_a_cursor(server: Server) -> None:
 
 def test_search_still_works_after_the_injection_attempts(server: Server) -> None:
     assert server.ids() == newest_first(DATA_A)
-    assert server.client.get("/readyz").json()["segments"] == len(segments_in_all(server))
+    assert server.service.catalog.totals()["segments"] == len(segments_in_all(server))
 
 
 def segments_in_all(server: Server) -> list[Any]:

@@ -84,9 +84,10 @@ def router(service: SearchService) -> APIRouter:
 
     @api.get("/api/v1/keys", response_model=list[KeyOut])
     def list_keys(request: Request, tenant: Tenant = "default") -> list[KeyOut]:
-        """Keys reaching any of the caller's tenants (never their secrets)."""
+        """Keys reaching any of the caller's tenants (never their secrets), each showing only those of its
+        tenants the caller has: which other tenants exist is not the caller's to learn."""
         mine = set(_allowed(request, tenant))
-        return [KeyOut(id=k.id, role=k.role, tenants=list(k.tenants), description=k.description,
+        return [KeyOut(id=k.id, role=k.role, tenants=[t for t in k.tenants if t in mine], description=k.description,
                        created=format_us(k.created_us), expires=format_us(k.expires_us) if k.expires_us else None,
                        revoked=format_us(k.revoked_us) if k.revoked_us else None)
                 for k in catalog.api_keys() if mine & set(k.tenants)]

@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator
 from typing import Annotated, Any, Literal
 
+import duckdb
 import orjson
 from fastapi import Body, FastAPI, Header, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -16,8 +17,8 @@ from pydantic import BaseModel, Field
 
 from loglake.core.config import Config
 from query.api.admin import router as admin_router
-from query.api.limits import BodyLimitMiddleware, BodyTooLarge
-from query.auth import AuthMiddleware, Authenticator
+from query.api.limits import BodyLimitMiddleware, BodyTooLarge, HostCheckMiddleware, QueryGate, allowed_host_names
+from query.auth import AuthMiddleware, Authenticator, KeysNeedAuthMiddleware
 from query.errors import QueryError, QuerySyntaxError, ScanTooLarge, TooManyQueries
 from query.loki.api import router as loki_router
 from query.service import AggregateResult, SearchResult, SearchService
@@ -196,6 +197,8 @@ def create_app(cfg: Config, catalog: Catalog | None = None) -> FastAPI:
     app = FastAPI(title="loglake", version="0.1.0",
                   description="Search logs stored by loglake.")
     app.state.service = service
+    # Query routes run on the gate's threads within max_concurrent/queue_timeout_s; cheap ones do not.
+    gate = QueryGate(cfg.query)
 
     @app.exception_handler(QueryError)
     async def _query_error(_: Request, exc: QueryError) -> JSONResponse:
@@ -221,6 +224,7 @@ def create_app(cfg: Config, catalog: Catalog | None = None) -> FastAPI:
                   "in the `X-Loglake-Cursor` header).")
 
     @app.get("/api/v1/search", response_model=SearchResponse, description=search_doc)
+    @gate.guard
     def search(
         q: Annotated[str, Query(description="query, e.g. `level:error service:api timeout`")] = "",
         start: Annotated[str | None, Query(description="RFC 3339, epoch, or now-15m; default end-1h")] = None,
@@ -236,6 +240,7 @@ def create_app(cfg: Config, catalog: Catalog | None = None) -> FastAPI:
                                      cursor=cursor), tenant, accept)
 
     @app.post("/api/v1/search", response_model=SearchResponse, description=search_doc)
+    @gate.guard
     def search_post(req: SearchRequest, tenant: Tenant = "default",
                     accept: Annotated[str | None, Header()] = None) -> Response:
         return _search(req, tenant, accept)
@@ -244,6 +249,7 @@ def create_app(cfg: Config, catalog: Catalog | None = None) -> FastAPI:
                      "(the top groups, the rest as one `other` series): a log-volume histogram or a panel.")
 
     @app.get("/api/v1/aggregate", response_model=AggregateResponse, description=aggregate_doc)
+    @gate.guard
     def aggregate(
         q: str = "", start: str | None = None, end: str | None = None,
         interval: Annotated[str | None, Query(description="bucket width like 5m; default about 100 buckets")] = None,
@@ -255,11 +261,13 @@ def create_app(cfg: Config, catalog: Catalog | None = None) -> FastAPI:
         return _aggregate_response(service.aggregate(q, start, end, interval, _split(by), fn, top, tenant))
 
     @app.post("/api/v1/aggregate", response_model=AggregateResponse, description=aggregate_doc)
+    @gate.guard
     def aggregate_post(req: AggregateRequest, tenant: Tenant = "default") -> AggregateResponse:
         return _aggregate_response(service.aggregate(req.q, req.start, req.end, req.interval, _split(req.by),
                                                      req.fn, req.top, tenant))
 
     @app.get("/api/v1/fields", response_model=FieldsResponse)
+    @gate.guard
     def fields(q: str = "", start: str | None = None, end: str | None = None,
                top: Annotated[int, Query(ge=1, le=100)] = 5, tenant: Tenant = "default") -> FieldsResponse:
         """Fields seen in the newest rows of the range: their type and most frequent values."""
@@ -268,6 +276,7 @@ def create_app(cfg: Config, catalog: Catalog | None = None) -> FastAPI:
                                                  distinct=f.distinct, top=f.top) for f in found], stats=stats)
 
     @app.get("/api/v1/values/{field}", response_model=ValuesResponse)
+    @gate.guard
     def values(field: str, q: str = "", start: str | None = None, end: str | None = None,
                limit: Annotated[int, Query(ge=1, le=1000)] = 20, tenant: Tenant = "default") -> ValuesResponse:
         """The most frequent values of one field in the range, with counts."""
@@ -305,6 +314,7 @@ def create_app(cfg: Config, catalog: Catalog | None = None) -> FastAPI:
         return Response(status_code=204)
 
     @app.get("/api/v1/saved-queries/{name}/run", response_model=SearchResponse | AggregateResponse)
+    @gate.guard
     def run_saved(name: str, start: str | None = None, end: str | None = None,
                   tenant: Tenant = "default") -> SearchResponse | AggregateResponse:
         """Run a saved query over start/end, or its own default range: what a dashboard panel calls."""
@@ -326,11 +336,14 @@ def create_app(cfg: Config, catalog: Catalog | None = None) -> FastAPI:
                                     status_code=403)
         return retention_view(cfg, catalog, tenant, limit)
 
-    app.include_router(loki_router(service))
+    app.include_router(loki_router(service, gate))
     app.include_router(admin_router(service))
     if cfg.auth.enabled:
-        app.add_middleware(AuthMiddleware, auth=Authenticator(catalog, cfg.auth))
-    app.add_middleware(BodyLimitMiddleware, max_bytes=cfg.query.max_body_bytes)   # outermost: before auth
+        app.add_middleware(AuthMiddleware, auth=Authenticator(catalog, cfg.auth, service.metrics.registry))
+    else:
+        app.add_middleware(KeysNeedAuthMiddleware)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=cfg.query.max_body_bytes)   # before auth
+    app.add_middleware(HostCheckMiddleware, names=allowed_host_names(cfg.query.host, cfg.query.allowed_hosts))
 
     @app.exception_handler(StorageError)
     async def _storage_error(_: Request, exc: StorageError) -> JSONResponse:
@@ -338,6 +351,12 @@ def create_app(cfg: Config, catalog: Catalog | None = None) -> FastAPI:
         log.warning("storage unavailable for a request", extra={"reason": str(exc)[:300]})
         return JSONResponse({"error": "StorageUnavailable", "message": f"storage is unavailable: {exc}"},
                             status_code=503, headers={"Retry-After": "5"})
+
+    @app.exception_handler(duckdb.OutOfMemoryException)
+    async def _out_of_memory(_: Request, exc: duckdb.OutOfMemoryException) -> JSONResponse:
+        # The service maps its own queries' (QueryOutOfMemory); this catches any other DuckDB work.
+        return JSONResponse({"error": "QueryOutOfMemory", "message": f"out of memory: {str(exc).splitlines()[0]}"},
+                            status_code=503)
 
     @app.exception_handler(BodyTooLarge)
     async def _too_large(_: Request, exc: BodyTooLarge) -> JSONResponse:
@@ -362,10 +381,11 @@ def create_app(cfg: Config, catalog: Catalog | None = None) -> FastAPI:
 
     @app.get("/readyz")
     def readyz() -> JSONResponse:
+        """Ready when the catalog answers. Open to anyone, so it says nothing of what is stored."""
         try:
-            totals = catalog.totals()
+            catalog.totals()
         except Exception as e:  # the catalog is what we need to answer anything
             return JSONResponse({"status": "unavailable", "reason": str(e)}, status_code=503)
-        return JSONResponse({"status": "ready", **totals})
+        return JSONResponse({"status": "ready"})
 
     return app

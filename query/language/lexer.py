@@ -165,6 +165,9 @@ class _Lexer:
         buf: list[str] = []
         escaped: set[int] = set()
         fielded = False
+        # Once a '<' or '>' was not a comparison, the word holds a character no field name has, so no
+        # later one can be: checking again would rescan the word each time (quadratic on "a...a!<<<<").
+        may_compare = True
         while self.i < n and q[self.i] not in _SPECIAL and not q[self.i].isspace():
             c = q[self.i]
             if c == "\\" and self.i + 1 < n:
@@ -182,7 +185,8 @@ class _Lexer:
                     return   # a phrase or a group is its own token
                 start, buf, escaped, fielded = self.i, [], set(), True
                 continue
-            elif c in "<>" and not escaped and not fielded:
+            elif c in "<>" and not escaped and not fielded and may_compare:
+                may_compare = False
                 m = _COMPARISON.fullmatch("".join(buf) + c + q[self.i + 1:self.i + 2])
                 if m and buf:
                     op = c + "=" if q[self.i + 1:self.i + 2] == "=" else c

@@ -24,6 +24,8 @@ from __future__ import annotations
 import re
 from typing import NoReturn, cast
 
+import re2
+
 from query.errors import QuerySyntaxError
 from query.logql.ast import (
     COMPARISON_OPS, GROUPED_RANGE_OPS, LINE_RANGE_OPS, RANGE_OPS, SET_OPS, UNWRAP_RANGE_OPS, VECTOR_OPS, BinaryOp,
@@ -50,6 +52,9 @@ _LABEL_OPS = ("=", "!=", "=~", "!~", "==", ">", ">=", "<", "<=")
 _CONVERSIONS = ("bytes", "duration", "duration_seconds")
 _PATTERN_CAPTURE_RE = re.compile(r"<([A-Za-z_][A-Za-z0-9_]*)>")
 _NAMED_GROUP_RE = re.compile(r"\(\?P?<[A-Za-z_]")
+_RE2_QUIET = re2.Options()
+_RE2_QUIET.log_errors = False
+_RE2_QUIET.never_capture = True       # a yes/no answer: RE2's DFA, not groups x states per step
 
 
 def pattern_parts(pattern: str) -> tuple[tuple[str, str], ...]:
@@ -658,10 +663,11 @@ def _selects(m: Matcher) -> bool:
     if m.op == "=":
         return m.value != ""
     if m.op == "=~":
+        # RE2, Loki's engine: Python's re can take exponential time even on "" ((x?|y?)(z?|w?)... ).
         try:
-            return re.fullmatch(m.value, "") is None
-        except (re.error, RecursionError, OverflowError):
-            return True   # RE2 syntax Python's re does not know: the regex is checked where it is compiled
+            return re2.compile(m.value, options=_RE2_QUIET).fullmatch("") is None
+        except re2.error:
+            return True   # the regex is refused with its reason where it is compiled
     return False
 
 

@@ -7,8 +7,8 @@ the tenant is ``X-Scope-OrgID``. Every ``stats`` figure is the query's own.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
-import re
 import time
 from typing import Annotated, Any
 
@@ -16,6 +16,7 @@ import numpy as np
 from fastapi import APIRouter, Header, Query, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse
 
+from query.auth import AuthDenied
 from query.errors import QueryError
 from query.language.ast import Node
 from query.logql import Expr, JsonParser, LogfmtParser, LogQuery, is_scalar, parse
@@ -23,9 +24,12 @@ from query.logql.lexer import parse_bytes, parse_go_duration
 from query.loki.engine import Engine, Matrix, Scalar
 from query.loki.pipeline import ERROR, Entry, apply, sanitize
 from query.loki.translate import STREAM_LABELS, column_of, selector_node
+from query.planner import is_decimal
+from query.api.limits import QueryGate
 from query.service import SearchService
 from query.timerange import now_us, parse_duration_us, parse_time_us
 
+log = logging.getLogger("loglake.query")
 VERSION = "3.4.0"        # the Loki API level this answers, as Grafana checks features by version
 _HOUR_US = 3_600_000_000
 DETECT_SAMPLE = 500         # newest lines detected_fields parses
@@ -132,14 +136,20 @@ def required(params: dict[str, str], name: str) -> str:
     return value
 
 
+def _is_int(text: str) -> bool:
+    digits = text[1:] if text[:1] in ("-", "+") else text
+    return digits.isascii() and digits.isdigit()
+
+
 def field_type(values: set[str]) -> str:
     """Loki's detected field type of some values: int, float, duration, bytes, boolean or string."""
     def every(test: Any) -> bool:
         return bool(values) and all(test(v) for v in values)
 
-    if every(lambda v: re.fullmatch(r"[-+]?\d+", v)):
+    # Plain scans, not regexes: values come from logs and may be 100,000 characters long.
+    if every(_is_int):
         return "int"
-    if every(lambda v: re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?", v)):
+    if every(lambda v: is_decimal(v, bare_point=True)):
         return "float"
     if every(lambda v: v in ("true", "false")):
         return "boolean"
@@ -150,9 +160,11 @@ def field_type(values: set[str]) -> str:
     return "string"
 
 
-def router(service: SearchService) -> APIRouter:
-    """The Loki-compatible routes over ``service``."""
+def router(service: SearchService, gate: QueryGate | None = None) -> APIRouter:
+    """The Loki-compatible routes over ``service``; query work runs through ``gate`` (one of its own
+    if none is given), GET or POST."""
     engine = Engine(service)
+    gate = gate or QueryGate(service.cfg.query)
     r = APIRouter(tags=["loki"])
 
     def selector_of(query: str | None) -> Node | None:
@@ -200,6 +212,7 @@ def router(service: SearchService) -> APIRouter:
                     "stats": _stats(f.get("lines", 0), f.get("bytes", 0), len(result), t0)})
 
     @r.get("/loki/api/v1/query_range")
+    @gate.guard
     def query_range(query: str, start: str | None = None, end: str | None = None, limit: int = 100,
                     step: str | None = None, direction: str = "backward",
                     tenant: Tenant = "default") -> dict[str, Any]:
@@ -209,7 +222,7 @@ def router(service: SearchService) -> APIRouter:
     @r.post("/loki/api/v1/query_range")
     async def query_range_post(request: Request, tenant: Tenant = "default") -> dict[str, Any]:
         p = await form_params(request)
-        return await asyncio.to_thread(query_range_impl, required(p, "query"), p.get("start"), p.get("end"),
+        return await gate.run(query_range_impl, required(p, "query"), p.get("start"), p.get("end"),
                                        whole(p, "limit", 100), p.get("step"), p.get("direction") or "backward",
                                        tenant)
 
@@ -236,6 +249,7 @@ def router(service: SearchService) -> APIRouter:
         return _ok({"resultType": "vector", "result": result, "stats": stats})
 
     @r.get("/loki/api/v1/query")
+    @gate.guard
     def query_instant(query: str, time_: Annotated[str | None, Query(alias="time")] = None, limit: int = 100,
                       direction: str = "backward", tenant: Tenant = "default") -> dict[str, Any]:
         """A metric query at one time: a vector, or a scalar."""
@@ -244,7 +258,7 @@ def router(service: SearchService) -> APIRouter:
     @r.post("/loki/api/v1/query")
     async def query_instant_post(request: Request, tenant: Tenant = "default") -> dict[str, Any]:
         p = await form_params(request)
-        return await asyncio.to_thread(query_impl, required(p, "query"), p.get("time"), whole(p, "limit", 100),
+        return await gate.run(query_impl, required(p, "query"), p.get("time"), whole(p, "limit", 100),
                                        p.get("direction") or "backward", tenant)
 
     def _range(start: str | None, end: str | None, since: str | None = None) -> tuple[int, int]:
@@ -253,6 +267,7 @@ def router(service: SearchService) -> APIRouter:
         return loki_time(start, default), end_us + 1
 
     @r.get("/loki/api/v1/labels")
+    @gate.guard
     def labels(start: str | None = None, end: str | None = None, since: str | None = None,
                query: str | None = None, tenant: Tenant = "default") -> dict[str, Any]:
         """Label names: the stream labels of the records in the range (and matching ``query``)."""
@@ -263,6 +278,7 @@ def router(service: SearchService) -> APIRouter:
         return _ok(sorted(found))
 
     @r.get("/loki/api/v1/label/{name}/values")
+    @gate.guard
     def label_values(name: str, start: str | None = None, end: str | None = None, since: str | None = None,
                      query: str | None = None, limit: int = 1000, tenant: Tenant = "default") -> dict[str, Any]:
         lo, hi = _range(start, end, since)
@@ -280,6 +296,7 @@ def router(service: SearchService) -> APIRouter:
         return _ok([dict(k) for k in sorted(found)])
 
     @r.get("/loki/api/v1/series")
+    @gate.guard
     def series(match: Annotated[list[str], Query(alias="match[]")] = [],  # noqa: B006 (FastAPI reads it)
                start: str | None = None, end: str | None = None, tenant: Tenant = "default") -> dict[str, Any]:
         return _series(match, start, end, tenant)
@@ -289,7 +306,7 @@ def router(service: SearchService) -> APIRouter:
         form = await request.form()
         match = [str(v) for v in form.getlist("match[]")] or request.query_params.getlist("match[]")
         p = await form_params(request)
-        return await asyncio.to_thread(_series, match, p.get("start"), p.get("end"), tenant)
+        return await gate.run(_series, match, p.get("start"), p.get("end"), tenant)
 
     def _index_stats(query: str, start: str | None, end: str | None, tenant: str) -> dict[str, Any]:
         lo, hi = _range(start, end)
@@ -300,6 +317,7 @@ def router(service: SearchService) -> APIRouter:
                 "bytes": total["bytes"]}
 
     @r.get("/loki/api/v1/index/stats")
+    @gate.guard
     def index_stats(query: str, start: str | None = None, end: str | None = None,
                     tenant: Tenant = "default") -> dict[str, Any]:
         return _index_stats(query, start, end, tenant)
@@ -307,7 +325,7 @@ def router(service: SearchService) -> APIRouter:
     @r.post("/loki/api/v1/index/stats")
     async def index_stats_post(request: Request, tenant: Tenant = "default") -> dict[str, Any]:
         p = await form_params(request)
-        return await asyncio.to_thread(_index_stats, required(p, "query"), p.get("start"), p.get("end"), tenant)
+        return await gate.run(_index_stats, required(p, "query"), p.get("start"), p.get("end"), tenant)
 
     def _volume(query: str, start: str | None, end: str | None, limit: int, target: str | None,
                 aggregate_by: str, step: str | None, ranged: bool, tenant: str) -> dict[str, Any]:
@@ -348,11 +366,12 @@ def router(service: SearchService) -> APIRouter:
     async def volume_post(request: Request, tenant: Tenant = "default") -> dict[str, Any]:
         p = await form_params(request)
         ranged = request.url.path.endswith("volume_range")
-        return await asyncio.to_thread(_volume, required(p, "query"), p.get("start"), p.get("end"),
+        return await gate.run(_volume, required(p, "query"), p.get("start"), p.get("end"),
                                        whole(p, "limit", 100), p.get("targetLabels"),
                                        p.get("aggregateBy") or "series", p.get("step"), ranged, tenant)
 
     @r.get("/loki/api/v1/index/volume")
+    @gate.guard
     def volume(query: str, start: str | None = None, end: str | None = None, limit: int = 100,
                targetLabels: str | None = None, aggregateBy: str = "series",  # noqa: N803 (Loki's names)
                tenant: Tenant = "default") -> dict[str, Any]:
@@ -360,12 +379,14 @@ def router(service: SearchService) -> APIRouter:
         return _volume(query, start, end, limit, targetLabels, aggregateBy, None, False, tenant)
 
     @r.get("/loki/api/v1/index/volume_range")
+    @gate.guard
     def volume_range(query: str, start: str | None = None, end: str | None = None, limit: int = 100,
                      step: str | None = None, targetLabels: str | None = None,  # noqa: N803
                      aggregateBy: str = "series", tenant: Tenant = "default") -> dict[str, Any]:  # noqa: N803
         return _volume(query, start, end, limit, targetLabels, aggregateBy, step, True, tenant)
 
     @r.get("/loki/api/v1/detected_labels")
+    @gate.guard
     def detected_labels(query: str | None = None, start: str | None = None, end: str | None = None,
                         tenant: Tenant = "default") -> dict[str, Any]:
         lo, hi = _range(start, end)
@@ -404,6 +425,7 @@ def router(service: SearchService) -> APIRouter:
         return found
 
     @r.get("/loki/api/v1/detected_fields")
+    @gate.guard
     def detected_fields(query: str | None = None, start: str | None = None, end: str | None = None,
                         limit: int = 1000, tenant: Tenant = "default") -> dict[str, Any]:
         """Fields of the records beyond their stream labels, under names LogQL accepts."""
@@ -414,6 +436,7 @@ def router(service: SearchService) -> APIRouter:
         return {"fields": out, "limit": limit}
 
     @r.get("/loki/api/v1/detected_field/{name}/values")
+    @gate.guard
     def detected_field_values(name: str, query: str | None = None, start: str | None = None,
                               end: str | None = None, limit: int = 1000, tenant: Tenant = "default") -> dict[str, Any]:
         lo, hi = _range(start, end)
@@ -441,19 +464,33 @@ def router(service: SearchService) -> APIRouter:
 
     @r.websocket("/loki/api/v1/tail")
     async def tail(ws: WebSocket) -> None:
-        """New lines matching a log query, pushed as they are stored (polled every second)."""
+        """New lines matching a log query, pushed as they are stored (polled every second).
+
+        Every ending is a close frame with a reason: 1008 for a refused query or parameter, and for
+        a key revoked or expired while streaming (the key is checked again before every poll, so it
+        stops within ``auth.cache_s`` and a second); 1013 if the key cannot be checked just now;
+        1011 for anything else."""
         await ws.accept()
+        reauthenticate = getattr(ws.state, "reauthenticate", None)    # set by the auth middleware
         try:
             q = ws.query_params.get("query", "")
             tenant = ws.headers.get("x-scope-orgid", "default")
-            limit = int(ws.query_params.get("limit", "100"))
+            limit = whole(dict(ws.query_params), "limit", 100)
+            if not 1 <= limit <= service.cfg.query.max_limit:
+                raise QueryError(f"limit must be between 1 and {service.cfg.query.max_limit}")
             expr = _parse(service, q)
             if not isinstance(expr, LogQuery):
                 raise QueryError("tail needs a log query")
             since = loki_time(ws.query_params.get("start"), now_us() - _HOUR_US)
             while True:
+                if reauthenticate is not None:
+                    try:
+                        await reauthenticate()
+                    except AuthDenied as e:
+                        await _close(ws, 1013 if e.status == 429 else 1008, f"API key: {e.message}")
+                        return
                 until = now_us() + 1
-                entries, _ = await asyncio.to_thread(engine.logs, expr, since, until, limit, "forward", tenant)
+                entries, _ = await gate.run(engine.logs, expr, since, until, limit, "forward", tenant)
                 if entries:
                     since = entries[-1].ts_us + 1
                     await ws.send_json({"streams": _streams(entries), "dropped_entries": None})
@@ -461,6 +498,17 @@ def router(service: SearchService) -> APIRouter:
         except WebSocketDisconnect:
             return
         except QueryError as e:
-            await ws.close(code=1008, reason=str(e)[:120])
+            await _close(ws, 1008, str(e))
+        except Exception as e:  # noqa: BLE001 (the client gets a close frame, whatever went wrong)
+            log.warning("live tail ended by an error: %r", e)
+            await _close(ws, 1011, "internal error")
 
     return r
+
+
+async def _close(ws: WebSocket, code: int, reason: str) -> None:
+    """Close with ``code`` and ``reason`` (cut to the 123 bytes a close frame holds), if the client is still there."""
+    try:
+        await ws.close(code=code, reason=reason.encode()[:123].decode(errors="ignore"))
+    except (RuntimeError, OSError, WebSocketDisconnect):
+        pass       # already gone

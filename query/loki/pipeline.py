@@ -30,7 +30,9 @@ ERROR = "__error__"
 ERROR_DETAILS = "__error_details__"
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 _LABEL_CHARS = re.compile(r"[^A-Za-z0-9_]")
-_LOGFMT = re.compile(r'\s*([^\s=]+)(?:=("(?:[^"\\]|\\.)*"|\S*))?')
+#: One ``key[=value]`` pair; the whitespace before it is skipped apart (a leading ``\s*`` here would
+#: rescan a long run of spaces from each of its characters: quadratic on a line of log text).
+_LOGFMT = re.compile(r'([^\s=]+)(?:=("(?:[^"\\]|\\.)*"|\S*))?')
 
 
 @dataclass
@@ -61,13 +63,20 @@ def sanitize(name: str) -> str:
 _RE2_OPTIONS = re2.Options()
 _RE2_OPTIONS.dot_nl = True            # '.' spans the lines of a multi-line record, as Loki's does
 _RE2_OPTIONS.log_errors = False
+#: For a yes/no match: without capture groups RE2 can use its DFA; with them, a pattern of many
+#: groups costs groups x states per character (a minute for one 100,000-character line).
+_RE2_TEST_OPTIONS = re2.Options()
+_RE2_TEST_OPTIONS.dot_nl = True
+_RE2_TEST_OPTIONS.log_errors = False
+_RE2_TEST_OPTIONS.never_capture = True
 
 
 @lru_cache(maxsize=256)
-def regex(pattern: str) -> Any:
-    """``pattern`` compiled by RE2, as Loki's Go regexp would take it: linear time, whatever the input."""
+def regex(pattern: str, *, capture: bool = True) -> Any:
+    """``pattern`` compiled by RE2, as Loki's Go regexp would take it: linear time, whatever the input.
+    ``capture=False`` when only whether it matches is wanted."""
     try:
-        return re2.compile(pattern, options=_RE2_OPTIONS)
+        return re2.compile(pattern, options=_RE2_OPTIONS if capture else _RE2_TEST_OPTIONS)
     except re2.error as e:
         raise QueryError(f"invalid regular expression {pattern!r}: {e}") from None
 
@@ -147,8 +156,12 @@ def _logfmt(stage: LogfmtParser, entry: Entry) -> None:
     pairs: dict[str, str] = {}
     pos, line = 0, entry.line
     while pos < len(line):
+        while pos < len(line) and line[pos].isspace():     # str.isspace is the regex's \s
+            pos += 1
+        if pos == len(line):
+            break
         m = _LOGFMT.match(line, pos)
-        if not m or m.end() == pos:
+        if not m:
             if stage.strict:
                 _fail(entry, "LogfmtParserErr", f"unexpected character at {pos}")
                 return
@@ -161,7 +174,11 @@ def _logfmt(stage: LogfmtParser, entry: Entry) -> None:
                 _fail(entry, "LogfmtParserErr", f"key {key!r} without a value")
                 return
             raw = ""
-        value = json.loads(raw) if raw.startswith('"') and len(raw) > 1 else raw
+        try:
+            value = json.loads(raw) if raw.startswith('"') and len(raw) > 1 else raw
+        except ValueError:      # an unclosed quote or a bad escape in log text: the line's error, not ours
+            _fail(entry, "LogfmtParserErr", f"invalid quoted value for key {key[:100]!r}")
+            return
         if value or stage.keep_empty:
             pairs[sanitize(key)] = value
     if stage.params:
@@ -189,7 +206,7 @@ def _matcher(m: Matcher, labels: dict[str, str], meta: dict[str, str] | None = N
         return value == m.value
     if m.op == "!=":
         return value != m.value
-    found = regex(m.value).fullmatch(value) is not None       # label matchers are anchored
+    found = regex(m.value, capture=False).fullmatch(value) is not None       # label matchers are anchored
     return found if m.op == "=~" else not found
 
 
@@ -235,7 +252,7 @@ def _line_filter(f: LineFilter, line: str) -> bool:
         return any(v in line for v in f.values)
     if f.op == "!=":
         return not any(v in line for v in f.values)
-    found = any(regex(v).search(line) for v in f.values)
+    found = any(regex(v, capture=False).search(line) for v in f.values)
     return found if f.op == "|~" else not found
 
 

@@ -8,10 +8,10 @@ rest. What cannot be SQL stays a pipeline stage (``pipeline.py``).
 
 from __future__ import annotations
 
-import re
-
+from query.errors import QueryError
 from query.language.ast import And, Exists, MatchAll, Node, Not, Or, Term
 from query.logql import Decolorize, LineFilter, LineFormat, LogQuery, Matcher, Selector, Stage
+from query.loki.pipeline import regex
 from query.planner import literal_regex
 
 #: Loki labels every stream has, as loglake's columns; Grafana also asks for these aliases.
@@ -25,10 +25,11 @@ def column_of(label: str) -> str:
 
 
 def _empty_matches(pattern: str) -> bool:
+    # RE2, as everywhere a user's pattern runs: Python's re can take exponential time even on "".
     try:
-        return re.fullmatch(pattern, "") is not None
-    except re.error:
-        return False
+        return regex(pattern, capture=False).fullmatch("") is not None
+    except QueryError:
+        return False        # refused with its reason where the SQL checks the pattern
 
 
 def matcher_node(m: Matcher) -> Node:
