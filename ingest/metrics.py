@@ -1,19 +1,15 @@
-"""What an ingest worker reports on /metrics; figures are read from the worker at scrape time."""
+"""What an ingest worker reports on /metrics: a snapshot the worker takes at scrape time."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from loglake.core.metrics_server import registry_of
-
-if TYPE_CHECKING:
-    from ingest.worker import IngestWorker
 
 _COUNTERS = {
     "records": ("loglake_ingest_records", "Rows committed to the catalog"),
@@ -28,29 +24,46 @@ _COUNTERS = {
 }
 
 
+@dataclass(frozen=True)
+class WorkerSnapshot:
+    """An ingest worker's figures at one moment."""
+
+    #: The worker's counters by name (those of ``_COUNTERS``; a missing one is 0).
+    stats: Mapping[str, int]
+    #: Records sent to the dead-letter topic, per reason.
+    dead_letters: Mapping[str, int]
+    buffered_rows: int
+    buffered_bytes: int
+    partitions: int
+    seconds_since_flush: float
+    #: Why flushes fail, while they do.
+    fault: str | None
+
+
 class IngestCollector(Collector):
-    def __init__(self, worker: IngestWorker) -> None:
-        self.worker = worker
+    def __init__(self, snapshot: Callable[[], WorkerSnapshot]) -> None:
+        self.snapshot = snapshot
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
-        w = self.worker
+        s = self.snapshot()
         for key, (name, doc) in _COUNTERS.items():
-            yield CounterMetricFamily(name, doc, value=w.stats.get(key, 0))
+            yield CounterMetricFamily(name, doc, value=s.stats.get(key, 0))
         dead = CounterMetricFamily("loglake_ingest_dead_letters", "Records sent to the dead-letter topic",
                                    labels=["reason"])
-        for reason, n in sorted(w.dead_letter_counts.items()):
+        for reason, n in sorted(s.dead_letters.items()):
             dead.add_metric([reason], n)
         yield dead
         yield GaugeMetricFamily("loglake_ingest_buffered_rows", "Rows waiting for the next flush",
-                                value=sum(b.rows for b in w.buffers.values()))
+                                value=s.buffered_rows)
         yield GaugeMetricFamily("loglake_ingest_buffered_bytes", "Bytes waiting for the next flush",
-                                value=sum(b.bytes for b in w.buffers.values()))
-        yield GaugeMetricFamily("loglake_ingest_partitions", "Partitions this worker owns", value=len(w.buffers))
+                                value=s.buffered_bytes)
+        yield GaugeMetricFamily("loglake_ingest_partitions", "Partitions this worker owns", value=s.partitions)
         yield GaugeMetricFamily("loglake_ingest_seconds_since_flush", "Seconds since the last successful flush",
-                                value=time.monotonic() - w.last_flush)
+                                value=s.seconds_since_flush)
         yield GaugeMetricFamily("loglake_ingest_ready", "1 while flushes succeed, 0 while a fault stops them",
-                                value=0 if w.fault is not None else 1)
+                                value=0 if s.fault is not None else 1)
 
 
-def registry_for(worker: IngestWorker) -> CollectorRegistry:
-    return registry_of(IngestCollector(worker))
+def registry_for(snapshot: Callable[[], WorkerSnapshot]) -> CollectorRegistry:
+    """A registry reporting the figures ``snapshot`` gives at each scrape."""
+    return registry_of(IngestCollector(snapshot))

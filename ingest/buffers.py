@@ -1,0 +1,77 @@
+"""What an ingest worker holds between flushes: one buffer per owned partition, and the shared state
+its parts work on (the buffers, the stored byte ranges, the counters)."""
+
+from __future__ import annotations
+
+import time
+import zlib
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+
+from ingest.batch import RecordRun
+from ingest.deadletters import DeadLetter
+from ingest.marks import Ranges
+from storage.catalog import Catalog, PartitionState
+
+Key = tuple[str, int]          # (topic, partition)
+SourceKey = tuple[str, str]    # (tenant, source id)
+
+
+@dataclass
+class Pending:
+    """Third-party messages of one tenant, gathered into one run at flush."""
+
+    values: list[bytes] = field(default_factory=list)
+    observed_ms: list[int] = field(default_factory=list)
+
+
+@dataclass
+class PartitionBuffer:
+    state: PartitionState                  # the catalog's position when the buffer began
+    last_offset: int | None = None         # last Kafka offset taken into the buffer
+    runs: list[tuple[str, RecordRun]] = field(default_factory=list)   # (tenant, run)
+    pending: dict[str, Pending] = field(default_factory=lambda: defaultdict(Pending))
+    dead: list[DeadLetter] = field(default_factory=list)
+    rows: int = 0
+    bytes: int = 0
+    ranges: dict[SourceKey, Ranges] = field(default_factory=dict)
+    started: float = field(default_factory=time.monotonic)
+    last_record: str | None = None         # fingerprint of the record at last_offset
+
+
+@dataclass
+class Buffered:
+    """The buffers as a whole, as the flush policy sees them."""
+
+    rows: int
+    bytes: int
+    #: When the oldest buffer holding a record began (monotonic seconds); None when all are empty.
+    oldest: float | None
+
+
+@dataclass
+class IngestState:
+    """The state the worker's parts share. Each collection is one object for the worker's whole life
+    (changed in place, never replaced), so every part that holds it sees the same."""
+
+    buffers: dict[Key, PartitionBuffer] = field(default_factory=dict)
+    #: Stored byte ranges per source: what makes a re-sent record a duplicate.
+    ranges: dict[SourceKey, Ranges] = field(default_factory=dict)
+    #: Counters reported on /metrics (``ingest.metrics``).
+    stats: Counter[str] = field(default_factory=Counter)
+
+    def reload_ranges(self, catalog: Catalog) -> None:
+        """Take the stored ranges from the catalog again (what was buffered since is not stored)."""
+        fresh = catalog.source_ranges()
+        self.ranges.clear()
+        self.ranges.update(fresh)
+
+    def buffered(self) -> Buffered:
+        bufs = self.buffers.values()
+        return Buffered(rows=sum(b.rows for b in bufs), bytes=sum(b.bytes for b in bufs),
+                        oldest=min((b.started for b in bufs if b.last_offset is not None), default=None))
+
+
+def fingerprint(timestamp_ms: int, value: bytes | None) -> str:
+    """What identifies one Kafka record well enough to tell a recreated topic from the stored one."""
+    return f"{timestamp_ms}:{zlib.crc32(value or b''):08x}"

@@ -1,0 +1,177 @@
+"""Writing the buffers out: normalise, write segments, send dead letters, commit once.
+
+A flush normalises each buffer per tenant in DuckDB, writes one segment per tenant and
+hour, sends what could not become rows to the dead-letter topic, and then commits the
+segments, each partition's new offset and the per-source stored byte ranges in one
+catalog transaction. Kafka's committed offsets are updated afterwards, for monitoring only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter, defaultdict
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.structs import OffsetAndMetadata
+
+from ingest.batch import RecordRun, raw_table
+from ingest.buffers import IngestState, Key, PartitionBuffer
+from ingest.deadletters import DeadLetter, DeadLetterProducer, Reason
+from ingest.flush_policy import FlushPolicy
+from ingest.normalise import Normaliser, ParseSettings, normalise_safely
+from ingest.router import RecordRouter
+from loglake.core.config import Config
+from storage.catalog import Catalog, PartitionCommit, PartitionState
+from storage.errors import CatalogConflict
+from storage.root import DataRoot
+from storage.segments import SegmentInfo, segment_name, write_segments
+
+log = logging.getLogger("loglake.ingest")
+
+
+class FlushFailed(RuntimeError):
+    """A flush could not send its dead letters or commit; its buffers are kept for a retry."""
+
+
+class Flusher:
+    """Turns buffers into committed segments; on a conflict re-reads from the catalog, on a failure
+    keeps the buffers and tells ``policy`` to back off."""
+
+    def __init__(self, cfg: Config, catalog: Catalog, state: IngestState, router: RecordRouter,
+                 policy: FlushPolicy) -> None:
+        self.storage = cfg.storage
+        self.catalog = catalog
+        self.state = state
+        self.router = router
+        self.policy = policy
+        self.root = DataRoot.from_config(cfg.storage)
+        ing = cfg.ingest
+        self.normaliser = Normaliser(ParseSettings(default_timezone=ing.default_timezone,
+                                                   max_ahead_s=ing.max_ahead_s,
+                                                   patterns=ing.patterns(),
+                                                   max_attrs=ing.max_attrs))
+        self.dead_letters = DeadLetterProducer(cfg)
+        #: Set while the worker runs: told the new offsets (advisory) and where to read again on a rewind.
+        self.consumer: AIOKafkaConsumer | None = None
+        # A rebalance callback may flush while the loop is flushing; one at a time.
+        self._lock = asyncio.Lock()
+        #: Why flushes fail, while they do (the data stays buffered): /readyz and metrics report it.
+        self.fault: str | None = None
+        self.fault_since: float | None = None
+        self.last_flush = time.monotonic()
+        self.dead_letter_counts: Counter[str] = Counter()
+
+    async def flush(self, keys: list[Key] | None = None) -> None:
+        """Write and commit every non-empty buffer (or those of ``keys``); raises ``FlushFailed``."""
+        async with self._lock:
+            await self._flush(keys)
+
+    async def _flush(self, keys: list[Key] | None) -> None:
+        todo = {k: b for k, b in self.state.buffers.items()
+                if b.last_offset is not None and (keys is None or k in keys)}
+        if not todo:
+            return
+        started = time.monotonic()
+        try:
+            # A full disk or an unreachable object store fails here; the same names are written again
+            # on the retry, so nothing is left behind twice.
+            written = await asyncio.to_thread(lambda: [self.write(k, b) for k, b in todo.items()])
+            commits = [c for c, _ in written]
+            dead = [d for b in todo.values() for d in b.dead] + [d for _, ds in written for d in ds]
+            # Dead letters first: once the catalog moves past them they exist nowhere else.
+            await self.dead_letters.send(dead)
+            await asyncio.to_thread(self.catalog.commit, commits)
+        except CatalogConflict as e:
+            # Someone else stored these offsets (we lost the partition meanwhile):
+            # drop ours and resume from what the catalog says.
+            self.state.stats["conflicts"] += 1
+            log.warning("commit conflict; discarding batch and re-reading", extra={"reason": str(e)})
+            self.rewind(list(todo))
+            return
+        except Exception as e:
+            # Nothing was committed; the buffers stay and the flush is retried.
+            self._failed(e)
+            raise FlushFailed(str(e)) from e
+        self._committed(list(todo), commits, dead, started)
+        await self._commit_offsets(commits)
+
+    def write(self, key: Key, buf: PartitionBuffer) -> tuple[PartitionCommit, list[DeadLetter]]:
+        """Normalise and write ``buf``'s segments; the catalog commit for them and the rows that failed."""
+        assert buf.last_offset is not None
+        topic, partition = key
+        segments: list[SegmentInfo] = []
+        dead: list[DeadLetter] = []
+        by_tenant: dict[str, list[RecordRun]] = defaultdict(list)
+        for tenant, run in self.router.runs(topic, buf):
+            by_tenant[tenant].append(run)
+        name = segment_name(topic, partition, buf.state.epoch, buf.state.next_offset, buf.last_offset)
+        for tenant, runs in by_tenant.items():
+            raw = raw_table(runs)
+            if raw.num_rows == 0:
+                continue
+            records, failed = normalise_safely(self.normaliser, raw)
+            for i, err in failed:
+                row = raw.slice(i, 1).to_pylist()[0]
+                dead.append(DeadLetter(Reason.UNPARSEABLE, (row["line"] or "").encode(), topic, partition,
+                                       buf.state.next_offset, detail=err,
+                                       context={"tenant": tenant, "source": row["source"] or "",
+                                                "service": row["service"] or "", "host": row["host"] or ""}))
+            if records.num_rows:
+                segments += write_segments(self.root, tenant, records, name,
+                                           zstd_level=self.storage.zstd_level,
+                                           row_group_rows=self.storage.row_group_rows)
+        commit = PartitionCommit(topic, partition, buf.state.epoch, buf.state.next_offset, buf.last_offset + 1,
+                                 segments, source_ranges={k: list(v) for k, v in buf.ranges.items()},
+                                 last_record=buf.last_record)
+        return commit, dead
+
+    def _failed(self, e: Exception) -> None:
+        self.state.stats["flush_errors"] += 1
+        self.policy.failed(time.monotonic())
+        self.fault = f"{type(e).__name__}: {e}"[:500]
+        self.fault_since = self.fault_since or time.monotonic()
+        log.error("flush failed; will retry", extra={"reason": self.fault})
+
+    def _committed(self, keys: list[Key], commits: list[PartitionCommit], dead: list[DeadLetter],
+                   started: float) -> None:
+        """Count a successful flush and start each flushed partition's next buffer where it ended."""
+        if self.fault is not None:
+            log.info("flushing again", extra={"fault_s": round(time.monotonic() - (self.fault_since or 0), 1)})
+        self.policy.succeeded()
+        self.fault, self.fault_since = None, None
+        self.last_flush = time.monotonic()
+        stats = self.state.stats
+        rows = sum(s.rows for c in commits for s in c.segments)
+        stats["records"] += rows
+        stats["segments"] += sum(len(c.segments) for c in commits)
+        stats["flushes"] += 1
+        self.dead_letter_counts.update(d.reason.value for d in dead)
+        for k, c in zip(keys, commits, strict=True):
+            self.state.buffers[k] = PartitionBuffer(PartitionState(c.epoch, c.new_next, c.last_record))
+        log.info("flushed", extra={"rows": rows, "segments": sum(len(c.segments) for c in commits),
+                                   "dead_letters": len(dead), "partitions": sorted(f"{t}/{p}" for t, p in keys),
+                                   "seconds": round(time.monotonic() - started, 3)})
+
+    async def _commit_offsets(self, commits: list[PartitionCommit]) -> None:
+        """Tell Kafka the new offsets: advisory only (for lag monitoring), the catalog is the truth."""
+        if self.consumer is None:
+            return
+        try:
+            await self.consumer.commit({TopicPartition(c.topic, c.partition): OffsetAndMetadata(c.new_next, "")
+                                        for c in commits})
+        except Exception as e:
+            log.debug("kafka offset commit failed", extra={"reason": str(e)})
+
+    def rewind(self, keys: list[Key]) -> None:
+        """Drop the buffers of ``keys`` and read them again from the catalog's offsets."""
+        self.state.reload_ranges(self.catalog)
+        for topic, partition in keys:
+            state = self.catalog.partition_states(topic).get(partition, PartitionState(0, 0))
+            self.state.buffers[(topic, partition)] = PartitionBuffer(state)
+            if self.consumer is not None:
+                self.consumer.seek(TopicPartition(topic, partition), state.next_offset)
+
+    async def stop(self) -> None:
+        await self.dead_letters.stop()
