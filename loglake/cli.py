@@ -72,11 +72,11 @@ def cmd_ship(cfg: Config, args: argparse.Namespace) -> int:
         # A backfill: show how much of what is on disk now has been read.
         from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 
-        shipper.scan(first=True)
-        total = sum(max(0, w.size() - w.offset) for w in shipper.watchers.values())
+        shipper.files.scan(first=True)
+        total = sum(max(0, w.size() - w.offset) for w in shipper.files.watchers.values())
         with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
                       TransferSpeedColumn(), TimeRemainingColumn(), transient=False) as progress:
-            task = progress.add_task(f"shipping {len(shipper.watchers)} files", total=total or None)
+            task = progress.add_task(f"shipping {len(shipper.files.watchers)} files", total=total or None)
             run = asyncio.create_task(shipper.run(stop, once=True))
             while not run.done():
                 progress.update(task, completed=min(total, shipper.stats["bytes"]))

@@ -168,15 +168,15 @@ def test_a_file_both_inputs_match_belongs_to_the_inputs_table_with_a_warning(
     s = Shipper(cfg)
     try:
         with caplog.at_level(logging.WARNING, logger="loglake.shipper"):
-            s.scan(first=True)
-            s.scan()
-        (w,) = s.watchers.values()
+            s.files.scan(first=True)
+            s.files.scan()
+        (w,) = s.files.watchers.values()
         assert s.service_for(w) == "table"
         shared = [r for r in caplog.records if "more than one input" in r.getMessage()]
         assert len(shared) == 1, "once per file, not per scan"
         assert (shared[0].input, shared[0].ignored) == ("shipper.inputs.0", "shipper")  # type: ignore[attr-defined]
     finally:
-        for w in s.watchers.values():
+        for w in s.files.watchers.values():
             w.close()
 
 

@@ -30,8 +30,9 @@ from loglake.core.frame import FrameMeta, decode_frame, encode_frame
 from shippers.checkpoint import CheckpointStore, FileCheckpoint
 from shippers.discovery import discover
 from shippers.fingerprint import fingerprint, head_hash, inode_key
+from shippers.inputs import kubernetes_labels, wrapper_for
 from shippers.multiline import LineJoiner, line_starts
-from shippers.shipper import Shipper, kubernetes_labels, wrapper_for
+from shippers.shipper import Shipper
 from shippers.watcher import Chunk, FileWatcher
 
 NEVER = 1e9          # a timeout that does not pass during a test
@@ -120,7 +121,7 @@ def make_shipper(tmp_path: Path) -> Iterator[ShipperFactory]:
 
     yield make
     for s in made:
-        for w in s.watchers.values():
+        for w in s.files.watchers.values():
             w.close()
 
 
@@ -683,8 +684,8 @@ def test_fingerprint_is_none_when_the_file_is_shorter_than_its_stated_size(tmp_p
 
 
 def _only_watcher(s: Shipper) -> FileWatcher:
-    assert len(s.watchers) == 1, s.watchers
-    return next(iter(s.watchers.values()))
+    assert len(s.files.watchers) == 1, s.files.watchers
+    return next(iter(s.files.watchers.values()))
 
 
 def test_scan_watches_a_new_file_from_the_start_under_its_fingerprint(
@@ -692,11 +693,11 @@ def test_scan_watches_a_new_file_from_the_start_under_its_fingerprint(
     log = tmp_path / "logs" / "app.log"
     log.write_bytes(HEADER)
     s = make_shipper()
-    s.scan(first=True)
+    s.files.scan(first=True)
     w = _only_watcher(s)
     assert (w.path, w.offset, w.key) == (str(log), 0, _fingerprint_of(log, 32))
     assert w.source_id.startswith(f"test-host:{w.key}:")
-    assert {k: (c.source_id, c.path, c.offset) for k, c in s.checkpoints.items()} == \
+    assert {k: (c.source_id, c.path, c.offset) for k, c in s.checkpoints.view.items()} == \
         {w.key: (w.source_id, str(log), 0)}
 
 
@@ -705,11 +706,11 @@ def test_renamed_file_within_the_glob_keeps_its_watcher_and_source_id(
     log = tmp_path / "logs" / "app.log"
     log.write_bytes(HEADER)
     s = make_shipper()
-    s.scan(first=True)
+    s.files.scan(first=True)
     before = _only_watcher(s)
     key, source_id = before.key, before.source_id
     log.rename(tmp_path / "logs" / "app-2024-05-01.log")
-    s.scan()
+    s.files.scan()
     after = _only_watcher(s)
     assert after is before
     assert (after.path, after.key, after.source_id, after.in_glob) == (
@@ -721,9 +722,9 @@ def test_renamed_file_out_of_the_glob_is_still_watched_but_not_in_the_glob(
     log = tmp_path / "logs" / "app.log"
     log.write_bytes(HEADER)
     s = make_shipper()
-    s.scan(first=True)
+    s.files.scan(first=True)
     log.rename(tmp_path / "logs" / "app.log.1")
-    s.scan()
+    s.files.scan()
     assert _only_watcher(s).in_glob is False
 
 
@@ -731,9 +732,9 @@ def test_copy_with_identical_first_bytes_is_not_watched_twice(tmp_path: Path, ma
     log = tmp_path / "logs" / "app.log"
     log.write_bytes(HEADER + b"more\n")
     s = make_shipper()
-    s.scan(first=True)
+    s.files.scan(first=True)
     shutil.copyfile(log, tmp_path / "logs" / "app-copy.log")
-    s.scan()
+    s.files.scan()
     assert _only_watcher(s).path == str(log)
 
 
@@ -741,10 +742,10 @@ def test_file_with_different_first_bytes_is_watched_separately(tmp_path: Path, m
     (tmp_path / "logs" / "a.log").write_bytes(HEADER)
     (tmp_path / "logs" / "b.log").write_bytes(b"B" + HEADER[1:])
     s = make_shipper()
-    s.scan(first=True)
-    assert sorted(w.path for w in s.watchers.values()) == [
+    s.files.scan(first=True)
+    assert sorted(w.path for w in s.files.watchers.values()) == [
         str(tmp_path / "logs" / "a.log"), str(tmp_path / "logs" / "b.log")]
-    assert len({w.source_id for w in s.watchers.values()}) == 2
+    assert len({w.source_id for w in s.files.watchers.values()}) == 2
 
 
 def test_short_file_is_keyed_by_inode_then_rekeyed_keeping_its_checkpoint(
@@ -752,18 +753,18 @@ def test_short_file_is_keyed_by_inode_then_rekeyed_keeping_its_checkpoint(
     log = tmp_path / "logs" / "app.log"
     log.write_bytes(b"short\n")
     s = make_shipper()
-    s.scan(first=True)
+    s.files.scan(first=True)
     w = _only_watcher(s)
     ino = inode_key(os.stat(log))
-    assert w.key == ino and s.checkpoints[ino].offset == 0
-    s.checkpoints[ino] = FileCheckpoint(w.source_id, str(log), 6)     # as if acknowledged
-    s._rekey(w)
+    assert w.key == ino and s.checkpoints.view[ino].offset == 0
+    s.checkpoints.update(ino, FileCheckpoint(w.source_id, str(log), 6))     # as if acknowledged
+    s.files._rekey(w)
     assert w.key == ino                       # still too short
     _append(log, b"a line that makes the file long enough\n")
-    s._rekey(w)
+    s.files._rekey(w)
     fp = _fingerprint_of(log, 32)
     assert fp is not None and w.key == fp
-    assert {k: (c.source_id, c.path, c.offset) for k, c in s.checkpoints.items()} == {fp: (w.source_id, str(log), 6)}
+    assert {k: (c.source_id, c.path, c.offset) for k, c in s.checkpoints.view.items()} == {fp: (w.source_id, str(log), 6)}
 
 
 def test_scan_resumes_from_a_saved_checkpoint(tmp_path: Path, make_shipper: ShipperFactory) -> None:
@@ -773,7 +774,7 @@ def test_scan_resumes_from_a_saved_checkpoint(tmp_path: Path, make_shipper: Ship
     assert fp is not None
     CheckpointStore(tmp_path / "state").save({fp: FileCheckpoint("old-source", "/elsewhere/app.log", len(HEADER))})
     s = make_shipper()
-    s.scan(first=True)
+    s.files.scan(first=True)
     w = _only_watcher(s)
     assert (w.key, w.source_id, w.offset, w.acked) == (fp, "old-source", len(HEADER), len(HEADER))
     chunk = w.read(BIG_FRAME)
@@ -788,7 +789,7 @@ def test_checkpoint_past_the_end_of_the_file_starts_a_new_source(
     assert fp is not None
     CheckpointStore(tmp_path / "state").save({fp: FileCheckpoint("old-source", str(log), 10_000)})
     s = make_shipper()
-    s.scan(first=True)
+    s.files.scan(first=True)
     w = _only_watcher(s)
     assert w.offset == 0 and w.source_id != "old-source"
 
@@ -811,10 +812,10 @@ def test_checkpoint_covering_sent_but_unacknowledged_bytes_resumes_the_file_that
     CheckpointStore(tmp_path / "state").save(
         {ino: FileCheckpoint("old-source", str(log), 0, _head_hash_of(b"short\n", tmp_path), 6)})
     s = make_shipper()
-    s.scan(first=True)
+    s.files.scan(first=True)
     w = _only_watcher(s)
     assert (w.source_id, w.offset, w.sent_end) == ("old-source", 0, 6)
-    assert s.checkpoints[ino].head_len == 6, "the head still covers what the broker may hold"
+    assert s.checkpoints.view[ino].head_len == 6, "the head still covers what the broker may hold"
 
 
 def test_checkpoint_at_offset_zero_is_not_inherited_by_a_file_without_the_bytes_sent(
@@ -826,7 +827,7 @@ def test_checkpoint_at_offset_zero_is_not_inherited_by_a_file_without_the_bytes_
     CheckpointStore(tmp_path / "state").save(
         {ino: FileCheckpoint("old-source", str(log), 0, _head_hash_of(b"stale\n", tmp_path), 6)})
     s = make_shipper()
-    s.scan(first=True)
+    s.files.scan(first=True)
     w = _only_watcher(s)
     assert w.source_id != "old-source" and w.offset == 0
 
@@ -836,16 +837,16 @@ def test_start_at_end_skips_what_a_new_file_holds_at_the_first_scan(
     log = tmp_path / "logs" / "app.log"
     log.write_bytes(HEADER)
     s = make_shipper(start_at="end")
-    s.scan(first=True)
+    s.files.scan(first=True)
     assert _only_watcher(s).offset == len(HEADER)
 
 
 def test_start_at_end_reads_files_created_later_from_their_start(
         tmp_path: Path, make_shipper: ShipperFactory) -> None:
     s = make_shipper(start_at="end")
-    s.scan(first=True)
+    s.files.scan(first=True)
     (tmp_path / "logs" / "later.log").write_bytes(HEADER)
-    s.scan()
+    s.files.scan()
     assert _only_watcher(s).offset == 0
 
 
@@ -853,16 +854,16 @@ def test_compressed_files_are_skipped_by_default(tmp_path: Path, make_shipper: S
     (tmp_path / "logs" / "app.log").write_bytes(HEADER)
     (tmp_path / "logs" / "app.log.1.gz").write_bytes(b"\x1f\x8b" + b"z" * 40)
     s = make_shipper(include=[str(tmp_path / "logs" / "app.log*")])
-    s.scan(first=True)
-    assert [w.path for w in s.watchers.values()] == [str(tmp_path / "logs" / "app.log")]
+    s.files.scan(first=True)
+    assert [w.path for w in s.files.watchers.values()] == [str(tmp_path / "logs" / "app.log")]
 
 
 def test_compressed_files_are_watched_with_include_compressed(tmp_path: Path, make_shipper: ShipperFactory) -> None:
     (tmp_path / "logs" / "app.log").write_bytes(HEADER)
     (tmp_path / "logs" / "app.log.1.gz").write_bytes(gzip.compress(b"R" + HEADER[1:]))   # an older file
     s = make_shipper(include=[str(tmp_path / "logs" / "app.log*")], include_compressed=True)
-    s.scan(first=True)
-    assert sorted(w.path for w in s.watchers.values()) == [
+    s.files.scan(first=True)
+    assert sorted(w.path for w in s.files.watchers.values()) == [
         str(tmp_path / "logs" / "app.log"), str(tmp_path / "logs" / "app.log.1.gz")]
 
 
@@ -870,8 +871,8 @@ def test_exclude_globs_leave_matching_files_unwatched(tmp_path: Path, make_shipp
     (tmp_path / "logs" / "app.log").write_bytes(HEADER)
     (tmp_path / "logs" / "debug-app.log").write_bytes(b"D" + HEADER[1:])
     s = make_shipper(exclude=[str(tmp_path / "logs" / "debug-*")])
-    s.scan(first=True)
-    assert [w.path for w in s.watchers.values()] == [str(tmp_path / "logs" / "app.log")]
+    s.files.scan(first=True)
+    assert [w.path for w in s.files.watchers.values()] == [str(tmp_path / "logs" / "app.log")]
 
 
 def test_discover_recurses_with_double_star_and_skips_directories(tmp_path: Path) -> None:
@@ -887,7 +888,7 @@ def test_first_input_that_matches_a_file_owns_it(tmp_path: Path, make_shipper: S
     (tmp_path / "logs" / "app.log").write_bytes(HEADER)
     glob = str(tmp_path / "logs" / "*.log")
     s = make_shipper(inputs=[{"include": [glob], "service": "first"}, {"include": [glob], "service": "second"}])
-    s.scan(first=True)
+    s.files.scan(first=True)
     w = _only_watcher(s)
     assert (w.input_index, s.service_for(w)) == (0, "first")
 
@@ -897,7 +898,7 @@ def test_pod_log_gets_the_cri_joiner_and_kubernetes_labels(tmp_path: Path, make_
     pod_dir.mkdir(parents=True)
     (pod_dir / "0.log").write_bytes(_text([CRI_F1]))
     s = make_shipper(include=[str(tmp_path / "logs" / "**" / "*.log")])
-    s.scan(first=True)
+    s.files.scan(first=True)
     w = _only_watcher(s)
     assert w.wrapper == "cri" and w.joiner is not None and w.joiner.wrapper == "cri"
     assert s.labels_for(w)["k8s.pod.name"] == "web-7d4b9c-xk2p1"
@@ -907,7 +908,7 @@ def test_pod_log_gets_the_cri_joiner_and_kubernetes_labels(tmp_path: Path, make_
 def test_multiline_input_gives_its_watchers_the_rule(tmp_path: Path, make_shipper: ShipperFactory) -> None:
     (tmp_path / "logs" / "app.log").write_bytes(HEADER)
     s = make_shipper(multiline={"preset": "java", "timeout_s": 3.0})
-    s.scan(first=True)
+    s.files.scan(first=True)
     joiner = _only_watcher(s).joiner
     assert joiner is not None and (joiner.wrapper, joiner.timeout_s, joiner.starts_on_match) == ("", 3.0, False)
 
@@ -985,7 +986,7 @@ def test_service_from_path_rejects_an_invalid_regex() -> None:
 def test_service_from_path_names_the_service(tmp_path: Path, make_shipper: ShipperFactory) -> None:
     (tmp_path / "logs" / "checkout-api.log").write_bytes(HEADER)
     s = make_shipper(service_from_path=r"/(?P<service>[a-z]+)-api\.log$")
-    s.scan(first=True)
+    s.files.scan(first=True)
     assert s.service_for(_only_watcher(s)) == "checkout"
 
 

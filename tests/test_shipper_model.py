@@ -216,12 +216,12 @@ class Harness:
             if sh.producer is None:
                 sh.producer = await sh._start_producer()
             if scan or self.first:
-                sh.scan(first=self.first)
+                sh.files.scan(first=self.first)
                 self.first = False
             await sh._send_available()
             await sh._collect_acks(wait=False)
-            sh._save()
-            sh._release_drained()
+            sh.checkpoints.save()
+            sh.files.release_drained()
         except BrokerDown:            # as in _run: rewind to the acks, new producer next time
             sh._rewind_all()
             if sh.producer is not None:
@@ -243,14 +243,14 @@ class Harness:
         self.restarts += 1
 
     def close_files(self) -> None:
-        for w in self.shipper.watchers.values():
+        for w in self.shipper.files.watchers.values():
             w.close()
-        self.shipper.watchers.clear()
+        self.shipper.files.watchers.clear()
 
     def quiet(self) -> bool:
         sh = self.shipper
         return (not sh.inflight and (self.producer is None or self.producer.in_flight() == 0)
-                and all(w.at_end() and w.acked == w.offset for w in sh.watchers.values()))
+                and all(w.at_end() and w.acked == w.offset for w in sh.files.watchers.values()))
 
     def drain(self, rounds: int = 50) -> None:
         """Step and acknowledge everything until every file is read, sent and acked."""
@@ -258,15 +258,15 @@ class Harness:
             self.step()
             self.ack(1 << 30)
             self.step()
-            for w in self.shipper.watchers.values():
+            for w in self.shipper.files.watchers.values():
                 assert w.acked <= w.offset, f"{w.path}: acked up to {w.acked} but read only to {w.offset}"
             if self.quiet():
                 return
         raise AssertionError(f"the shipper did not drain in {rounds} rounds: "
-                             f"{[(w.path, w.offset, w.acked, w.size()) for w in self.shipper.watchers.values()]}")
+                             f"{[(w.path, w.offset, w.acked, w.size()) for w in self.shipper.files.watchers.values()]}")
 
     def watches(self, inode: str) -> bool:
-        return inode in self.shipper.watchers
+        return inode in self.shipper.files.watchers
 
     def close(self) -> None:
         self.close_files()
@@ -399,7 +399,7 @@ class ShipperMachine(RuleBasedStateMachine):
             if wait_ack:
                 self.h.ack(1 << 30)
                 self.h.step()
-            w = self.h.shipper.watchers.get(f.inode)
+            w = self.h.shipper.files.watchers.get(f.inode)
             assert w is not None, "a file in the glob is not watched"
             if w.offset == w.size() and (w.acked == w.offset or not wait_ack):
                 break
@@ -469,7 +469,7 @@ class ShipperMachine(RuleBasedStateMachine):
 
     @invariant()
     def nothing_acked_beyond_what_was_read(self) -> None:
-        for w in self.h.shipper.watchers.values():
+        for w in self.h.shipper.files.watchers.values():
             assert w.acked <= w.offset, f"{w.path}: acked up to {w.acked} but read only to {w.offset}"
 
     # -- the end ------------------------------------------------------------
@@ -563,7 +563,7 @@ def test_copytruncate_with_frames_in_flight_keeps_the_new_lines(tmp_path: Path) 
         h.step()                                     # noticed: the file is read again from 0
         h.ack(1)
         h.step()                                     # the old frame's ack arrives
-        w = next(iter(h.shipper.watchers.values()))
+        w = next(iter(h.shipper.files.watchers.values()))
         new = _lines(100, 5, b"new")
         with open(log, "ab") as f:
             f.write(b"".join(new))
@@ -608,7 +608,7 @@ def test_new_file_in_a_reused_inode_is_a_new_source(tmp_path: Path) -> None:
         reused.rename(log)                           # a new app.log, in the old file's inode
         h.drain()
         assert deduplicated(h.topic.frames) == first + second, (
-            f"the new file took over the deleted file's checkpoint: {h.shipper.store.load()}")
+            f"the new file took over the deleted file's checkpoint: {h.shipper.checkpoints.store.load()}")
     finally:
         h.close()
 
@@ -629,7 +629,7 @@ def test_file_deleted_and_made_again_in_its_inode_while_down_is_a_new_source(tmp
         web.write_bytes(b"line-000001 web \n")
         h.step()                                      # both sent, nothing acknowledged
         key = f"ino:{os.stat(log).st_dev}:{os.stat(log).st_ino}"
-        assert h.shipper.store.load()[key].head_len == len(first[0]), \
+        assert h.shipper.checkpoints.store.load()[key].head_len == len(first[0]), \
             "the checkpoint on disk covers what was sent before the send"
         with open(log, "ab") as f:
             f.write(b"".join(_lines(2, 2)))           # never read: lost with the deletion
@@ -651,7 +651,7 @@ def test_file_deleted_and_made_again_in_its_inode_while_down_is_a_new_source(tmp
         h.drain()
         # Lines 2 and 3 were never read before app.log was deleted and the shipper restarted.
         assert sorted(deduplicated(h.topic.frames)) == sorted(first + [b"line-000001 web \n"] + second), (
-            f"the new file took over the deleted file's checkpoint: {h.shipper.store.load()}")
+            f"the new file took over the deleted file's checkpoint: {h.shipper.checkpoints.store.load()}")
         assert len({f.meta.source_id for f in h.topic.frames if f.meta.source == str(log)}) == 2
     finally:
         h.close()
