@@ -30,7 +30,8 @@ from prometheus_client import CollectorRegistry, Counter
 
 from loglake.core.config import AuthConfig
 from query.errors import QueryError
-from storage.catalog import ApiKeyRow, Catalog
+from query.store import ApiKeyRow, KeyStore
+from storage.catalog import Catalog
 from storage.errors import StorageError
 from storage.segments import check_tenant
 
@@ -91,8 +92,8 @@ def create_key(catalog: Catalog, tenants: list[str], role: str, expires_us: int 
         except StorageError as e:
             raise KeyRequestError(str(e)) from None
     key_id, secret = secrets.token_hex(6), secrets.token_urlsafe(32)
-    catalog.create_api_key(ApiKeyRow(key_id, tuple(tenants), role, hash_secret(secret), description,
-                                     time.time_ns() // 1000, expires_us))
+    KeyStore(catalog).create_api_key(ApiKeyRow(key_id, tuple(tenants), role, hash_secret(secret), description,
+                                               time.time_ns() // 1000, expires_us))
     return f"{_PREFIX}_{key_id}_{secret}"
 
 
@@ -215,7 +216,7 @@ class Authenticator:
     """
 
     def __init__(self, catalog: Catalog, cfg: AuthConfig, registry: CollectorRegistry | None = None) -> None:
-        self.catalog, self.cfg = catalog, cfg
+        self.keys, self.cfg = KeyStore(catalog), cfg
         self._cache: dict[str, tuple[float, Principal]] = {}
         self._lock = threading.Lock()
         workers = max(1, min(4, (os.cpu_count() or 2) // 2))     # leave cores to the queries
@@ -238,7 +239,7 @@ class Authenticator:
 
     def _check(self, key_id: str, secret: str) -> tuple[Principal | None, str]:
         """The slow check: (principal, "") or (None, why). One scrypt whatever the outcome."""
-        row = self.catalog.api_key(key_id)
+        row = self.keys.api_key(key_id)
         if row is None:
             if self._dummy_hash is None:
                 self._dummy_hash = hash_secret(secrets.token_urlsafe(32))

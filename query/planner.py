@@ -160,6 +160,16 @@ def numeric_sql(v: Compiled, unit: str | None) -> Compiled:
     return Compiled(sql, v.params * 2)
 
 
+def group_sql(name: str) -> Compiled:
+    """The SQL of one field to group by (a column as text, or an attribute); not a timestamp."""
+    kind, key = resolve(name)
+    if kind == "attr":
+        return Compiled("attrs[?]", [key])
+    if key in ("ts", "observed_ts", "attrs"):
+        raise UnknownField(f"cannot group by {key}")
+    return Compiled(f"CAST({key} AS VARCHAR)")
+
+
 _SQL_OPS = {">": ">", ">=": ">=", "<": "<", "<=": "<="}
 
 

@@ -36,6 +36,7 @@ import pytest
 
 from loglake.core.logs import JsonFormatter
 from query.auth import secret_matches
+from query.store import KeyStore
 from query.timerange import parse_time_us
 from tests.helpers.processes import free_port, wait_until
 from tests.helpers.server import Server
@@ -163,12 +164,12 @@ def test_catalog_holds_a_scrypt_hash_and_no_plaintext(lake: Lake) -> None:
     (["--tenant", "acme", "--role", "reader", "--expires", "soon"], "duration"),
 ], ids=["bad-role", "empty-role", "dotdot-tenant", "slash-tenant", "no-tenant", "bad-expiry"])
 def test_keys_create_refuses_bad_requests(lake: Lake, args: list[str], exit_nonzero_message: str) -> None:
-    before = {k.id for k in lake.catalog.api_keys()}
+    before = {k.id for k in KeyStore(lake.catalog).api_keys()}
     out = cli(lake.config, "keys", "create", *args)
     assert out.returncode != 0, out.stdout
     assert exit_nonzero_message in out.stderr.lower(), out.stderr
     assert not KEY_RE.search(out.stdout), "a key was printed"
-    assert {k.id for k in lake.catalog.api_keys()} == before, "a key was stored"
+    assert {k.id for k in KeyStore(lake.catalog).api_keys()} == before, "a key was stored"
 
 
 # -- authentication --------------------------------------------------------------------------
@@ -231,7 +232,7 @@ def test_bearer_lowercase_bearer_and_basic_auth_all_work(server: Server, lake: L
 
 def test_expired_key_is_401(lake: Lake, server: Server, uncached: Server) -> None:
     key = parse_key(cli(lake.config, "keys", "create", "--tenant", "acme", "--role", "reader", "--expires", "2s"))
-    row = lake.catalog.api_key(key.id)
+    row = KeyStore(lake.catalog).api_key(key.id)
     assert row is not None and row.expires_us is not None
     assert 1_000_000 <= row.expires_us - row.created_us <= 3_000_000
     if row.expires_us - time.time_ns() // 1000 > 500_000:    # still time to see it work (and be cached)
@@ -250,7 +251,7 @@ def test_revoked_key_is_401(lake: Lake, uncached: Server, server: Server) -> Non
     assert key.secret not in out.stdout + out.stderr
     assert_401(uncached.get("/api/v1/search", key.whole, params=ALL))
     assert_401(uncached.get("/loki/api/v1/labels", key.whole, params=LOKI_RANGE))
-    row = lake.catalog.api_key(key.id)
+    row = KeyStore(lake.catalog).api_key(key.id)
     assert row is not None and row.revoked_us is not None
     # Twice is an error: there is no live key of that id any more; nor is an unknown id.
     for key_id in (key.id, "000000000000"):

@@ -342,6 +342,19 @@ def test_segments_never_returns_retired_or_missing_segments(catalog: Catalog) ->
         assert catalog.totals()["rows"] == sum(s.rows for s in model.values())
 
 
+def test_statement_text_is_never_rewritten(catalog: Catalog) -> None:
+    """The dialect is applied when statements are built: a literal that looks like the old
+    shim's spellings (``?``, ``MAX2(``, ``ID_IN(?)``) reaches the database as written."""
+    odd = "a ? b MAX2( c ID_IN(?) d"
+    assert catalog.db.read(f"SELECT '{odd}'") == [(odd,)]
+    d = catalog.db.dialect
+    assert catalog.db.read(f"SELECT {d.greatest(d.p, d.p)}", (3, 7)) == [(7,)]
+    ids = ingest(catalog, seg("a"), seg("b"), seg("c"))
+    wanted = sorted(ids[p] for p in ("a", "c"))
+    assert sorted(r[0] for r in catalog.db.read(f"SELECT id FROM segments WHERE {d.id_in()}", (d.ids(wanted),))) \
+        == wanted
+
+
 def test_many_segments_retire_and_forget_in_one_call(catalog_url: str) -> None:
     """Retention of a big tenant retires every expired segment in one swap; GC forgets them in one call."""
     n = 70_000

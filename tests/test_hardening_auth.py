@@ -30,6 +30,7 @@ import pytest
 from loglake.core.config import Config, load_config
 from query.api.app import create_app
 from query.auth import create_key
+from query.store import KeyStore
 from storage.catalog import Catalog
 from tests.helpers.processes import free_port, uvicorn_thread, wait_until
 
@@ -204,7 +205,7 @@ def test_unknown_revoked_and_expired_ids_cost_what_a_wrong_secret_costs(tmp_path
     with in_process(tmp_path, "[auth]\nenabled = true\n") as s:
         known = s.key()
         revoked = s.key()
-        assert s.catalog.revoke_api_key(revoked.split("_")[1])
+        assert KeyStore(s.catalog).revoke_api_key(revoked.split("_")[1])
         expired = s.key(expires_us=time.time_ns() // 1000 + 1)
         kinds = {
             "wrong secret": lambda: f"llk_{known.split('_')[1]}_{secrets.token_urlsafe(32)}",
@@ -287,7 +288,7 @@ def test_cheap_routes_and_the_queue_limit_hold_with_slow_loki_posts(tmp_path: Pa
         results: list[tuple[int, float, str | None]] = []
         with httpx.Client(base_url=s.url, timeout=60) as client:
             assert client.get("/api/v1/saved-queries", headers=bearer(key)).status_code == 200   # cached
-            slots = s.app.state.service._slots
+            slots = s.app.state.service.runner.slots
             for _ in range(s.cfg.query.max_concurrent):       # what slow queries holding them would do
                 assert slots.acquire(timeout=5)
             try:
@@ -371,7 +372,7 @@ def test_key_management_is_refused_with_authentication_off(tmp_path: Path) -> No
         assert "auth.enabled" in minted.json()["message"]
         assert c.get("/api/v1/keys").status_code == 403
         assert c.delete("/api/v1/keys/000000000000").status_code == 403
-        assert s.catalog.api_keys() == []
+        assert KeyStore(s.catalog).api_keys() == []
         assert c.get("/api/v1/saved-queries").status_code == 200      # the rest of the demo still works
 
 

@@ -404,7 +404,7 @@ def test_dots_in_an_attribute_key_are_not_a_path(server: Server) -> None:
 
 @pytest.fixture
 def cursor(server: Server) -> Iterator[duckdb.DuckDBPyConnection]:
-    cur = server.service._db.cursor()
+    cur = server.service.runner.db.cursor()
     yield cur
     cur.close()
 

@@ -30,7 +30,8 @@ import pytest
 from loglake.core.config import Config
 from query.timerange import parse_time_us
 from storage import tokens
-from storage.catalog import Catalog, PartitionCommit, SavedQueryRow
+from query.store import SavedQueryRow, SavedQueryStore
+from storage.catalog import Catalog, PartitionCommit
 from storage.errors import CatalogConflict
 from storage.schema import RECORD_SCHEMA, SEVERITY
 from storage.segments import write_segments
@@ -1272,50 +1273,51 @@ def test_saved_query_names_that_look_like_paths(server: Server, name: str) -> No
     assert "root:" not in resp.text
 
 
-def test_saved_query_catalog_methods(catalog_url: str) -> None:
-    """Saved queries in the catalog itself, on SQLite and on PostgreSQL."""
+def test_saved_query_store(catalog_url: str) -> None:
+    """Saved queries in the catalog database (query/store.py), on SQLite and on PostgreSQL."""
     catalog = Catalog(catalog_url)
+    store = SavedQueryStore(catalog)
     try:
         q = SavedQueryRow("default", "errors", "search", "level:error", {"limit": 5, "fields": ["service"]},
                           "all errors", "ops", 1_000, 1_000)
-        catalog.create_saved_query(q)
-        assert catalog.saved_query("default", "errors") == q
+        store.create_saved_query(q)
+        assert store.saved_query("default", "errors") == q
         with pytest.raises(CatalogConflict):
-            catalog.create_saved_query(q)
+            store.create_saved_query(q)
         other = SavedQueryRow("default", "volume", "aggregate", "", {"interval": "1h", "by": ["service"]},
                               "", "", 2_000, 2_000)
-        catalog.create_saved_query(other)
-        catalog.create_saved_query(SavedQueryRow("acme", "errors", "search", "x", {}, "", "", 3, 3))
-        assert [s.name for s in catalog.saved_queries("default")] == ["errors", "volume"]
-        assert [s.query for s in catalog.saved_queries("acme")] == ["x"]
+        store.create_saved_query(other)
+        store.create_saved_query(SavedQueryRow("acme", "errors", "search", "x", {}, "", "", 3, 3))
+        assert [s.name for s in store.saved_queries("default")] == ["errors", "volume"]
+        assert [s.query for s in store.saved_queries("acme")] == ["x"]
 
         # replace in place, then rename
         changed = SavedQueryRow("default", "errors", "search", "level:fatal", {}, "d", "o", 1_000, 5_000)
-        assert catalog.replace_saved_query("errors", changed)
-        assert catalog.saved_query("default", "errors") == changed
+        assert store.replace_saved_query("errors", changed)
+        assert store.saved_query("default", "errors") == changed
         renamed = SavedQueryRow("default", "fatal", "search", "level:fatal", {}, "d", "o", 1_000, 6_000)
-        assert catalog.replace_saved_query("errors", renamed)
-        assert catalog.saved_query("default", "errors") is None
-        assert catalog.saved_query("default", "fatal") == renamed
-        assert catalog.saved_query("acme", "errors") is not None      # another tenant's is untouched
+        assert store.replace_saved_query("errors", renamed)
+        assert store.saved_query("default", "errors") is None
+        assert store.saved_query("default", "fatal") == renamed
+        assert store.saved_query("acme", "errors") is not None      # another tenant's is untouched
 
         # renaming onto a taken name is a conflict, and changes nothing
         clash = SavedQueryRow("default", "volume", "search", "boom", {}, "", "", 1, 1)
         with pytest.raises(CatalogConflict):
-            catalog.replace_saved_query("fatal", clash)
-        assert catalog.saved_query("default", "fatal") == renamed
-        assert catalog.saved_query("default", "volume") == other
+            store.replace_saved_query("fatal", clash)
+        assert store.saved_query("default", "fatal") == renamed
+        assert store.saved_query("default", "volume") == other
         # the catalog is still writable after the refused statement
-        assert not catalog.replace_saved_query("nope", clash)
+        assert not store.replace_saved_query("nope", clash)
 
-        assert catalog.delete_saved_query("default", "fatal")
-        assert not catalog.delete_saved_query("default", "fatal")
-        assert [s.name for s in catalog.saved_queries("default")] == ["volume"]
+        assert store.delete_saved_query("default", "fatal")
+        assert not store.delete_saved_query("default", "fatal")
+        assert [s.name for s in store.saved_queries("default")] == ["volume"]
         # unicode, quotes and JSON params round-trip
         odd = SavedQueryRow("default", "naïve 'quoted' \"name\"", "search", 'msg:"a \\" b"',
                             {"fields": ["attrs.é"], "nested": {"x": [1, 2.5, None]}}, "ü", "ø", 7, 8)
-        catalog.create_saved_query(odd)
-        assert catalog.saved_query("default", odd.name) == odd
+        store.create_saved_query(odd)
+        assert store.saved_query("default", odd.name) == odd
     finally:
         catalog.close()
 
@@ -1368,7 +1370,7 @@ def test_max_scan_bytes_is_checked_after_index_pruning(lake: Lake, tmp_path: Pat
 def test_concurrency_limit_is_429_with_retry_after(lake: Lake, tmp_path: Path) -> None:
     with served(config_for(tmp_path, lake.data_root, max_concurrent=1, queue_timeout_s=0)) as s:
         assert s.get("/api/v1/search", **RANGE_A).status_code == 200
-        slots = s.service._slots
+        slots = s.service.runner.slots
         assert slots.acquire(timeout=5)
         try:
             for path in ("/api/v1/search", "/api/v1/aggregate", "/api/v1/fields", "/api/v1/values/user"):
@@ -1389,7 +1391,7 @@ def test_concurrency_limit_is_429_with_retry_after(lake: Lake, tmp_path: Path) -
 
 def test_concurrency_queue_waits_for_a_free_slot(lake: Lake, tmp_path: Path) -> None:
     with served(config_for(tmp_path, lake.data_root, max_concurrent=1, queue_timeout_s=5)) as s:
-        slots = s.service._slots
+        slots = s.service.runner.slots
         assert slots.acquire(timeout=5)
         timer = threading.Timer(0.3, slots.release)
         timer.start()

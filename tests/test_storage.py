@@ -27,7 +27,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.helpers.catalogs import integrity, is_postgres, run_sql
-from storage.catalog import MIGRATIONS, Catalog, PartitionCommit, PartitionState, _postgres_ddl
+from storage.catalog import MIGRATIONS, Catalog, PartitionCommit, PartitionState
+from storage.database import POSTGRES
 from storage.errors import CatalogConflict, CatalogUnavailable, StorageError
 from storage.schema import RECORD_SCHEMA, SEVERITY
 from storage.segments import SegmentInfo, check_tenant, write_segments
@@ -302,7 +303,7 @@ def _make_version_1_catalog(url: str) -> None:
     """A catalog as the first loglake release left it: MIGRATIONS[0] only, with data."""
     for stmt in MIGRATIONS[0].split(";"):
         if stmt.strip():
-            run_sql(url, _postgres_ddl(stmt) if is_postgres(url) else stmt)
+            run_sql(url, POSTGRES.ddl(stmt) if is_postgres(url) else stmt)
     if is_postgres(url):
         run_sql(url, "CREATE TABLE loglake_schema (version INTEGER NOT NULL)")
         run_sql(url, "INSERT INTO loglake_schema (version) VALUES (1)")

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from loglake.core.config import Config
 from query.auth import ROLES, create_key
+from query.store import KeyStore
 from query.timerange import format_us, now_us, parse_duration_us
 from storage.catalog import Catalog
 
@@ -29,12 +30,12 @@ def cmd_keys(cfg: Config, args: argparse.Namespace) -> int:
             table = Table(box=None, show_edge=False, pad_edge=False)
             for col in ("id", "role", "tenants", "created", "expires", "revoked", "description"):
                 table.add_column(col)
-            for k in catalog.api_keys():
+            for k in KeyStore(catalog).api_keys():
                 table.add_row(k.id, k.role, ",".join(k.tenants), format_us(k.created_us),
                               format_us(k.expires_us) if k.expires_us else "",
                               format_us(k.revoked_us) if k.revoked_us else "", k.description)
             Console().print(table)
-        elif not catalog.revoke_api_key(args.id):
+        elif not KeyStore(catalog).revoke_api_key(args.id):
             print(f"loglake keys: no live key {args.id!r}", file=sys.stderr)
             return 1
     finally:

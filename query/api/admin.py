@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field
 from query.auth import create_key
 from query.deletion import delete_matching
 from query.service import SearchService
+from query.store import KeyStore
 from query.timerange import format_us, now_us, parse_duration_us, parse_range
 
 log = logging.getLogger("loglake.query")
@@ -81,6 +82,7 @@ def router(service: SearchService) -> APIRouter:
     """The admin routes over ``service``'s catalog and data root."""
     api = APIRouter()
     catalog = service.catalog
+    keys = KeyStore(catalog)
 
     @api.get("/api/v1/keys", response_model=list[KeyOut])
     def list_keys(request: Request, tenant: Tenant = "default") -> list[KeyOut]:
@@ -90,7 +92,7 @@ def router(service: SearchService) -> APIRouter:
         return [KeyOut(id=k.id, role=k.role, tenants=[t for t in k.tenants if t in mine], description=k.description,
                        created=format_us(k.created_us), expires=format_us(k.expires_us) if k.expires_us else None,
                        revoked=format_us(k.revoked_us) if k.revoked_us else None)
-                for k in catalog.api_keys() if mine & set(k.tenants)]
+                for k in keys.api_keys() if mine & set(k.tenants)]
 
     @api.post("/api/v1/keys", response_model=KeyCreated, status_code=201)
     def create(body: KeyIn, request: Request, tenant: Tenant = "default") -> KeyCreated | JSONResponse:
@@ -101,7 +103,7 @@ def router(service: SearchService) -> APIRouter:
             return _forbidden(f"this key may not make keys for tenant {outside[0]!r}")
         expires = now_us() + parse_duration_us(body.expires) if body.expires else None
         key = create_key(catalog, tenants, body.role, expires, body.description)
-        row = catalog.api_key(key.split("_")[1])
+        row = keys.api_key(key.split("_")[1])
         assert row is not None
         log.info("api key %s created", row.id, extra={"key_id": row.id, "role": row.role, "tenants": tenants,
                                                       "by": _actor(request)})
@@ -112,8 +114,8 @@ def router(service: SearchService) -> APIRouter:
     @api.delete("/api/v1/keys/{key_id}", status_code=204)
     def revoke(key_id: str, request: Request, tenant: Tenant = "default") -> Response:
         """Revoke a key; one that reaches a tenant the caller may not act on is not found."""
-        row = catalog.api_key(key_id)
-        if row is None or not set(row.tenants) <= set(_allowed(request, tenant)) or not catalog.revoke_api_key(key_id):
+        row = keys.api_key(key_id)
+        if row is None or not set(row.tenants) <= set(_allowed(request, tenant)) or not keys.revoke_api_key(key_id):
             return JSONResponse({"error": "NotFound", "message": f"no live key {key_id!r} you may revoke"},
                                 status_code=404)
         log.info("api key %s revoked", key_id, extra={"key_id": key_id, "by": _actor(request)})

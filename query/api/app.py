@@ -16,14 +16,17 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 
 from loglake.core.config import Config
+from query.aggregate import AggregateResult
 from query.api.admin import router as admin_router
 from query.api.limits import BodyLimitMiddleware, BodyTooLarge, HostCheckMiddleware, QueryGate, allowed_host_names
 from query.auth import AuthMiddleware, Authenticator, KeysNeedAuthMiddleware
 from query.errors import QueryError, QuerySyntaxError, ScanTooLarge, TooManyQueries
 from query.loki.api import router as loki_router
-from query.service import AggregateResult, SearchResult, SearchService
+from query.search import SearchResult
+from query.service import SearchService
 from query.timerange import format_us, now_us
-from storage.catalog import Catalog, SavedQueryRow
+from query.store import SavedQueryRow, SavedQueryStore
+from storage.catalog import Catalog
 from storage.errors import StorageError
 
 log = logging.getLogger("loglake.query")
@@ -287,7 +290,7 @@ def create_app(cfg: Config, catalog: Catalog | None = None) -> FastAPI:
 
     @app.get("/api/v1/saved-queries", response_model=list[SavedQueryOut])
     def list_saved(tenant: Tenant = "default") -> list[SavedQueryOut]:
-        return [_saved_out(q) for q in catalog.saved_queries(tenant)]
+        return [_saved_out(q) for q in SavedQueryStore(catalog).saved_queries(tenant)]
 
     @app.post("/api/v1/saved-queries", response_model=SavedQueryOut, status_code=201)
     def create_saved(body: SavedQueryIn, tenant: Tenant = "default") -> SavedQueryOut:

@@ -18,7 +18,7 @@ from starlette.exceptions import HTTPException
 
 from loglake.core.config import QueryConfig
 from query.errors import TooManyQueries
-from query.service import queue_deadline
+from query.runner import queue_deadline
 
 Scope = dict[str, Any]
 Message = dict[str, Any]

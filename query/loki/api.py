@@ -22,6 +22,7 @@ from query.language.ast import Node
 from query.logql import Expr, JsonParser, LogfmtParser, LogQuery, is_scalar, parse
 from query.logql.lexer import parse_bytes, parse_go_duration
 from query.loki.engine import Engine, Matrix, Scalar
+from query.loki.labels import LabelQueries
 from query.loki.pipeline import ERROR, Entry, apply, sanitize
 from query.loki.translate import STREAM_LABELS, column_of, selector_node
 from query.planner import is_decimal
@@ -164,6 +165,7 @@ def router(service: SearchService, gate: QueryGate | None = None) -> APIRouter:
     """The Loki-compatible routes over ``service``; query work runs through ``gate`` (one of its own
     if none is given), GET or POST."""
     engine = Engine(service)
+    label_queries = LabelQueries(service.runner)
     gate = gate or QueryGate(service.cfg.query)
     r = APIRouter(tags=["loki"])
 
@@ -273,7 +275,7 @@ def router(service: SearchService, gate: QueryGate | None = None) -> APIRouter:
         """Label names: the stream labels of the records in the range (and matching ``query``)."""
         lo, hi = _range(start, end, since)
         found: set[str] = set()
-        for row in service.label_sets(selector_of(query), lo, hi, tenant, list(STREAM_LABELS)):
+        for row in label_queries.label_sets(selector_of(query), lo, hi, tenant, list(STREAM_LABELS)):
             found.update(k for k, v in row.items() if v is not None)
         return _ok(sorted(found))
 
@@ -283,7 +285,7 @@ def router(service: SearchService, gate: QueryGate | None = None) -> APIRouter:
                      query: str | None = None, limit: int = 1000, tenant: Tenant = "default") -> dict[str, Any]:
         lo, hi = _range(start, end, since)
         node = selector_of(query)
-        values = service.distinct(column_of(name), node, lo, hi, tenant, limit)
+        values = label_queries.distinct(column_of(name), node, lo, hi, tenant, limit)
         return _ok(sorted(values))
 
     def _series(match: list[str], start: str | None, end: str | None, tenant: str) -> dict[str, Any]:
@@ -291,7 +293,7 @@ def router(service: SearchService, gate: QueryGate | None = None) -> APIRouter:
         found: set[tuple[tuple[str, str], ...]] = set()
         for m in match or ["{service=~\".+\"}"]:
             node = selector_of(m)
-            for row in service.label_sets(node, lo, hi, tenant, list(STREAM_LABELS)):
+            for row in label_queries.label_sets(node, lo, hi, tenant, list(STREAM_LABELS)):
                 found.add(tuple(sorted((k, v) for k, v in row.items() if v is not None)))
         return _ok([dict(k) for k in sorted(found)])
 
@@ -311,7 +313,7 @@ def router(service: SearchService, gate: QueryGate | None = None) -> APIRouter:
     def _index_stats(query: str, start: str | None, end: str | None, tenant: str) -> dict[str, Any]:
         lo, hi = _range(start, end)
         node = selector_of(query)
-        s = service.volume(node, lo, hi, tenant, [])
+        s = label_queries.volume(node, lo, hi, tenant, [])
         total = s[0] if s else {"rows": 0, "bytes": 0, "segments": 0, "streams": 0}
         return {"streams": total["streams"], "chunks": total["segments"], "entries": total["rows"],
                 "bytes": total["bytes"]}
@@ -339,12 +341,12 @@ def router(service: SearchService, gate: QueryGate | None = None) -> APIRouter:
             # One series per label name, {name: ""}, with the bytes of the records that have it.
             per = []
             for n in names:
-                rows = service.volume(node, lo, hi, tenant, [column_of(n)])
+                rows = label_queries.volume(node, lo, hi, tenant, [column_of(n)])
                 per.append((n, sum(r["bytes"] for r in rows if r["labels"][0] is not None)))
             return _ok({"resultType": "vector", "result": [
                 {"metric": {n: ""}, "value": [(hi - 1) / 1e6, str(b)]} for n, b in per if b][:limit]})
         if not ranged:
-            rows = service.volume(node, lo, hi, tenant, [column_of(n) for n in names])[:limit]
+            rows = label_queries.volume(node, lo, hi, tenant, [column_of(n) for n in names])[:limit]
             return _ok({"resultType": "vector", "result": [
                 {"metric": {n: str(r["labels"][i]) for i, n in enumerate(names) if r["labels"][i] is not None},
                  "value": [(hi - 1) / 1e6, str(r["bytes"])]} for r in rows]})
@@ -390,7 +392,7 @@ def router(service: SearchService, gate: QueryGate | None = None) -> APIRouter:
     def detected_labels(query: str | None = None, start: str | None = None, end: str | None = None,
                         tenant: Tenant = "default") -> dict[str, Any]:
         lo, hi = _range(start, end)
-        counts = service.cardinalities(selector_of(query), lo, hi, tenant, list(STREAM_LABELS))
+        counts = label_queries.cardinalities(selector_of(query), lo, hi, tenant, list(STREAM_LABELS))
         return {"detectedLabels": [{"label": name, "cardinality": counts[name]} for name in STREAM_LABELS]}
 
     def _detected(query: str | None, lo: int, hi: int, tenant: str) -> dict[str, dict[str, Any]]:
@@ -441,12 +443,13 @@ def router(service: SearchService, gate: QueryGate | None = None) -> APIRouter:
                               end: str | None = None, limit: int = 1000, tenant: Tenant = "default") -> dict[str, Any]:
         lo, hi = _range(start, end)
         if name in STREAM_LABELS or column_of(name) in STREAM_LABELS:
-            return {"values": sorted(service.distinct(column_of(name), selector_of(query), lo, hi, tenant, limit))}
+            values = label_queries.distinct(column_of(name), selector_of(query), lo, hi, tenant, limit)
+            return {"values": sorted(values)}
         d = _detected(query, lo, hi, tenant).get(name)
         if d is None:
             return {"values": []}
         if d["key"] is not None:
-            return {"values": sorted(service.distinct(d["key"], selector_of(query), lo, hi, tenant, limit))}
+            return {"values": sorted(label_queries.distinct(d["key"], selector_of(query), lo, hi, tenant, limit))}
         return {"values": sorted(d["values"])[:limit]}
 
     @r.get("/loki/api/v1/status/buildinfo")

@@ -1,0 +1,101 @@
+"""What the records hold: their fields (sampled, with types and top values) and one field's values.
+
+The HTTP API's ``/fields`` and ``/values`` and the Loki API's detected fields
+ask these.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from query.errors import QueryError
+from query.language import MatchAll, Node
+from query.planner import SELECT_COLUMNS, group_sql
+from query.runner import RANGE_SQL, QueryRunner
+from query.timerange import parse_range
+
+
+@dataclass
+class FieldInfo:
+    name: str
+    type: str                              # string | number
+    count: int                             # sampled rows that have it
+    distinct: int
+    top: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+class FieldQueries:
+    """Fields and values over the runner."""
+
+    def __init__(self, runner: QueryRunner) -> None:
+        self.runner = runner
+        self.cfg = runner.cfg
+
+    def fields(self, q: str = "", start: str | None = None, end: str | None = None,
+               tenant: str = "default", top: int = 5) -> tuple[list[FieldInfo], dict[str, Any]]:
+        """Fields seen in the newest sampled rows of the range, with their type and top values."""
+        start_us, end_us = parse_range(start, end)
+        return self.fields_node(self.runner.parse_query(q), start_us, end_us, tenant, top)
+
+    def fields_node(self, node: Node | None, start_us: int, end_us: int, tenant: str = "default",
+                    top: int = 5) -> tuple[list[FieldInfo], dict[str, Any]]:
+        """:meth:`fields` for a parsed query (None: every record)."""
+        t0 = time.perf_counter()
+        node = node or MatchAll()
+        with self.runner.slot():
+            plan = self.runner.plan(node, tenant, start_us, end_us)
+            scan = plan.scan
+            if scan.empty:
+                return [], {**scan.stats(), "sampled_rows": 0}
+            cond = plan.where
+            source = scan.relation()
+            sample = (f"SELECT service, host, source, level, trace_id, span_id, attrs FROM {source.sql} AS logs "
+                      f"WHERE {RANGE_SQL} AND ({cond.sql}) ORDER BY ts DESC LIMIT ?")
+            params = [*source.params, start_us, end_us, *cond.params, self.cfg.query.fields_sample_rows]
+            sql = (f"WITH s AS MATERIALIZED ({sample}), "
+                   "kv AS (SELECT unnest(['service', 'host', 'source', 'level', 'trace_id', 'span_id']) AS k, "
+                   "unnest([service, host, source, level, trace_id, span_id]::VARCHAR[]) AS v, TRUE AS col FROM s "
+                   "UNION ALL SELECT unnest(map_keys(attrs)) AS k, unnest(map_values(attrs)) AS v, FALSE FROM s) "
+                   "SELECT k, col, v, count(*) AS n, (SELECT count(*) FROM s) AS total FROM kv "
+                   "WHERE v IS NOT NULL GROUP BY ALL")
+            table = self.runner.run(sql, params)
+        by_field: dict[tuple[str, bool], list[tuple[str, int]]] = {}
+        total = int(table["total"][0].as_py()) if table.num_rows else 0
+        for k, col, v, n in zip(*(table.column(i).to_pylist() for i in range(4)), strict=True):
+            by_field.setdefault((k, col), []).append((v, n))
+        out = []
+        for (k, col), values in by_field.items():
+            values.sort(key=lambda x: (-x[1], x[0]))
+            numeric = all(_is_number(v) for v, _ in values)
+            name = k if col or k not in SELECT_COLUMNS else f"attrs.{k}"
+            out.append(FieldInfo(name, "number" if numeric and not col else "string", sum(n for _, n in values),
+                                 len(values), [{"value": v, "count": n} for v, n in values[:top]]))
+        out.sort(key=lambda f: (f.name not in SELECT_COLUMNS, -f.count, f.name))
+        return out, {**scan.stats(), "sampled_rows": total,
+                     "elapsed_ms": round((time.perf_counter() - t0) * 1000, 2)}
+
+    def values(self, fieldname: str, q: str = "", start: str | None = None, end: str | None = None,
+               limit: int = 20, tenant: str = "default") -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """The most frequent values of one field in the range, with their counts."""
+        t0 = time.perf_counter()
+        if not 1 <= limit <= 1000:
+            raise QueryError("limit must be between 1 and 1000")
+        group = group_sql(fieldname)
+        node = self.runner.parse_query(q)
+        start_us, end_us = parse_range(start, end)
+        table, scan = self.runner.select(node, start_us, end_us, tenant, f"{group.sql} AS v, count(*) AS n",
+                                         "AND v IS NOT NULL GROUP BY v ORDER BY n DESC, v LIMIT ?", group.params,
+                                         [limit])
+        values = [] if table is None else [{"value": v, "count": n} for v, n in
+                                           zip(table["v"].to_pylist(), table["n"].to_pylist(), strict=True)]
+        return values, {**scan.stats(), "elapsed_ms": round((time.perf_counter() - t0) * 1000, 2)}

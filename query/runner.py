@@ -1,0 +1,168 @@
+"""The query runner: one locked-down DuckDB, the limits, and the plan of each request.
+
+Every search, aggregation and field query goes through it: the request takes a
+concurrency slot (waiting at most until the queue deadline), is planned once
+against the catalog and the segments' trigram indexes (its filter compiled once,
+its scan checked against ``max_scan_bytes``), then runs parameterised SQL over
+the planned files on this thread's cursor, interrupted at the time limit.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from loglake.core.config import Config
+from query.errors import QueryError, QueryOutOfMemory, QueryTimeout, ScanTooLarge, TooManyQueries
+from query.language import MatchAll, Node, parse
+from query.metrics import QueryMetrics
+from query.planner import Compiled, Scan, choose, compile_filter, regexes, term_count
+from storage.catalog import Catalog, SegmentRow
+from storage.root import DataRoot
+from storage.tokens import IndexCache, SegmentIndex
+
+#: The time range of a request as SQL: two bound epoch microseconds, start inclusive.
+RANGE_SQL = "ts >= make_timestamptz(?::BIGINT) AND ts < make_timestamptz(?::BIGINT)"
+
+#: When the running request's wait for a slot ends (time.monotonic()), set by whatever admitted it
+#: (the HTTP API's QueryGate), so a request never waits more than queue_timeout_s in all.
+queue_deadline: ContextVar[float | None] = ContextVar("queue_deadline", default=None)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one request reads and the condition it applies, both worked out once per request."""
+
+    scan: Scan
+    #: The query's WHERE condition; every statement of the request reuses it.
+    where: Compiled
+
+
+class QueryRunner:
+    """One data root's DuckDB session (a cursor per thread) with the query limits around it."""
+
+    def __init__(self, cfg: Config, catalog: Catalog) -> None:
+        self.cfg = cfg
+        self.catalog = catalog
+        self.root = DataRoot.from_config(cfg.storage)
+        self.db = duckdb.connect(config={"autoinstall_known_extensions": False,
+                                         "autoload_known_extensions": False})
+        q = cfg.query
+        self.db.execute("SET TimeZone = 'UTC'")
+        self.db.execute(f"SET threads = {int(q.threads)}")
+        self.db.execute("SET memory_limit = ?", [q.memory_limit])
+        # Segments are immutable: parse each footer once, not on every query.
+        self.db.execute("SET parquet_metadata_cache = true")
+        # Queries may read the data root and nothing else, and never another host.
+        self.root.configure_duckdb(self.db)
+        self.db.execute("SET lock_configuration = true")
+        self._local = threading.local()
+        #: The concurrency limit: one slot per running request.
+        self.slots = threading.BoundedSemaphore(q.max_concurrent)
+        self._indexes = IndexCache()
+        self.metrics = QueryMetrics()
+
+    def cursor(self) -> duckdb.DuckDBPyConnection:
+        """This thread's cursor on the shared database."""
+        cur = getattr(self._local, "cursor", None)
+        if cur is None:
+            cur = self._local.cursor = self.db.cursor()
+        return cur
+
+    @contextmanager
+    def slot(self) -> Iterator[None]:
+        """Hold one of ``max_concurrent`` slots; TooManyQueries if none frees before the deadline."""
+        deadline = queue_deadline.get()
+        wait = self.cfg.query.queue_timeout_s if deadline is None else max(0.0, deadline - time.monotonic())
+        if not self.slots.acquire(timeout=wait):
+            raise TooManyQueries(f"all {self.cfg.query.max_concurrent} query slots are busy; retry shortly")
+        try:
+            yield
+        finally:
+            self.slots.release()
+
+    def run(self, sql: str, params: list[Any]) -> pa.Table:
+        """Run on this thread's cursor, interrupted at the time limit."""
+        cur = self.cursor()
+        timer = threading.Timer(self.cfg.query.timeout_s, cur.interrupt)
+        timer.start()
+        try:
+            return cur.execute(sql, params).to_arrow_table()
+        except duckdb.InterruptException:
+            raise QueryTimeout(f"query interrupted after {self.cfg.query.timeout_s:g} s") from None
+        except duckdb.OutOfMemoryException:
+            raise QueryOutOfMemory(f"the query needed more memory than query.memory_limit "
+                                   f"({self.cfg.query.memory_limit}); narrow the time range or ask for fewer "
+                                   "rows or fields") from None
+        except duckdb.InvalidInputException as e:
+            raise QueryError(f"invalid query: {e}") from None
+        finally:
+            timer.cancel()
+
+    def _index(self, seg: SegmentRow) -> SegmentIndex | None:
+        hit, idx = self._indexes.get(seg.path)
+        if not hit:
+            try:
+                idx = self.root.read_index(seg.path)
+            except (OSError, ValueError):
+                idx = None      # unreadable footer: scan the segment whole, as before the index
+            self._indexes.put(seg.path, idx)
+        return idx
+
+    def check_regexes(self, node: Node) -> None:
+        """Refuse a regular expression DuckDB's RE2 cannot compile, before any reading."""
+        for pattern in regexes(node):
+            try:
+                self.cursor().execute("SELECT regexp_matches('', ?)", [pattern])
+            except duckdb.Error as e:
+                raise QueryError(f"invalid regular expression /{pattern}/: {e}") from None
+
+    def check_query_text(self, text: str) -> None:
+        """Refuse query text over ``query.max_query_chars`` before parsing it (either language)."""
+        limit = self.cfg.query.max_query_chars
+        if len(text) > limit:
+            raise QueryError(f"the query is {len(text)} characters long; the limit is {limit} "
+                             "(query.max_query_chars)")
+
+    def parse_query(self, q: str) -> Node:
+        """``q`` parsed, after the length check."""
+        self.check_query_text(q)
+        return parse(q)
+
+    def plan(self, node: Node, tenant: str, start_us: int, end_us: int,
+             segments: list[SegmentRow] | None = None) -> Plan:
+        """The data to read for ``node`` and its compiled condition; refused over the limits."""
+        terms, limit = term_count(node), self.cfg.query.max_query_terms
+        if terms > limit:
+            raise QueryError(f"the query has {terms} terms; the limit is {limit} (query.max_query_terms)")
+        self.check_regexes(node)
+        where = compile_filter(node)     # unknown fields and bad values are refused before any reading
+        if segments is None:
+            segments = self.catalog.segments(tenant, start_us, end_us)
+        scan = choose(node, segments, self.root.url, self._index)
+        if scan.bytes_scanned > self.cfg.query.max_scan_bytes:
+            raise ScanTooLarge(scan.bytes_scanned, self.cfg.query.max_scan_bytes)
+        self.metrics.scanned(scan)
+        return Plan(scan, where)
+
+    def select(self, node: Node | None, start_us: int, end_us: int, tenant: str, select: str,
+               tail: str, select_params: list[Any], tail_params: list[Any]) -> tuple[pa.Table | None, Scan]:
+        """``SELECT select FROM <the planned data> WHERE <range and node> tail`` in a slot; None if
+        nothing is to be read."""
+        node = node or MatchAll()
+        with self.slot():
+            plan = self.plan(node, tenant, start_us, end_us)
+            if plan.scan.empty:
+                return None, plan.scan
+            source = plan.scan.relation()
+            sql = f"SELECT {select} FROM {source.sql} AS logs WHERE {RANGE_SQL} AND ({plan.where.sql}) {tail}"
+            return self.run(sql, [*select_params, *source.params, start_us, end_us, *plan.where.params,
+                                  *tail_params]), plan.scan

@@ -1,0 +1,192 @@
+"""Paged search: the records matching a query, in time order, a page at a time.
+
+A cursor continues exactly where the previous page ended, even inside a run
+of records sharing one timestamp; ``fields`` chooses what each row returns.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from query.errors import QueryError
+from query.language import Node
+from query.planner import SELECT_COLUMNS, Compiled, resolve
+from query.runner import RANGE_SQL, Plan, QueryRunner
+from query.timerange import format_us, parse_range
+
+Order = Literal["asc", "desc"]
+#: Rows sharing a timestamp are ordered by this hash of all they hold, so a cursor can resume
+#: between them; only rows identical in every column share a hash, and those are interchangeable.
+_TIE = "hash(observed_ts, service, host, source, level, message, attrs, trace_id, span_id)"
+#: Fields one search may return: each is a column of every row DuckDB holds (20,000 of them ran it
+#: out of memory).
+MAX_FIELDS = 256
+
+
+@dataclass
+class SearchResult:
+    rows: list[dict[str, Any]]
+    stats: dict[str, Any]
+    cursor: str | None = None
+
+
+def check_fields(fields: list[str]) -> None:
+    """Refuse more than :data:`MAX_FIELDS` distinct fields to return (HTTP 400)."""
+    distinct = {f.strip() for f in fields if f.strip()}
+    if len(distinct) > MAX_FIELDS:
+        raise QueryError(f"{len(distinct)} fields asked for; a search returns at most {MAX_FIELDS}")
+
+
+def _format_ts(table: pa.Table) -> dict[str, pa.ChunkedArray | pa.Array]:
+    cols: dict[str, Any] = {name: table[name] for name in table.column_names}
+    for name in ("ts", "observed_ts"):
+        if name in cols:
+            us = pc.cast(cols[name], pa.int64()).to_pylist()
+            cols[name] = pa.array([format_us(u) for u in us], pa.string())
+    return cols
+
+
+def _encode_cursor(ts_us: int, tie: int, skip: int, order: str) -> str:
+    raw = orjson.dumps({"v": 1, "t": ts_us, "h": tie, "n": skip, "o": order})
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str, order: str) -> tuple[int, int, int]:
+    try:
+        data = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        t, h, n, o = int(data["t"]), int(data["h"]), int(data["n"]), data["o"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise QueryError(f"invalid cursor: {e}") from None
+    if o != order:
+        raise QueryError(f"this cursor continues a search in {o} order, not {order}")
+    if not (0 <= h < 2**64 and 0 <= n <= 1_000_000 and 0 <= t < 2**62):
+        raise QueryError("invalid cursor")
+    return t, h, n
+
+
+def _projection(fields: list[str] | None) -> list[tuple[str, Compiled]]:
+    if not fields:
+        return [(c, Compiled(c)) for c in SELECT_COLUMNS]
+    check_fields(fields)
+    out: list[tuple[str, Compiled]] = [("ts", Compiled("ts"))]
+    for name in fields:
+        name = name.strip()
+        if not name or name == "ts" or any(n == name for n, _ in out):
+            continue
+        kind, key = resolve(name)
+        out.append((name, Compiled(key) if kind == "column" else Compiled("attrs[?]", [key])))
+    return out
+
+
+class Searcher:
+    """Paged search over the runner."""
+
+    def __init__(self, runner: QueryRunner) -> None:
+        self.runner = runner
+        self.cfg = runner.cfg
+
+    def search(self, q: str = "", start: str | None = None, end: str | None = None,
+               limit: int | None = None, order: Order = "desc", tenant: str = "default",
+               fields: list[str] | None = None, cursor: str | None = None) -> SearchResult:
+        """Records matching ``q`` with start <= ts < end, newest first by default; ``cursor``
+        continues exactly where the previous page ended."""
+        t0 = time.perf_counter()
+        limit = self.cfg.query.default_limit if limit is None else limit
+        if not 1 <= limit <= self.cfg.query.max_limit:
+            raise QueryError(f"limit must be between 1 and {self.cfg.query.max_limit}")
+        if order not in ("asc", "desc"):
+            raise QueryError("order must be asc or desc")
+        start_us, end_us = parse_range(start, end)
+        return self.search_node(self.runner.parse_query(q), start_us, end_us, limit, order, tenant, fields,
+                                cursor, t0)
+
+    def search_node(self, node: Node, start_us: int, end_us: int, limit: int, order: Order = "desc",
+                    tenant: str = "default", fields: list[str] | None = None, cursor: str | None = None,
+                    t0: float | None = None) -> SearchResult:
+        """:meth:`search` for a query already parsed (the Loki API builds its own)."""
+        t0 = time.perf_counter() if t0 is None else t0
+        projection = _projection(fields)
+        after: tuple[int, int, int] | None = None
+        lo, hi = start_us, end_us
+        if cursor:
+            after = _decode_cursor(cursor, order)
+            lo, hi = (lo, min(hi, after[0] + 1)) if order == "desc" else (max(lo, after[0]), hi)
+        with self.runner.slot():
+            plan = self.runner.plan(node, tenant, lo, hi)
+            rows: list[dict[str, Any]] = []
+            next_cursor = None
+            if not plan.scan.empty and lo < hi:
+                rows, next_cursor = self._page(plan, lo, hi, limit, order, projection, after)
+        stats = {**plan.scan.stats(), "returned": len(rows), "start": format_us(start_us),
+                 "end": format_us(end_us), "elapsed_ms": round((time.perf_counter() - t0) * 1000, 2)}
+        return SearchResult(rows, stats, next_cursor)
+
+    def _page(self, plan: Plan, lo: int, hi: int, limit: int, order: str,
+              projection: list[tuple[str, Compiled]], after: tuple[int, int, int] | None,
+              ) -> tuple[list[dict[str, Any]], str | None]:
+        """One page. Rows are ordered by ts; only the rows sharing the page's last timestamp
+        need a finer order (for the cursor), so only they are hashed, in a second small query
+        that leaves the main one DuckDB's top-N with late materialisation."""
+        cond = plan.where
+        source = plan.scan.relation()
+        desc = order == "desc"
+        select = ", ".join(f"{c.sql} AS c{i}" for i, (_, c) in enumerate(projection))
+        select_params: list[Any] = [p for _, c in projection for p in c.params]
+
+        def query(lo_: int, hi_: int, n: int, ties: bool) -> pa.Table:
+            extra = f", {_TIE} AS _h" if ties else ", 0::UBIGINT AS _h"
+            key = "_h" if ties else "ts"
+            sql = (f"SELECT {select}, epoch_us(ts) AS _t{extra} FROM {source.sql} AS logs "
+                   f"WHERE {RANGE_SQL} AND ({cond.sql}) ORDER BY {key} {'DESC' if desc else 'ASC'} LIMIT ?")
+            return self.runner.run(sql, [*select_params, *source.params, lo_, hi_, *cond.params, n])
+
+        parts: list[pa.Table] = []
+        if after is not None:
+            # The rest of the cursor's timestamp: rows past (hash, skip) in hash order.
+            t, h, skip = after
+            tie = query(t, t + 1, 1 << 62, ties=True)
+            hs = tie["_h"].to_pylist()
+            past = [i for i, x in enumerate(hs) if (x < h if desc else x > h)]
+            same = [i for i, x in enumerate(hs) if x == h][skip:]
+            keep = sorted(same + past)
+            parts.append(tie.take(pa.array(keep[:limit], pa.int64())))
+            lo, hi = (lo, t) if desc else (t + 1, hi)
+        taken = sum(p.num_rows for p in parts)
+        if taken < limit and lo < hi:
+            main = query(lo, hi, limit - taken, ties=False)
+            if main.num_rows == limit - taken and main.num_rows:
+                # The page ends inside a timestamp: take that timestamp's rows in hash order.
+                last = main["_t"][main.num_rows - 1].as_py()
+                at_last = pc.equal(main["_t"], last)
+                k = pc.sum(at_last).as_py()
+                tie = query(last, last + 1, k, ties=True)
+                main = pa.concat_tables([main.filter(pc.invert(at_last)), tie])
+            parts.append(main)
+        table = pa.concat_tables(parts)     # never empty: search() calls only with lo < hi
+        table = table.slice(0, limit)
+        next_cursor = None
+        if table.num_rows == limit:
+            ts_col, h_col = table["_t"].to_pylist(), table["_h"].to_pylist()
+            last_t, last_h = ts_col[-1], h_col[-1]
+            same_n = 0
+            for t_, h_ in zip(reversed(ts_col), reversed(h_col), strict=True):
+                if (t_, h_) != (last_t, last_h):
+                    break
+                same_n += 1
+            if after is not None and (after[0], after[1]) == (last_t, last_h):
+                same_n += after[2]
+            next_cursor = _encode_cursor(last_t, last_h, same_n, order)
+        names = [n for n, _ in projection]
+        out = table.select([f"c{i}" for i in range(len(names))]).rename_columns(names)
+        rows = pa.table(_format_ts(out)).to_pylist()
+        if "attrs" in names:
+            for r in rows:
+                r["attrs"] = dict(r["attrs"] or ())
+        return rows, next_cursor
