@@ -100,7 +100,7 @@ Required values: called by the ConfigMap, which every install renders.
 
 {{/* ---------------------------------------------------------------------------
 The loglake.toml the ConfigMap carries: .Values.config with the keys the chart
-manages set over it. Read by loglake.config.load_config via LOGLAKE_CONFIG.
+manages set over it. Read by loglake.core.config.load_config via LOGLAKE_CONFIG.
 --------------------------------------------------------------------------- */}}
 
 {{/* Where things live inside the containers. */}}
