@@ -25,7 +25,7 @@ class ClickHouse:
     """A chdb session holding one ``logs`` table loaded from our segment files."""
 
     def __init__(self, path: Path) -> None:
-        from chdb.session import Session   # installed with the bench extra
+        from chdb.session import Session  # installed with the bench extra
 
         shutil.rmtree(path, ignore_errors=True)
         self.session = Session(str(path))

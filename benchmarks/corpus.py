@@ -129,7 +129,7 @@ def generate(out_dir: Path, lines: int, *, seed: int = 42, day: datetime = DAY) 
     ms = _daily_minutes(rng, n).astype(np.int64) * 60_000 + rng.integers(0, 60_000, size=n)
     level = rng.choice(len(LEVELS), size=n, p=np.array(LEVEL_P) / sum(LEVEL_P))
     # Error bursts: ten 10-minute windows where one service fails a lot.
-    for b in range(10):
+    for _ in range(10):
         s, start = rng.integers(0, len(SERVICES)), rng.integers(0, 1430) * 60_000
         hit = (svc == s) & (ms >= start) & (ms < start + 600_000) & (rng.random(n) < 0.4)
         level[hit] = LEVELS.index("error")
@@ -181,24 +181,29 @@ def generate(out_dir: Path, lines: int, *, seed: int = 42, day: datetime = DAY) 
                 out = [head]
                 if lvl in ("error", "fatal") and (r >> 44) % 3 == 0:
                     out.append(f"java.lang.IllegalStateException: {_ERRORS[(r >> 20) % 8]}")
-                    out += [f.format(svc=name, cls=("OrderService", "StockLevel", "Courier", "Mailer")[(r >> 46) % 4],
-                                     line=(r >> 48) % 900 + 10) for f in _TRACE]
+                    cls_name = ("OrderService", "StockLevel", "Courier", "Mailer")[(r >> 46) % 4]
+                    out += [f.format(svc=name, cls=cls_name, line=(r >> 48) % 900 + 10) for f in _TRACE]
             elif kind == "nginx":
-                status = {"info": (200, 200, 200, 304, 201, 302)[(r >> 5) % 6], "warn": (404, 400, 403, 429)[(r >> 5) % 4],
+                status = {"info": (200, 200, 200, 304, 201, 302)[(r >> 5) % 6],
+                          "warn": (404, 400, 403, 429)[(r >> 5) % 4],
                           "error": (500, 502, 503, 504)[(r >> 5) % 4]}[lvl]
                 path = _PATHS[r % len(_PATHS)].format(id=(r >> 8) % 100_000, hex=f"{(r >> 8) & 0xFFFFFF:06x}")
                 if extra:
                     path += "?" + extra.strip()
                 ip = f"{(r >> 16) % 223 + 1}.{(r >> 24) % 256}.{(r >> 32) % 256}.{(r >> 40) % 254 + 1}"
-                out = [f'{ip} - - [{t:%d/%b/%Y:%H:%M:%S} +0000] "{("GET", "GET", "POST", "PUT")[(r >> 50) % 4]} {path} HTTP/1.1" '
-                       f'{status} {(r >> 12) % 90_000} "-" "Mozilla/5.0 (X11; Linux x86_64) Firefox/{(r >> 52) % 30 + 110}.0"']
+                method = ("GET", "GET", "POST", "PUT")[(r >> 50) % 4]
+                agent = f"Mozilla/5.0 (X11; Linux x86_64) Firefox/{(r >> 52) % 30 + 110}.0"
+                out = [f'{ip} - - [{t:%d/%b/%Y:%H:%M:%S} +0000] "{method} {path} HTTP/1.1" '
+                       f'{status} {(r >> 12) % 90_000} "-" "{agent}"']
                 stored_ts[i] = (ts_us[i] // 1_000_000) * 1_000_000
             else:
                 pri = 3 * 8 + _SYSLOG_SEV[lvl]
                 msg = _SYSLOG[name][r % len(_SYSLOG[name])].format(
-                    ip=f"203.0.{(r >> 8) % 256}.{(r >> 16) % 254 + 1}", port=(r >> 24) % 60000 + 1024, n=(r >> 40) % 90000)
+                    ip=f"203.0.{(r >> 8) % 256}.{(r >> 16) % 254 + 1}", port=(r >> 24) % 60000 + 1024,
+                    n=(r >> 40) % 90000)
                 if kind == "syslog3164":
-                    out = [f"<{pri}>{t:%b} {t.day:2d} {t:%H:%M:%S} host-{host_l[i]:03d} {name}[{(r >> 30) % 30000 + 100}]: {msg}{extra}"]
+                    out = [f"<{pri}>{t:%b} {t.day:2d} {t:%H:%M:%S} host-{host_l[i]:03d} "
+                           f"{name}[{(r >> 30) % 30000 + 100}]: {msg}{extra}"]
                     stored_ts[i] = (ts_us[i] // 1_000_000) * 1_000_000
                 else:
                     out = [f"<{pri}>1 {t:%Y-%m-%dT%H:%M:%S}.{t.microsecond // 1000:03d}Z host-{host_l[i]:03d} {name} "
@@ -227,7 +232,8 @@ def _truth(n: int, physical: int, raw_bytes: int, day_start_us: int, svc: np.nda
         start = str(day_start_us + (k // 8) * 300_000_000)
         q3.setdefault(start, {})[LEVELS[k % 8]] = c
     errors = np.bincount(svc[level == LEVELS.index("error")], minlength=len(SERVICES))
-    top = sorted(((names[i], int(errors[i])) for i in range(len(SERVICES)) if errors[i]), key=lambda x: (-x[1], x[0]))[:10]
+    top = sorted(((names[i], int(errors[i])) for i in range(len(SERVICES)) if errors[i]),
+                 key=lambda x: (-x[1], x[0]))[:10]
     w_lo = day_start_us + Q5_START_HOUR * 3_600_000_000
     w_hi = w_lo + Q5_HOURS * 3_600_000_000
     sub = np.fromiter(substring_at, dtype=np.int64, count=len(substring_at))

@@ -30,8 +30,19 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ingest.levels import level_sql, severity_sql
-from ingest.parsers import ATTRS_TYPE, OUTPUTS, Parser, sql_str
-from ingest.parsers import access, apache_error, json, logfmt, pattern, syslog, text
+from ingest.parsers import (
+    ATTRS_TYPE,
+    OUTPUTS,
+    Parser,
+    access,
+    apache_error,
+    json,
+    logfmt,
+    pattern,
+    sql_str,
+    syslog,
+    text,
+)
 from ingest.timestamps import macros
 from storage.schema import RECORD_SCHEMA
 
@@ -237,7 +248,8 @@ class Normaliser:
         # Twice: a renamed key can meet one the line already had under that name.
         self.con.execute("""CREATE OR REPLACE MACRO ll_dedupe(l) AS ll_dedupe_once(ll_dedupe_once(l))""")
         self.route_sql, self.parse_sql = build_sql(self.settings)
-        self.native = [p for p in DETECTED if p.native is not None]
+        # (parser name, its compiled pre-pass) for the parsers that have one
+        self.native = [(p.name, p.native) for p in DETECTED if p.native is not None]
 
     def __call__(self, raw: pa.Table) -> pa.Table:
         self.con.register("c", self._pre_pass(self._route(raw)))
@@ -274,10 +286,10 @@ class Normaliser:
         lines, fmt = _one_chunk(routed.column("line")), _one_chunk(routed.column("fmt"))
         if lines.type != pa.string():
             lines = lines.cast(pa.string())         # the compiled code reads int32 offsets
-        for p in self.native:
-            selected = pc.fill_null(pc.equal(fmt, p.name), False).to_numpy(zero_copy_only=False)
-            for name, column in p.native(lines, selected).items():  # type: ignore[misc]
-                routed = routed.append_column(f"p_{p.name}_{name}", column)
+        for parser, pre_pass in self.native:
+            selected = pc.fill_null(pc.equal(fmt, parser), False).to_numpy(zero_copy_only=False)
+            for name, column in pre_pass(lines, selected).items():
+                routed = routed.append_column(f"p_{parser}_{name}", column)
         return routed
 
     def close(self) -> None:

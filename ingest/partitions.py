@@ -20,7 +20,7 @@ from aiokafka.structs import ConsumerRecord
 
 from ingest.buffers import IngestState, Key, PartitionBuffer, fingerprint
 from ingest.flush_policy import FlushPolicy
-from ingest.flusher import FlushFailed, Flusher
+from ingest.flusher import Flusher, FlushFailed
 from loglake.core.config import Config
 from loglake.core.kafka_client import refresh_metadata
 from loglake.core.topics import ensure_topic, note_partitions

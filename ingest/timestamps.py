@@ -52,11 +52,13 @@ def macros() -> list[str]:
                                         ELSE regexp_replace(regexp_replace(replace(s, ',', '.'), ' ?(?:UTC|GMT)$', 'Z'),
                                                             ' ([+-]\\d)', '\\1') END
                                    AS TIMESTAMPTZ)
-                WHEN regexp_full_match(s, '-?\\d+(?:\\.\\d+)?(?:[eE][+-]?\\d+)?') THEN ll_epoch(try_cast(s AS DOUBLE)) END""",
+                WHEN regexp_full_match(s, '-?\\d+(?:\\.\\d+)?(?:[eE][+-]?\\d+)?')
+                     THEN ll_epoch(try_cast(s AS DOUBLE)) END""",
         # Zone-less timestamp text -> wall-clock time.
         f"""CREATE OR REPLACE MACRO ll_ts_local(s) AS
            CASE WHEN regexp_matches(s, '^\\d{{4}}-\\d') THEN try_cast(replace(s, ',', '.') AS TIMESTAMP)
                 ELSE try_strptime(s, {_list(LOCAL_FORMATS)}) END""",
         f"""CREATE OR REPLACE MACRO ll_ts_noyear(s) AS
-           try_strptime('2000 ' || regexp_replace(s, ' +', ' ', 'g'), {_list(tuple('%Y ' + f for f in NOYEAR_FORMATS))})""",
+           try_strptime('2000 ' || regexp_replace(s, ' +', ' ', 'g'),
+                        {_list(tuple('%Y ' + f for f in NOYEAR_FORMATS))})""",
     ]

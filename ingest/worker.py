@@ -25,7 +25,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
 from ingest.buffers import IngestState, Key, PartitionBuffer
 from ingest.flush_policy import FlushPolicy
-from ingest.flusher import FlushFailed, Flusher
+from ingest.flusher import Flusher, FlushFailed
 from ingest.metrics import WorkerSnapshot, registry_for
 from ingest.partitions import PartitionGuard, TopicRecreated
 from ingest.router import RecordRouter

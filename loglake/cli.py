@@ -120,12 +120,12 @@ def cmd_serve(cfg: Config, args: argparse.Namespace) -> int:
         print(f"loglake serve: refusing to serve {host} with authentication off (auth.enabled = false); "
               "turn it on, listen on loopback, or pass --insecure", file=sys.stderr)
         return EXIT_USAGE
-    tls = {"ssl_certfile": str(cfg.query.tls_cert), "ssl_keyfile": str(cfg.query.tls_key)} \
-        if cfg.query.tls_cert else {}
+    tls = bool(cfg.query.tls_cert)
     # The app checks Host against the address it really listens on, --host included.
     cfg = cfg.model_copy(update={"query": cfg.query.model_copy(update={"host": host})})
     uvicorn.run(create_app(cfg), host=host, port=args.port or cfg.query.port, log_config=None, access_log=False,
-                **tls)
+                ssl_certfile=str(cfg.query.tls_cert) if tls else None,
+                ssl_keyfile=str(cfg.query.tls_key) if tls else None)
     return 0
 
 

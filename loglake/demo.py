@@ -12,6 +12,7 @@ import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TextIO
 
 import orjson
 
@@ -53,7 +54,8 @@ def _json_line(service: str, rng: random.Random, now: datetime) -> str:
 def _java_lines(rng: random.Random, now: datetime) -> list[str]:
     level = rng.choice(_LEVELS)
     stamp = now.strftime("%Y-%m-%d %H:%M:%S,") + f"{now.microsecond // 1000:03d}"
-    head = f"{stamp} {level.upper():5} [worker-{rng.randint(1, 4)}] com.shop.worker.Jobs - {_fill(rng.choice(_MSGS[level]), rng)}"
+    head = (f"{stamp} {level.upper():5} [worker-{rng.randint(1, 4)}] com.shop.worker.Jobs - "
+            f"{_fill(rng.choice(_MSGS[level]), rng)}")
     if level == "error" and rng.random() < 0.5:
         return [head, *_fill(_TRACE, rng).splitlines()]
     return [head]
@@ -91,7 +93,7 @@ class DemoWriter:
 
     def run(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        files = {}
+        files: dict[str, TextIO] = {}
         try:
             interval = 1.0 / self.rate
             next_at = time.monotonic()

@@ -70,7 +70,8 @@ def _print_rows(args: argparse.Namespace, body: dict[str, Any], console: Console
         else ["ts", "service", "level", "message"]
     table = Table(box=None, show_edge=False, pad_edge=False)
     for col in columns:
-        table.add_column(col, overflow="fold" if col == "message" else None, no_wrap=col != "message")
+        # The message wraps; the other columns are cut at the column's width (no_wrap).
+        table.add_column(col, overflow="fold", no_wrap=col != "message")
     for row in rows:
         table.add_row(*("" if row.get(c) is None else str(row.get(c)) for c in columns))
     console.print(table)

@@ -181,7 +181,7 @@ class Aggregator:
                     b = seg.min_ts_us // iv * iv
                     for value, n in (seg.services if column == "service" else seg.levels).items():
                         if keep is None or value in keep:
-                            k = (value,) if by else ()
+                            k: tuple[str | None, ...] = (value,) if by else ()
                             from_catalog[(b, k)] = from_catalog.get((b, k), 0) + n
                     counted += 1
                 else:
@@ -252,11 +252,11 @@ class Aggregator:
                 params.append(top)
         table = self.runner.run(sql, params)
         cols = [table.column(i).to_pylist() for i in range(table.num_columns)]
-        out = []
+        out: list[Row] = []
         for i in range(table.num_rows):
             other = bool(cols[1][i])
-            key = () if other else tuple(None if c[i] is None else str(c[i]) for c in cols[2:-1])
-            out.append((int(cols[0][i]), key, other, cols[-1][i]))
+            group = () if other else tuple(None if c[i] is None else str(c[i]) for c in cols[2:-1])
+            out.append((int(cols[0][i]), group, other, cols[-1][i]))
         return out
 
     def buckets(self, node: Node, tenant: str, lo_us: int, hi_us: int, origin_us: int, width_us: int,

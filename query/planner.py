@@ -181,7 +181,7 @@ def _comparisons(fname: str, bounds: list[tuple[str, str]]) -> Compiled:
     if name == "attrs":
         raise QueryError("attrs holds every attribute: compare one by its key, e.g. attrs.latency>250ms")
     if name == "level" or name == "severity":
-        params = []
+        params: list[object] = []
         for _, value in bounds:
             if name == "level" and level_value(value) in SEVERITY:
                 params.append(SEVERITY[level_value(value)])
@@ -201,9 +201,9 @@ def _comparisons(fname: str, bounds: list[tuple[str, str]]) -> Compiled:
         parts, params = [], []
         for (op, _), p in zip(bounds, parsed, strict=True):
             assert p is not None
-            value = p[0] if p[1] is not None or unit is None else p[0] * _UNIT_S[unit]
+            scaled = p[0] if p[1] is not None or unit is None else p[0] * _UNIT_S[unit]
             parts.append(f"{num.sql} {_SQL_OPS[op]} ?")
-            params += [*num.params, value]
+            params += [*num.params, scaled]
         return Compiled(" AND ".join(parts), params)
     parts, params = [], []
     for op, value in bounds:
@@ -279,8 +279,8 @@ def compile_filter(node: Node) -> Compiled:
             return Compiled(f"NOT coalesce(({inner.sql}), FALSE)", inner.params)
         case And(items=items) | Or(items=items):
             parts = [compile_filter(i) for i in items]
-            op = " AND " if isinstance(node, And) else " OR "
-            return Compiled(op.join(f"({p.sql})" for p in parts), [x for p in parts for x in p.params])
+            joiner = " AND " if isinstance(node, And) else " OR "
+            return Compiled(joiner.join(f"({p.sql})" for p in parts), [x for p in parts for x in p.params])
     raise TypeError(f"not a query node: {node!r}")
 
 
@@ -320,10 +320,11 @@ def required_values(node: Node, column: str) -> set[str] | None:
                 out = out & s
             return out
         case Or(items=items):
-            sets = [required_values(i, column) for i in items]
-            if any(s is None for s in sets):
+            options = [required_values(i, column) for i in items]
+            pinned = [s for s in options if s is not None]
+            if len(pinned) < len(options):
                 return None
-            return set().union(*sets)  # type: ignore[arg-type]
+            return set().union(*pinned)
     return None
 
 
@@ -369,10 +370,11 @@ def index_test(node: Node) -> RowGroupTest | None:
                 return None
             return lambda idx: np.logical_and.reduce([t(idx) for t in tests])
         case Or(items=items):
-            tests = [index_test(i) for i in items]
-            if any(t is None for t in tests):
+            found = [index_test(i) for i in items]
+            alternatives = [t for t in found if t is not None]
+            if len(alternatives) < len(found):
                 return None
-            return lambda idx: np.logical_or.reduce([t(idx) for t in tests])  # type: ignore[misc]
+            return lambda idx: np.logical_or.reduce([t(idx) for t in alternatives])
     return None
 
 
@@ -413,7 +415,8 @@ class Scan:
 
     def relation(self, columns: str = "*") -> Compiled:
         """A FROM-clause relation over exactly the scanned data."""
-        parts, params = [], []
+        parts: list[str] = []
+        params: list[object] = []
         if self.whole:
             parts.append(f"SELECT {columns} FROM read_parquet(?, hive_partitioning = false)")
             params.append(self.whole)
@@ -435,14 +438,14 @@ def choose(node: Node, segments: list[SegmentRow], root: str,
     for seg in chosen:
         url = f"{root}/{_inside(seg.path)}"
         idx = index_of(seg) if test is not None and index_of is not None else None
-        if idx is None:
+        if idx is None or test is None:     # (no test: no index was read)
             scan.whole.append(url)
             scan.segments_scanned += 1
             scan.rows_scanned += seg.rows
             scan.bytes_scanned += seg.bytes
             continue
         scan.index_used = True
-        keep = test(idx)  # type: ignore[misc]
+        keep = test(idx)
         scan.row_groups_total += len(idx.rows)
         kept_rows = int(np.asarray(idx.rows)[keep].sum())
         if not keep.any():

@@ -12,7 +12,7 @@ from query.aggregate import AggregateResult, Aggregator, parse_fn
 from query.errors import QueryError, SavedQueryExists, SavedQueryNotFound
 from query.language import parse
 from query.planner import compile_filter, group_sql, resolve
-from query.search import SearchResult, Searcher, check_fields
+from query.search import Searcher, SearchResult, check_fields
 from query.store import SavedQueryRow, SavedQueryStore
 from query.timerange import parse_duration_us, parse_range
 from storage.errors import CatalogConflict

@@ -20,7 +20,7 @@ from query.fields import FieldInfo, FieldQueries
 from query.language import Node
 from query.runner import QueryRunner
 from query.saved import SavedQueries
-from query.search import Order, SearchResult, Searcher
+from query.search import Order, Searcher, SearchResult
 from query.store import SavedQueryRow, SavedQueryStore
 from storage.catalog import Catalog
 

@@ -70,11 +70,11 @@ def parse_time_us(text: str, *, now: int | None = None) -> int:
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
     try:
-        delta = dt - _EPOCH          # integer arithmetic: exact to the microsecond
+        since = dt - _EPOCH          # integer arithmetic: exact to the microsecond
     except OverflowError:            # 0001-01-01 in a zone east of UTC is before year 1
         raise BadTimeRange(f"time {text[:60]!r} is outside the years 1 to 9999") from None
     # The subtraction can succeed and still land before 0001-01-01 UTC (0001-01-01T00:00+14:00).
-    return _bounded((delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds, text)
+    return _bounded((since.days * 86_400 + since.seconds) * 1_000_000 + since.microseconds, text)
 
 
 _EPOCH_NUMBER = re.compile(r"(\d+)(?:\.(\d+))?")

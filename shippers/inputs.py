@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from loglake.core.config import InputConfig
 from shippers.multiline import LineJoiner
 
-_POD_LOG = re.compile(r"/(?P<namespace>[^/_]+)_(?P<pod>[^/_]+)_(?P<uid>[0-9a-fA-F-]{8,})/(?P<container>[^/]+)/\d+\.log$")
+_POD_LOG = re.compile(r"/(?P<namespace>[^/_]+)_(?P<pod>[^/_]+)_(?P<uid>[0-9a-fA-F-]{8,})"
+                      r"/(?P<container>[^/]+)/\d+\.log$")
 _CONTAINER_LOG = re.compile(r"/(?P<pod>[^/_]+)_(?P<namespace>[^/_]+)_(?P<container>[^/_]+)-(?P<id>[0-9a-f]{64})\.log$")
 
 

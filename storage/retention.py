@@ -18,6 +18,7 @@ A run, per tenant:
 from __future__ import annotations
 
 import fnmatch
+import functools
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -62,17 +63,18 @@ class Rules:
 
     def bytes_policy(self, tenant: str) -> RetentionPolicy | None:
         own = [p for p in self.policies if p.max_bytes_n is not None and p.tenant == tenant]
-        return (own or [p for p in self.policies if p.max_bytes_n is not None and p.tenant == "*"] or [None])[0]
+        candidates = own or [p for p in self.policies if p.max_bytes_n is not None and p.tenant == "*"]
+        return candidates[0] if candidates else None
 
     def cutoffs(self, tenant: str, services: Sequence[str], now_us: int) -> dict[str, tuple[int, RetentionPolicy]]:
         """Per service of ``tenant`` not under a hold: (rows before this are expired, the policy)."""
-        out = {}
+        out: dict[str, tuple[int, RetentionPolicy]] = {}
         if self.held(tenant):
             return out
         for s in services:
-            p = self.age_policy(tenant, s)
-            if p is not None and not self.held(tenant, s):
-                out[s] = (now_us - int(p.max_age_s * 1e6), p)   # type: ignore[operator]
+            p = self.age_policy(tenant, s)      # (one with a max_age_s, if any)
+            if p is not None and p.max_age_s is not None and not self.held(tenant, s):
+                out[s] = (now_us - int(p.max_age_s * 1e6), p)
         return out
 
 
@@ -212,14 +214,14 @@ def run(root: DataRoot, catalog: Catalog, rules: Rules, *, dry_run: bool = False
         if a.kind != "rewrite":
             continue
         try:
-            r = rewrite_segment(root, catalog, a.segment, _expired_mask(a.cutoffs), dry_run=dry_run,
-                                audit=lambda removed, actors=a.actors: audit_entries(removed, actors),
-                                zstd_level=zstd_level)
+            rewritten = rewrite_segment(root, catalog, a.segment, _expired_mask(a.cutoffs), dry_run=dry_run,
+                                        audit=functools.partial(audit_entries, actors=a.actors),
+                                        zstd_level=zstd_level)
         except CatalogConflict:
             report.conflicts += 1
             continue
-        if r is not None:
-            report.add(r)
+        if rewritten is not None:
+            report.add(rewritten)
         if progress is not None:
             progress(a.segment.bytes)
     return report

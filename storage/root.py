@@ -169,8 +169,8 @@ class DataRoot:
         con.execute(f"LOAD '{httpfs_extension()}'")
         key, secret = _s3_credentials(self.s3)
         endpoint = self.s3.endpoint_url
-        params = {"KEY_ID": key, "SECRET": secret, "REGION": self.s3.region,
-                  "URL_STYLE": "path" if self.s3.path_style else "vhost"}
+        params: dict[str, str | bool] = {"KEY_ID": key, "SECRET": secret, "REGION": self.s3.region,
+                                         "URL_STYLE": "path" if self.s3.path_style else "vhost"}
         if endpoint:
             params["ENDPOINT"] = endpoint.split("://", 1)[-1]
             params["USE_SSL"] = not endpoint.startswith("http://")

@@ -40,8 +40,21 @@ from query.store import KeyStore
 from query.timerange import parse_time_us
 from tests.helpers.processes import free_port, wait_until
 from tests.helpers.server import Server
-from tests.helpers.tenants import (ALL, IDS, KEY_RE, SAVED, TENANTS, Lake, cli, cli_args, cli_env, parse_key,
-                                   search_ids, serving, tenant_lake)
+from tests.helpers.tenants import (
+    ALL,
+    IDS,
+    KEY_RE,
+    SAVED,
+    TENANTS,
+    Lake,
+    cli,
+    cli_args,
+    cli_env,
+    parse_key,
+    search_ids,
+    serving,
+    tenant_lake,
+)
 
 START_NS = str(parse_time_us(ALL["start"]) * 1000)
 END_NS = str(parse_time_us(ALL["end"]) * 1000)

@@ -17,10 +17,10 @@ from typing import Any
 
 import pytest
 
-from tests.helpers.catalogs import integrity, is_postgres, run_sql
 from storage.catalog import MIGRATIONS, AuditEntry, Catalog, PartitionCommit, PartitionState, SegmentRow
 from storage.errors import CatalogConflict
 from storage.segments import SegmentInfo
+from tests.helpers.catalogs import integrity, is_postgres, run_sql
 
 TOPIC = "logs"
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from shippers.checkpoint import CheckpointStore, Checkpointer, FileCheckpoint
+from shippers.checkpoint import Checkpointer, CheckpointStore, FileCheckpoint
 from shippers.fingerprint import head_hash
 
 NOW = 1_700_000_000.0

@@ -533,13 +533,15 @@ def crash_rounds(lake: Lake, rounds: int, seed: int) -> Counter[str]:
         outputs_before = outputs_on_disk(lake)
         proc = start_worker(lake, "--zstd", "19", "--row-group-rows", "1024")
         try:
+            # The waits run within this round; the default arguments bind this round's worker all the same.
             if mode == "mid-write":
-                wait_until(lambda: temporaries(lake) or proc.poll() is not None, 30, 0.001, "an output being written")
+                wait_until(lambda proc=proc: temporaries(lake) or proc.poll() is not None, 30, 0.001,
+                           "an output being written")
             elif mode == "after-output":
-                wait_until(lambda: outputs_on_disk(lake) - outputs_before or proc.poll() is not None, 30, 0.001,
-                           "an output file")
+                wait_until(lambda proc=proc, before=outputs_before: outputs_on_disk(lake) - before
+                           or proc.poll() is not None, 30, 0.001, "an output file")
             elif mode == "after-swap":
-                wait_until(lambda: lake.catalog.retired() or proc.poll() is not None, 30, 0.001, "a swap")
+                wait_until(lambda proc=proc: lake.catalog.retired() or proc.poll() is not None, 30, 0.001, "a swap")
             else:
                 time.sleep(rng.uniform(0, 1.5))
         finally:

@@ -17,8 +17,17 @@ from ingest import _native, batch
 from ingest.batch import RecordRun, raw_table
 from ingest.marks import drop_stored
 from ingest.normalise import RAW_SCHEMA
-from loglake.core.frame import (FLAG_LZ4, MAGIC, MAX_OBSERVED_US, VERSION, FrameError, FrameMeta, decode_frame, encode_frame,
-                           record_offsets)
+from loglake.core.frame import (
+    FLAG_LZ4,
+    MAGIC,
+    MAX_OBSERVED_US,
+    VERSION,
+    FrameError,
+    FrameMeta,
+    decode_frame,
+    encode_frame,
+    record_offsets,
+)
 from tests.helpers.fuzz_targets import FrameParts
 
 # -- helpers -----------------------------------------------------------------

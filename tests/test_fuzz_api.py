@@ -46,8 +46,8 @@ from hypothesis import strategies as st
 from loglake.core.config import Config, load_config
 from query.api.app import create_app
 from query.auth import create_key
-from query.timerange import now_us
 from query.store import SavedQueryRow, SavedQueryStore
+from query.timerange import now_us
 from storage.catalog import Catalog, PartitionCommit
 from storage.schema import RECORD_SCHEMA, SEVERITY
 from storage.segments import SegmentInfo, write_segments
@@ -154,7 +154,8 @@ def _build_lake(root: Path) -> Lake:
     _commit(catalog, written)
     now = now_us()
     for tenant, name in SAVED.items():
-        SavedQueryStore(catalog).create_saved_query(SavedQueryRow(tenant, name, "search", "level:error", RANGE, "", "", now, now))
+        SavedQueryStore(catalog).create_saved_query(
+            SavedQueryRow(tenant, name, "search", "level:error", RANGE, "", "", now, now))
     catalog.close()
     _plant_outside(root, base_us)
     return Lake(root, base_us)

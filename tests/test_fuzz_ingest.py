@@ -360,7 +360,7 @@ def run_atheris(target: str, tmp_path: Path, seconds: int = ATHERIS_SECONDS, max
     """Fuzz ``target`` for ``seconds`` in a fresh interpreter (atheris exits or aborts on a finding);
     crashing inputs are read back from libFuzzer's artifacts."""
     try:
-        import atheris  # noqa: F401
+        import atheris  # noqa: F401  only whether it imports: the fuzzing runs in a child process
     except ImportError as e:
         print(f"\nSKIP atheris: {e}", file=sys.__stderr__)
         pytest.skip(f"atheris is not importable here: {e}")

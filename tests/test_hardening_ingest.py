@@ -28,8 +28,16 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from loglake.core.config import Config, ConfigError, load_config
-from loglake.core.frame import (FLAG_LZ4, MAGIC, VERSION, FrameError, FrameMeta, decode_frame, encode_frame,
-                           record_offsets)
+from loglake.core.frame import (
+    FLAG_LZ4,
+    MAGIC,
+    VERSION,
+    FrameError,
+    FrameMeta,
+    decode_frame,
+    encode_frame,
+    record_offsets,
+)
 from storage.catalog import Catalog
 from tests.helpers.processes import Stack, free_port, wait_until
 

@@ -23,8 +23,17 @@ import httpx
 import pytest
 
 from storage.catalog import Catalog, PartitionState
-from tests.helpers.kafka import (Delivered, Letter, Msg, Shipper, create_topics, delete_topic, produce, read_topic,
-                                 topics_env)
+from tests.helpers.kafka import (
+    Delivered,
+    Letter,
+    Msg,
+    Shipper,
+    create_topics,
+    delete_topic,
+    produce,
+    read_topic,
+    topics_env,
+)
 from tests.helpers.metrics import scrape
 from tests.helpers.processes import Stack, free_port, running, wait_until
 from tests.helpers.stored import open_catalog, stored, wait_rows
@@ -83,7 +92,8 @@ def test_third_party_records_from_librdkafka_land_with_topic_tenant_and_service(
     sent = produce(stack.bootstrap, edge, [
         Msg(text.encode(), timestamp_ms=kafka_ts),
         Msg(json.dumps(js).encode(), timestamp_ms=kafka_ts + 1),
-        Msg(json.dumps(js_service).encode() + b"\n", timestamp_ms=kafka_ts + 2),   # a trailing newline, as rsyslog sends
+        # a trailing newline, as rsyslog sends
+        Msg(json.dumps(js_service).encode() + b"\n", timestamp_ms=kafka_ts + 2),
         Msg(json.dumps(js_no_time).encode(), timestamp_ms=kafka_ts + 3,
             headers=[("tenant", b"team-z")]),    # the topic's fixed tenant wins over a header
     ])

@@ -22,8 +22,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ingest.normalise import Normaliser
 from ingest import _native
+from ingest.normalise import Normaliser
 from ingest.parsers import access
 from ingest.parsers import json as json_parser
 from tests.helpers import normalising

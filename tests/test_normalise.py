@@ -5,11 +5,10 @@ from __future__ import annotations
 import csv
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
-from pathlib import Path
 from functools import partial
+from pathlib import Path
 from typing import Any
 
-import duckdb
 import orjson
 import pyarrow as pa
 import pytest
@@ -17,8 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ingest.normalise import RAW_SCHEMA, Normaliser
-from tests.helpers import normalising
 from storage.schema import RECORD_SCHEMA, SEVERITY
+from tests.helpers import normalising
 
 OBSERVED = datetime(2031, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)
 LOGHUB = Path(__file__).resolve().parents[2] / "shared" / "data" / "loghub"   # beside the checkout, never copied in

@@ -25,8 +25,8 @@ from ingest.levels import NUMERIC_LEVEL, SEVERITY_OF, SYSLOG_SEVERITY, TEXT_LEVE
 from ingest.normalise import Normaliser, ParseSettings, normalise_safely
 from ingest.parsers.json import MAX_DEPTH
 from ingest.parsers.pattern import PatternError
-from tests.helpers import normalising
 from storage.schema import LEVELS, RECORD_SCHEMA
+from tests.helpers import normalising
 
 #: When the shipper read the lines: after every dated line below, so no time is "in the future".
 OBSERVED = datetime(2024, 6, 1, 12, 0, tzinfo=UTC)

@@ -22,8 +22,19 @@ import pytest
 
 from storage.catalog import Catalog
 from tests.helpers.processes import free_port
-from tests.helpers.query_data import (A_END, A_START, DATA_A, HOUR_US, RANGE_A, as_us, attr, build, expected_counts,
-                                      newest_first, series_map)
+from tests.helpers.query_data import (
+    A_END,
+    A_START,
+    DATA_A,
+    HOUR_US,
+    RANGE_A,
+    as_us,
+    attr,
+    build,
+    expected_counts,
+    newest_first,
+    series_map,
+)
 from tests.helpers.server import Server, config_for, serve
 
 _SCRIPT = Path(sys.executable).parent / "loglake"
@@ -175,7 +186,9 @@ def test_aggregate_output_formats(cli: Cli) -> None:
     for proc in (as_json, as_ndjson, as_table):
         assert proc.returncode == 0, proc.stderr
     body = json.loads(as_json.stdout)
-    by_service = lambda r: (("service", r["service"]),)
+    def by_service(r: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
+        return (("service", r["service"]),)
+
     assert series_map(body) == expected_counts(DATA_A, HOUR_US, as_us(A_START), as_us(A_END), by_service)
     reference = api(cli, "/api/v1/aggregate", **RANGE_A, interval="1h", by="service")
     assert body["series"] == reference["series"] and body["buckets"] == reference["buckets"]
@@ -256,7 +269,9 @@ def test_saved_aggregate_from_the_cli(cli: Cli) -> None:
     as_json, as_table = cli.many(("--run", name, "--output", "json"), ("--run", name))
     assert as_json.returncode == as_table.returncode == 0, as_json.stderr
     body = json.loads(as_json.stdout)
-    by_level = lambda r: (("level", r["level"]),)
+    def by_level(r: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
+        return (("level", r["level"]),)
+
     assert series_map(body) == expected_counts(DATA_A, HOUR_US, as_us(A_START), as_us(A_END), by_level)
     for level, n in Counter(r["level"] for r in DATA_A).items():
         assert any(ln.split()[:2] == [level, f"{n:g}"] for ln in as_table.stdout.splitlines()), level

@@ -474,7 +474,8 @@ def reference_fields(found: list[dict[str, Any]], top: int = 5) -> list[tuple[st
         ordered = sorted(counts.items(), key=lambda x: (-x[1], x[0]))
         kind = "number" if not col and all(_is_number(v) for v in counts) else "string"
         name = k if col or k not in _COLUMNS else f"attrs.{k}"
-        out.append((name, kind, sum(counts.values()), len(counts), [{"value": v, "count": n} for v, n in ordered[:top]]))
+        values = [{"value": v, "count": n} for v, n in ordered[:top]]
+        out.append((name, kind, sum(counts.values()), len(counts), values))
     out.sort(key=lambda f: (f[0] not in _COLUMNS, -f[2], f[0]))
     return out
 

@@ -28,17 +28,47 @@ import pyarrow as pa
 import pytest
 
 from loglake.core.config import Config
+from query.store import SavedQueryRow, SavedQueryStore
 from query.timerange import parse_time_us
 from storage import tokens
-from query.store import SavedQueryRow, SavedQueryStore
 from storage.catalog import Catalog, PartitionCommit
 from storage.errors import CatalogConflict
 from storage.schema import RECORD_SCHEMA, SEVERITY
 from storage.segments import write_segments
 from tests.helpers.query_data import (
-    A0, A_END, A_START, A_STATUS, B_END, B_START, C_SERVICES, DATA_A, DATA_B, DATA_C, DUP, HOUR_US, MIN_US,
-    NEEDLE, NEEDLE2, RANGE_A, RANGE_B, RANGE_C, RANGE_RG, RG_GROUP, RG_NEEDLE, RG_NEEDLE_ROWS, RG_ROWS, TWIN,
-    TWINS, as_us, attr, bucket_labels, build, expected_counts, hour_of, newest_first, series_map
+    A0,
+    A_END,
+    A_START,
+    A_STATUS,
+    B_END,
+    B_START,
+    C_SERVICES,
+    DATA_A,
+    DATA_B,
+    DATA_C,
+    DUP,
+    HOUR_US,
+    MIN_US,
+    NEEDLE,
+    NEEDLE2,
+    RANGE_A,
+    RANGE_B,
+    RANGE_C,
+    RANGE_RG,
+    RG_GROUP,
+    RG_NEEDLE,
+    RG_NEEDLE_ROWS,
+    RG_ROWS,
+    TWIN,
+    TWINS,
+    as_us,
+    attr,
+    bucket_labels,
+    build,
+    expected_counts,
+    hour_of,
+    newest_first,
+    series_map,
 )
 from tests.helpers.server import Server, config_for, serve
 
@@ -967,7 +997,8 @@ def test_catalog_shortcut_answers_whole_segments_and_agrees_with_scanning(
     totals = {("other" if s["other"] else tuple(sorted(s["group"].items()))): s["total"] for s in fast["series"]}
     assert totals == {k: sum(v) for k, v in per_hour(slow).items()}
     # and both agree with the data
-    assert series_map(fast) == expected_counts([r for r in DATA_A if pred(r)], HOUR_US, A0, as_us(A_END), _by(by) if by else lambda r: ())
+    assert series_map(fast) == expected_counts([r for r in DATA_A if pred(r)], HOUR_US, A0, as_us(A_END),
+                                               _by(by) if by else lambda r: ())
 
 
 def test_catalog_shortcut_with_a_partial_range_mixes_catalog_and_scan(server: Server) -> None:

@@ -78,7 +78,8 @@ def _stored_all(stack: Stack, lines: list, window: int = 8_000) -> collections.C
     counts: collections.Counter[int] = collections.Counter()
     for i in range(0, len(lines), window):
         lo = lines[i].ts - timedelta(seconds=1) if i else lines[0].ts - timedelta(minutes=1)
-        hi = lines[i + window].ts - timedelta(seconds=1) if i + window < len(lines) else now_utc() + timedelta(minutes=1)
+        hi = (lines[i + window].ts - timedelta(seconds=1) if i + window < len(lines)
+              else now_utc() + timedelta(minutes=1))
         rows = stack.search("", start=lo.isoformat(), end=hi.isoformat(), limit=10_000)["rows"]
         assert len(rows) < 10_000, "window too wide to count"
         counts.update(uids_in(rows))

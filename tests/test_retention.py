@@ -32,8 +32,16 @@ import pyarrow.compute as pc
 import pytest
 import uvicorn
 
-from loglake.core.config import (CompactionConfig, Config, ConfigError, LegalHold, RetentionConfig, RetentionPolicy,
-                            StorageConfig, load_config)
+from loglake.core.config import (
+    CompactionConfig,
+    Config,
+    ConfigError,
+    LegalHold,
+    RetentionConfig,
+    RetentionPolicy,
+    StorageConfig,
+    load_config,
+)
 from query.deletion import delete_matching
 from query.errors import QueryError
 from query.service import SearchService
@@ -305,7 +313,9 @@ def test_a_straddling_segment_loses_exactly_its_expired_rows(lake: Lake) -> None
     assert new.path != seg.path and new.path.rsplit("/", 1)[0] == seg.path.rsplit("/", 1)[0]
     got = read_rows(lake.root, new.path)
     expected = [norm(r) for r in rows if r["ts"] >= cut]
-    key = lambda r: (r["service"], r["ts"], r["attrs"]["id"])  # noqa: E731
+    def key(r: dict[str, Any]) -> tuple[Any, ...]:
+        return (r["service"], r["ts"], r["attrs"]["id"])
+
     assert sorted(got, key=key) == sorted(expected, key=key)           # every column, attrs intact
     assert [(r["service"], r["ts"]) for r in got] == sorted((r["service"], r["ts"]) for r in got)
     assert min(r["ts"] for r in got) == cut
@@ -485,7 +495,9 @@ def test_a_dry_run_changes_nothing_and_reports_what_the_real_run_deletes(lake: L
     real = retention.run(lake.root, lake.catalog, r, now_us=NOW)
     assert lake.ids() != ids
     # Segments, rows and time ranges agree (and bytes: see the dry-run rewrite test below).
-    ignore_bytes = lambda t: {k: {f: n for f, n in v.items() if f != "bytes"} for k, v in t.items()}  # noqa: E731
+    def ignore_bytes(totals: dict[Any, dict[str, Any]]) -> dict[Any, dict[str, Any]]:
+        return {k: {f: n for f, n in v.items() if f != "bytes"} for k, v in totals.items()}
+
     assert ignore_bytes(dry.totals) == ignore_bytes(real.totals)
     assert {k for k, v in real.totals.items()} == {("acme", "api"), ("acme", "db"), ("beta", "api")}
     assert sorted(x.segment.path for x in dry.removed) == sorted(x.segment.path for x in real.removed)
@@ -758,7 +770,9 @@ def test_delete_removes_exactly_what_the_query_matches_in_the_range(lake: Lake, 
                                                                     query: str) -> None:
     rows = deletion_lake(lake)
     everything = (us("2024-06-10T00:00"), us("2024-06-11T00:00"))
-    in_range = lambda r: DEL_START <= r["ts"] < DEL_END  # noqa: E731
+    def in_range(r: dict[str, Any]) -> bool:
+        return DEL_START <= r["ts"] < DEL_END
+
     expected = ids_of([r for r in rows if DELETE_QUERIES[query](r) and in_range(r)])
     matching = search_ids(searcher, query, DEL_START, DEL_END)
     assert matching == expected                       # the search shows what the deletion will remove

@@ -146,7 +146,8 @@ def test_retention_killed_at_random_points_keeps_everything_it_should(tmp_path: 
         report = fsck(data, cat, grace_s=0)
         assert report.clean, report
         # Expired rows are gone from the disk, not just from the catalog.
-        on_disk = {m for f in root.rglob("*.parquet") for m in pq.read_table(f, columns=["message"])["message"].to_pylist()}
+        on_disk = {m for f in root.rglob("*.parquet")
+                   for m in pq.read_table(f, columns=["message"])["message"].to_pylist()}
         assert on_disk == keep
     finally:
         cat.close()

@@ -27,8 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from loglake.core.config import (CompactionConfig, Config, RetentionConfig, RetentionPolicy, S3Config,
-                            StorageConfig)
+from loglake.core.config import CompactionConfig, Config, RetentionConfig, RetentionPolicy, S3Config, StorageConfig
 from query.deletion import delete_matching
 from query.service import SearchService
 from query.timerange import parse_time_us

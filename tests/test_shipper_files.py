@@ -764,7 +764,8 @@ def test_short_file_is_keyed_by_inode_then_rekeyed_keeping_its_checkpoint(
     s.files._rekey(w)
     fp = _fingerprint_of(log, 32)
     assert fp is not None and w.key == fp
-    assert {k: (c.source_id, c.path, c.offset) for k, c in s.checkpoints.view.items()} == {fp: (w.source_id, str(log), 6)}
+    views = {k: (c.source_id, c.path, c.offset) for k, c in s.checkpoints.view.items()}
+    assert views == {fp: (w.source_id, str(log), 6)}
 
 
 def test_scan_resumes_from_a_saved_checkpoint(tmp_path: Path, make_shipper: ShipperFactory) -> None:

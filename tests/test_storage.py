@@ -26,12 +26,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.helpers.catalogs import integrity, is_postgres, run_sql
 from storage.catalog import MIGRATIONS, Catalog, PartitionCommit, PartitionState
 from storage.database import POSTGRES
 from storage.errors import CatalogConflict, CatalogUnavailable, StorageError
 from storage.schema import RECORD_SCHEMA, SEVERITY
 from storage.segments import SegmentInfo, check_tenant, write_segments
+from tests.helpers.catalogs import integrity, is_postgres, run_sql
 
 HOUR = timedelta(hours=1)
 BASE = datetime(2024, 3, 4, 22, 0, tzinfo=UTC)          # two hours before midnight
@@ -121,7 +121,9 @@ def test_segments_hold_every_row_once(tmp_path: Path) -> None:
     rows = mixed_rows()
     infos = write_segments(tmp_path, "acme", table_of(rows), "s.parquet")
     back = [r for i in infos for r in pq.read_table(tmp_path / i.path).cast(RECORD_SCHEMA).to_pylist()]
-    key = lambda r: (r["message"], r["ts"])  # noqa: E731
+    def key(r: dict[str, Any]) -> tuple[Any, ...]:
+        return (r["message"], r["ts"])
+
     assert sorted(back, key=key) == sorted(table_of(rows).to_pylist(), key=key)
 
 

@@ -148,6 +148,11 @@ def _ms(fn: Callable[[], Any]) -> float:
     return (time.perf_counter() - t0) * 1000
 
 
+def _timer(engine: Callable[[str], Any], q: str) -> Callable[[], float]:
+    """A no-argument timing of one engine on one query, with the query bound now (not looked up at call time)."""
+    return lambda: _ms(lambda: engine(q))
+
+
 def compacted(lines: int) -> Config:
     """A compacted copy of the stored corpus (the stored one is shared with other suites)."""
     _, _, cfg = store(lines)
@@ -186,8 +191,8 @@ def run(lines: int, repetitions: int = 7) -> Result:
             ok, detail = _answer_ok(q, fn(q), truth)
             r.check(f"{q}.{name}", ok, detail)
         mine, theirs, ratios = interleaved(
-            lambda: _ms(lambda: eng.ours(q)),
-            {"clickhouse": lambda: _ms(lambda: eng.clickhouse(q)), "full_scan": lambda: _ms(lambda: eng.full_scan(q))},
+            _timer(eng.ours, q),
+            {"clickhouse": _timer(eng.clickhouse, q), "full_scan": _timer(eng.full_scan, q)},
             repetitions=repetitions, warmup=1)
         r.metrics[f"query.{q}.p50_ms"] = mine.median
         r.metrics[f"query.{q}.spread"] = mine.spread

@@ -29,7 +29,7 @@ def _ours(logs: Path, raw_bytes: int, lines_out: dict[str, int]) -> float:
 
 
 def _librdkafka(logs: Path, raw_bytes: int, lines_out: dict[str, int]) -> float:
-    from confluent_kafka import Producer   # the baseline, installed with the bench extra
+    from confluent_kafka import Producer  # the baseline, installed with the bench extra
 
     with broker(cores={0}) as address:
         asyncio.run(_create(address))

@@ -52,7 +52,7 @@ class Parser:
         return template.replace("{p}", f"p_{self.name}")
 
 
-def native_args(lines: pa.StringArray, selected: np.ndarray) -> tuple[object, ...]:
+def native_args(lines: pa.StringArray, selected: np.ndarray) -> tuple[pa.Buffer, pa.Buffer, np.ndarray, int, int]:
     """The leading arguments of every compiled pre-pass: the lines' buffers, slice and selection."""
     return lines.buffers()[1], lines.buffers()[2], selected.view(np.uint8), lines.offset, len(lines)
 

@@ -139,7 +139,8 @@ def cmd_fsck(cfg: Config, args: argparse.Namespace) -> int:
                       "left alone")
     for s in r.missing:
         console.print(f"missing file  {s.path} (segment {s.id}, {s.rows:,} rows, {_time(s.min_ts_us)}-"
-                      f"{_time(s.max_ts_us)})" + ("  [yellow]taken out of the live set[/yellow]" if args.repair else ""))
+                      f"{_time(s.max_ts_us)})"
+                      + ("  [yellow]taken out of the live set[/yellow]" if args.repair else ""))
     for s in r.retired_gone:
         console.print(f"retired, gone {s.path}" + ("  forgotten" if args.repair else ""))
     if r.clean:

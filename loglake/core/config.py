@@ -23,8 +23,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
 
-from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
-                      model_validator)
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from loglake.core.tenants import TENANT_RULE, is_tenant_name
 
@@ -237,7 +245,8 @@ class ShipperConfig(_InputSettings):
         elif self.inputs and "include" not in self.model_fields_set:
             out.append(f"shipper.include is not set, so the top-level input also reads its default {self.include} "
                        "besides [[shipper.inputs]]; set include = [] to read only the inputs")
-        named = [(f"shipper.inputs.{i}", inp) for i, inp in enumerate(self.inputs)]
+        named: list[tuple[str, InputConfig | ShipperConfig]] = [
+            (f"shipper.inputs.{i}", inp) for i, inp in enumerate(self.inputs)]
         if self.include:
             named.append(("shipper", self))
         for where, inp in named:

@@ -69,8 +69,8 @@ class _MetadataRequestNoAutoCreate(MetadataRequest):
 # aiokafka builds its metadata requests in these two modules (the client's refreshes, the admin's
 # describe). Every aiokafka client of a process that imports this module is affected, which is
 # the point: all of loglake's take their settings from client_kwargs above.
-aiokafka.client.MetadataRequest = _MetadataRequestNoAutoCreate  # type: ignore[misc]
-aiokafka.admin.client.MetadataRequest = _MetadataRequestNoAutoCreate  # type: ignore[misc]
+aiokafka.client.MetadataRequest = _MetadataRequestNoAutoCreate
+aiokafka.admin.client.MetadataRequest = _MetadataRequestNoAutoCreate
 
 
 def refresh_metadata(consumer: AIOKafkaConsumer) -> None:

@@ -19,13 +19,13 @@ from loglake.core.config import Config
 from query.aggregate import AggregateResult
 from query.api.admin import router as admin_router
 from query.api.limits import BodyLimitMiddleware, BodyTooLarge, HostCheckMiddleware, QueryGate, allowed_host_names
-from query.auth import AuthMiddleware, Authenticator, KeysNeedAuthMiddleware
+from query.auth import Authenticator, AuthMiddleware, KeysNeedAuthMiddleware
 from query.errors import QueryError, QuerySyntaxError, ScanTooLarge, TooManyQueries
 from query.loki.api import router as loki_router
 from query.search import SearchResult
 from query.service import SearchService
-from query.timerange import format_us, now_us
 from query.store import SavedQueryRow, SavedQueryStore
+from query.timerange import format_us, now_us
 from storage.catalog import Catalog
 from storage.errors import StorageError
 
@@ -112,7 +112,7 @@ class SavedQueryOut(SavedQueryIn):
 
 
 def _saved_out(q: SavedQueryRow) -> SavedQueryOut:
-    return SavedQueryOut(name=q.name, kind=q.kind, query=q.query, params=q.params,  # type: ignore[arg-type]
+    return SavedQueryOut(name=q.name, kind=q.kind, query=q.query, params=q.params,
                          description=q.description, owner=q.owner, created=format_us(q.created_us),
                          updated=format_us(q.updated_us))
 
@@ -275,7 +275,7 @@ def create_app(cfg: Config, catalog: Catalog | None = None) -> FastAPI:
                top: Annotated[int, Query(ge=1, le=100)] = 5, tenant: Tenant = "default") -> FieldsResponse:
         """Fields seen in the newest rows of the range: their type and most frequent values."""
         found, stats = service.fields(q, start, end, tenant, top)
-        return FieldsResponse(fields=[FieldModel(name=f.name, type=f.type, count=f.count,  # type: ignore[arg-type]
+        return FieldsResponse(fields=[FieldModel(name=f.name, type=f.type, count=f.count,
                                                  distinct=f.distinct, top=f.top) for f in found], stats=stats)
 
     @app.get("/api/v1/values/{field}", response_model=ValuesResponse)
@@ -328,7 +328,7 @@ def create_app(cfg: Config, catalog: Catalog | None = None) -> FastAPI:
     def retention(request: Request,
                   tenant: Annotated[str | None, Query(description="only this tenant")] = None,
                   limit: Annotated[int, Query(ge=1, le=1000, description="recent deletions to show")] = 50,
-                  ) -> RetentionResponse:
+                  ) -> RetentionResponse | JSONResponse:
         """Policies, holds, what is stored per tenant and service, the last and next runs, recent deletions."""
         principal = getattr(request.state, "principal", None)
         if principal is not None:

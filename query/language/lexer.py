@@ -15,7 +15,7 @@ FIELD_RE = re.compile(r"[A-Za-z_@][A-Za-z0-9_.@-]*")
 #: ``name>=value`` written without a colon.
 _COMPARISON = re.compile(r"([A-Za-z_@][A-Za-z0-9_.@-]*)(>=|<=|>|<)(.*)", re.S)
 _SPECIAL = set('()"')
-_KEYWORDS = {"AND", "OR", "NOT"}
+_KEYWORDS: dict[str, TokenKind] = {"AND": "AND", "OR": "OR", "NOT": "NOT"}   # text -> its token kind
 _CLOSE = {"[": "]", "{": "}"}
 
 
@@ -197,7 +197,7 @@ class _Lexer:
             self.i += 1
         text = "".join(buf)
         if text in _KEYWORDS and not escaped:
-            self.out.append(Token(text, text, start))  # type: ignore[arg-type]
+            self.out.append(Token(_KEYWORDS[text], text, start))
         else:
             self.out.append(Token("WORD", text, start, frozenset(escaped)))
 

@@ -11,8 +11,10 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 from query.errors import QuerySyntaxError
-from query.language.ast import And, Compare, Exists, MatchAll, Node, Not, Or, Range, Term
+from query.language.ast import And, Compare, CompareOp, Exists, MatchAll, Node, Not, Or, Range, Term
 from query.language.lexer import FIELD_RE, Token, tokenize
 
 MAX_DEPTH = 64
@@ -90,10 +92,10 @@ class _Parser:
             return node
         if tok.kind == "CMP":
             self.take()
-            op, value = tok.args
+            op, value = cast(tuple[CompareOp, str], tok.args)     # what the lexer puts in a CMP token
             if tok.text == EXISTS:
                 raise QuerySyntaxError(f"{EXISTS} takes a field name", tok.pos, self.query)
-            return Compare(tok.text, op, value)  # type: ignore[arg-type]
+            return Compare(tok.text, op, value)
         field = None
         if tok.kind == "FIELD":
             field = self.take().text
@@ -102,8 +104,9 @@ class _Parser:
                 return self.exists(tok)
             if tok.kind == "RANGE":
                 self.take()
-                low, high, inc_low, inc_high = tok.args
-                return Range(field, low, high, bool(inc_low), bool(inc_high))  # type: ignore[arg-type]
+                # what the lexer puts in a RANGE token
+                low, high, inc_low, inc_high = cast(tuple[str | None, str | None, bool, bool], tok.args)
+                return Range(field, low, high, bool(inc_low), bool(inc_high))
         if tok.kind == "PHRASE":
             self.take()
             return Term(field, tok.text, "phrase")

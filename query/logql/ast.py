@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 from query.errors import QueryError
 
@@ -25,8 +25,8 @@ ArithmeticOp = Literal["+", "-", "*", "/", "%", "^"]
 SetOp = Literal["and", "or", "unless"]
 BinaryOperator = ArithmeticOp | CompareOp | SetOp
 
-RANGE_OPS: frozenset[str] = frozenset(RangeOp.__args__)  # type: ignore[attr-defined]
-VECTOR_OPS: frozenset[str] = frozenset(VectorOp.__args__)  # type: ignore[attr-defined]
+RANGE_OPS: frozenset[str] = frozenset(get_args(RangeOp))
+VECTOR_OPS: frozenset[str] = frozenset(get_args(VectorOp))
 #: Range aggregations over the lines themselves: they take no ``| unwrap``.
 LINE_RANGE_OPS = frozenset({"count_over_time", "rate", "bytes_over_time", "bytes_rate", "absent_over_time"})
 #: Range aggregations over unwrapped values: they need ``| unwrap``.

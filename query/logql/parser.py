@@ -28,12 +28,57 @@ import re2
 
 from query.errors import QuerySyntaxError
 from query.logql.ast import (
-    COMPARISON_OPS, GROUPED_RANGE_OPS, LINE_RANGE_OPS, RANGE_OPS, SET_OPS, UNWRAP_RANGE_OPS, VECTOR_OPS, BinaryOp,
-    BinaryOperator, BytesFilter, Cardinality, CompareOp, Conversion, Decolorize, DropLabels, DurationFilter, Expr,
-    Extraction, Grouping, JsonParser, KeepLabels, LabelAnd, LabelFilter, LabelFormat, LabelFormatItem, LabelOr,
-    LabelPredicate, LabelReplace, LineFilter, LineFilterOp, LineFormat, LogfmtParser, LogQLUnsupported, LogQuery,
-    LogRange, Matcher, MatchOp, MetricExpr, Number, NumericFilter, PatternParser, RangeAggregation, RangeOp,
-    RegexpParser, Selector, Stage, Unwrap, Vector, VectorAggregation, VectorMatching, VectorOp,
+    COMPARISON_OPS,
+    GROUPED_RANGE_OPS,
+    LINE_RANGE_OPS,
+    RANGE_OPS,
+    SET_OPS,
+    UNWRAP_RANGE_OPS,
+    VECTOR_OPS,
+    BinaryOp,
+    BinaryOperator,
+    BytesFilter,
+    Cardinality,
+    CompareOp,
+    Conversion,
+    Decolorize,
+    DropLabels,
+    DurationFilter,
+    Expr,
+    Extraction,
+    Grouping,
+    JsonParser,
+    KeepLabels,
+    LabelAnd,
+    LabelFilter,
+    LabelFormat,
+    LabelFormatItem,
+    LabelOr,
+    LabelPredicate,
+    LabelReplace,
+    LineFilter,
+    LineFilterOp,
+    LineFormat,
+    LogfmtParser,
+    LogQLUnsupported,
+    LogQuery,
+    LogRange,
+    Matcher,
+    MatchOp,
+    MetricExpr,
+    Number,
+    NumericFilter,
+    PatternParser,
+    RangeAggregation,
+    RangeOp,
+    RegexpParser,
+    Selector,
+    Stage,
+    Unwrap,
+    Vector,
+    VectorAggregation,
+    VectorMatching,
+    VectorOp,
 )
 from query.logql.lexer import Token, tokenize
 from query.logql.template import TemplateError, compile_template
@@ -372,7 +417,7 @@ class _Parser:
                 range_ns, offset_ns = self.range_and_offset()
             return query, range_ns, offset_ns, unwrap
         selector = self.selector()
-        range_ns: int | None = None
+        range_ns = None
         offset_ns = 0
         if self.at("RANGE"):
             range_ns, offset_ns = self.range_and_offset()
@@ -595,7 +640,7 @@ class _Parser:
         result = _or(disjuncts)
         while pending:
             prefix, conjuncts = pending.pop()
-            tail = list(result.items) if isinstance(result, LabelAnd) else [result]
+            tail: list[LabelPredicate] = list(result.items) if isinstance(result, LabelAnd) else [result]
             result = _or([*prefix, _and(conjuncts + tail)])
         return result
 

@@ -183,7 +183,8 @@ class _Compiler:
         return LogQLUnsupported(construct)
 
     def compile(self) -> Template:
-        src, parts = self.src, []
+        src = self.src
+        parts: list[str | Pipe] = []
         text_start = 0
         trim_next = False
         while True:

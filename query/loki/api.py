@@ -16,6 +16,7 @@ import numpy as np
 from fastapi import APIRouter, Header, Query, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse
 
+from query.api.limits import QueryGate
 from query.auth import AuthDenied
 from query.errors import QueryError
 from query.language.ast import Node
@@ -26,7 +27,6 @@ from query.loki.labels import LabelQueries
 from query.loki.pipeline import ERROR, Entry, apply, sanitize
 from query.loki.translate import STREAM_LABELS, column_of, selector_node
 from query.planner import is_decimal
-from query.api.limits import QueryGate
 from query.service import SearchService
 from query.timerange import now_us, parse_duration_us, parse_time_us
 
@@ -351,6 +351,7 @@ def router(service: SearchService, gate: QueryGate | None = None) -> APIRouter:
                 {"metric": {n: str(r["labels"][i]) for i, n in enumerate(names) if r["labels"][i] is not None},
                  "value": [(hi - 1) / 1e6, str(r["bytes"])]} for r in rows]})
         step_us = loki_step(step, lo, hi)
+        assert node is not None     # the query is not empty: the parse above refuses an empty one
         table = service.buckets(node, tenant, lo - 1, hi - 1, lo - 1, step_us, [column_of(n) for n in names])
         series: dict[tuple[tuple[str, str], ...], dict[int, int]] = {}
         cols = [table[f"l{i}"].to_pylist() for i in range(len(names))] if table.num_rows else []

@@ -25,13 +25,22 @@ import numpy as np
 
 from query.errors import QueryError, QueryTimeout
 from query.logql import (
-    BinaryOp, Grouping, LabelReplace, LogQLUnsupported, LogQuery, MetricExpr, Number, RangeAggregation, Vector,
+    BinaryOp,
+    Grouping,
+    LabelReplace,
+    LogQLUnsupported,
+    LogQuery,
+    MetricExpr,
+    Number,
+    RangeAggregation,
+    Vector,
     VectorAggregation,
 )
 from query.logql.lexer import parse_bytes, parse_go_duration
 from query.loki import pipeline
 from query.loki.pipeline import ERROR, ERROR_DETAILS, Entry, sanitize
 from query.loki.translate import STREAM_LABELS, pushdown
+from query.search import Order
 from query.service import SearchService
 from query.timerange import parse_time_us
 
@@ -116,7 +125,7 @@ class Engine:
     def _logs(self, q: LogQuery, start_us: int, end_us: int, limit: int, direction: str,
               tenant: str) -> tuple[list[Entry], dict[str, int]]:
         node, stages = pushdown(q)
-        order = "desc" if direction == "backward" else "asc"
+        order: Order = "desc" if direction == "backward" else "asc"
         fields = FIELDS
         found: list[Entry] = []
         scanned = 0

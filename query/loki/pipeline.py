@@ -20,9 +20,27 @@ import re2
 
 from query.errors import QueryError
 from query.logql import (
-    BytesFilter, Decolorize, DropLabels, DurationFilter, JsonParser, KeepLabels, LabelAnd, LabelFilter,
-    LabelFormat, LabelOr, LabelPredicate, LineFilter, LineFormat, LogfmtParser, Matcher, NumericFilter,
-    PatternParser, RegexpParser, Stage, pattern_parts, render,
+    BytesFilter,
+    Decolorize,
+    DropLabels,
+    DurationFilter,
+    JsonParser,
+    KeepLabels,
+    LabelAnd,
+    LabelFilter,
+    LabelFormat,
+    LabelOr,
+    LabelPredicate,
+    LineFilter,
+    LineFormat,
+    LogfmtParser,
+    Matcher,
+    NumericFilter,
+    PatternParser,
+    RegexpParser,
+    Stage,
+    pattern_parts,
+    render,
 )
 from query.logql.lexer import parse_bytes, parse_go_duration
 

@@ -28,8 +28,16 @@ import pyarrow as pa
 
 from ingest.batch import RecordRun, raw_table
 from ingest.normalise import FORMATS, Normaliser, ParseSettings, normalise_safely
-from loglake.core.frame import FLAG_LZ4, MAX_RAW_BYTES, Frame, FrameError, FrameMeta, decode_frame
-from loglake.core.frame import encode_frame, record_offsets
+from loglake.core.frame import (
+    FLAG_LZ4,
+    MAX_RAW_BYTES,
+    Frame,
+    FrameError,
+    FrameMeta,
+    decode_frame,
+    encode_frame,
+    record_offsets,
+)
 from storage.schema import LEVELS, RECORD_SCHEMA
 
 # == frames ==========================================================================

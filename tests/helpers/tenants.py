@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from loglake.core.config import load_config
-from query.timerange import parse_time_us
 from query.store import SavedQueryRow, SavedQueryStore
+from query.timerange import parse_time_us
 from storage.catalog import Catalog
 from tests.helpers.lake import Segment, record, write_lake
 from tests.helpers.processes import free_port
@@ -62,8 +62,9 @@ def build_lake(data_root: Path, catalog: Catalog) -> None:
     write_lake(data_root, catalog, [Segment(t, f"{t}.parquet", rows) for t, rows in TENANTS.items()])
     now = time.time_ns() // 1000
     for tenant, name in SAVED.items():
-        SavedQueryStore(catalog).create_saved_query(SavedQueryRow(tenant, name, "search", "level:error",
-                                                                  {"start": ALL["start"], "end": ALL["end"]}, "", "", now, now))
+        window = {"start": ALL["start"], "end": ALL["end"]}
+        SavedQueryStore(catalog).create_saved_query(
+            SavedQueryRow(tenant, name, "search", "level:error", window, "", "", now, now))
 
 
 # -- the CLI ------------------------------------------------------------------------------

@@ -1,0 +1,44 @@
+"""Types of the compiled loops in ``_native.c`` (what mypy sees; the C module has none).
+
+Every buffer argument is read through the buffer protocol (an Arrow buffer, a numpy
+array or bytes); every buffer returned is ``bytes``. A line's status byte is 0 (not
+selected), 1 (parsed here) or 2 (left to the SQL parser).
+"""
+
+from typing import Any, TypeAlias
+
+import numpy as np
+from _typeshed import ReadableBuffer
+
+# Anything with the buffer protocol; numpy's stubs declare it on ndarray only from Python 3.12.
+_Buffer: TypeAlias = ReadableBuffer | np.ndarray[Any, Any]
+
+def join_lines(parts: list[tuple[_Buffer, _Buffer, int, int]], /) -> tuple[bytes, bytes]:
+    """One binary array of lines from runs of records, each ``(offsets, data, first, n)``
+    of an Arrow binary array, every record's terminator dropped: ``(int32 offsets, data)``."""
+
+def json_entries(
+    offsets: _Buffer,
+    data: _Buffer,
+    selected: _Buffer,
+    first: int,
+    n: int,
+    max_depth: int,
+    groups: list[list[bytes]],
+    /,
+) -> tuple[bytes, bytes, bytes, bytes, bytes, bytes, bytes, bytes]:
+    """The selected JSON lines flattened: ``(status, list_offsets, key_offsets, keys,
+    value_offsets, values, valid, positions)``."""
+
+def clf_fields(
+    offsets: _Buffer,
+    data: _Buffer,
+    selected: _Buffer,
+    first: int,
+    n: int,
+    attrs: list[tuple[int, bool]],
+    /,
+) -> tuple[bytes, list[tuple[bytes, bytes]], tuple[bytes, bytes, bytes, bytes]]:
+    """The selected access lines split: ``(status, [(offsets, data)] * 11,
+    (list_offsets, keys, value_offsets, values))``; ``attrs`` is (field index, whether a
+    lone "-" is absent) per attribute."""
