@@ -506,8 +506,9 @@ def test_search_api_on_s3(lake: tuple[Config, DataRoot, Catalog]) -> None:
     resp = asyncio.run(get("/api/v1/search", q="timeout", start=ALL[0], end=ALL[1], order="asc"))
     assert resp.status_code == 200, resp.text
     assert [r["attrs"]["id"] for r in resp.json()["rows"]] == ["a2", "a4", "w2"]
-    ready = asyncio.run(get("/readyz")).json()
-    assert ready["status"] == "ready" and ready["rows"] == 9
+    # Ready on an S3 root; what is stored is the catalog's to say, not an open probe's (issue 19).
+    assert asyncio.run(get("/readyz")).json() == {"status": "ready"}
+    assert catalog.totals()["rows"] == 9
 
 
 # -- 4. ingest ---------------------------------------------------------------------------
