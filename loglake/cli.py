@@ -112,7 +112,7 @@ def cmd_ingest(cfg: Config, args: argparse.Namespace) -> int:
 def cmd_serve(cfg: Config, args: argparse.Namespace) -> int:
     import uvicorn
 
-    from loglake.supervisor import is_loopback
+    from loglake.core.addresses import is_loopback
     from query.api.app import create_app
 
     host = args.host or cfg.query.host

@@ -22,6 +22,7 @@ from pathlib import Path
 import httpx
 
 from loglake.broker import die_with_parent, start_broker, stop_process
+from loglake.core.addresses import is_loopback
 from loglake.core.config import Config
 from loglake.core.topics import ensure_topic
 
@@ -54,18 +55,6 @@ class Child:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` is reachable from this machine only."""
-    import ipaddress
-
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def demo_auth_off(cfg: Config) -> bool:

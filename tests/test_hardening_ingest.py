@@ -8,24 +8,18 @@ real CLI.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-import confluent_kafka
 import duckdb
 import httpx
 import lz4.block
 import numpy as np
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from loglake.core.config import Config, ConfigError, load_config
 from loglake.core.frame import (
@@ -39,87 +33,14 @@ from loglake.core.frame import (
     record_offsets,
 )
 from storage.catalog import Catalog
-from tests.helpers.processes import Stack, free_port, wait_until
+from tests.helpers.kafka import Msg, create_topics, produce, read_topic
+from tests.helpers.processes import Stack, free_port, running
+from tests.helpers.stored import open_catalog, wait_rows
 
 pytestmark = pytest.mark.timeout(90)
 
 
 # -- Kafka and catalog helpers (kept here: test files do not import each other) -----
-
-
-def create_topics(bootstrap: str, *names: str) -> None:
-    async def go() -> None:
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-        await admin.start()
-        try:
-            await admin.create_topics([NewTopic(n, 1, 1) for n in names])
-        finally:
-            await admin.close()
-
-    asyncio.run(go())
-
-
-def produce(bootstrap: str, topic: str, messages: list[tuple[bytes, list[tuple[str, bytes]]]]) -> list[int]:
-    """Produce ``(value, headers)`` pairs with librdkafka; returns each message's offset."""
-    producer = confluent_kafka.Producer({"bootstrap.servers": bootstrap, "acks": "all",
-                                         "enable.idempotence": False, "message.max.bytes": 2_000_000})
-    offsets: list[int | None] = [None] * len(messages)
-    errors: list[str] = []
-
-    def report(i: int) -> Callable[[Any, Any], None]:
-        def cb(err: Any, msg: Any) -> None:
-            if err is not None:
-                errors.append(f"message {i}: {err}")
-            else:
-                offsets[i] = msg.offset()
-        return cb
-
-    for i, (value, headers) in enumerate(messages):
-        producer.produce(topic, value=value, headers=headers, on_delivery=report(i))
-    assert producer.flush(15) == 0, "librdkafka could not deliver within 15 s"
-    assert not errors, errors
-    return offsets  # type: ignore[return-value]
-
-
-def read_letters(bootstrap: str, topic: str, expect: int, check: Callable[[], None],
-                 timeout_s: float = 20) -> list[tuple[bytes, dict[str, str]]]:
-    """The dead letters on partition 0 of ``topic`` once ``expect`` are there (and a moment more)."""
-
-    async def go() -> list[tuple[bytes, dict[str, str]]]:
-        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                                    auto_offset_reset="earliest", fetch_max_bytes=16 << 20)
-        await consumer.start()
-        try:
-            consumer.assign([TopicPartition(topic, 0)])
-            out: list[tuple[bytes, dict[str, str]]] = []
-            deadline = time.monotonic() + timeout_s
-            settle: float | None = None
-            while time.monotonic() < deadline:
-                check()
-                for messages in (await consumer.getmany(timeout_ms=200)).values():
-                    out += [(m.value or b"", {k: v.decode() for k, v in m.headers or ()}) for m in messages]
-                if len(out) >= expect:
-                    settle = settle or time.monotonic() + 1.0
-                    if time.monotonic() >= settle:
-                        break
-            return out
-        finally:
-            await consumer.stop()
-
-    return asyncio.run(go())
-
-
-def alive(stack: Stack) -> Callable[[], None]:
-    def check() -> None:
-        proc = stack.procs["ingest"]
-        assert proc.poll() is None, f"ingest exited with {proc.returncode}:\n{stack.log_text('ingest')[-3000:]}"
-    return check
-
-
-def open_catalog(stack: Stack) -> Catalog:
-    path = stack.data_root / "catalog.sqlite"
-    wait_until(path.exists, 30, what="the catalog created by the ingest worker")
-    return Catalog(f"sqlite:///{path}")
 
 
 def messages_of(stack: Stack, catalog: Catalog, tenant: str) -> list[str]:
@@ -134,16 +55,6 @@ def messages_of(stack: Stack, catalog: Catalog, tenant: str) -> list[str]:
     finally:
         con.close()
     return sorted(r[0] for r in rows)
-
-
-def wait_rows(stack: Stack, catalog: Catalog, want: int) -> None:
-    check = alive(stack)
-
-    def enough() -> bool:
-        check()
-        return catalog.totals()["rows"] >= want
-
-    wait_until(enough, 20, what=f"{want} rows in the catalog")
 
 
 def shipper_frame(lines: list[str], *, tenant: str, source_id: str, first: int = 0) -> bytes:
@@ -185,12 +96,12 @@ def test_pinned_topic_tenant_wins_over_a_frames_tenant(stack: Stack) -> None:
     # A producer of the pinned topic writes a loglake frame naming tenant B (in its meta and header).
     spoof = shipper_frame(["spoofed frame id=1", "spoofed frame id=2"], tenant="team-b", source_id="evil:1")
     produce(stack.bootstrap, edge, [
-        (spoof, [("tenant", b"team-b")]),
-        (b"plain message id=3", [("tenant", b"team-b")]),
+        Msg(spoof, [("tenant", b"team-b")]),
+        Msg(b"plain message id=3", [("tenant", b"team-b")]),
     ])
     # The shipper's topic is not pinned: there a frame's tenant is the tenant, as before.
     produce(stack.bootstrap, stack.topic, [
-        (shipper_frame(["shipped id=4"], tenant="team-f", source_id="ship:1"), [("tenant", b"team-f")]),
+        Msg(shipper_frame(["shipped id=4"], tenant="team-f", source_id="ship:1"), [("tenant", b"team-f")]),
     ])
 
     wait_rows(stack, catalog, 4)
@@ -200,7 +111,7 @@ def test_pinned_topic_tenant_wins_over_a_frames_tenant(stack: Stack) -> None:
                                                      "spoofed frame id=2"]
     assert messages_of(stack, catalog, "team-f") == ["shipped id=4"]
     assert catalog.totals()["rows"] == 4
-    alive(stack)()
+    running(stack)()
     metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
     assert "loglake_ingest_tenant_overridden_records_total 2.0" in metrics
 
@@ -236,16 +147,16 @@ def test_zero_offsets_frame_goes_to_dead_letters_and_stores_nothing(stack: Stack
 
     attack = zero_offsets_frame()
     sent = produce(stack.bootstrap, stack.topic, [
-        (attack, [("tenant", b"default")]),
-        (shipper_frame(["good id=1"], tenant="default", source_id="ship:2"), [("tenant", b"default")]),
+        Msg(attack, [("tenant", b"default")]),
+        Msg(shipper_frame(["good id=1"], tenant="default", source_id="ship:2"), [("tenant", b"default")]),
     ])
 
-    letters = read_letters(stack.bootstrap, dlq, expect=1, check=alive(stack))
-    assert len(letters) == 1, [h for _, h in letters]
-    value, headers = letters[0]
+    letters = read_topic(stack.bootstrap, dlq, expect=1, check=running(stack))
+    assert len(letters) == 1, [letter.headers for letter in letters]
+    value, headers = letters[0].value, letters[0].headers
     assert headers["reason"] == "corrupt_frame"
     assert "empty record" in headers["detail"]
-    assert (headers["topic"], headers["offset"]) == (stack.topic, str(sent[0]))
+    assert (headers["topic"], headers["offset"]) == (stack.topic, str(sent[0].offset))
     assert value == attack
 
     wait_rows(stack, catalog, 1)

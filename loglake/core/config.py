@@ -34,6 +34,7 @@ from pydantic import (
     model_validator,
 )
 
+from loglake.core.addresses import is_loopback
 from loglake.core.tenants import TENANT_RULE, is_tenant_name
 
 ENV_PREFIX = "LOGLAKE_"
@@ -103,22 +104,10 @@ class BrokerConfig(_Section):
         host, sep, port = v.rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise ValueError("expected host:port")
-        if not info.data.get("allow_remote", False) and not _is_loopback(host.removeprefix("[").removesuffix("]")):
+        if not info.data.get("allow_remote", False) and not is_loopback(host.removeprefix("[").removesuffix("]")):
             raise ValueError(f"{host} is not a loopback address and the embedded broker has no "
                              "authentication; listen on 127.0.0.1, or set broker.allow_remote = true")
         return v
-
-
-def _is_loopback(host: str) -> bool:
-    """Whether ``host`` names this machine only (a name other than localhost may resolve anywhere)."""
-    import ipaddress
-
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 # -- shippers/: what is tailed and how it is shipped -----------------------------------------------

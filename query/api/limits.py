@@ -16,6 +16,7 @@ from typing import Any, ParamSpec, TypeVar
 import orjson
 from starlette.exceptions import HTTPException
 
+from loglake.core.addresses import is_loopback
 from loglake.core.config import QueryConfig
 from query.errors import TooManyQueries
 from query.runner import queue_deadline
@@ -136,15 +137,6 @@ class QueryGate:
 _LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def host_name(value: str) -> str | None:
     """The name in a ``Host`` header (no port, lower case, no trailing dot); None if malformed."""
     value = value.strip().lower()
@@ -171,7 +163,7 @@ def allowed_host_names(bind: str, allowed: Iterable[str]) -> frozenset[str] | No
     loopback names only (a rebinding DNS name must not reach it); another bind checks nothing
     until ``allowed`` names some, as its public names are not known here."""
     extra = {host_name(a) or a.strip().lower() for a in allowed}
-    if "*" in extra or (not extra and not _is_loopback(bind.strip("[]"))):
+    if "*" in extra or (not extra and not is_loopback(bind.strip("[]"))):
         return None
     names = set(_LOOPBACK_NAMES) | extra
     if bind.strip("[]") not in ("0.0.0.0", "::", ""):
