@@ -15,6 +15,17 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
+# The browser tests/test_web.py drives: Debian's chromium, installed by apt when running as root
+# (CI); never a browser downloaded by `playwright install`. Without it the browser tests skip,
+# saying why (in CI, CI=true, they fail instead).
+CHROMIUM := /usr/bin/chromium
+CHROMIUM_STAMP := $(VENV)/.chromium
+$(CHROMIUM_STAMP): | $(BIN)/python
+	@if [ ! -x $(CHROMIUM) ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; fi
+	@if [ -x $(CHROMIUM) ]; then touch $@; else \
+	    echo "NOTE: the browser tests need Debian's chromium at $(CHROMIUM): sudo apt-get install chromium" >&2; fi
+
 run: $(STAMP)
 	$(BIN)/loglake up
 
@@ -25,7 +36,7 @@ lint: $(STAMP)
 
 # Two workers, a file each at a time: most tests wait on real processes, so the cores are free.
 TEST_WORKERS ?= 2
-test: $(STAMP) lint
+test: $(STAMP) $(CHROMIUM_STAMP) lint
 	$(BIN)/python -m pytest -m "not slow and not soak" -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 test-slow: $(STAMP)
@@ -41,7 +52,7 @@ $(BENCH_STAMP): pyproject.toml $(STAMP)
 	touch $(BENCH_STAMP)
 
 # Every suite at its default scale (about 20 minutes on 2 cores); results in benchmarks/results/.
-bench: $(BENCH_STAMP)
+bench: $(BENCH_STAMP) $(CHROMIUM_STAMP)
 	$(BIN)/python -m benchmarks all
 
 clean:

@@ -17,6 +17,7 @@ import hmac
 import logging
 import math
 import os
+import re
 import secrets
 import threading
 import time
@@ -106,10 +107,17 @@ def split_key(key: str) -> tuple[str, str] | None:
     return key_id, secret
 
 
+#: The search page's assets (query/web/): one file name under the prefix, no dot first, no slashes
+#: but the API docs' folder. Only GET and HEAD of them and of the page itself are open.
+_PAGE_ASSET = re.compile(r"/static/(?:docs/)?[A-Za-z0-9_-][A-Za-z0-9_.-]{0,100}")
+
+
 def required_role(method: str, path: str) -> str | None:
     """The least role a request needs; None for the open paths."""
     if path in OPEN_PATHS:
         return None
+    if method in ("GET", "HEAD") and (path == "/" or _PAGE_ASSET.fullmatch(path)):
+        return None       # the page, which then asks for a key
     if path.startswith(("/api/v1/retention", "/api/v1/keys", "/api/v1/delete")):
         return "admin"
     if path.startswith("/api/v1/saved-queries") and method not in ("GET", "HEAD"):

@@ -26,6 +26,7 @@ from query.search import SearchResult
 from query.service import SearchService
 from query.store import SavedQueryRow, SavedQueryStore
 from query.timerange import format_us, now_us
+from query.web.routes import web_router
 from storage.catalog import Catalog
 from storage.errors import StorageError
 
@@ -197,7 +198,7 @@ def create_app(cfg: Config, catalog: Catalog | None = None) -> FastAPI:
     """The query service's app; the catalog is opened from ``cfg`` unless given."""
     catalog = catalog or Catalog(cfg.storage.resolved_catalog_url())
     service = SearchService(cfg, catalog)
-    app = FastAPI(title="loglake", version="0.1.0",
+    app = FastAPI(title="loglake", version="0.1.0", docs_url=None, redoc_url=None,   # query/web/routes.py: no CDN
                   description="Search logs stored by loglake.")
     app.state.service = service
     # Query routes run on the gate's threads within max_concurrent/queue_timeout_s; cheap ones do not.
@@ -341,6 +342,7 @@ def create_app(cfg: Config, catalog: Catalog | None = None) -> FastAPI:
 
     app.include_router(loki_router(service, gate))
     app.include_router(admin_router(service))
+    app.include_router(web_router(app))      # the search page, its assets, /docs
     if cfg.auth.enabled:
         app.add_middleware(AuthMiddleware, auth=Authenticator(catalog, cfg.auth, service.metrics.registry))
     else:
