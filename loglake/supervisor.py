@@ -69,6 +69,7 @@ def _banner(cfg: Config, log_dir: Path, auth_off: bool) -> str:
     return f"""
   loglake is up.
 
+    search page  {url}/
     search API   {url}/api/v1/search      (docs: {url}/docs)
     demo logs    {cfg.demo.dir}/*.log  ->  topic {cfg.kafka.topic} @ {cfg.kafka.bootstrap_servers}
     data root    {cfg.storage.data_root}
