@@ -291,6 +291,9 @@ format = "json"
     ({"LOGLAKE_INGEST__FORMATS": '[{format="yaml"}]'}, "ingest.formats.0.format", "Input should be"),
     ({"LOGLAKE_INGEST__TOPICS": '[{name="bad topic"}]'}, "ingest.topics.0.name", "topic name"),
     ({"LOGLAKE_INGEST__ON_TOPIC_RECREATED": "ignore"}, "ingest.on_topic_recreated", "Input should be"),
+    # Tenants become directory names: refused at load, not line by line into dead letters (issue 19).
+    ({"LOGLAKE_INGEST__DEFAULT_TENANT": "../x"}, "ingest.default_tenant", "invalid tenant name"),
+    ({"LOGLAKE_INGEST__TOPICS": '[{name="edge", tenant="a/b"}]'}, "ingest.topics.0.tenant", "invalid tenant name"),
 ])
 def test_bad_ingest_settings_name_the_key(env: dict[str, str], key: str, reason: str) -> None:
     with pytest.raises(ConfigError) as e:

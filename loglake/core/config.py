@@ -64,6 +64,18 @@ def _topic_name(v: str) -> str:
 _TopicName = Annotated[str, AfterValidator(_topic_name)]
 
 
+def _tenant_name(v: str) -> str:
+    # Checked when the configuration loads, not first in ingest: a bad name would send every
+    # line to dead letters.
+    if not is_tenant_name(v):
+        raise ValueError(f"invalid tenant name {v!r} ({TENANT_RULE})")
+    return v
+
+
+#: A tenant name (`shipper.tenant`, `shipper.inputs[].tenant`, `ingest.default_tenant`, `ingest.topics[].tenant`).
+_TenantName = Annotated[str, AfterValidator(_tenant_name)]
+
+
 class KafkaConfig(_Section):
     """The Kafka cluster every component talks to, and the topic shippers write to."""
 
@@ -147,7 +159,7 @@ class _InputSettings(_Section):
     service: str = ""
     #: A regex with a group named `service`, matched against the file's path.
     service_from_path: str = ""
-    tenant: str = "default"
+    tenant: _TenantName = "default"
     env: str = ""
     labels: dict[str, str] = {}
     start_at: Literal["beginning", "end"] = "beginning"
@@ -157,14 +169,6 @@ class _InputSettings(_Section):
     #: Container runtime wrapping: `auto` takes CRI under /var/log/pods or
     #: /var/log/containers and Docker for `*-json.log`, plain otherwise.
     format: Literal["auto", "plain", "cri", "docker"] = "auto"
-
-    @field_validator("tenant")
-    @classmethod
-    def _tenant_name(cls, v: str) -> str:
-        # Checked here, not first in ingest: a bad name would send every line to dead letters.
-        if not is_tenant_name(v):
-            raise ValueError(f"invalid tenant name {v!r} ({TENANT_RULE})")
-        return v
 
     @field_validator("service_from_path")
     @classmethod
@@ -301,7 +305,7 @@ class TopicInput(_Section):
 
     name: _TopicName
     #: The tenant of every record on this topic; empty: the message's tenant header, else the default.
-    tenant: str = ""
+    tenant: Annotated[str, AfterValidator(lambda v: v and _tenant_name(v))] = ""
     #: Service for records that do not name one.
     service: str = "unknown"
 
@@ -313,7 +317,7 @@ class IngestConfig(_Section):
     flush_rows: int = Field(200_000, ge=1)
     flush_bytes: int = Field(64 << 20, ge=1024)
     flush_interval_s: float = Field(2.0, gt=0)
-    default_tenant: str = "default"
+    default_tenant: _TenantName = "default"
     #: More topics to consume, each with its own tenant and service; one consumer group for all.
     topics: list[TopicInput] = []
     #: Parsing per source; sources no rule matches are detected line by line.
