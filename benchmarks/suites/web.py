@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import gzip
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -35,6 +34,7 @@ import httpx
 from benchmarks.harness import Result, Samples
 from benchmarks.pipeline import WORK, free_port, store
 from benchmarks.suites.query import compacted
+from loglake.broker import stop_process
 from loglake.core.config import Config
 from query.timerange import format_us
 
@@ -89,12 +89,7 @@ def _serve(config: Path) -> Iterator[str]:
             time.sleep(0.1)
         yield url
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, 15)
 
 
 def _load(browser: Any, url: str) -> dict[str, Any]:
