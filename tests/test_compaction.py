@@ -531,7 +531,9 @@ def crash_rounds(lake: Lake, rounds: int, seed: int) -> Counter[str]:
         lake.fill(("a", "b"), [2 * rnd % 24, (2 * rnd + 1) % 24], segments=4, rows=500)
         mode = modes[rnd] if rnd < len(modes) else rng.choice(modes)
         outputs_before = outputs_on_disk(lake)
-        proc = start_worker(lake, "--zstd", "19", "--row-group-rows", "1024")
+        # After an output lands, the swap waits a moment: a kill then finds it not committed.
+        hold = ("--hold-before-swap", "0.5") if mode == "after-output" else ()
+        proc = start_worker(lake, "--zstd", "19", "--row-group-rows", "1024", *hold)
         try:
             # The waits run within this round; the default arguments bind this round's worker all the same.
             if mode == "mid-write":
