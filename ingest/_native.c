@@ -144,6 +144,8 @@ static inline int line_at(Lines *in, Py_ssize_t i, const char **s, const char **
 
 /* -- JSON ---------------------------------------------------------------------- */
 
+struct WellKnown;
+
 typedef struct {
     const char *p, *end;
     Buf *keys, *vals, *key;     /* key: the current dotted key being built */
@@ -151,7 +153,30 @@ typedef struct {
     int64_t entries;
     int max_depth;
     int oom;
+    /* Where the line's values under well-known keys are (a Span each), for its shape. */
+    Buf *spans;
+    const char *line;
+    const struct WellKnown *wk;
 } Json;
+
+/* A value of a well-known key, written plainly (a string with nothing escaped, or a number). */
+typedef struct {
+    int64_t entry;          /* its entry, counted from the line's first */
+    int64_t start, end;     /* its text in the line (inside the quotes) */
+    int32_t group;
+} Span;
+
+static int group_of(const struct WellKnown *w, const char *k, Py_ssize_t len);
+
+/* Note where entry's plain value [a, b) is when its key is well-known (a group after the time's and
+ * the level's, whose text the columns do not keep). */
+static int note_span(Json *j, int64_t entry, const char *a, const char *b) {
+    int group = group_of(j->wk, j->key->p, j->key->len);
+    if (group < 2 || b <= a) return 0;
+    Span sp = {entry, a - j->line, b - j->line, group};
+    if (buf_put(j->spans, (const char *)&sp, (Py_ssize_t)sizeof sp) < 0) { j->oom = 1; return -1; }
+    return 0;
+}
 
 static inline void skip_ws(Json *j) {
     while (j->p < j->end && IS(*j->p, C_JSON_WS))
@@ -346,7 +371,12 @@ static int json_object(Json *j, int depth) {
         const char *v = j->p;
         char c = *v;
         if (c == '"') {
-            if (json_string(j, j->vals) < 0 || end_entry(j, 1) < 0) return -1;
+            Py_ssize_t before = j->vals->len;
+            if (json_string(j, j->vals) < 0) return -1;
+            /* Nothing escaped: decoding kept every byte. */
+            if (j->vals->len - before == (j->p - v) - 2 && note_span(j, j->entries, v + 1, j->p - 1) < 0)
+                return -1;
+            if (end_entry(j, 1) < 0) return -1;
         } else if (c == '{') {
             const char *after = v + 1;
             while (after < j->end && IS(*after, C_JSON_WS)) after++;
@@ -368,6 +398,8 @@ static int json_object(Json *j, int depth) {
             else if (c == 'f') { if (json_literal(j, "false", 5) < 0) return -1; }
             else if (json_number(j) < 0) return -1;
             if (buf_put(j->vals, v, j->p - v) < 0) { j->oom = 1; return -1; }
+            if (c != 't' && c != 'f' && note_span(j, j->entries, v, j->p) < 0)
+                return -1;
             if (end_entry(j, 1) < 0) return -1;
         }
         skip_ws(j);
@@ -399,7 +431,7 @@ static void free_bufs(Buf *bufs, int n) {
  * group's precedence; by_first[b] lists the candidates starting with byte b. */
 #define MAX_CANDIDATES 64
 #define MAX_GROUPS 16
-typedef struct {
+typedef struct WellKnown {
     int n, groups;
     const char *key[MAX_CANDIDATES];
     Py_ssize_t len[MAX_CANDIDATES];
@@ -436,6 +468,16 @@ static int well_known_open(WellKnown *w, PyObject *groups) {
     return 0;
 }
 
+/* The group key k (len bytes) is one of, or -1. */
+static int group_of(const struct WellKnown *w, const char *k, Py_ssize_t len) {
+    if (len == 0) return -1;
+    for (const signed char *c = w->by_first[(unsigned char)k[0]]; *c >= 0; c++) {
+        if (w->len[*c] == len && memcmp(w->key[*c], k, (size_t)len) == 0)
+            return w->group[*c];
+    }
+    return -1;
+}
+
 /* Per group, the 1-based position among the line's entries [first, first + n) of the first of
  * its keys (in precedence order) that the line has; 0 when it has none. Keys are unique here. */
 static int find_well_known(const WellKnown *w, Buf *keys, Buf *key_off, int64_t first, int64_t n, Buf *out) {
@@ -468,7 +510,11 @@ PyDoc_STRVAR(json_entries_doc,
 "SQL parser), int32 entry offsets per line, int64 offsets and bytes of the keys\n"
 "and values, a validity byte per entry (0: JSON null), and per line and group of\n"
 "well-known keys (groups: lists of bytes, in precedence order) the int32 1-based\n"
-"position of the entry holding the first of them the line has (0: none).");
+"position of the entry holding the first of them the line has (0: none); then\n"
+"int64 offsets and bytes of each line's shape: the line with the value of each\n"
+"group's key from the third group on (the one `positions` names), when written\n"
+"plainly (a string with nothing escaped, or a number), as one byte: the group's\n"
+"number (empty for lines not flattened).");
 
 static PyObject *json_entries(PyObject *self, PyObject *args) {
     PyObject *offsets, *data, *selected, *groups;
@@ -491,17 +537,17 @@ static PyObject *json_entries(PyObject *self, PyObject *args) {
         PyMem_Free(wk);
         return NULL;
     }
-    /* status, list_off, key_off, keys, val_off, vals, valid, key, positions */
-    Buf b[9] = {{0}};
-    Buf *positions = &b[8];
+    /* status, list_off, key_off, keys, val_off, vals, valid, key, positions, shape_off, shape, spans */
+    Buf b[12] = {{0}};
+    Buf *positions = &b[8], *shape_off = &b[9], *shape = &b[10];
     Buf *status = &b[0], *list_off = &b[1];
     Json j = {.keys = &b[3], .vals = &b[5], .key = &b[7], .key_off = &b[2], .val_off = &b[4], .valid = &b[6],
-              .max_depth = max_depth};
+              .max_depth = max_depth, .spans = &b[11], .wk = wk};
     const char *sel = (const char *)in.selected.buf;
     int failed = 0;
     Py_BEGIN_ALLOW_THREADS
     if (buf_reserve(status, n) < 0 || buf_i32(list_off, 0) < 0 || buf_i64(j.key_off, 0) < 0 ||
-        buf_i64(j.val_off, 0) < 0)
+        buf_i64(j.val_off, 0) < 0 || buf_i64(shape_off, 0) < 0)
         j.oom = 1;
     for (Py_ssize_t i = 0; i < n && !j.oom; i++) {
         char st = NOT_ASKED;
@@ -512,9 +558,11 @@ static PyObject *json_entries(PyObject *self, PyObject *args) {
             Py_ssize_t keys = j.keys->len, vals = j.vals->len, koff = j.key_off->len, voff = j.val_off->len,
                        valid = j.valid->len;
             st = DEFER;
+            j.spans->len = 0;
             if (line_at(&in, i, &s, &end) == 0 && s < end && *s == '{') {
                 j.p = s;
                 j.end = end;
+                j.line = s;
                 j.key->len = 0;
                 if (json_object(&j, 1) == 0) {
                     skip_ws(&j);
@@ -541,18 +589,36 @@ static PyObject *json_entries(PyObject *self, PyObject *args) {
         if (find_well_known(wk, j.keys, j.key_off, row_first, st == PARSED ? j.entries - row_first : 0,
                             positions) < 0)
             j.oom = 1;
+        if (st == PARSED && !j.oom) {
+            /* The shape: each group's chosen value written as the group's number (a byte JSON never
+             * holds unescaped), the rest of the line as it is. */
+            const int32_t *pos = (const int32_t *)(positions->p + positions->len) - wk->groups;
+            const Span *sp = (const Span *)j.spans->p;
+            Py_ssize_t n_spans = j.spans->len / (Py_ssize_t)sizeof(Span);
+            int64_t copied = 0, line_len = j.end - j.line;
+            for (Py_ssize_t k = 0; k < n_spans && !j.oom; k++) {
+                if (pos[sp[k].group] != sp[k].entry - row_first + 1) continue;
+                if (buf_put(shape, j.line + copied, sp[k].start - copied) < 0 || buf_byte(shape, (char)sp[k].group) < 0)
+                    j.oom = 1;
+                copied = sp[k].end;
+            }
+            if (!j.oom && buf_put(shape, j.line + copied, line_len - copied) < 0)
+                j.oom = 1;
+        }
+        if (buf_i64(shape_off, shape->len) < 0)
+            j.oom = 1;
     }
     Py_END_ALLOW_THREADS
     lines_close(&in);
     PyMem_Free(wk);
     if (j.oom || failed) {
-        free_bufs(b, 9);
+        free_bufs(b, 12);
         return j.oom ? PyErr_NoMemory() : (PyErr_SetString(PyExc_OverflowError, "too many entries"), NULL);
     }
-    PyObject *out = Py_BuildValue("(NNNNNNNN)", buf_bytes(status), buf_bytes(list_off), buf_bytes(j.key_off),
+    PyObject *out = Py_BuildValue("(NNNNNNNNNN)", buf_bytes(status), buf_bytes(list_off), buf_bytes(j.key_off),
                                   buf_bytes(j.keys), buf_bytes(j.val_off), buf_bytes(j.vals), buf_bytes(j.valid),
-                                  buf_bytes(positions));
-    free_bufs(b, 9);
+                                  buf_bytes(positions), buf_bytes(shape_off), buf_bytes(shape));
+    free_bufs(b, 12);
     return out;
 }
 

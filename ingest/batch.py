@@ -24,6 +24,8 @@ class RecordRun:
     format: str = ""
     #: Per-record observed times (µs) when they differ, as for third-party messages; else meta's.
     observed_us: np.ndarray | None = None
+    #: The zone of the source's zone-less times ("": ingest's default).
+    zone: str = ""
 
 
 def _decode_utf8(records: pa.Array) -> tuple[pa.StringArray, list[int]]:
@@ -76,6 +78,7 @@ def raw_table(runs: Sequence[RecordRun]) -> pa.Table:
         _labels(runs, counts, invalid),
         _per_run([r.meta.wrapper for r in runs], counts),
         _per_run([r.format for r in runs], counts),
+        _per_run([r.zone for r in runs], counts),
     ], schema=RAW_SCHEMA)
 
 

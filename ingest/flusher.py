@@ -51,6 +51,7 @@ class Flusher:
         self.normaliser = Normaliser(ParseSettings(default_timezone=ing.default_timezone,
                                                    max_ahead_s=ing.max_ahead_s,
                                                    patterns=ing.patterns(),
+                                                   pattern_ts_formats=ing.pattern_ts_formats(),
                                                    max_attrs=ing.max_attrs))
         self.dead_letters = DeadLetterProducer(cfg)
         #: Set while the worker runs: told the new offsets (advisory) and where to read again on a rewind.
@@ -111,7 +112,7 @@ class Flusher:
             raw = raw_table(runs)
             if raw.num_rows == 0:
                 continue
-            records, failed = normalise_safely(self.normaliser, raw)
+            records, failed = normalise_safely(self.normaliser, raw, tenant)
             for i, err in failed:
                 row = raw.slice(i, 1).to_pylist()[0]
                 dead.append(DeadLetter(Reason.UNPARSEABLE, (row["line"] or "").encode(), topic, partition,

@@ -16,7 +16,7 @@ SEVERITY_OF: dict[str, int] = {
     # debug
     "debug": 5, "dbg": 5, "fine": 5, "d": 5, "config": 7,
     # info
-    "info": 9, "information": 9, "informational": 9, "i": 9, "notice": 10,
+    "info": 9, "information": 9, "informational": 9, "i": 9, "notice": 10, "note": 10, "system": 9,
     # warn
     "warn": 13, "warning": 13, "w": 13,
     # error

@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -43,6 +44,7 @@ from ingest.parsers import (
     syslog,
     text,
 )
+from ingest.sources import PARTS, SourceBook
 from ingest.timestamps import macros
 from storage.schema import RECORD_SCHEMA
 
@@ -61,6 +63,7 @@ RAW_SCHEMA = pa.schema([
     ("labels", pa.map_(pa.string(), pa.string())),
     ("wrapper", _PER_SOURCE),          # "", "cri" or "docker": the container runtime's line format
     ("format", _PER_SOURCE),           # "" (detect) or a name from FORMATS / "pattern<i>"
+    ("zone", _PER_SOURCE),             # "" (ingest's default) or the source's zone for zone-less times
 ])
 
 #: Auto-detection order; plain text is the fallback.
@@ -81,6 +84,8 @@ class ParseSettings:
     max_ahead_s: float = 7 * 86400
     #: User-defined patterns; a source configured with the i-th uses format "pattern<i>".
     patterns: tuple[str, ...] = ()
+    #: The strptime-style format of each pattern's `ts` group ("": the layouts ingest knows).
+    pattern_ts_formats: tuple[str, ...] = ()
     #: Attributes kept per record (the first ones); how many were dropped goes in `attrs_dropped`.
     max_attrs: int = 1000
 
@@ -113,6 +118,13 @@ u AS (
 )"""
 
 
+# The time of the source's previous line that had one, for lines without their own.
+_INHERIT = """SELECT * REPLACE (coalesce(parsed_ts, CASE WHEN l_cont THEN before END) AS parsed_ts),
+           parsed_ts IS NULL AND l_cont AND before IS NOT NULL AS inherited
+    FROM (SELECT *, last_value(parsed_ts IGNORE NULLS) OVER (PARTITION BY service, source ORDER BY rn
+                        ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS before FROM tsr)"""
+
+
 def _case(parsers: Sequence[Parser], column: str, output: str, default: str = "NULL") -> str:
     whens = [f"WHEN {sql_str(p.name)} THEN {p.sql(p.out[output])}" for p in parsers if output in p.out]
     if not whens:
@@ -120,17 +132,22 @@ def _case(parsers: Sequence[Parser], column: str, output: str, default: str = "N
     return f"CASE {column} {' '.join(whens)} ELSE {default} END"
 
 
-def build_sql(settings: ParseSettings) -> tuple[str, str]:
+def build_sql(settings: ParseSettings, inherit: bool = False) -> tuple[str, str]:
     """The two normalising statements for ``settings``.
+
+    With ``inherit``, a line of a source with a learned layout that carries no time of its own
+    (a stack trace's continuation) takes the time of the line before it from the same source.
 
     The first routes the lines of a registered relation ``raw`` (unwrapped, each
     with its format); the second parses them from a relation ``c``: the first's
     rows plus, per parser with a compiled pre-pass, its columns.
     """
-    patterns = tuple(pattern.parser(i, p) for i, p in enumerate(settings.patterns))
+    formats = settings.pattern_ts_formats + ("",) * (len(settings.patterns) - len(settings.pattern_ts_formats))
+    patterns = tuple(pattern.parser(i, p, f) for i, (p, f) in enumerate(zip(settings.patterns, formats, strict=True)))
     first = (*DETECTED, *patterns)
     everyone = (*first, text.PARSER)
-    zone = sql_str(settings.default_timezone)
+    # Each row's zone for zone-less times: its source's, else the default.
+    zone = f"coalesce(nullif(zone, ''), {sql_str(settings.default_timezone)})"
 
     detect = " ".join(f"WHEN {p.detect} THEN {sql_str(p.name)}" for p in DETECTED if p.detect)
     configured = " ".join(f"WHEN {sql_str(name)} THEN {sql_str(p.name)}" for name, p in
@@ -139,7 +156,7 @@ def build_sql(settings: ParseSettings) -> tuple[str, str]:
     # unwrapped) and, with the batch's columns and those of the parsers' compiled pre-passes
     # added, become the relation "c" (see Normaliser).
     route = f"""WITH {_UNWRAP.strip()}
-SELECT CASE WHEN wrapper <> '' THEN line END AS unwrapped, wrap_ts, wrap_stream,
+SELECT CASE WHEN wrapper <> '' THEN line END AS unwrapped, wrap_ts, wrap_stream, format <> '' AS configured,
        CASE format {configured} WHEN '' THEN CASE {detect} ELSE 'text' END ELSE 'text' END AS fmt
 FROM u"""
     ctes: list[str] = []
@@ -162,7 +179,9 @@ FROM u"""
     outputs["message"] = _case(everyone, "fmt2", "message", "line")
     outputs["attrs"] = _case(everyone, "fmt2", "attrs", f"[]::{ATTRS_TYPE}")
     select_out = ",\n        ".join(f"{expr} AS o_{name}" for name, expr in outputs.items())
-    ctes.append(f"o AS (SELECT observed_ts, service, host, source, labels, wrap_ts, wrap_stream, fmt2,\n"
+    ctes.append(f"o AS (SELECT line, observed_ts, service, host, source, labels, zone, wrap_ts, wrap_stream,\n"
+                f"        fmt2, configured AND fmt2 = 'text' AND fmt <> 'text' AS unmatched, rn, l_cont,\n"
+                f"        CASE WHEN fmt2 = 'json' THEN p_json_shape END AS shape,\n"
                 f"        {select_out}\n    FROM {prev})")
 
     ctes.append(f"""
@@ -179,37 +198,70 @@ tsr AS (
                  wrap_ts) AS parsed_ts,
         {severity_sql('o_lvl')} AS severity
     FROM o
+), inh AS (
+    {_INHERIT if inherit else "SELECT *, FALSE AS inherited FROM tsr"}
+), q AS (
+    -- (JSON the compiled pass left) where the message stands in the line as a plain JSON string
+    -- (nothing in it JSON escapes): there the stored line leaves it out, as the pass's shape does.
+    SELECT *, CASE WHEN fmt2 = 'json' AND shape IS NULL AND length(o_message) >= 8
+                        AND NOT regexp_matches(o_message, '["\\\\[:cntrl:]]')
+                   THEN strpos(line, '"' || o_message || '"') ELSE 0 END AS quoted
+    FROM inh
 ), r AS (
     -- Too far ahead, or before 1900 (a misread number): not believed.
     SELECT *, parsed_ts > observed_ts + to_microseconds(CAST({int(settings.max_ahead_s * 1e6)} AS BIGINT))
               OR parsed_ts < TIMESTAMPTZ '1900-01-01 00:00:00+00' AS implausible
-    FROM tsr
+    FROM q
 )""")
     sql = "WITH " + ",\n".join(ctes) + f"""
 SELECT
     CAST(CASE WHEN parsed_ts IS NULL OR implausible THEN observed_ts ELSE parsed_ts END AS TIMESTAMPTZ) AS ts,
     observed_ts,
     coalesce(o_service, service) AS service,
-    CASE WHEN host = '' THEN coalesce(o_host, '') ELSE host END AS host,
+    -- The host the line names wins; the shipper's machine then goes to attrs.agent.host.
+    coalesce(nullif(o_host, ''), host) AS host,
     source,
     {level_sql('severity')} AS level,
     severity,
     o_message AS message,
     -- Labels from the shipper's input first, then the container stream, then what the
     -- line itself says (which wins a clash), then the parse flags.
-    CASE WHEN labels IS NULL AND wrap_stream IS NULL AND NOT coalesce(implausible, FALSE) AND fmt2 <> 'text'
+    CASE WHEN labels IS NULL AND wrap_stream IS NULL AND NOT coalesce(implausible, TRUE) AND NOT unmatched
+              AND NOT inherited AND (coalesce(o_host, '') IN ('', host) OR host = '')
          THEN o_attrs
+         -- (a line without the word cannot have an agent.host of its own to clash with)
+         WHEN labels IS NULL AND wrap_stream IS NULL AND NOT coalesce(implausible, TRUE) AND NOT unmatched
+              AND NOT inherited AND NOT contains(line, 'agent')
+         THEN list_prepend({{'key': 'agent.host', 'value': host}}, o_attrs)
          ELSE ll_last_wins(list_concat(
              CASE WHEN labels IS NULL THEN []::{ATTRS_TYPE} ELSE CAST(map_entries(labels) AS {ATTRS_TYPE}) END,
              CASE WHEN wrap_stream IS NULL THEN []::{ATTRS_TYPE} ELSE [{{'key': 'stream', 'value': wrap_stream}}] END,
+             CASE WHEN coalesce(o_host, '') IN ('', host) OR host = '' THEN []::{ATTRS_TYPE}
+                  ELSE [{{'key': 'agent.host', 'value': host}}] END,
              o_attrs,
              CASE WHEN implausible THEN [{{'key': 'ts_parse', 'value': 'fallback'}},
                                          {{'key': 'ts_original', 'value': CAST(parsed_ts AS VARCHAR)}}]
+                  WHEN inherited THEN [{{'key': 'ts_parse', 'value': 'inherited'}}]
+                  -- A line its source's configured format did not read: parsed as text, and said so.
+                  WHEN unmatched AND parsed_ts IS NULL
+                  THEN [{{'key': 'ts_parse', 'value': 'observed'}}, {{'key': 'format', 'value': 'unmatched'}}]
+                  WHEN unmatched THEN [{{'key': 'format', 'value': 'unmatched'}}]
                   WHEN fmt2 = 'text' AND parsed_ts IS NULL AND severity = 0
-                  THEN [{{'key': 'format', 'value': 'unknown'}}]
+                  THEN [{{'key': 'ts_parse', 'value': 'observed'}}, {{'key': 'format', 'value': 'unknown'}}]
+                  -- The time was not read from the line: say so.
+                  WHEN parsed_ts IS NULL THEN [{{'key': 'ts_parse', 'value': 'observed'}}]
                   ELSE []::{ATTRS_TYPE} END)) END AS attrs,
     o_trace_id AS trace_id,
-    o_span_id AS span_id
+    o_span_id AS span_id,
+    -- The line as received: head || message when the message is its tail, else the line itself
+    -- (see storage.schema.ORIGINAL_LINE), with the message's text in it stored once, in message.
+    CASE WHEN o_message IS DISTINCT FROM line AND ends_with(line, o_message)
+         THEN left(line, length(line) - length(o_message)) END AS head,
+    CASE WHEN ends_with(line, o_message) THEN NULL
+         -- The compiled pass's shape: the values the columns hold left out (storage/lines.py).
+         WHEN shape IS NOT NULL THEN shape
+         WHEN quoted > 0 THEN left(line, quoted) || chr(2) || substr(line, quoted + 1 + length(o_message))
+         ELSE line END AS raw
 FROM r
 """
     # A record with a hundred thousand keys would make every later scan of the map pay for it.
@@ -236,6 +288,12 @@ class Normaliser:
                 self.con.execute("SELECT regexp_matches('', ?)", [p])
             except duckdb.Error as e:
                 raise pattern.PatternError(f"pattern {i} ({p!r}) is not valid RE2: {e}") from None
+        for i, f in enumerate(self.settings.pattern_ts_formats):
+            try:
+                if f:
+                    self.con.execute("SELECT try_strptime('', ?)", [f])
+            except duckdb.Error as e:
+                raise pattern.PatternError(f"pattern {i}'s ts_format {f!r} is not a strptime format: {e}") from None
         # Labels, then what the line says: on a clash the later entry stays.
         self.con.execute("""CREATE OR REPLACE MACRO ll_last_wins(l) AS
             CASE WHEN list_unique(list_transform(l, e -> e.key)) = len(l) THEN l
@@ -248,13 +306,20 @@ class Normaliser:
         # Twice: a renamed key can meet one the line already had under that name.
         self.con.execute("""CREATE OR REPLACE MACRO ll_dedupe(l) AS ll_dedupe_once(ll_dedupe_once(l))""")
         self.route_sql, self.parse_sql = build_sql(self.settings)
+        # Only batches with lines to inherit a time pay for the window it takes.
+        self.inherit_sql = build_sql(self.settings, inherit=True)[1]
         # (parser name, its compiled pre-pass) for the parsers that have one
         self.native = [(p.name, p.native) for p in DETECTED if p.native is not None]
+        #: Learned layouts of the text sources this normaliser has seen.
+        self.sources = SourceBook()
 
-    def __call__(self, raw: pa.Table) -> pa.Table:
-        self.con.register("c", self._pre_pass(self._route(raw)))
+    def __call__(self, raw: pa.Table, tenant: str = "") -> pa.Table:
+        """``raw``'s records; ``tenant`` keeps its sources' learned layouts apart from other tenants'."""
+        c = self._pre_pass(self._route(raw), tenant)
+        self.con.register("c", c)
         try:
-            out = self.con.execute(self.parse_sql).to_arrow_table()
+            inherit = pc.any(c.column("l_cont")).as_py()
+            out = self.con.execute(self.inherit_sql if inherit else self.parse_sql).to_arrow_table()
         finally:
             self.con.unregister("c")
         # The attributes come out as a list of key/value pairs; as a map they are the same buffers.
@@ -277,11 +342,11 @@ class Normaliser:
         line = raw.column("line") if unwrapped.null_count == len(unwrapped) else \
             pc.coalesce(unwrapped, raw.column("line"))
         routed = routed.drop_columns(["unwrapped"]).append_column("line", line)
-        for name in ("observed_ts", "service", "host", "source", "labels"):
+        for name in ("observed_ts", "service", "host", "source", "labels", "zone"):
             routed = routed.append_column(name, raw.column(name))
         return routed
 
-    def _pre_pass(self, routed: pa.Table) -> pa.Table:
+    def _pre_pass(self, routed: pa.Table, tenant: str = "") -> pa.Table:
         """``routed`` plus the compiled pre-passes' columns, each over its own parser's rows."""
         lines, fmt = _one_chunk(routed.column("line")), _one_chunk(routed.column("fmt"))
         if lines.type != pa.string():
@@ -290,7 +355,21 @@ class Normaliser:
             selected = pc.fill_null(pc.equal(fmt, parser), False).to_numpy(zero_copy_only=False)
             for name, column in pre_pass(lines, selected).items():
                 routed = routed.append_column(f"p_{parser}_{name}", column)
-        return routed
+        # Plain text is read with its source's learned layout.
+        text = pc.fill_null(pc.equal(fmt, "text"), False).to_numpy(zero_copy_only=False)
+        keys = pc.binary_join_element_wise(pa.scalar(tenant),
+                                           _one_chunk(routed.column("service")).cast(pa.string()),
+                                           _one_chunk(routed.column("source")).cast(pa.string()), "\x1f")
+        learned = self.sources.columns(lines, keys, text)
+        for part in PARTS:
+            routed = routed.append_column(f"l_{part}", learned.get(f"l_{part}", pa.nulls(len(lines), pa.string())))
+        routed = routed.append_column("l_timeonly", learned.get("l_timeonly", pa.nulls(len(lines), pa.bool_())))
+        # A line its source's layout did not read at all may continue the line before it.
+        cont = learned.get("l_layout")
+        cont = pc.and_(pc.is_valid(cont), pc.is_null(learned["l_msg"])) if cont is not None else \
+            pa.array(np.zeros(len(lines), dtype=bool))
+        routed = routed.append_column("l_cont", pc.fill_null(cont, False))
+        return routed.append_column("rn", pa.array(np.arange(len(lines), dtype=np.int64)))
 
     def close(self) -> None:
         self.con.close()
@@ -301,14 +380,15 @@ def _one_chunk(column: pa.ChunkedArray) -> pa.Array:
     return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
 
 
-def normalise_safely(normaliser: Normaliser, raw: pa.Table) -> tuple[pa.Table, list[tuple[int, str]]]:
+def normalise_safely(normaliser: Normaliser, raw: pa.Table,
+                     tenant: str = "") -> tuple[pa.Table, list[tuple[int, str]]]:
     """Like calling ``normaliser``, but a row it fails on is set aside instead of failing the batch.
 
     The batch is halved until the failing rows are alone; returns the records
     of the others and (row index, error) for each failed row.
     """
     try:
-        return normaliser(raw), []
+        return normaliser(raw, tenant), []
     except (duckdb.OutOfMemoryException, duckdb.InterruptException):
         raise                       # not the data's fault: the flush fails and is retried
     except duckdb.Error as e:
@@ -317,6 +397,6 @@ def normalise_safely(normaliser: Normaliser, raw: pa.Table) -> tuple[pa.Table, l
         log.warning("normalising failed; looking for the rows at fault", extra={"rows": raw.num_rows,
                                                                               "reason": str(e)[:200]})
     half = raw.num_rows // 2
-    left, bad_left = normalise_safely(normaliser, raw.slice(0, half))
-    right, bad_right = normalise_safely(normaliser, raw.slice(half))
+    left, bad_left = normalise_safely(normaliser, raw.slice(0, half), tenant)
+    right, bad_right = normalise_safely(normaliser, raw.slice(half), tenant)
     return pa.concat_tables([left, right]), bad_left + [(i + half, err) for i, err in bad_right]

@@ -23,7 +23,7 @@ from ingest.batch import RecordRun
 from ingest.buffers import IngestState, PartitionBuffer, fingerprint
 from ingest.deadletters import DeadLetter, Reason
 from ingest.marks import add_range, drop_stored
-from loglake.core.config import Config, SourceFormat, TopicInput
+from loglake.core.config import Config, SourceFormat, TopicInput, check_timezone
 from loglake.core.frame import FrameError, FrameMeta, decode_frame
 from storage.errors import StorageError
 from storage.segments import check_tenant
@@ -43,6 +43,7 @@ class RecordRouter:
         self.inputs: dict[str, TopicInput] = {t.name: t for t in cfg.ingest.topics}
         self.state = state
         self._formats: dict[tuple[str, str, str], str] = {}
+        self._zones: dict[tuple[str, str, str, str], str] = {}
 
     # -- configuration ---------------------------------------------------------
 
@@ -58,6 +59,23 @@ class RecordRouter:
                 patterns += rule.format == "pattern"
             self._formats[key] = "" if fmt == "auto" else fmt
         return self._formats[key]
+
+    def zone_for(self, topic: str, service: str, source: str, sent: str = "") -> str:
+        """The zone of a source's zone-less times ("" for the default): the first matching format rule's,
+        else the one its shipper sent (when it names a zone), else its topic's."""
+        key = (topic, service, source, sent)
+        if key not in self._zones:
+            zone = next((r.timezone for r in self.ingest.formats
+                         if r.timezone and _matches(r, topic, service, source)), "")
+            if not zone and sent:
+                try:
+                    zone = check_timezone(sent)
+                except ValueError:
+                    log.warning("a frame names an unknown time zone; using the default", extra={"zone": sent[:64]})
+            if not zone and topic in self.inputs:
+                zone = self.inputs[topic].timezone
+            self._zones[key] = zone
+        return self._zones[key]
 
     def _pinned(self, topic: str) -> str:
         """The tenant configured for ``topic`` ("" when it has none)."""
@@ -144,7 +162,8 @@ class RecordRouter:
         if meta.truncated_from:
             meta = replace(meta, labels={**meta.labels, "truncated": "true",
                                          "original_length": str(meta.truncated_from)})
-        buf.runs.append((tenant, RecordRun(meta, records, self.format_for(topic, meta.service, meta.source))))
+        buf.runs.append((tenant, RecordRun(meta, records, self.format_for(topic, meta.service, meta.source),
+                                           zone=self.zone_for(topic, meta.service, meta.source, meta.timezone))))
         buf.rows += len(records)
         buf.bytes += records.nbytes
 
@@ -206,7 +225,8 @@ class RecordRouter:
                              first_offset=0, end_offset=0, observed_us=0, count=len(p.values))
             runs.append((tenant, RecordRun(meta, pa.array(p.values, pa.binary()),
                                            self.format_for(topic, service, source),
-                                           observed_us=np.asarray(p.observed_ms, dtype=np.int64) * 1000)))
+                                           observed_us=np.asarray(p.observed_ms, dtype=np.int64) * 1000,
+                                           zone=self.zone_for(topic, service, source))))
         return runs
 
 

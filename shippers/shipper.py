@@ -127,7 +127,8 @@ class Shipper:
                     service=self.service_for(w), tenant=self.files.inputs[w.input_index].cfg.tenant,
                     first_offset=chunk.first_offset, end_offset=chunk.end_offset,
                     observed_us=time.time_ns() // 1000, count=n, labels=self.labels_for(w),
-                    truncated_from=chunk.truncated_from, wrapper=w.wrapper)
+                    truncated_from=chunk.truncated_from, wrapper=w.wrapper,
+                    timezone=self.files.inputs[w.input_index].cfg.timezone)
                 if chunk.truncated_from:
                     self.stats["truncated_lines"] += 1
                     log.warning("line longer than max_line_bytes truncated",

@@ -19,7 +19,12 @@ RECORD_SCHEMA = pa.schema([
     pa.field("attrs", pa.map_(pa.string(), pa.string())),
     pa.field("trace_id", pa.string()),
     pa.field("span_id", pa.string()),
+    # The original line (storage/lines.py): head || message when the message is the line's tail,
+    # else (structured records) raw with the columns' values put back.
+    pa.field("head", pa.string()),
+    pa.field("raw", pa.string()),
 ])
+
 
 COLUMNS: tuple[str, ...] = tuple(RECORD_SCHEMA.names)
 #: Columns a query may compare as text.

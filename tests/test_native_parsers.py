@@ -35,8 +35,8 @@ PARSED, DEFER = 1, 2
 class SqlOnly(Normaliser):
     """A normaliser whose compiled pre-passes take no line: the SQL steps parse them all."""
 
-    def _pre_pass(self, routed: pa.Table) -> pa.Table:
-        out = super()._pre_pass(routed)
+    def _pre_pass(self, routed: pa.Table, tenant: str = "") -> pa.Table:
+        out = super()._pre_pass(routed, tenant)
         for name in ("p_json_status", "p_clf_status"):
             i = out.schema.get_field_index(name)
             out = out.set_column(i, name, pa.array(np.full(out.num_rows, DEFER, np.int8)))
@@ -106,7 +106,11 @@ def test_json_records_equal_the_sql_parsers(both: tuple[Normaliser, Normaliser],
                                             style: str) -> None:
     lines = [_DUMPS[style](o) for o in objs]
     native, sql = both
-    _assert_same(_records(native, lines), _records(sql, lines))
+    native_rows, sql_rows = _records(native, lines), _records(sql, lines)
+    _assert_same(native_rows, sql_rows)
+    # Either way, each row gives back the line it was made from.
+    assert [normalising.original(r) for r in native_rows] == lines
+    assert [normalising.original(r) for r in sql_rows] == lines
 
 
 def test_json_lines_the_compiled_pass_takes_and_leaves() -> None:
@@ -134,7 +138,8 @@ def test_json_numbers_keep_their_text(both: tuple[Normaliser, Normaliser]) -> No
     native, sql = both
     line = '{"msg":"m","a":1.50,"b":1e3,"c":123456789012345678901234567890}'
     assert normalising.attrs(_records(native, [line])[0]) == {"a": "1.50", "b": "1e3",
-                                                              "c": "123456789012345678901234567890"}
+                                                              "c": "123456789012345678901234567890",
+                                                              "ts_parse": "observed"}
     # The SQL parser (which a line the compiled pass leaves still goes through) rewrites them.
     assert normalising.attrs(_records(sql, [line])[0])["a"] == "1.5"
 

@@ -16,19 +16,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ingest.normalise import RAW_SCHEMA, Normaliser
+from ingest.parsers import json as json_parser
+from ingest.sources import SourceBook
 from storage.schema import RECORD_SCHEMA, SEVERITY
 from tests.helpers import normalising
 
 OBSERVED = datetime(2031, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)
 LOGHUB = Path(__file__).resolve().parents[2] / "shared" / "data" / "loghub"   # beside the checkout, never copied in
 
-WELL_KNOWN = frozenset({
-    "@timestamp", "timestamp", "time", "ts", "t",
-    "level", "severity", "lvl", "loglevel",
-    "message", "msg", "log",
-    "service", "service.name", "app",
-    "trace_id", "traceId", "span_id", "spanId",
-})
+WELL_KNOWN = frozenset(json_parser.TS_KEYS + json_parser.LEVEL_KEYS + json_parser.MESSAGE_KEYS
+                       + json_parser.SERVICE_KEYS + json_parser.TRACE_KEYS + json_parser.SPAN_KEYS
+                       + json_parser.HOST_KEYS)
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +40,15 @@ raw = partial(normalising.raw, observed=OBSERVED)
 parse_all = partial(normalising.parse_all, observed=OBSERVED)
 parse = partial(normalising.parse, observed=OBSERVED)
 attrs = normalising.attrs
+original = normalising.original
+OBSERVED_FLAG = normalising.OBSERVED_FLAG
+
+
+@pytest.fixture(autouse=True)
+def _sources_of_their_own(con: Normaliser) -> None:
+    # Every test's lines come from the same file: each test starts it afresh, so the layout it
+    # checks is learned from its own lines, not from the shapes of the tests run before it.
+    con.sources = SourceBook()
 
 
 def utc(*args: int) -> datetime:
@@ -54,7 +61,8 @@ def utc(*args: int) -> datetime:
 def test_output_keeps_order_host_source_and_observed(con: Normaliser) -> None:
     lines = ["first", '{"msg":"second"}', "2024-01-01 00:00:00 INFO third"]
     rows = parse_all(con, lines)
-    assert [r["message"] for r in rows] == ["first", "second", lines[2]]
+    assert [r["message"] for r in rows] == ["first", "second", "third"]
+    assert [original(r) for r in rows] == lines
     assert {(r["host"], r["source"], r["observed_ts"]) for r in rows} == {("host-1", "/var/log/x.log", OBSERVED)}
 
 
@@ -126,13 +134,13 @@ def test_json_epoch_times_by_magnitude(con: Normaliser, value: float | str, expe
 def test_json_unparsable_time_is_kept_in_attrs_and_ts_is_observed(con: Normaliser, bad: str) -> None:
     row = parse(con, {"time": bad, "msg": "m"})
     assert row["ts"] == OBSERVED
-    assert attrs(row) == {"time": bad}
+    assert attrs(row) == {"time": bad} | OBSERVED_FLAG
 
 
 def test_json_unparsable_time_of_another_type_is_kept_in_attrs(con: Normaliser) -> None:
     row = parse(con, {"timestamp": [1, 2], "msg": "m"})
     assert row["ts"] == OBSERVED
-    assert attrs(row) == {"timestamp": "[1,2]"}
+    assert attrs(row) == {"timestamp": "[1,2]"} | OBSERVED_FLAG
 
 
 @pytest.mark.parametrize("key", ["level", "severity", "lvl", "loglevel"])
@@ -145,7 +153,7 @@ def test_json_level_key_with_a_normalised_name_leaves_attrs(con: Normaliser, key
     row = parse(con, {key: value, "msg": "m"})
     assert row["level"] == level
     assert row["severity"] == SEVERITY[level]
-    assert attrs(row) == {}
+    assert attrs(row) == OBSERVED_FLAG
 
 
 @pytest.mark.parametrize("key", ["level", "severity", "lvl", "loglevel"])
@@ -159,14 +167,17 @@ def test_json_level_key_with_another_value_stays_in_attrs(con: Normaliser, key: 
     row = parse(con, {key: value, "msg": "m"})
     assert row["level"] == level
     assert row["severity"] == severity
-    assert attrs(row) == {key: str(value)}
+    assert attrs(row) == {key: str(value)} | OBSERVED_FLAG
 
 
 @pytest.mark.parametrize("key", ["message", "msg", "log"])
 def test_json_message_keys(con: Normaliser, key: str) -> None:
-    row = parse(con, {key: "hello \"world\"\n\tüñí", "other": "x"})
+    obj = {key: "hello \"world\"\n\tüñí", "other": "x"}
+    row = parse(con, obj)
     assert row["message"] == "hello \"world\"\n\tüñí"
-    assert attrs(row) == {"other": "x"}
+    assert attrs(row) == {"other": "x"} | OBSERVED_FLAG
+    # The message is not the line's tail: the line is kept whole.
+    assert row["raw"] is not None and original(row) == orjson.dumps(obj).decode()
 
 
 @pytest.mark.parametrize(("value", "text"), [
@@ -175,7 +186,7 @@ def test_json_message_keys(con: Normaliser, key: str) -> None:
 def test_json_non_string_message_is_its_json_text(con: Normaliser, value: Any, text: str) -> None:
     row = parse(con, {"message": value})
     assert row["message"] == text
-    assert attrs(row) == {}
+    assert attrs(row) == OBSERVED_FLAG
 
 
 @pytest.mark.parametrize(("obj", "flat"), [
@@ -188,22 +199,22 @@ def test_json_message_key_holding_an_object_is_flattened_like_any_other(con: Nor
     # Flattening comes first: the message key is gone, so the message is the whole line.
     line = orjson.dumps(obj).decode()
     row = parse(con, line)
-    assert row["message"] == line
-    assert attrs(row) == flat
+    assert row["message"] == original(row) == line
+    assert attrs(row) == flat | OBSERVED_FLAG
 
 
 def test_json_without_a_message_key_keeps_the_line(con: Normaliser) -> None:
     line = '{"a":1,"b":"two"}'
     row = parse(con, line)
-    assert row["message"] == line
-    assert attrs(row) == {"a": "1", "b": "two"}
+    assert row["message"] == original(row) == line
+    assert attrs(row) == {"a": "1", "b": "two"} | OBSERVED_FLAG
 
 
 @pytest.mark.parametrize("key", ["service", "service.name", "app"])
 def test_json_service_keys_override_the_file_service(con: Normaliser, key: str) -> None:
     row = parse(con, {key: "checkout", "msg": "m"})
     assert row["service"] == "checkout"
-    assert attrs(row) == {}
+    assert attrs(row) == OBSERVED_FLAG
 
 
 def test_json_without_service_keeps_the_file_service(con: Normaliser) -> None:
@@ -215,7 +226,7 @@ def test_json_trace_and_span_ids(con: Normaliser, trace_key: str, span_key: str)
     row = parse(con, {trace_key: "4bf92f3577b34da6a3ce929d0e0e4736", span_key: "00f067aa0ba902b7", "msg": "m"})
     assert row["trace_id"] == "4bf92f3577b34da6a3ce929d0e0e4736"
     assert row["span_id"] == "00f067aa0ba902b7"
-    assert attrs(row) == {}
+    assert attrs(row) == OBSERVED_FLAG
 
 
 def test_json_without_ids_has_null_trace_and_span(con: Normaliser) -> None:
@@ -228,13 +239,13 @@ def test_json_other_keys_are_attrs_with_nested_objects_flattened_and_arrays_as_j
     row = parse(con, {"msg": "m", "user": "ann", "n": 5, "f": 2.5, "ok": False,
                       "ctx": {"req": {"id": 7}, "tags": ["a", "b"]}, "list": [1, {"x": None}]})
     assert attrs(row) == {"user": "ann", "n": "5", "f": "2.5", "ok": "false",
-                          "ctx.req.id": "7", "ctx.tags": '["a","b"]', "list": '[1,{"x":null}]'}
+                          "ctx.req.id": "7", "ctx.tags": '["a","b"]', "list": '[1,{"x":null}]'} | OBSERVED_FLAG
     assert row["message"] == "m"
 
 
 def test_json_null_is_a_null_attr_and_an_empty_object_stays_json_text(con: Normaliser) -> None:
     row = parse(con, {"msg": "m", "n": None, "e": {}, "deep": {"n": None, "e": {}}})
-    assert row["attrs"] == [("n", None), ("e", "{}"), ("deep.n", None), ("deep.e", "{}")]
+    assert row["attrs"] == [("n", None), ("e", "{}"), ("deep.n", None), ("deep.e", "{}"), ("ts_parse", "observed")]
 
 
 @pytest.mark.parametrize(("line", "expected"), [
@@ -246,26 +257,29 @@ def test_json_null_is_a_null_attr_and_an_empty_object_stays_json_text(con: Norma
 def test_json_repeated_keys_get_their_position_appended(con: Normaliser, line: str,
                                                         expected: list[tuple[str, str]]) -> None:
     row = parse(con, line)
-    assert row["attrs"] == expected
+    assert row["attrs"] == [*expected, ("ts_parse", "observed")]
 
 
 def test_json_full_record(con: Normaliser) -> None:
-    row = parse(con, {"@timestamp": "2024-03-04T05:06:07.123+01:00", "severity": "ERROR", "msg": "boom",
-                      "service.name": "pay", "traceId": "t1", "spanId": "s1", "code": 500})
+    obj = {"@timestamp": "2024-03-04T05:06:07.123+01:00", "severity": "ERROR", "msg": "boom",
+           "service.name": "pay", "traceId": "t1", "spanId": "s1", "code": 500}
+    row = parse(con, obj)
     assert row == {
         "ts": utc(2024, 3, 4, 4, 6, 7, 123000), "observed_ts": OBSERVED, "service": "pay", "host": "host-1",
         "source": "/var/log/x.log", "level": "error", "severity": SEVERITY["error"], "message": "boom",
         "attrs": [("code", "500")], "trace_id": "t1", "span_id": "s1",
+        "head": None, "raw": row["raw"],
     }
+    assert original(row) == orjson.dumps(obj).decode()
 
 
 @pytest.mark.parametrize("line", ["[1, 2, 3]", '"just a string"', "{not json", "{}x"])
 def test_lines_that_are_not_json_objects_are_plain_text(con: Normaliser, line: str) -> None:
     row = parse(con, line)
-    assert row["message"] == line
+    assert row["message"] == original(row) == line
     assert row["level"] == "unknown"
     assert row["ts"] == OBSERVED
-    assert attrs(row) == {"format": "unknown"}
+    assert attrs(row) == {"ts_parse": "observed", "format": "unknown"}
 
 
 # The empty key is left to its own test below, so the property explores every other key.
@@ -280,22 +294,22 @@ def test_any_flat_json_object_keeps_every_key_in_attrs(con: Normaliser,
                                                         obj: dict[str, str | int]) -> None:
     row = parse(con, orjson.dumps(obj).decode())
     expected = {k: v if isinstance(v, str) else str(v) for k, v in obj.items()}
-    assert attrs(row) == expected
-    assert row["message"] == orjson.dumps(obj).decode()
+    assert attrs(row) == expected | OBSERVED_FLAG
+    assert row["message"] == original(row) == orjson.dumps(obj).decode()
     assert row["ts"] == OBSERVED
 
 
 @pytest.mark.parametrize("obj", [{"": "v"}, {"": 1, "msg": "m", "level": "info"}])
 def test_json_empty_key_is_kept_in_attrs(con: Normaliser, obj: dict[str, Any]) -> None:
     row = parse(con, obj)
-    assert attrs(row) == {"": str(obj[""])}
+    assert attrs(row) == {"": str(obj[""])} | OBSERVED_FLAG
 
 
 # -- plain text with a leading timestamp --------------------------------------------
 
 
 @pytest.mark.parametrize(("line", "ts"), [
-    ("2024-03-04 05:06:07,123 INFO [main] c.e.Worker - started", utc(2024, 3, 4, 5, 6, 7, 123000)),
+    ("2024-03-04 05:06:07,123 INFO [main] c.e.Worker - ready", utc(2024, 3, 4, 5, 6, 7, 123000)),
     ("2024-03-04 05:06:07.123 INFO started", utc(2024, 3, 4, 5, 6, 7, 123000)),
     ("2024-03-04 05:06:07 INFO started", utc(2024, 3, 4, 5, 6, 7)),
     ("2024-03-04T05:06:07Z INFO started", utc(2024, 3, 4, 5, 6, 7)),
@@ -310,7 +324,9 @@ def test_plain_line_leading_timestamp(con: Normaliser, line: str, ts: datetime) 
     row = parse(con, line)
     assert row["ts"] == ts
     assert row["level"] == "info"
-    assert row["message"] == line
+    # The message follows the header (time, level, thread); the line is the header and the message.
+    assert row["message"] == ("c.e.Worker - ready" if line.endswith("ready") else "started")
+    assert original(row) == line and row["raw"] is None
     assert attrs(row) == {}
 
 
@@ -318,27 +334,33 @@ def test_plain_line_leading_timestamp(con: Normaliser, line: str, ts: datetime) 
     ("INFO", "info"), ("WARN", "warn"), ("WARNING", "warn"), ("ERROR", "error"), ("DEBUG", "debug"),
     ("FATAL", "fatal"), ("CRITICAL", "fatal"), ("TRACE", "trace"),
 ])
-@pytest.mark.parametrize("shape", ["{ts} {w} request handled", "{ts} [{w}] request handled",
-                                   "{ts} - {w}  [main:Thing@1] - request handled", "{ts} [main] {w}: handled"])
-def test_plain_line_level_words(con: Normaliser, word: str, level: str, shape: str) -> None:
+@pytest.mark.parametrize(("shape", "message"), [
+    ("{ts} {w} request handled", "request handled"), ("{ts} [{w}] request handled", "request handled"),
+    ("{ts} - {w}  [main:Thing@1] - request handled", "request handled"), ("{ts} [main] {w}: handled", "handled"),
+])
+def test_plain_line_level_words(con: Normaliser, word: str, level: str, shape: str, message: str) -> None:
     line = shape.format(ts="2024-03-04 05:06:07,123", w=word)
     row = parse(con, line)
     assert row["level"] == level
     assert row["severity"] == SEVERITY[level]
-    assert row["message"] == line
+    assert row["message"] == message
+    assert original(row) == line
     assert row["ts"] == utc(2024, 3, 4, 5, 6, 7, 123000)
 
 
 def test_plain_line_level_word_must_be_a_whole_word(con: Normaliser) -> None:
-    row = parse(con, "2024-03-04 05:06:07 INFORMATIONAL ERRORS happened")
+    row = parse(con, "2024-03-04 05:06:07 INFOS ERRORS happened")
     assert row["level"] == "unknown"
     assert row["ts"] == utc(2024, 3, 4, 5, 6, 7)
+    assert row["message"] == "INFOS ERRORS happened"
 
 
 def test_plain_line_without_a_level_word_is_unknown_but_keeps_its_ts(con: Normaliser) -> None:
     row = parse(con, "2024-03-04 05:06:07 something happened")
     assert row["level"] == "unknown" and row["severity"] == 0
     assert row["ts"] == utc(2024, 3, 4, 5, 6, 7)
+    assert row["message"] == "something happened" and original(row) == "2024-03-04 05:06:07 something happened"
+    assert attrs(row) == {}
 
 
 # -- access logs ---------------------------------------------------------------------
@@ -349,7 +371,7 @@ def test_common_log_format(con: Normaliser) -> None:
     row = parse(con, line)
     assert row["ts"] == utc(2000, 10, 10, 20, 55, 36)
     assert row["level"] == "info"
-    assert row["message"] == line
+    assert row["message"] == original(row) == line
     assert attrs(row) == {"client.ip": "127.0.0.1", "http.user": "frank", "http.method": "GET",
                           "http.path": "/apache_pb.gif", "http.status": "200", "http.bytes": "2326"}
 
@@ -359,7 +381,7 @@ def test_combined_log_format(con: Normaliser) -> None:
             '"https://shop.example/cart" "Mozilla/5.0 (X11; Linux x86_64)"')
     row = parse(con, line)
     assert row["ts"] == utc(2024, 3, 4, 4, 6, 7)
-    assert row["message"] == line
+    assert row["message"] == original(row) == line
     assert attrs(row) == {"client.ip": "10.1.2.3", "http.method": "POST", "http.path": "/api/v1/pay?x=1",
                           "http.status": "201", "http.bytes": "512", "http.referer": "https://shop.example/cart",
                           "http.user_agent": "Mozilla/5.0 (X11; Linux x86_64)"}
@@ -390,11 +412,11 @@ def test_access_log_level_from_status(con: Normaliser, status: int, level: str) 
 def test_line_in_no_format_is_whole_message_unknown_level_observed_ts(con: Normaliser,
                                                                       line: str) -> None:
     row = parse(con, line)
-    assert row["message"] == line
+    assert row["message"] == original(row) == line
     assert row["ts"] == OBSERVED
     assert row["level"] == "unknown" and row["severity"] == 0
     assert row["service"] == "file-svc"
-    assert attrs(row) == {"format": "unknown"}
+    assert attrs(row) == {"ts_parse": "observed", "format": "unknown"}
     assert row["trace_id"] is None and row["span_id"] is None
 
 
@@ -403,8 +425,8 @@ def test_level_word_without_a_timestamp_sets_the_level_and_ts_is_observed(
     row = parse(con, "ERROR something broke")
     assert row["level"] == "error"
     assert row["ts"] == OBSERVED
-    assert row["message"] == "ERROR something broke"
-    assert attrs(row) == {}          # a level was found: not flagged format=unknown
+    assert row["message"] == original(row) == "ERROR something broke"
+    assert attrs(row) == OBSERVED_FLAG          # a level was found: not flagged format=unknown
 
 
 def test_observed_ts_is_per_row(con: Normaliser) -> None:
@@ -450,9 +472,9 @@ def test_loghub_levels_match_the_structured_csv(con: Normaliser, name: str) -> N
 def test_shipper_labels_join_the_attrs_and_the_line_wins_a_clash(con: Normaliser) -> None:
     out = con(raw(['{"msg": "m", "env": "from-line"}', "plain text"],
                              labels={"env": "prod", "team": "payments"})).to_pylist()
-    assert dict(out[0]["attrs"]) == {"env": "from-line", "team": "payments"}
-    # The plain line is in no format: the flag comes after the labels.
-    assert out[1]["attrs"] == [("env", "prod"), ("team", "payments"), ("format", "unknown")]
+    assert dict(out[0]["attrs"]) == {"env": "from-line", "team": "payments"} | OBSERVED_FLAG
+    # The plain line is in no format: the flags come after the labels.
+    assert out[1]["attrs"] == [("env", "prod"), ("team", "payments"), ("ts_parse", "observed"), ("format", "unknown")]
 
 
 def test_cri_lines_are_unwrapped_joined_and_parsed_again(con: Normaliser) -> None:
@@ -471,7 +493,8 @@ def test_docker_json_file_lines_are_unwrapped_and_partials_joined(con: Normalise
              '{"log":"part one ","stream":"stderr","time":"2026-11-01T10:00:10Z"}\n'
              '{"log":"part two\\n","stream":"stderr","time":"2026-11-01T10:00:10Z"}']
     out = con(raw(lines, wrapper="docker")).to_pylist()
-    assert out[0]["message"] == "2026-11-01 10:00:00,000 WARN x - disk" and out[0]["level"] == "warn"
+    assert out[0]["message"] == "x - disk" and out[0]["level"] == "warn"
+    assert original(out[0]) == "2026-11-01 10:00:00,000 WARN x - disk"
     assert out[0]["ts"] == datetime(2026, 11, 1, 10, 0, tzinfo=UTC)
     assert out[1]["message"] == "part one part two" and dict(out[1]["attrs"]) == {"stream": "stderr"}
     assert out[1]["ts"] == datetime(2026, 11, 1, 10, 0, 10, tzinfo=UTC)
@@ -486,6 +509,6 @@ def test_invalid_utf8_is_replaced_and_the_row_flagged(con: Normaliser) -> None:
     out = con(raw_table([RecordRun(meta, records)])).to_pylist()
     # Neither line has a timestamp or a level word, so both are also flagged format=unknown.
     assert out[0]["message"] == "fine line"
-    assert dict(out[0]["attrs"]) == {"env": "prod", "format": "unknown"}
+    assert dict(out[0]["attrs"]) == {"env": "prod", "ts_parse": "observed", "format": "unknown"}
     assert out[1]["message"] == "bad \ufffd\ufffd bytes"
-    assert dict(out[1]["attrs"]) == {"env": "prod", "invalid_utf8": "true", "format": "unknown"}
+    assert dict(out[1]["attrs"]) == {"env": "prod", "invalid_utf8": "true", "ts_parse": "observed", "format": "unknown"}

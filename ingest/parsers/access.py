@@ -53,7 +53,7 @@ def native_fields(lines: pa.StringArray, selected: np.ndarray) -> dict[str, pa.A
 
 PARSER = Parser(
     name="clf",
-    detect=r"regexp_matches(line, '^\S+ \S+ \S+ \[\d')",
+    detect=r"regexp_matches(line, '^\S+ \S+ \S+ \[\d{2}/\w{3}/\d{4}:')",
     steps=(("m", f"CASE WHEN {{p}}_status = 1 THEN {{p}}_f ELSE regexp_extract(line, '{REGEX}', {list(GROUPS)}) END"),),
     ok="{p}_m.status <> ''",
     native=native_fields,

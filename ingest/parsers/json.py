@@ -24,13 +24,16 @@ from ingest import _native
 from ingest.levels import numeric_word_sql
 from ingest.parsers import ATTRS_TYPE, Parser, native_args, sql_str, strings
 
-TS_KEYS = ("@timestamp", "timestamp", "time", "ts", "t")
-LEVEL_KEYS = ("level", "severity", "lvl", "loglevel")
-MESSAGE_KEYS = ("message", "msg", "log")
+# Nested ones too, as flattening names them: MongoDB's {"t": {"$date": ...}}, ECS's {"log": {"level": ...}}.
+TS_KEYS = ("@timestamp", "timestamp", "time", "ts", "t", "t.$date", "timestamp.$date", "time.$date", "@t",
+           "datetime", "eventTime", "event.created", "timeMillis")
+LEVEL_KEYS = ("level", "severity", "lvl", "loglevel", "log.level", "levelname", "level_name", "severity_text",
+              "severityText", "@l", "s")
+MESSAGE_KEYS = ("message", "msg", "log", "@m", "short_message", "log.message", "message.text")
 SERVICE_KEYS = ("service", "service.name", "app")
 TRACE_KEYS = ("trace_id", "traceId")
 SPAN_KEYS = ("span_id", "spanId")
-HOST_KEYS = ("host", "hostname")
+HOST_KEYS = ("host", "hostname", "host.name", "host.hostname")
 MAX_DEPTH = 8
 
 _MAP = "'\"MAP(VARCHAR, JSON)\"'"
@@ -68,8 +71,9 @@ _GROUPS = [[k.encode() for k in keys] for keys in WELL_KNOWN.values()]
 
 def native_entries(lines: pa.StringArray, selected: np.ndarray) -> dict[str, pa.Array]:
     """The compiled flattening of the ``selected`` lines: ``status``, their entries ``c`` and
-    where their well-known keys are (``pos``, as the step ``k`` has them)."""
-    status, list_off, key_off, keys, val_off, vals, valid, positions = _native.json_entries(
+    where their well-known keys are (``pos``, as the step ``k`` has them), and each line's ``shape``
+    (the line with the values kept elsewhere left out: see :func:`storage.lines.original_line`)."""
+    status, list_off, key_off, keys, val_off, vals, valid, positions, shape_off, shape = _native.json_entries(
         *native_args(lines, selected), MAX_DEPTH, _GROUPS)
     m = len(valid)
     present = np.frombuffer(valid, np.uint8)
@@ -83,7 +87,10 @@ def native_entries(lines: pa.StringArray, selected: np.ndarray) -> dict[str, pa.
     pos = np.frombuffer(positions, np.int32).reshape(len(st), len(WELL_KNOWN))
     found = pa.StructArray.from_arrays([pa.array(pos[:, g], mask=pos[:, g] == 0) for g in range(len(WELL_KNOWN))],
                                        names=list(WELL_KNOWN))
-    return {"status": pa.array(st), "c": entries, "pos": found}
+    flattened = st == PARSED
+    shapes = strings(len(st), shape_off, shape, None if flattened.all() else
+                     pa.py_buffer(np.packbits(flattened, bitorder="little")), large=True)
+    return {"status": pa.array(st), "c": entries, "pos": found, "shape": shapes}
 
 
 def _flatten_steps() -> tuple[tuple[str, str], ...]:
@@ -147,7 +154,7 @@ PARSER = Parser(
                  "CASE WHEN lower({p}_v.lvl) IN ('trace', 'debug', 'info', 'warn', 'error', 'fatal') "
                  "     THEN {p}_k.lvl END, "
                  "{p}_k.msg, {p}_k.svc, {p}_k.trace, {p}_k.span, "
-                 "CASE WHEN host = '' THEN {p}_k.host END], x -> x IS NOT NULL)"),
+                 "CASE WHEN coalesce({p}_v.host, '') <> '' THEN {p}_k.host END], x -> x IS NOT NULL)"),
     ),
     ok="{p}_e IS NOT NULL",
     native=native_entries,

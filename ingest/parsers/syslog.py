@@ -14,7 +14,7 @@ from ingest.parsers.text import LEVEL_REGEX
 RFC5424 = r'^<(\d{1,3})>1 (\S+) (\S+) (\S+) (\S+) (\S+) (?:-|(?:\[(?:[^\]\\]|\\.)*\])+) ?(.*)$'
 RFC5424_GROUPS = ("pri", "time", "host", "app", "procid", "msgid", "msg")
 RFC3164 = (r'^(?:<(\d{1,3})>)?([A-Z][a-z]{2} [ \d]\d \d{2}:\d{2}:\d{2}|\d{4}-\d{2}-\d{2}T\S+) (\S+) '
-           r'(?:([^:\[\s]+)(?:\[(\d+)\])?: )?(.*)$')
+           r'(?:([^:\[\s]+(?: v?\d[\d.]*)?)(?:\[(\d+)\])?(?: \([^)\s]*\))?: )?(.*)$')
 RFC3164_GROUPS = ("pri", "time", "host", "app", "procid", "msg")
 
 
@@ -40,6 +40,8 @@ PARSER = Parser(
                f"nullif(regexp_extract(left(coalesce({{p}}_b.msg, {{p}}_m.msg), 64), '{LEVEL_REGEX}', 1), ''), "
                f"nullif(regexp_extract(left(coalesce({{p}}_b.msg, {{p}}_m.msg), 64), '{LEVEL_REGEX}', 2), ''))",
         "host": _nil("coalesce(nullif({p}_m.host, ''), {p}_b.host)"),
+        # The message is what follows the header (time, host, tag); the header stays in the line.
+        "message": "coalesce(nullif({p}_m.msg, ''), {p}_b.msg, line)",
         "attrs": attrs_sql([
             ("syslog.facility", "CAST({p}_pri // 8 AS VARCHAR)"),
             ("syslog.hostname", _nil("coalesce(nullif({p}_m.host, ''), {p}_b.host)")),

@@ -76,6 +76,15 @@ def _tenant_name(v: str) -> str:
 _TenantName = Annotated[str, AfterValidator(_tenant_name)]
 
 
+def check_timezone(v: str) -> str:
+    """``v`` if it is an IANA zone name; else a ValueError that says what to write."""
+    try:
+        zoneinfo.ZoneInfo(v)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {v!r} (use an IANA name such as UTC or Europe/Berlin)") from None
+    return v
+
+
 class KafkaConfig(_Section):
     """The Kafka cluster every component talks to, and the topic shippers write to."""
 
@@ -166,9 +175,16 @@ class _InputSettings(_Section):
     multiline: MultilineConfig | None = None
     #: Read rotated `.gz` files too (they are skipped by default).
     include_compressed: bool = False
+    #: Zone of the times these files write without one (IANA name); empty: the ingest default.
+    timezone: str = ""
     #: Container runtime wrapping: `auto` takes CRI under /var/log/pods or
     #: /var/log/containers and Docker for `*-json.log`, plain otherwise.
     format: Literal["auto", "plain", "cri", "docker"] = "auto"
+
+    @field_validator("timezone")
+    @classmethod
+    def _input_zone(cls, v: str) -> str:
+        return v and check_timezone(v)
 
     @field_validator("service_from_path")
     @classmethod
@@ -287,6 +303,12 @@ class SourceFormat(_Section):
                     "syslog5424", "text", "pattern"] = "auto"
     #: For `format = "pattern"`: a regex (RE2) with named groups (ts, level, message, ... or attributes).
     pattern: str = ""
+    #: For `format = "pattern"`: how to read the `ts` group, strptime-style (`%d.%m.%Y %H:%M:%S`);
+    #: empty: the layouts ingest knows. A `%z` in it reads a zone.
+    ts_format: str = ""
+    #: Zone of the times these sources write without one (IANA name); empty: the shipper input's,
+    #: else the topic's, else `ingest.default_timezone`.
+    timezone: str = ""
 
     @model_validator(mode="after")
     def _pattern(self) -> SourceFormat:
@@ -295,8 +317,12 @@ class SourceFormat(_Section):
                 group_names(self.pattern)
             except PatternError as e:
                 raise ValueError(str(e)) from None
-        elif self.pattern:
-            raise ValueError("pattern is only used with format = \"pattern\"")
+        elif self.pattern or self.ts_format:
+            raise ValueError("pattern and ts_format are only used with format = \"pattern\"")
+        if self.ts_format and "%" not in self.ts_format:
+            raise ValueError(f"ts_format {self.ts_format!r} has no % directive (strptime-style, as %Y-%m-%d)")
+        if self.timezone:
+            check_timezone(self.timezone)
         return self
 
 
@@ -308,6 +334,13 @@ class TopicInput(_Section):
     tenant: Annotated[str, AfterValidator(lambda v: v and _tenant_name(v))] = ""
     #: Service for records that do not name one.
     service: str = "unknown"
+    #: Zone of the times these records write without one (IANA name); empty: the ingest default.
+    timezone: str = ""
+
+    @field_validator("timezone")
+    @classmethod
+    def _topic_zone(cls, v: str) -> str:
+        return v and check_timezone(v)
 
 
 class IngestConfig(_Section):
@@ -343,15 +376,15 @@ class IngestConfig(_Section):
     @field_validator("default_timezone")
     @classmethod
     def _zone(cls, v: str) -> str:
-        try:
-            zoneinfo.ZoneInfo(v)
-        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown time zone {v!r} (use an IANA name such as UTC or Europe/Berlin)") from None
-        return v
+        return check_timezone(v)
 
     def patterns(self) -> tuple[str, ...]:
         """The user-defined patterns, in rule order (rule i's pattern is format `pattern<i>`)."""
         return tuple(f.pattern for f in self.formats if f.format == "pattern")
+
+    def pattern_ts_formats(self) -> tuple[str, ...]:
+        """Each user-defined pattern's `ts_format` ("" when it has none), in the order of `patterns()`."""
+        return tuple(f.ts_format for f in self.formats if f.format == "pattern")
 
 
 # -- storage/: the data root and catalog, compaction, retention, the maintenance process -----------

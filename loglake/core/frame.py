@@ -56,6 +56,8 @@ class FrameMeta:
     truncated_from: int = 0
     #: The container runtime's wrapping of each line: "" (none), "cri" or "docker".
     wrapper: str = ""
+    #: The zone of the times these lines write without one (the shipper input's); "": not set.
+    timezone: str = ""
 
     def to_json(self, raw_len: int) -> bytes:
         meta = {
@@ -69,6 +71,8 @@ class FrameMeta:
             meta["trunc"] = self.truncated_from
         if self.wrapper:
             meta["wrap"] = self.wrapper
+        if self.timezone:
+            meta["tz"] = self.timezone
         return orjson.dumps(meta)
 
     def check_range(self, data_len: int) -> None:
@@ -165,6 +169,7 @@ def decode_frame(value: bytes, max_raw_bytes: int = MAX_RAW_BYTES) -> Frame:
             end_offset=_whole(m, "end"), observed_us=_whole(m, "obs", MAX_OBSERVED_US), count=_whole(m, "n"),
             labels={str(k): _text(labels, k) for k in labels},
             truncated_from=_whole(m, "trunc", default=0), wrapper=_text(m, "wrap", default=""),
+            timezone=_text(m, "tz", default=""),
         )
         raw_len = _whole(m, "raw")
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as e:

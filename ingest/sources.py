@@ -1,0 +1,164 @@
+"""What ingest knows about each text source: its learned layout, and how well it reads.
+
+A source is a (service, source path or stream) pair. Its layout is learned
+(:func:`ingest.layouts.learn`) from its first lines, learned again as more of
+them arrive (a layout from three lines is a guess; from two hundred it is
+not), and again when it stops matching, and is otherwise kept, so one
+source's rows are cut the same way batch after batch. Applying a layout is
+one RE2 pass (``pyarrow.compute.extract_regex``) over the source's lines.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ingest.layouts import CONTINUATION, FIELD_PARTS, TIME_PARTS, SourceLayout, learn, time_pattern
+
+#: Lines kept per source to learn from.
+SAMPLE_LINES = 200
+#: A source is learned again when its sample has grown to each of these sizes...
+RELEARN_AT = (8, 50, SAMPLE_LINES)
+#: ...or when fewer than this share of a batch's lines (of at least MIN_BATCH) read with its layout.
+RELEARN_BELOW = 0.5
+MIN_BATCH = 20
+#: Columns :meth:`SourceBook.columns` returns, each named ``l_<part>``.
+PARTS: tuple[str, ...] = (*TIME_PARTS, *FIELD_PARTS)
+
+
+@dataclass
+class SourceState:
+    """One source's layout and counts."""
+
+    layout: SourceLayout | None = None
+    sample: list[str] = field(default_factory=list)
+    #: Sample size the layout was learned from.
+    learned_from: int = 0
+    learned_at: float = 0.0
+    #: Lines seen; read by the whole layout; by its time alone; by neither.
+    lines: int = 0
+    matched: int = 0
+    time_only: int = 0
+    unmatched: int = 0
+    #: Lines of the last batch the whole layout read; its time read; that continue a record.
+    matched_batch: int = 0
+    read_batch: int = 0
+    continued_batch: int = 0
+
+
+class SourceBook:
+    """Learned layouts per source, applied to batches of text lines."""
+
+    def __init__(self) -> None:
+        self.sources: dict[str, SourceState] = {}
+
+    def __iter__(self) -> Iterator[tuple[str, SourceState]]:
+        return iter(self.sources.items())
+
+    def columns(self, lines: pa.Array, keys: pa.Array, selected: np.ndarray) -> dict[str, pa.Array]:
+        """Per line, the parts its source's layout reads (``l_<part>``; NULL where it has none or none read),
+        ``l_layout``, the name of its source's time layout (NULL where it has none), and ``l_timeonly``
+        (true where only the layout's time read the line: its header is another shape).
+
+        ``keys`` names each line's source; only the ``selected`` lines are read.
+        """
+        n = len(lines)
+        rows = np.flatnonzero(selected)
+        if rows.size == 0:
+            return {}
+        encoded = pc.dictionary_encode(keys.take(pa.array(rows))).combine_chunks() \
+            if isinstance(keys, pa.ChunkedArray) else pc.dictionary_encode(keys.take(pa.array(rows)))
+        codes = encoded.indices.to_numpy(zero_copy_only=False)
+        names = encoded.dictionary.to_pylist()
+        order: list[np.ndarray] = []
+        parts: dict[str, list[pa.Array]] = {p: [] for p in PARTS}
+        layouts: list[pa.Array] = []
+        timeonly: list[pa.Array] = []
+        for code, name in enumerate(names):
+            at = rows[codes == code]
+            state = self.sources.setdefault(name, SourceState())
+            text = lines.take(pa.array(at))
+            self._learn(state, text)
+            if state.layout is None:
+                state.lines += len(at)
+                state.unmatched += len(at)
+                continue
+            got = self._read(state, text)
+            if len(at) >= MIN_BATCH and state.read_batch < RELEARN_BELOW * (len(at) - state.continued_batch):
+                # The source now writes differently: learn it again from these lines.
+                state.sample = text.slice(0, SAMPLE_LINES).to_pylist()
+                state.sample = [s for s in state.sample if s is not None]
+                self._relearn(state)
+                if state.layout is not None:
+                    got = self._read(state, text)
+            order.append(at)
+            for p in PARTS:
+                parts[p].append(got[p])
+            layouts.append(pa.array([state.layout.time.name] * len(at), pa.string()))
+            timeonly.append(got["timeonly"])
+        if not order:
+            return {}
+        where = np.concatenate(order)
+        inverse = np.full(n, -1, dtype=np.int64)
+        inverse[where] = np.arange(where.size)
+        index = pa.array(inverse, mask=inverse < 0)
+        out = {f"l_{p}": pc.take(pa.concat_arrays(parts[p]), index) for p in PARTS}
+        out["l_layout"] = pc.take(pa.concat_arrays(layouts), index)
+        out["l_timeonly"] = pc.take(pa.concat_arrays(timeonly), index)
+        return out
+
+    def _learn(self, state: SourceState, text: pa.Array) -> None:
+        if len(state.sample) >= SAMPLE_LINES:
+            return
+        more = [s for s in text.slice(0, SAMPLE_LINES - len(state.sample)).to_pylist() if s is not None]
+        state.sample.extend(more)
+        due = [t for t in RELEARN_AT if state.learned_from < t <= len(state.sample)]
+        if state.learned_from == 0 or due:
+            self._relearn(state)
+
+    @staticmethod
+    def _relearn(state: SourceState) -> None:
+        state.layout = learn(state.sample)
+        state.learned_from = len(state.sample)
+        state.learned_at = time.time()
+
+    @staticmethod
+    def _read(state: SourceState, text: pa.Array) -> dict[str, pa.Array]:
+        """The parts of ``text`` read by the layout, then by its time alone where the header differs."""
+        assert state.layout is not None
+        full = pc.extract_regex(text, state.layout.pattern)
+        out = {p: _part(full, p) for p in PARTS}
+        missed = full.is_null()
+        n_missed = pc.sum(missed).as_py() or 0
+        state.matched_batch = len(text) - n_missed
+        state.lines += len(text)
+        state.matched += state.matched_batch
+        if n_missed:
+            alone = pc.extract_regex(text, time_pattern(state.layout.time, state.layout.token))
+            for p in PARTS:
+                fallback = _part(alone, p)
+                out[p] = pc.if_else(missed, fallback, out[p])
+            n_alone = pc.sum(pc.and_(missed, pc.invert(alone.is_null()))).as_py() or 0
+            state.time_only += n_alone
+            state.unmatched += n_missed - n_alone
+            unread = pc.and_(missed, alone.is_null())
+            state.continued_batch = pc.sum(pc.and_(unread, pc.match_substring_regex(text, CONTINUATION))).as_py() or 0
+        else:
+            n_alone = 0
+            state.continued_batch = 0
+        state.read_batch = state.matched_batch + n_alone
+        out["timeonly"] = pc.and_(missed, pc.is_valid(out["msg"])) if n_missed else \
+            pa.array(np.zeros(len(text), dtype=bool))
+        return out
+
+
+def _part(struct: pa.Array, name: str) -> pa.Array:
+    """A part of the matches: NULL where the line did not match, "" where the layout has no such part."""
+    if struct.type.get_field_index(name) >= 0:
+        return pc.struct_field(struct, name)
+    return pc.if_else(struct.is_valid(), pa.scalar(""), pa.scalar(None, pa.string()))
