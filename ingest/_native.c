@@ -37,6 +37,7 @@ enum {
     C_RBRACKET = 8,
     C_CONTROL = 16,    /* below 0x20: not allowed raw in a JSON string */
     C_JSON_WS = 32,    /* JSON's whitespace: \t \n \r and space */
+    C_COMMA = 64,
 };
 static unsigned char cls[256];
 
@@ -50,6 +51,7 @@ static void init_classes(void) {
     cls['"'] |= C_QUOTE;
     cls['\\'] |= C_BACKSLASH;
     cls[']'] |= C_RBRACKET;
+    cls[','] |= C_COMMA;
 }
 
 #define IS(c, mask) (cls[(unsigned char)(c)] & (mask))
@@ -626,7 +628,8 @@ static PyObject *json_entries(PyObject *self, PyObject *args) {
 
 /* The one shape of a common or combined-format line taken here, as a regex:
  *   ^[^\s"]+ [^\s"]+ [^\s"]+ \[[^\]"]+\] "[^\s"\\]+ [^\s"\\]+ [^\s"\\]+" \d{3} (?:\d+|-)(?: "[^"\\]*" "[^"\\]*")?$
- * On such a line the SQL parser's regex has exactly one way to match, and gives
+ * with no comma in the first field (a client written as an X-Forwarded-For list, which the SQL
+ * parser splits). On such a line the SQL parser's regex has exactly one way to match, and gives
  * these same eleven groups; any other line is left to it. \s is RE2's: [\t\n\f\r ]. */
 
 #define CLF_FIELDS 11
@@ -643,7 +646,8 @@ static int clf_line(const char *s, const char *end, const char *at[CLF_FIELDS], 
     const char *p = s, *q;
     /* ip ident user */
     for (int f = 0; f < 3; f++) {
-        if (!(q = run_until(p, end, C_SPACE | C_QUOTE)) || q >= end || *q != ' ') return -1;
+        if (!(q = run_until(p, end, C_SPACE | C_QUOTE | (f == 0 ? C_COMMA : 0))) || q >= end || *q != ' ')
+            return -1;
         at[f] = p; to[f] = q; p = q + 1;
     }
     /* [time] */

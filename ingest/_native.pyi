@@ -26,9 +26,9 @@ def json_entries(
     max_depth: int,
     groups: list[list[bytes]],
     /,
-) -> tuple[bytes, bytes, bytes, bytes, bytes, bytes, bytes, bytes]:
+) -> tuple[bytes, bytes, bytes, bytes, bytes, bytes, bytes, bytes, bytes, bytes]:
     """The selected JSON lines flattened: ``(status, list_offsets, key_offsets, keys,
-    value_offsets, values, valid, positions)``."""
+    value_offsets, values, valid, positions, shape_offsets, shapes)``."""
 
 def clf_fields(
     offsets: _Buffer,

@@ -20,15 +20,21 @@ from ingest.batch import RecordRun, raw_table
 from ingest.buffers import IngestState, Key, PartitionBuffer
 from ingest.deadletters import DeadLetter, DeadLetterProducer, Reason
 from ingest.flush_policy import FlushPolicy
+from ingest.layouts import LayoutSummary, SourceLayout, summarise
 from ingest.normalise import Normaliser, ParseSettings, normalise_safely
 from ingest.router import RecordRouter
+from ingest.source_stats import SourceKey, SourceTally, count_rows
 from loglake.core.config import Config
-from storage.catalog import Catalog, PartitionCommit, PartitionState
+from storage.catalog import Catalog, PartitionCommit, PartitionState, SourceLayoutRow
 from storage.errors import CatalogConflict
 from storage.root import DataRoot
 from storage.segments import SegmentInfo, segment_name, write_segments
 
 log = logging.getLogger("loglake.ingest")
+
+#: What was learned of the sources flushed is written to the catalog when it changes, and at least
+#: this often for every source seen meanwhile (its counts and updated time): one small transaction.
+LAYOUTS_REFRESH_S = 60.0
 
 
 class FlushFailed(RuntimeError):
@@ -63,6 +69,15 @@ class Flusher:
         self.fault_since: float | None = None
         self.last_flush = time.monotonic()
         self.dead_letter_counts: Counter[str] = Counter()
+        #: Committed rows per source, and those whose time, format or level was not read (for /metrics).
+        self.source_counts = SourceTally(ing.metrics_max_sources)
+        # Counts of the rows written but not yet committed, per partition (a failed flush drops them).
+        self._pending_counts: dict[Key, list[tuple[str, dict[tuple[str, str], Counter[str]]]]] = {}
+        # Sources flushed since the layouts were last written, and what was last written of each.
+        self._active: set[SourceKey] = set()
+        self._written: dict[SourceKey, tuple[str, str, str]] = {}
+        self._layouts_at = 0.0
+        self._summaries: dict[tuple[SourceKey, SourceLayout], LayoutSummary] = {}
 
     async def flush(self, keys: list[Key] | None = None) -> None:
         """Write and commit every non-empty buffer (or those of ``keys``); raises ``FlushFailed``."""
@@ -97,6 +112,7 @@ class Flusher:
             raise FlushFailed(str(e)) from e
         self._committed(list(todo), commits, dead, started)
         await self._commit_offsets(commits)
+        await asyncio.to_thread(self.record_layouts)
 
     def write(self, key: Key, buf: PartitionBuffer) -> tuple[PartitionCommit, list[DeadLetter]]:
         """Normalise and write ``buf``'s segments; the catalog commit for them and the rows that failed."""
@@ -108,6 +124,7 @@ class Flusher:
         for tenant, run in self.router.runs(topic, buf):
             by_tenant[tenant].append(run)
         name = segment_name(topic, partition, buf.state.epoch, buf.state.next_offset, buf.last_offset)
+        counted = self._pending_counts[key] = []
         for tenant, runs in by_tenant.items():
             raw = raw_table(runs)
             if raw.num_rows == 0:
@@ -120,6 +137,7 @@ class Flusher:
                                        context={"tenant": tenant, "source": row["source"] or "",
                                                 "service": row["service"] or "", "host": row["host"] or ""}))
             if records.num_rows:
+                counted.append((tenant, count_rows(records)))
                 segments += write_segments(self.root, tenant, records, name,
                                            zstd_level=self.storage.zstd_level,
                                            row_group_rows=self.storage.row_group_rows)
@@ -151,9 +169,63 @@ class Flusher:
         self.dead_letter_counts.update(d.reason.value for d in dead)
         for k, c in zip(keys, commits, strict=True):
             self.state.buffers[k] = PartitionBuffer(PartitionState(c.epoch, c.new_next, c.last_record))
+            for tenant, counts in self._pending_counts.pop(k, []):
+                self.source_counts.add(tenant, counts)
+                self._active.update((tenant, service, source) for service, source in counts)
         log.info("flushed", extra={"rows": rows, "segments": sum(len(c.segments) for c in commits),
                                    "dead_letters": len(dead), "partitions": sorted(f"{t}/{p}" for t, p in keys),
                                    "seconds": round(time.monotonic() - started, 3)})
+
+    def layout_row(self, key: SourceKey) -> SourceLayoutRow:
+        """What the normaliser learned of one source, as the catalog keeps it."""
+        tenant, service, source = key
+        n = self.normaliser
+        fmt = n.formats.get((tenant, service, source), "text")
+        state = n.sources.sources.get(f"{tenant}\x1f{service}\x1f{source}") if fmt == "text" else None
+        layout = state.layout if state is not None else None
+        zone = n.settings.default_timezone
+        detail: dict[str, object] = {}
+        if state is not None:
+            detail.update(lines=state.lines, matched=state.matched, time_only=state.time_only,
+                          unmatched=state.unmatched, learned_from=state.learned_from)
+        if layout is not None and state is not None:
+            summary = self._summaries.get((key, layout))
+            if summary is None:
+                if len(self._summaries) > 4 * self.source_counts.max_sources:
+                    self._summaries.clear()
+                summary = self._summaries[(key, layout)] = summarise(layout, state.sample)
+            detail.update(time=layout.time.name, example=summary.written or layout.time.example,
+                          strptime=summary.strptime, token=layout.token, share=round(layout.share, 4))
+            if summary.zoned >= 0.5:
+                zone = "in the line"
+        elif fmt == "text":
+            zone = ""           # no time is read from these lines
+        return SourceLayoutRow(tenant, service, source, fmt, layout.describe() if layout is not None else "",
+                               zone, detail)
+
+    def record_layouts(self, force: bool = False) -> int:
+        """Write to the catalog what changed in the flushed sources' layouts (all of them when due);
+        returns the rows written. A failure is logged, never a failed flush."""
+        now = time.monotonic()
+        due = force or now - self._layouts_at >= LAYOUTS_REFRESH_S
+        rows = []
+        for key in sorted(self._active):
+            row = self.layout_row(key)
+            mark = (row.format, row.layout, row.zone)
+            if due or self._written.get(key) != mark:
+                rows.append((key, mark, row))
+        if not rows:
+            return 0
+        try:
+            self.catalog.record_source_layouts([r for _, _, r in rows])
+        except Exception as e:
+            log.warning("could not record source layouts", extra={"reason": str(e)[:300]})
+            return 0
+        self._written.update((key, mark) for key, mark, _ in rows)
+        if due:
+            self._active.clear()
+            self._layouts_at = now
+        return len(rows)
 
     async def _commit_offsets(self, commits: list[PartitionCommit]) -> None:
         """Tell Kafka the new offsets: advisory only (for lag monitoring), the catalog is the truth."""
@@ -169,6 +241,7 @@ class Flusher:
         """Drop the buffers of ``keys`` and read them again from the catalog's offsets."""
         self.state.reload_ranges(self.catalog)
         for topic, partition in keys:
+            self._pending_counts.pop((topic, partition), None)
             state = self.catalog.partition_states(topic).get(partition, PartitionState(0, 0))
             self.state.buffers[(topic, partition)] = PartitionBuffer(state)
             if self.consumer is not None:

@@ -475,3 +475,81 @@ def instant(groups: dict[str, str], observed: datetime, zone: timedelta = timede
     if not (groups.get("t_year") or groups.get("t_yy")) and t > observed + timedelta(days=1):
         t = t.replace(year=t.year - 1)
     return t
+
+
+# -- a learned layout as configuration (`loglake formats suggest`) --
+
+#: strptime directives for a time part (``t_epoch`` has none: an epoch needs no format).
+_DIRECTIVES = {"t_year": "%Y", "t_yy": "%y", "t_mon": "%m", "t_monname": "%b", "t_day": "%d", "t_hour": "%H",
+               "t_min": "%M", "t_sec": "%S", "t_frac": "%f", "t_ampm": "%p", "t_zone": "%z"}
+_DAYNAME_TEXT = re.compile(r"(?i:mon|tue|wed|thu|fri|sat|sun)[a-z]*")
+#: Group names of a learned pattern as a ``format = "pattern"`` rule names them.
+RULE_GROUPS = {"lvl": "level", "msg": "message", "host": "host", "comp": "component", "pid": "pid"}
+
+
+def strptime_format(time: TimeLayout, text: str) -> str | None:
+    """The strptime format of the time at the start of ``text`` (``%Y-%m-%d %H:%M:%S,%f``), or None.
+
+    Worked out from a written example, so it has the separators the source really writes
+    (a ``T`` or a space, a comma or a dot before the fraction); an epoch gives ``%s``.
+    """
+    m = re.compile(time.regex).match(text)
+    if m is None:
+        return None
+    if m.group("t_epoch") if "t_epoch" in m.re.groupindex else None:
+        return "%s"
+    spans = sorted((m.start(g), m.end(g), _DIRECTIVES[g]) for g in m.re.groupindex
+                   if g in _DIRECTIVES and m.group(g) is not None)
+    out, pos = [], m.start()
+    for start, end, directive in spans:
+        out.append(_DAYNAME_TEXT.sub("%a", text[pos:start].replace("%", "%%")))
+        if directive == "%H" and m.groupdict().get("t_ampm"):
+            directive = "%I"
+        elif directive == "%z" and text[start:end].isalpha():
+            directive = "%Z"                     # UTC, GMT
+        out.append(directive)
+        pos = end
+    # One space stands for a run (a day padded to two places: "Nov  9").
+    return re.sub(r" +", " ", "".join(out).lstrip()) if out else None
+
+
+def rule_pattern(layout: SourceLayout) -> str:
+    """The layout's pattern as a ``format = "pattern"`` rule writes it: one ``ts`` group around the time,
+    the header's groups named as rules name them (``level``, ``host``, ``component``, ``pid``, ``message``)."""
+    # The time's own parts become plain groups: a rule reads its time with ts_format instead.
+    timed = re.sub(r"\(\?P<t_[a-z]+>", "(?:", layout.time.regex)
+    pattern = layout.pattern.replace(layout.time.regex, f"(?P<ts>{timed})", 1)
+    return re.sub(r"\(\?P<(lvl|msg|host|comp|pid)>", lambda m: f"(?P<{RULE_GROUPS[m.group(1)]}>", pattern)
+
+
+@dataclass(frozen=True)
+class LayoutSummary:
+    """What a learned layout reads in a source's sample: how its times are written."""
+
+    #: strptime format of the first time read (None when none was).
+    strptime: str | None
+    #: The first time read, as written.
+    written: str | None
+    #: Share of the lines read whose time carries a zone (an epoch counts as one).
+    zoned: float
+
+
+def summarise(layout: SourceLayout, lines: Sequence[str]) -> LayoutSummary:
+    """How ``layout`` reads ``lines`` (a sample; Python's engine, never per ingested line)."""
+    compiled = re.compile(time_pattern(layout.time, layout.token))
+    first: tuple[str, str | None] | None = None
+    read = zoned = 0
+    for line in lines:
+        m = compiled.match(line[:HEAD_CHARS])
+        if m is None:
+            continue
+        read += 1
+        parts = [g for g in TIME_PARTS if g in compiled.groupindex and m.group(g) is not None]
+        zoned += any(g in ("t_zone", "t_epoch") for g in parts)
+        if first is None and parts:
+            start, end = min(m.start(g) for g in parts), max(m.end(g) for g in parts)
+            # The layout's own regex from where its first part begins (a day name or letter may precede it).
+            back = re.compile(layout.time.regex).search(line, max(0, start - 16), end)
+            text = line[back.start():back.end()] if back is not None else line[start:end]
+            first = (text, strptime_format(layout.time, text))
+    return LayoutSummary(first[1] if first else None, first[0] if first else None, zoned / read if read else 0.0)

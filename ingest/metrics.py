@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from loglake.core.metrics_server import registry_of
+
+#: Per-source counters: (name, help, the count of ingest.source_stats.COUNTS it reports).
+_SOURCE_COUNTERS = (
+    ("loglake_ingest_source_rows", "Rows committed, per source", "rows"),
+    ("loglake_ingest_source_observed_time_rows",
+     "Rows whose time was not read from the line (attrs.ts_parse=observed), per source", "observed_time"),
+    ("loglake_ingest_source_unknown_format_rows",
+     "Rows no format or layout recognised (attrs.format=unknown), per source", "unknown_format"),
+    ("loglake_ingest_source_unknown_level_rows", "Rows with no level found (level=unknown), per source",
+     "unknown_level"),
+)
 
 _COUNTERS = {
     "records": ("loglake_ingest_records", "Rows committed to the catalog"),
@@ -38,6 +49,9 @@ class WorkerSnapshot:
     seconds_since_flush: float
     #: Why flushes fail, while they do.
     fault: str | None
+    #: Per (tenant, service, source) label set: committed rows, and those of an observed time,
+    #: an unknown format, an unknown level (ingest.source_stats).
+    sources: Mapping[tuple[str, str, str], Mapping[str, int]] = field(default_factory=dict)
 
 
 class IngestCollector(Collector):
@@ -53,6 +67,12 @@ class IngestCollector(Collector):
         for reason, n in sorted(s.dead_letters.items()):
             dead.add_metric([reason], n)
         yield dead
+        for name, doc, count in _SOURCE_COUNTERS:
+            family = CounterMetricFamily(name, doc + " (the first ingest.metrics_max_sources sources; the rest as "
+                                         "source=\"other\")", labels=["tenant", "service", "source"])
+            for labels, counts in sorted(s.sources.items()):
+                family.add_metric(list(labels), counts.get(count, 0))
+            yield family
         yield GaugeMetricFamily("loglake_ingest_buffered_rows", "Rows waiting for the next flush",
                                 value=s.buffered_rows)
         yield GaugeMetricFamily("loglake_ingest_buffered_bytes", "Bytes waiting for the next flush",

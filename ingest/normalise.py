@@ -90,13 +90,21 @@ class ParseSettings:
     max_attrs: int = 1000
 
 
-_UNWRAP = r"""
+#: A Docker json-file line (the first of a record: later ones are partials joined to it).
+_DOCKER_LINE = (r'^\{"log":"(?:[^"\\\n]|\\.)*","stream":"(?:stdout|stderr)",'
+                r'(?:"attrs":\{(?:[^"\n{}]|"(?:[^"\\\n]|\\.)*")*\},)?"time":"[^"\n]+"\}\r?(?:\n|$)')
+#: A CRI line's prefix: "<RFC 3339 time> <stream> <P or F> ".
+_CRI_PREFIX = r'\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:Z|[+-]\d{2}:\d{2}) (?:stdout|stderr) [PF]'
+
+_UNWRAP = rf"""
 u AS (
     SELECT * REPLACE (
         CASE wrapper
-            WHEN 'cri' THEN regexp_replace(line, '(^|\n)\S+ (?:stdout|stderr) [PF] ?', '', 'g')
+            WHEN 'cri' THEN regexp_replace(line, '(^|\n){_CRI_PREFIX} ?', '', 'g')
             WHEN 'docker' THEN rtrim(array_to_string(list_transform(string_split(line, chr(10)),
-                                   x -> coalesce(try(json_extract_string(x, '$.log')), x)), ''), chr(10))
+                                   x -> CASE WHEN starts_with(x, '{{"log":"')
+                                             THEN coalesce(try(json_extract_string(x, '$.log')), x) ELSE x END), ''),
+                                     chr(10))
             ELSE line END AS line),
         CASE wrapper
             WHEN 'cri' THEN try_cast(regexp_extract(line, '^(\S+)', 1) AS TIMESTAMPTZ)
@@ -107,12 +115,13 @@ u AS (
             WHEN 'docker' THEN try(json_extract_string(split_part(line, chr(10), 1), '$.stream'))
         END AS wrap_stream
     FROM (
-        -- Records from other producers may be container lines too: recognise them.
-        SELECT * REPLACE (CASE WHEN wrapper <> '' OR format <> '' THEN wrapper
-                               WHEN starts_with(line, '{"log":')
-                                    AND regexp_matches(line, '"stream":"(?:stdout|stderr)","time":"[^"]+"}\s*$')
+        -- A line is unwrapped only if it has its runtime's shape: the shipper's wrapper comes from
+        -- a file's path or name and is only a hint, and other producers' lines may be container
+        -- lines too. A configured format without a wrapper means the lines are as written.
+        SELECT * REPLACE (CASE WHEN wrapper = '' AND format <> '' THEN ''
+                               WHEN starts_with(line, '{{"log":"') AND regexp_matches(line, '{_DOCKER_LINE}')
                                     THEN 'docker'
-                               WHEN regexp_matches(line, '^\d{4}-\d{2}-\d{2}T\S+ (?:stdout|stderr) [PF] ') THEN 'cri'
+                               WHEN regexp_matches(line, '^{_CRI_PREFIX}(?: |\n|$)') THEN 'cri'
                                ELSE '' END AS wrapper)
         FROM raw)
 )"""
@@ -254,14 +263,15 @@ SELECT
     o_trace_id AS trace_id,
     o_span_id AS span_id,
     -- The line as received: head || message when the message is its tail, else the line itself
-    -- (see storage.schema.ORIGINAL_LINE), with the message's text in it stored once, in message.
+    -- (storage/lines.py), with the values the columns hold stored once, in the columns.
     CASE WHEN o_message IS DISTINCT FROM line AND ends_with(line, o_message)
          THEN left(line, length(line) - length(o_message)) END AS head,
     CASE WHEN ends_with(line, o_message) THEN NULL
          -- The compiled pass's shape: the values the columns hold left out (storage/lines.py).
          WHEN shape IS NOT NULL THEN shape
          WHEN quoted > 0 THEN left(line, quoted) || chr(2) || substr(line, quoted + 1 + length(o_message))
-         ELSE line END AS raw
+         ELSE line END AS raw,
+    fmt2 AS parsed_format
 FROM r
 """
     # A record with a hundred thousand keys would make every later scan of the map pay for it.
@@ -312,6 +322,9 @@ class Normaliser:
         self.native = [(p.name, p.native) for p in DETECTED if p.native is not None]
         #: Learned layouts of the text sources this normaliser has seen.
         self.sources = SourceBook()
+        #: Per (tenant, service, source) of the output: the format most of its rows in its latest batch
+        #: were parsed as.
+        self.formats: dict[tuple[str, str, str], str] = {}
 
     def __call__(self, raw: pa.Table, tenant: str = "") -> pa.Table:
         """``raw``'s records; ``tenant`` keeps its sources' learned layouts apart from other tenants'."""
@@ -327,7 +340,24 @@ class Normaliser:
         attrs = pa.MapArray.from_arrays(pairs.offsets, pairs.values.field("key"), pairs.values.field("value"),
                                         mask=pairs.is_null() if pairs.null_count else None)
         out = out.set_column(out.schema.get_field_index("attrs"), "attrs", attrs)
-        return out.cast(RECORD_SCHEMA)
+        self._note_formats(out, tenant)
+        return out.drop_columns(["parsed_format"]).cast(RECORD_SCHEMA)
+
+    def _note_formats(self, out: pa.Table, tenant: str) -> None:
+        """Remember each source's format in ``out`` (one group-by over the batch, not a loop over rows)."""
+        if out.num_rows == 0:
+            return
+        keys = pa.table({"service": out.column("service").cast(pa.string()),
+                         "source": out.column("source").cast(pa.string()),
+                         "format": out.column("parsed_format")})
+        counts = keys.group_by(["service", "source", "format"]).aggregate([([], "count_all")])
+        best: dict[tuple[str, str, str], tuple[int, str]] = {}
+        columns = (counts.column(c).to_pylist() for c in ("service", "source", "format", "count_all"))
+        for service, source, fmt, n in zip(*columns, strict=True):
+            key = (tenant, service or "", source or "")
+            if n > best.get(key, (0, ""))[0]:
+                best[key] = (n, fmt or "text")
+        self.formats.update({k: fmt for k, (_, fmt) in best.items()})
 
     def _route(self, raw: pa.Table) -> pa.Table:
         """The first statement over ``raw``: each line (unwrapped) with its format."""

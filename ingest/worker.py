@@ -87,7 +87,7 @@ class IngestWorker:
                               buffered_rows=buffered.rows, buffered_bytes=buffered.bytes,
                               partitions=len(self.buffers),
                               seconds_since_flush=time.monotonic() - self.flusher.last_flush,
-                              fault=self.flusher.fault)
+                              fault=self.flusher.fault, sources=self.flusher.source_counts.snapshot())
 
     def health(self) -> tuple[bool, dict[str, object]]:
         stalled = time.monotonic() - self.last_loop > 60

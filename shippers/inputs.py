@@ -24,7 +24,11 @@ def kubernetes_labels(path: str) -> dict[str, str]:
 
 
 def wrapper_for(path: str, fmt: str) -> str:
-    """The container runtime wrapping of a file's lines: "", "cri" or "docker"."""
+    """The container runtime wrapping a file's lines may have: "", "cri" or "docker".
+
+    Only a suggestion: the joiner and ingest unwrap a line only if it has the runtime's shape,
+    so an application's own log that merely lives or is named like a container log stays as it is.
+    """
     if fmt != "auto":
         return "" if fmt == "plain" else fmt
     if path.endswith("-json.log"):

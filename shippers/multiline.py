@@ -28,9 +28,25 @@ PRESETS: dict[str, str] = {
 }
 
 
-#: Lines a container runtime split: CRI's partial tag, Docker's "log" without a final newline.
-_CRI_PARTIAL = re.compile(rb"(?m)^\S+ (?:stdout|stderr) P ")
-_DOCKER_COMPLETE = re.compile(rb'(?m)^\{"log":"(?:[^"\\\n]|\\.)*\\n"')
+#: Lines a container runtime split, each recognised by its whole shape (a file's name or
+#: place only suggests the runtime: an application's own lines there are never joined).
+#: CRI: "<RFC 3339 time> <stream> P <text>".
+_CRI_PARTIAL = re.compile(rb"(?m)^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:Z|[+-]\d{2}:\d{2}) "
+                          rb"(?:stdout|stderr) P ")
+#: Docker json-file: {"log":"...","stream":"...",["attrs":{...},]"time":"..."}, its "log" value the
+#: group; a partial one if that does not end in an escaped newline. No "^": led by a literal, the
+#: search skips ahead fast, and a match that is not at a line start is not counted.
+_STRING = rb'[^"\\\n]*(?:\\.[^"\\\n]*)*'
+_DOCKER_LINE = re.compile(rb'(?m)\{"log":"(' + _STRING + rb')","stream":"(?:stdout|stderr)",'
+                          rb'(?:"attrs":\{(?:[^"\n{}]|"' + _STRING + rb'")*\},)?"time":"[^"\n]+"\}\r?$')
+
+
+def _ends_in_a_newline(json_string: bytes) -> bool:
+    """Whether a JSON string's text ends with the escape \\n (an odd run of backslashes, then n)."""
+    if not json_string.endswith(b"n"):
+        return False
+    head = json_string[:-1]
+    return (len(head) - len(head.rstrip(b"\\"))) % 2 == 1
 
 
 @dataclass(frozen=True)
@@ -48,13 +64,14 @@ class LineJoiner:
 
     @classmethod
     def for_wrapper(cls, wrapper: str, max_bytes: int, timeout_s: float) -> LineJoiner:
-        pattern = _CRI_PARTIAL if wrapper == "cri" else _DOCKER_COMPLETE
+        pattern = _CRI_PARTIAL if wrapper == "cri" else _DOCKER_LINE
         return cls(pattern, False, 1_000_000, max_bytes, timeout_s, wrapper)
 
     def _line_ends_record(self, data: bytes, starts: np.ndarray) -> np.ndarray:
-        """For wrapped lines: does each line end its record (not a runtime partial)?"""
-        matched = np.isin(starts, np.fromiter((m.start() for m in self.pattern.finditer(data)), dtype=np.int64))
-        return ~matched if self.wrapper == "cri" else matched
+        """For a suggested wrapper: does each line end its record? All do but the runtime's partials."""
+        partial = (m.start() for m in self.pattern.finditer(data)
+                   if self.wrapper == "cri" or not _ends_in_a_newline(m.group(1)))
+        return ~np.isin(starts, np.fromiter(partial, dtype=np.int64))
 
     def last_record_complete(self, data: bytes, starts: np.ndarray) -> bool:
         """Whether the final line closes its record (only wrappers can tell)."""

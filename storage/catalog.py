@@ -147,6 +147,21 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE segments ADD COLUMN zstd_level INTEGER;
     """,
+    # What ingest learned of each source (written by the flusher when it changes, and now and then):
+    # `loglake sources` and GET /api/v1/sources list it.
+    """
+    CREATE TABLE source_layouts (
+        tenant     TEXT    NOT NULL,
+        service    TEXT    NOT NULL,
+        source     TEXT    NOT NULL,
+        format     TEXT    NOT NULL,   -- json | syslog | clf | logfmt | apache_error | text | pattern<i>
+        layout     TEXT    NOT NULL,   -- the learned text layout, described (empty: none)
+        zone       TEXT    NOT NULL,   -- where zone-less times are read, or "in the line"
+        detail     TEXT    NOT NULL,   -- JSON: time layout name, example, strptime, counts
+        updated_us INTEGER NOT NULL,
+        PRIMARY KEY (tenant, service, source)
+    );
+    """,
 )
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +207,20 @@ class SegmentRow:
     state: str = "live"
     retired_us: int | None = None
     zstd_level: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SourceLayoutRow:
+    """What ingest learned of one source: its format, its text layout, the zone its times are read in."""
+
+    tenant: str
+    service: str
+    source: str
+    format: str
+    layout: str
+    zone: str
+    detail: dict[str, Any] = field(default_factory=dict)
+    updated_us: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -337,6 +366,28 @@ class Catalog:
              orjson.dumps(sources).decode() if sources else None, s.zstd_level)).fetchone()
         return int(row[0])
 
+    def record_source_layouts(self, rows: Sequence[SourceLayoutRow]) -> None:
+        """Insert or replace what ingest learned of these sources."""
+        if not rows:
+            return
+        now = _now_us()
+        with self.db.transaction() as tx:
+            for r in rows:
+                tx.execute(
+                    "INSERT INTO source_layouts (tenant, service, source, format, layout, zone, detail, updated_us)"
+                    f" VALUES ({tx.dialect.params(8)}) ON CONFLICT (tenant, service, source) DO UPDATE SET"
+                    " format=excluded.format, layout=excluded.layout, zone=excluded.zone, detail=excluded.detail,"
+                    " updated_us=excluded.updated_us",
+                    (r.tenant, r.service, r.source, r.format, r.layout, r.zone, orjson.dumps(r.detail).decode(),
+                     r.updated_us or now))
+
+    def source_layouts(self, tenant: str | None = None) -> list[SourceLayoutRow]:
+        """What ingest learned of each source (of ``tenant``), by tenant, service and source."""
+        where, params = (f"WHERE tenant={self.db.dialect.p}", (tenant,)) if tenant is not None else ("", ())
+        rows = self.db.read("SELECT tenant, service, source, format, layout, zone, detail, updated_us"
+                            f" FROM source_layouts {where} ORDER BY tenant, service, source", params)
+        return [SourceLayoutRow(t, svc, src, f, lay, z, orjson.loads(d), u) for t, svc, src, f, lay, z, d, u in rows]
+
     # -- compaction, retention, deletion ---------------------------------------
 
     def swap(self, retire: Sequence[SegmentRow | int], add: Sequence[SegmentInfo] = (), *, generation: int = 0,
@@ -439,6 +490,13 @@ class Catalog:
             f"SELECT {_SEGMENT_COLUMNS} FROM segments WHERE tenant={p} AND state='live' AND max_ts_us >= {p}"
             f" AND min_ts_us < {p} ORDER BY max_ts_us DESC",
             (tenant, start_us, end_us))
+        return [_segment_row(r) for r in rows]
+
+    def segments_created_since(self, tenant: str, since_us: int) -> list[SegmentRow]:
+        """Live segments of ``tenant`` written at or after ``since_us``: every row received since then is in one."""
+        p = self.db.dialect.p
+        rows = self.db.read(f"SELECT {_SEGMENT_COLUMNS} FROM segments WHERE tenant={p} AND state='live'"
+                            f" AND created_us >= {p} ORDER BY created_us", (tenant, since_us))
         return [_segment_row(r) for r in rows]
 
     def totals(self) -> dict[str, int]:

@@ -206,6 +206,18 @@ def test_access_lines_the_compiled_pass_takes_and_leaves() -> None:
     assert _status(access.native_fields, left) == [DEFER] * len(left)
 
 
+def test_access_client_written_as_an_address_list_is_left_to_the_sql_parser(
+        both: tuple[Normaliser, Normaliser]) -> None:
+    # The compiled split would take "10.0.0.2,10.0.0.1" whole as the client; the SQL parser splits it.
+    lines = ['10.0.0.2,10.0.0.1 - - [04/Mar/2024:05:06:07 +0000] "GET / HTTP/1.1" 200 1 "-" "curl/8"',
+             '10.0.0.2, 10.0.0.1 - - [04/Mar/2024:05:06:07 +0000] "GET / HTTP/1.1" 200 1 "-" "curl/8"']
+    assert _status(access.native_fields, lines) == [DEFER, DEFER]
+    native, sql = both
+    rows = _records(native, lines)
+    _assert_same(rows, _records(sql, lines))
+    assert [dict(r["attrs"])["client.ip"] for r in rows] == ["10.0.0.2", "10.0.0.2"]
+
+
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(lines=st.lists(_access_line(), min_size=1, max_size=10))
 def test_access_records_equal_the_sql_parsers(both: tuple[Normaliser, Normaliser], lines: list[str]) -> None:

@@ -280,6 +280,61 @@ def test_json_string_values_with_braces_and_escapes_are_unquoted(con: Normaliser
         assert attrs(row) == {"k": extra, "n": "1"}
 
 
+@pytest.mark.parametrize(("line", "ts", "level"), [
+    ('{"event":{"meta":{"timestamp":"2024-03-04T05:06:07Z"}},"log":{"severity":"warn"},"msg":"m"}',
+     utc(2024, 3, 4, 5, 6, 7), "warn"),
+    ('{"a":{"b":{"c":{"d":{"e":{"time":"2024-03-04T05:06:07.5+01:00","lvl":"debug"}}}}},"msg":"m"}',
+     utc(2024, 3, 4, 4, 6, 7, 500000), "debug"),
+    # Serilog's JSON formatter: the names in another case.
+    ('{"Timestamp":"2024-03-04T05:06:07Z","Level":"Error","msg":"m"}', utc(2024, 3, 4, 5, 6, 7), "error"),
+    ('{"ctx":{"eventTime":1709528767},"meta":{"Log_Level":"INFO"},"msg":"m"}', utc(2024, 3, 4, 5, 6, 7), "info"),
+    # A repeated key: the SQL steps flatten this line, not the compiled pass.
+    ('{"x":1,"x":2,"event":{"ts":"2024-03-04T05:06:07Z","level":"error"},"msg":"m"}',
+     utc(2024, 3, 4, 5, 6, 7), "error"),
+])
+def test_json_time_and_level_under_well_known_names_at_any_depth(con: Normaliser, line: str, ts: datetime,
+                                                                 level: str) -> None:
+    row = parse(con, line)
+    assert (row["ts"], row["level"], row["message"]) == (ts, level, "m")
+    assert "ts_parse" not in attrs(row)
+
+
+def test_json_listed_keys_win_over_deeper_ones(con: Normaliser) -> None:
+    row = parse(con, {"meta": {"timestamp": "2020-01-01T00:00:00Z", "level": "error"},
+                      "time": "2024-03-04T05:06:07Z", "level": "info", "msg": "m"})
+    assert (row["ts"], row["level"]) == (utc(2024, 3, 4, 5, 6, 7), "info")
+    assert attrs(row) == {"meta.timestamp": "2020-01-01T00:00:00Z", "meta.level": "error"}
+    # Each of the two is looked for on its own: a listed time, a level found deeper.
+    row = parse(con, {"meta": {"timestamp": "2020-01-01T00:00:00Z", "level": "error"},
+                      "time": "2024-03-04T05:06:07Z", "msg": "m"})
+    assert (row["ts"], row["level"]) == (utc(2024, 3, 4, 5, 6, 7), "error")
+    assert attrs(row) == {"meta.timestamp": "2020-01-01T00:00:00Z"}
+
+
+def test_json_names_that_only_end_like_a_time_key_or_are_single_letters_deeper_down_are_not_taken(
+        con: Normaliser) -> None:
+    row = parse(con, {"run": {"t": "2020-01-01T00:00:00Z", "s": "E", "runtime": "2020-01-01T00:00:00Z",
+                              "max_level": "error"}, "msg": "m"})
+    assert (row["ts"], row["level"]) == (OBSERVED, "unknown")
+    assert attrs(row)["ts_parse"] == "observed"
+
+
+@pytest.mark.parametrize(("s", "level"), [("F", "fatal"), ("E", "error"), ("W", "warn"), ("I", "info"),
+                                          ("D1", "debug"), ("D2", "debug"), ("D5", "debug")])
+def test_json_mongodb_log_record(con: Normaliser, s: str, level: str) -> None:
+    line = ('{"t":{"$date":"2020-05-01T12:00:00.123+00:00"},"s":"' + s + '","c":"NETWORK","id":22943,'
+            '"ctx":"listener","msg":"Connection accepted","attr":{"remote":"127.0.0.1:50000"}}')
+    row = parse(con, line)
+    assert (row["ts"], row["level"], row["message"]) == (utc(2020, 5, 1, 12, 0, 0, 123000), level,
+                                                         "Connection accepted")
+    assert attrs(row) == {"s": s, "c": "NETWORK", "id": "22943", "ctx": "listener", "attr.remote": "127.0.0.1:50000"}
+
+
+def test_json_mongodb_date_as_canonical_extended_json(con: Normaliser) -> None:
+    row = parse(con, {"t": {"$date": {"$numberLong": "1588334400123"}}, "s": "W", "msg": "m"})
+    assert (row["ts"], row["level"]) == (utc(2020, 5, 1, 12, 0, 0, 123000), "warn")
+
+
 @pytest.mark.parametrize("line", ['{"msg": "unterminated', '{"a":1}{"b":2}', "{'single': 'quotes'}",
                                   "{"])
 def test_broken_json_falls_back_to_plain_text(con: Normaliser, line: str) -> None:
@@ -400,6 +455,63 @@ def test_access_log_level_from_the_status_class(con: Normaliser, status: int, le
         row = parse(con, line)
         assert (row["level"], row["severity"]) == (level, severity)
         assert attrs(row)["http.status"] == str(status)
+
+
+ACCESS_REST = '[10/Oct/2000:13:55:36 -0700] "GET /a?b=1 HTTP/1.1" 200 2326 "-" "curl/8"'
+ACCESS_TS = utc(2000, 10, 10, 20, 55, 36)
+
+
+@pytest.mark.parametrize(("client", "first"), [
+    ("10.0.0.2, 10.0.0.1, 127.0.0.1", "10.0.0.2"),      # nginx behind proxies, real_ip off
+    ("10.0.0.2,10.0.0.1", "10.0.0.2"),
+    ("unknown, 2001:db8::1", "unknown"),
+    ("2001:db8::5, 10.0.0.1", "2001:db8::5"),
+])
+def test_access_log_client_that_is_an_x_forwarded_for_list(con: Normaliser, client: str, first: str) -> None:
+    row = parse(con, f"{client} - - {ACCESS_REST}")
+    assert (row["ts"], row["level"]) == (ACCESS_TS, "info")
+    assert attrs(row) == {"client.ip": first, "http.forwarded_for": client, "http.method": "GET",
+                          "http.path": "/a?b=1", "http.status": "200", "http.bytes": "2326",
+                          "http.user_agent": "curl/8"}
+
+
+@pytest.mark.parametrize(("vhost", "client", "address", "port"), [
+    ("example.com:443", "192.0.2.7", "example.com", "443"),          # Apache's vhost_combined: "%v:%p %h ..."
+    ("example.com", "192.0.2.7", "example.com", None),
+    ("[2001:db8::1]:8443", "192.0.2.7", "[2001:db8::1]", "8443"),
+    ("shop.example.org:80", "10.0.0.2, 10.0.0.1", "shop.example.org", "80"),
+])
+def test_access_log_with_a_leading_virtual_host(con: Normaliser, vhost: str, client: str, address: str,
+                                                port: str | None) -> None:
+    row = parse(con, f"{vhost} {client} - - {ACCESS_REST}")
+    assert (row["ts"], row["level"]) == (ACCESS_TS, "info")
+    a = attrs(row)
+    assert (a["server.address"], a.get("server.port")) == (address, port)
+    assert (a["client.ip"], a["http.status"], a["http.path"]) == (client.split(",")[0], "200", "/a?b=1")
+    assert a.get("http.forwarded_for") == (client if "," in client else None)
+
+
+@pytest.mark.parametrize(("tail", "forwarded"), [
+    (' "10.0.0.9, 10.0.0.8"', "10.0.0.9, 10.0.0.8"),      # nginx's default "main": "$http_x_forwarded_for"
+    (' "-"', None),
+    (' "198.51.100.4"', "198.51.100.4"),
+    (' "a3f0c1d2e4b5a6978899aabbccddeeff"', None),          # a request id, not an address
+    (" 0.004 0.003", None),                                 # request and upstream times
+    (" 345 0.004 [default-web-80] [] 10.0.1.5:80 2326 0.004 200 abcd1234", None),     # ingress-nginx
+    (' 17 "web@docker" "http://172.17.0.3:80" 3ms', None),                           # Traefik
+])
+def test_access_log_fields_after_the_user_agent(con: Normaliser, tail: str, forwarded: str | None) -> None:
+    line = f"192.0.2.7 - - {ACCESS_REST}{tail}"
+    row = parse(con, line)
+    assert (row["ts"], row["level"], row["message"]) == (ACCESS_TS, "info", line)
+    a = attrs(row)
+    assert (a["client.ip"], a["http.status"], a["http.user_agent"]) == ("192.0.2.7", "200", "curl/8")
+    assert a.get("http.forwarded_for") == forwarded
+
+
+def test_access_log_time_with_a_fraction(con: Normaliser) -> None:
+    row = parse(con, '192.0.2.7 - - [10/Oct/2000:13:55:36.125 -0700] "GET / HTTP/1.1" 200 1')
+    assert row["ts"] == utc(2000, 10, 10, 20, 55, 36, 125000)
 
 
 def test_truncated_access_log_line_falls_back_to_text(con: Normaliser) -> None:

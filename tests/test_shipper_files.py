@@ -586,6 +586,25 @@ def test_docker_log_ending_in_an_escaped_backslash_n_is_not_complete() -> None:
     assert _joined(joiner, lines) == [_text(lines)]
 
 
+@pytest.mark.parametrize("wrapper", ["docker", "cri"])
+def test_a_suggested_wrapper_joins_only_lines_of_its_runtimes_shape(wrapper: str) -> None:
+    # An application's own JSON (even with a "log" key, no final \n) and text lines that only
+    # look partial: the wrapper came from the file's name or place, so none of them is joined.
+    lines = ['{"log":"no newline","level":"info"}', '{"time":"2024-05-01T12:00:00Z","msg":"app"}',
+             "2024-05-01 12:00:00 stdout P not RFC 3339", '{"log":"x","stream":"stdout"}']
+    joiner = LineJoiner.for_wrapper(wrapper, BIG_FRAME, NEVER)
+    assert _joined(joiner, lines) == [_text([line]) for line in lines]
+    data = _text(lines)
+    assert joiner.last_record_complete(data, line_starts(data))     # nothing held back either
+
+
+def test_docker_partial_line_with_attrs_joins_the_next() -> None:
+    # --log-opt labels=... puts "attrs" between "stream" and "time".
+    partial = '{"log":"one ","stream":"stdout","attrs":{"tag":"a}b"},"time":"2024-05-01T12:00:00Z"}'
+    full = '{"log":"two\\n","stream":"stdout","attrs":{"tag":"a}b"},"time":"2024-05-01T12:00:00Z"}'
+    assert _joined(LineJoiner.for_wrapper("docker", BIG_FRAME, NEVER), [partial, full]) == [_text([partial, full])]
+
+
 def test_watcher_holds_a_trailing_docker_partial_line(tmp_path: Path, watcher: WatcherFactory) -> None:
     path = tmp_path / "abc-json.log"
     path.write_bytes(_text([_docker("done\n"), _docker("to be ")]))

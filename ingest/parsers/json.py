@@ -36,6 +36,21 @@ SPAN_KEYS = ("span_id", "spanId")
 HOST_KEYS = ("host", "hostname", "host.name", "host.hostname")
 MAX_DEPTH = 8
 
+#: When none of the listed keys is present: the first key, at any depth and in any case, whose
+#: last component is one of these (MongoDB-style "$date"/"$numberLong" wrappers after it are
+#: skipped). Single letters count only at the top ("t", MongoDB's): deeper down they mean anything.
+TS_LEAVES = ("@timestamp", "timestamp", "time", "ts", "datetime", "eventTime", "timeMillis")
+LEVEL_LEAVES = ("level", "severity", "lvl", "loglevel", "log_level", "levelname", "level_name", "severity_text",
+                "severityText")
+
+
+def _leaf_sql(names: tuple[str, ...], top: tuple[str, ...] = ()) -> str:
+    """SQL regex: a flattened key whose last component (before any $-wrapper) is one of ``names``,
+    or which is one of ``top`` wrapped."""
+    leaves = "|".join(n.lower() for n in names)
+    tops = "".join(f"|^{n}" for n in top)
+    return f"'(?i)(?:(?:^|\\.)(?:{leaves}){tops})(?:\\.\\$(?:date|numberlong))*$'"
+
 _MAP = "'\"MAP(VARCHAR, JSON)\"'"
 _TEXT_MAP = "'\"MAP(VARCHAR, VARCHAR)\"'"
 
@@ -138,8 +153,16 @@ PARSER = Parser(
               "WHEN {p}_fast IS NOT NULL THEN {p}_fast WHEN {p}_text IS NULL THEN NULL "
               "WHEN list_unique({p}_tkeys) = len({p}_tkeys) THEN {p}_text ELSE ll_dedupe({p}_text) END"),
         ("keys", f"CASE WHEN {{p}}_status <> {PARSED} THEN list_transform({{p}}_e, x -> x.key) END"),
-        ("k", f"CASE WHEN {{p}}_status = {PARSED} THEN {{p}}_pos ELSE {{"
-              + ", ".join(f"'{name}': {_position(keys)}" for name, keys in WELL_KNOWN.items()) + "} END"),
+        ("k0", f"CASE WHEN {{p}}_status = {PARSED} THEN {{p}}_pos ELSE {{"
+               + ", ".join(f"'{name}': {_position(keys)}" for name, keys in WELL_KNOWN.items()) + "} END"),
+        # Only a row missing a listed time or level key looks deeper (so the usual row pays nothing).
+        ("k", "CASE WHEN {p}_e IS NULL OR ({p}_k0.ts IS NOT NULL AND {p}_k0.lvl IS NOT NULL) THEN {p}_k0 "
+              "ELSE {'ts': coalesce({p}_k0.ts, list_position(list_transform({p}_e, x -> regexp_matches(x.key, "
+              + _leaf_sql(TS_LEAVES, ("t",)) + ")), true)), "
+              "'lvl': coalesce({p}_k0.lvl, list_position(list_transform({p}_e, x -> regexp_matches(x.key, "
+              + _leaf_sql(LEVEL_LEAVES) + ")), true)), "
+              "'msg': {p}_k0.msg, 'svc': {p}_k0.svc, 'trace': {p}_k0.trace, 'span': {p}_k0.span, "
+              "'host': {p}_k0.host} END"),
         ("v", "{"
               "'ts': {p}_e[{p}_k.ts].value, 'lvl': {p}_e[{p}_k.lvl].value, 'msg': {p}_e[{p}_k.msg].value, "
               "'svc': {p}_e[{p}_k.svc].value, 'trace': {p}_e[{p}_k.trace].value, "
@@ -162,7 +185,10 @@ PARSER = Parser(
         "ts_tz": "{p}_tz",
         "ts_local": "{p}_local",
         "lvl": f"CASE WHEN regexp_full_match({{p}}_v.lvl, '\\d{{1,2}}') "
-               f"THEN {numeric_word_sql('TRY_CAST({p}_v.lvl AS INTEGER)')} ELSE {{p}}_v.lvl END",
+               f"THEN {numeric_word_sql('TRY_CAST({p}_v.lvl AS INTEGER)')} "
+               # MongoDB's debug levels D1 (least verbose) to D5.
+               "WHEN length({p}_v.lvl) = 2 AND starts_with({p}_v.lvl, 'D') AND {p}_v.lvl BETWEEN 'D1' AND 'D5' "
+               "THEN 'debug' ELSE {p}_v.lvl END",
         "message": "CASE WHEN {p}_k.msg IS NULL THEN line ELSE coalesce({p}_v.msg, 'null') END",
         "attrs": "CASE WHEN len({p}_drop) = 0 THEN {p}_e "
                  "ELSE list_filter({p}_e, (x, i) -> NOT list_contains({p}_drop, i)) END",

@@ -372,6 +372,9 @@ class IngestConfig(_Section):
     on_topic_recreated: Literal["earliest", "latest", "fail"] = "earliest"
     #: host:port for /metrics (Prometheus) and /healthz; empty: none.
     metrics_listen: str = ""
+    #: Sources with series of their own in the per-source parse metrics (the first seen); the
+    #: rest are summed under source="other" (see ingest/source_stats.py).
+    metrics_max_sources: int = Field(100, ge=1, le=100_000)
 
     @field_validator("default_timezone")
     @classmethod

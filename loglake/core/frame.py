@@ -54,7 +54,8 @@ class FrameMeta:
     #: A line cut at max_line_bytes: the frame holds that one record, and this is
     #: its original length in the file (the byte range covers all of it).
     truncated_from: int = 0
-    #: The container runtime's wrapping of each line: "" (none), "cri" or "docker".
+    #: The container runtime wrapping the file's name or place suggests: "" (none), "cri" or
+    #: "docker". Only a hint: ingest unwraps a line only if it has that runtime's shape.
     wrapper: str = ""
     #: The zone of the times these lines write without one (the shipper input's); "": not set.
     timezone: str = ""

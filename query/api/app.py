@@ -24,6 +24,7 @@ from query.errors import QueryError, QuerySyntaxError, ScanTooLarge, TooManyQuer
 from query.loki.api import router as loki_router
 from query.search import SearchResult
 from query.service import SearchService
+from query.sources import list_sources
 from query.store import SavedQueryRow, SavedQueryStore
 from query.timerange import format_us, now_us
 from query.web.routes import web_router
@@ -94,6 +95,26 @@ class ValuesResponse(BaseModel):
     field: str
     values: list[dict[str, Any]]
     stats: dict[str, Any]
+
+
+class SourceModel(BaseModel):
+    service: str
+    source: str
+    format: str | None = Field(description="json, syslog, clf, logfmt, apache_error, text, pattern<i>; "
+                                           "null: ingest has not recorded it yet")
+    layout: str | None = Field(description="the learned text layout: time layout, where, header; empty: none")
+    zone: str | None = Field(description="zone of zone-less times, or `in the line`; empty: no time is read")
+    detail: dict[str, Any]
+    updated: str | None = Field(description="when ingest last recorded what it learned")
+    rows_last_hour: int = Field(description="rows received in the last hour")
+    time_parsed: float | None = Field(description="share of those whose time was read from the line")
+    level_parsed: float | None = Field(description="share of those with a known level")
+    unknown_format: float | None = Field(description="share of those no format recognised")
+
+
+class SourcesResponse(BaseModel):
+    tenant: str
+    sources: list[SourceModel]
 
 
 class SavedQueryIn(BaseModel):
@@ -286,6 +307,14 @@ def create_app(cfg: Config, catalog: Catalog | None = None) -> FastAPI:
         """The most frequent values of one field in the range, with counts."""
         found, stats = service.values(field, q, start, end, limit, tenant)
         return ValuesResponse(field=field, values=found, stats=stats)
+
+    @app.get("/api/v1/sources", response_model=SourcesResponse)
+    @gate.guard
+    def sources(tenant: Tenant = "default") -> SourcesResponse:
+        """Every source of the tenant: detected format, time layout and zone, and the share of its rows
+        received in the last hour whose time and level were read from the line."""
+        return SourcesResponse(tenant=tenant, sources=[SourceModel(**s.to_dict())
+                                                       for s in list_sources(service.runner, tenant)])
 
     # -- saved queries ---------------------------------------------------------
 
