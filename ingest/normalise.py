@@ -209,7 +209,9 @@ SELECT
                   THEN [{{'key': 'format', 'value': 'unknown'}}]
                   ELSE []::{ATTRS_TYPE} END)) END AS attrs,
     o_trace_id AS trace_id,
-    o_span_id AS span_id
+    o_span_id AS span_id,
+    NULL::VARCHAR AS head,
+    NULL::VARCHAR AS raw
 FROM r
 """
     # A record with a hundred thousand keys would make every later scan of the map pay for it.

@@ -19,9 +19,18 @@ RECORD_SCHEMA = pa.schema([
     pa.field("attrs", pa.map_(pa.string(), pa.string())),
     pa.field("trace_id", pa.string()),
     pa.field("span_id", pa.string()),
+    # The original line is coalesce(raw, coalesce(head, '') || message): ``head`` is the text before
+    # the message (time, level, host...), NULL when the message is the whole line; ``raw`` is the
+    # line as received when the message is not its tail (JSON and other structured records).
+    pa.field("head", pa.string()),
+    pa.field("raw", pa.string()),
 ])
 
 COLUMNS: tuple[str, ...] = tuple(RECORD_SCHEMA.names)
+#: The columns that keep the original line; segments written before them have neither.
+ORIGINAL_COLUMNS: tuple[str, ...] = ("head", "raw")
+#: The original line of a record, as SQL over its columns.
+LINE_SQL = "coalesce(raw, coalesce(head, '') || message)"
 #: Columns a query may compare as text.
 TEXT_COLUMNS = frozenset({"service", "host", "source", "level", "message", "trace_id", "span_id"})
 
@@ -30,3 +39,18 @@ LEVELS: tuple[str, ...] = ("trace", "debug", "info", "warn", "error", "fatal", "
 SEVERITY: dict[str, int] = {
     "trace": 1, "debug": 5, "info": 9, "warn": 13, "error": 17, "fatal": 21, "unknown": 0,
 }
+
+
+def conform(table: pa.Table) -> pa.Table:
+    """``table`` as ``RECORD_SCHEMA``: columns it lacks (a segment written before they existed) are NULL."""
+    if table.schema == RECORD_SCHEMA:
+        return table
+    extra = [n for n in table.column_names if n not in RECORD_SCHEMA.names]
+    if extra:
+        raise pa.ArrowInvalid(f"not record columns: {', '.join(extra)}")
+    for f in RECORD_SCHEMA:
+        if f.name not in table.column_names:
+            if not f.nullable:
+                raise pa.ArrowInvalid(f"a record needs column {f.name!r}")
+            table = table.append_column(f, pa.nulls(table.num_rows, f.type))
+    return table.select(list(RECORD_SCHEMA.names)).cast(RECORD_SCHEMA)

@@ -255,7 +255,7 @@ def test_json_full_record(con: Normaliser) -> None:
     assert row == {
         "ts": utc(2024, 3, 4, 4, 6, 7, 123000), "observed_ts": OBSERVED, "service": "pay", "host": "host-1",
         "source": "/var/log/x.log", "level": "error", "severity": SEVERITY["error"], "message": "boom",
-        "attrs": [("code", "500")], "trace_id": "t1", "span_id": "s1",
+        "attrs": [("code", "500")], "trace_id": "t1", "span_id": "s1", "head": None, "raw": None,
     }
 
 
