@@ -191,7 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--tenant", help="tenant to search (X-Scope-OrgID; default: the key's first, or default)")
     search.add_argument("--url", help="query server (default from [query] host/port)")
     search.add_argument("--key", help="API key (default: auth.key, e.g. from LOGLAKE_AUTH__KEY)")
-    search.add_argument("--output", choices=["table", "json", "ndjson"], default="table")
+    search.add_argument("-o", "--output", choices=["table", "json", "ndjson", "raw"], default="table",
+                        help="raw: each record's original line, exactly as received")
     storage_commands.add_parsers(sub)
     key_commands.add_parsers(sub)
     source_commands.add_parsers(sub)

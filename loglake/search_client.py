@@ -1,4 +1,4 @@
-"""`loglake search`: a client of the HTTP API that prints a table, JSON or NDJSON.
+"""`loglake search`: a client of the HTTP API that prints a table, JSON, NDJSON or the original lines.
 
 One command for the three things an engineer does from a terminal: search
 (following cursors for more pages), aggregate, and manage or run saved
@@ -57,8 +57,20 @@ def _dump(body: Any) -> None:
     sys.stdout.write(orjson.dumps(body, option=orjson.OPT_INDENT_2).decode() + "\n")
 
 
+def _print_lines(rows: list[dict[str, Any]]) -> None:
+    """Each row's original line as it was received, UTF-8, one per line (a multi-line record spans several)."""
+    out = sys.stdout.buffer
+    for row in rows:
+        line = row.get("line")
+        out.write(("" if line is None else str(line)).encode("utf-8", "surrogateescape") + b"\n")
+    out.flush()
+
+
 def _print_rows(args: argparse.Namespace, body: dict[str, Any], console: Console) -> None:
     rows = body["rows"]
+    if args.output == "raw":
+        _print_lines(rows)
+        return
     if args.output == "json":
         _dump(body)
         return
@@ -112,7 +124,7 @@ def _search(client: httpx.Client, args: argparse.Namespace, console: Console) ->
     if args.limit is not None:
         params["limit"] = args.limit
     if args.fields:
-        params["fields"] = args.fields
+        params["fields"] = f"{args.fields},line" if args.output == "raw" else args.fields
     cursor = args.cursor
     for _ in range(max(1, args.pages)):
         body = _call(client, "GET", "/api/v1/search", params={**params, **({"cursor": cursor} if cursor else {})})
@@ -120,6 +132,8 @@ def _search(client: httpx.Client, args: argparse.Namespace, console: Console) ->
         cursor = body.get("cursor")
         if not cursor:
             break
+    if cursor and args.output == "raw":
+        print(f"next page: --cursor {cursor}", file=sys.stderr)     # stdout holds only the lines
 
 
 def _aggregate(client: httpx.Client, args: argparse.Namespace, console: Console) -> None:

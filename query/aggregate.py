@@ -16,9 +16,10 @@ import pyarrow as pa
 
 from query.errors import QueryError
 from query.language import And, MatchAll, Node, Or, Term
-from query.planner import Compiled, group_sql, numeric_sql, required_values, resolve
+from query.planner import ORIGINAL_FIELDS, Compiled, field_sql, group_sql, numeric_sql, required_values, resolve
 from query.runner import RANGE_SQL, Plan, QueryRunner
 from query.timerange import format_us, parse_duration_us, parse_range
+from storage.schema import LINE_SQL
 
 AGGREGATE_FNS = ("count", "sum", "avg", "min", "max", "p50", "p95", "p99")
 _QUANTILES = {"p50": 0.5, "p95": 0.95, "p99": 0.99}
@@ -191,7 +192,7 @@ class Aggregator:
             plan = self.runner.plan(node, tenant, start_us, end_us, segments)
             rows: list[Row] = []
             if not plan.scan.empty:
-                rows = self._aggregate_sql(plan, start_us, end_us, iv, groups, fname, ffield,
+                rows = self._aggregate_sql(plan, start_us, end_us, iv, by, groups, fname, ffield,
                                            top if by and not from_catalog else None)
         if from_catalog:
             merged: dict[tuple[int, tuple[str | None, ...]], float] = dict(from_catalog)
@@ -204,18 +205,20 @@ class Aggregator:
                  "elapsed_ms": round((time.perf_counter() - t0) * 1000, 2)}
         return AggregateResult(iv, fn if fname == "count" else f"{fname}({ffield})", by, buckets, series, stats)
 
-    def _aggregate_sql(self, plan: Plan, start_us: int, end_us: int, iv: int, groups: list[Compiled],
+    def _aggregate_sql(self, plan: Plan, start_us: int, end_us: int, iv: int, by: list[str], groups: list[Compiled],
                        fname: str, ffield: str | None, top: int | None) -> list[Row]:
         """(bucket, group, is_other, value) rows. Count, sum, avg, min and max are computed once per
         (bucket, group) and the top groups folded from that small result; quantiles cannot be
         folded, so they group the raw rows a second time by (bucket, top group or other)."""
         cond = plan.where
-        source = plan.scan.relation()
+        named = [*by, *([ffield] if ffield is not None else [])]
+        source = plan.relation(original=any(resolve(n)[1] in ORIGINAL_FIELDS for n in named))
         value = Compiled("NULL::DOUBLE")
         if ffield is not None:
-            kind, key = resolve(ffield)
-            subject = Compiled(key) if kind == "column" else Compiled("attrs[?]", [key])
-            value = numeric_sql(subject, "s") if kind == "attr" else Compiled(f"TRY_CAST({key} AS DOUBLE)")
+            kind, _ = resolve(ffield)
+            subject = field_sql(ffield)
+            value = numeric_sql(subject, "s") if kind == "attr" else \
+                Compiled(f"TRY_CAST({subject.sql} AS DOUBLE)", subject.params)
         keys = [f"k{i}" for i in range(len(groups))]
         key_cols = "".join(f", {g.sql} AS {k}" for g, k in zip(groups, keys, strict=True))
         params: list[Any] = [iv, iv, *[p for g in groups for p in g.params], *value.params, *source.params,
@@ -260,9 +263,10 @@ class Aggregator:
         return out
 
     def buckets(self, node: Node, tenant: str, lo_us: int, hi_us: int, origin_us: int, width_us: int,
-                labels: list[str], acc: dict[str, int] | None = None) -> pa.Table:
+                labels: list[str], acc: dict[str, int] | None = None, *, line_bytes: bool = False) -> pa.Table:
         """Rows with lo < ts <= hi counted per bucket (origin + (k-1)*width, origin + k*width] and per
-        value of ``labels``: columns ``k``, the labels, ``n`` (rows) and ``bytes`` (message bytes).
+        value of ``labels``: columns ``k``, the labels, ``n`` (rows) and ``bytes`` (bytes of the
+        original lines, with ``line_bytes``; else NULL, so that a count reads only what it needs).
         Windows are open on the left, as Loki's range vectors are."""
         groups = [group_sql(name) for name in labels]
         with self.runner.slot():
@@ -274,10 +278,11 @@ class Aggregator:
             if scan.empty:
                 return pa.table({"k": pa.array([], pa.int64())})
             cond = plan.where
-            source = scan.relation()
+            source = plan.relation(original=line_bytes)
             cols = "".join(f", {g.sql} AS l{i}" for i, g in enumerate(groups))
+            size = f"sum(strlen({LINE_SQL}))::BIGINT" if line_bytes else "NULL::BIGINT"
             sql = (f"SELECT (epoch_us(ts) - ? + ? - 1) // ? AS k{cols}, count(*) AS n, "
-                   f"sum(strlen(message))::BIGINT AS bytes FROM {source.sql} AS logs "
+                   f"{size} AS bytes FROM {source.sql} AS logs "
                    f"WHERE ts > make_timestamptz(?::BIGINT) AND ts <= make_timestamptz(?::BIGINT) "
                    f"AND ({cond.sql}) GROUP BY ALL")
             params = [origin_us, width_us, width_us, *[p for g in groups for p in g.params], *source.params,

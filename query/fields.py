@@ -12,7 +12,7 @@ from typing import Any
 
 from query.errors import QueryError
 from query.language import MatchAll, Node
-from query.planner import SELECT_COLUMNS, group_sql
+from query.planner import FIELD_COLUMNS, ORIGINAL_FIELDS, SELECT_COLUMNS, group_sql, resolve
 from query.runner import RANGE_SQL, QueryRunner
 from query.timerange import parse_range
 
@@ -58,7 +58,7 @@ class FieldQueries:
             if scan.empty:
                 return [], {**scan.stats(), "sampled_rows": 0}
             cond = plan.where
-            source = scan.relation()
+            source = plan.relation()
             sample = (f"SELECT service, host, source, level, trace_id, span_id, attrs FROM {source.sql} AS logs "
                       f"WHERE {RANGE_SQL} AND ({cond.sql}) ORDER BY ts DESC LIMIT ?")
             params = [*source.params, start_us, end_us, *cond.params, self.cfg.query.fields_sample_rows]
@@ -77,7 +77,7 @@ class FieldQueries:
         for (k, col), values in by_field.items():
             values.sort(key=lambda x: (-x[1], x[0]))
             numeric = all(_is_number(v) for v, _ in values)
-            name = k if col or k not in SELECT_COLUMNS else f"attrs.{k}"
+            name = k if col or k not in FIELD_COLUMNS else f"attrs.{k}"
             out.append(FieldInfo(name, "number" if numeric and not col else "string", sum(n for _, n in values),
                                  len(values), [{"value": v, "count": n} for v, n in values[:top]]))
         out.sort(key=lambda f: (f.name not in SELECT_COLUMNS, -f.count, f.name))
@@ -95,7 +95,7 @@ class FieldQueries:
         start_us, end_us = parse_range(start, end)
         table, scan = self.runner.select(node, start_us, end_us, tenant, f"{group.sql} AS v, count(*) AS n",
                                          "AND v IS NOT NULL GROUP BY v ORDER BY n DESC, v LIMIT ?", group.params,
-                                         [limit])
+                                         [limit], original=resolve(fieldname)[1] in ORIGINAL_FIELDS)
         values = [] if table is None else [{"value": v, "count": n} for v, n in
                                            zip(table["v"].to_pylist(), table["n"].to_pylist(), strict=True)]
         return values, {**scan.stats(), "elapsed_ms": round((time.perf_counter() - t0) * 1000, 2)}

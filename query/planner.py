@@ -25,7 +25,7 @@ from query.language.lexer import FIELD_RE
 from storage import tokens
 from storage.catalog import SegmentRow
 from storage.errors import StorageError
-from storage.schema import SEVERITY
+from storage.schema import LINE_SQL, ORIGINAL_COLUMNS, SEVERITY
 from storage.tokens import SegmentIndex
 
 #: Columns a term can address by name and compare exactly.
@@ -33,6 +33,14 @@ _EXACT = {"service", "host", "source", "trace_id", "span_id"}
 _ALIASES = {"msg": "message", "body": "message", "svc": "service"}
 SELECT_COLUMNS = ("ts", "observed_ts", "service", "host", "source", "level", "severity",
                   "message", "attrs", "trace_id", "span_id")
+#: Fields that read the original line: ``line`` (computed) and the columns it is kept in. A query
+#: or projection naming one reads those columns, which segments written before them lack.
+ORIGINAL_FIELDS = ("line", *ORIGINAL_COLUMNS)
+#: Every name a field resolves to as a column rather than an attribute (``attrs.<name>`` reaches
+#: an attribute of that name).
+FIELD_COLUMNS = frozenset((*SELECT_COLUMNS, *ORIGINAL_FIELDS))
+#: Fields searched as text, by substring, like bare words (``field:value`` is exact on the others).
+_TEXT_FIELDS = ("message", *ORIGINAL_FIELDS)
 _TIME_COLUMNS = {"ts", "observed_ts"}
 
 _LEVEL_ALIASES = {"warning": "warn", "err": "error", "critical": "fatal", "crit": "fatal"}
@@ -54,7 +62,7 @@ def resolve(name: str) -> tuple[str, str]:
     name = _ALIASES.get(name, name)
     if not FIELD_RE.fullmatch(name):
         raise UnknownField(f"invalid field name {name!r}")
-    if name in SELECT_COLUMNS:
+    if name in FIELD_COLUMNS:
         return "column", name
     return "attr", name.removeprefix("attrs.")
 
@@ -147,7 +155,14 @@ class Compiled:
 
 
 def _value_sql(kind: str, name: str) -> Compiled:
-    return Compiled(name) if kind == "column" else Compiled("attrs[?]", [name])
+    if kind == "attr":
+        return Compiled("attrs[?]", [name])
+    return Compiled(LINE_SQL if name == "line" else name)
+
+
+def field_sql(name: str) -> Compiled:
+    """The SQL of one field's value (a column, the original line, or an attribute)."""
+    return _value_sql(*resolve(name))
 
 
 def numeric_sql(v: Compiled, unit: str | None) -> Compiled:
@@ -167,7 +182,7 @@ def group_sql(name: str) -> Compiled:
         return Compiled("attrs[?]", [key])
     if key in ("ts", "observed_ts", "attrs"):
         raise UnknownField(f"cannot group by {key}")
-    return Compiled(f"CAST({key} AS VARCHAR)")
+    return Compiled(f"CAST({_value_sql(kind, key).sql} AS VARCHAR)")
 
 
 _SQL_OPS = {">": ">", ">=": ">=", "<": "<", "<=": "<="}
@@ -221,13 +236,14 @@ def _term(t: Term) -> Compiled:
         return Compiled(f"regexp_matches({subject.sql}, ?)", [*subject.params, t.value])
     if name == "attrs":
         raise QueryError("attrs holds every attribute: search one by its key, e.g. attrs.http.status:500")
-    if name == "message":
+    if kind == "column" and name in _TEXT_FIELDS:
+        text = _value_sql(kind, name).sql
         if t.kind == "wildcard":
             # DuckDB lowers both sides, so they fold alike (Python's lower differs: final sigma, dotted I).
-            return Compiled("lower(message) LIKE lower(?) ESCAPE '\\'", [f"%{_like_pattern(t.value)}%"])
+            return Compiled(f"lower({text}) LIKE lower(?) ESCAPE '\\'", [f"%{_like_pattern(t.value)}%"])
         # RE2's case-insensitive literal search: twice as fast as contains(lower(message), ?),
         # which builds a lower-cased copy of every message first.
-        return Compiled("regexp_matches(message, ?)", [literal_regex(t.value)])
+        return Compiled(f"regexp_matches({text}, ?)", [literal_regex(t.value)])
     if name == "level":
         if t.kind == "wildcard":
             return Compiled("level LIKE ? ESCAPE '\\'", [_like_pattern(t.value.lower())])
@@ -251,6 +267,8 @@ def _exists(e: Exists) -> Compiled:
         return Compiled("map_contains(attrs, ?)", [name])
     if name in ("trace_id", "span_id"):
         return Compiled(f"coalesce({name}, '') <> ''")
+    if name in ORIGINAL_COLUMNS:
+        return Compiled(f"{name} IS NOT NULL")
     return Compiled("TRUE")
 
 
@@ -292,6 +310,18 @@ def term_count(node: Node) -> int:
         case And(items=items) | Or(items=items):
             return sum(term_count(i) for i in items)
     return 1
+
+
+def uses_original(node: Node) -> bool:
+    """Whether ``node`` names a field of the original line (see :data:`ORIGINAL_FIELDS`)."""
+    match node:
+        case Term(field=f) | Compare(field=f) | Range(field=f) | Exists(field=f) if f is not None:
+            return _ALIASES.get(f, f) in ORIGINAL_FIELDS
+        case Not(item=item):
+            return uses_original(item)
+        case And(items=items) | Or(items=items):
+            return any(uses_original(i) for i in items)
+    return False
 
 
 def regexes(node: Node) -> list[str]:
@@ -413,12 +443,19 @@ class Scan:
                 "rows_scanned": self.rows_scanned, "bytes_scanned": self.bytes_scanned,
                 "index_used": self.index_used}
 
-    def relation(self, columns: str = "*") -> Compiled:
-        """A FROM-clause relation over exactly the scanned data."""
+    def relation(self, columns: str = "*", *, original: bool = False) -> Compiled:
+        """A FROM-clause relation over exactly the scanned data.
+
+        With ``original``, it has the columns of the original line (:data:`ORIGINAL_COLUMNS`)
+        whatever the segments hold: those written before the columns existed read them as NULL.
+        DuckDB binds a file list to its first file's columns, so the files are then read by name
+        (``union_by_name``) and the parts joined by name onto an empty relation that has them.
+        Without it, nothing names those columns and the files are read as before."""
         parts: list[str] = []
         params: list[object] = []
+        by_name = ", union_by_name = true" if original else ""
         if self.whole:
-            parts.append(f"SELECT {columns} FROM read_parquet(?, hive_partitioning = false)")
+            parts.append(f"SELECT {columns} FROM read_parquet(?, hive_partitioning = false{by_name})")
             params.append(self.whole)
         for url, ranges in self.partial:
             rows = " OR ".join("file_row_number >= ? AND file_row_number < ?" for _ in ranges)
@@ -426,7 +463,11 @@ class Scan:
             parts.append(f"SELECT {cols} FROM read_parquet(?, hive_partitioning = false, "
                          f"file_row_number = true) WHERE {rows}")
             params += [url, *[b for r in ranges for b in r]]
-        return Compiled("(" + " UNION ALL ".join(parts) + ")", params)
+        if not original:
+            return Compiled("(" + " UNION ALL ".join(parts) + ")", params)
+        empty = ", ".join(f"NULL::VARCHAR AS {c}" for c in ORIGINAL_COLUMNS)
+        return Compiled(f"(SELECT {empty} WHERE false UNION ALL BY NAME "
+                        + " UNION ALL BY NAME ".join(f"({p})" for p in parts) + ")", params)
 
 
 def choose(node: Node, segments: list[SegmentRow], root: str,

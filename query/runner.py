@@ -24,7 +24,7 @@ from loglake.core.config import Config
 from query.errors import QueryError, QueryOutOfMemory, QueryTimeout, ScanTooLarge, TooManyQueries
 from query.language import MatchAll, Node, parse
 from query.metrics import QueryMetrics
-from query.planner import Compiled, Scan, choose, compile_filter, regexes, term_count
+from query.planner import Compiled, Scan, choose, compile_filter, regexes, term_count, uses_original
 from storage.catalog import Catalog, SegmentRow
 from storage.root import DataRoot
 from storage.tokens import IndexCache, SegmentIndex
@@ -44,6 +44,13 @@ class Plan:
     scan: Scan
     #: The query's WHERE condition; every statement of the request reuses it.
     where: Compiled
+    #: Whether the condition reads the original line's columns.
+    original: bool = False
+
+    def relation(self, *, original: bool = False) -> Compiled:
+        """The planned data as a FROM-clause relation; with the original line's columns when the
+        condition needs them or ``original`` asks for them (a projection that shows them)."""
+        return self.scan.relation(original=original or self.original)
 
 
 class QueryRunner:
@@ -151,18 +158,19 @@ class QueryRunner:
         if scan.bytes_scanned > self.cfg.query.max_scan_bytes:
             raise ScanTooLarge(scan.bytes_scanned, self.cfg.query.max_scan_bytes)
         self.metrics.scanned(scan)
-        return Plan(scan, where)
+        return Plan(scan, where, uses_original(node))
 
     def select(self, node: Node | None, start_us: int, end_us: int, tenant: str, select: str,
-               tail: str, select_params: list[Any], tail_params: list[Any]) -> tuple[pa.Table | None, Scan]:
+               tail: str, select_params: list[Any], tail_params: list[Any], *,
+               original: bool = False) -> tuple[pa.Table | None, Scan]:
         """``SELECT select FROM <the planned data> WHERE <range and node> tail`` in a slot; None if
-        nothing is to be read."""
+        nothing is to be read. ``original``: ``select`` reads the original line's columns."""
         node = node or MatchAll()
         with self.slot():
             plan = self.plan(node, tenant, start_us, end_us)
             if plan.scan.empty:
                 return None, plan.scan
-            source = plan.scan.relation()
+            source = plan.relation(original=original)
             sql = f"SELECT {select} FROM {source.sql} AS logs WHERE {RANGE_SQL} AND ({plan.where.sql}) {tail}"
             return self.run(sql, [*select_params, *source.params, start_us, end_us, *plan.where.params,
                                   *tail_params]), plan.scan

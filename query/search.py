@@ -2,6 +2,8 @@
 
 A cursor continues exactly where the previous page ended, even inside a run
 of records sharing one timestamp; ``fields`` chooses what each row returns.
+A row holds its columns and ``line``, the original line as received; the
+stored parts of it (``head``, ``raw``) only when ``fields`` names them.
 """
 
 from __future__ import annotations
@@ -17,14 +19,16 @@ import pyarrow.compute as pc
 
 from query.errors import QueryError
 from query.language import Node
-from query.planner import SELECT_COLUMNS, Compiled, resolve
+from query.planner import SELECT_COLUMNS, Compiled, field_sql
 from query.runner import RANGE_SQL, Plan, QueryRunner
 from query.timerange import format_us, parse_range
 
 Order = Literal["asc", "desc"]
 #: Rows sharing a timestamp are ordered by this hash of all they hold, so a cursor can resume
 #: between them; only rows identical in every column share a hash, and those are interchangeable.
-_TIE = "hash(observed_ts, service, host, source, level, message, attrs, trace_id, span_id)"
+_TIE = "hash(observed_ts, service, host, source, level, message, attrs, trace_id, span_id, head, raw)"
+#: What a row holds when ``fields`` is not given: the columns, and the original line.
+DEFAULT_FIELDS = (*SELECT_COLUMNS, "line")
 #: Fields one search may return: each is a column of every row DuckDB holds (20,000 of them ran it
 #: out of memory).
 MAX_FIELDS = 256
@@ -73,15 +77,14 @@ def _decode_cursor(cursor: str, order: str) -> tuple[int, int, int]:
 
 def _projection(fields: list[str] | None) -> list[tuple[str, Compiled]]:
     if not fields:
-        return [(c, Compiled(c)) for c in SELECT_COLUMNS]
+        return [(c, field_sql(c)) for c in DEFAULT_FIELDS]
     check_fields(fields)
     out: list[tuple[str, Compiled]] = [("ts", Compiled("ts"))]
     for name in fields:
         name = name.strip()
         if not name or name == "ts" or any(n == name for n, _ in out):
             continue
-        kind, key = resolve(name)
-        out.append((name, Compiled(key) if kind == "column" else Compiled("attrs[?]", [key])))
+        out.append((name, field_sql(name)))
     return out
 
 
@@ -135,7 +138,8 @@ class Searcher:
         need a finer order (for the cursor), so only they are hashed, in a second small query
         that leaves the main one DuckDB's top-N with late materialisation."""
         cond = plan.where
-        source = plan.scan.relation()
+        # Always with the original line's columns: the row's ``line``, and the hash that orders ties.
+        source = plan.relation(original=True)
         desc = order == "desc"
         select = ", ".join(f"{c.sql} AS c{i}" for i, (_, c) in enumerate(projection))
         select_params: list[Any] = [p for _, c in projection for p in c.params]

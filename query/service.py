@@ -66,9 +66,10 @@ class SearchService:
         return self.aggregator.aggregate(q, start, end, interval, by, fn, top, tenant)
 
     def buckets(self, node: Node, tenant: str, lo_us: int, hi_us: int, origin_us: int, width_us: int,
-                labels: list[str], acc: dict[str, int] | None = None) -> pa.Table:
+                labels: list[str], acc: dict[str, int] | None = None, *, line_bytes: bool = False) -> pa.Table:
         """See :meth:`Aggregator.buckets`."""
-        return self.aggregator.buckets(node, tenant, lo_us, hi_us, origin_us, width_us, labels, acc)
+        return self.aggregator.buckets(node, tenant, lo_us, hi_us, origin_us, width_us, labels, acc,
+                                       line_bytes=line_bytes)
 
     def fields(self, q: str = "", start: str | None = None, end: str | None = None,
                tenant: str = "default", top: int = 5) -> tuple[list[FieldInfo], dict[str, Any]]:

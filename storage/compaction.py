@@ -33,7 +33,7 @@ from loglake.core.config import CompactionConfig
 from storage.catalog import Catalog, SegmentRow
 from storage.errors import CatalogConflict
 from storage.root import DataRoot
-from storage.schema import RECORD_SCHEMA
+from storage.schema import conform
 from storage.segments import HOUR_US, SegmentInfo, describe, sort_rows
 
 log = logging.getLogger("loglake.storage")
@@ -129,7 +129,7 @@ def _plan(segments: list[SegmentRow], cfg: CompactionConfig, now_us: int,
 def merge(root: DataRoot, batch: list[SegmentRow], cfg: CompactionConfig,
           zstd_level: int) -> tuple[list[SegmentInfo], pa.Table]:
     """Write the rows of ``batch`` at ``zstd_level`` as new, sorted segments (not yet in the catalog)."""
-    table = pa.concat_tables([root.read_parquet(s.path).cast(RECORD_SCHEMA) for s in batch]).unify_dictionaries()
+    table = pa.concat_tables([conform(root.read_parquet(s.path)) for s in batch]).unify_dictionaries()
     table = sort_rows(table.combine_chunks())
     tenant, directory = batch[0].tenant, hour_of(batch[0])
     infos: list[SegmentInfo] = []

@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 
 from storage.catalog import AuditEntry, Catalog, SegmentRow
 from storage.root import DataRoot, parquet_size
-from storage.schema import RECORD_SCHEMA
+from storage.schema import conform
 from storage.segments import describe
 
 #: Given a segment's rows, which to drop.
@@ -41,7 +41,7 @@ class Removed:
 
 
 def rows_to_drop(root: DataRoot, seg: SegmentRow, drop: DropRows) -> tuple[pa.Table, pa.BooleanArray]:
-    table = root.read_parquet(seg.path).cast(RECORD_SCHEMA)
+    table = conform(root.read_parquet(seg.path))
     mask = drop(table)
     if isinstance(mask, pa.ChunkedArray):
         mask = mask.combine_chunks()

@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 from loglake.core.tenants import is_tenant_name
 from storage.errors import StorageError
 from storage.root import DataRoot
-from storage.schema import RECORD_SCHEMA
+from storage.schema import conform
 
 HOUR_US = 3_600_000_000
 
@@ -99,8 +99,7 @@ def write_segments(root: DataRoot | str | os.PathLike[str], tenant: str, table: 
     check_tenant(tenant)
     if not isinstance(root, DataRoot):
         root = DataRoot(os.fspath(root))
-    if table.schema != RECORD_SCHEMA:
-        table = table.cast(RECORD_SCHEMA)
+    table = conform(table)
     # One stable sort by (hour, service, ts) and one take; each hour is then a slice, in the
     # order sort_rows gives it (filtering out each hour first cost a pass over the batch per hour).
     hours = hours_of(table)

@@ -103,7 +103,7 @@ def _records(tenant: str, n: int, base_us: int) -> list[dict[str, Any]]:
 
 def _table(rows: list[dict[str, Any]]) -> pa.Table:
     """Rows as an Arrow table of the record schema."""
-    return pa.Table.from_pydict({name: [r[name] for r in rows] for name in RECORD_SCHEMA.names},
+    return pa.Table.from_pydict({name: [r.get(name) for r in rows] for name in RECORD_SCHEMA.names},
                                 schema=RECORD_SCHEMA)
 
 
@@ -961,6 +961,7 @@ def slow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         "message": [f'{{"user":"u{i % 97}","took_ms":{i % 1000},"path":"/api/v{i % 7}/items/{i}","msg":"done {i}"}}'
                     for i in range(n)],
         "attrs": [[("k", str(i % 13))] for i in range(n)], "trace_id": [None] * n, "span_id": [None] * n,
+        "head": [None] * n, "raw": [None] * n,
     }, schema=RECORD_SCHEMA)
     catalog = Catalog(cfg.storage.resolved_catalog_url())
     _commit(catalog, write_segments(cfg.storage.data_root, "default", table, "slow.parquet"))

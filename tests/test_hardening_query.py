@@ -104,7 +104,7 @@ def _serve(stacks: dict[str, Stack], root: Path, name: str, **env: str) -> Serve
     catalog = Catalog(cfg.storage.resolved_catalog_url())
     written: list[SegmentInfo] = []
     for tenant, rows in LAKE.items():
-        table = pa.Table.from_pydict({n: [r[n] for r in rows] for n in RECORD_SCHEMA.names}, schema=RECORD_SCHEMA)
+        table = pa.Table.from_pydict({n: [r.get(n) for r in rows] for n in RECORD_SCHEMA.names}, schema=RECORD_SCHEMA)
         written += write_segments(cfg.storage.data_root, tenant, table, f"{tenant}.parquet")
     catalog.commit([PartitionCommit(topic="t", partition=0, epoch=0, expected_next=0, new_next=len(written),
                                     segments=written)])

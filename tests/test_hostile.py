@@ -202,6 +202,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         "ts": [ts + i for i in range(3)], "observed_ts": [ts] * 3, "service": ["api"] * 3, "host": ["h"] * 3,
         "source": ["/s.log"] * 3, "level": ["info"] * 3, "severity": [9] * 3, "message": messages,
         "attrs": [[("id", str(i))] for i in range(3)], "trace_id": [None] * 3, "span_id": [None] * 3,
+        "head": [None] * 3, "raw": [None] * 3,
     }, schema=RECORD_SCHEMA)
     written = write_segments(cfg.storage.data_root, "default", table, "hostile.parquet")
     catalog.commit([PartitionCommit(topic="t", partition=0, epoch=0, expected_next=0, new_next=1,

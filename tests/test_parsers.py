@@ -1234,7 +1234,8 @@ class _FakeExploding(Normaliser):
         return pa.table({"ts": raw["observed_ts"], "observed_ts": raw["observed_ts"], "service": raw["service"],
                          "host": raw["host"], "source": raw["source"], "level": ["unknown"] * n, "severity": [0] * n,
                          "message": raw["line"], "attrs": pa.nulls(n, RECORD_SCHEMA.field("attrs").type),
-                         "trace_id": pa.nulls(n, pa.string()), "span_id": pa.nulls(n, pa.string())}
+                         "trace_id": pa.nulls(n, pa.string()), "span_id": pa.nulls(n, pa.string()),
+                         "head": pa.nulls(n, pa.string()), "raw": pa.nulls(n, pa.string())}
                         ).cast(RECORD_SCHEMA)
 
 

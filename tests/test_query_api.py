@@ -113,13 +113,14 @@ def test_unknown_order_is_rejected(server: Server) -> None:
 
 
 def test_row_carries_every_column_with_rfc3339_times_and_attrs_as_a_dict(server: Server) -> None:
+    """Every column but the stored parts of the original line, which the row holds whole as ``line``."""
     (row,) = server.search("attrs.id:a2")["rows"]
     assert row == {
         "ts": f"{DAY}T10:05:00.000000Z", "observed_ts": f"{DAY}T10:05:00.001000Z",
         "service": "api", "host": "web-1", "source": "/var/log/api.log", "level": "error",
         "severity": 17, "message": "Timeout talking to database",
         "attrs": {"id": "a2", "http.status": "500", "http.path": "/api/orders"},
-        "trace_id": None, "span_id": None,
+        "trace_id": None, "span_id": None, "line": "Timeout talking to database",
     }
 
 

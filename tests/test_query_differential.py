@@ -126,7 +126,7 @@ def arrow_table(rows: list[dict[str, Any]]) -> pa.Table:
     cols: dict[str, list[Any]] = {name: [] for name in RECORD_SCHEMA.names}
     for r in rows:
         for name in RECORD_SCHEMA.names:
-            cols[name].append(list(r["attrs"].items()) if name == "attrs" else r[name])
+            cols[name].append(list(r["attrs"].items()) if name == "attrs" else r.get(name))
     return pa.Table.from_pydict(cols, schema=RECORD_SCHEMA)
 
 

@@ -1448,7 +1448,8 @@ def _big_lake(root: Path, rows: int) -> None:
     table = pa.table({"ts": ts, "observed_ts": ts, "service": one("big"), "host": one("h"), "source": one("s"),
                       "level": one("info"), "severity": pa.array(np.full(rows, 9, np.int8)), "message": message,
                       "attrs": pa.nulls(rows, pa.map_(pa.string(), pa.string())),
-                      "trace_id": pa.nulls(rows, pa.string()), "span_id": pa.nulls(rows, pa.string())},
+                      "trace_id": pa.nulls(rows, pa.string()), "span_id": pa.nulls(rows, pa.string()),
+                      "head": pa.nulls(rows, pa.string()), "raw": pa.nulls(rows, pa.string())},
                      schema=RECORD_SCHEMA)
     written = write_segments(cfg.storage.data_root, "default", table, "big.parquet")
     catalog.commit([PartitionCommit("big", 0, 0, 0, len(written), written)])

@@ -101,8 +101,8 @@ def minutes(start: int, n: int, service: str = "api", step: int = MIN, **kw: Any
 
 
 def norm(row: dict[str, Any]) -> dict[str, Any]:
-    """A row as compared: times in microseconds, attrs a dict."""
-    return {**row, "attrs": dict(row["attrs"] or ())}
+    """A row as compared: times in microseconds, attrs a dict, the original line's columns NULL if not given."""
+    return {"head": None, "raw": None, **row, "attrs": dict(row["attrs"] or ())}
 
 
 def read_rows(root: DataRoot, path: str) -> list[dict[str, Any]]:

@@ -49,6 +49,7 @@ def _batch(start_us: int, n: int, tag: str) -> pa.Table:
         "message": pa.array([f"{tag} row {i}" for i in range(n)]),
         "attrs": pa.array([[("i", str(i))] for i in range(n)], pa.map_(pa.string(), pa.string())),
         "trace_id": pa.nulls(n, pa.string()), "span_id": pa.nulls(n, pa.string()),
+        "head": pa.nulls(n, pa.string()), "raw": pa.nulls(n, pa.string()),
     }).cast(RECORD_SCHEMA)
 
 

@@ -151,7 +151,7 @@ def record(rid: str, clock: str, service: str = "api", level: str = "info", mess
 
 
 def table_of(rows: list[dict[str, Any]]) -> pa.Table:
-    return pa.Table.from_pydict({name: [r[name] for r in rows] for name in RECORD_SCHEMA.names},
+    return pa.Table.from_pydict({name: [r.get(name) for r in rows] for name in RECORD_SCHEMA.names},
                                 schema=RECORD_SCHEMA)
 
 

@@ -29,6 +29,7 @@ from tests.helpers.browser import (
     Served,
     WebLake,
     WebPage,
+    billing_head,
     chromium,
     loglake_serve,
     open_page,
@@ -210,7 +211,7 @@ def test_a_field_value_in_the_sidebar_filters(web: WebPage) -> None:
     assert "service:worker" in web.tid("query-input").input_value()
 
 
-def test_a_row_expands_to_its_attributes_and_line(web: WebPage) -> None:
+def test_a_row_expands_to_its_attributes_and_line(web: WebPage, lake: WebLake) -> None:
     goto(web, q=BILLING_ERRORS)
     wait_rows(web, lambda rs: len(rs) == 3, "3 rows")
     web.tid("result-row").first.click()
@@ -220,7 +221,9 @@ def test_a_row_expands_to_its_attributes_and_line(web: WebPage) -> None:
               for f in details.get_by_test_id("detail-field").all()}
     assert fields.get("customer") == CUSTOMER and fields.get("id") == "b08", fields
     assert fields.get("service") == "billing" and fields.get("host") == "pay-1", fields
-    assert "PAYMARK charge declined order=1004" in details.get_by_test_id("raw-line").inner_text()
+    # The original line, head and all, exactly as the search API holds it.
+    [newest] = [r for r in lake.rows if r["message"] == PAYMARKS[0]]
+    assert details.get_by_test_id("raw-line").text_content() == billing_head(newest["ts"], "error") + PAYMARKS[0]
     assert details.get_by_test_id("copy-line").count() == 1
     web.shot("row-details")
     details.locator('[data-testid="detail-field"][data-field="customer"]').get_by_test_id("filter-include").click()

@@ -40,7 +40,9 @@ class SearchRequest(BaseModel):
     end: str | None = Field(None, description="RFC 3339, epoch, or now-15m; default now")
     limit: int | None = Field(None, description="rows to return (default 100, at most 10,000)")
     order: Literal["asc", "desc"] = "desc"
-    fields: list[str] | None = Field(None, description="columns or attribute keys to return (ts always)")
+    fields: list[str] | None = Field(None, description="columns, `line` (the original line; `head` and `raw`, "
+                                     "its stored parts) or attribute keys to return (ts always); default: every "
+                                     "column and `line`")
     cursor: str | None = Field(None, description="the `cursor` of the previous page")
 
 
@@ -256,7 +258,9 @@ def create_app(cfg: Config, catalog: Catalog | None = None) -> FastAPI:
         end: Annotated[str | None, Query(description="RFC 3339, epoch, or now; default now")] = None,
         limit: Annotated[int | None, Query(description="rows to return (default 100, at most 10,000)")] = None,
         order: Annotated[Literal["asc", "desc"], Query()] = "desc",
-        fields: Annotated[list[str] | None, Query(description="columns or attribute keys, comma-separated")] = None,
+        fields: Annotated[list[str] | None, Query(description="columns, `line`, `head`, `raw` or attribute "
+                                                            "keys, comma-separated; default: every column and "
+                                                            "`line`")] = None,
         cursor: Annotated[str | None, Query(description="the `cursor` of the previous page")] = None,
         tenant: Tenant = "default",
         accept: Annotated[str | None, Header()] = None,

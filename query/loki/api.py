@@ -352,7 +352,8 @@ def router(service: SearchService, gate: QueryGate | None = None) -> APIRouter:
                  "value": [(hi - 1) / 1e6, str(r["bytes"])]} for r in rows]})
         step_us = loki_step(step, lo, hi)
         assert node is not None     # the query is not empty: the parse above refuses an empty one
-        table = service.buckets(node, tenant, lo - 1, hi - 1, lo - 1, step_us, [column_of(n) for n in names])
+        table = service.buckets(node, tenant, lo - 1, hi - 1, lo - 1, step_us, [column_of(n) for n in names],
+                                line_bytes=True)
         series: dict[tuple[tuple[str, str], ...], dict[int, int]] = {}
         cols = [table[f"l{i}"].to_pylist() for i in range(len(names))] if table.num_rows else []
         for j, k in enumerate(table["k"].to_pylist() if table.num_rows else []):
@@ -498,7 +499,8 @@ def router(service: SearchService, gate: QueryGate | None = None) -> APIRouter:
                 if entries:
                     since = entries[-1].ts_us + 1
                     await ws.send_json({"streams": _streams(entries), "dropped_entries": None})
-                await asyncio.sleep(1.0)
+                if await _client_left(ws, 1.0):
+                    return
         except WebSocketDisconnect:
             return
         except QueryError as e:
@@ -508,6 +510,21 @@ def router(service: SearchService, gate: QueryGate | None = None) -> APIRouter:
             await _close(ws, 1011, "internal error")
 
     return r
+
+
+async def _client_left(ws: WebSocket, wait_s: float) -> bool:
+    """Wait ``wait_s`` for the client; True if it closed meanwhile. A tail sends only when there is
+    something new, so without this a client that left an idle stream was never noticed: its poll went
+    on, and a server shutting down waited for it."""
+    deadline = time.monotonic() + wait_s
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            message = await asyncio.wait_for(ws.receive(), left)
+        except TimeoutError:
+            return False
+        if message["type"] == "websocket.disconnect":
+            return True     # (anything the client sends is ignored: it does not make the poll sooner)
+    return False
 
 
 async def _close(ws: WebSocket, code: int, reason: str) -> None:

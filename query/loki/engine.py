@@ -66,8 +66,8 @@ def _key(labels: dict[str, str]) -> Labels:
     return tuple(sorted((k, v) for k, v in labels.items() if k != ERROR_DETAILS))
 
 
-#: What a log query reads of each record: its stream labels, line and attributes.
-FIELDS = [*STREAM_LABELS, "message", "attrs"]
+#: What a log query reads of each record: its stream labels, original line and attributes.
+FIELDS = [*STREAM_LABELS, "line", "attrs"]
 
 
 def _entries(rows: list[dict]) -> list[Entry]:
@@ -75,7 +75,7 @@ def _entries(rows: list[dict]) -> list[Entry]:
     for r in rows:
         labels = {name: str(r[name]) for name in STREAM_LABELS if r.get(name) is not None}
         meta = {sanitize(k): v for k, v in (r.get("attrs") or {}).items() if v is not None}
-        out.append(Entry(parse_time_us(r["ts"]), r["message"], labels, meta=meta))
+        out.append(Entry(parse_time_us(r["ts"]), r["line"], labels, meta=meta))
     return out
 
 
@@ -190,7 +190,8 @@ class Engine:
         simple = lr.unwrap is None and not stages and agg.op in (
             "count_over_time", "rate", "bytes_over_time", "bytes_rate", "absent_over_time")
         if simple:
-            table = self.svc.buckets(node, tenant, lo, hi, origin, width, list(STREAM_LABELS), self._acc())
+            table = self.svc.buckets(node, tenant, lo, hi, origin, width, list(STREAM_LABELS), self._acc(),
+                                     line_bytes=agg.op.startswith("bytes"))
             counts: dict[Labels, np.ndarray] = defaultdict(lambda: np.zeros(n_buckets + 1))
             value = "bytes" if agg.op.startswith("bytes") else "n"
             if table.num_rows:
@@ -234,7 +235,7 @@ class Engine:
             seen += len(r.rows)
             acc = self._acc()
             acc["lines"] = acc.get("lines", 0) + len(r.rows)
-            acc["bytes"] = acc.get("bytes", 0) + sum(len(x["message"]) for x in r.rows)
+            acc["bytes"] = acc.get("bytes", 0) + sum(len(x["line"]) for x in r.rows)
             if seen > MAX_PIPELINE_LINES:
                 raise QueryError(f"more than {MAX_PIPELINE_LINES:,} lines to run through a pipeline; "
                                  "narrow the time range or the selector")

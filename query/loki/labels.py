@@ -10,6 +10,7 @@ from typing import Any
 from query.language import Node
 from query.planner import group_sql
 from query.runner import QueryRunner
+from storage.schema import LINE_SQL
 
 
 class LabelQueries:
@@ -51,14 +52,15 @@ class LabelQueries:
 
     def volume(self, node: Node | None, start_us: int, end_us: int, tenant: str,
                labels: list[str]) -> list[dict[str, Any]]:
-        """Rows, message bytes and streams per combination of ``labels``, most bytes first."""
+        """Rows, bytes (of the original lines, as Loki counts them) and streams per combination of
+        ``labels``, most bytes first."""
         groups = [group_sql(name) for name in labels]
         keys = "".join(f"{g.sql} AS l{i}, " for i, g in enumerate(groups))
-        select = (f"{keys}count(*) AS n, sum(strlen(message))::BIGINT AS b, "
+        select = (f"{keys}count(*) AS n, sum(strlen({LINE_SQL}))::BIGINT AS b, "
                   "count(DISTINCT (service, host, level, source)) AS streams")
         tail = ("GROUP BY ALL " if groups else "") + "ORDER BY b DESC LIMIT ?"
         table, scan = self.runner.select(node, start_us, end_us, tenant, select, tail,
-                                         [p for g in groups for p in g.params], [10_000])
+                                         [p for g in groups for p in g.params], [10_000], original=True)
         if table is None:
             return []
         cols = [table[f"l{i}"].to_pylist() for i in range(len(labels))]

@@ -2,8 +2,11 @@
 
 The selector and every line filter that sees the original line (those before
 a ``line_format`` or ``decolorize``) become native nodes: the catalog prunes
-by service and level, the trigram index by the filters' text, DuckDB runs the
-rest. What cannot be SQL stays a pipeline stage (``pipeline.py``).
+by service and level, DuckDB runs the rest. A line filter is a term on the
+native ``line`` field, the line as received (time, level and all: what Loki
+filters), which the trigram index does not cover (it holds messages), so line
+filters do not prune row groups. What cannot be SQL stays a pipeline stage
+(``pipeline.py``).
 """
 
 from __future__ import annotations
@@ -57,9 +60,9 @@ def line_filter_node(f: LineFilter) -> Node | None:
     if f.op in ("|=", "!="):
         if any(v == "" for v in f.values):
             return None if f.op == "|=" else Not(MatchAll())
-        terms = [Term("message", literal_regex(v, ignore_case=False), "regex") for v in f.values]
+        terms = [Term("line", literal_regex(v, ignore_case=False), "regex") for v in f.values]
     else:
-        terms = [Term("message", v, "regex") for v in f.values]
+        terms = [Term("line", v, "regex") for v in f.values]
     node: Node = terms[0] if len(terms) == 1 else Or(tuple(terms))
     return node if f.op in ("|=", "|~") else Not(node)
 

@@ -19,6 +19,7 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -77,7 +78,8 @@ def web_rows(now_us: int) -> list[dict[str, Any]]:
 
     Bulk rows ``r00000``..: one every second or so, spread evenly; ``attrs.id`` is unique.
     Billing rows ``b00``..``b11``: the 12 ``BILLING`` lines of /var/log/billing.log, a second apart,
-    25 minutes ago; the errors carry ``customer="ACME Corp"``.
+    25 minutes ago; the errors carry ``customer="ACME Corp"``. Their original lines have a head
+    (``billing_head``) before the message, as a Log4j layout writes them.
     """
     rows = []
     first = now_us - 50 * MINUTE_US
@@ -91,8 +93,15 @@ def web_rows(now_us: int) -> list[dict[str, Any]]:
     at = now_us - 25 * MINUTE_US
     for j, (level, text) in enumerate(BILLING):
         attrs = [("id", f"b{j:02d}")] + ([("customer", CUSTOMER)] if level == "error" else [])
-        rows.append(record(at + j * 1_000_000, "billing", level, text, host="pay-1", attrs=attrs))
+        rows.append(record(at + j * 1_000_000, "billing", level, text, host="pay-1", attrs=attrs,
+                           head=billing_head(at + j * 1_000_000, level)))
     return rows
+
+
+def billing_head(ts_us: int, level: str) -> str:
+    """What a billing line holds before its message: time, level (padded) and thread."""
+    t = datetime.fromtimestamp(ts_us / 1e6, tz=UTC)
+    return f"{t:%Y-%m-%d %H:%M:%S},{t.microsecond // 1000:03d} {level.upper():<5} [pay-worker-1] "
 
 
 @dataclass

@@ -51,7 +51,7 @@ def make_table(rng: random.Random, tenant: str, hour: int, n: int, first_id: int
             rows.append(dict(rows[-1]))               # an exact duplicate: both copies must survive
         if uid % 89 == 0:
             rows.append(dict(rows[-1], observed_ts=rows[-1]["observed_ts"] + 1))   # same ts, a tie to sort
-    return pa.Table.from_pydict({c: [r[c] for r in rows] for c in COLUMNS}, schema=RECORD_SCHEMA)
+    return pa.Table.from_pydict({c: [r.get(c) for r in rows] for c in COLUMNS}, schema=RECORD_SCHEMA)
 
 
 def keys_of(table: pa.Table) -> list[RowKey]:

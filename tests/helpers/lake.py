@@ -14,24 +14,33 @@ from typing import Any
 import pyarrow as pa
 
 from storage.catalog import Catalog, PartitionCommit
-from storage.schema import RECORD_SCHEMA, SEVERITY
+from storage.schema import ORIGINAL_COLUMNS, RECORD_SCHEMA, SEVERITY
 from storage.segments import SegmentInfo, write_segments
 
 
 def record(ts_us: int, service: str, level: str, message: str, *, attrs: Iterable[tuple[str, str]] = (),
-           host: str = "web-1", trace_id: str | None = None) -> dict[str, Any]:
-    """One record as a row of ``RECORD_SCHEMA``: observed a millisecond after ``ts_us``, read from the service's log."""
+           host: str = "web-1", trace_id: str | None = None, head: str | None = None,
+           raw: str | None = None) -> dict[str, Any]:
+    """One record as a row of ``RECORD_SCHEMA``: observed a millisecond after ``ts_us``, read from the service's log.
+
+    Its original line is ``raw`` if given, else ``head`` + ``message``."""
     return {
         "ts": ts_us, "observed_ts": ts_us + 1_000, "service": service, "host": host,
         "source": f"/var/log/{service}.log", "level": level, "severity": SEVERITY[level],
         "message": message, "attrs": list(attrs), "trace_id": trace_id, "span_id": None,
+        "head": head, "raw": raw,
     }
 
 
+def original_line(row: dict[str, Any]) -> str:
+    """A record's original line, by the rule of the record model."""
+    return row["raw"] if row.get("raw") is not None else (row.get("head") or "") + row["message"]
+
+
 def arrow_table(rows: list[dict[str, Any]]) -> pa.Table:
-    """``rows`` (dicts of every column) as a ``RECORD_SCHEMA`` table."""
-    return pa.Table.from_pydict({name: [r[name] for r in rows] for name in RECORD_SCHEMA.names},
-                                schema=RECORD_SCHEMA)
+    """``rows`` (dicts of every column; ``head`` and ``raw`` may be left out) as a ``RECORD_SCHEMA`` table."""
+    return pa.Table.from_pydict({name: [r[name] if name not in ORIGINAL_COLUMNS else r.get(name) for r in rows]
+                                 for name in RECORD_SCHEMA.names}, schema=RECORD_SCHEMA)
 
 
 @dataclass(frozen=True)

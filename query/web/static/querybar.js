@@ -4,7 +4,7 @@ import { api } from "./api.js";
 import { h } from "./dom.js";
 import { filterTerm } from "./table.js";
 
-const BASE_FIELDS = ["service", "host", "source", "level", "message", "trace_id", "span_id", "severity"];
+const BASE_FIELDS = ["service", "host", "source", "level", "message", "line", "trace_id", "span_id", "severity"];
 const STOP = /[\s()]/;
 
 /** The token around the caret: its start, and its text up to the caret (a leading '-' left out). */

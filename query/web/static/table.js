@@ -7,6 +7,8 @@ export const ROW_H = 24;
 const OVERSCAN = 12;
 const COLUMNS = ["ts", "observed_ts", "service", "host", "source", "level", "severity", "message", "trace_id", "span_id"];
 const NOT_FILTERABLE = new Set(["ts", "observed_ts"]);
+// Names the query language reads as the original line, not as an attribute of that name.
+const LINE_FIELDS = ["line", "head", "raw"];
 const FIELD_RE = /^[A-Za-z_@][A-Za-z0-9_.@-]*$/;
 
 /** The query text for field = value: quoted when it holds spaces or the language's special characters. */
@@ -21,12 +23,14 @@ export function filterTerm(field, value, exclude = false) {
 export function rowFields(row) {
   const out = [];
   for (const c of COLUMNS) if (row[c] !== null && row[c] !== undefined && row[c] !== "") out.push([c, String(row[c])]);
-  for (const [k, v] of Object.entries(row.attrs || {})) out.push([COLUMNS.includes(k) || k === "attrs" ? `attrs.${k}` : k, String(v)]);
+  for (const [k, v] of Object.entries(row.attrs || {})) {
+    out.push([COLUMNS.includes(k) || LINE_FIELDS.includes(k) || k === "attrs" ? `attrs.${k}` : k, String(v)]);
+  }
   return out;
 }
 
 export function rowIdentity(r) {
-  return JSON.stringify([r.ts, r.service, r.host, r.source, r.level, r.message, r.attrs, r.trace_id, r.span_id]);
+  return JSON.stringify([r.ts, r.service, r.host, r.source, r.level, r.message, r.attrs, r.trace_id, r.span_id, r.line]);
 }
 
 export class ResultsTable {
@@ -165,7 +169,8 @@ export class ResultsTable {
 
   detailsElement(row) {
     const fields = rowFields(row);
-    const raw = row.message ?? "";
+    // The line as it was received (time, level and all), which the message is a part of.
+    const raw = row.line ?? row.message ?? "";
     const fieldItems = fields.map(([name, value]) => {
       const ok = !NOT_FILTERABLE.has(name) && FIELD_RE.test(name);
       return h("div", { class: "detail-field", "data-testid": "detail-field", "data-field": name, "data-value": value },
