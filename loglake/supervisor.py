@@ -1,4 +1,4 @@
-"""`loglake up`: the embedded broker and every stage as child processes of one supervisor.
+"""`loglake up`: the embedded broker and every stage (and the alert evaluator) as child processes of one supervisor.
 
 Children run in their own process groups, so Ctrl-C reaches only the
 supervisor, which then stops them in dependency order (demo writer, shipper,
@@ -115,7 +115,7 @@ def run_up(cfg: Config, config_path: str | None) -> int:
         base = [sys.executable, "-m", "loglake"]
         if config_path:
             base += ["--config", config_path]
-        names = ["ingest", "serve", "ship", "maintain"] + (["demo"] if cfg.demo.enabled else [])
+        names = ["ingest", "serve", "ship", "maintain", "alert"] + (["demo"] if cfg.demo.enabled else [])
         children = [Child(n, [*base, n], log_dir / f"{n}.log") for n in names]
         for c in children:
             c.start(env)

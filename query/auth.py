@@ -122,6 +122,8 @@ def required_role(method: str, path: str) -> str | None:
         return "admin"
     if path.startswith("/api/v1/saved-queries") and method not in ("GET", "HEAD"):
         return "writer"       # running one (/run) is a GET
+    if path.startswith(("/api/v1/alerts/groups", "/loki/api/v1/rules")) and method not in ("GET", "HEAD"):
+        return "writer"       # a backtest (POST /api/v1/alerts/backtest) only reads
     return "reader"
 
 

@@ -779,3 +779,17 @@ def test_query_probes_and_maintain_singleton(rendered: dict[str, Rendered]) -> N
     assert containers(m)[0]["args"] == ["maintain"]
     probe = containers(m)[0]["livenessProbe"]["httpGet"]
     assert probe["path"] == "/healthz" and probe["port"] == "metrics"
+
+
+def test_the_alert_evaluator_deploys_on_its_own_with_its_metrics_port(chart: helm.Chart, tmp_path: Path) -> None:
+    assert "alert" not in {w["metadata"]["name"].rsplit("-", 1)[-1] for w in render(chart, REQUIRED).workloads()}
+    r = render(chart, merged(REQUIRED, {"alert": {"enabled": True, "replicas": 2}}))
+    w = r.workload("alert")
+    assert w["spec"]["replicas"] == 2          # leases in the catalog make a second one safe
+    c = containers(w)[0]
+    assert c["args"] == ["alert"]
+    cfg = load_as_container(r, w, c, tmp_path)
+    assert cfg.alerts.metrics_listen == f"0.0.0.0:{port_named(c, 'metrics')}"
+    assert cfg.storage.resolved_catalog_url() == (REQUIRED["catalog"].get("url")
+                                                  or SECRET_PLACEHOLDERS["LOGLAKE_STORAGE__CATALOG_URL"])
+    assert containers(w)[0]["livenessProbe"]["httpGet"]["path"] == "/healthz"

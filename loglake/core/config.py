@@ -543,6 +543,40 @@ class MaintainConfig(_Section):
     metrics_listen: str = ""
 
 
+# -- query/alerts: alert and recording rules (`loglake alert`) --------------------------------------
+
+class AlertsConfig(_Section):
+    """The rule evaluator (`loglake alert`, run by `loglake up`) and where its alerts go."""
+
+    #: Alertmanager base URLs (alerts are POSTed to <url>/api/v2/alerts, as Prometheus does).
+    alertmanager_urls: list[str] = Field(default_factory=list)
+    #: Plain webhook URLs: one JSON POST when an alert starts firing and one when it resolves.
+    webhook_urls: list[str] = Field(default_factory=list)
+    #: Prometheus-style rule files (Loki's ruler format) loaded into the catalog at start; each
+    #: file is a namespace named after the file.
+    rule_files: list[Path] = Field(default_factory=list)
+    #: The tenant rule files are loaded for.
+    rule_files_tenant: _TenantName = "default"
+    #: A group's interval when its rules do not say.
+    default_interval_s: float = Field(60.0, gt=0)
+    #: How long one evaluator holds a group after it last renewed its lease: another takes over after.
+    lease_s: float = Field(30.0, gt=0)
+    #: How often a firing alert is sent to Alertmanager again (Prometheus's resend delay).
+    resend_delay_s: float = Field(60.0, gt=0)
+    #: How long a resolved alert stays listed (and is sent as resolved) before it is forgotten.
+    resolved_keep_s: float = Field(900.0, ge=0)
+    #: Evaluations a group may be behind before the older missed ones are dropped (logged and counted).
+    max_catchup: int = Field(100, ge=1)
+    #: Sample matching lines each notification carries.
+    sample_lines: int = Field(3, ge=0, le=20)
+    #: The search page's base URL in notification links; default the query server's address.
+    external_url: str = ""
+    #: Timeout of one notification request.
+    notify_timeout_s: float = Field(5.0, gt=0)
+    #: host:port for /metrics, /healthz and /readyz of `loglake alert`; empty: none.
+    metrics_listen: str = ""
+
+
 # -- query/: the search service and its API keys ---------------------------------------------------
 
 class QueryConfig(_Section):
@@ -640,6 +674,7 @@ class Config(_Section):
     compaction: CompactionConfig = CompactionConfig()
     retention: RetentionConfig = RetentionConfig()
     maintain: MaintainConfig = MaintainConfig()
+    alerts: AlertsConfig = AlertsConfig()
     query: QueryConfig = QueryConfig()
     demo: DemoConfig = DemoConfig()
     log: LogConfig = LogConfig()

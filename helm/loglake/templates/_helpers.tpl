@@ -128,7 +128,7 @@ those would be read as config overrides). */}}
 {{- define "loglake.configDict" -}}
 {{- $cfg := deepCopy (.Values.config | default dict) -}}
 {{- $sections := list "kafka" "broker" "shipper" "storage" "query" "demo" -}}
-{{- $sections = concat $sections (ternary (list "log") (list "ingest" "maintain") .Values.demo.enabled) -}}
+{{- $sections = concat $sections (ternary (list "log") (list "ingest" "maintain" "alerts") .Values.demo.enabled) -}}
 {{- range $s := $sections -}}
 {{- if not (kindIs "map" (get $cfg $s)) -}}
 {{- $_ := set $cfg $s dict -}}
@@ -200,6 +200,7 @@ those would be read as config overrides). */}}
 {{- $_ := set $shipper "metrics_listen" (printf "0.0.0.0:%d" (int .Values.shipper.metricsPort)) -}}
 {{- $_ := set (get $cfg "ingest") "metrics_listen" (printf "0.0.0.0:%d" (int .Values.ingest.metricsPort)) -}}
 {{- $_ := set (get $cfg "maintain") "metrics_listen" (printf "0.0.0.0:%d" (int .Values.maintain.metricsPort)) -}}
+{{- $_ := set (get $cfg "alerts") "metrics_listen" (printf "0.0.0.0:%d" (int .Values.alert.metricsPort)) -}}
 {{- end -}}
 {{- toJson $cfg -}}
 {{- end -}}
