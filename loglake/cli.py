@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from loglake.commands import alerts as alert_commands
 from loglake.commands import keys as key_commands
+from loglake.commands import lakehouse as lakehouse_commands
 from loglake.commands import storage as storage_commands
 from loglake.core.config import Config, ConfigError, load_config
 from loglake.core.logs import setup_logging
@@ -194,12 +195,13 @@ def build_parser() -> argparse.ArgumentParser:
     storage_commands.add_parsers(sub)
     key_commands.add_parsers(sub)
     alert_commands.add_parsers(sub)
+    lakehouse_commands.add_parsers(sub)
     return p
 
 
 COMMANDS = {"up": cmd_up, "broker": cmd_broker, "ship": cmd_ship, "ingest": cmd_ingest,
             "serve": cmd_serve, "demo": cmd_demo, "search": cmd_search, **storage_commands.COMMANDS,
-            **key_commands.COMMANDS, **alert_commands.COMMANDS}
+            **key_commands.COMMANDS, **alert_commands.COMMANDS, **lakehouse_commands.COMMANDS}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

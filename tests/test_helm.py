@@ -77,7 +77,9 @@ FULL: dict[str, Any] = {
                           "annotations": {"nginx.ingress.kubernetes.io/proxy-read-timeout": "300"},
                           "hosts": [{"host": "logs.example.com", "paths": [{"path": "/", "pathType": "Prefix"}]}],
                           "tls": [{"secretName": "logs-tls", "hosts": ["logs.example.com"]}]}},
-    "maintain": {"nodeSelector": {"kubernetes.io/os": "linux"}},
+    "maintain": {"nodeSelector": {"kubernetes.io/os": "linux"},
+                 "backup": {"dest": "s3://backups/loglake", "intervalS": 21600, "keep": 14},
+                 "iceberg": {"enabled": True, "intervalS": 120}},
 }
 
 DEMO: dict[str, Any] = {
@@ -446,6 +448,9 @@ def test_full_values_reach_the_loaded_config(rendered: dict[str, Rendered], tmp_
     # What `config` adds.
     assert cfg.ingest.flush_interval_s == 5 and cfg.ingest.formats[0].format == "json"
     assert cfg.retention.policies[0].max_age == "30d" and cfg.compaction.interval_s == 600
+    # Scheduled backups and the Iceberg mirror (maintain's values).
+    assert (cfg.backup.dest, cfg.backup.interval_s, cfg.backup.keep) == ("s3://backups/loglake", 21600, 14)
+    assert (cfg.iceberg.enabled, cfg.iceberg.catalog_uri, cfg.iceberg.interval_s) == (True, "", 120)
 
 
 def test_demo_config_is_read_by_loglakes_loader(rendered: dict[str, Rendered], tmp_path: Path) -> None:

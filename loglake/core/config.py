@@ -577,6 +577,44 @@ class AlertsConfig(_Section):
     metrics_listen: str = ""
 
 
+# -- storage/: the Iceberg mirror and backups (`loglake maintain`, `loglake backup`) ------------------
+
+class IcebergConfig(_Section):
+    """An Apache Iceberg mirror of the lake (one table per tenant) for outside engines to read."""
+
+    #: Off by default; off, nothing of Iceberg is imported or run.
+    enabled: bool = False
+    #: Empty: a SQL catalog in loglake's own catalog database (tables ``iceberg_tables`` and
+    #: ``iceberg_namespace_properties``). ``http(s)://...``: an Iceberg REST catalog.
+    catalog_uri: str = ""
+    #: For a REST catalog: the environment variable holding its bearer token (empty: none).
+    token_env: str = ""
+    #: The namespace of the tables; each tenant is a table in it.
+    namespace: str = "loglake"
+    #: Where table metadata is written: empty for ``<data_root>/_iceberg``.
+    warehouse: str = ""
+    #: How often the maintenance loop brings the mirror up to the catalog (it also does after
+    #: each compaction and retention run); ingest's new segments appear within this.
+    interval_s: float = Field(60.0, gt=0)
+
+    @field_validator("catalog_uri")
+    @classmethod
+    def _uri(cls, v: str) -> str:
+        if v and not v.startswith(("http://", "https://")):
+            raise ValueError(f"unsupported iceberg catalog_uri {v!r}: empty (loglake's catalog) or http(s):// (REST)")
+        return v
+
+
+class BackupConfig(_Section):
+    """Scheduled backups by `loglake maintain` (and where `loglake backup` writes by default)."""
+
+    #: A directory or ``s3://bucket/prefix`` (S3 settings and credentials: `[storage.s3]`); empty: no schedule.
+    dest: str = ""
+    interval_s: float = Field(86400.0, gt=0)
+    #: Backups kept (newest first); older ones, and segment copies only they used, are deleted.
+    keep: int = Field(7, ge=1)
+
+
 # -- query/: the search service and its API keys ---------------------------------------------------
 
 class QueryConfig(_Section):
@@ -675,6 +713,8 @@ class Config(_Section):
     retention: RetentionConfig = RetentionConfig()
     maintain: MaintainConfig = MaintainConfig()
     alerts: AlertsConfig = AlertsConfig()
+    iceberg: IcebergConfig = IcebergConfig()
+    backup: BackupConfig = BackupConfig()
     query: QueryConfig = QueryConfig()
     demo: DemoConfig = DemoConfig()
     log: LogConfig = LogConfig()

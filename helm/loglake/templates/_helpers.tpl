@@ -183,6 +183,20 @@ those would be read as config overrides). */}}
 {{- $_ := set $kafka "ssl_check_hostname" .Values.kafka.tls.checkHostname -}}
 {{- end -}}
 {{- $_ := set $storage "data_root" .Values.storage.dataRoot -}}
+{{- if .Values.maintain.backup.dest -}}
+{{- $backup := ternary (get $cfg "backup") dict (kindIs "map" (get $cfg "backup")) -}}
+{{- $_ := set $backup "dest" .Values.maintain.backup.dest -}}
+{{- $_ := set $backup "interval_s" .Values.maintain.backup.intervalS -}}
+{{- $_ := set $backup "keep" (int .Values.maintain.backup.keep) -}}
+{{- $_ := set $cfg "backup" $backup -}}
+{{- end -}}
+{{- if .Values.maintain.iceberg.enabled -}}
+{{- $iceberg := ternary (get $cfg "iceberg") dict (kindIs "map" (get $cfg "iceberg")) -}}
+{{- $_ := set $iceberg "enabled" true -}}
+{{- $_ := set $iceberg "catalog_uri" .Values.maintain.iceberg.catalogUri -}}
+{{- $_ := set $iceberg "interval_s" .Values.maintain.iceberg.intervalS -}}
+{{- $_ := set $cfg "iceberg" $iceberg -}}
+{{- end -}}
 {{- if .Values.catalog.url -}}
 {{- $_ := set $storage "catalog_url" .Values.catalog.url -}}
 {{- else -}}
