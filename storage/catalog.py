@@ -451,6 +451,17 @@ class Catalog:
             d = tx.dialect
             tx.execute(f"DELETE FROM segments WHERE {d.id_in()} AND state IN ('retired', 'missing')", (d.ids(ids),))
 
+    def forget_sources(self, prefix: str, before_us: int) -> int:
+        """Forget the stored ranges of sources whose id starts with ``prefix`` and that were first
+        stored before ``before_us``; how many. For pushed requests (each a source of its own),
+        whose identity only needs remembering for as long as a client may retry."""
+        with self.db.transaction() as tx:
+            d = tx.dialect
+            escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            cur = tx.execute(f"DELETE FROM source_marks WHERE source_id LIKE {d.p} ESCAPE '\\' AND updated_us < {d.p}",
+                             (escaped + "%", before_us))
+            return int(cur.rowcount or 0)
+
     def mark_missing(self, ids: Sequence[int]) -> None:
         """Take live segments whose files are gone out of the live set (kept, for the record)."""
         if not ids:

@@ -680,6 +680,48 @@ class AuthConfig(_Section):
     key: str = ""
 
 
+# -- receive/: push ingest over HTTP (`loglake receive`) ------------------------------------------
+
+class TenantLimits(_Section):
+    """One tenant's own push limits, instead of `receive`'s."""
+
+    tenant: _TenantName
+    max_request_bytes: int | None = Field(None, ge=1024)
+    bytes_per_s: float | None = Field(None, ge=0)
+    burst_bytes: int | None = Field(None, ge=0)
+
+
+class ReceiveConfig(_Section):
+    """The push receiver: OTLP/HTTP, Loki push, Elasticsearch bulk and NDJSON, into the log topic."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(4318, ge=0, le=65535)
+    #: Largest request, as sent and once decompressed; larger is HTTP 413.
+    max_request_bytes: int = Field(16 << 20, ge=1024)
+    #: Per-tenant rate (request bytes once decompressed, per second; 0: no limit), and how far a
+    #: tenant may run ahead of it; beyond is HTTP 429 with Retry-After.
+    bytes_per_s: float = Field(0.0, ge=0)
+    burst_bytes: int = Field(64 << 20, ge=0)
+    #: Tenants with limits of their own.
+    tenants: list[TenantLimits] = []
+    #: A request not acknowledged by the broker (acks=all) within this is answered 503.
+    ack_timeout_s: float = Field(10.0, gt=0)
+    #: How long a pushed request's identity (its Idempotency-Key, else a hash of its content) is
+    #: remembered by ingest: the same request again within it is not stored twice. 0: keep forever.
+    dedup_window_s: float = Field(3600.0, ge=0)
+    #: The tenant of records when authentication is off and no X-Scope-OrgID is sent.
+    default_tenant: _TenantName = "default"
+
+    def limits_for(self, tenant: str) -> tuple[int, float, int]:
+        """(max request bytes, bytes per second, burst bytes) of ``tenant``."""
+        for t in self.tenants:
+            if t.tenant == tenant:
+                return (t.max_request_bytes or self.max_request_bytes,
+                        self.bytes_per_s if t.bytes_per_s is None else t.bytes_per_s,
+                        self.burst_bytes if t.burst_bytes is None else t.burst_bytes)
+        return self.max_request_bytes, self.bytes_per_s, self.burst_bytes
+
+
 # -- the shell: logging (loglake.core.logs) and the demo -------------------------------------------
 
 class LogConfig(_Section):
@@ -719,6 +761,7 @@ class Config(_Section):
     demo: DemoConfig = DemoConfig()
     log: LogConfig = LogConfig()
     auth: AuthConfig = AuthConfig()
+    receive: ReceiveConfig = ReceiveConfig()
 
     @model_validator(mode="after")
     def _frames_fit(self) -> Config:

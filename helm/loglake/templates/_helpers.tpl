@@ -128,7 +128,7 @@ those would be read as config overrides). */}}
 {{- define "loglake.configDict" -}}
 {{- $cfg := deepCopy (.Values.config | default dict) -}}
 {{- $sections := list "kafka" "broker" "shipper" "storage" "query" "demo" -}}
-{{- $sections = concat $sections (ternary (list "log") (list "ingest" "maintain" "alerts") .Values.demo.enabled) -}}
+{{- $sections = concat $sections (ternary (list "log") (list "ingest" "maintain" "alerts" "receive") .Values.demo.enabled) -}}
 {{- range $s := $sections -}}
 {{- if not (kindIs "map" (get $cfg $s)) -}}
 {{- $_ := set $cfg $s dict -}}
@@ -215,6 +215,8 @@ those would be read as config overrides). */}}
 {{- $_ := set (get $cfg "ingest") "metrics_listen" (printf "0.0.0.0:%d" (int .Values.ingest.metricsPort)) -}}
 {{- $_ := set (get $cfg "maintain") "metrics_listen" (printf "0.0.0.0:%d" (int .Values.maintain.metricsPort)) -}}
 {{- $_ := set (get $cfg "alerts") "metrics_listen" (printf "0.0.0.0:%d" (int .Values.alert.metricsPort)) -}}
+{{- $_ := set (get $cfg "receive") "host" "0.0.0.0" -}}
+{{- $_ := set (get $cfg "receive") "port" (int .Values.receive.port) -}}
 {{- end -}}
 {{- toJson $cfg -}}
 {{- end -}}
@@ -385,6 +387,13 @@ and 0 included (sprig's mergeOverwrite would skip those). */}}
     secretKeyRef:
       name: {{ .Values.storage.s3.existingSecret }}
       key: {{ .Values.storage.s3.secretAccessKeyKey }}
+{{- include "loglake.env.catalog" . }}
+{{- end }}
+{{- end -}}
+
+{{/* Catalog credentials alone: the push receiver, which reads API keys and no data. */}}
+{{- define "loglake.env.catalog" -}}
+{{- if not .Values.demo.enabled }}
 {{- if .Values.catalog.existingSecret }}
 - name: LOGLAKE_STORAGE__CATALOG_URL
   valueFrom:
