@@ -26,6 +26,15 @@ $(CHROMIUM_STAMP): | $(BIN)/python
 	@if [ -x $(CHROMIUM) ]; then touch $@; else \
 	    echo "NOTE: the browser tests need Debian's chromium at $(CHROMIUM): sudo apt-get install chromium" >&2; fi
 
+# The alerting tests run Debian's Alertmanager (tests/helpers/alertmanager.py), installed like chromium.
+ALERTMANAGER := /usr/bin/prometheus-alertmanager
+ALERTMANAGER_STAMP := $(VENV)/.alertmanager
+$(ALERTMANAGER_STAMP): | $(BIN)/python
+	@if [ ! -x $(ALERTMANAGER) ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus-alertmanager; fi
+	@if [ -x $(ALERTMANAGER) ]; then touch $@; else \
+	    echo "NOTE: the alerting tests need Debian's Alertmanager at $(ALERTMANAGER): sudo apt-get install prometheus-alertmanager" >&2; fi
+
 run: $(STAMP)
 	$(BIN)/loglake up
 
@@ -36,7 +45,7 @@ lint: $(STAMP)
 
 # Two workers, a file each at a time: most tests wait on real processes, so the cores are free.
 TEST_WORKERS ?= 2
-test: $(STAMP) $(CHROMIUM_STAMP) lint
+test: $(STAMP) $(CHROMIUM_STAMP) $(ALERTMANAGER_STAMP) lint
 	$(BIN)/python -m pytest -m "not slow and not soak" -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 test-slow: $(STAMP)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from ingest.batch import RecordRun
 from ingest.deadletters import DeadLetter
 from ingest.marks import Ranges
+from loglake.core.frame import PUSHED_SOURCE_PREFIX
 from storage.catalog import Catalog, PartitionState
 
 Key = tuple[str, int]          # (topic, partition)
@@ -59,12 +60,26 @@ class IngestState:
     ranges: dict[SourceKey, Ranges] = field(default_factory=dict)
     #: Counters reported on /metrics (``ingest.metrics``).
     stats: Counter[str] = field(default_factory=Counter)
+    #: Pushed requests (sources of their own) and when this worker first saw each (monotonic s).
+    pushed: dict[SourceKey, float] = field(default_factory=dict)
 
     def reload_ranges(self, catalog: Catalog) -> None:
         """Take the stored ranges from the catalog again (what was buffered since is not stored)."""
         fresh = catalog.source_ranges()
         self.ranges.clear()
         self.ranges.update(fresh)
+        now = time.monotonic()
+        for key in fresh:
+            if key[1].startswith(PUSHED_SOURCE_PREFIX):
+                self.pushed.setdefault(key, now)
+
+    def forget_pushed(self, window_s: float, now: float) -> int:
+        """Drop the ranges of pushed requests first seen over ``window_s`` ago; how many."""
+        old = [k for k, seen in self.pushed.items() if now - seen > window_s]
+        for k in old:
+            del self.pushed[k]
+            self.ranges.pop(k, None)
+        return len(old)
 
     def buffered(self) -> Buffered:
         bufs = self.buffers.values()

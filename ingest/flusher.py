@@ -25,8 +25,9 @@ from ingest.normalise import Normaliser, ParseSettings, normalise_safely
 from ingest.router import RecordRouter
 from ingest.source_stats import SourceKey, SourceTally, count_rows
 from loglake.core.config import Config
+from loglake.core.frame import PUSHED_SOURCE_PREFIX
 from storage.catalog import Catalog, PartitionCommit, PartitionState, SourceLayoutRow
-from storage.errors import CatalogConflict
+from storage.errors import CatalogConflict, StorageError
 from storage.root import DataRoot
 from storage.segments import SegmentInfo, segment_name, write_segments
 
@@ -48,6 +49,8 @@ class Flusher:
     def __init__(self, cfg: Config, catalog: Catalog, state: IngestState, router: RecordRouter,
                  policy: FlushPolicy) -> None:
         self.storage = cfg.storage
+        self.dedup_window_s = cfg.receive.dedup_window_s
+        self._next_forget = 0.0
         self.catalog = catalog
         self.state = state
         self.router = router
@@ -172,6 +175,7 @@ class Flusher:
             for tenant, counts in self._pending_counts.pop(k, []):
                 self.source_counts.add(tenant, counts)
                 self._active.update((tenant, service, source) for service, source in counts)
+        self._forget_pushed()
         log.info("flushed", extra={"rows": rows, "segments": sum(len(c.segments) for c in commits),
                                    "dead_letters": len(dead), "partitions": sorted(f"{t}/{p}" for t, p in keys),
                                    "seconds": round(time.monotonic() - started, 3)})
@@ -226,6 +230,23 @@ class Flusher:
             self._active.clear()
             self._layouts_at = now
         return len(rows)
+    def _forget_pushed(self) -> None:
+        """Now and then, forget pushed requests older than ``receive.dedup_window_s``, in memory and
+        in the catalog: a pushed request is a source of its own, so they would otherwise pile up."""
+        window = self.dedup_window_s
+        now = time.monotonic()
+        if window <= 0 or now < self._next_forget:
+            return
+        self._next_forget = now + min(60.0, window / 10)
+        try:
+            gone = self.catalog.forget_sources(PUSHED_SOURCE_PREFIX, time.time_ns() // 1000 - int(window * 1e6))
+        except StorageError as e:
+            log.warning("could not forget old pushed requests; will try again", extra={"reason": str(e)})
+            return
+        dropped = self.state.forget_pushed(window, now)
+        if gone or dropped:
+            log.info("forgot pushed requests past the de-duplication window",
+                     extra={"catalog": gone, "memory": dropped, "window_s": window})
 
     async def _commit_offsets(self, commits: list[PartitionCommit]) -> None:
         """Tell Kafka the new offsets: advisory only (for lag monitoring), the catalog is the truth."""

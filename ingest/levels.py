@@ -26,6 +26,12 @@ SEVERITY_OF: dict[str, int] = {
     "alert": 22, "emerg": 23, "emergency": 23,
 }
 
+#: OpenTelemetry's short names of the severity numbers within each range ("warn2" is 14): what
+#: pushed OTLP records carry as their level (receive/otlp.py), so their exact severity is kept.
+OTEL_SHORT_NAMES: dict[str, int] = {f"{w}{i}": base + i - 1 for w, base in (
+    ("trace", 1), ("debug", 5), ("info", 9), ("warn", 13), ("error", 17), ("fatal", 21)) for i in (2, 3, 4)}
+SEVERITY_OF.update(OTEL_SHORT_NAMES)
+
 #: Syslog severity (priority mod 8) -> level word.
 SYSLOG_SEVERITY: tuple[str, ...] = ("emerg", "alert", "crit", "err", "warning", "notice", "info", "debug")
 

@@ -24,7 +24,7 @@ from ingest.buffers import IngestState, PartitionBuffer, fingerprint
 from ingest.deadletters import DeadLetter, Reason
 from ingest.marks import add_range, drop_stored
 from loglake.core.config import Config, SourceFormat, TopicInput, check_timezone
-from loglake.core.frame import FrameError, FrameMeta, decode_frame
+from loglake.core.frame import PUSHED_SOURCE_PREFIX, FrameError, FrameMeta, decode_frame
 from storage.errors import StorageError
 from storage.segments import check_tenant
 
@@ -151,6 +151,8 @@ class RecordRouter:
             self._dead(buf, DeadLetter(Reason.INVALID_TENANT, value, detail=str(e), context=context, **where))
             return
         key = (tenant, meta.source_id)
+        if meta.source_id.startswith(PUSHED_SOURCE_PREFIX):
+            self.state.pushed.setdefault(key, time.monotonic())
         ranges = self.state.ranges.get(key, [])
         kept = drop_stored(records, meta.first_offset, ranges)
         self.state.stats["deduplicated"] += len(records) - len(kept)

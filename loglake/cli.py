@@ -12,8 +12,10 @@ import signal
 import sys
 from collections.abc import Sequence
 
+from loglake.commands import alerts as alert_commands
 from loglake.commands import formats as format_commands
 from loglake.commands import keys as key_commands
+from loglake.commands import lakehouse as lakehouse_commands
 from loglake.commands import sources as source_commands
 from loglake.commands import storage as storage_commands
 from loglake.core.config import Config, ConfigError, load_config
@@ -131,6 +133,30 @@ def cmd_serve(cfg: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_receive(cfg: Config, args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from loglake.core.addresses import is_loopback
+    from receive.app import Middleware, create_app, required_role
+
+    host = args.host or cfg.receive.host
+    if not cfg.auth.enabled and not is_loopback(host) and not args.insecure:
+        print(f"loglake receive: refusing to listen on {host} with authentication off (auth.enabled = false); "
+              "turn it on, listen on loopback, or pass --insecure", file=sys.stderr)
+        return EXIT_USAGE
+    wrap: Middleware | None = None
+    if cfg.auth.enabled:
+        # The query server's keys, in the same catalog: a writer key may push to its tenants.
+        from query.auth import Authenticator, AuthMiddleware
+        from storage.catalog import Catalog
+
+        auth = Authenticator(Catalog(cfg.storage.resolved_catalog_url()), cfg.auth)
+        wrap = lambda app: AuthMiddleware(app, auth, role_of=required_role)  # noqa: E731
+    uvicorn.run(create_app(cfg, wrap), host=host, port=args.port or cfg.receive.port, log_config=None,
+                access_log=False)
+    return 0
+
+
 def cmd_demo(cfg: Config, args: argparse.Namespace) -> int:
     from loglake.demo import DemoWriter
 
@@ -161,6 +187,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int)
     serve.add_argument("--insecure", action="store_true",
                        help="serve a non-loopback address even with authentication off")
+    receive = sub.add_parser("receive", help="accept OTLP/HTTP, Loki push, Elasticsearch bulk and NDJSON pushes")
+    receive.add_argument("--host")
+    receive.add_argument("--port", type=int)
+    receive.add_argument("--insecure", action="store_true",
+                         help="listen on a non-loopback address even with authentication off")
     sub.add_parser("demo", help="append realistic demo lines to files under demo.dir")
     search = sub.add_parser(
         "search", help="search, aggregate and run saved queries through the HTTP API",
@@ -197,12 +228,15 @@ def build_parser() -> argparse.ArgumentParser:
     key_commands.add_parsers(sub)
     source_commands.add_parsers(sub)
     format_commands.add_parsers(sub)
+    alert_commands.add_parsers(sub)
+    lakehouse_commands.add_parsers(sub)
     return p
 
 
 COMMANDS = {"up": cmd_up, "broker": cmd_broker, "ship": cmd_ship, "ingest": cmd_ingest,
-            "serve": cmd_serve, "demo": cmd_demo, "search": cmd_search, **storage_commands.COMMANDS,
-            **key_commands.COMMANDS, **source_commands.COMMANDS, **format_commands.COMMANDS}
+            "serve": cmd_serve, "receive": cmd_receive, "demo": cmd_demo, "search": cmd_search,
+            **storage_commands.COMMANDS, **key_commands.COMMANDS, **alert_commands.COMMANDS,
+            **lakehouse_commands.COMMANDS, **source_commands.COMMANDS, **format_commands.COMMANDS}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

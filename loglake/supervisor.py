@@ -1,8 +1,8 @@
-"""`loglake up`: the embedded broker and every stage as child processes of one supervisor.
+"""`loglake up`: the embedded broker and every stage (and the alert evaluator) as child processes of one supervisor.
 
 Children run in their own process groups, so Ctrl-C reaches only the
 supervisor, which then stops them in dependency order (demo writer, shipper,
-query server, ingest, broker). Each child also gets SIGTERM if the supervisor
+push receiver, query server, ingest, broker). Each child also gets SIGTERM if the supervisor
 dies, so no broker is ever left running.
 """
 
@@ -58,25 +58,31 @@ class Child:
 
 
 def demo_auth_off(cfg: Config) -> bool:
-    """Whether `up` turns authentication off: on loopback, and only when the configuration leaves
-    ``auth.enabled`` unset (an explicit true, in the file or the environment, is kept)."""
-    return is_loopback(cfg.query.host) and "enabled" not in cfg.auth.model_fields_set
+    """Whether `up` turns authentication off: when the query server and the push receiver listen on
+    loopback, and only when the configuration leaves ``auth.enabled`` unset (an explicit true, in
+    the file or the environment, is kept)."""
+    return is_loopback(cfg.query.host) and is_loopback(cfg.receive.host) and \
+        "enabled" not in cfg.auth.model_fields_set
 
 
 def _banner(cfg: Config, log_dir: Path, auth_off: bool) -> str:
     url = f"http://{cfg.query.host}:{cfg.query.port}"
+    push = f"http://{cfg.receive.host}:{cfg.receive.port}"
     exe = sys.argv[0] if os.path.basename(sys.argv[0]) == "loglake" else "loglake"
     return f"""
   loglake is up.
 
     search page  {url}/
     search API   {url}/api/v1/search      (docs: {url}/docs)
+    push         {push}/v1/logs (OTLP/HTTP)   {push}/loki/api/v1/push (Loki)
+                 {push}/_bulk (Elasticsearch)   {push}/api/v1/ingest (NDJSON)
     demo logs    {cfg.demo.dir}/*.log  ->  topic {cfg.kafka.topic} @ {cfg.kafka.bootstrap_servers}
     data root    {cfg.storage.data_root}
     process logs {log_dir}/*.log
 
   Try:
     curl -s '{url}/api/v1/search?q=level:error&start=now-15m&limit=5'
+    curl -s --data-binary '{{"msg": "hello", "level": "warn"}}' '{push}/api/v1/ingest?service=curl'
     {exe} search 'level:error service:api' --since 15m --url {url}
 
   {"Authentication is off: the server listens on loopback only (demo mode)." if auth_off
@@ -115,7 +121,7 @@ def run_up(cfg: Config, config_path: str | None) -> int:
         base = [sys.executable, "-m", "loglake"]
         if config_path:
             base += ["--config", config_path]
-        names = ["ingest", "serve", "ship", "maintain"] + (["demo"] if cfg.demo.enabled else [])
+        names = ["ingest", "serve", "receive", "ship", "maintain", "alert"] + (["demo"] if cfg.demo.enabled else [])
         children = [Child(n, [*base, n], log_dir / f"{n}.log") for n in names]
         for c in children:
             c.start(env)

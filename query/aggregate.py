@@ -262,6 +262,19 @@ class Aggregator:
             out.append((int(cols[0][i]), group, other, cols[-1][i]))
         return out
 
+    def window(self, node: Node, tenant: str, lo_us: int, hi_us: int, by: list[str],
+               fn: str) -> dict[tuple[str | None, ...], float | None]:
+        """``fn`` over the rows with lo < ts <= hi (left-open, as the buckets' windows), per group of ``by``."""
+        groups = [group_sql(b) for b in by]
+        fname, ffield = parse_fn(fn)
+        with self.runner.slot():
+            plan = self.runner.plan(node, tenant, lo_us + 1, hi_us + 1)
+            if plan.scan.empty:
+                return {}
+            # One bucket wider than any time: a single value per group.
+            rows = self._aggregate_sql(plan, lo_us + 1, hi_us + 1, 1 << 62, by, groups, fname, ffield, None)
+        return {k: v for _, k, _, v in rows}
+
     def buckets(self, node: Node, tenant: str, lo_us: int, hi_us: int, origin_us: int, width_us: int,
                 labels: list[str], acc: dict[str, int] | None = None, *, line_bytes: bool = False) -> pa.Table:
         """Rows with lo < ts <= hi counted per bucket (origin + (k-1)*width, origin + k*width] and per

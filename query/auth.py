@@ -38,8 +38,11 @@ from storage.segments import check_tenant
 
 log = logging.getLogger("loglake.auth")
 
-ROLES = ("reader", "writer", "admin")
-_RANK = {r: i for i, r in enumerate(ROLES)}
+ROLES = ("reader", "writer", "admin", "ingest")
+#: What each role may do. ``ingest`` only pushes (to ``loglake receive``): the key an agent holds
+#: on every node, which reads nothing if it leaks. A writer pushes too.
+GRANTS = {"reader": frozenset({"reader"}), "ingest": frozenset({"ingest"}),
+          "writer": frozenset({"reader", "writer", "ingest"}), "admin": frozenset(ROLES)}
 _PREFIX = "llk"
 _SCRYPT = {"n": 2**14, "r": 8, "p": 1}
 #: Paths anyone may call: probes, metrics and the API's own documentation.
@@ -122,6 +125,8 @@ def required_role(method: str, path: str) -> str | None:
         return "admin"
     if path.startswith("/api/v1/saved-queries") and method not in ("GET", "HEAD"):
         return "writer"       # running one (/run) is a GET
+    if path.startswith(("/api/v1/alerts/groups", "/loki/api/v1/rules")) and method not in ("GET", "HEAD"):
+        return "writer"       # a backtest (POST /api/v1/alerts/backtest) only reads
     return "reader"
 
 
@@ -339,15 +344,18 @@ def _bearer(headers: dict[bytes, bytes]) -> str | None:
 class AuthMiddleware:
     """ASGI middleware: authenticate, authorise by route, and pin ``X-Scope-OrgID`` to an allowed tenant."""
 
-    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], auth: Authenticator) -> None:
-        self.app, self.auth = app, auth
+    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], auth: Authenticator,
+                 role_of: Callable[[str, str], str | None] = required_role) -> None:
+        # role_of: the least role of a (method, path), for an app whose routes are not the query
+        # server's (the push receiver's all write).
+        self.app, self.auth, self.role_of = app, auth, role_of
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
         method = scope.get("method", "GET")
-        need = required_role(method, scope["path"])
+        need = self.role_of(method, scope["path"])
         if need is None:
             await self.app(scope, receive, send)
             return
@@ -362,7 +370,7 @@ class AuthMiddleware:
         except AuthDenied as e:
             await self._deny(scope, send, e.status, e.message, e.retry_after_s)
             return
-        if _RANK[principal.role] < _RANK[need]:
+        if need not in GRANTS.get(principal.role, ()):
             await self._deny(scope, send, 403, f"this key is a {principal.role}; this needs a {need}")
             return
         asked = headers.get(b"x-scope-orgid", b"").decode("latin-1").strip()

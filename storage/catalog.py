@@ -19,7 +19,7 @@ One schema, two databases: SQLite (WAL; the embedded default) and PostgreSQL
 Writers are serialised, by SQLite's write lock or by a PostgreSQL advisory
 transaction lock; readers never wait. API keys and saved queries live in the
 same database (their tables are in :data:`MIGRATIONS`) but belong to the query
-side: ``query/store.py``.
+side: ``query/store.py``; so do alert rules and their state (``query/alerts/store.py``).
 """
 
 from __future__ import annotations
@@ -147,6 +147,61 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE segments ADD COLUMN zstd_level INTEGER;
     """,
+    # Alert and recording rules (query/alerts/store.py): groups of rules, each alert's state,
+    # the lease that lets one evaluator act for a group, and each evaluation of a group.
+    """
+    CREATE TABLE alert_groups (
+        tenant     TEXT    NOT NULL,
+        namespace  TEXT    NOT NULL,
+        name       TEXT    NOT NULL,
+        interval_s DOUBLE PRECISION NOT NULL,
+        rules      TEXT    NOT NULL,   -- JSON list of rule specs
+        source     TEXT    NOT NULL,   -- api | the rule file it was loaded from
+        updated_us INTEGER NOT NULL,
+        PRIMARY KEY (tenant, namespace, name)
+    );
+    CREATE TABLE alert_state (
+        tenant      TEXT    NOT NULL,
+        namespace   TEXT    NOT NULL,
+        grp         TEXT    NOT NULL,
+        rule        TEXT    NOT NULL,
+        fingerprint TEXT    NOT NULL,
+        state       TEXT    NOT NULL,   -- pending | firing | resolved
+        labels      TEXT    NOT NULL,   -- JSON
+        annotations TEXT    NOT NULL,   -- JSON
+        value       DOUBLE PRECISION,
+        active_us   INTEGER NOT NULL,
+        fired_us    INTEGER,
+        resolved_us INTEGER,
+        last_eval_us INTEGER NOT NULL,
+        am_sent_us  INTEGER,            -- when Alertmanager was last sent this alert
+        am_state    TEXT,               -- the state Alertmanager was last sent
+        hook_state  TEXT,               -- the state webhooks were last sent (and confirmed)
+        hook_sending TEXT,              -- the state being sent to webhooks, not yet confirmed
+        detail      TEXT    NOT NULL DEFAULT '{}',   -- JSON: link, sample lines
+        PRIMARY KEY (tenant, namespace, grp, rule, fingerprint)
+    );
+    CREATE TABLE alert_leases (
+        tenant       TEXT    NOT NULL,
+        namespace    TEXT    NOT NULL,
+        grp          TEXT    NOT NULL,
+        owner        TEXT    NOT NULL,
+        expires_us   INTEGER NOT NULL,
+        next_slot_us INTEGER NOT NULL,   -- the next evaluation time of the group
+        PRIMARY KEY (tenant, namespace, grp)
+    );
+    CREATE TABLE alert_evaluations (
+        tenant      TEXT    NOT NULL,
+        namespace   TEXT    NOT NULL,
+        grp         TEXT    NOT NULL,
+        slot_us     INTEGER NOT NULL,   -- the time evaluated: one row per group and slot, ever
+        evaluator   TEXT    NOT NULL,
+        started_us  INTEGER NOT NULL,
+        duration_us INTEGER NOT NULL,
+        errors      TEXT    NOT NULL,   -- JSON {rule: error}
+        PRIMARY KEY (tenant, namespace, grp, slot_us)
+    );
+    """,
     # What ingest learned of each source (written by the flusher when it changes, and now and then):
     # `loglake sources` and GET /api/v1/sources list it.
     """
@@ -163,6 +218,7 @@ MIGRATIONS: tuple[str, ...] = (
     );
     """,
 )
+
 
 @dataclass(frozen=True, slots=True)
 class PartitionState:
@@ -446,6 +502,17 @@ class Catalog:
         with self.db.transaction() as tx:
             d = tx.dialect
             tx.execute(f"DELETE FROM segments WHERE {d.id_in()} AND state IN ('retired', 'missing')", (d.ids(ids),))
+
+    def forget_sources(self, prefix: str, before_us: int) -> int:
+        """Forget the stored ranges of sources whose id starts with ``prefix`` and that were first
+        stored before ``before_us``; how many. For pushed requests (each a source of its own),
+        whose identity only needs remembering for as long as a client may retry."""
+        with self.db.transaction() as tx:
+            d = tx.dialect
+            escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            cur = tx.execute(f"DELETE FROM source_marks WHERE source_id LIKE {d.p} ESCAPE '\\' AND updated_us < {d.p}",
+                             (escaped + "%", before_us))
+            return int(cur.rowcount or 0)
 
     def mark_missing(self, ids: Sequence[int]) -> None:
         """Take live segments whose files are gone out of the live set (kept, for the record)."""

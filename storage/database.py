@@ -87,6 +87,14 @@ class Transaction:
         """Run one statement; returns the driver's cursor (``fetchone``, ``fetchall``, ``rowcount``)."""
         return self.conn.execute(sql, params)
 
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        """One statement for each of ``rows``."""
+        if self.dialect.postgres:
+            with self.conn.cursor() as cur:
+                cur.executemany(sql, rows)
+        else:
+            self.conn.executemany(sql, rows)
+
 
 class Database:
     """One connection to the catalog database (``sqlite:///path`` or ``postgresql://...``), shared by threads."""
@@ -197,6 +205,47 @@ class Database:
         """Every row of one statement, outside any write transaction."""
         with self._connection() as conn:
             return list(conn.execute(sql, params).fetchall())
+
+    @contextmanager
+    def snapshot(self) -> Iterator[Transaction]:
+        """A read-only transaction in which every statement sees the same committed state
+        (PostgreSQL: REPEATABLE READ; SQLite: one read transaction under WAL)."""
+        with self._connection() as conn:
+            if self.dialect.postgres:
+                with conn.transaction():
+                    conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                    yield Transaction(conn, self.dialect)
+                return
+            conn.execute("BEGIN")
+            try:
+                yield Transaction(conn, self.dialect)
+            finally:
+                conn.execute("ROLLBACK")
+
+    def copy_sqlite_to(self, dest: Path) -> None:
+        """A consistent copy of this SQLite database at ``dest`` (SQLite's online backup: writers go on)."""
+        if self.dialect.postgres:
+            raise CatalogUnavailable("copy_sqlite_to needs a SQLite catalog")
+        target = sqlite3.connect(dest)
+        try:
+            with self._connection() as conn:
+                conn.backup(target)
+        finally:
+            target.close()
+
+    def tables(self) -> dict[str, list[str]]:
+        """Every table of the catalog's database (its schema, on PostgreSQL) with its columns, in order."""
+        if self.dialect.postgres:
+            rows = self.read("SELECT table_name, column_name FROM information_schema.columns"
+                             " WHERE table_schema = current_schema() ORDER BY table_name, ordinal_position")
+            out: dict[str, list[str]] = {}
+            for table, column in rows:
+                out.setdefault(table, []).append(column)
+            return out
+        names = [r[0] for r in self.read("SELECT name FROM sqlite_master WHERE type='table'"
+                                         " AND name NOT LIKE 'sqlite_%' ORDER BY name")]
+        # A table name from the database's own list, quoted: never text from outside.
+        return {n: [c[1] for c in self.read(f'PRAGMA table_info("{n}")')] for n in names}
 
     def schema_version(self) -> int:
         if self.dialect.postgres:

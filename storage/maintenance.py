@@ -1,5 +1,7 @@
 """The maintenance loop `loglake up` runs (and `loglake maintain` alone): compaction,
-retention and garbage collection, each on its own schedule.
+retention and garbage collection, each on its own schedule; and, when configured,
+the Iceberg mirror's sync (also right after each compaction and retention run) and
+backups.
 
 Several of these loops may run at once (one per machine, say): every change
 they make is a conditional catalog swap, so the loser of a race just drops
@@ -15,12 +17,15 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from loglake.core.config import Config
 from storage import compaction, retention
 from storage.catalog import Catalog
 from storage.root import DataRoot
+
+if TYPE_CHECKING:
+    from storage.iceberg import IcebergMirror
 
 log = logging.getLogger("loglake.maintenance")
 
@@ -62,6 +67,32 @@ def run_gc(cfg: Config, root: DataRoot, catalog: Catalog) -> dict[str, Any]:
     return result
 
 
+def run_iceberg(mirror: IcebergMirror, catalog: Catalog) -> dict[str, Any]:
+    started = _now_us()
+    r = mirror.sync()
+    result = {"tables": r.tables, "commits": r.commits, "files_added": r.added, "files_removed": r.removed,
+              "conflicts": r.conflicts}
+    catalog.record_job("iceberg", started, result)
+    if r.commits or r.conflicts:
+        log.info("iceberg mirror synced", extra=result | {"changes": r.changes})
+    return result
+
+
+def run_backup(cfg: Config, root: DataRoot, catalog: Catalog) -> dict[str, Any]:
+    from storage import backup
+
+    started = _now_us()
+    dest = DataRoot(cfg.backup.dest, cfg.storage.s3)
+    r = backup.create(root, catalog, dest)
+    pruned = backup.prune(dest, cfg.backup.keep)
+    result = {"backup": r.manifest.id, "segments": len(r.manifest.segments), "copied": r.manifest.copied,
+              "copied_bytes": r.manifest.copied_bytes, "pruned_backups": len(pruned.backups),
+              "pruned_segments": pruned.segments}
+    catalog.record_job("backup", started, result)
+    log.info("backup created", extra=result)
+    return result
+
+
 Job = Callable[[Config, DataRoot, Catalog], dict[str, Any]]
 
 
@@ -86,16 +117,44 @@ class Maintenance:
         self.cfg = cfg
         self.catalog = catalog or Catalog(cfg.storage.resolved_catalog_url())
         self.root = root or DataRoot.from_config(cfg.storage)
-        self.jobs: dict[str, tuple[Job, JobState]] = {"gc": (run_gc, JobState(GC_INTERVAL_S))}
+        self.jobs: dict[str, tuple[Job, JobState]] = {"gc": (self._gc, JobState(GC_INTERVAL_S))}
         if cfg.compaction.enabled:
             self.jobs["compaction"] = (run_compaction, JobState(cfg.compaction.interval_s))
         if cfg.retention.enabled and cfg.retention.policies:
             self.jobs["retention"] = (run_retention, JobState(cfg.retention.interval_s))
+        #: The Iceberg mirror, when `iceberg.enabled` (else nothing of it is imported).
+        self.mirror: IcebergMirror | None = None
+        if cfg.iceberg.enabled:
+            from storage.iceberg import IcebergMirror
+
+            self.mirror = IcebergMirror(cfg.iceberg, self.root, self.catalog)
+            self.jobs["iceberg"] = (self._sync_mirror, JobState(cfg.iceberg.interval_s))
+        if cfg.backup.dest:
+            self.jobs["backup"] = (run_backup, JobState(cfg.backup.interval_s))
         #: Live segments, rows and bytes in the catalog, as of the last garbage collection.
         self.stored: dict[str, int] = {}
 
+    def _sync_mirror(self, cfg: Config, root: DataRoot, catalog: Catalog) -> dict[str, Any]:
+        assert self.mirror is not None
+        return run_iceberg(self.mirror, catalog)
+
+    def _gc(self, cfg: Config, root: DataRoot, catalog: Catalog) -> dict[str, Any]:
+        # Snapshots first: once GC deletes a retired file, no snapshot left may name it (a table's
+        # history reaches back the grace period, no further).
+        expired = 0
+        if self.mirror is not None:
+            expired = self.mirror.expire(_now_us() - int(cfg.storage.grace_s * 1e6))
+        return run_gc(cfg, root, catalog) | {"snapshots_expired": expired}
+
     def run_job(self, name: str) -> None:
-        """Run job ``name`` once, recording how it went; a failure is logged, not raised."""
+        """Run job ``name`` once, recording how it went; a failure is logged, not raised.
+
+        After compaction or retention, the Iceberg mirror (when on) is synced at once."""
+        self._run_one(name)
+        if name in ("compaction", "retention") and "iceberg" in self.jobs:
+            self._run_one("iceberg")
+
+    def _run_one(self, name: str) -> None:
         job, state = self.jobs[name]
         state.runs += 1
         t0 = time.monotonic()
@@ -117,6 +176,11 @@ class Maintenance:
     def run(self, stop: threading.Event) -> None:
         """Run the jobs on their intervals until ``stop`` is set; a failing job is retried next interval."""
         due = {name: time.monotonic() for name in self.jobs}
+        if "backup" in self.jobs:
+            # A restarted process does not back up again before the interval since the last one is over.
+            last = self.catalog.jobs().get("backup")
+            if last is not None:
+                due["backup"] += max(0.0, last["started_us"] / 1e6 + self.cfg.backup.interval_s - time.time())
         log.info("maintenance started", extra={"jobs": list(self.jobs)})
         while not stop.is_set():
             for name, (_, state) in self.jobs.items():

@@ -27,6 +27,13 @@ _TOTALS = {
     ("gc", "retired_deleted"): ("loglake_gc_retired_files_deleted", "Retired segment files deleted"),
     ("gc", "orphans_deleted"): ("loglake_gc_orphan_files_deleted", "Unreferenced segment files deleted"),
     ("gc", "bytes_freed"): ("loglake_gc_bytes_freed", "Bytes of segment files deleted"),
+    ("gc", "snapshots_expired"): ("loglake_iceberg_snapshots_expired", "Iceberg snapshots expired"),
+    ("iceberg", "commits"): ("loglake_iceberg_commits", "Snapshots the Iceberg mirror committed"),
+    ("iceberg", "files_added"): ("loglake_iceberg_files_added", "Segments added to the Iceberg mirror"),
+    ("iceberg", "files_removed"): ("loglake_iceberg_files_removed", "Segments removed from the Iceberg mirror"),
+    ("iceberg", "conflicts"): ("loglake_iceberg_conflicts", "Iceberg commits lost to another writer"),
+    ("backup", "copied"): ("loglake_backup_segments_copied", "Segments copied by backups"),
+    ("backup", "copied_bytes"): ("loglake_backup_bytes_copied", "Segment bytes copied by backups"),
 }
 
 

@@ -12,6 +12,8 @@ by URL (a path, or ``s3://`` through the httpfs extension bundled by the
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,7 +56,7 @@ def httpfs_extension() -> Path:
     return found[0]
 
 
-def _s3_credentials(s3: S3Config) -> tuple[str, str]:
+def s3_credentials(s3: S3Config) -> tuple[str, str]:
     key, secret = os.environ.get(s3.access_key_id_env, ""), os.environ.get(s3.secret_access_key_env, "")
     if not key or not secret:
         raise StorageError(f"S3 credentials missing: set {s3.access_key_id_env} and {s3.secret_access_key_env}")
@@ -68,7 +70,7 @@ class DataRoot:
         self.s3 = s3 or S3Config()
         if url.startswith("s3://"):
             bucket_prefix = url.removeprefix("s3://").strip("/")
-            key, secret = _s3_credentials(self.s3)
+            key, secret = s3_credentials(self.s3)
             endpoint = self.s3.endpoint_url
             scheme = "http" if endpoint.startswith("http://") else "https"
             self.fs: pafs.FileSystem = pafs.S3FileSystem(
@@ -120,6 +122,35 @@ class DataRoot:
         _fsync_dir(dest.parent)
         return dest.stat().st_size
 
+    def open_input(self, rel: str) -> Any:
+        """The file at ``rel`` as a binary stream (``read(n)``), for copying it elsewhere."""
+        return self.fs.open_input_stream(self._path(rel))
+
+    @contextmanager
+    def writer(self, rel: str) -> Iterator[Any]:
+        """A binary stream that becomes the file at ``rel`` whole when the block ends, or not at all."""
+        if not self.local:
+            try:
+                with self.fs.open_output_stream(self._path(rel)) as out:
+                    yield out
+            except BaseException:
+                self.delete(rel)          # closing the stream uploaded what was written
+                raise
+            return
+        dest = Path(self._path(rel))
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+        try:
+            with open(tmp, "wb") as f:
+                yield f
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, dest)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        _fsync_dir(dest.parent)
+
     def read_parquet(self, rel: str) -> pa.Table:
         return pq.read_table(self._path(rel), filesystem=self.fs)
 
@@ -167,7 +198,7 @@ class DataRoot:
             con.execute("SET enable_external_access = false")
             return
         con.execute(f"LOAD '{httpfs_extension()}'")
-        key, secret = _s3_credentials(self.s3)
+        key, secret = s3_credentials(self.s3)
         endpoint = self.s3.endpoint_url
         params: dict[str, str | bool] = {"KEY_ID": key, "SECRET": secret, "REGION": self.s3.region,
                                          "URL_STYLE": "path" if self.s3.path_style else "vhost"}

@@ -15,6 +15,7 @@ import pytest
 
 from loglake.broker import start_broker, stop_process
 from tests.helpers.processes import Stack, free_port
+from tests.helpers.s3 import S3, moto_server, new_bucket
 
 _topics = itertools.count()
 
@@ -101,3 +102,19 @@ def catalog_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'catalog' / 'catalog.sqlite'}"
     return str(request.getfixturevalue("pg_url"))
+
+
+# -- S3 ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """moto's S3 server on a free loopback port, for the whole session."""
+    with moto_server() as endpoint:
+        yield endpoint
+
+
+@pytest.fixture
+def s3(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> S3:
+    """A fresh bucket on the session's server, with credentials in the environment."""
+    return new_bucket(s3_endpoint, monkeypatch)

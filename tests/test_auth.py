@@ -301,6 +301,18 @@ def test_every_role_can_read(server: Server, lake: Lake, role: str) -> None:
         assert resp.status_code == 200, f"{role} {method} {path}: {resp.status_code} {resp.text}"
 
 
+def test_an_ingest_key_reads_nothing(server: Server, lake: Lake) -> None:
+    """It may push (tests/test_push.py) and nothing else: every read, saved-query change and admin
+    route answers 403 naming the role."""
+    key = lake.keys["ingest"].whole
+    for method, path, kw in [*READS, ("POST", "/api/v1/saved-queries", {"json": {"name": "x", "query": "a"}}),
+                             ("GET", "/api/v1/retention", {})]:
+        resp = server.call(method, path, key, **kw)
+        assert resp.status_code == 403, f"{method} {path}: {resp.status_code} {resp.text}"
+        assert "ingest" in resp.json()["message"]
+    assert server.get("/api/v1/search", lake.keys["reader"].whole, params=ALL).status_code == 200
+
+
 def test_reader_cannot_change_saved_queries(server: Server, lake: Lake) -> None:
     reader = lake.keys["reader"].whole
     name = SAVED["acme"]

@@ -312,7 +312,7 @@ def test_cheap_routes_and_the_queue_limit_hold_with_slow_loki_posts(tmp_path: Pa
 
 @pytest.mark.timeout(120)
 def test_up_keeps_authentication_on_when_the_configuration_says_so(broker: str, tmp_path: Path) -> None:
-    port = free_port()
+    port, push_port = free_port(), free_port()
     config = _write_config(tmp_path, "[auth]\nenabled = true\n")
     env = _env()
     env.update({
@@ -321,6 +321,7 @@ def test_up_keeps_authentication_on_when_the_configuration_says_so(broker: str, 
         "LOGLAKE_KAFKA__TOPIC": f"test.up-auth.{tmp_path.name}"[:200],
         "LOGLAKE_INGEST__GROUP_ID": f"up-auth-{tmp_path.name}",
         "LOGLAKE_QUERY__PORT": str(port),
+        "LOGLAKE_RECEIVE__PORT": str(push_port),        # `up` starts the push receiver too
         "LOGLAKE_DEMO__ENABLED": "false",
         "LOGLAKE_SHIPPER__INCLUDE": f'["{tmp_path}/in/*.log"]',
         "LOGLAKE_SHIPPER__STATE_DIR": str(tmp_path / "shipper"),
@@ -343,6 +344,17 @@ def test_up_keeps_authentication_on_when_the_configuration_says_so(broker: str, 
                             timeout=10)
         assert minted.status_code == 401, minted.text
         assert "Authentication is off" not in banner, banner
+        # The push receiver runs too, in the banner, and keeps authentication on as well.
+        push = f"http://127.0.0.1:{push_port}"
+        assert f"{push}/v1/logs" in banner and f"{push}/loki/api/v1/push" in banner, banner
+
+        def pushed() -> httpx.Response | None:
+            try:
+                return httpx.post(push + "/api/v1/ingest", content=b'{"msg": "x"}\n', timeout=10)
+            except httpx.HTTPError:
+                return None
+        resp = wait_until(pushed, 30, what="the push receiver")
+        assert resp.status_code == 401, resp.text
     finally:
         os.killpg(proc.pid, signal.SIGINT)
         try:

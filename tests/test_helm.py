@@ -77,7 +77,11 @@ FULL: dict[str, Any] = {
                           "annotations": {"nginx.ingress.kubernetes.io/proxy-read-timeout": "300"},
                           "hosts": [{"host": "logs.example.com", "paths": [{"path": "/", "pathType": "Prefix"}]}],
                           "tls": [{"secretName": "logs-tls", "hosts": ["logs.example.com"]}]}},
-    "maintain": {"nodeSelector": {"kubernetes.io/os": "linux"}},
+    "maintain": {"nodeSelector": {"kubernetes.io/os": "linux"},
+                 "backup": {"dest": "s3://backups/loglake", "intervalS": 21600, "keep": 14},
+                 "iceberg": {"enabled": True, "intervalS": 120}},
+    "receive": {"enabled": True, "replicas": 3, "port": 4400, "service": {"port": 80, "annotations": {
+        "example.com/lb": "internal"}}, "nodeSelector": {"kubernetes.io/os": "linux"}},
 }
 
 DEMO: dict[str, Any] = {
@@ -232,7 +236,7 @@ def test_every_optional_feature_renders(rendered: dict[str, Rendered]) -> None:
     assert ingress["tls"] == [{"secretName": "logs-tls", "hosts": ["logs.example.com"]}]
     assert {s["metadata"]["name"] for s in r.of("Service")} == {
         f"{FULLNAME}-query", f"{FULLNAME}-shipper-metrics", f"{FULLNAME}-ingest-metrics",
-        f"{FULLNAME}-maintain-metrics"}
+        f"{FULLNAME}-maintain-metrics", f"{FULLNAME}-receive", f"{FULLNAME}-receive-metrics"}
     for w in r.workloads():
         spec = w["spec"]["template"]["spec"]
         assert spec["imagePullSecrets"] == [{"name": "registry-creds"}]
@@ -264,6 +268,36 @@ def render_kinds(values: dict[str, Any]) -> list[str]:
 def test_demo_mode_is_off_by_default() -> None:
     with helm.Chart.load(CHART) as c:
         assert c.values["demo"]["enabled"] is False
+
+
+def test_the_push_receiver_is_off_by_default_and_deployed_on_its_own_when_on(rendered: dict[str, Rendered]) -> None:
+    with helm.Chart.load(CHART) as c:
+        assert c.values["receive"]["enabled"] is False
+    assert not receive_objects(rendered["required"])
+    r = rendered["full"]
+    w = r.workload("receive")
+    assert w["kind"] == "Deployment" and w["spec"]["replicas"] == 3
+    c = containers(w, init=False)[0]
+    assert c["args"] == ["receive"] and port_named(c, "http") == 4400
+    assert (c["livenessProbe"]["httpGet"], c["readinessProbe"]["httpGet"]) == (
+        {"path": "/healthz", "port": "http"}, {"path": "/readyz", "port": "http"})
+    assert w["spec"]["template"]["spec"]["nodeSelector"] == {"kubernetes.io/os": "linux"}
+    # Kafka's client certificate, as the other producers have it.
+    mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+    assert mounts["kafka-tls"] == "/etc/loglake/kafka-tls"
+    svc = r.get("Service", f"{FULLNAME}-receive")
+    assert svc["spec"]["type"] == "ClusterIP" and svc["metadata"]["annotations"] == {"example.com/lb": "internal"}
+    assert svc["spec"]["ports"] == [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}]
+    pdb = r.get("PodDisruptionBudget", f"{FULLNAME}-receive")
+    assert selects(pdb["spec"]["selector"]["matchLabels"], w["spec"]["template"]["metadata"]["labels"])
+    assert "/v1/logs" in r.notes and f"{FULLNAME}-receive" in r.notes
+    # Not in demo mode, where `loglake up` runs the receiver in its one pod.
+    with helm.Chart.load(CHART) as chart:
+        assert not receive_objects(render(chart, merged(DEMO, {"receive": {"enabled": True}})))
+
+
+def receive_objects(r: Rendered) -> list[str]:
+    return [o["metadata"]["name"] for o in r.objects if "-receive" in o["metadata"]["name"]]
 
 
 # -- Kubernetes schemas ------------------------------------------------------------------------
@@ -415,13 +449,15 @@ def test_configmap_is_read_by_loglakes_loader_in_every_container(
                 assert cfg.ingest.metrics_listen == f"0.0.0.0:{port_named(c, 'metrics')}"
             if c["name"] == "maintain":
                 assert cfg.maintain.metrics_listen == f"0.0.0.0:{port_named(c, 'metrics')}"
+            if c["name"] == "receive":
+                assert (cfg.receive.host, cfg.receive.port) == ("0.0.0.0", port_named(c, "http"))
             if c["name"] == "shipper":
                 assert cfg.shipper.metrics_listen == f"0.0.0.0:{port_named(c, 'metrics')}"
                 assert cfg.shipper.host == NODE_NAME
                 mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
                 assert str(cfg.shipper.state_dir) == mounts["checkpoints"]
                 assert cfg.shipper.resolved_inputs()[0].include == ["/var/log/pods/*/*/*.log"]
-    assert seen == {"shipper", "ingest", "query", "maintain"}
+    assert seen == {"shipper", "ingest", "query", "maintain"} | ({"receive"} if scenario == "full" else set())
 
 
 def test_full_values_reach_the_loaded_config(rendered: dict[str, Rendered], tmp_path: Path) -> None:
@@ -446,6 +482,9 @@ def test_full_values_reach_the_loaded_config(rendered: dict[str, Rendered], tmp_
     # What `config` adds.
     assert cfg.ingest.flush_interval_s == 5 and cfg.ingest.formats[0].format == "json"
     assert cfg.retention.policies[0].max_age == "30d" and cfg.compaction.interval_s == 600
+    # Scheduled backups and the Iceberg mirror (maintain's values).
+    assert (cfg.backup.dest, cfg.backup.interval_s, cfg.backup.keep) == ("s3://backups/loglake", 21600, 14)
+    assert (cfg.iceberg.enabled, cfg.iceberg.catalog_uri, cfg.iceberg.interval_s) == (True, "", 120)
 
 
 def test_demo_config_is_read_by_loglakes_loader(rendered: dict[str, Rendered], tmp_path: Path) -> None:
@@ -622,8 +661,11 @@ def test_each_container_gets_only_the_secrets_it_needs(rendered: dict[str, Rende
     kafka_secrets = {values["kafka"].get("sasl", {}).get("existingSecret")} - {None}
     storage_secrets = {values["storage"]["s3"]["existingSecret"],
                        values["catalog"].get("existingSecret") or values["catalog"]["passwordSecret"]["name"]}
+    catalog_secret = {values["catalog"].get("existingSecret") or values["catalog"]["passwordSecret"]["name"]}
     want = {"shipper": kafka_secrets, "ingest": kafka_secrets | storage_secrets,
             "query": storage_secrets, "maintain": storage_secrets}
+    if scenario == "full":
+        want["receive"] = kafka_secrets | catalog_secret      # API keys from the catalog; no S3 keys
     for component, secrets in want.items():
         c = containers(r.workload(component), init=False)[0]
         got = {e["valueFrom"]["secretKeyRef"]["name"] for e in c["env"] if "secretKeyRef" in e.get("valueFrom", {})}
@@ -701,7 +743,7 @@ def test_service_monitor_scrapes_the_metrics_ports(rendered: dict[str, Rendered]
     assert sm["apiVersion"] == "monitoring.coreos.com/v1" and sm["metadata"]["labels"]["release"] == "kube-prometheus"
     selected = [s for s in r.of("Service") if selects(sm["spec"]["selector"]["matchLabels"], s["metadata"]["labels"])]
     assert {s["metadata"]["name"] for s in selected} == {f"{FULLNAME}-shipper-metrics", f"{FULLNAME}-ingest-metrics",
-                                                         f"{FULLNAME}-maintain-metrics"}
+                                                         f"{FULLNAME}-maintain-metrics", f"{FULLNAME}-receive-metrics"}
     (endpoint,) = sm["spec"]["endpoints"]
     assert endpoint["path"] == "/metrics"
     for svc in selected:
@@ -713,11 +755,13 @@ def test_service_monitor_scrapes_the_metrics_ports(rendered: dict[str, Rendered]
 @pytest.mark.parametrize("scenario", ["required", "full"])
 def test_prometheus_annotations_point_at_the_metrics_port(rendered: dict[str, Rendered], scenario: str) -> None:
     r = rendered[scenario]
-    for component in ("shipper", "ingest", "maintain"):
+    for component in ("shipper", "ingest", "maintain") + (("receive",) if scenario == "full" else ()):
         w = r.workload(component)
         annotations = w["spec"]["template"]["metadata"]["annotations"]
         assert annotations["prometheus.io/scrape"] == "true" and annotations["prometheus.io/path"] == "/metrics"
-        assert int(annotations["prometheus.io/port"]) == port_named(containers(w, init=False)[0], "metrics")
+        # The receiver serves /metrics on its one port.
+        port = "http" if component == "receive" else "metrics"
+        assert int(annotations["prometheus.io/port"]) == port_named(containers(w, init=False)[0], port)
     for component in ("query",):     # not annotated for scraping
         annotations = r.workload(component)["spec"]["template"]["metadata"]["annotations"]
         assert "prometheus.io/scrape" not in annotations
@@ -779,3 +823,17 @@ def test_query_probes_and_maintain_singleton(rendered: dict[str, Rendered]) -> N
     assert containers(m)[0]["args"] == ["maintain"]
     probe = containers(m)[0]["livenessProbe"]["httpGet"]
     assert probe["path"] == "/healthz" and probe["port"] == "metrics"
+
+
+def test_the_alert_evaluator_deploys_on_its_own_with_its_metrics_port(chart: helm.Chart, tmp_path: Path) -> None:
+    assert "alert" not in {w["metadata"]["name"].rsplit("-", 1)[-1] for w in render(chart, REQUIRED).workloads()}
+    r = render(chart, merged(REQUIRED, {"alert": {"enabled": True, "replicas": 2}}))
+    w = r.workload("alert")
+    assert w["spec"]["replicas"] == 2          # leases in the catalog make a second one safe
+    c = containers(w)[0]
+    assert c["args"] == ["alert"]
+    cfg = load_as_container(r, w, c, tmp_path)
+    assert cfg.alerts.metrics_listen == f"0.0.0.0:{port_named(c, 'metrics')}"
+    assert cfg.storage.resolved_catalog_url() == (REQUIRED["catalog"].get("url")
+                                                  or SECRET_PLACEHOLDERS["LOGLAKE_STORAGE__CATALOG_URL"])
+    assert containers(w)[0]["livenessProbe"]["httpGet"]["path"] == "/healthz"

@@ -13,7 +13,6 @@ Credentials come from environment variables with test-only names
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 import uuid
 from collections import Counter
@@ -27,7 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from loglake.core.config import CompactionConfig, Config, RetentionConfig, RetentionPolicy, S3Config, StorageConfig
+from loglake.core.config import CompactionConfig, Config, RetentionConfig, RetentionPolicy, StorageConfig
 from query.deletion import delete_matching
 from query.service import SearchService
 from query.timerange import parse_time_us
@@ -39,85 +38,14 @@ from storage.fsck import fsck
 from storage.root import DataRoot
 from storage.schema import RECORD_SCHEMA, SEVERITY
 from storage.segments import SegmentInfo, write_segments
-from tests.helpers.processes import free_port
+from tests.helpers.s3 import KEY_ENV, PREFIX, S3, SECRET_ENV
 
 pytestmark = pytest.mark.timeout(60)
 
-KEY_ENV, SECRET_ENV = "LL_TEST_S3_KEY", "LL_TEST_S3_SECRET"
-PREFIX = "lake"
 DAY = "2024-03-01"
 #: Covers every record the tests write.
 ALL = (f"{DAY}T00:00:00Z", f"{DAY}T23:59:59Z")
 DUCKDB_CONFIG = {"autoinstall_known_extensions": False, "autoload_known_extensions": False}
-
-
-# -- the server, a bucket per test ---------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def s3_endpoint() -> Iterator[str]:
-    """moto's S3 server on a free loopback port, for the whole session."""
-    from moto.server import ThreadedMotoServer
-
-    werkzeug = logging.getLogger("werkzeug")
-    level = werkzeug.level
-    werkzeug.setLevel(logging.ERROR)          # one line per request otherwise
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
-        werkzeug.setLevel(level)
-
-
-@dataclass
-class S3:
-    endpoint: str
-    bucket: str
-    client: Any                  # a boto3 S3 client: the test's own view of the bucket, behind loglake's back
-    config: S3Config
-
-    def url(self, prefix: str = PREFIX) -> str:
-        return f"s3://{self.bucket}/{prefix}"
-
-    def root(self, prefix: str = PREFIX) -> DataRoot:
-        return DataRoot(self.url(prefix), self.config)
-
-    def keys(self) -> list[str]:
-        """Every object key in the bucket (directory markers, ending in '/', included)."""
-        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket)
-        return sorted(o["Key"] for page in pages for o in page.get("Contents", []))
-
-    def object_keys(self, prefix: str = PREFIX) -> set[str]:
-        """Keys under ``prefix/`` that are objects proper (not directory markers), relative to it."""
-        return {k[len(prefix) + 1:] for k in self.keys() if k.startswith(prefix + "/") and not k.endswith("/")}
-
-    def put(self, key: str, body: bytes) -> None:
-        self.client.put_object(Bucket=self.bucket, Key=key, Body=body)
-
-    def remove(self, key: str) -> None:
-        self.client.delete_object(Bucket=self.bucket, Key=key)
-
-    def size(self, key: str) -> int:
-        return int(self.client.head_object(Bucket=self.bucket, Key=key)["ContentLength"])
-
-
-@pytest.fixture
-def s3(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> S3:
-    """A fresh bucket on the session's server, with credentials in the environment."""
-    import boto3
-
-    monkeypatch.setenv(KEY_ENV, "test-key")
-    monkeypatch.setenv(SECRET_ENV, "test-secret")
-    client = boto3.client("s3", endpoint_url=s3_endpoint, aws_access_key_id="test-key",
-                          aws_secret_access_key="test-secret", region_name="us-east-1")
-    bucket = f"ll-{uuid.uuid4().hex[:16]}"
-    client.create_bucket(Bucket=bucket)
-    return S3(s3_endpoint, bucket, client,
-              S3Config(endpoint_url=s3_endpoint, region="us-east-1", access_key_id_env=KEY_ENV,
-                       secret_access_key_env=SECRET_ENV, path_style=True))
 
 
 def lake_config(s3: S3, tmp_path: Path, **sections: Any) -> Config:

@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 
 from ingest import _native
-from ingest.levels import numeric_word_sql
+from ingest.levels import OTEL_SHORT_NAMES, numeric_word_sql
 from ingest.parsers import ATTRS_TYPE, Parser, native_args, sql_str, strings
 
 # Nested ones too, as flattening names them: MongoDB's {"t": {"$date": ...}}, ECS's {"log": {"level": ...}}.
@@ -52,6 +52,9 @@ def _leaf_sql(names: tuple[str, ...], top: tuple[str, ...] = ()) -> str:
     return f"'(?i)(?:(?:^|\\.)(?:{leaves}){tops})(?:\\.\\$(?:date|numberlong))*$'"
 
 _MAP = "'\"MAP(VARCHAR, JSON)\"'"
+#: Level texts that leave attrs once they are the level column: the normalised names, and
+#: OpenTelemetry's short names with a number ("warn2"), whose severity says all they do.
+_STORED_LEVELS = ", ".join(f"'{w}'" for w in ("trace", "debug", "info", "warn", "error", "fatal", *OTEL_SHORT_NAMES))
 _TEXT_MAP = "'\"MAP(VARCHAR, VARCHAR)\"'"
 
 
@@ -174,7 +177,7 @@ PARSER = Parser(
         # it is a normalised name in some case (so "WARNING" or 30 is still there to see).
         ("drop", "list_filter(["
                  "CASE WHEN {p}_tz IS NOT NULL OR {p}_local IS NOT NULL THEN {p}_k.ts END, "
-                 "CASE WHEN lower({p}_v.lvl) IN ('trace', 'debug', 'info', 'warn', 'error', 'fatal') "
+                 f"CASE WHEN lower({{p}}_v.lvl) IN ({_STORED_LEVELS}) "
                  "     THEN {p}_k.lvl END, "
                  "{p}_k.msg, {p}_k.svc, {p}_k.trace, {p}_k.span, "
                  "CASE WHEN coalesce({p}_v.host, '') <> '' THEN {p}_k.host END], x -> x IS NOT NULL)"),

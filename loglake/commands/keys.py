@@ -49,7 +49,8 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     create = keys_sub.add_parser("create", help="make a key and print it (the only time it is shown)")
     create.add_argument("--tenant", action="append", required=True, help="tenant it may use (repeat, or a,b)")
     create.add_argument("--role", choices=ROLES, required=True,
-                        help="reader: search; writer: also saved queries; admin: also retention")
+                        help="reader: search; writer: also saved queries and push; admin: also retention; "
+                             "ingest: push to `loglake receive` only, no reading")
     create.add_argument("--expires", help="lifetime, e.g. 90d (default: none)")
     create.add_argument("--description", default="")
     keys_sub.add_parser("list", help="every key: id, role, tenants, dates (never the secret)")

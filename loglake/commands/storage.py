@@ -34,6 +34,24 @@ def _open(cfg: Config) -> tuple[DataRoot, Catalog]:
     return DataRoot.from_config(cfg.storage), Catalog(cfg.storage.resolved_catalog_url())
 
 
+def sync_mirror(cfg: Config, root: DataRoot, catalog: Catalog) -> None:
+    """Bring the Iceberg mirror (when on) up to what a command just changed, rather than at the
+    maintenance loop's next sync."""
+    if not cfg.iceberg.enabled:
+        return
+    from storage.errors import StorageError
+    from storage.iceberg import IcebergMirror
+
+    mirror = IcebergMirror(cfg.iceberg, root, catalog)
+    try:
+        r = mirror.sync()
+        console.print(f"iceberg mirror: {r.commits} snapshots, {r.added} files added, {r.removed} removed")
+    except StorageError as e:
+        console.print(f"[yellow]iceberg mirror not synced ({e}); the maintenance loop will[/yellow]")
+    finally:
+        mirror.close()
+
+
 def _time(us: int | None) -> str:
     return datetime.fromtimestamp(us / 1e6, UTC).strftime("%Y-%m-%d %H:%M:%S") if us else "-"
 
@@ -43,7 +61,7 @@ def _mb(n: int) -> str:
 
 
 @contextmanager
-def _progress(what: str, total: int) -> Iterator[Callable[[int], None]]:
+def progress_bar(what: str, total: int) -> Iterator[Callable[[int], None]]:
     with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
                   TransferSpeedColumn(), TimeRemainingColumn(), console=console, transient=False) as progress:
         task = progress.add_task(what, total=total or None)
@@ -60,8 +78,9 @@ def cmd_compact(cfg: Config, args: argparse.Namespace) -> int:
                   f"{sum(len(b) for b in batches)} segments, {_mb(total)}")
     if args.dry_run or not batches:
         return 0
-    with _progress("compacting", total) as advance:
+    with progress_bar("compacting", total) as advance:
         r = compaction.compact(root, catalog, cfg.compaction, tenant=args.tenant, progress=advance)
+    sync_mirror(cfg, root, catalog)
     console.print(f"compacted {r.inputs} segments into {r.outputs} ({r.rows:,} rows): {_mb(r.bytes_in)} -> "
                   f"{_mb(r.bytes_out)} at {r.mb_per_s:.1f} MB/s; {r.conflicts} batches lost a race")
     return 0
@@ -87,9 +106,11 @@ def cmd_retention(cfg: Config, args: argparse.Namespace) -> int:
         return 0
     planned = retention.plan(catalog.live_segments(args.tenant), rules)
     total = sum(a.segment.bytes for a in planned)
-    with _progress("checking" if args.dry_run else "deleting", total) as advance:
+    with progress_bar("checking" if args.dry_run else "deleting", total) as advance:
         report = retention.run(root, catalog, rules, dry_run=args.dry_run, tenant=args.tenant, progress=advance,
                                zstd_level=cfg.compaction.zstd_level)
+    if not args.dry_run:
+        sync_mirror(cfg, root, catalog)
     verb = "would delete" if args.dry_run else "deleted"
     console.print(_removed_table(f"retention {verb}", report.totals))
     console.print(f"{verb} {sum(r.rows for r in report.removed):,} rows, "
@@ -110,10 +131,12 @@ def cmd_delete(cfg: Config, args: argparse.Namespace) -> int:
     start_us, end_us = parse_range(args.start, args.end)
     total = sum(s.bytes for s in catalog.segments(args.tenant, start_us, end_us))
     actor = args.actor or f"loglake delete by {getpass.getuser()}"
-    with _progress("checking" if args.dry_run else "deleting", total) as advance:
+    with progress_bar("checking" if args.dry_run else "deleting", total) as advance:
         report = delete_matching(root, catalog, tenant=args.tenant, query=args.query, start_us=start_us,
                                  end_us=end_us, actor=actor, dry_run=args.dry_run, progress=advance,
                                  zstd_level=cfg.compaction.zstd_level)
+    if not args.dry_run:
+        sync_mirror(cfg, root, catalog)
     shown = retention.RetentionReport(args.dry_run)
     for r in report.removed:
         shown.add(r)
@@ -209,7 +232,8 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     delete.add_argument("--actor", help="who asked, for the audit table (default: the OS user)")
     fsck = sub.add_parser("fsck", help="compare the files with the catalog")
     fsck.add_argument("--repair", action="store_true", help="delete old orphans, retire segments without files")
-    sub.add_parser("maintain", help="run compaction, retention and garbage collection on their schedules")
+    sub.add_parser("maintain", help="run compaction, retention, garbage collection, the Iceberg mirror's sync "
+                                    "and backups on their schedules")
 
 
 COMMANDS = {"compact": cmd_compact, "retention": cmd_retention, "delete": cmd_delete, "fsck": cmd_fsck,

@@ -579,6 +579,78 @@ class MaintainConfig(_Section):
     metrics_listen: str = ""
 
 
+# -- query/alerts: alert and recording rules (`loglake alert`) --------------------------------------
+
+class AlertsConfig(_Section):
+    """The rule evaluator (`loglake alert`, run by `loglake up`) and where its alerts go."""
+
+    #: Alertmanager base URLs (alerts are POSTed to <url>/api/v2/alerts, as Prometheus does).
+    alertmanager_urls: list[str] = Field(default_factory=list)
+    #: Plain webhook URLs: one JSON POST when an alert starts firing and one when it resolves.
+    webhook_urls: list[str] = Field(default_factory=list)
+    #: Prometheus-style rule files (Loki's ruler format) loaded into the catalog at start; each
+    #: file is a namespace named after the file.
+    rule_files: list[Path] = Field(default_factory=list)
+    #: The tenant rule files are loaded for.
+    rule_files_tenant: _TenantName = "default"
+    #: A group's interval when its rules do not say.
+    default_interval_s: float = Field(60.0, gt=0)
+    #: How long one evaluator holds a group after it last renewed its lease: another takes over after.
+    lease_s: float = Field(30.0, gt=0)
+    #: How often a firing alert is sent to Alertmanager again (Prometheus's resend delay).
+    resend_delay_s: float = Field(60.0, gt=0)
+    #: How long a resolved alert stays listed (and is sent as resolved) before it is forgotten.
+    resolved_keep_s: float = Field(900.0, ge=0)
+    #: Evaluations a group may be behind before the older missed ones are dropped (logged and counted).
+    max_catchup: int = Field(100, ge=1)
+    #: Sample matching lines each notification carries.
+    sample_lines: int = Field(3, ge=0, le=20)
+    #: The search page's base URL in notification links; default the query server's address.
+    external_url: str = ""
+    #: Timeout of one notification request.
+    notify_timeout_s: float = Field(5.0, gt=0)
+    #: host:port for /metrics, /healthz and /readyz of `loglake alert`; empty: none.
+    metrics_listen: str = ""
+
+
+# -- storage/: the Iceberg mirror and backups (`loglake maintain`, `loglake backup`) ------------------
+
+class IcebergConfig(_Section):
+    """An Apache Iceberg mirror of the lake (one table per tenant) for outside engines to read."""
+
+    #: Off by default; off, nothing of Iceberg is imported or run.
+    enabled: bool = False
+    #: Empty: a SQL catalog in loglake's own catalog database (tables ``iceberg_tables`` and
+    #: ``iceberg_namespace_properties``). ``http(s)://...``: an Iceberg REST catalog.
+    catalog_uri: str = ""
+    #: For a REST catalog: the environment variable holding its bearer token (empty: none).
+    token_env: str = ""
+    #: The namespace of the tables; each tenant is a table in it.
+    namespace: str = "loglake"
+    #: Where table metadata is written: empty for ``<data_root>/_iceberg``.
+    warehouse: str = ""
+    #: How often the maintenance loop brings the mirror up to the catalog (it also does after
+    #: each compaction and retention run); ingest's new segments appear within this.
+    interval_s: float = Field(60.0, gt=0)
+
+    @field_validator("catalog_uri")
+    @classmethod
+    def _uri(cls, v: str) -> str:
+        if v and not v.startswith(("http://", "https://")):
+            raise ValueError(f"unsupported iceberg catalog_uri {v!r}: empty (loglake's catalog) or http(s):// (REST)")
+        return v
+
+
+class BackupConfig(_Section):
+    """Scheduled backups by `loglake maintain` (and where `loglake backup` writes by default)."""
+
+    #: A directory or ``s3://bucket/prefix`` (S3 settings and credentials: `[storage.s3]`); empty: no schedule.
+    dest: str = ""
+    interval_s: float = Field(86400.0, gt=0)
+    #: Backups kept (newest first); older ones, and segment copies only they used, are deleted.
+    keep: int = Field(7, ge=1)
+
+
 # -- query/: the search service and its API keys ---------------------------------------------------
 
 class QueryConfig(_Section):
@@ -644,6 +716,48 @@ class AuthConfig(_Section):
     key: str = ""
 
 
+# -- receive/: push ingest over HTTP (`loglake receive`) ------------------------------------------
+
+class TenantLimits(_Section):
+    """One tenant's own push limits, instead of `receive`'s."""
+
+    tenant: _TenantName
+    max_request_bytes: int | None = Field(None, ge=1024)
+    bytes_per_s: float | None = Field(None, ge=0)
+    burst_bytes: int | None = Field(None, ge=0)
+
+
+class ReceiveConfig(_Section):
+    """The push receiver: OTLP/HTTP, Loki push, Elasticsearch bulk and NDJSON, into the log topic."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(4318, ge=0, le=65535)
+    #: Largest request, as sent and once decompressed; larger is HTTP 413.
+    max_request_bytes: int = Field(16 << 20, ge=1024)
+    #: Per-tenant rate (request bytes once decompressed, per second; 0: no limit), and how far a
+    #: tenant may run ahead of it; beyond is HTTP 429 with Retry-After.
+    bytes_per_s: float = Field(0.0, ge=0)
+    burst_bytes: int = Field(64 << 20, ge=0)
+    #: Tenants with limits of their own.
+    tenants: list[TenantLimits] = []
+    #: A request not acknowledged by the broker (acks=all) within this is answered 503.
+    ack_timeout_s: float = Field(10.0, gt=0)
+    #: How long a pushed request's identity (its Idempotency-Key, else a hash of its content) is
+    #: remembered by ingest: the same request again within it is not stored twice. 0: keep forever.
+    dedup_window_s: float = Field(3600.0, ge=0)
+    #: The tenant of records when authentication is off and no X-Scope-OrgID is sent.
+    default_tenant: _TenantName = "default"
+
+    def limits_for(self, tenant: str) -> tuple[int, float, int]:
+        """(max request bytes, bytes per second, burst bytes) of ``tenant``."""
+        for t in self.tenants:
+            if t.tenant == tenant:
+                return (t.max_request_bytes or self.max_request_bytes,
+                        self.bytes_per_s if t.bytes_per_s is None else t.bytes_per_s,
+                        self.burst_bytes if t.burst_bytes is None else t.burst_bytes)
+        return self.max_request_bytes, self.bytes_per_s, self.burst_bytes
+
+
 # -- the shell: logging (loglake.core.logs) and the demo -------------------------------------------
 
 class LogConfig(_Section):
@@ -676,10 +790,14 @@ class Config(_Section):
     compaction: CompactionConfig = CompactionConfig()
     retention: RetentionConfig = RetentionConfig()
     maintain: MaintainConfig = MaintainConfig()
+    alerts: AlertsConfig = AlertsConfig()
+    iceberg: IcebergConfig = IcebergConfig()
+    backup: BackupConfig = BackupConfig()
     query: QueryConfig = QueryConfig()
     demo: DemoConfig = DemoConfig()
     log: LogConfig = LogConfig()
     auth: AuthConfig = AuthConfig()
+    receive: ReceiveConfig = ReceiveConfig()
 
     @model_validator(mode="after")
     def _frames_fit(self) -> Config:

@@ -34,6 +34,12 @@ _PREFIX = struct.Struct("<4sBBH")
 MAX_RAW_BYTES = 256 << 20
 
 
+#: The source ids of requests pushed over HTTP (``receive/records.py``) start with this (no host
+#: name has an "@", so no shipper's source id does): each
+#: request is a source of its own, remembered by ingest only for ``receive.dedup_window_s``.
+PUSHED_SOURCE_PREFIX = "@push:"
+
+
 class FrameError(ValueError):
     """The bytes are not a frame this version can read."""
 

@@ -27,7 +27,7 @@ Tenant = Annotated[str, Header(alias="X-Scope-OrgID", description="tenant (defau
 
 class KeyIn(BaseModel):
     tenants: list[str] | None = Field(None, description="tenants the key may use (default: the caller's)")
-    role: Literal["reader", "writer", "admin"] = "reader"
+    role: Literal["reader", "writer", "admin", "ingest"] = "reader"
     expires: str | None = Field(None, description="a duration such as 90d; none: never")
     description: str = Field("", max_length=500)
 

@@ -17,6 +17,8 @@ from pydantic import BaseModel, Field
 
 from loglake.core.config import Config
 from query.aggregate import AggregateResult
+from query.alerts.api import router as alerts_router
+from query.alerts.evaluator import external_url
 from query.api.admin import router as admin_router
 from query.api.limits import BodyLimitMiddleware, BodyTooLarge, HostCheckMiddleware, QueryGate, allowed_host_names
 from query.auth import Authenticator, AuthMiddleware, KeysNeedAuthMiddleware
@@ -373,6 +375,7 @@ def create_app(cfg: Config, catalog: Catalog | None = None) -> FastAPI:
                                     status_code=403)
         return retention_view(cfg, catalog, tenant, limit)
 
+    app.include_router(alerts_router(service, gate, cfg.alerts.default_interval_s, external_url(cfg)))
     app.include_router(loki_router(service, gate))
     app.include_router(admin_router(service))
     app.include_router(web_router(app))      # the search page, its assets, /docs

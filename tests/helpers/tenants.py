@@ -134,6 +134,7 @@ KEY_SPECS = {
     "reader": ["--tenant", "acme", "--role", "reader"],
     "writer": ["--tenant", "acme", "--role", "writer"],
     "admin": ["--tenant", "acme", "--role", "admin"],
+    "ingest": ["--tenant", "acme", "--role", "ingest"],               # pushes to `loglake receive` only
     "both": ["--tenant", "acme,beta", "--role", "reader"],          # default tenant: acme
     "beta_first": ["--tenant", "beta", "--tenant", "acme", "--role", "reader"],
     "beta_writer": ["--tenant", "beta", "--role", "writer"],

@@ -128,7 +128,7 @@ those would be read as config overrides). */}}
 {{- define "loglake.configDict" -}}
 {{- $cfg := deepCopy (.Values.config | default dict) -}}
 {{- $sections := list "kafka" "broker" "shipper" "storage" "query" "demo" -}}
-{{- $sections = concat $sections (ternary (list "log") (list "ingest" "maintain") .Values.demo.enabled) -}}
+{{- $sections = concat $sections (ternary (list "log") (list "ingest" "maintain" "alerts" "receive") .Values.demo.enabled) -}}
 {{- range $s := $sections -}}
 {{- if not (kindIs "map" (get $cfg $s)) -}}
 {{- $_ := set $cfg $s dict -}}
@@ -183,6 +183,20 @@ those would be read as config overrides). */}}
 {{- $_ := set $kafka "ssl_check_hostname" .Values.kafka.tls.checkHostname -}}
 {{- end -}}
 {{- $_ := set $storage "data_root" .Values.storage.dataRoot -}}
+{{- if .Values.maintain.backup.dest -}}
+{{- $backup := ternary (get $cfg "backup") dict (kindIs "map" (get $cfg "backup")) -}}
+{{- $_ := set $backup "dest" .Values.maintain.backup.dest -}}
+{{- $_ := set $backup "interval_s" .Values.maintain.backup.intervalS -}}
+{{- $_ := set $backup "keep" (int .Values.maintain.backup.keep) -}}
+{{- $_ := set $cfg "backup" $backup -}}
+{{- end -}}
+{{- if .Values.maintain.iceberg.enabled -}}
+{{- $iceberg := ternary (get $cfg "iceberg") dict (kindIs "map" (get $cfg "iceberg")) -}}
+{{- $_ := set $iceberg "enabled" true -}}
+{{- $_ := set $iceberg "catalog_uri" .Values.maintain.iceberg.catalogUri -}}
+{{- $_ := set $iceberg "interval_s" .Values.maintain.iceberg.intervalS -}}
+{{- $_ := set $cfg "iceberg" $iceberg -}}
+{{- end -}}
 {{- if .Values.catalog.url -}}
 {{- $_ := set $storage "catalog_url" .Values.catalog.url -}}
 {{- else -}}
@@ -200,6 +214,9 @@ those would be read as config overrides). */}}
 {{- $_ := set $shipper "metrics_listen" (printf "0.0.0.0:%d" (int .Values.shipper.metricsPort)) -}}
 {{- $_ := set (get $cfg "ingest") "metrics_listen" (printf "0.0.0.0:%d" (int .Values.ingest.metricsPort)) -}}
 {{- $_ := set (get $cfg "maintain") "metrics_listen" (printf "0.0.0.0:%d" (int .Values.maintain.metricsPort)) -}}
+{{- $_ := set (get $cfg "alerts") "metrics_listen" (printf "0.0.0.0:%d" (int .Values.alert.metricsPort)) -}}
+{{- $_ := set (get $cfg "receive") "host" "0.0.0.0" -}}
+{{- $_ := set (get $cfg "receive") "port" (int .Values.receive.port) -}}
 {{- end -}}
 {{- toJson $cfg -}}
 {{- end -}}
@@ -370,6 +387,13 @@ and 0 included (sprig's mergeOverwrite would skip those). */}}
     secretKeyRef:
       name: {{ .Values.storage.s3.existingSecret }}
       key: {{ .Values.storage.s3.secretAccessKeyKey }}
+{{- include "loglake.env.catalog" . }}
+{{- end }}
+{{- end -}}
+
+{{/* Catalog credentials alone: the push receiver, which reads API keys and no data. */}}
+{{- define "loglake.env.catalog" -}}
+{{- if not .Values.demo.enabled }}
 {{- if .Values.catalog.existingSecret }}
 - name: LOGLAKE_STORAGE__CATALOG_URL
   valueFrom:

@@ -1,0 +1,1 @@
+"""Alert and recording rules on log queries: rules, evaluation, state, notifications, backtests."""
