@@ -19,6 +19,11 @@ _COLUMNS = """
     trace_id    Nullable(String) CODEC(ZSTD(3)),
     span_id     Nullable(String) CODEC(ZSTD(3))
 """
+#: The columns that keep each record's original line (storage/lines.py), for a like-for-like load.
+_ORIGINAL = """,
+    head        Nullable(String) CODEC(ZSTD(3)),
+    raw         Nullable(String) CODEC(ZSTD(3))
+"""
 
 
 class ClickHouse:
@@ -31,14 +36,17 @@ class ClickHouse:
         self.session = Session(str(path))
         self.session.query("CREATE DATABASE IF NOT EXISTS bench")
 
-    def load(self, segment_glob: str, *, token_index: bool) -> None:
+    def load(self, segment_glob: str, *, token_index: bool, original: bool = False) -> None:
+        """Our segments' rows into ``bench.logs``; with ``original``, their original lines' columns too."""
         index = ",\n    INDEX message_tokens lower(message) TYPE tokenbf_v1(32768, 3, 0) GRANULARITY 1" \
             if token_index else ""
+        extra = _ORIGINAL if original else ""
         self.session.query("DROP TABLE IF EXISTS bench.logs")
-        self.session.query(f"CREATE TABLE bench.logs ({_COLUMNS}{index}) ENGINE = MergeTree "
+        self.session.query(f"CREATE TABLE bench.logs ({_COLUMNS}{extra}{index}) ENGINE = MergeTree "
                            "ORDER BY (service, ts)")
         self.session.query(f"INSERT INTO bench.logs SELECT ts, observed_ts, service, host, source, level, severity, "
-                           f"message, attrs, trace_id, span_id FROM file('{segment_glob}', Parquet)")
+                           f"message, attrs, trace_id, span_id{', head, raw' if original else ''} "
+                           f"FROM file('{segment_glob}', Parquet)")
         self.session.query("OPTIMIZE TABLE bench.logs FINAL")
 
     def bytes_on_disk(self) -> int:

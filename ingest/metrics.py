@@ -20,6 +20,8 @@ _SOURCE_COUNTERS = (
      "Rows no format or layout recognised (attrs.format=unknown), per source", "unknown_format"),
     ("loglake_ingest_source_unknown_level_rows", "Rows with no level found (level=unknown), per source",
      "unknown_level"),
+    ("loglake_ingest_source_unmatched_rows",
+     "Lines their source's configured format did not read (attrs.format=unmatched), per source", "unmatched"),
 )
 
 _COUNTERS = {

@@ -190,7 +190,8 @@ FROM u"""
     select_out = ",\n        ".join(f"{expr} AS o_{name}" for name, expr in outputs.items())
     ctes.append(f"o AS (SELECT line, observed_ts, service, host, source, labels, zone, wrap_ts, wrap_stream,\n"
                 f"        fmt2, configured AND fmt2 = 'text' AND fmt <> 'text' AS unmatched, rn, l_cont,\n"
-                f"        CASE WHEN fmt2 = 'json' THEN p_json_shape END AS shape,\n"
+                # (the compiled pass's shape only where it parsed the line: its values are the columns')
+                f"        CASE WHEN fmt2 = 'json' AND p_json_status = 1 THEN p_json_shape END AS shape,\n"
                 f"        {select_out}\n    FROM {prev})")
 
     ctes.append(f"""

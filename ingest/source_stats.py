@@ -24,13 +24,14 @@ import pyarrow.compute as pc
 #: (tenant, service, source)
 SourceKey = tuple[str, str, str]
 #: What is counted per source, in this order.
-COUNTS: tuple[str, ...] = ("rows", "observed_time", "unknown_format", "unknown_level")
+COUNTS: tuple[str, ...] = ("rows", "observed_time", "unknown_format", "unknown_level", "unmatched")
 OTHER = "other"
 
 
 def count_rows(records: pa.Table) -> dict[tuple[str, str], Counter[str]]:
     """Per (service, source) of ``records`` (``RECORD_SCHEMA``): rows, and rows whose time was not read
-    from the line (``attrs.ts_parse = observed``), of an unknown format, of an unknown level."""
+    from the line (``attrs.ts_parse = observed``), of an unknown format, of an unknown level, and lines
+    their source's configured format did not read (``attrs.format = unmatched``)."""
     if records.num_rows == 0:
         return {}
     attrs = records.column("attrs")
@@ -43,13 +44,15 @@ def count_rows(records: pa.Table) -> dict[tuple[str, str], Counter[str]]:
         "unknown_format": pc.cast(pc.fill_null(pc.equal(fmt, "unknown"), False), pa.int64()),
         "unknown_level": pc.cast(pc.fill_null(pc.equal(records.column("level").cast(pa.string()), "unknown"),
                                               False), pa.int64()),
+        "unmatched": pc.cast(pc.fill_null(pc.equal(fmt, "unmatched"), False), pa.int64()),
     })
     sums = flags.group_by(["service", "source"]).aggregate(
-        [([], "count_all"), ("observed_time", "sum"), ("unknown_format", "sum"), ("unknown_level", "sum")])
+        [([], "count_all"), ("observed_time", "sum"), ("unknown_format", "sum"), ("unknown_level", "sum"),
+         ("unmatched", "sum")])
     columns = [sums.column(c).to_pylist() for c in ("service", "source", "count_all", "observed_time_sum",
-                                                    "unknown_format_sum", "unknown_level_sum")]
-    return {(svc or "", src or ""): Counter(dict(zip(COUNTS, (rows, obs, fmt_, lvl), strict=True)))
-            for svc, src, rows, obs, fmt_, lvl in zip(*columns, strict=True)}
+                                                    "unknown_format_sum", "unknown_level_sum", "unmatched_sum")]
+    return {(svc or "", src or ""): Counter(dict(zip(COUNTS, values, strict=True)))
+            for svc, src, *values in zip(*columns, strict=True)}
 
 
 @dataclass

@@ -72,9 +72,12 @@ def record_schema() -> Schema:
         NestedField(6, "level", StringType(), required=False),
         NestedField(7, "severity", IntegerType(), required=False),
         NestedField(8, "message", StringType(), required=False),
-        NestedField(9, "attrs", MapType(12, StringType(), 13, StringType(), value_required=False), required=False),
+        NestedField(9, "attrs", MapType(14, StringType(), 15, StringType(), value_required=False), required=False),
         NestedField(10, "trace_id", StringType(), required=False),
         NestedField(11, "span_id", StringType(), required=False),
+        # The original line's columns (storage/lines.py); segments written before them read as NULL.
+        NestedField(12, "head", StringType(), required=False),
+        NestedField(13, "raw", StringType(), required=False),
     )
 
 

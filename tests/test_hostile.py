@@ -121,12 +121,15 @@ def test_hostile_records_are_bounded_and_the_worker_keeps_storing(stack: Stack) 
     assert set(rows) == {"good id=f1", "good id=f2", "good id=e1", "good id=e2", "deep id=d1", "wide id=w1"}
     # Flattening stops at its depth limit: what is below stays one JSON text value, intact.
     deep_attrs = rows["deep id=d1"]["attrs"]
+    # (besides the flag that its time was not read from the line)
+    assert deep_attrs.pop("ts_parse") == "observed"
     (key, value), = deep_attrs.items()
     assert key == ".".join(["a"] * 8)
     assert value == '{"a":' * (10_000 - 7) + "1" + "}" * (10_000 - 7)
     # Attributes are cut at ingest.max_attrs (1000), and the cut is recorded.
     wide_attrs = rows["wide id=w1"]["attrs"]
-    assert len(wide_attrs) == 1001 and wide_attrs["attrs_dropped"] == str(100_000 - 1000)
+    # (100,000 keys and the flag that its time was not read: the first 1,000 are kept)
+    assert len(wide_attrs) == 1001 and wide_attrs["attrs_dropped"] == str(100_000 + 1 - 1000)
     assert wide_attrs["k0"] == "0" and wide_attrs["k998"] == "998"     # the first ones are kept
     assert stack.procs["ingest"].poll() is None
 

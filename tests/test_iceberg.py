@@ -308,7 +308,7 @@ def test_the_iceberg_schema_is_the_record_model() -> None:
     assert types["ts"] == types["observed_ts"] == TimestamptzType()
     assert all(types[c] == StringType() for c in ("service", "host", "source", "level", "message"))
     assert types["severity"] == IntegerType()
-    assert types["attrs"] == MapType(12, StringType(), 13, StringType(), value_required=False)
+    assert types["attrs"] == MapType(14, StringType(), 15, StringType(), value_required=False)
     assert sql_catalog_uri("postgresql://u@h:5432/db?x=1") == "postgresql+psycopg://u@h:5432/db?x=1"
     assert sql_catalog_uri("sqlite:////tmp/c.sqlite") == "sqlite:////tmp/c.sqlite"
 

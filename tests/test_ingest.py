@@ -113,9 +113,11 @@ def test_third_party_records_from_librdkafka_land_with_topic_tenant_and_service(
     assert catalog.totals()["rows"] == 10
 
     rows = by_message(stored(stack, catalog, "team-a"))
-    assert set(rows) == {text, "disk almost full id=edge-2", "invoice sent id=edge-3", "cache warm id=edge-4"}
+    text_message = "gateway upstream timed out after 3000ms id=edge-1"     # after its header
+    assert set(rows) == {text_message, "disk almost full id=edge-2", "invoice sent id=edge-3", "cache warm id=edge-4"}
 
-    r = rows[text]
+    r = rows[text_message]
+    assert r["line"] == text
     assert (r["service"], r["level"], r["severity"]) == ("edge", "error", 17)
     assert r["ts"] == us(event)
     assert r["observed_ts"] == kafka_ts * 1000 == sent[0].timestamp_ms * 1000
@@ -325,7 +327,7 @@ def test_text_no_format_understands_is_stored_whole_as_unknown(stack: Stack) -> 
     assert set(rows) == {*lines, "a framed line nothing understands"}
     for i, line in enumerate(lines):
         r = rows[line]
-        assert r["attrs"] == {"format": "unknown"}, (line, r["attrs"])
+        assert r["attrs"] == {"ts_parse": "observed", "format": "unknown"}, (line, r["attrs"])
         assert (r["level"], r["severity"]) == ("unknown", 0)
         assert r["ts"] == r["observed_ts"] == sent[i].timestamp_ms * 1000
         assert r["service"] == "edge"
@@ -360,7 +362,7 @@ def test_pattern_format_configured_per_topic(stack: Stack) -> None:
     assert set(rows) == {"payment failed: card expired", "quota at 91%", "lowercase does not match the pattern"}
     r = rows["payment failed: card expired"]
     assert (r["level"], r["severity"], r["service"]) == ("error", 17, "pat")
-    assert r["attrs"] == {"user": "alice"}
+    assert r["attrs"] == {"user": "alice", "ts_parse": "observed"}
     assert r["ts"] == sent[0].timestamp_ms * 1000
     r = rows["quota at 91%"]
     assert (r["level"], r["attrs"]) == ("warn", {"user": "bob_2"})

@@ -409,3 +409,11 @@ def test_fractions_beyond_microseconds_are_cut_not_rounded() -> None:
     rows = Normaliser()(_raw([f"2024-03-04T05:06:59.99999{i}9Z INFO x" for i in range(10)],
                              source="/var/log/frac.log")).to_pylist()
     assert [r["ts"] for r in rows] == [datetime(2024, 3, 4, 5, 6, 59, 999990 + i, tzinfo=UTC) for i in range(10)]
+
+
+def test_lines_that_miss_their_pattern_are_counted_per_source() -> None:
+    from ingest.source_stats import count_rows
+    n = Normaliser(ParseSettings(patterns=(r"^(?P<ts>\S+) \| (?P<message>.*)$",)))
+    records = n(_pattern_raw(["2024-01-15T10:00:00Z | ok", "not the pattern", "nor this"]))
+    counts = count_rows(records)[("app", "/var/log/app.log")]
+    assert (counts["rows"], counts["unmatched"], counts["observed_time"]) == (3, 2, 2)

@@ -99,7 +99,7 @@ _DUMPS = {
 }
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(objs=st.lists(st.dictionaries(_KEY, _VALUE, max_size=8), min_size=1, max_size=8),
        style=st.sampled_from(sorted(_DUMPS)))
 def test_json_records_equal_the_sql_parsers(both: tuple[Normaliser, Normaliser], objs: list[dict[str, Any]],

@@ -25,6 +25,7 @@ from ingest.levels import NUMERIC_LEVEL, SEVERITY_OF, SYSLOG_SEVERITY, TEXT_LEVE
 from ingest.normalise import Normaliser, ParseSettings, normalise_safely
 from ingest.parsers.json import MAX_DEPTH
 from ingest.parsers.pattern import PatternError
+from ingest.sources import SourceBook
 from storage.schema import LEVELS, RECORD_SCHEMA
 from tests.helpers import normalising
 
@@ -68,10 +69,22 @@ def patterned() -> Iterator[Normaliser]:
     yield from _normaliser(ParseSettings(patterns=(PATTERN0, PATTERN1)))
 
 
+@pytest.fixture(autouse=True)
+def _sources_of_their_own(request: pytest.FixtureRequest) -> None:
+    # The normalisers are shared by the module and every line comes from the same source: each
+    # test starts its sources afresh, so a layout it checks is learned from its own lines, not
+    # from the shapes of the tests run before it.
+    for name in ("con", "berlin", "strict", "patterned"):
+        if name in request.fixturenames:
+            request.getfixturevalue(name).sources = SourceBook()
+
+
 raw = partial(normalising.raw, observed=OBSERVED)
 parse_all = partial(normalising.parse_all, observed=OBSERVED)
 parse = partial(normalising.parse, observed=OBSERVED)
 attrs = normalising.attrs
+original = normalising.original
+OBSERVED_FLAG = normalising.OBSERVED_FLAG
 
 
 # == JSON ===========================================================================
@@ -85,8 +98,9 @@ def test_json_pino_record(con: Normaliser) -> None:
     assert row["ts"] == utc(2024, 3, 4, 5, 6, 7, 123000)
     assert (row["level"], row["severity"]) == ("info", 9)
     assert row["message"] == "request completed"
-    assert row["host"] == "host-1"                   # the record's own host wins; hostname stays an attr
-    assert attrs(row) == {"level": "30", "pid": "4242", "hostname": "web-1", "reqId": "req-9",
+    assert original(row) == line
+    assert row["host"] == "web-1"                    # the line's host wins; the shipper's goes to agent.host
+    assert attrs(row) == {"agent.host": "host-1", "level": "30", "pid": "4242", "reqId": "req-9",
                           "req.method": "GET", "req.url": "/api/cart", "req.headers.accept": "application/json",
                           "responseTime": "12.5"}
 
@@ -111,9 +125,9 @@ def test_json_gelf_record(con: Normaliser) -> None:
     assert row["ts"] == utc(2024, 3, 4, 5, 6, 7, 500000)
     assert (row["level"], row["severity"]) == ("error", 17)     # GELF 3 = syslog err
     assert row["host"] == "mail-2.example.net"                  # record host empty: taken from the line
-    assert row["message"] == line                                # short_message is not a message key
-    assert attrs(row) == {"version": "1.1", "short_message": "queue stalled", "level": "3",
-                          "_queue": "outbound", "_depth": "812"}
+    assert row["message"] == "queue stalled"                     # short_message is GELF's message key
+    assert original(row) == line
+    assert attrs(row) == {"version": "1.1", "level": "3", "_queue": "outbound", "_depth": "812"}
 
 
 @pytest.mark.parametrize(("obj", "ts", "left"), [
@@ -137,7 +151,7 @@ def test_json_time_keys_in_precedence_order(con: Normaliser, obj: dict[str, str]
 def test_json_time_key_that_does_not_parse_stays_and_no_other_key_is_tried(con: Normaliser) -> None:
     row = parse(con, {"@timestamp": "yesterday", "time": "2024-03-04T05:06:07Z", "msg": "m"})
     assert row["ts"] == OBSERVED
-    assert attrs(row) == {"@timestamp": "yesterday", "time": "2024-03-04T05:06:07Z"}
+    assert attrs(row) == {"@timestamp": "yesterday", "time": "2024-03-04T05:06:07Z", **OBSERVED_FLAG}
 
 
 @pytest.mark.parametrize(("obj", "level", "left"), [
@@ -151,7 +165,9 @@ def test_json_level_keys_in_precedence_order(con: Normaliser, obj: dict[str, str
                                              left: set[str]) -> None:
     row = parse(con, {**obj, "msg": "m"})
     assert row["level"] == level
-    assert set(attrs(row)) == left
+    a = attrs(row)
+    assert a.pop("ts_parse") == "observed"                 # no time in the line
+    assert set(a) == left
 
 
 @pytest.mark.parametrize(("number", "level", "severity"), [
@@ -161,7 +177,8 @@ def test_json_pino_numeric_levels(con: Normaliser, number: int, level: str, seve
     for value in (number, str(number)):
         row = parse(con, {"level": value, "msg": "m"})
         assert (row["level"], row["severity"]) == (level, severity), value
-        assert attrs(row) == {"level": str(number)}       # a number is not a normalised name: it stays
+        # a number is not a normalised name: it stays
+        assert attrs(row) == {"level": str(number), **OBSERVED_FLAG}
 
 
 @pytest.mark.parametrize(("number", "level", "severity"), [
@@ -190,7 +207,10 @@ def test_json_message_keys_in_precedence_order(con: Normaliser, obj: dict[str, s
                                                left: set[str]) -> None:
     row = parse(con, {"level": "info", **obj})
     assert row["message"] == message
-    assert set(attrs(row)) == left
+    assert original(row) == orjson.dumps({"level": "info", **obj}).decode()
+    a = attrs(row)
+    assert a.pop("ts_parse") == "observed"
+    assert set(a) == left
 
 
 @pytest.mark.parametrize(("obj", "service", "left"), [
@@ -204,7 +224,10 @@ def test_json_service_keys_in_precedence_order(con: Normaliser, obj: dict[str, A
                                                left: set[str]) -> None:
     row = parse(con, {**obj, "msg": "m"})
     assert row["service"] == service
-    assert set(attrs(row)) == left
+    assert original(row) == orjson.dumps({**obj, "msg": "m"}).decode()
+    a = attrs(row)
+    assert a.pop("ts_parse") == "observed"
+    assert set(a) == left
 
 
 @pytest.mark.parametrize(("obj", "trace", "span", "left"), [
@@ -217,20 +240,31 @@ def test_json_trace_and_span_keys(con: Normaliser, obj: dict[str, str], trace: s
                                   left: set[str]) -> None:
     row = parse(con, {**obj, "msg": "m"})
     assert (row["trace_id"], row["span_id"]) == (trace, span)
-    assert set(attrs(row)) == left
+    assert original(row) == orjson.dumps({**obj, "msg": "m"}).decode()
+    a = attrs(row)
+    assert a.pop("ts_parse") == "observed"
+    assert set(a) == left
 
 
 @pytest.mark.parametrize(("obj", "record_host", "host", "left"), [
-    ({"host": "h1", "hostname": "h2"}, "", "h1", {"hostname"}),
-    ({"hostname": "h2"}, "", "h2", set()),
-    ({"host": "h1", "hostname": "h2"}, "node-7", "node-7", {"host", "hostname"}),
-    ({}, "", "", set()),
+    ({"host": "h1", "hostname": "h2"}, "", "h1", {"hostname": "h2"}),
+    ({"hostname": "h2"}, "", "h2", {}),
+    # The line's host wins; the shipper's, when it differs and is not empty, goes to agent.host.
+    ({"host": "h1", "hostname": "h2"}, "node-7", "h1", {"agent.host": "node-7", "hostname": "h2"}),
+    ({"hostname": "h2"}, "node-7", "h2", {"agent.host": "node-7"}),
+    ({"host": "node-7"}, "node-7", "node-7", {}),
+    ({}, "", "", {}),
+    ({}, "node-7", "node-7", {}),
+    ({"host": ""}, "node-7", "node-7", {"host": ""}),          # an empty host value names no host: it stays
 ])
-def test_json_host_keys_fill_only_an_empty_record_host(con: Normaliser, obj: dict[str, str], record_host: str,
-                                                       host: str, left: set[str]) -> None:
+def test_json_host_keys_win_over_the_shippers_host(con: Normaliser, obj: dict[str, str], record_host: str,
+                                                   host: str, left: dict[str, str]) -> None:
     row = parse(con, {**obj, "msg": "m"}, host=record_host)
     assert row["host"] == host
-    assert set(attrs(row)) == left
+    assert original(row) == orjson.dumps({**obj, "msg": "m"}).decode()
+    a = attrs(row)
+    assert a.pop("ts_parse") == "observed"
+    assert a == left
 
 
 def test_json_flattening_details(con: Normaliser) -> None:
@@ -238,7 +272,8 @@ def test_json_flattening_details(con: Normaliser) -> None:
                       "retry": None, "tags": ["a", {"b": 1}], "user": {"id": 7, "admin": False, "name": None}})
     assert row["attrs"] == [("http.request.method", "POST"), ("http.request.headers", "{}"),
                             ("http.status", "502"), ("retry", None), ("tags", '["a",{"b":1}]'),
-                            ("user.id", "7"), ("user.admin", "false"), ("user.name", None)]
+                            ("user.id", "7"), ("user.admin", "false"), ("user.name", None),
+                            ("ts_parse", "observed")]
 
 
 def test_json_nesting_deeper_than_the_limit_stays_json_text(con: Normaliser) -> None:
@@ -250,7 +285,7 @@ def test_json_nesting_deeper_than_the_limit_stays_json_text(con: Normaliser) -> 
     rest: Any = obj
     for _ in range(MAX_DEPTH):
         rest = rest["k"]
-    assert attrs(row) == {key: orjson.dumps(rest).decode()}
+    assert attrs(row) == {key: orjson.dumps(rest).decode(), **OBSERVED_FLAG}
 
 
 @pytest.mark.parametrize(("line", "expected"), [
@@ -259,7 +294,9 @@ def test_json_nesting_deeper_than_the_limit_stays_json_text(con: Normaliser) -> 
 ])
 def test_json_repeated_keys_are_renamed_with_their_position(con: Normaliser, line: str,
                                                             expected: list[tuple[str, str]]) -> None:
-    assert parse(con, line)["attrs"] == expected
+    row = parse(con, line)
+    assert row["attrs"] == [*expected, ("ts_parse", "observed")]
+    assert original(row) == line
 
 
 @pytest.mark.parametrize("labels", [None, {"env": "prod"}])
@@ -270,14 +307,16 @@ def test_json_renamed_key_does_not_collide_with_a_key_of_that_name(con: Normalis
     row = parse(con, '{"a":1,"a":2,"a#2":3,"msg":"m"}', labels=labels)
     keys = [k for k, _ in row["attrs"]]
     assert len(keys) == len(set(keys)), row["attrs"]
-    assert sorted(v for k, v in row["attrs"] if k != "env") == ["1", "2", "3"]
+    assert attrs(row)["ts_parse"] == "observed"
+    assert sorted(v for k, v in row["attrs"] if k not in ("env", "ts_parse")) == ["1", "2", "3"]
 
 
 def test_json_string_values_with_braces_and_escapes_are_unquoted(con: Normaliser) -> None:
     # A '{' inside a string sends the line down the slow (flattening) path: same result.
     for extra in ("plain", "has {braces} and \"quotes\"\\ \u00e9\t\n\u0001"):
         row = parse(con, {"msg": "m", "k": extra, "n": 1})
-        assert attrs(row) == {"k": extra, "n": "1"}
+        assert attrs(row) == {"k": extra, "n": "1", **OBSERVED_FLAG}
+        assert original(row) == orjson.dumps({"msg": "m", "k": extra, "n": 1}).decode()
 
 
 @pytest.mark.parametrize(("line", "ts", "level"), [
@@ -339,9 +378,10 @@ def test_json_mongodb_date_as_canonical_extended_json(con: Normaliser) -> None:
                                   "{"])
 def test_broken_json_falls_back_to_plain_text(con: Normaliser, line: str) -> None:
     row = parse(con, line)
-    assert row["message"] == line
+    assert row["message"] == line                   # no header: the whole line
+    assert original(row) == line
     assert row["ts"] == OBSERVED
-    assert attrs(row) == {"format": "unknown"}
+    assert attrs(row) == {**OBSERVED_FLAG, "format": "unknown"}
 
 
 # == logfmt =========================================================================
@@ -381,30 +421,34 @@ def test_logfmt_grafana_style_record(con: Normaliser) -> None:
 ])
 def test_logfmt_values_quoted_and_escaped(con: Normaliser, quoted: str, value: str) -> None:
     row = parse(con, f"level=info k={quoted} other=1")
-    assert attrs(row) == {"k": value, "other": "1"}
+    assert attrs(row) == {"k": value, "other": "1", **OBSERVED_FLAG}
     assert row["message"] == f"level=info k={quoted} other=1"       # no message key: the whole line
+    assert original(row) == f"level=info k={quoted} other=1"
 
 
 def test_logfmt_level_that_is_not_a_normalised_name_stays_in_attrs(con: Normaliser) -> None:
     row = parse(con, "lvl=WARNING msg=retrying attempt=3")
     assert (row["level"], row["severity"]) == ("warn", 13)
-    assert attrs(row) == {"lvl": "WARNING", "attempt": "3"}
+    assert attrs(row) == {"lvl": "WARNING", "attempt": "3", **OBSERVED_FLAG}
 
 
 def test_logfmt_time_that_does_not_parse_stays_in_attrs(con: Normaliser) -> None:
     row = parse(con, "ts=soon level=info msg=m")
     assert row["ts"] == OBSERVED
-    assert attrs(row) == {"ts": "soon"}
+    assert attrs(row) == {"ts": "soon", **OBSERVED_FLAG}
 
 
 def test_logfmt_repeated_key_is_renamed(con: Normaliser) -> None:
-    assert parse(con, "msg=m tag=a tag=b")["attrs"] == [("tag", "a"), ("tag#3", "b")]
+    row = parse(con, "msg=m tag=a tag=b")
+    assert row["attrs"] == [("tag", "a"), ("tag#3", "b"), ("ts_parse", "observed")]
+    assert original(row) == "msg=m tag=a tag=b"
 
 
 def test_a_single_pair_is_not_logfmt(con: Normaliser) -> None:
     row = parse(con, "status=ok")
     assert row["message"] == "status=ok"
-    assert attrs(row) == {"format": "unknown"}
+    assert original(row) == "status=ok"
+    assert attrs(row) == {**OBSERVED_FLAG, "format": "unknown"}
 
 
 # == access logs (nginx, Apache httpd) ==============================================
@@ -517,9 +561,10 @@ def test_access_log_time_with_a_fraction(con: Normaliser) -> None:
 def test_truncated_access_log_line_falls_back_to_text(con: Normaliser) -> None:
     line = '10.0.0.1 - - [04/Mar/2024:05:06:07 +0000] "GET / HTTP/1.1"'
     row = parse(con, line)
-    assert row["message"] == line
+    assert row["message"] == line                   # no header: the whole line
+    assert original(row) == line
     assert row["ts"] == OBSERVED
-    assert attrs(row) == {"format": "unknown"}
+    assert attrs(row) == {**OBSERVED_FLAG, "format": "unknown"}
 
 
 # == Apache httpd error log =========================================================
@@ -530,7 +575,8 @@ def test_apache_22_error_line(con: Normaliser) -> None:
     row = parse(con, line)
     assert row["ts"] == utc(2024, 3, 4, 5, 6, 7)
     assert (row["level"], row["severity"]) == ("error", 17)
-    assert row["message"] == line
+    assert row["message"] == "[client 192.0.2.10] File does not exist: /var/www/favicon.ico"
+    assert original(row) == line
     assert attrs(row) == {"client.address": "192.0.2.10"}
 
 
@@ -540,7 +586,9 @@ def test_apache_24_error_line(con: Normaliser) -> None:
     row = parse(con, line)
     assert row["ts"] == utc(2024, 3, 4, 5, 6, 7, 123456)
     assert row["level"] == "error"
-    assert row["message"] == line
+    assert row["message"] == ("[client 192.0.2.10:51234] AH00037: Symbolic link not allowed or link target "
+                              "not accessible: /srv/www/current")
+    assert original(row) == line
     assert attrs(row) == {"apache.module": "core", "process.pid": "2841", "thread.id": "139872",
                           "client.address": "192.0.2.10:51234"}
 
@@ -578,9 +626,11 @@ def test_rfc3164_with_priority(con: Normaliser) -> None:
     row = parse(con, line)
     assert row["ts"] == utc(2024, 3, 4, 5, 6, 7)
     assert (row["level"], row["severity"]) == ("fatal", 21)        # 34 = auth (4) * 8 + crit (2)
-    assert row["message"] == line
-    assert attrs(row) == {"syslog.facility": "4", "syslog.hostname": "bastion-1", "syslog.appname": "su",
-                          "syslog.procid": "812"}
+    assert row["message"] == "'su root' failed for alice on /dev/pts/3"
+    assert original(row) == line
+    assert row["host"] == "bastion-1"                             # the line's host wins
+    assert attrs(row) == {"agent.host": "host-1", "syslog.facility": "4", "syslog.hostname": "bastion-1",
+                          "syslog.appname": "su", "syslog.procid": "812"}
 
 
 def test_rfc3164_without_priority(con: Normaliser) -> None:
@@ -588,8 +638,11 @@ def test_rfc3164_without_priority(con: Normaliser) -> None:
     row = parse(con, line)
     assert row["ts"] == utc(2024, 3, 14, 5, 6, 7)
     assert (row["level"], row["severity"]) == ("unknown", 0)
-    assert row["message"] == line
-    assert attrs(row) == {"syslog.hostname": "web01", "syslog.appname": "sshd", "syslog.procid": "4242"}
+    assert row["message"] == "Accepted publickey for deploy from 10.1.2.3 port 52144 ssh2"
+    assert original(row) == line
+    assert row["host"] == "web01"
+    assert attrs(row) == {"agent.host": "host-1", "syslog.hostname": "web01", "syslog.appname": "sshd",
+                          "syslog.procid": "4242"}
 
 
 @pytest.mark.parametrize(("line", "level"), [
@@ -608,9 +661,13 @@ def test_rfc3164_without_priority_takes_a_bracketed_lower_case_level_word(con: N
 
 
 def test_rfc3164_without_a_tag(con: Normaliser) -> None:
-    row = parse(con, "<13>Mar  4 05:06:07 printer-3 paper jam in tray 2")
+    line = "<13>Mar  4 05:06:07 printer-3 paper jam in tray 2"
+    row = parse(con, line)
     assert row["level"] == "info"          # 13 = user (1) * 8 + notice (5)
-    assert attrs(row) == {"syslog.facility": "1", "syslog.hostname": "printer-3"}
+    assert row["message"] == "paper jam in tray 2"
+    assert original(row) == line
+    assert row["host"] == "printer-3"
+    assert attrs(row) == {"agent.host": "host-1", "syslog.facility": "1", "syslog.hostname": "printer-3"}
 
 
 def test_rsyslog_rfc3339_time_in_the_bsd_layout(con: Normaliser) -> None:
@@ -618,8 +675,11 @@ def test_rsyslog_rfc3339_time_in_the_bsd_layout(con: Normaliser) -> None:
     row = parse(con, line)
     assert row["ts"] == utc(2024, 3, 4, 4, 6, 7, 123456)
     assert row["level"] == "info"
-    assert attrs(row) == {"syslog.facility": "3", "syslog.hostname": "web01", "syslog.appname": "systemd",
-                          "syslog.procid": "1"}
+    assert row["message"] == "Started Daily apt upgrade and clean."
+    assert original(row) == line
+    assert row["host"] == "web01"
+    assert attrs(row) == {"agent.host": "host-1", "syslog.facility": "3", "syslog.hostname": "web01",
+                          "syslog.appname": "systemd", "syslog.procid": "1"}
 
 
 def test_rfc5424_line(con: Normaliser) -> None:
@@ -628,8 +688,10 @@ def test_rfc5424_line(con: Normaliser) -> None:
     row = parse(con, line)
     assert row["ts"] == utc(2024, 3, 4, 3, 6, 7, 3000)
     assert (row["level"], row["severity"]) == ("info", 10)        # 165 = local4 (20) * 8 + notice (5)
-    assert row["message"] == line
-    assert attrs(row) == {"syslog.facility": "20", "syslog.hostname": "app-7.example.com",
+    assert row["message"] == "invoice 42 sent"
+    assert original(row) == line
+    assert row["host"] == "app-7.example.com"
+    assert attrs(row) == {"agent.host": "host-1", "syslog.facility": "20", "syslog.hostname": "app-7.example.com",
                           "syslog.appname": "billing", "syslog.procid": "4711", "syslog.msgid": "INV42"}
 
 
@@ -652,18 +714,23 @@ def test_syslog_level_from_the_priority(con: Normaliser, facility: int, severity
         assert attrs(row)["syslog.facility"] == str(facility)
 
 
-@pytest.mark.parametrize(("line", "record_host", "host", "hostname"), [
-    ("<13>Mar  4 05:06:07 web01 app: m", "", "web01", "web01"),
-    ("<13>1 2024-03-04T05:06:07Z db-2.internal app - - - m", "", "db-2.internal", "db-2.internal"),
-    ("Mar  4 05:06:07 web01 app: m", "", "web01", "web01"),
-    ("<13>Mar  4 05:06:07 web01 app: m", "collector-1", "collector-1", "web01"),
-    ("<13>1 2024-03-04T05:06:07Z db-2.internal app - - - m", "collector-1", "collector-1", "db-2.internal"),
+@pytest.mark.parametrize(("line", "record_host", "host", "hostname", "agent"), [
+    ("<13>Mar  4 05:06:07 web01 app: m", "", "web01", "web01", None),
+    ("<13>1 2024-03-04T05:06:07Z db-2.internal app - - - m", "", "db-2.internal", "db-2.internal", None),
+    ("Mar  4 05:06:07 web01 app: m", "", "web01", "web01", None),
+    # The line's host wins; the shipper's goes to agent.host when it differs.
+    ("<13>Mar  4 05:06:07 web01 app: m", "collector-1", "web01", "web01", "collector-1"),
+    ("<13>1 2024-03-04T05:06:07Z db-2.internal app - - - m", "collector-1", "db-2.internal", "db-2.internal",
+     "collector-1"),
+    ("<13>Mar  4 05:06:07 web01 app: m", "web01", "web01", "web01", None),
 ])
-def test_syslog_hostname_fills_only_an_empty_record_host(con: Normaliser, line: str, record_host: str,
-                                                         host: str, hostname: str) -> None:
+def test_syslog_hostname_wins_over_the_shippers_host(con: Normaliser, line: str, record_host: str, host: str,
+                                                     hostname: str, agent: str | None) -> None:
     row = parse(con, line, host=record_host)
     assert row["host"] == host
+    assert (row["message"], original(row)) == ("m", line)
     assert attrs(row)["syslog.hostname"] == hostname
+    assert attrs(row).get("agent.host") == agent
 
 
 # == container runtimes =============================================================
@@ -676,8 +743,10 @@ def test_docker_json_file_wrapper(con: Normaliser) -> None:
              '{"log":"{\\"level\\":\\"warn\\",\\"msg\\":\\"inner json\\",\\"k\\":1}\\n","stream":"stdout",'
              '"time":"2024-03-04T05:06:10Z"}']
     rows = parse_all(con, lines, wrapper="docker")
-    assert [r["message"] for r in rows] == ["2024-03-04 05:06:07,250 ERROR [main] c.e.Pay - card declined",
-                                            "no time in here", "inner json"]
+    assert [r["message"] for r in rows] == ["c.e.Pay - card declined", "no time in here", "inner json"]
+    # The line the application wrote (the runtime's wrapper and its newline taken off) comes back.
+    assert [original(r) for r in rows] == ["2024-03-04 05:06:07,250 ERROR [main] c.e.Pay - card declined",
+                                           "no time in here", '{"level":"warn","msg":"inner json","k":1}']
     assert [r["level"] for r in rows] == ["error", "unknown", "warn"]
     assert [r["ts"] for r in rows] == [utc(2024, 3, 4, 5, 6, 7, 250000),      # the line's own time wins
                                        utc(2024, 3, 4, 5, 6, 9, 500000),      # else the runtime's
@@ -704,9 +773,11 @@ def test_container_lines_are_recognised_without_a_configured_wrapper(con: Normal
              "2024-01-01T00:00:00.000000000Z stdout F text from a pod",
              '2024-01-01T00:00:00.000000000Z stderr F {"level":"error","msg":"json in a pod"}']
     rows = parse_all(con, lines, wrapper="")
-    assert [(r["message"], r["level"]) for r in rows] == [("2024-03-04 05:06:07 WARN low memory", "warn"),
+    assert [(r["message"], r["level"]) for r in rows] == [("low memory", "warn"),
                                                           ("text from a pod", "unknown"),
                                                           ("json in a pod", "error")]
+    assert [original(r) for r in rows] == ["2024-03-04 05:06:07 WARN low memory", "text from a pod",
+                                           '{"level":"error","msg":"json in a pod"}']
     assert [r["ts"] for r in rows] == [utc(2024, 3, 4, 5, 6, 7), utc(2024, 1, 1), utc(2024, 1, 1)]
     assert [attrs(r) for r in rows] == [{"stream": "stderr"}, {"stream": "stdout"}, {"stream": "stderr"}]
 
@@ -714,7 +785,8 @@ def test_container_lines_are_recognised_without_a_configured_wrapper(con: Normal
 def test_container_recognition_is_off_when_a_format_is_configured(con: Normaliser) -> None:
     line = "2024-01-01T00:00:00.000000000Z stdout F text from a pod"
     row = parse(con, line, fmt="text")
-    assert row["message"] == line
+    assert row["message"] == "text from a pod"          # the time and the rest of the header are not content
+    assert original(row) == line                         # ...and the whole line, wrapper included, is kept
     assert row["ts"] == utc(2024, 1, 1)
     assert attrs(row) == {}
 
@@ -727,52 +799,55 @@ def test_wrapper_stream_and_labels_are_attrs_and_the_line_wins_a_clash(con: Norm
 
 # == plain text =====================================================================
 
-TEXT_CASES: list[tuple[str, str, datetime, str]] = [
-    # (name, line, ts, level); observed is OBSERVED (2024-06-01T12:00Z), the default zone UTC.
+TEXT_CASES: list[tuple[str, str, datetime, str, str]] = [
+    # (name, line, ts, level, message); observed is OBSERVED (2024-06-01T12:00Z), the default zone UTC;
+    # the message is the line's content after its header.
     ("python", "2024-03-04 05:06:07,123 - billing.worker - WARNING - retrying charge 42",
-     utc(2024, 3, 4, 5, 6, 7, 123000), "warn"),
+     utc(2024, 3, 4, 5, 6, 7, 123000), "warn", "retrying charge 42"),
     ("python-critical", "2024-03-04 05:06:07,123 CRITICAL root: out of file descriptors",
-     utc(2024, 3, 4, 5, 6, 7, 123000), "fatal"),
+     utc(2024, 3, 4, 5, 6, 7, 123000), "fatal", "root: out of file descriptors"),
     ("log4j", "2024-03-04 05:06:07,123 ERROR [http-nio-8080-exec-3] c.e.shop.OrderController - order 991 failed",
-     utc(2024, 3, 4, 5, 6, 7, 123000), "error"),
+     utc(2024, 3, 4, 5, 6, 7, 123000), "error", "c.e.shop.OrderController - order 991 failed"),
     ("logback", "2024-03-04 05:06:07.123 [scheduler-1] DEBUG c.e.Jobs - tick", utc(2024, 3, 4, 5, 6, 7, 123000),
-     "debug"),
-    ("iso-offset", "2024-03-04T05:06:07+02:00 INFO started", utc(2024, 3, 4, 3, 6, 7), "info"),
-    ("iso-offset-compact", "2024-03-04T05:06:07.5-0530 WARN late", utc(2024, 3, 4, 10, 36, 7, 500000), "warn"),
-    ("iso-z", "2024-03-04T05:06:07.123456789Z TRACE enter", utc(2024, 3, 4, 5, 6, 7, 123456), "trace"),
-    ("iso-utc-word", "2024-03-04 05:06:07 UTC [info] ready", utc(2024, 3, 4, 5, 6, 7), "info"),
-    ("iso-bracketed", "[2024-03-04T05:06:07Z] [error] boom", utc(2024, 3, 4, 5, 6, 7), "error"),
+     "debug", "c.e.Jobs - tick"),
+    ("iso-offset", "2024-03-04T05:06:07+02:00 INFO started", utc(2024, 3, 4, 3, 6, 7), "info", "started"),
+    ("iso-offset-compact", "2024-03-04T05:06:07.5-0530 WARN late", utc(2024, 3, 4, 10, 36, 7, 500000), "warn", "late"),
+    ("iso-z", "2024-03-04T05:06:07.123456789Z TRACE enter", utc(2024, 3, 4, 5, 6, 7, 123456), "trace", "enter"),
+    ("iso-utc-word", "2024-03-04 05:06:07 UTC [info] ready", utc(2024, 3, 4, 5, 6, 7), "info", "ready"),
+    ("iso-bracketed", "[2024-03-04T05:06:07Z] [error] boom", utc(2024, 3, 4, 5, 6, 7), "error", "boom"),
     ("hdfs", "240304 050607 2231 WARN dfs.FSNamesystem: BLOCK* replication of blk_-42 delayed",
-     utc(2024, 3, 4, 5, 6, 7), "warn"),
+     utc(2024, 3, 4, 5, 6, 7), "warn", "dfs.FSNamesystem: BLOCK* replication of blk_-42 delayed"),
     ("spark", "24/03/04 05:06:07 INFO storage.BlockManager: Found block rdd_2_1 locally",
-     utc(2024, 3, 4, 5, 6, 7), "info"),
+     utc(2024, 3, 4, 5, 6, 7), "info", "storage.BlockManager: Found block rdd_2_1 locally"),
     ("klog", "I0304 05:06:07.123456    4242 controller.go:118] Synced deployments",
-     utc(2024, 3, 4, 5, 6, 7, 123456), "info"),
+     utc(2024, 3, 4, 5, 6, 7, 123456), "info", "controller.go:118] Synced deployments"),
     ("healthapp", "20240304-05:06:07:123|Step_StandReportReceiver|30002312|onReceive action: screen_on",
-     utc(2024, 3, 4, 5, 6, 7, 123000), "unknown"),
+     utc(2024, 3, 4, 5, 6, 7, 123000), "unknown", "Step_StandReportReceiver|30002312|onReceive action: screen_on"),
     ("go", "2024/03/04 05:06:07 http: TLS handshake error from 10.0.0.9:51234: EOF", utc(2024, 3, 4, 5, 6, 7),
-     "unknown"),
+     "unknown", "http: TLS handshake error from 10.0.0.9:51234: EOF"),
     ("go-micro", "2024/03/04 05:06:07.123456 ERROR dial tcp 10.0.0.5:5432: connect: connection refused",
-     utc(2024, 3, 4, 5, 6, 7, 123456), "error"),
+     utc(2024, 3, 4, 5, 6, 7, 123456), "error", "dial tcp 10.0.0.5:5432: connect: connection refused"),
     ("nginx-error", '2024/03/04 05:06:07 [error] 31#31: *7 open() "/srv/www/x.png" failed (2: No such file)',
-     utc(2024, 3, 4, 5, 6, 7), "error"),
+     utc(2024, 3, 4, 5, 6, 7), "error", '31#31: *7 open() "/srv/www/x.png" failed (2: No such file)'),
     ("name-then-iso", "api.log.3 2024-03-04 05:06:07.008 31337 INFO api.wsgi [req-5] GET /v2/servers 200",
-     utc(2024, 3, 4, 5, 6, 7, 8000), "info"),
-    ("ctime", "Mon Mar 04 05:06:07 2024 ERROR cron job failed", utc(2024, 3, 4, 5, 6, 7), "error"),
+     utc(2024, 3, 4, 5, 6, 7, 8000), "info", "api.wsgi [req-5] GET /v2/servers 200"),
+    ("ctime", "Mon Mar 04 05:06:07 2024 ERROR cron job failed", utc(2024, 3, 4, 5, 6, 7), "error", "cron job failed"),
     ("tomcat", "04-Mar-2024 05:06:07.123 SEVERE [main] org.apache.catalina.startup.Catalina.start failed",
-     utc(2024, 3, 4, 5, 6, 7, 123000), "error"),
+     utc(2024, 3, 4, 5, 6, 7, 123000), "error", "org.apache.catalina.startup.Catalina.start failed"),
     ("zap-console", "2024-03-04T05:06:07.123Z\tDPANIC\tserver/main.go:88\tinvariant broken",
-     utc(2024, 3, 4, 5, 6, 7, 123000), "error"),
+     utc(2024, 3, 4, 5, 6, 7, 123000), "error", "server/main.go:88\tinvariant broken"),
 ]
 
 
-@pytest.mark.parametrize(("line", "ts", "level"), [c[1:] for c in TEXT_CASES], ids=[c[0] for c in TEXT_CASES])
-def test_text_family(con: Normaliser, line: str, ts: datetime, level: str) -> None:
+@pytest.mark.parametrize(("line", "ts", "level", "message"), [c[1:] for c in TEXT_CASES],
+                         ids=[c[0] for c in TEXT_CASES])
+def test_text_family(con: Normaliser, line: str, ts: datetime, level: str, message: str) -> None:
     row = parse(con, line)
     assert row["ts"] == ts
     assert row["level"] == level
-    assert row["message"] == line
-    assert attrs(row) == {}                      # a timestamp was found: not flagged
+    assert row["message"] == message
+    assert original(row) == line
+    assert not {"ts_parse", "format"} & set(attrs(row))   # a timestamp was found: not flagged
 
 
 @pytest.mark.parametrize(("letter", "level", "severity"), [
@@ -784,7 +859,8 @@ def test_android_logcat_letters(con: Normaliser, letter: str, level: str, severi
     row = parse(con, line)
     assert row["ts"] == utc(2024, 3, 4, 5, 6, 7, 811000)
     assert (row["level"], row["severity"]) == (level, severity)
-    assert row["message"] == line
+    assert row["message"] == "WifiStateMachine: supplicant state COMPLETED"
+    assert original(row) == line
 
 
 @pytest.mark.parametrize(("letter", "level"), [("I", "info"), ("W", "warn"), ("E", "error"), ("F", "fatal")])
@@ -805,7 +881,9 @@ def test_text_level_word_must_be_upper_case_and_whole(con: Normaliser, line: str
 
 def test_text_without_timestamp_or_level_is_flagged_unknown(con: Normaliser) -> None:
     rows = parse_all(con, ["connection reset by peer", "WARN low disk", "see 2024-03-04T05:06:07Z below"])
-    assert [attrs(r) for r in rows] == [{"format": "unknown"}, {}, {}]
+    assert [attrs(r) for r in rows] == [{**OBSERVED_FLAG, "format": "unknown"}, OBSERVED_FLAG, {}]
+    assert [original(r) for r in rows] == ["connection reset by peer", "WARN low disk",
+                                           "see 2024-03-04T05:06:07Z below"]
     assert [r["ts"] for r in rows] == [OBSERVED, OBSERVED, utc(2024, 3, 4, 5, 6, 7)]   # embedded ISO time
     assert [r["level"] for r in rows] == ["unknown", "warn", "unknown"]
 
@@ -830,8 +908,9 @@ def test_pattern_empty_groups_are_absent(patterned: Normaliser) -> None:
     line = "2024-03-04 05:06:07.250 [info] svc@h trace= span= user= took=3ms done"
     row = parse(patterned, line, fmt="pattern0")
     assert (row["trace_id"], row["span_id"]) == (None, None)
-    assert row["host"] == "host-1"                  # the record's host is kept when it has one
-    assert attrs(row) == {"took_ms": "3"}
+    assert row["host"] == "h"                       # the pattern's host group wins over the shipper's...
+    assert (row["message"], original(row)) == ("done", line)
+    assert attrs(row) == {"agent.host": "host-1", "took_ms": "3"}    # ...which goes to agent.host
 
 
 @pytest.mark.parametrize(("line", "ts", "level", "message", "extra"), [
@@ -854,7 +933,9 @@ def test_line_the_pattern_does_not_match_falls_back_to_text(patterned: Normalise
     assert [(r["message"], r["level"], r["ts"]) for r in rows] == [
         ("2024-03-04 05:06:07,000 ERROR not in the pattern's shape", "error", utc(2024, 3, 4, 5, 6, 7)),
         ("free text", "unknown", OBSERVED)]
-    assert [attrs(r) for r in rows] == [{}, {"format": "unknown"}]
+    # A line that misses its configured pattern is flagged, not silently stored as plain text.
+    assert [attrs(r) for r in rows] == [{"format": "unmatched"}, {**OBSERVED_FLAG, "format": "unmatched"}]
+    assert [original(r) for r in rows] == ["2024-03-04 05:06:07,000 ERROR not in the pattern's shape", "free text"]
 
 
 def test_pattern_is_used_only_where_configured(patterned: Normaliser) -> None:
@@ -868,7 +949,8 @@ def test_pattern_of_another_normaliser_is_plain_text(con: Normaliser) -> None:
     line = "ERROR|2024-03-04T05:06:07Z|500|boom"
     row = parse(con, line, fmt="pattern0")           # no patterns configured
     assert row["message"] == line
-    assert attrs(row) == {}
+    assert original(row) == line
+    assert attrs(row) == OBSERVED_FLAG               # the time between '|' is not read, as before
 
 
 @pytest.mark.parametrize("bad", [r"(\d+) (?P<level>\w+)", r"no groups at all", r"(?P<level>\w+", r"(?P<x>a)(?=b)"])
@@ -893,15 +975,16 @@ APACHE_ERROR_LINE = "[Mon Mar 04 05:06:07 2024] [error] [pid 4] from apache"
     ("clf", CLF_LINE, CLF_LINE, ("http.status", "500")),
     ("nginx", CLF_LINE, CLF_LINE, ("http.status", "500")),
     ("apache", CLF_LINE, CLF_LINE, ("http.status", "500")),
-    ("apache_error", APACHE_ERROR_LINE, APACHE_ERROR_LINE, ("process.pid", "4")),
-    ("syslog", SYSLOG_LINE, SYSLOG_LINE, ("syslog.appname", "app")),
-    ("syslog3164", SYSLOG_LINE, SYSLOG_LINE, ("syslog.appname", "app")),
-    ("syslog5424", SYSLOG5424_LINE, SYSLOG5424_LINE, ("syslog.appname", "app")),
+    ("apache_error", APACHE_ERROR_LINE, "from apache", ("process.pid", "4")),
+    ("syslog", SYSLOG_LINE, "from syslog", ("syslog.appname", "app")),
+    ("syslog3164", SYSLOG_LINE, "from syslog", ("syslog.appname", "app")),
+    ("syslog5424", SYSLOG5424_LINE, "from syslog", ("syslog.appname", "app")),
 ])
 def test_configured_format_parses_its_lines(con: Normaliser, fmt: str, line: str, message: str,
                                             some_attr: tuple[str, str]) -> None:
     row = parse(con, line, fmt=fmt)
     assert row["message"] == message
+    assert original(row) == line
     assert row["level"] == "error"
     assert attrs(row)[some_attr[0]] == some_attr[1]
 
@@ -912,12 +995,21 @@ def test_configured_format_turns_detection_off(con: Normaliser, fmt: str) -> Non
     rows = parse_all(con, lines, fmt=fmt)
     own = {"json": 0, "logfmt": 1, "clf": 2, "syslog": 3, "apache_error": 4}.get(fmt)
     for i, (line, row) in enumerate(zip(lines, rows, strict=True)):
+        assert original(row) == line
         if i == own:
             assert attrs(row) and "format" not in attrs(row), line
         else:
-            # Another format's line goes to plain text: the whole line, and no parsed fields.
+            # Another format's line goes to plain text: the whole line, and no parsed fields. It is
+            # flagged "unmatched" when a known format was configured, and ts_parse=observed when
+            # its time was not read.
             assert row["message"] == line
-            assert not set(attrs(row)) - {"format"}, (fmt, line, attrs(row))
+            a = attrs(row)
+            assert not set(a) - {"format", "ts_parse"}, (fmt, line, a)
+            assert a.get("ts_parse") == ("observed" if row["ts"] == OBSERVED else None), (fmt, line, a)
+            if own is not None:
+                assert a.get("format") == "unmatched", (fmt, line, a)
+            else:
+                assert a.get("format") in (None, "unknown"), (fmt, line, a)
 
 
 def test_syslog_configured_reads_rsyslog_file_lines_without_priority(con: Normaliser) -> None:
@@ -1160,6 +1252,8 @@ def test_flattening_keeps_every_leaf(con: Normaliser, obj: dict[str, Any]) -> No
     line = orjson.dumps(obj).decode()
     row = parse(con, line)
     got = row["attrs"]
+    assert got[-1] == ("ts_parse", "observed")           # no time key in the line
+    got = got[:-1]
     want = dict(_leaves(obj))
     assert [k for k, _ in got] == list(want)              # one attr per leaf, in order, none renamed
     for key, value in got:
@@ -1172,6 +1266,7 @@ def test_flattening_keeps_every_leaf(con: Normaliser, obj: dict[str, Any]) -> No
             loaded = json.loads(value)
             assert loaded == expected and type(loaded) is type(expected), (key, value, expected)
     assert row["message"] == line
+    assert original(row) == line
     assert row["ts"] == OBSERVED and row["level"] == "unknown"
 
 
@@ -1213,11 +1308,11 @@ class _Exploding(Normaliser):
         super().__init__()
         self.calls = 0
 
-    def __call__(self, raw: pa.Table) -> pa.Table:
+    def __call__(self, raw: pa.Table, tenant: str = "") -> pa.Table:
         self.calls += 1
         if _poisoned(raw):
             raise duckdb.InvalidInputException("poisoned batch")
-        return super().__call__(raw)
+        return super().__call__(raw, tenant)
 
 
 class _FakeExploding(Normaliser):
@@ -1226,7 +1321,7 @@ class _FakeExploding(Normaliser):
     def __init__(self) -> None:  # no connection: pure logic, so the property can run many batches
         self.calls = 0
 
-    def __call__(self, raw: pa.Table) -> pa.Table:
+    def __call__(self, raw: pa.Table, tenant: str = "") -> pa.Table:
         self.calls += 1
         if _poisoned(raw):
             raise duckdb.InvalidInputException("poisoned batch")
@@ -1261,7 +1356,8 @@ def test_normalise_safely_with_the_real_statement() -> None:
         records, failed = normalise_safely(n, raw(lines))
         assert failed == [(1, "InvalidInputException: poisoned batch"), (4, "InvalidInputException: poisoned batch")]
         rows = records.to_pylist()
-        assert [r["message"] for r in rows] == ["one", lines[2], lines[3], "six"]
+        assert [r["message"] for r in rows] == ["one", "three", "four", "six"]
+        assert [original(r) for r in rows] == [lines[0], lines[2], lines[3], lines[5]]
         assert [r["level"] for r in rows] == ["error", "info", "info", "unknown"]
         # A clean batch is one call.
         n.calls = 0

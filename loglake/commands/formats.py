@@ -74,7 +74,8 @@ def _raw(lines: list[str], source: str, fmt: str = "") -> pa.Table:
     n = len(lines)
     now = datetime.now(UTC)
     return pa.table({"line": lines, "observed_ts": [now] * n, "service": ["suggest"] * n, "host": [""] * n,
-                     "source": [source] * n, "labels": [None] * n, "wrapper": [""] * n, "format": [fmt] * n},
+                     "source": [source] * n, "labels": [None] * n, "wrapper": [""] * n, "format": [fmt] * n,
+                     "zone": [""] * n},
                     schema=RAW_SCHEMA)
 
 

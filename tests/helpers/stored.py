@@ -7,6 +7,7 @@ from typing import Any
 import duckdb
 
 from storage.catalog import Catalog
+from storage.lines import ORIGINAL_LINE
 from tests.helpers.processes import Stack, running, wait_until
 
 
@@ -28,7 +29,8 @@ def stored(stack: Stack, catalog: Catalog, tenant: str) -> list[dict[str, Any]]:
         table = con.execute(
             "SELECT epoch_us(ts) AS ts, epoch_us(observed_ts) AS observed_ts, service::VARCHAR AS service,"
             " host::VARCHAR AS host, source::VARCHAR AS source, level::VARCHAR AS level, severity, message,"
-            " attrs, trace_id, span_id FROM read_parquet(?) ORDER BY observed_ts, message", [paths]
+            f" attrs, trace_id, span_id, {ORIGINAL_LINE} AS line"
+            " FROM read_parquet(?, union_by_name = true) ORDER BY observed_ts, message", [paths]
         ).to_arrow_table()
     finally:
         con.close()
