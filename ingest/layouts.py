@@ -114,13 +114,14 @@ TIME_LAYOUTS: tuple[TimeLayout, ...] = (
     TimeLayout("md_dash", r"(?P<t_mon>\d{2})-(?P<t_day>\d{2}) " + _HMS2 + _FRAC, "03-17 16:13:38.811", "noyear"),
     TimeLayout("md_dot", r"(?P<t_mon>\d{2})\.(?P<t_day>\d{2}) " + _HMS2 + _FRAC, "10.30 16:49:06", "noyear"),
     TimeLayout("md_slash", r"(?P<t_mon>\d{2})/(?P<t_day>\d{2}) " + _HMS2 + _FRAC, "10/30 16:49:06", "noyear"),
-    TimeLayout("klog", r"[IWEFD](?P<t_mon>\d{2})(?P<t_day>\d{2}) " + _HMS2 + _FRAC, "I1126 17:55:35.123456", "noyear"),
+    TimeLayout("klog", r"(?P<t_lvl>[IWEFD])(?P<t_mon>\d{2})(?P<t_day>\d{2}) " + _HMS2 + _FRAC,
+               "I1126 17:55:35.123456", "noyear"),
     TimeLayout("epoch", r"(?P<t_epoch>\d{10}(?:\.\d{1,9})?|\d{13}|\d{16}|\d{19})", "1117838570", "epoch"),
 )
 LAYOUTS_BY_NAME: dict[str, TimeLayout] = {t.name: t for t in TIME_LAYOUTS}
 #: Every time part a layout may name (each compiled pattern yields a subset).
 TIME_PARTS: tuple[str, ...] = ("t_year", "t_yy", "t_mon", "t_monname", "t_day", "t_hour", "t_min", "t_sec",
-                               "t_frac", "t_ampm", "t_zone", "t_epoch")
+                               "t_frac", "t_ampm", "t_zone", "t_epoch", "t_lvl")
 #: Named groups a compiled source pattern may have besides the time's parts.
 FIELD_PARTS: tuple[str, ...] = ("lvl", "host", "comp", "pid", "msg")
 
@@ -356,6 +357,11 @@ def _records_with_continuations(heads: list[str], per_line: list[dict[tuple[str,
     return sum(1 for h in rest if _CONTINUATION.match(h)) >= 0.8 * len(rest)
 
 
+def _written_as_level(token: str, letter: bool = False) -> bool:
+    word = token.strip(":,")
+    return (word.startswith("[") and word.endswith("]")) or (len(word) > 1 or letter) and word.isupper()
+
+
 def _dominant(tokens: list[list[_Token]], i: int) -> tuple[str, str] | None:
     """The (class, detail) that nearly every line has at position ``i``, if any."""
     n = len(tokens)
@@ -395,6 +401,18 @@ def _learn_slots(rests: list[str], time: TimeLayout) -> tuple[Slot, ...]:
             break
         classes.append(d)
     few = len(rests) < MIN_LINES_FOR_COLUMNS
+    if few:
+        # From a line or two, a position proves nothing: a level is a word written as one (upper case,
+        # or in brackets) right after the time, as the generic reading has it, never a word further on.
+        # (Behind numbers only, as logcat's pid and tid, a single letter counts too.)
+        def stands_as_level(i: int) -> bool:
+            before = [kind for kind, _ in classes[:i]]
+            if any(kind not in ("num", "sep", "brk") for kind in before):
+                return False
+            letter_ok = bool(before) and all(kind == "num" for kind in before)
+            return all(_written_as_level(t[i].text, letter_ok) for t in tokens)
+        classes = [("word", "") if kind == "lvl" and not stands_as_level(i) else (kind, detail)
+                   for i, (kind, detail) in enumerate(classes)]
     # The header runs to the last level or tag whose position is fixed (words before it included)...
     # (Only the first level position: a later level word is the message's, "... ERROR cache error 3 ...".)
     first_level = next((i for i, (kind, _) in enumerate(classes) if kind == "lvl"), None)

@@ -395,6 +395,7 @@ class Normaliser:
         for part in PARTS:
             routed = routed.append_column(f"l_{part}", learned.get(f"l_{part}", pa.nulls(len(lines), pa.string())))
         routed = routed.append_column("l_timeonly", learned.get("l_timeonly", pa.nulls(len(lines), pa.bool_())))
+        routed = routed.append_column("l_few", learned.get("l_few", pa.nulls(len(lines), pa.bool_())))
         # A line its source's layout did not read at all may continue the line before it.
         cont = learned.get("l_layout")
         cont = pc.and_(pc.is_valid(cont), pc.is_null(learned["l_msg"])) if cont is not None else \

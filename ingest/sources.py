@@ -18,7 +18,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ingest.layouts import CONTINUATION, FIELD_PARTS, TIME_PARTS, SourceLayout, learn, time_pattern
+from ingest.layouts import (
+    CONTINUATION,
+    FIELD_PARTS,
+    MIN_LINES_FOR_COLUMNS,
+    TIME_PARTS,
+    SourceLayout,
+    learn,
+    time_pattern,
+)
 
 #: Lines kept per source to learn from.
 SAMPLE_LINES = 200
@@ -79,6 +87,7 @@ class SourceBook:
         parts: dict[str, list[pa.Array]] = {p: [] for p in PARTS}
         layouts: list[pa.Array] = []
         timeonly: list[pa.Array] = []
+        few: list[pa.Array] = []
         for code, name in enumerate(names):
             at = rows[codes == code]
             state = self.sources.setdefault(name, SourceState())
@@ -101,6 +110,7 @@ class SourceBook:
                 parts[p].append(got[p])
             layouts.append(pa.array([state.layout.time.name] * len(at), pa.string()))
             timeonly.append(got["timeonly"])
+            few.append(pa.array(np.full(len(at), state.learned_from < MIN_LINES_FOR_COLUMNS)))
         if not order:
             return {}
         where = np.concatenate(order)
@@ -110,6 +120,7 @@ class SourceBook:
         out = {f"l_{p}": pc.take(pa.concat_arrays(parts[p]), index) for p in PARTS}
         out["l_layout"] = pc.take(pa.concat_arrays(layouts), index)
         out["l_timeonly"] = pc.take(pa.concat_arrays(timeonly), index)
+        out["l_few"] = pc.take(pa.concat_arrays(few), index)
         return out
 
     def _learn(self, state: SourceState, text: pa.Array) -> None:

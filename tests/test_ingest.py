@@ -144,11 +144,12 @@ def test_third_party_records_from_librdkafka_land_with_topic_tenant_and_service(
     assert list(b) == ["payment declined id=shared-1"]
     assert (b["payment declined id=shared-1"]["service"], b["payment declined id=shared-1"]["level"]) == (
         "unknown", "error")
-    assert b["payment declined id=shared-1"]["attrs"] == {"card": "visa"}
+    assert b["payment declined id=shared-1"]["attrs"] == {"card": "visa", "ts_parse": "observed"}
     assert b["payment declined id=shared-1"]["observed_ts"] == shared_sent[0].timestamp_ms * 1000
     c = by_message(stored(stack, catalog, "team-c"))
-    assert list(c) == [f"{iso(event)} INFO started id=shared-2"]
-    assert c[f"{iso(event)} INFO started id=shared-2"]["ts"] == us(event)
+    assert list(c) == ["started id=shared-2"]
+    assert c["started id=shared-2"]["line"] == f"{iso(event)} INFO started id=shared-2"
+    assert c["started id=shared-2"]["ts"] == us(event)
     d = by_message(stored(stack, catalog, "default"))
     assert set(d) == {"no header at all id=shared-3 INFO", "empty header id=shared-4 WARN",
                       "other header id=shared-5 WARN"}
@@ -157,8 +158,10 @@ def test_third_party_records_from_librdkafka_land_with_topic_tenant_and_service(
 
     # The shipper's frames on the main topic, in the same worker and group.
     f = by_message(stored(stack, catalog, "team-f"))
-    assert list(f) == [f"{iso(event)} INFO shipped by a loglake shipper id=main-1"]
-    assert f[f"{iso(event)} INFO shipped by a loglake shipper id=main-1"]["service"] == "checkout"
+    assert list(f) == ["shipped by a loglake shipper id=main-1"]
+    assert f["shipped by a loglake shipper id=main-1"]["line"] == \
+        f"{iso(event)} INFO shipped by a loglake shipper id=main-1"
+    assert f["shipped by a loglake shipper id=main-1"]["service"] == "checkout"
 
     started = [r for r in log_records(stack, "ingest") if r.get("msg") == "ingest worker started"]
     assert len(started) == 1 and started[0]["topics"] == [stack.topic, edge, shared]
@@ -331,7 +334,7 @@ def test_text_no_format_understands_is_stored_whole_as_unknown(stack: Stack) -> 
         assert (r["level"], r["severity"]) == ("unknown", 0)
         assert r["ts"] == r["observed_ts"] == sent[i].timestamp_ms * 1000
         assert r["service"] == "edge"
-    assert rows["a framed line nothing understands"]["attrs"] == {"format": "unknown"}
+    assert rows["a framed line nothing understands"]["attrs"] == {"ts_parse": "observed", "format": "unknown"}
     assert catalog.totals()["rows"] == len(lines) + 1
     assert read_topic(stack.bootstrap, dlq, expect=0, timeout_s=1) == [], "nothing was dead-lettered"
 
@@ -365,7 +368,7 @@ def test_pattern_format_configured_per_topic(stack: Stack) -> None:
     assert r["attrs"] == {"user": "alice", "ts_parse": "observed"}
     assert r["ts"] == sent[0].timestamp_ms * 1000
     r = rows["quota at 91%"]
-    assert (r["level"], r["attrs"]) == ("warn", {"user": "bob_2"})
+    assert (r["level"], r["attrs"]) == ("warn", {"user": "bob_2", "ts_parse": "observed"})
     # A line the pattern does not match falls back to plain text (whole line, nothing parsed).
     r = rows["lowercase does not match the pattern"]
     assert r["level"] == "unknown" and "user" not in r["attrs"]

@@ -89,9 +89,11 @@ PARSER = Parser(
             "ll_ts_noyear(nullif({p}_m.bsd, '')))"),
         "lvl": _learned_or(
             # A line only the layout's time read (another logger's shape): a level word right after it.
-            f"coalesce(nullif(l_lvl, ''), CASE WHEN l_timeonly THEN coalesce("
-            f"nullif(regexp_extract(left(l_msg, 32), '{LEVEL_REGEX}', 1), ''), "
-            f"nullif(regexp_extract(left(l_msg, 32), '{LEVEL_REGEX}', 2), '')) END)",
+            # (and a layout learned from a line or two, which proves no position: a level word, upper
+            # case or in brackets, near the start of what follows the time)
+            f"coalesce(nullif(l_lvl, ''), nullif(l_t_lvl, ''), CASE WHEN l_timeonly OR l_few THEN coalesce("
+            f"nullif(regexp_extract(left(l_msg, 48), '{LEVEL_REGEX}', 1), ''), "
+            f"nullif(regexp_extract(left(l_msg, 48), '{LEVEL_REGEX}', 2), '')) END)",
             "coalesce(nullif({p}_m.android_lvl, ''), nullif({p}_m.klog_lvl, ''), nullif({p}_w.upper, ''), "
             "nullif({p}_w.lower, ''))"),
         "message": _learned_or("l_msg", "line"),
