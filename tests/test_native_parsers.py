@@ -218,7 +218,7 @@ def test_access_client_written_as_an_address_list_is_left_to_the_sql_parser(
     assert [dict(r["attrs"])["client.ip"] for r in rows] == ["10.0.0.2", "10.0.0.2"]
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(lines=st.lists(_access_line(), min_size=1, max_size=10))
 def test_access_records_equal_the_sql_parsers(both: tuple[Normaliser, Normaliser], lines: list[str]) -> None:
     native, sql = both

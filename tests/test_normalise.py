@@ -288,7 +288,7 @@ _key = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size
 _value = st.text(st.characters(blacklist_categories=("Cs",)), max_size=20) | st.integers(-(2**63), 2**63 - 1)
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(obj=st.dictionaries(_key, _value, max_size=8))
 def test_any_flat_json_object_keeps_every_key_in_attrs(con: Normaliser,
                                                         obj: dict[str, str | int]) -> None:

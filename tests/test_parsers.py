@@ -1248,7 +1248,7 @@ def _leaves(obj: dict[str, Any], prefix: str = "", depth: int = 1) -> Iterator[t
             yield prefix + k, v
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(obj=st.dictionaries(_KEY, _JSON, max_size=6))
 def test_flattening_keeps_every_leaf(con: Normaliser, obj: dict[str, Any]) -> None:
     line = orjson.dumps(obj).decode()
@@ -1279,7 +1279,7 @@ _PREFIXES = ["", "2024-03-04 05:06:07,123 ", "<13>", "<13>1 ", "Mar  4 05:06:07 
 _LINE = st.text() | st.builds(lambda p, s: p + s, st.sampled_from(_PREFIXES), st.text())
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(lines=st.lists(_LINE, min_size=1, max_size=12))
 def test_any_text_normalises_one_row_per_line(con: Normaliser, lines: list[str]) -> None:
     out = con(raw(lines))
