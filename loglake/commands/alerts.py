@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import signal
 import sys
 import threading
@@ -73,26 +72,9 @@ def _run(cfg: Config, catalog: Catalog) -> int:
 
 def _serve_metrics(listen: str, evaluator: AlertEvaluator) -> None:
     """/metrics and the probes on a thread of their own: evaluations run synchronously."""
-    from loglake.core.metrics_server import serve
+    from loglake.core.metrics_server import serve_in_thread
 
-    started = threading.Event()
-    failed: list[BaseException] = []
-
-    async def main() -> None:
-        try:
-            server = await serve(listen, evaluator.metrics.registry, evaluator.health, evaluator.ready)
-        except BaseException as e:
-            failed.append(e)
-            raise
-        finally:
-            started.set()
-        async with server:
-            await server.serve_forever()
-
-    threading.Thread(target=lambda: asyncio.run(main()), name="metrics", daemon=True).start()
-    started.wait()
-    if failed:
-        raise failed[0]
+    serve_in_thread(listen, evaluator.metrics.registry, evaluator.health, evaluator.ready)
 
 
 def _list(store: AlertStore, tenant: str) -> None:

@@ -7,7 +7,6 @@ works; `--dry-run` shows the same table and changes nothing.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import signal
 import threading
 from collections.abc import Callable, Iterator
@@ -191,27 +190,10 @@ def cmd_maintain(cfg: Config, args: argparse.Namespace) -> int:
 def _serve_in_background(listen: str, maintenance: Maintenance) -> None:
     """/metrics, /healthz and /readyz on a thread of their own: the jobs run synchronously, and
     a long compaction must not leave a scrape or a probe unanswered."""
-    from loglake.core.metrics_server import serve
+    from loglake.core.metrics_server import serve_in_thread
     from storage.metrics import registry_for
 
-    started = threading.Event()
-    failed: list[BaseException] = []
-
-    async def main() -> None:
-        try:
-            server = await serve(listen, registry_for(maintenance), maintenance.health, maintenance.ready)
-        except BaseException as e:
-            failed.append(e)
-            raise
-        finally:
-            started.set()
-        async with server:
-            await server.serve_forever()
-
-    threading.Thread(target=lambda: asyncio.run(main()), name="metrics", daemon=True).start()
-    started.wait()
-    if failed:
-        raise failed[0]
+    serve_in_thread(listen, registry_for(maintenance), maintenance.health, maintenance.ready)
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

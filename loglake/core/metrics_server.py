@@ -7,6 +7,7 @@ serves their scrapes on that loop without a thread.
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -53,3 +54,26 @@ async def serve(listen: str, registry: CollectorRegistry, health: Health,
             writer.close()
 
     return await asyncio.start_server(handle, host or "127.0.0.1", int(port))
+
+
+def serve_in_thread(listen: str, registry: CollectorRegistry, health: Health, ready: Health | None = None) -> None:
+    """:func:`serve` on a daemon thread of its own, for a process whose work runs synchronously (a long
+    job must not leave a scrape or a probe unanswered); returns once listening, raises if it cannot."""
+    started = threading.Event()
+    failed: list[BaseException] = []
+
+    async def main() -> None:
+        try:
+            server = await serve(listen, registry, health, ready)
+        except BaseException as e:
+            failed.append(e)
+            raise
+        finally:
+            started.set()
+        async with server:
+            await server.serve_forever()
+
+    threading.Thread(target=lambda: asyncio.run(main()), name="metrics", daemon=True).start()
+    started.wait()
+    if failed:
+        raise failed[0]
