@@ -53,13 +53,11 @@ def _batch(start_us: int, n: int, tag: str) -> pa.Table:
     }).cast(RECORD_SCHEMA)
 
 
-def _fill(root: Path, url: str, now_us: int) -> tuple[set[str], set[str]]:
-    """Segments around the cut-off; returns (messages to keep, messages that expire)."""
+def _fill(root: Path, url: str, now_us: int) -> dict[str, tuple[int, str]]:
+    """Segments around the cut-off; returns each message's (time, service)."""
     cat = Catalog(url)
-    keep: set[str] = set()
-    expire: set[str] = set()
+    rows: dict[str, tuple[int, str]] = {}
     cut = now_us - MAX_AGE_DAYS * DAY_US
-    web_cut = now_us - WEB_MAX_AGE_DAYS * DAY_US
     offset = 0
     try:
         # 30 batches of 240 rows (4 hours each): old, straddling and fresh ones.
@@ -68,14 +66,25 @@ def _fill(root: Path, url: str, now_us: int) -> tuple[set[str], set[str]]:
             start = cut - 2 * DAY_US + b * 4 * HOUR_US - 2 * HOUR_US + 30_000_000
             table = _batch(start, 240, f"b{b}")
             ts = pc.cast(table["ts"], pa.int64()).to_pylist()
-            for m, t, svc in zip(table["message"].to_pylist(), ts, table["service"].to_pylist(), strict=True):
-                (expire if t < (web_cut if svc == "web" else cut) else keep).add(m)
+            rows.update(zip(table["message"].to_pylist(), zip(ts, table["service"].to_pylist(), strict=True),
+                            strict=True))
             infos = write_segments(root, "default", table, f"logs.p0.e0.{offset:012d}-{offset + 9:012d}.parquet")
             Catalog.commit(cat, [PartitionCommit("logs", 0, 0, offset, offset + 10, infos)])
             offset += 10
     finally:
         cat.close()
-    return keep, expire
+    return rows
+
+
+def _kept(rows: dict[str, tuple[int, str]], now_us: int) -> set[str]:
+    """The messages a run that takes ``now_us`` as its time keeps."""
+    cut = now_us - MAX_AGE_DAYS * DAY_US
+    web_cut = now_us - WEB_MAX_AGE_DAYS * DAY_US
+    return {m for m, (t, svc) in rows.items() if t >= (web_cut if svc == "web" else cut)}
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1000
 
 
 def _live_messages(root: Path, url: str) -> Counter[str]:
@@ -112,9 +121,10 @@ def _retention(toml: Path) -> subprocess.Popen[bytes]:
 @pytest.mark.timeout(240)
 def test_retention_killed_at_random_points_keeps_everything_it_should(tmp_path: Path, catalog_url: str) -> None:
     root = tmp_path / "data"
-    now = time.time_ns() // 1000
-    keep, expire = _fill(root, catalog_url, now)
-    assert keep and expire
+    rows = _fill(root, catalog_url, _now_us())
+    # Rows are a minute apart and the cut-off moves with the clock: each run's expectation is taken
+    # at the times it could have read the clock (a slow machine must not make a kept row expire).
+    assert _kept(rows, _now_us()) and len(_kept(rows, _now_us())) < len(rows)
     toml = _toml(tmp_path, root, catalog_url)
     rng = random.Random(7)
     kills = 0
@@ -131,24 +141,28 @@ def test_retention_killed_at_random_points_keeps_everything_it_should(tmp_path: 
         proc.wait()
         live = _live_messages(root, catalog_url)
         assert all(n == 1 for n in live.values()), "a row is stored twice"
+        keep = _kept(rows, _now_us())
         assert keep <= set(live), f"{len(keep - set(live))} rows that should be kept are gone"
-        assert set(live) <= keep | expire
+        assert set(live) <= set(rows)
     print(f"retention SIGKILLed {kills} times of {ROUNDS}")
     assert kills >= 2, "the runs ended before the kills: the test showed nothing"
     # A complete run finishes the job; then nothing expired is left, and nothing is left over.
+    started = _now_us()
     proc = _retention(toml)
     assert proc.wait(timeout=120) == 0, proc.stderr.read().decode() if proc.stderr else ""
+    ended = _now_us()
     live = _live_messages(root, catalog_url)
-    assert set(live) == keep and all(n == 1 for n in live.values())
+    assert all(n == 1 for n in live.values())
+    assert _kept(rows, ended) <= set(live) <= _kept(rows, started)
     cat = Catalog(catalog_url)
     try:
         data = DataRoot(str(root))
-        collect_garbage(data, cat, grace_s=0, now_us=time.time_ns() // 1000 + 1)
+        collect_garbage(data, cat, grace_s=0, now_us=_now_us() + 1)
         report = fsck(data, cat, grace_s=0)
         assert report.clean, report
         # Expired rows are gone from the disk, not just from the catalog.
         on_disk = {m for f in root.rglob("*.parquet")
                    for m in pq.read_table(f, columns=["message"])["message"].to_pylist()}
-        assert on_disk == keep
+        assert on_disk == set(live)
     finally:
         cat.close()
