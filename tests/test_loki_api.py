@@ -14,6 +14,10 @@ one segment per service and hour) into a real SQLite catalog, for two tenants:
   broken JSON); every record has the attribute ``region`` (and the api ones ``http.status``);
 - ``acme``: a handful of records of its own, so that tenant isolation can be checked.
 
+A record's attributes and level are also its structured metadata (``http.status`` as ``http_status``,
+``detected_level``): without ``categorize-labels`` Loki shows them among a stream's labels, and a metric
+query's series carry them (``Rec.labels_key``); ``test_loki_metadata.py`` covers the categorised form.
+
 A real uvicorn server answers on a free loopback port. The WebSocket ``tail`` runs in-process
 through Starlette's TestClient, and a stdlib RFC 6455 client checks it on the real server too.
 
