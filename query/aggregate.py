@@ -9,6 +9,7 @@ API's range vectors use :meth:`Aggregator.buckets`.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -276,12 +277,14 @@ class Aggregator:
         return {k: v for _, k, _, v in rows}
 
     def buckets(self, node: Node, tenant: str, lo_us: int, hi_us: int, origin_us: int, width_us: int,
-                labels: list[str], acc: dict[str, int] | None = None, *, line_bytes: bool = False) -> pa.Table:
+                labels: Sequence[str | Compiled], acc: dict[str, int] | None = None, *,
+                line_bytes: bool = False) -> pa.Table:
         """Rows with lo < ts <= hi counted per bucket (origin + (k-1)*width, origin + k*width] and per
         value of ``labels``: columns ``k``, the labels, ``n`` (rows) and ``bytes`` (bytes of the
         original lines, with ``line_bytes``; else NULL, so that a count reads only what it needs).
-        Windows are open on the left, as Loki's range vectors are."""
-        groups = [group_sql(name) for name in labels]
+        Windows are open on the left, as Loki's range vectors are. A label is a field name, or SQL
+        over the row (the Loki API's structured metadata)."""
+        groups = [g if isinstance(g, Compiled) else group_sql(g) for g in labels]
         with self.runner.slot():
             plan = self.runner.plan(node, tenant, lo_us, hi_us + 1)
             scan = plan.scan

@@ -10,6 +10,7 @@ queries). The Loki API's label queries are :mod:`query.loki.labels`, over
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import pyarrow as pa
@@ -18,6 +19,7 @@ from loglake.core.config import Config
 from query.aggregate import AggregateResult, Aggregator
 from query.fields import FieldInfo, FieldQueries
 from query.language import Node
+from query.planner import Compiled
 from query.runner import QueryRunner
 from query.saved import SavedQueries
 from query.search import Order, Searcher, SearchResult
@@ -66,7 +68,8 @@ class SearchService:
         return self.aggregator.aggregate(q, start, end, interval, by, fn, top, tenant)
 
     def buckets(self, node: Node, tenant: str, lo_us: int, hi_us: int, origin_us: int, width_us: int,
-                labels: list[str], acc: dict[str, int] | None = None, *, line_bytes: bool = False) -> pa.Table:
+                labels: Sequence[str | Compiled], acc: dict[str, int] | None = None, *,
+                line_bytes: bool = False) -> pa.Table:
         """See :meth:`Aggregator.buckets`."""
         return self.aggregator.buckets(node, tenant, lo_us, hi_us, origin_us, width_us, labels, acc,
                                        line_bytes=line_bytes)

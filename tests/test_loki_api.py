@@ -14,6 +14,10 @@ one segment per service and hour) into a real SQLite catalog, for two tenants:
   broken JSON); every record has the attribute ``region`` (and the api ones ``http.status``);
 - ``acme``: a handful of records of its own, so that tenant isolation can be checked.
 
+A record's attributes and level are also its structured metadata (``http.status`` as ``http_status``,
+``detected_level``): without ``categorize-labels`` Loki shows them among a stream's labels, and a metric
+query's series carry them (``Rec.labels_key``); ``test_loki_metadata.py`` covers the categorised form.
+
 A real uvicorn server answers on a free loopback port. The WebSocket ``tail`` runs in-process
 through Starlette's TestClient, and a stdlib RFC 6455 client checks it on the real server too.
 
@@ -87,7 +91,24 @@ class Rec:
 
     @property
     def key(self) -> tuple[tuple[str, str], ...]:
+        """Its stream's labels."""
         return tuple(sorted(self.stream.items()))
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        """Its structured metadata as Loki's API shows it: every attribute (``.`` in a key as ``_``) and
+        the detected level (Loki's ingester adds it; loglake answers it from the level)."""
+        return {**{k.replace(".", "_"): v for k, v in self.attrs}, "detected_level": self.level}
+
+    @property
+    def labels_key(self) -> tuple[tuple[str, str], ...]:
+        """Every label Loki gives it without ``categorize-labels``: stream labels and structured metadata,
+        which is also the series of an ungrouped metric query."""
+        return tuple(sorted({**self.stream, **self.metadata}.items()))
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return dict(self.labels_key)
 
     @property
     def attr(self) -> dict[str, str]:
@@ -273,7 +294,7 @@ def key_of(labels: dict[str, str]) -> Key:
 
 
 def range_series(rs: list[Rec], start_us: int, end_us: int, step_us: int, range_us: int,
-                 value: Callable[[list[Rec]], float] = len, key: Callable[[Rec], Key] = lambda r: r.key,
+                 value: Callable[[list[Rec]], float] = len, key: Callable[[Rec], Key] = lambda r: r.labels_key,
                  ) -> Series:
     """A range aggregation evaluated at start, start+step, ... <= end over windows (t - range, t]; a step
     whose window holds no sample has no point."""
@@ -393,7 +414,7 @@ def test_query_range_log_query_answers_streams(server: Server) -> None:
     check_stats(body["data"]["stats"])
     want = records(pred=lambda r: r.service == "auth")
     got = {(int(t), line, key_of(s["stream"])) for s in body["data"]["result"] for t, line in s["values"]}
-    assert got == {(r.ts * 1000, r.message, r.key) for r in want}
+    assert got == {(r.ts * 1000, r.message, r.labels_key) for r in want}
     # one stream per label set
     keys = [key_of(s["stream"]) for s in body["data"]["result"]]
     assert len(keys) == len(set(keys))
@@ -407,7 +428,8 @@ def test_query_range_metric_query_answers_a_matrix(server: Server) -> None:
     check_matrix_result(body["data"]["result"])
     check_stats(body["data"]["stats"])
     for s in body["data"]["result"]:
-        assert set(s["metric"]) == set(STREAM_LABELS)
+        # an ungrouped metric query's series are the stream labels and the structured metadata
+        assert set(s["metric"]) == {*STREAM_LABELS, "id", "region", "detected_level"}
         for t, _ in s["values"]:
             assert M_START / 1e6 <= t <= M_END / 1e6 and (t * 1e6 - M_START) % (900 * SECOND_US) == 0
 
@@ -1079,7 +1101,7 @@ def test_json_adds_the_fields_to_the_stream_labels(server: Server) -> None:
     body = server.ok("/loki/api/v1/query_range", query='{service="api"} | json', start=ns(START_US),
                      end=ns(END_US), limit=1000)
     got = {(int(t), key_of(s["stream"])) for s in body["data"]["result"] for t, _ in s["values"]}
-    want = {(r.ts * 1000, key_of({**r.stream, **json_fields(r)})) for r in records(pred=lambda r: r.service == "api")}
+    want = {(r.ts * 1000, key_of({**r.labels, **json_fields(r)})) for r in records(pred=lambda r: r.service == "api")}
     assert got == want
 
 
@@ -1087,7 +1109,7 @@ def test_logfmt_adds_the_fields_to_the_stream_labels(server: Server) -> None:
     body = server.ok("/loki/api/v1/query_range", query='{service="billing"} | logfmt', start=ns(START_US),
                      end=ns(END_US), limit=1000)
     got = {(int(t), key_of(s["stream"])) for s in body["data"]["result"] for t, _ in s["values"]}
-    want = {(r.ts * 1000, key_of({**r.stream, **logfmt_fields(r)}))
+    want = {(r.ts * 1000, key_of({**r.labels, **logfmt_fields(r)}))
             for r in records(pred=lambda r: r.service == "billing")}
     assert got == want
 
@@ -1138,7 +1160,7 @@ def test_label_format_renames_and_templates_then_keep(server: Server) -> None:
     got = _stream_labels(server, '{service="api"} | json | label_format who=user')
     want = set()
     for r in records(pred=lambda r: r.service == "api"):
-        labels = {**r.stream, **json_fields(r)}
+        labels = {**r.labels, **json_fields(r)}
         labels["who"] = labels.pop("user")
         want.add((r.ts * 1000, key_of(labels)))
     assert got == want
@@ -1154,7 +1176,7 @@ def test_drop(server: Server) -> None:
     got = _stream_labels(server, '{service="billing"} | logfmt | drop msg, size, duration, source')
     want = set()
     for r in records(pred=lambda r: r.service == "billing"):
-        labels = {**r.stream, **logfmt_fields(r)}
+        labels = {**r.labels, **logfmt_fields(r)}
         for name in ("msg", "size", "duration", "source"):
             del labels[name]
         want.add((r.ts * 1000, key_of(labels)))
@@ -1186,7 +1208,7 @@ def test_count_over_time_per_stream_with_windows_open_on_the_left(server: Server
     assert_series(got, want)
     # the record at exactly 11:00 counts at the 11:00 step, not at 11:10
     edge = BOUNDARY[0]
-    assert got[edge.key][edge.ts / 1e6] >= 1
+    assert got[edge.labels_key][edge.ts / 1e6] >= 1
 
 
 def test_rate(server: Server) -> None:

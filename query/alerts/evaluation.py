@@ -185,7 +185,7 @@ class RuleQueries:
                 return []
             q: LogQuery = queries[0]
             entries, _ = self.engine.logs(q, lo + 1, at_us + 1, 100, "backward", tenant)
-            picked = [e for e in entries if all(e.labels.get(k, v) == v for k, v in labels.items())][:n]
+            picked = [e for e in entries if all(e.all_labels().get(k, v) == v for k, v in labels.items())][:n]
             return [{"ts": format_us(e.ts_us), "line": e.line} for e in picked]
         node, cond = self._native(rule, tenant)
         for b in cond.by:

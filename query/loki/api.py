@@ -22,11 +22,12 @@ from query.errors import QueryError
 from query.language.ast import Node
 from query.logql import Expr, JsonParser, LogfmtParser, LogQuery, is_scalar, parse
 from query.logql.lexer import parse_bytes, parse_go_duration
-from query.loki.engine import Engine, Matrix, Scalar
+from query.loki.engine import Engine, Matrix, Scalar, series_limit
 from query.loki.labels import LabelQueries
-from query.loki.pipeline import ERROR, Entry, apply, sanitize
+from query.loki.metadata import label_name, label_sql
+from query.loki.pipeline import ERROR, Entry, apply
 from query.loki.translate import STREAM_LABELS, column_of, selector_node
-from query.planner import is_decimal
+from query.planner import FIELD_COLUMNS, is_decimal
 from query.service import SearchService
 from query.timerange import now_us, parse_duration_us, parse_time_us
 
@@ -36,6 +37,7 @@ _HOUR_US = 3_600_000_000
 DETECT_SAMPLE = 500         # newest lines detected_fields parses
 
 Tenant = Annotated[str, Header(alias="X-Scope-OrgID")]
+Flags = Annotated[str | None, Header(alias="X-Loki-Response-Encoding-Flags")]
 
 
 def loki_time(text: str | None, default_us: int) -> int:
@@ -91,11 +93,35 @@ def _stats(lines: int, bytes_: int, returned: int, t0: float) -> dict[str, Any]:
             "ingester": {"totalReached": 0, "totalChunksMatched": 0, "totalBatches": 0, "totalLinesSent": 0}}
 
 
-def _streams(entries: list[Entry]) -> list[dict[str, Any]]:
-    streams: dict[tuple[tuple[str, str], ...], list[list[str]]] = {}
+#: The request header a client names Loki's response encodings in (comma-separated), and the one
+#: that sets structured metadata and parsed labels apart from the stream's.
+ENCODING_FLAGS = "X-Loki-Response-Encoding-Flags"
+CATEGORIZE = "categorize-labels"
+
+
+def encoding_flags(header: str | None) -> list[str]:
+    """The flags of ``X-Loki-Response-Encoding-Flags``, each once, as given (Loki neither trims nor
+    lower-cases them, and echoes every one back in a streams answer)."""
+    return list(dict.fromkeys(header.split(","))) if header else []
+
+
+def _streams(entries: list[Entry], categorize: bool = False) -> list[dict[str, Any]]:
+    """Entries as Loki's streams. By default a stream is every label of its entries (stream labels,
+    structured metadata, parsed labels) and an entry is ``[ts, line]``; with ``categorize`` a stream
+    is its stream labels only and each entry ``[ts, line, {structuredMetadata, parsed}]``, the
+    object always there and each member only when it has labels (as Loki writes them)."""
+    streams: dict[tuple[tuple[str, str], ...], list[list[Any]]] = {}
     for e in entries:
-        key = tuple(sorted(e.labels.items()))
-        streams.setdefault(key, []).append([_ns(e.ts_us), e.line])
+        if categorize:
+            extra: dict[str, dict[str, str]] = {}
+            if e.meta:
+                extra["structuredMetadata"] = dict(sorted(e.meta.items()))
+            parsed = e.parsed_labels()
+            if parsed:
+                extra["parsed"] = dict(sorted(parsed.items()))
+            streams.setdefault(tuple(sorted(e.stream().items())), []).append([_ns(e.ts_us), e.line, extra])
+        else:
+            streams.setdefault(tuple(sorted(e.all_labels().items())), []).append([_ns(e.ts_us), e.line])
     return [{"stream": dict(k), "values": v} for k, v in streams.items()]
 
 
@@ -178,17 +204,21 @@ def router(service: SearchService, gate: QueryGate | None = None) -> APIRouter:
         return selector_node(expr.selector)
 
     def run_logs(expr: LogQuery, start_us: int, end_us: int, limit: int, direction: str, tenant: str,
-                 t0: float) -> dict[str, Any]:
+                 t0: float, flags: list[str]) -> dict[str, Any]:
         entries, stats = engine.logs(expr, start_us, end_us, limit, direction, tenant)
-        return _ok({"resultType": "streams", "result": _streams(entries),
-                    "stats": _stats(stats.get("rows_scanned", 0), stats.get("bytes_scanned", 0), len(entries), t0)})
+        data: dict[str, Any] = {"resultType": "streams"}
+        if flags:
+            data["encodingFlags"] = flags
+        data["result"] = _streams(entries, CATEGORIZE in flags)
+        data["stats"] = _stats(stats.get("rows_scanned", 0), stats.get("bytes_scanned", 0), len(entries), t0)
+        return _ok(data)
 
     def check_direction(direction: str) -> None:
         if direction not in ("forward", "backward"):
             raise QueryError(f"direction must be forward or backward, not {direction!r}")
 
     def query_range_impl(query: str, start: str | None, end: str | None, limit: int, step: str | None,
-                         direction: str, tenant: str) -> dict[str, Any]:
+                         direction: str, tenant: str, flags: list[str] | None = None) -> dict[str, Any]:
         t0 = time.perf_counter()
         check_direction(direction)
         end_us = loki_time(end, now_us())
@@ -199,13 +229,14 @@ def router(service: SearchService, gate: QueryGate | None = None) -> APIRouter:
         if isinstance(expr, LogQuery):
             if not 1 <= limit <= service.cfg.query.max_limit:
                 raise QueryError(f"limit must be between 1 and {service.cfg.query.max_limit}")
-            return run_logs(expr, start_us, end_us, limit, direction, tenant, t0)     # end is exclusive
+            return run_logs(expr, start_us, end_us, limit, direction, tenant, t0, flags or [])  # end is exclusive
         step_us = loki_step(step, start_us, end_us)
         if (end_us - start_us) // step_us + 1 > 11_000:
             raise QueryError("exceeded maximum resolution of 11,000 points per series: increase the step")
         steps = np.arange(start_us, end_us + 1, step_us, dtype=np.int64)
         engine.figures()
         value = engine.evaluate(expr, steps, tenant)
+        series_limit(value)
         if isinstance(value, Scalar):
             value = {(): value.values}
         result = _matrix_json(value, steps)
@@ -217,16 +248,16 @@ def router(service: SearchService, gate: QueryGate | None = None) -> APIRouter:
     @gate.guard
     def query_range(query: str, start: str | None = None, end: str | None = None, limit: int = 100,
                     step: str | None = None, direction: str = "backward",
-                    tenant: Tenant = "default") -> dict[str, Any]:
+                    tenant: Tenant = "default", flags: Flags = None) -> dict[str, Any]:
         """Streams for a log query, a matrix for a metric query."""
-        return query_range_impl(query, start, end, limit, step, direction, tenant)
+        return query_range_impl(query, start, end, limit, step, direction, tenant, encoding_flags(flags))
 
     @r.post("/loki/api/v1/query_range")
     async def query_range_post(request: Request, tenant: Tenant = "default") -> dict[str, Any]:
         p = await form_params(request)
         return await gate.run(query_range_impl, required(p, "query"), p.get("start"), p.get("end"),
                                        whole(p, "limit", 100), p.get("step"), p.get("direction") or "backward",
-                                       tenant)
+                                       tenant, encoding_flags(request.headers.get(ENCODING_FLAGS)))
 
     def query_impl(query: str, time_: str | None, limit: int, direction: str, tenant: str) -> dict[str, Any]:
         t0 = time.perf_counter()
@@ -238,6 +269,7 @@ def router(service: SearchService, gate: QueryGate | None = None) -> APIRouter:
         steps = np.array([at], dtype=np.int64)
         engine.figures()
         value = engine.evaluate(expr, steps, tenant)
+        series_limit(value)
         f = engine.figures()
         stats = _stats(f.get("lines", 0), f.get("bytes", 0), 1, t0)
         if is_scalar(expr) and isinstance(value, Scalar):
@@ -398,30 +430,39 @@ def router(service: SearchService, gate: QueryGate | None = None) -> APIRouter:
         return {"detectedLabels": [{"label": name, "cardinality": counts[name]} for name in STREAM_LABELS]}
 
     def _detected(query: str | None, lo: int, hi: int, tenant: str) -> dict[str, dict[str, Any]]:
-        """Fields by label-safe name: attributes (sampled by the service) and the fields of JSON or
-        logfmt lines among the newest lines; each with its values, type and parsers."""
+        """Fields by label name, as Loki detects them: the structured metadata (sampled by the
+        service: attributes, trace and span ids, detected level) and the fields of JSON or logfmt lines
+        among the newest lines; each with its values, cardinality and parsers (``stored``: its values
+        can be read from the records, by :func:`label_sql`)."""
         found: dict[str, dict[str, Any]] = {}
         fields, _ = service.fields_node(selector_of(query), lo, hi, tenant, top=100)
         for f in fields:
-            if f.name in STREAM_LABELS or f.name in ("message", "trace_id", "span_id"):
+            if f.name in ("level", "trace_id", "span_id"):
+                name = "detected_level" if f.name == "level" else f.name
+            elif f.name in STREAM_LABELS or f.name in FIELD_COLUMNS:
                 continue
-            key = f.name.removeprefix("attrs.")
-            found[sanitize(key)] = {"key": key, "values": {str(t["value"]) for t in f.top},
-                                    "cardinality": f.distinct, "parsers": None}
+            else:
+                name = label_name(f.name.removeprefix("attrs."))
+            if not name:
+                continue
+            d = found.setdefault(name, {"stored": True, "values": set(), "cardinality": 0, "parsers": []})
+            d["values"] |= {str(t["value"]) for t in f.top}
+            d["cardinality"] = max(d["cardinality"], f.distinct)
         expr = _parse(service, query) if query else parse('{service=~".+"}')
         if isinstance(expr, LogQuery):
             entries, _ = engine.logs(expr, lo, hi, DETECT_SAMPLE, "backward", tenant)
             for e in entries:
                 for parser in (JsonParser(), LogfmtParser()):
-                    probe = Entry(e.ts_us, e.line, {})
+                    probe = Entry(e.ts_us, e.line, e.stream())     # a field named as a stream label is x_extracted
                     apply(parser, probe)
-                    if ERROR in probe.labels or not probe.labels:
+                    got = {k: v for k, v in probe.labels.items() if k in probe.parsed}
+                    if ERROR in probe.labels or not got:
                         continue
                     name = "json" if isinstance(parser, JsonParser) else "logfmt"
-                    for k, v in probe.labels.items():
-                        d = found.setdefault(k, {"key": None, "values": set(), "cardinality": 0, "parsers": []})
+                    for k, v in got.items():
+                        d = found.setdefault(k, {"stored": False, "values": set(), "cardinality": 0, "parsers": []})
                         d["values"].add(v)
-                        if d["parsers"] is not None and name not in d["parsers"]:
+                        if name not in d["parsers"]:
                             d["parsers"].append(name)
                     break
         for d in found.values():
@@ -450,9 +491,10 @@ def router(service: SearchService, gate: QueryGate | None = None) -> APIRouter:
         d = _detected(query, lo, hi, tenant).get(name)
         if d is None:
             return {"values": []}
-        if d["key"] is not None:
-            return {"values": sorted(label_queries.distinct(d["key"], selector_of(query), lo, hi, tenant, limit))}
-        return {"values": sorted(d["values"])[:limit]}
+        if d["stored"]:
+            values = label_queries.distinct(label_sql(name), selector_of(query), lo, hi, tenant, limit)
+            return {"values": sorted(values), "limit": limit}
+        return {"values": sorted(d["values"])[:limit], "limit": limit}
 
     @r.get("/loki/api/v1/status/buildinfo")
     def buildinfo() -> dict[str, str]:
@@ -480,6 +522,7 @@ def router(service: SearchService, gate: QueryGate | None = None) -> APIRouter:
         try:
             q = ws.query_params.get("query", "")
             tenant = ws.headers.get("x-scope-orgid", "default")
+            flags = encoding_flags(ws.headers.get(ENCODING_FLAGS))
             limit = whole(dict(ws.query_params), "limit", 100)
             if not 1 <= limit <= service.cfg.query.max_limit:
                 raise QueryError(f"limit must be between 1 and {service.cfg.query.max_limit}")
@@ -498,7 +541,11 @@ def router(service: SearchService, gate: QueryGate | None = None) -> APIRouter:
                 entries, _ = await gate.run(engine.logs, expr, since, until, limit, "forward", tenant)
                 if entries:
                     since = entries[-1].ts_us + 1
-                    await ws.send_json({"streams": _streams(entries), "dropped_entries": None})
+                    message: dict[str, Any] = {"streams": _streams(entries, CATEGORIZE in flags),
+                                               "dropped_entries": None}
+                    if flags:
+                        message["encodingFlags"] = flags
+                    await ws.send_json(message)
                 if await _client_left(ws, 1.0):
                     return
         except WebSocketDisconnect:

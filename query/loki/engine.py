@@ -22,8 +22,10 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 
 from query.errors import QueryError, QueryTimeout
+from query.language import Node
 from query.logql import (
     BinaryOp,
     Grouping,
@@ -38,8 +40,10 @@ from query.logql import (
 )
 from query.logql.lexer import parse_bytes, parse_go_duration
 from query.loki import pipeline
-from query.loki.pipeline import ERROR, ERROR_DETAILS, Entry, sanitize
+from query.loki.metadata import label_sql, stream_labels, structured_metadata
+from query.loki.pipeline import ERROR, ERROR_DETAILS, Entry
 from query.loki.translate import STREAM_LABELS, pushdown
+from query.planner import Compiled, group_sql
 from query.search import Order
 from query.service import SearchService
 from query.timerange import parse_time_us
@@ -47,6 +51,11 @@ from query.timerange import parse_time_us
 Labels = tuple[tuple[str, str], ...]
 MAX_POINTS = 11_000                 # Loki's limit of points per series
 MAX_PIPELINE_LINES = 1_000_000      # lines a metric query may run through Python stages
+MAX_SERIES = 500                    # series a metric query may answer (Loki's max_query_series default)
+#: Range aggregations whose series a ``sum`` can add up: the sum's grouping can be applied while
+#: counting (Loki injects it into the sample extractor for the same operations).
+_SUMMABLE = ("count_over_time", "rate", "bytes_over_time", "bytes_rate", "sum_over_time")
+_IDS = ("trace_id", "span_id")      # columns that are structured metadata, beside attrs and level
 _PAGE = 5_000
 #: When the request being answered must end (monotonic seconds): each SQL page has the
 #: service's timeout, but pages and the Python stages between them add up.
@@ -66,17 +75,21 @@ def _key(labels: dict[str, str]) -> Labels:
     return tuple(sorted((k, v) for k, v in labels.items() if k != ERROR_DETAILS))
 
 
-#: What a log query reads of each record: its stream labels, original line and attributes.
-FIELDS = [*STREAM_LABELS, "line", "attrs"]
+#: What a log query reads of each record: its stream labels, original line, and what its
+#: structured metadata is made of.
+FIELDS = [*STREAM_LABELS, "line", "attrs", "trace_id", "span_id"]
 
 
 def _entries(rows: list[dict]) -> list[Entry]:
-    out = []
-    for r in rows:
-        labels = {name: str(r[name]) for name in STREAM_LABELS if r.get(name) is not None}
-        meta = {sanitize(k): v for k, v in (r.get("attrs") or {}).items() if v is not None}
-        out.append(Entry(parse_time_us(r["ts"]), r["line"], labels, meta=meta))
-    return out
+    return [Entry(parse_time_us(r["ts"]), r["line"], stream_labels(r), meta=structured_metadata(r)) for r in rows]
+
+
+def series_limit(value: Value) -> None:
+    """Loki's limit on the series a metric query answers, with its advice."""
+    if not isinstance(value, Scalar) and len(value) > MAX_SERIES:
+        raise QueryError(f"maximum number of series ({MAX_SERIES}) reached for a single query; consider reducing "
+                         "query cardinality by adding more specific stream selectors, reducing the time range, "
+                         "or aggregating results with functions like sum(), count() or topk()")
 
 
 class Engine:
@@ -162,7 +175,12 @@ class Engine:
             case RangeAggregation():
                 return self._range(expr, steps, tenant)
             case VectorAggregation():
-                return _vector_agg(expr, self._evaluate(expr.expr, steps, tenant))
+                inner = expr.expr
+                if expr.op == "sum" and isinstance(inner, RangeAggregation) and inner.op in _SUMMABLE \
+                        and inner.grouping is None:
+                    # Counted per group of the sum straight away, not per series then added up.
+                    return _vector_agg(expr, self._range(inner, steps, tenant, expr.grouping or Grouping()))
+                return _vector_agg(expr, self._evaluate(inner, steps, tenant))
             case BinaryOp():
                 return _binary(expr, self._evaluate(expr.left, steps, tenant),
                                self._evaluate(expr.right, steps, tenant))
@@ -170,7 +188,10 @@ class Engine:
                 return _label_replace(expr, _matrix(self._evaluate(expr.expr, steps, tenant), "label_replace"))
         raise LogQLUnsupported(type(expr).__name__)
 
-    def _range(self, agg: RangeAggregation, steps: np.ndarray, tenant: str) -> Matrix:
+    def _range(self, agg: RangeAggregation, steps: np.ndarray, tenant: str,
+               inject: Grouping | None = None) -> Matrix:
+        """A range aggregation at each step; ``inject`` is the grouping of a ``sum`` around it, which
+        its series may be merged by."""
         lr = agg.log_range
         if agg.op == "rate_counter":
             raise LogQLUnsupported("rate_counter")
@@ -190,25 +211,56 @@ class Engine:
         simple = lr.unwrap is None and not stages and agg.op in (
             "count_over_time", "rate", "bytes_over_time", "bytes_rate", "absent_over_time")
         if simple:
-            table = self.svc.buckets(node, tenant, lo, hi, origin, width, list(STREAM_LABELS), self._acc(),
-                                     line_bytes=agg.op.startswith("bytes"))
-            counts: dict[Labels, np.ndarray] = defaultdict(lambda: np.zeros(n_buckets + 1))
             value = "bytes" if agg.op.startswith("bytes") else "n"
-            if table.num_rows:
-                ks = table["k"].to_numpy()
-                vals = table[value].to_numpy().astype(float)
-                names = [f"l{i}" for i in range(len(STREAM_LABELS))]
-                label_cols = [table[c].to_pylist() for c in names]
-                for j in range(table.num_rows):
-                    key = tuple(sorted((STREAM_LABELS[i], label_cols[i][j]) for i in range(len(names))
-                                       if label_cols[i][j] is not None))
-                    k = int(ks[j])
-                    if 0 < k <= n_buckets:
-                        counts[key][k] += vals[j]
+            counts = self._counts(node, tenant, lo, hi, origin, width, n_buckets, inject,
+                                  line_bytes=agg.op.startswith("bytes"), value=value)
             windows = {key: _window_sums(c, starts, per) for key, c in counts.items()}
             return self._finish_counts(agg, windows, range_us, len(steps))
-        samples = self._samples(lr.query, stages, agg, lo, hi, tenant)
+        samples = self._samples(lr.query, stages, agg, lo, hi, tenant, inject)
         return self._from_samples(agg, samples, origin, width, n_buckets, starts, per, range_us, len(steps))
+
+    def _counts(self, node: Node, tenant: str, lo: int, hi: int, origin: int, width: int, n_buckets: int,
+                inject: Grouping | None, *, line_bytes: bool, value: str) -> dict[Labels, np.ndarray]:
+        """Lines (or their bytes) per bucket and series, counted in DuckDB. A series is a label set:
+        with a ``by`` grouping injected, just those labels (each a column or an attribute, by the
+        metadata naming rule); else the stream labels and the structured metadata. The SQL groups
+        by the labels' sources and a hash of them, so Python builds each series' labels once."""
+        if inject is not None and not inject.without:
+            names = list(dict.fromkeys(inject.labels))
+            groups = [label_sql(n) for n in names]
+        else:
+            names = []
+            groups = [group_sql(n) for n in STREAM_LABELS] + [Compiled("attrs")] + [group_sql(c) for c in _IDS]
+        if groups:
+            groups.append(Compiled(f"hash({', '.join(g.sql for g in groups)})",
+                                   [p for g in groups for p in g.params]))
+        table = self.svc.buckets(node, tenant, lo, hi, origin, width, groups, self._acc(), line_bytes=line_bytes)
+        out: dict[Labels, np.ndarray] = {}
+        if not table.num_rows:
+            return out
+        ks = table["k"].to_numpy()
+        vals = table[value].to_numpy(zero_copy_only=False).astype(float)
+        keep = (ks > 0) & (ks <= n_buckets)
+        if not groups:
+            row = np.zeros(n_buckets + 1)
+            np.add.at(row, ks[keep], vals[keep])
+            return {(): row}
+        hashes = table[f"l{len(groups) - 1}"].to_numpy(zero_copy_only=False)
+        _, first, series = np.unique(hashes, return_index=True, return_inverse=True)
+        per_series = np.zeros((len(first), n_buckets + 1))
+        np.add.at(per_series, (series[keep], ks[keep]), vals[keep])
+        for i, row in enumerate(table.take(pa.array(first)).to_pylist()):
+            values = [row[f"l{j}"] for j in range(len(groups) - 1)]
+            if names:
+                labels = {n: str(v) for n, v in zip(names, values, strict=True) if v is not None and v != ""}
+            else:
+                record = dict(zip((*STREAM_LABELS, "attrs", *_IDS), values, strict=True))
+                labels = {**structured_metadata(record), **stream_labels(record)}
+                if inject is not None:
+                    labels = _grouped(labels, inject)
+            key = _key(labels)
+            out[key] = out[key] + per_series[i] if key in out else per_series[i]
+        return out
 
     def _finish_counts(self, agg: RangeAggregation, windows: dict[Labels, np.ndarray], range_us: int,
                        n_steps: int) -> Matrix:
@@ -223,8 +275,9 @@ class Engine:
         return out
 
     def _samples(self, q: LogQuery, stages: tuple, agg: RangeAggregation, lo: int, hi: int,
-                 tenant: str) -> dict[Labels, tuple[list[int], list[float]]]:
-        """(ts, value) per series after the pipeline and ``unwrap``; value 1 or the line's bytes without one."""
+                 tenant: str, inject: Grouping | None = None) -> dict[Labels, tuple[list[int], list[float]]]:
+        """(ts, value) per series after the pipeline and ``unwrap``; value 1 or the line's bytes without one.
+        A series is every label of the entry (stream, structured metadata, parsed), or its grouping's."""
         node, _ = pushdown(q)
         lr = agg.log_range
         out: dict[Labels, tuple[list[int], list[float]]] = defaultdict(lambda: ([], []))
@@ -245,6 +298,8 @@ class Engine:
                     else float(len(e.line.encode()))
                 if lr.unwrap is not None:
                     raw = e.labels.pop(lr.unwrap.label, None)
+                    if raw is None:
+                        raw = e.meta.pop(lr.unwrap.label, None)
                     value = _unwrap(raw, lr.unwrap.conversion)
                     if value is None:
                         e.labels.setdefault(ERROR, "SampleExtractionErr")
@@ -252,7 +307,7 @@ class Engine:
                         continue
                 if ERROR in e.labels or value is None:
                     continue      # Loki fails such a query; we leave the sample out and say so in the docs
-                key = _key(_grouped(e.labels, agg.grouping))
+                key = _key(_grouped(e.all_labels(), agg.grouping or inject))
                 out[key][0].append(e.ts_us)
                 out[key][1].append(value)
             self._in_time()

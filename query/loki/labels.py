@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from query.language import Node
-from query.planner import group_sql
+from query.planner import Compiled, group_sql
 from query.runner import QueryRunner
 from storage.schema import LINE_SQL
 
@@ -19,10 +19,10 @@ class LabelQueries:
     def __init__(self, runner: QueryRunner) -> None:
         self.runner = runner
 
-    def distinct(self, fieldname: str, node: Node | None, start_us: int, end_us: int, tenant: str = "default",
-                 limit: int = 1000) -> list[str]:
-        """Distinct values of one field in the range (label values)."""
-        group = group_sql(fieldname)
+    def distinct(self, fieldname: str | Compiled, node: Node | None, start_us: int, end_us: int,
+                 tenant: str = "default", limit: int = 1000) -> list[str]:
+        """Distinct values of one field (or SQL over a row) in the range (label values)."""
+        group = fieldname if isinstance(fieldname, Compiled) else group_sql(fieldname)
         table, _ = self.runner.select(node, start_us, end_us, tenant, f"DISTINCT {group.sql} AS v",
                                       "AND v IS NOT NULL ORDER BY v LIMIT ?", group.params, [limit])
         return [] if table is None else [str(v) for v in table["v"].to_pylist()]

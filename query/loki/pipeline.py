@@ -29,6 +29,7 @@ from query.logql import (
     LabelAnd,
     LabelFilter,
     LabelFormat,
+    LabelFormatItem,
     LabelOr,
     LabelPredicate,
     LineFilter,
@@ -55,21 +56,37 @@ _LOGFMT = re.compile(r'([^\s=]+)(?:=("(?:[^"\\]|\\.)*"|\S*))?')
 
 @dataclass
 class Entry:
-    """One log line on its way through a pipeline."""
+    """One log line on its way through a pipeline.
+
+    Its labels come in Loki's three kinds: stream labels and what stages added (``labels``, the
+    added ones named in ``parsed``), and structured metadata (``meta``). Every stage sees all of
+    them, a stage's label before metadata of the same name (Loki's precedence: parsed, then
+    structured metadata, then stream)."""
 
     ts_us: int
     line: str
     labels: dict[str, str]
-    #: Labels a parser added (they are not stream labels, and collide with them as ``x_extracted``).
+    #: Labels a stage added (they are not stream labels, and collide with them as ``x_extracted``).
     parsed: set[str] = field(default_factory=set)
-    #: The record's attributes under label-safe names: Loki's structured metadata. Label filters
-    #: see them; they are not part of the stream.
+    #: The record's structured metadata (``metadata.structured_metadata``): not part of the stream.
     meta: dict[str, str] = field(default_factory=dict)
 
     def get(self, name: str) -> str | None:
-        """A label's value, or the attribute's of that name."""
+        """A label's value, or the structured metadata's of that name."""
         value = self.labels.get(name)
         return self.meta.get(name) if value is None else value
+
+    def all_labels(self) -> dict[str, str]:
+        """Every label the entry has, as Loki's pipeline sees them (templates, grouping)."""
+        return {**self.meta, **self.labels}
+
+    def stream(self) -> dict[str, str]:
+        """The stream labels alone: what no stage added, no error."""
+        return {k: v for k, v in self.labels.items() if k not in self.parsed and k not in (ERROR, ERROR_DETAILS)}
+
+    def parsed_labels(self) -> dict[str, str]:
+        """What stages added, errors included (Loki files ``__error__`` with the parsed labels)."""
+        return {k: v for k, v in self.labels.items() if k in self.parsed or k in (ERROR, ERROR_DETAILS)}
 
 
 def sanitize(name: str) -> str:
@@ -104,6 +121,7 @@ def _add(entry: Entry, name: str, value: str) -> None:
         name = f"{name}_extracted"      # a parsed field never hides a stream label
     entry.labels[name] = value
     entry.parsed.add(name)
+    entry.meta.pop(name, None)          # it takes the place of structured metadata of its name
 
 
 def _fail(entry: Entry, error: str, details: str) -> None:
@@ -210,9 +228,13 @@ def _logfmt(stage: LogfmtParser, entry: Entry) -> None:
 
 @lru_cache(maxsize=256)
 def _pattern_regex(pattern: str) -> Any:
+    parts = pattern_parts(pattern)
     out = []
-    for kind, text in pattern_parts(pattern):
-        out.append(re2.escape(text) if kind == "literal" else ("(?:.*?)" if text == "_" else f"(?P<{text}>.*?)"))
+    for i, (kind, text) in enumerate(parts):
+        # A capture ending the pattern takes the rest of the line (Loki's); others stop at the next literal.
+        lazy = "" if i == len(parts) - 1 else "?"
+        out.append(re2.escape(text) if kind == "literal" else
+                   f"(?:.*{lazy})" if text == "_" else f"(?P<{text}>.*{lazy})")
     return regex("^" + "".join(out))
 
 
@@ -284,6 +306,32 @@ def _keep(items: Iterable[str | Matcher], labels: dict[str, str], keep: bool) ->
     return {k: v for k, v in labels.items() if listed(k) == keep}
 
 
+def _label_format(items: Iterable[LabelFormatItem], entry: Entry) -> None:
+    """``| label_format``: every template sees the labels as they were before the stage. A renamed
+    label keeps its kind (a stream label stays one, metadata stays metadata); a templated one is a
+    parsed label, as in Loki."""
+    before = entry.all_labels()
+    labels, meta, parsed = dict(entry.labels), dict(entry.meta), set(entry.parsed)
+    for item in items:
+        if item.rename:
+            if item.value in entry.labels:
+                labels[item.dst] = entry.labels[item.value]
+                labels.pop(item.value, None)
+                meta.pop(item.dst, None)
+                if item.value in entry.parsed:
+                    parsed.add(item.dst)
+                else:
+                    parsed.discard(item.dst)
+            elif item.value in entry.meta:
+                meta[item.dst] = entry.meta[item.value]
+                meta.pop(item.value, None)
+        else:
+            labels[item.dst] = render(item.value, before, entry.line)
+            meta.pop(item.dst, None)
+            parsed.add(item.dst)
+    entry.labels, entry.meta, entry.parsed = labels, meta, parsed
+
+
 def apply(stage: Stage, entry: Entry) -> bool:
     """Run one stage on ``entry`` in place; False drops it."""
     match stage:
@@ -307,21 +355,15 @@ def apply(stage: Stage, entry: Entry) -> bool:
         case LabelFilter(predicate=p):
             return holds(p, entry)
         case LineFormat(template=t):
-            entry.line = render(t, entry.labels, entry.line)
+            entry.line = render(t, entry.all_labels(), entry.line)
         case LabelFormat(items=items):
-            updated = dict(entry.labels)
-            for item in items:
-                if item.rename:
-                    if item.value in entry.labels:
-                        updated[item.dst] = entry.labels[item.value]
-                        updated.pop(item.value, None)
-                else:
-                    updated[item.dst] = render(item.value, entry.labels, entry.line)
-            entry.labels = updated
+            _label_format(items, entry)
         case KeepLabels(items=items):
             entry.labels = _keep(items, entry.labels, True)
+            entry.meta = _keep(items, entry.meta, True)
         case DropLabels(items=items):
             entry.labels = _keep(items, entry.labels, False)
+            entry.meta = _keep(items, entry.meta, False)
         case Decolorize():
             entry.line = _ANSI.sub("", entry.line)
     return True
