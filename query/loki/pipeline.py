@@ -314,7 +314,18 @@ def _line_filter(f: LineFilter, line: str) -> bool:
 
 # -- ip("...") -------------------------------------------------------------------------------------
 
-IpMatcher = tuple[str, object]
+@dataclass(frozen=True)
+class IpMatcher:
+    """The addresses an ``ip()`` pattern takes: those of one family from ``low`` to ``high``."""
+
+    version: int
+    low: int
+    high: int
+
+    def __contains__(self, ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+        return ip.version == self.version and self.low <= int(ip) <= self.high
+
+
 _IP_CANDIDATES = re.compile(
     # where Loki's scan tries an address: a digit with a '.' within its next three characters (IPv4), or the
     # start of a hex group ended by ':' (or "::" and a hex digit) for IPv6
@@ -328,43 +339,33 @@ _V6_SPAN = re.compile(r"[0-9a-fA-F:.]*")
 def ip_matcher(pattern: str) -> IpMatcher:
     """An address, a CIDR prefix or a range ``a-b``, as Go's netip reads them; raises QueryError otherwise."""
     def addr(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-        if not text or text != text.strip() or "/" in text:
+        if not text or text != text.strip() or "/" in text or "%" in text:
             raise ValueError(text)
         return ipaddress.ip_address(text)
 
     try:
-        return "addr", addr(pattern)
+        a = addr(pattern)
+        return IpMatcher(a.version, int(a), int(a))
     except ValueError:
         pass
     address, slash, bits = pattern.partition("/")
-    if slash and bits.isascii() and bits.isdigit() and len(bits) <= 3 and "%" not in address:
+    if slash and bits.isascii() and bits.isdigit() and len(bits) <= 3:
         try:
             network = ipaddress.ip_network(f"{addr(address)}/{int(bits)}", strict=False)
-            return "prefix", network
+            return IpMatcher(network.version, int(network.network_address), int(network.broadcast_address))
         except ValueError:
             pass
     low, dash, high = pattern.partition("-")
     if dash:
         try:
             a, b = addr(low), addr(high)
-            if a.version == b.version and a <= b and "%" not in pattern:
-                return "range", (a, b)
         except ValueError:
             pass
+        else:
+            if a.version == b.version and int(a) <= int(b):
+                return IpMatcher(a.version, int(a), int(b))
     raise QueryError(f'ip: invalid pattern: "{pattern}"; use an address, a CIDR prefix (10.0.0.0/8) or a range '
                      "(192.168.0.1-192.168.0.10)")
-
-
-def _contains(m: IpMatcher, ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    kind, value = m
-    if kind == "addr":
-        return value == ip
-    if kind == "prefix":
-        network = value
-        return isinstance(network, (ipaddress.IPv4Network, ipaddress.IPv6Network)) \
-            and network.version == ip.version and ip in network
-    low, high = value  # type: ignore[misc]
-    return bool(low.version == ip.version and low <= ip <= high)
 
 
 def ip_in(text: str, pattern: str) -> bool:
@@ -389,7 +390,7 @@ def ip_in(text: str, pattern: str) -> bool:
             ip = ipaddress.ip_address(span.group())
         except ValueError:
             ip = None
-        if ip is not None and _contains(m, ip):
+        if ip is not None and ip in m:
             return True
         resume = span.end() + 1        # Loki's scan goes on after the run (and the character after it)
     return False
