@@ -239,10 +239,9 @@ def create_app(cfg: Config, catalog: Catalog | None = None) -> FastAPI:
 
     @app.exception_handler(QueryError)
     async def _query_error(request: Request, exc: QueryError) -> Response:
-        if _is_loki_route(request):      # Loki answers errors as plain text, which Grafana shows as is
-            return PlainTextResponse(str(exc), status_code=exc.status_code,
-                                     headers={"Retry-After": str(exc.retry_after_s)}
-                                     if isinstance(exc, TooManyQueries) else None)
+        if exc.status_code == 400 and _is_loki_route(request):
+            # Loki answers a bad query or parameter with its reason as plain text, which Grafana shows as is.
+            return PlainTextResponse(str(exc), status_code=400)
         body: dict[str, Any] = {"error": type(exc).__name__, "message": str(exc)}
         headers = {}
         if isinstance(exc, QuerySyntaxError):
