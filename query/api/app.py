@@ -11,7 +11,9 @@ from typing import Annotated, Any, Literal
 import duckdb
 import orjson
 from fastapi import Body, FastAPI, Header, Query, Request, Response
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.exception_handlers import request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 
@@ -219,6 +221,12 @@ def retention_view(cfg: Config, catalog: Catalog, tenant: str | None, limit: int
         last_run=last, next_run=next_run, deletions=deletions)
 
 
+def _is_loki_route(request: Request) -> bool:
+    """Whether ``request`` went to a route of Loki's query API (``query/loki``)."""
+    route = request.scope.get("route")
+    return "loki" in (getattr(route, "tags", None) or ())
+
+
 def create_app(cfg: Config, catalog: Catalog | None = None) -> FastAPI:
     """The query service's app; the catalog is opened from ``cfg`` unless given."""
     catalog = catalog or Catalog(cfg.storage.resolved_catalog_url())
@@ -230,7 +238,10 @@ def create_app(cfg: Config, catalog: Catalog | None = None) -> FastAPI:
     gate = QueryGate(cfg.query)
 
     @app.exception_handler(QueryError)
-    async def _query_error(_: Request, exc: QueryError) -> JSONResponse:
+    async def _query_error(request: Request, exc: QueryError) -> Response:
+        if exc.status_code == 400 and _is_loki_route(request):
+            # Loki answers a bad query or parameter with its reason as plain text, which Grafana shows as is.
+            return PlainTextResponse(str(exc), status_code=400)
         body: dict[str, Any] = {"error": type(exc).__name__, "message": str(exc)}
         headers = {}
         if isinstance(exc, QuerySyntaxError):
@@ -240,6 +251,14 @@ def create_app(cfg: Config, catalog: Catalog | None = None) -> FastAPI:
         if isinstance(exc, TooManyQueries):
             headers["Retry-After"] = str(exc.retry_after_s)
         return JSONResponse(body, status_code=exc.status_code, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid_request(request: Request, exc: RequestValidationError) -> Response:
+        if _is_loki_route(request):      # a 400 with Loki's plain text, never FastAPI's 422
+            reasons = "; ".join(f"{'.'.join(str(x) for x in e.get('loc', ())[1:]) or 'request'}: {e.get('msg')}"
+                                for e in exc.errors())
+            return PlainTextResponse(f"invalid request: {reasons}", status_code=400)
+        return await request_validation_exception_handler(request, exc)
 
     def _search(req: SearchRequest, tenant: str, accept: str | None) -> Response:
         r = service.search(req.q, req.start, req.end, req.limit, req.order, tenant, _split(req.fields), req.cursor)

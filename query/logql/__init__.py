@@ -12,6 +12,8 @@ from query.logql.ast import (
     Expr,
     Extraction,
     Grouping,
+    Ip,
+    IpFilter,
     JsonParser,
     KeepLabels,
     LabelAnd,
@@ -36,6 +38,7 @@ from query.logql.ast import (
     RegexpParser,
     Selector,
     Stage,
+    UnpackParser,
     Unwrap,
     Vector,
     VectorAggregation,
@@ -51,11 +54,11 @@ from query.logql.printer import to_string
 from query.logql.template import compile_template, render
 
 __all__ = [
-    "BinaryOp", "BytesFilter", "Decolorize", "DropLabels", "DurationFilter", "Expr", "Extraction", "Grouping",
-    "JsonParser", "KeepLabels", "LabelAnd", "LabelFilter", "LabelFormat", "LabelFormatItem", "LabelOr",
+    "BinaryOp", "BytesFilter", "Decolorize", "DropLabels", "DurationFilter", "Expr", "Extraction", "Grouping", "Ip",
+    "IpFilter", "JsonParser", "KeepLabels", "LabelAnd", "LabelFilter", "LabelFormat", "LabelFormatItem", "LabelOr",
     "LabelPredicate", "LabelReplace", "LineFilter", "LineFormat", "LogQLUnsupported", "LogQuery", "LogRange",
     "LogfmtParser", "Matcher", "MetricExpr", "Number", "NumericFilter", "PatternParser", "RangeAggregation",
-    "RegexpParser", "Selector", "Stage", "Unwrap", "Vector", "VectorAggregation", "VectorMatching",
+    "RegexpParser", "Selector", "Stage", "UnpackParser", "Unwrap", "Vector", "VectorAggregation", "VectorMatching",
     "compile_template", "is_log_query", "is_metric_query", "is_scalar", "log_queries", "parse", "pattern_parts",
     "render", "to_string", "walk",
 ]

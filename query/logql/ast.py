@@ -13,14 +13,15 @@ from typing import Literal, get_args
 from query.errors import QueryError
 
 MatchOp = Literal["=", "!=", "=~", "!~"]
-LineFilterOp = Literal["|=", "!=", "|~", "!~"]
+LineFilterOp = Literal["|=", "!=", "|~", "!~", "|>", "!>"]
 CompareOp = Literal["==", "!=", ">", ">=", "<", "<="]
 Conversion = Literal["bytes", "duration", "duration_seconds"]
 Cardinality = Literal["one-to-one", "many-to-one", "one-to-many"]
 RangeOp = Literal["count_over_time", "rate", "rate_counter", "bytes_over_time", "bytes_rate", "avg_over_time",
                   "sum_over_time", "min_over_time", "max_over_time", "stdvar_over_time", "stddev_over_time",
                   "quantile_over_time", "first_over_time", "last_over_time", "absent_over_time"]
-VectorOp = Literal["sum", "avg", "min", "max", "count", "stddev", "stdvar", "topk", "bottomk", "sort", "sort_desc"]
+VectorOp = Literal["sum", "avg", "min", "max", "count", "stddev", "stdvar", "topk", "bottomk", "approx_topk", "sort",
+                   "sort_desc"]
 ArithmeticOp = Literal["+", "-", "*", "/", "%", "^"]
 SetOp = Literal["and", "or", "unless"]
 BinaryOperator = ArithmeticOp | CompareOp | SetOp
@@ -71,12 +72,22 @@ class Selector:
 
 
 @dataclass(frozen=True, slots=True)
+class Ip:
+    """``ip("192.168.0.0/16")``: an address, a CIDR prefix or a range ``a-b``, checked when the query runs
+    (as Loki does)."""
+
+    pattern: str
+
+
+@dataclass(frozen=True, slots=True)
 class LineFilter:
-    """``|= "a"``; several values are Loki 3's ``|= "a" or "b"``: any of them for ``|=``/``|~``,
-    none of them for ``!=``/``!~``. Regular expressions are RE2 and not anchored."""
+    """``|= "a"``; several values are Loki 3's ``|= "a" or "b"``: any of them for ``|=``/``|~``/``|>``,
+    none of them for ``!=``/``!~``/``!>``. Regular expressions are RE2 and not anchored; ``|>`` takes a
+    pattern (``<_> error <_>``) that must match the whole line. A value may be ``ip(...)``: a line that
+    holds an address in it (only with ``|=`` and ``!=``, checked when the query runs)."""
 
     op: LineFilterOp
-    values: tuple[str, ...]
+    values: tuple[str | Ip, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +125,21 @@ class RegexpParser:
 class PatternParser:
     """``| pattern "<ip> - <_> ..."``; see ``parser.pattern_parts``."""
 
+    pattern: str
+
+
+@dataclass(frozen=True, slots=True)
+class UnpackParser:
+    """``| unpack``: a JSON object packed by Promtail; its ``_entry`` becomes the line, its other string
+    fields labels."""
+
+
+@dataclass(frozen=True, slots=True)
+class IpFilter:
+    """``| addr = ip("10.0.0.0/8")`` (or ``!=``): the label's value is an address in the pattern."""
+
+    name: str
+    op: Literal["=", "!="]
     pattern: str
 
 
@@ -177,7 +203,7 @@ class LabelOr:
         return self.items[1] if len(self.items) == 2 else LabelOr(self.items[1:])
 
 
-LabelPredicate = Matcher | NumericFilter | DurationFilter | BytesFilter | LabelAnd | LabelOr
+LabelPredicate = Matcher | NumericFilter | DurationFilter | BytesFilter | IpFilter | LabelAnd | LabelOr
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,8 +253,8 @@ class Decolorize:
     """``| decolorize``: strip ANSI escape sequences from the line."""
 
 
-Stage = (LineFilter | JsonParser | LogfmtParser | RegexpParser | PatternParser | LabelFilter | LineFormat
-         | LabelFormat | KeepLabels | DropLabels | Decolorize)
+Stage = (LineFilter | JsonParser | LogfmtParser | RegexpParser | PatternParser | UnpackParser | LabelFilter
+         | LineFormat | LabelFormat | KeepLabels | DropLabels | Decolorize)
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,7 +307,7 @@ class RangeAggregation:
 
 @dataclass(frozen=True, slots=True)
 class VectorAggregation:
-    """``sum by (a) (expr)``; ``param`` is k of ``topk``/``bottomk``."""
+    """``sum by (a) (expr)``; ``param`` is k of ``topk``/``bottomk``/``approx_topk``."""
 
     op: VectorOp
     expr: MetricExpr

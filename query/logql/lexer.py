@@ -8,6 +8,7 @@ so that ``rate`` or ``bytes`` stay usable as label names.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from fractions import Fraction
@@ -23,8 +24,7 @@ FUNCTIONS = frozenset({"count_over_time", "rate", "rate_counter", "bytes_over_ti
                        "sum_over_time", "min_over_time", "max_over_time", "stdvar_over_time", "stddev_over_time",
                        "quantile_over_time", "first_over_time", "last_over_time", "absent_over_time", "vector",
                        "sum", "avg", "max", "min", "count", "stddev", "stdvar", "bottomk", "topk", "sort",
-                       "sort_desc", "approx_topk", "label_replace", "bytes", "duration", "duration_seconds", "ip",
-                       "variants"})
+                       "sort_desc", "approx_topk", "label_replace", "bytes", "duration", "duration_seconds", "ip"})
 FLAGS = frozenset({"--strict", "--keep-empty"})
 LABEL_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -32,7 +32,6 @@ _TWO_CHAR = ("!=", "=~", "!~", "|=", "|~", "|>", "!>", "==", ">=", "<=")
 _ONE_CHAR = "{}(),=|+-*/%^<>"
 _SPACE = " \t\r\n"
 _DIGITS = "0123456789"
-_NUMBER_RE = re.compile(r"(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 _DURATION_RUNES = set("nuµmshdwy")
 _BYTES_RUNES = set("BikKMGTP")
 MAX_DURATION_NS = 2**63 - 1
@@ -146,12 +145,136 @@ def format_range(ns: int) -> str:
 
 def format_bytes(n: int) -> str:
     """Text for ``n`` bytes that ``parse_bytes`` reads back exactly."""
+    if n == 0:
+        return "0KB"        # "0B" scans as an empty binary literal (0b...), in Loki's lexer too
     for k in range(5, 0, -1):
         for base, suffix in ((1024, "iB"), (1000, "B")):
             if n and n % base**k == 0:
                 prefix = "KMGTP"[k - 1]
                 return f"{n // base**k}{prefix}{suffix}"
     return f"{n}B"
+
+
+_LITERAL_NAMES = {"x": "hexadecimal literal", "o": "octal literal", "0": "octal literal", "b": "binary literal"}
+_HEX = frozenset("0123456789abcdefABCDEF")
+
+
+def _digits(src: str, i: int, base: int) -> tuple[int, int, str | None]:
+    """Go's text/scanner digit run from ``i``: (end, digsep bits: 1 a digit, 2 a '_', first invalid digit)."""
+    digsep, invalid = 0, None
+    if base <= 10:
+        top = str(base - 1)
+        while i < len(src) and (src[i] in _DIGITS or src[i] == "_"):
+            if src[i] == "_":
+                digsep |= 2
+            else:
+                digsep |= 1
+                if src[i] > top and invalid is None:
+                    invalid = src[i]
+            i += 1
+    else:
+        while i < len(src) and (src[i] in _HEX or src[i] == "_"):
+            digsep |= 2 if src[i] == "_" else 1
+            i += 1
+    return i, digsep, invalid
+
+
+def _invalid_separator(text: str) -> bool:
+    """Whether a '_' in ``text`` does not separate two digits (a base prefix counts as a digit)."""
+    prefix, prev, i = " ", ".", 0
+    if len(text) >= 2 and text[0] == "0" and text[1].lower() in "xob":
+        prefix, prev, i = text[1].lower(), "0", 2
+    for c in text[i:]:
+        if c == "_":
+            if prev != "0":
+                return True
+            prev = "_"
+        elif c in _DIGITS or (prefix == "x" and c in _HEX):
+            prev = "0"
+        else:
+            if prev == "_":
+                return True
+            prev = "."
+    return prev == "_"
+
+
+def scan_go_number(src: str, start: int) -> tuple[int, str | None]:
+    """The number literal at ``src[start]`` as Loki's lexer reads it (its fork of Go's text/scanner):
+    (end, error).
+
+    Go's syntax: ``0x``/``0o``/``0b`` prefixes, a leading ``0`` for octal integers, ``_`` between
+    digits, hexadecimal floats with a ``p`` exponent; as in Loki's fork, ``0b`` is a prefix only before
+    a binary digit and ``p`` an exponent only after a hexadecimal mantissa (so ``1PB`` stays a size)."""
+    i, n = start, len(src)
+    base, prefix, digsep, invalid, is_float = 10, "", 0, None, False
+    if src[i] != ".":
+        if src[i] == "0":
+            i += 1
+            c = src[i].lower() if i < n else ""
+            if c in ("x", "o"):
+                base, prefix = {"x": 16, "o": 8}[c], c
+                i += 1
+            elif c == "b":
+                if src[i + 1:i + 2] in ("0", "1"):
+                    base, prefix = 2, "b"
+                    i += 1
+            else:
+                base, prefix, digsep = 8, "0", 1
+        i, ds, invalid = _digits(src, i, base)
+        digsep |= ds
+        if i < n and src[i] == ".":
+            is_float = True
+            i += 1
+    else:
+        is_float = True
+        i += 1
+    if is_float:
+        if prefix in ("o", "b"):
+            return i, f"invalid radix point in {_LITERAL_NAMES[prefix]}"
+        i, ds, _ = _digits(src, i, base)
+        digsep |= ds
+    if not digsep & 1:
+        return i, f"{_LITERAL_NAMES.get(prefix, 'decimal literal')} has no digits"
+    e = src[i].lower() if i < n else ""
+    if e == "e" or (e == "p" and prefix == "x"):
+        if e == "e" and prefix not in ("", "0"):
+            return i, f"{e!r} exponent requires decimal mantissa"
+        i += 1
+        is_float = True
+        if i < n and src[i] in "+-":
+            i += 1
+        i, ds, _ = _digits(src, i, 10)
+        digsep |= ds
+        if not ds & 1:
+            return i, "exponent has no digits"
+    elif prefix == "x" and is_float:
+        return i, "hexadecimal mantissa requires a 'p' exponent"
+    if not is_float and invalid is not None:
+        return i, f"invalid digit {invalid!r} in {_LITERAL_NAMES.get(prefix, 'decimal literal')}"
+    if digsep & 2 and _invalid_separator(src[start:i]):
+        return i, "'_' must separate successive digits"
+    return i, None
+
+
+def go_parse_float(text: str) -> float | None:
+    """Go's ``strconv.ParseFloat(text, 64)`` on a scanned literal: decimal or hexadecimal with a ``p``
+    exponent (``0x10``, ``0b1`` and ``0o7`` are not floats); None if it refuses."""
+    body = text.replace("_", "")
+    lower = body.lower()
+    if lower.startswith(("0b", "0o")):
+        return None
+    if lower.startswith("0x"):
+        if "p" not in lower:
+            return None
+        try:
+            return float.fromhex(body)
+        except (ValueError, OverflowError):
+            return None
+    try:
+        value = float(body)
+    except ValueError:
+        return None
+    return None if math.isinf(value) else value
 
 
 _SIMPLE_ESCAPES = {"a": "\a", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v", "\\": "\\"}
@@ -261,9 +384,9 @@ class _Lexer:
 
     def number(self) -> Token:
         start = self.i
-        m = _NUMBER_RE.match(self.q, start)
-        assert m is not None
-        end = m.end()
+        end, error = scan_go_number(self.q, start)
+        if error is not None:
+            raise self.fail(error, start)
         j = self.unit_run(end, _DURATION_RUNES)
         if j > end and (ns := parse_duration(self.q[start:j])) is not None:
             self.i = j
@@ -272,11 +395,14 @@ class _Lexer:
         if j > end and (size := parse_bytes(self.q[start:j])) is not None:
             self.i = j
             return Token("BYTES", self.q[start:j], start, size)
-        value = float(m.group())
-        if value == float("inf"):
-            raise self.fail(f"number {m.group()} is out of range", start)
+        text = self.q[start:end]
+        value = go_parse_float(text)
+        if value is None:
+            overflow = "x" not in text.lower() and "o" not in text.lower() and "b" not in text.lower()
+            raise self.fail(f"number {text} is out of range" if overflow else
+                            f"unable to parse literal {text} as a float", start)
         self.i = end
-        return Token("NUMBER", m.group(), start, value)
+        return Token("NUMBER", text, start, value)
 
     def minus(self) -> Token:
         """``--strict``-style flags, negative durations (Go syntax only, as in Loki), or ``-``."""

@@ -22,7 +22,7 @@ LogQL that loglake does not answer.
 from __future__ import annotations
 
 import re
-from typing import NoReturn, cast
+from typing import Literal, NoReturn, cast
 
 import re2
 
@@ -47,6 +47,8 @@ from query.logql.ast import (
     Expr,
     Extraction,
     Grouping,
+    Ip,
+    IpFilter,
     JsonParser,
     KeepLabels,
     LabelAnd,
@@ -74,6 +76,7 @@ from query.logql.ast import (
     RegexpParser,
     Selector,
     Stage,
+    UnpackParser,
     Unwrap,
     Vector,
     VectorAggregation,
@@ -92,7 +95,9 @@ PRECEDENCE: dict[str, int] = {"or": 1, "and": 2, "unless": 2, "==": 3, "!=": 3, 
 RIGHT_ASSOCIATIVE = frozenset({"^"})
 
 _MATCH_OPS = ("=", "!=", "=~", "!~")
-_LINE_FILTER_OPS = ("|=", "!=", "|~", "!~")
+_LINE_FILTER_OPS = ("|=", "!=", "|~", "!~", "|>", "!>")
+#: The largest k of topk (Go's strconv.Atoi into an int64, as Loki reads it).
+MAX_K = 2**63 - 1
 _LABEL_OPS = ("=", "!=", "=~", "!~", "==", ">", ">=", "<", "<=")
 _CONVERSIONS = ("bytes", "duration", "duration_seconds")
 _PATTERN_CAPTURE_RE = re.compile(r"<([A-Za-z_][A-Za-z0-9_]*)>")
@@ -197,6 +202,15 @@ class _Parser:
     def string(self, expected: str = "a string") -> str:
         return cast(str, self.expect("STRING", expected).value)
 
+    def checked(self, m: Matcher, tok: Token) -> Matcher:
+        """``m``, once its regular expression compiles (Loki compiles matchers as it parses them)."""
+        if m.op in ("=~", "!~"):
+            try:
+                re2.compile(f"^(?:{m.value})$", options=_RE2_QUIET)
+            except re2.error as e:
+                raise self.error(f"invalid regular expression {m.value!r}: {e}", tok.pos) from None
+        return m
+
     def nest(self, tok: Token) -> None:
         self.depth += 1
         if self.depth > MAX_DEPTH:
@@ -295,8 +309,6 @@ class _Parser:
                 return self.vector()
             if tok.text == "label_replace":
                 return self.label_replace()
-            if tok.text in ("approx_topk", "variants"):
-                self.unsupported(f"{tok.text}(...)", tok)
             raise self.error(f"{tok.text}(...) is not a query function", tok.pos)
         self.fail("a stream selector, a number or a function such as count_over_time(...)")
 
@@ -357,12 +369,13 @@ class _Parser:
         if self.at("NUMBER") and self.at(",", ahead=1):
             num = self.take()
             self.take()
-            if op not in ("topk", "bottomk"):
+            if op not in ("topk", "bottomk", "approx_topk"):
                 raise self.error(f"{op} takes no parameter", num.pos)
-            if not re.fullmatch(r"[0-9]+", num.text) or int(num.text) <= 0:
-                raise self.error(f"{op} needs a whole number greater than 0, not {num.text}", num.pos)
+            if not re.fullmatch(r"[0-9]+", num.text) or not 0 < int(num.text) <= MAX_K:
+                raise self.error(f"{op} needs a whole number greater than 0 (at most {MAX_K}), not {num.text}",
+                                 num.pos)
             param = int(num.text)
-        elif op in ("topk", "bottomk"):
+        elif op in ("topk", "bottomk", "approx_topk"):
             self.fail(f"k, e.g. {op}(10, ...)")
         expr = self.metric_operand()
         self.expect(")", "')'")
@@ -370,6 +383,11 @@ class _Parser:
             if grouping is not None:
                 raise self.error(f"{op} is grouped twice", self.peek().pos)
             grouping = self.grouping()
+        if grouping is not None and op == "approx_topk":
+            raise self.error("approx_topk cannot be grouped; aggregate inside it instead, "
+                             "e.g. approx_topk(10, sum by (a) (...))", op_tok.pos)
+        if grouping is not None and grouping.labels and op in ("sort", "sort_desc"):
+            raise self.error(f"{op} cannot be grouped by labels: it orders the whole result", op_tok.pos)
         return VectorAggregation(op, expr, param, grouping)
 
     def vector(self) -> Vector:
@@ -384,10 +402,16 @@ class _Parser:
         self.expect("(", "'('")
         expr = self.metric_operand()
         args: list[str] = []
+        regex_tok = self.peek()
         for _ in range(4):
             self.expect(",", "','")
+            regex_tok = self.peek()
             args.append(self.string())
         self.expect(")", "')'")
+        try:
+            re2.compile(f"^(?:{args[3]})$", options=_RE2_QUIET)
+        except re2.error as e:
+            raise self.error(f"invalid regular expression in label_replace: {e}", regex_tok.pos) from None
         return LabelReplace(expr, *args)
 
     # -- log ranges ----------------------------------------------------------------------
@@ -410,10 +434,15 @@ class _Parser:
         if self.at("("):
             paren = self.take()
             self.nest(paren)
+            inner_paren = self.at("(")
             query, range_ns, offset_ns, unwrap = self.log_range_part()
             self.expect(")", "')'")
             self.depth -= 1
-            if range_ns is None and self.at("RANGE"):
+            if range_ns is None:
+                # Loki's grammar: `(selector pipeline) [5m]`, one level of parentheses before the range
+                # (around a whole range, `(({...}[5m]))`, as many as you like).
+                if inner_paren or not self.at("RANGE"):
+                    self.fail("a range such as [5m]")
                 range_ns, offset_ns = self.range_and_offset()
             return query, range_ns, offset_ns, unwrap
         selector = self.selector()
@@ -476,7 +505,7 @@ class _Parser:
         if op_tok.kind not in _MATCH_OPS:
             self.fail("=, !=, =~ or !~")
         self.take()
-        return Matcher(name, cast(MatchOp, op_tok.kind), self.string())
+        return self.checked(Matcher(name, cast(MatchOp, op_tok.kind), self.string()), self.peek(-1))
 
     def pipeline(self) -> tuple[Stage, ...]:
         stages: list[Stage] = []
@@ -484,8 +513,6 @@ class _Parser:
             tok = self.peek()
             if tok.kind in _LINE_FILTER_OPS:
                 stages.append(self.line_filter())
-            elif tok.kind in ("|>", "!>"):
-                self.unsupported(f"{tok.kind} pattern line filter", tok)
             elif tok.kind == "|" and not self.at_keyword("unwrap", ahead=1):
                 self.take()
                 stages.append(self.stage())
@@ -500,10 +527,18 @@ class _Parser:
             values.append(self.line_filter_value())
         return LineFilter(op, tuple(values))
 
-    def line_filter_value(self) -> str:
+    def line_filter_value(self) -> str | Ip:
         if self.at("FUNC", "ip"):
-            self.unsupported("ip(...) line filter", self.peek())
+            return Ip(self.ip_call())
         return self.string()
+
+    def ip_call(self) -> str:
+        """``ip("...")``: the pattern (checked when the query runs, as in Loki)."""
+        self.take()
+        self.expect("(", "'('")
+        pattern = self.string("a quoted address, CIDR prefix or range")
+        self.expect(")", "')'")
+        return pattern
 
     def stage(self) -> Stage:
         tok = self.peek()
@@ -532,7 +567,7 @@ class _Parser:
                         raise self.error(f"invalid pattern: {e}", pattern_tok.pos) from None
                     return PatternParser(cast(str, pattern_tok.value))
                 case "unpack":
-                    self.unsupported("| unpack", tok)
+                    return UnpackParser()
                 case "line_format":
                     return LineFormat(self.template("line_format"))
                 case "label_format":
@@ -603,7 +638,7 @@ class _Parser:
             name = self.label_name()
             if self.peek().kind in _MATCH_OPS:
                 op = cast(MatchOp, self.take().kind)
-                items.append(Matcher(name, op, self.string()))
+                items.append(self.checked(Matcher(name, op, self.string()), self.peek(-1)))
             else:
                 items.append(name)
             if not self.at(","):
@@ -664,12 +699,12 @@ class _Parser:
             if op not in _MATCH_OPS:
                 raise self.error(f"{op} compares numbers, durations or byte sizes, not strings", value.pos)
             self.take()
-            return Matcher(name, cast(MatchOp, op), cast(str, value.value))
+            return self.checked(Matcher(name, cast(MatchOp, op), cast(str, value.value)), value)
         if op in ("=~", "!~"):
             self.fail(f"a quoted regular expression after {op}")
         compare = cast(CompareOp, "==" if op == "=" else op)
         if value.kind == "FUNC" and value.text == "ip" and op in ("=", "!="):
-            self.unsupported("ip(...) label filter", value)
+            return IpFilter(name, cast(Literal["=", "!="], op), self.ip_call())
         if value.kind in ("+", "-") and self.at("NUMBER", ahead=1):
             self.take()
             number = cast(float, self.take().value)

@@ -19,6 +19,8 @@ from query.logql.ast import (
     Expr,
     Extraction,
     Grouping,
+    Ip,
+    IpFilter,
     JsonParser,
     KeepLabels,
     LabelAnd,
@@ -41,6 +43,7 @@ from query.logql.ast import (
     RegexpParser,
     Selector,
     Stage,
+    UnpackParser,
     Unwrap,
     Vector,
     VectorAggregation,
@@ -85,6 +88,8 @@ def _predicate(p: LabelPredicate) -> str:
             return f"{n} {op} {format_duration(v)}"
         case BytesFilter(name=n, op=op, value=v):
             return f"{n} {op} {format_bytes(v)}"
+        case IpFilter(name=n, op=op, pattern=pattern):
+            return f"{n}{op}ip({quote_go_string(pattern)})"
         case LabelAnd(items=items):
             return " and ".join(f"({_predicate(i)})" if isinstance(i, (LabelAnd, LabelOr)) else _predicate(i)
                                 for i in items)
@@ -106,7 +111,8 @@ def _named(items: tuple[str | Matcher, ...]) -> str:
 def _stage(s: Stage) -> str:
     match s:
         case LineFilter(op=op, values=values):
-            return f"{op} " + " or ".join(quote_go_string(v) for v in values)
+            return f"{op} " + " or ".join(f"ip({quote_go_string(v.pattern)})" if isinstance(v, Ip)
+                                          else quote_go_string(v) for v in values)
         case JsonParser(params=params):
             return "| json" + _extractions(params)
         case LogfmtParser(params=params, strict=strict, keep_empty=keep_empty):
@@ -116,6 +122,8 @@ def _stage(s: Stage) -> str:
             return f"| regexp {quote_go_string(pattern)}"
         case PatternParser(pattern=pattern):
             return f"| pattern {quote_go_string(pattern)}"
+        case UnpackParser():
+            return "| unpack"
         case LabelFilter(predicate=p):
             return f"| {_predicate(p)}"
         case LineFormat(template=t):

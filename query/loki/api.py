@@ -20,7 +20,7 @@ from query.api.limits import QueryGate
 from query.auth import AuthDenied
 from query.errors import QueryError
 from query.language.ast import Node
-from query.logql import Expr, JsonParser, LogfmtParser, LogQuery, is_scalar, parse
+from query.logql import Expr, JsonParser, LogfmtParser, LogQuery, VectorAggregation, is_scalar, parse, walk
 from query.logql.lexer import parse_bytes, parse_go_duration
 from query.loki.engine import Engine, Matrix, Scalar, series_limit
 from query.loki.labels import LabelQueries
@@ -35,6 +35,7 @@ log = logging.getLogger("loglake.query")
 VERSION = "3.4.0"        # the Loki API level this answers, as Grafana checks features by version
 _HOUR_US = 3_600_000_000
 DETECT_SAMPLE = 500         # newest lines detected_fields parses
+MAX_DELAY_FOR_S = 5         # Loki's cap on the tail's delay_for
 
 Tenant = Annotated[str, Header(alias="X-Scope-OrgID")]
 Flags = Annotated[str | None, Header(alias="X-Loki-Response-Encoding-Flags")]
@@ -139,9 +140,9 @@ def _ok(data: Any) -> dict[str, Any]:
     return {"status": "success", "data": data}
 
 
-async def form_params(request: Request) -> dict[str, str]:
+async def form_params(request: Request) -> dict[str, str | None]:
     """A POST's parameters: the URL's, overridden by a form-encoded body's (Loki takes both)."""
-    params = {k: v for k, v in request.query_params.items()}
+    params: dict[str, str | None] = {k: v for k, v in request.query_params.items()}
     if request.headers.get("content-type", "").startswith(("application/x-www-form-urlencoded",
                                                            "multipart/form-data")):
         form = await request.form()
@@ -149,18 +150,38 @@ async def form_params(request: Request) -> dict[str, str]:
     return params
 
 
-def whole(params: dict[str, str], name: str, default: int) -> int:
-    try:
-        return int(params.get(name) or default)
-    except ValueError:
-        raise QueryError(f"{name} must be a whole number") from None
+Params = dict[str, str | None]
 
 
-def required(params: dict[str, str], name: str) -> str:
+def whole(params: Params, name: str, default: int) -> int:
+    """A whole-number parameter (Loki's strconv.ParseInt: digits, an optional sign); ``default`` when absent."""
+    text = params.get(name)
+    if text is None or text == "":
+        return default
+    digits = text[1:] if text[:1] in "+-" else text
+    if not (digits.isascii() and digits.isdigit()) or len(digits) > 19:
+        raise QueryError(f"invalid {name}: {text[:40]!r} is not a whole number")
+    return int(text)
+
+
+def required(params: Params, name: str) -> str:
     value = params.get(name)
     if not value:
-        raise QueryError(f"missing parameter {name}")
+        raise QueryError(f"missing required parameter {name!r}")
     return value
+
+
+def direction_of(params: Params) -> str:
+    """``forward`` or ``backward`` in any letter case (Loki upper-cases it); backward when absent."""
+    text = params.get("direction") or "backward"
+    direction = text.lower()
+    if direction not in ("forward", "backward"):
+        raise QueryError(f"invalid direction {text[:40]!r}: expected forward or backward")
+    return direction
+
+
+def _args(**params: str | None) -> Params:
+    return params
 
 
 def _is_int(text: str) -> bool:
@@ -213,16 +234,13 @@ def router(service: SearchService, gate: QueryGate | None = None) -> APIRouter:
         data["stats"] = _stats(stats.get("rows_scanned", 0), stats.get("bytes_scanned", 0), len(entries), t0)
         return _ok(data)
 
-    def check_direction(direction: str) -> None:
-        if direction not in ("forward", "backward"):
-            raise QueryError(f"direction must be forward or backward, not {direction!r}")
-
-    def query_range_impl(query: str, start: str | None, end: str | None, limit: int, step: str | None,
-                         direction: str, tenant: str, flags: list[str] | None = None) -> dict[str, Any]:
+    def query_range_impl(p: Params, tenant: str, flags: list[str] | None = None) -> dict[str, Any]:
         t0 = time.perf_counter()
-        check_direction(direction)
-        end_us = loki_time(end, now_us())
-        start_us = loki_time(start, end_us - _HOUR_US)
+        query = required(p, "query")
+        direction = direction_of(p)
+        limit = whole(p, "limit", 100)
+        end_us = loki_time(p.get("end"), now_us())
+        start_us = loki_time(p.get("start"), end_us - _HOUR_US)
         if end_us < start_us:
             raise QueryError("end is before start")
         expr = _parse(service, query)
@@ -230,7 +248,9 @@ def router(service: SearchService, gate: QueryGate | None = None) -> APIRouter:
             if not 1 <= limit <= service.cfg.query.max_limit:
                 raise QueryError(f"limit must be between 1 and {service.cfg.query.max_limit}")
             return run_logs(expr, start_us, end_us, limit, direction, tenant, t0, flags or [])  # end is exclusive
-        step_us = loki_step(step, start_us, end_us)
+        if any(isinstance(n, VectorAggregation) and n.op == "approx_topk" for n in walk(expr)):
+            raise QueryError("approx_topk is only supported on instant queries (/loki/api/v1/query)")
+        step_us = loki_step(p.get("step"), start_us, end_us)
         if (end_us - start_us) // step_us + 1 > 11_000:
             raise QueryError("exceeded maximum resolution of 11,000 points per series: increase the step")
         steps = np.arange(start_us, end_us + 1, step_us, dtype=np.int64)
@@ -246,23 +266,26 @@ def router(service: SearchService, gate: QueryGate | None = None) -> APIRouter:
 
     @r.get("/loki/api/v1/query_range")
     @gate.guard
-    def query_range(query: str, start: str | None = None, end: str | None = None, limit: int = 100,
-                    step: str | None = None, direction: str = "backward",
-                    tenant: Tenant = "default", flags: Flags = None) -> dict[str, Any]:
+    def query_range(query: str | None = None, start: str | None = None, end: str | None = None,
+                    limit: str | None = None, step: str | None = None, direction: str | None = None,
+                    interval: str | None = None, tenant: Tenant = "default",
+                    flags: Flags = None) -> dict[str, Any]:
         """Streams for a log query, a matrix for a metric query."""
-        return query_range_impl(query, start, end, limit, step, direction, tenant, encoding_flags(flags))
+        return query_range_impl(_args(query=query, start=start, end=end, limit=limit, step=step,
+                                      direction=direction), tenant,
+                                encoding_flags(flags))
 
     @r.post("/loki/api/v1/query_range")
     async def query_range_post(request: Request, tenant: Tenant = "default") -> dict[str, Any]:
-        p = await form_params(request)
-        return await gate.run(query_range_impl, required(p, "query"), p.get("start"), p.get("end"),
-                                       whole(p, "limit", 100), p.get("step"), p.get("direction") or "backward",
-                                       tenant, encoding_flags(request.headers.get(ENCODING_FLAGS)))
+        return await gate.run(query_range_impl, await form_params(request), tenant,
+                              encoding_flags(request.headers.get(ENCODING_FLAGS)))
 
-    def query_impl(query: str, time_: str | None, limit: int, direction: str, tenant: str) -> dict[str, Any]:
+    def query_impl(p: Params, tenant: str) -> dict[str, Any]:
         t0 = time.perf_counter()
-        check_direction(direction)
-        at = loki_time(time_, now_us())
+        query = required(p, "query")
+        direction_of(p)
+        whole(p, "limit", 100)
+        at = loki_time(p.get("time"), now_us())
         expr = _parse(service, query)
         if isinstance(expr, LogQuery):
             raise QueryError("log queries are not supported as an instant query: use query_range")
@@ -284,16 +307,15 @@ def router(service: SearchService, gate: QueryGate | None = None) -> APIRouter:
 
     @r.get("/loki/api/v1/query")
     @gate.guard
-    def query_instant(query: str, time_: Annotated[str | None, Query(alias="time")] = None, limit: int = 100,
-                      direction: str = "backward", tenant: Tenant = "default") -> dict[str, Any]:
+    def query_instant(query: str | None = None, time_: Annotated[str | None, Query(alias="time")] = None,
+                      limit: str | None = None, direction: str | None = None,
+                      tenant: Tenant = "default") -> dict[str, Any]:
         """A metric query at one time: a vector, or a scalar."""
-        return query_impl(query, time_, limit, direction, tenant)
+        return query_impl(_args(query=query, time=time_, limit=limit, direction=direction), tenant)
 
     @r.post("/loki/api/v1/query")
     async def query_instant_post(request: Request, tenant: Tenant = "default") -> dict[str, Any]:
-        p = await form_params(request)
-        return await gate.run(query_impl, required(p, "query"), p.get("time"), whole(p, "limit", 100),
-                                       p.get("direction") or "backward", tenant)
+        return await gate.run(query_impl, await form_params(request), tenant)
 
     def _range(start: str | None, end: str | None, since: str | None = None) -> tuple[int, int]:
         end_us = loki_time(end, now_us())
@@ -314,10 +336,12 @@ def router(service: SearchService, gate: QueryGate | None = None) -> APIRouter:
     @r.get("/loki/api/v1/label/{name}/values")
     @gate.guard
     def label_values(name: str, start: str | None = None, end: str | None = None, since: str | None = None,
-                     query: str | None = None, limit: int = 1000, tenant: Tenant = "default") -> dict[str, Any]:
+                     query: str | None = None, limit: str | None = None,
+                     tenant: Tenant = "default") -> dict[str, Any]:
+        n = whole(_args(limit=limit), "limit", 1000)
         lo, hi = _range(start, end, since)
         node = selector_of(query)
-        values = label_queries.distinct(column_of(name), node, lo, hi, tenant, limit)
+        values = label_queries.distinct(column_of(name), node, lo, hi, tenant, max(n, 0))
         return _ok(sorted(values))
 
     def _series(match: list[str], start: str | None, end: str | None, tenant: str) -> dict[str, Any]:
@@ -342,8 +366,9 @@ def router(service: SearchService, gate: QueryGate | None = None) -> APIRouter:
         p = await form_params(request)
         return await gate.run(_series, match, p.get("start"), p.get("end"), tenant)
 
-    def _index_stats(query: str, start: str | None, end: str | None, tenant: str) -> dict[str, Any]:
-        lo, hi = _range(start, end)
+    def _index_stats(p: Params, tenant: str) -> dict[str, Any]:
+        query = required(p, "query")
+        lo, hi = _range(p.get("start"), p.get("end"))
         node = selector_of(query)
         s = label_queries.volume(node, lo, hi, tenant, [])
         total = s[0] if s else {"rows": 0, "bytes": 0, "segments": 0, "streams": 0}
@@ -352,37 +377,66 @@ def router(service: SearchService, gate: QueryGate | None = None) -> APIRouter:
 
     @r.get("/loki/api/v1/index/stats")
     @gate.guard
-    def index_stats(query: str, start: str | None = None, end: str | None = None,
+    def index_stats(query: str | None = None, start: str | None = None, end: str | None = None,
                     tenant: Tenant = "default") -> dict[str, Any]:
-        return _index_stats(query, start, end, tenant)
+        return _index_stats(_args(query=query, start=start, end=end), tenant)
 
     @r.post("/loki/api/v1/index/stats")
     async def index_stats_post(request: Request, tenant: Tenant = "default") -> dict[str, Any]:
-        p = await form_params(request)
-        return await gate.run(_index_stats, required(p, "query"), p.get("start"), p.get("end"), tenant)
+        return await gate.run(_index_stats, await form_params(request), tenant)
 
-    def _volume(query: str, start: str | None, end: str | None, limit: int, target: str | None,
-                aggregate_by: str, step: str | None, ranged: bool, tenant: str) -> dict[str, Any]:
-        lo, hi = _range(start, end)
+    def _volume(p: Params, ranged: bool, tenant: str) -> dict[str, Any]:
+        query = required(p, "query")
+        limit = whole(p, "limit", 100) or 100        # Loki: 0 is the default
+        if limit < 0:
+            raise QueryError("limit must be a positive value")
+        aggregate_by = p.get("aggregateBy") or "series"
+        if aggregate_by not in ("series", "labels"):
+            raise QueryError(f"invalid aggregation option {aggregate_by[:40]!r}: expected series or labels")
+        target = p.get("targetLabels")
+        lo, hi = _range(p.get("start"), p.get("end"))
         node = selector_of(query)
         expr = _parse(service, query)
-        names = [t.strip() for t in target.split(",")] if target else \
-            [m.name for m in expr.selector.matchers] if isinstance(expr, LogQuery) else []
-        names = [n for n in names if n]
+        if target:
+            names = [t.strip() for t in target.split(",")]
+        elif aggregate_by == "labels":
+            names = list(STREAM_LABELS)     # Loki: every label of the matching streams
+        else:
+            names = [m.name for m in expr.selector.matchers] if isinstance(expr, LogQuery) else []
+        names = list(dict.fromkeys(n for n in names if n))
+        step_us = loki_step(p.get("step"), lo, hi) if ranged else 0
         if aggregate_by == "labels":
             # One series per label name, {name: ""}, with the bytes of the records that have it.
-            per = []
+            if not ranged:
+                per = []
+                for n in names:
+                    rows = label_queries.volume(node, lo, hi, tenant, [column_of(n)])
+                    per.append((n, sum(r["bytes"] for r in rows if r["labels"][0] is not None)))
+                per.sort(key=lambda x: (-x[1], x[0]))
+                return _ok({"resultType": "vector", "result": [
+                    {"metric": {n: ""}, "value": [(hi - 1) / 1e6, str(b)]} for n, b in per if b][:limit]})
+            assert node is not None
+            label_series: dict[str, dict[int, int]] = {}
             for n in names:
-                rows = label_queries.volume(node, lo, hi, tenant, [column_of(n)])
-                per.append((n, sum(r["bytes"] for r in rows if r["labels"][0] is not None)))
-            return _ok({"resultType": "vector", "result": [
-                {"metric": {n: ""}, "value": [(hi - 1) / 1e6, str(b)]} for n, b in per if b][:limit]})
+                table = service.buckets(node, tenant, lo - 1, hi - 1, lo - 1, step_us, [column_of(n)],
+                                        line_bytes=True)
+                if not table.num_rows:
+                    continue
+                col = table["l0"].to_pylist()
+                for j, k in enumerate(table["k"].to_pylist()):
+                    if col[j] is not None:
+                        points = label_series.setdefault(n, {})
+                        t = lo + (k - 1) * step_us
+                        points[t] = points.get(t, 0) + int(table["bytes"][j].as_py())
+            ordered = sorted(label_series.items(), key=lambda x: (-sum(x[1].values()), x[0]))[:limit]
+            return _ok({"resultType": "matrix", "result": [
+                {"metric": {n: ""}, "values": [[t / 1e6, str(v)] for t, v in sorted(pts.items())]}
+                for n, pts in ordered]})
         if not ranged:
             rows = label_queries.volume(node, lo, hi, tenant, [column_of(n) for n in names])[:limit]
             return _ok({"resultType": "vector", "result": [
                 {"metric": {n: str(r["labels"][i]) for i, n in enumerate(names) if r["labels"][i] is not None},
                  "value": [(hi - 1) / 1e6, str(r["bytes"])]} for r in rows]})
-        step_us = loki_step(step, lo, hi)
         assert node is not None     # the query is not empty: the parse above refuses an empty one
         table = service.buckets(node, tenant, lo - 1, hi - 1, lo - 1, step_us, [column_of(n) for n in names],
                                 line_bytes=True)
@@ -401,25 +455,25 @@ def router(service: SearchService, gate: QueryGate | None = None) -> APIRouter:
     @r.post("/loki/api/v1/index/volume_range")
     async def volume_post(request: Request, tenant: Tenant = "default") -> dict[str, Any]:
         p = await form_params(request)
-        ranged = request.url.path.endswith("volume_range")
-        return await gate.run(_volume, required(p, "query"), p.get("start"), p.get("end"),
-                                       whole(p, "limit", 100), p.get("targetLabels"),
-                                       p.get("aggregateBy") or "series", p.get("step"), ranged, tenant)
+        return await gate.run(_volume, p, request.url.path.endswith("volume_range"), tenant)
 
     @r.get("/loki/api/v1/index/volume")
     @gate.guard
-    def volume(query: str, start: str | None = None, end: str | None = None, limit: int = 100,
-               targetLabels: str | None = None, aggregateBy: str = "series",  # noqa: N803 (Loki's names)
-               tenant: Tenant = "default") -> dict[str, Any]:
+    def volume(query: str | None = None, start: str | None = None, end: str | None = None,
+               limit: str | None = None, targetLabels: str | None = None,  # noqa: N803 (Loki's names)
+               aggregateBy: str | None = None, tenant: Tenant = "default") -> dict[str, Any]:  # noqa: N803
         """Bytes per label set in the range (Grafana's log volume)."""
-        return _volume(query, start, end, limit, targetLabels, aggregateBy, None, False, tenant)
+        return _volume(_args(query=query, start=start, end=end, limit=limit, targetLabels=targetLabels,
+                             aggregateBy=aggregateBy), False, tenant)
 
     @r.get("/loki/api/v1/index/volume_range")
     @gate.guard
-    def volume_range(query: str, start: str | None = None, end: str | None = None, limit: int = 100,
-                     step: str | None = None, targetLabels: str | None = None,  # noqa: N803
-                     aggregateBy: str = "series", tenant: Tenant = "default") -> dict[str, Any]:  # noqa: N803
-        return _volume(query, start, end, limit, targetLabels, aggregateBy, step, True, tenant)
+    def volume_range(query: str | None = None, start: str | None = None, end: str | None = None,
+                     limit: str | None = None, step: str | None = None,
+                     targetLabels: str | None = None,  # noqa: N803
+                     aggregateBy: str | None = None, tenant: Tenant = "default") -> dict[str, Any]:  # noqa: N803
+        return _volume(_args(query=query, start=start, end=end, limit=limit, step=step, targetLabels=targetLabels,
+                             aggregateBy=aggregateBy), True, tenant)
 
     @r.get("/loki/api/v1/detected_labels")
     @gate.guard
@@ -472,29 +526,32 @@ def router(service: SearchService, gate: QueryGate | None = None) -> APIRouter:
     @r.get("/loki/api/v1/detected_fields")
     @gate.guard
     def detected_fields(query: str | None = None, start: str | None = None, end: str | None = None,
-                        limit: int = 1000, tenant: Tenant = "default") -> dict[str, Any]:
+                        limit: str | None = None, tenant: Tenant = "default") -> dict[str, Any]:
         """Fields of the records beyond their stream labels, under names LogQL accepts."""
+        n = max(whole(_args(limit=limit), "limit", 1000), 0)
         lo, hi = _range(start, end)
         found = _detected(query, lo, hi, tenant)
         out = [{"label": name, "type": field_type(d["values"]), "cardinality": d["cardinality"],
-                "parsers": d["parsers"] or None} for name, d in sorted(found.items())][:limit]
-        return {"fields": out, "limit": limit}
+                "parsers": d["parsers"] or None} for name, d in sorted(found.items())][:n]
+        return {"fields": out, "limit": n}
 
     @r.get("/loki/api/v1/detected_field/{name}/values")
     @gate.guard
     def detected_field_values(name: str, query: str | None = None, start: str | None = None,
-                              end: str | None = None, limit: int = 1000, tenant: Tenant = "default") -> dict[str, Any]:
+                              end: str | None = None, limit: str | None = None,
+                              tenant: Tenant = "default") -> dict[str, Any]:
+        n = max(whole(_args(limit=limit), "limit", 1000), 0)
         lo, hi = _range(start, end)
         if name in STREAM_LABELS or column_of(name) in STREAM_LABELS:
-            values = label_queries.distinct(column_of(name), selector_of(query), lo, hi, tenant, limit)
+            values = label_queries.distinct(column_of(name), selector_of(query), lo, hi, tenant, n)
             return {"values": sorted(values)}
         d = _detected(query, lo, hi, tenant).get(name)
         if d is None:
             return {"values": []}
         if d["stored"]:
-            values = label_queries.distinct(label_sql(name), selector_of(query), lo, hi, tenant, limit)
-            return {"values": sorted(values), "limit": limit}
-        return {"values": sorted(d["values"])[:limit], "limit": limit}
+            values = label_queries.distinct(label_sql(name), selector_of(query), lo, hi, tenant, n)
+            return {"values": sorted(values), "limit": n}
+        return {"values": sorted(d["values"])[:n], "limit": n}
 
     @r.get("/loki/api/v1/status/buildinfo")
     def buildinfo() -> dict[str, str]:
@@ -520,16 +577,20 @@ def router(service: SearchService, gate: QueryGate | None = None) -> APIRouter:
         await ws.accept()
         reauthenticate = getattr(ws.state, "reauthenticate", None)    # set by the auth middleware
         try:
-            q = ws.query_params.get("query", "")
+            p: Params = dict(ws.query_params)
+            q = required(p, "query")
             tenant = ws.headers.get("x-scope-orgid", "default")
             flags = encoding_flags(ws.headers.get(ENCODING_FLAGS))
-            limit = whole(dict(ws.query_params), "limit", 100)
+            limit = whole(p, "limit", 100)
             if not 1 <= limit <= service.cfg.query.max_limit:
                 raise QueryError(f"limit must be between 1 and {service.cfg.query.max_limit}")
+            delay = whole(p, "delay_for", 0)
+            if not 0 <= delay <= MAX_DELAY_FOR_S:
+                raise QueryError(f"delay_for must be between 0 and {MAX_DELAY_FOR_S} seconds")
             expr = _parse(service, q)
             if not isinstance(expr, LogQuery):
                 raise QueryError("tail needs a log query")
-            since = loki_time(ws.query_params.get("start"), now_us() - _HOUR_US)
+            since = loki_time(p.get("start"), now_us() - _HOUR_US)
             while True:
                 if reauthenticate is not None:
                     try:
@@ -537,7 +598,7 @@ def router(service: SearchService, gate: QueryGate | None = None) -> APIRouter:
                     except AuthDenied as e:
                         await _close(ws, 1013 if e.status == 429 else 1008, f"API key: {e.message}")
                         return
-                until = now_us() + 1
+                until = now_us() - delay * 1_000_000 + 1      # delay_for: let slow shippers catch up
                 entries, _ = await gate.run(engine.logs, expr, since, until, limit, "forward", tenant)
                 if entries:
                     since = entries[-1].ts_us + 1

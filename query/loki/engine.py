@@ -193,8 +193,6 @@ class Engine:
         """A range aggregation at each step; ``inject`` is the grouping of a ``sum`` around it, which
         its series may be merged by."""
         lr = agg.log_range
-        if agg.op == "rate_counter":
-            raise LogQLUnsupported("rate_counter")
         range_us, offset_us = lr.range_ns // 1000, lr.offset_ns // 1000
         if range_us <= 0:
             raise QueryError("the range of a range aggregation must be positive")
@@ -329,7 +327,8 @@ class Engine:
             hi = np.searchsorted(k, starts + per, side="right")
             series = np.full(n_steps, np.nan)
             for i in np.nonzero(hi > lo)[0]:
-                series[i] = _over_time(agg, v[lo[i]:hi[i]], t[lo[i]:hi[i]], range_us)
+                end = origin + (int(starts[i]) + per) * width        # the window is (end - range, end]
+                series[i] = _over_time(agg, v[lo[i]:hi[i]], t[lo[i]:hi[i]], range_us, end)
             out[key] = series
         if agg.op == "absent_over_time":
             present = np.zeros(n_steps, bool)
@@ -339,8 +338,10 @@ class Engine:
         return out
 
 
-def _over_time(agg: RangeAggregation, v: np.ndarray, t: np.ndarray, range_us: int) -> float:
+def _over_time(agg: RangeAggregation, v: np.ndarray, t: np.ndarray, range_us: int, end_us: int) -> float:
     op = agg.op
+    if op == "rate_counter":
+        return counter_rate(v, t, range_us, end_us)
     if op in ("count_over_time", "absent_over_time"):
         return float(len(v))
     if op in ("sum_over_time", "bytes_over_time"):
@@ -364,6 +365,29 @@ def _over_time(agg: RangeAggregation, v: np.ndarray, t: np.ndarray, range_us: in
     if op == "last_over_time":
         return float(v[np.argmax(t)])
     raise LogQLUnsupported(op)
+
+
+def counter_rate(v: np.ndarray, t: np.ndarray, range_us: int, end_us: int) -> float:
+    """``rate_counter``: Loki's (and Prometheus') extrapolated per-second rate of a counter over the window
+    ``(end - range, end]``, with resets added back; 0 with fewer than two samples."""
+    if len(v) < 2:
+        return 0.0
+    drops = v[1:] < v[:-1]
+    # A drop is a reset: the value before it had been counted up to.
+    increase = np.float64(v[-1] - v[0]) + np.float64(v[:-1][drops].sum())
+    with np.errstate(all="ignore"):       # samples at one instant: 0/0, a NaN as in Go
+        to_start = np.float64(t[0] - (end_us - range_us)) / 1e6
+        to_end = np.float64(end_us - t[-1]) / 1e6
+        sampled = np.float64(t[-1] - t[0]) / 1e6
+        average = sampled / (len(v) - 1)
+        if to_start >= average * 1.1:
+            to_start = average / 2
+        if increase > 0 and v[0] >= 0:
+            # A counter is never negative: extrapolate back no further than where it was 0.
+            to_start = min(to_start, sampled * (np.float64(v[0]) / increase))
+        if to_end >= average * 1.1:
+            to_end = average / 2
+        return float(increase * ((sampled + to_start + to_end) / sampled) / (range_us / 1e6))
 
 
 def _unwrap(raw: str | None, conversion: str | None) -> float | None:
@@ -413,7 +437,8 @@ def _vector_agg(agg: VectorAggregation, value: Value) -> Matrix:
     m = _matrix(value, agg.op)
     if agg.op in ("sort", "sort_desc"):
         return m
-    if agg.op in ("topk", "bottomk"):
+    if agg.op in ("topk", "bottomk", "approx_topk"):
+        # approx_topk is Loki's sketch-based estimate of topk (instant queries only): here, exact.
         k = agg.param or 1
         groups: dict[Labels, list[Labels]] = defaultdict(list)
         for key in m:
@@ -421,8 +446,9 @@ def _vector_agg(agg: VectorAggregation, value: Value) -> Matrix:
         out = {key: np.full_like(arr, np.nan) for key, arr in m.items()}
         for members in groups.values():
             stack = np.vstack([m[key] for key in members])
-            filled = np.where(np.isnan(stack), -np.inf if agg.op == "topk" else np.inf, stack)
-            order = np.argsort(-filled if agg.op == "topk" else filled, axis=0, kind="stable")[:k]
+            top = agg.op != "bottomk"
+            filled = np.where(np.isnan(stack), -np.inf if top else np.inf, stack)
+            order = np.argsort(-filled if top else filled, axis=0, kind="stable")[:k]
             for col in range(stack.shape[1]):
                 for row in order[:, col]:
                     if not np.isnan(stack[row, col]):
@@ -470,8 +496,6 @@ def _match_key(key: Labels, op: BinaryOp) -> Labels:
 
 
 def _binary(op: BinaryOp, left: Value, right: Value) -> Value:
-    if op.matching is not None and op.matching.card != "one-to-one":
-        raise LogQLUnsupported("group_left/group_right")
     if isinstance(left, Scalar) and isinstance(right, Scalar):
         return Scalar(_apply(op, left.values, right.values))
     if op.op in ("and", "or", "unless"):
@@ -500,21 +524,66 @@ def _binary(op: BinaryOp, left: Value, right: Value) -> Value:
         return {k: _apply(op, left.values, v) for k, v in right.items()}
     if isinstance(right, Scalar):
         return {k: _apply(op, v, right.values) for k, v in left.items()}
-    rkeys = {}
-    for k, v in right.items():
-        mk = _match_key(k, op)
-        if mk in rkeys:
-            raise QueryError("many-to-one matching on the right side: use on(...) or ignoring(...)")
-        rkeys[mk] = v
-    out2: Matrix = {}
-    for k, v in left.items():
-        mk = _match_key(k, op)
-        if mk in rkeys:
-            r = _apply(op, v, rkeys[mk])
-            key = k if op.op in ("==", "!=", ">", ">=", "<", "<=") and not op.return_bool else mk
-            if not np.isnan(r).all():
-                out2[key] = r
-    return out2
+    return _vector_binop(op, left, right)
+
+
+def _result_labels(many: Labels, one: Labels, op: BinaryOp) -> Labels:
+    """Loki's (and Prometheus') labels of a matched pair: the "many" side's, cut to ``on``/``ignoring`` when
+    one-to-one, with the ``group_left(...)``/``group_right(...)`` labels taken from the "one" side."""
+    m = op.matching
+    if m is None:
+        return many
+    labels = dict(many)
+    if m.card == "one-to-one":
+        labels = {k: v for k, v in labels.items() if (k in m.labels) == m.on}
+    one_labels = dict(one)
+    for name in m.include:
+        if one_labels.get(name):
+            labels[name] = one_labels[name]
+        else:
+            labels.pop(name, None)
+    return tuple(sorted(labels.items()))
+
+
+def _vector_binop(op: BinaryOp, left: Matrix, right: Matrix) -> Matrix:
+    """Arithmetic or comparison between two vectors, step by step, with Prometheus' vector matching:
+    one-to-one, many-to-one (``group_left``) and one-to-many (``group_right``)."""
+    card = op.matching.card if op.matching is not None else "one-to-one"
+    checked = op.matching is not None or op.return_bool      # Loki checks matches when it has options
+    many, one = (right, left) if card == "one-to-many" else (left, right)
+    ones: dict[Labels, list[tuple[Labels, np.ndarray]]] = defaultdict(list)
+    for key, arr in one.items():
+        ones[_match_key(key, op)].append((key, arr))
+    for members in ones.values():
+        if len(members) > 1 and (sum((~np.isnan(a)).astype(int) for _, a in members) > 1).any():
+            side = "left" if card == "one-to-many" else "right"
+            raise QueryError(f"found duplicate series on the {side} hand-side; many-to-many matching not allowed: "
+                             "matching labels must be unique on one side")
+    out: Matrix = {}
+    claimed: dict[object, np.ndarray] = {}
+    for key, arr in many.items():
+        sig = _match_key(key, op)
+        for one_key, one_arr in ones.get(sig, ()):
+            both = ~np.isnan(arr) & ~np.isnan(one_arr)
+            if not both.any():
+                continue
+            labels = _result_labels(key, one_key, op)
+            if checked:
+                slot: object = sig if card == "one-to-one" else (sig, labels)
+                before = claimed.get(slot)
+                if before is not None and (before & both).any():
+                    raise QueryError(
+                        "multiple matches for labels: many-to-one matching must be explicit (group_left/group_right)"
+                        if card == "one-to-one" else
+                        "multiple matches for labels: grouping labels must ensure unique matches")
+                claimed[slot] = both if before is None else before | both
+            a, b = (one_arr, arr) if card == "one-to-many" else (arr, one_arr)
+            r = np.where(both, _apply(op, a, b), np.nan)
+            if np.isnan(r).all():
+                continue
+            prior = out.get(labels)
+            out[labels] = r if prior is None else np.where(np.isnan(prior), r, prior)
+    return out
 
 
 def _label_replace(lr: LabelReplace, m: Matrix) -> Matrix:

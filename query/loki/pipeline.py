@@ -9,6 +9,7 @@ keeps its labels and gains ``__error__`` (and ``__error_details__``), which a
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 from collections.abc import Iterable, Iterator
@@ -24,6 +25,8 @@ from query.logql import (
     Decolorize,
     DropLabels,
     DurationFilter,
+    Ip,
+    IpFilter,
     JsonParser,
     KeepLabels,
     LabelAnd,
@@ -40,6 +43,7 @@ from query.logql import (
     PatternParser,
     RegexpParser,
     Stage,
+    UnpackParser,
     pattern_parts,
     render,
 )
@@ -226,6 +230,32 @@ def _logfmt(stage: LogfmtParser, entry: Entry) -> None:
         _add(entry, k, v)
 
 
+def _unpack(entry: Entry) -> None:
+    """Promtail's packed entries: a JSON object whose ``_entry`` string is the line; its other string fields
+    become labels (only when ``_entry`` is there, as Loki's unpack does)."""
+    line = entry.line
+    if not line:
+        return
+    if line[0] != "{":
+        _fail(entry, "JSONParserErr", "expecting a JSON object")
+        return
+    try:
+        doc = json.loads(line)
+    except ValueError as e:
+        _fail(entry, "JSONParserErr", str(e))
+        return
+    if not isinstance(doc, dict):
+        _fail(entry, "JSONParserErr", "expecting a JSON object")
+        return
+    packed = doc.get("_entry")
+    if not isinstance(packed, str):
+        return
+    entry.line = packed
+    for k, v in doc.items():
+        if k != "_entry" and isinstance(v, str):
+            _add(entry, sanitize(k), v)
+
+
 @lru_cache(maxsize=256)
 def _pattern_regex(pattern: str) -> Any:
     parts = pattern_parts(pattern)
@@ -263,6 +293,13 @@ def holds(p: LabelPredicate, entry: Entry) -> bool:
             return all(holds(i, entry) for i in items)
         case LabelOr(items=items):
             return any(holds(i, entry) for i in items)
+        case IpFilter(name=name, op=op, pattern=pattern):
+            if ERROR in entry.labels:
+                return True     # as Loki: after an error only string matchers filter
+            raw = entry.get(name)
+            if raw is None:
+                return False
+            return ip_in(raw, pattern) == (op == "=")
         case NumericFilter(name=name, op=op, value=v) | DurationFilter(name=name, op=op, value=v) \
                 | BytesFilter(name=name, op=op, value=v):
             raw = entry.get(name)
@@ -288,12 +325,163 @@ def convert(p: NumericFilter | DurationFilter | BytesFilter, raw: str) -> float 
 
 
 def _line_filter(f: LineFilter, line: str) -> bool:
-    if f.op == "|=":
-        return any(v in line for v in f.values)
-    if f.op == "!=":
-        return not any(v in line for v in f.values)
-    found = any(regex(v, capture=False).search(line) for v in f.values)
-    return found if f.op == "|~" else not found
+    if f.op in ("|=", "!="):
+        found = any(ip_in(line, v.pattern) if isinstance(v, Ip) else v in line for v in f.values)
+    elif f.op in ("|>", "!>"):
+        found = any(pattern_matches(str(v), line) for v in f.values)
+    else:
+        found = any(regex(str(v), capture=False).search(line) for v in f.values)
+    return found if f.op in ("|=", "|~", "|>") else not found
+
+
+# -- ip("...") -------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class IpMatcher:
+    """The addresses an ``ip()`` pattern takes: those of one family from ``low`` to ``high``."""
+
+    version: int
+    low: int
+    high: int
+
+    def __contains__(self, ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+        return ip.version == self.version and self.low <= int(ip) <= self.high
+
+
+_IP_CANDIDATES = re.compile(
+    # where Loki's scan tries an address: a digit with a '.' within its next three characters (IPv4), or the
+    # start of a hex group ended by ':' (or "::" and a hex digit) for IPv6
+    r"(?=[0-9](?:\.|.\.|..\.)|::[0-9a-fA-F]|[0-9a-fA-F]{1,4}:)")
+_V6_HINT = re.compile(r"::[0-9a-fA-F]|[0-9a-fA-F]{1,4}:")
+_V4_SPAN = re.compile(r"[0-9.]*")
+_V6_SPAN = re.compile(r"[0-9a-fA-F:.]*")
+
+
+@lru_cache(maxsize=256)
+def ip_matcher(pattern: str) -> IpMatcher:
+    """An address, a CIDR prefix or a range ``a-b``, as Go's netip reads them; raises QueryError otherwise."""
+    def addr(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+        if not text or text != text.strip() or "/" in text or "%" in text:
+            raise ValueError(text)
+        return ipaddress.ip_address(text)
+
+    try:
+        a = addr(pattern)
+        return IpMatcher(a.version, int(a), int(a))
+    except ValueError:
+        pass
+    address, slash, bits = pattern.partition("/")
+    if slash and bits.isascii() and bits.isdigit() and len(bits) <= 3:
+        try:
+            network = ipaddress.ip_network(f"{addr(address)}/{int(bits)}", strict=False)
+            return IpMatcher(network.version, int(network.network_address), int(network.broadcast_address))
+        except ValueError:
+            pass
+    low, dash, high = pattern.partition("-")
+    if dash:
+        try:
+            a, b = addr(low), addr(high)
+        except ValueError:
+            pass
+        else:
+            if a.version == b.version and int(a) <= int(b):
+                return IpMatcher(a.version, int(a), int(b))
+    raise QueryError(f'ip: invalid pattern: "{pattern}"; use an address, a CIDR prefix (10.0.0.0/8) or a range '
+                     "(192.168.0.1-192.168.0.10)")
+
+
+def ip_in(text: str, pattern: str) -> bool:
+    """Whether ``text`` holds an address in ``pattern``, found as Loki's ip filter finds them: from each
+    place that looks like the start of an address, the longest run of address characters."""
+    m = ip_matcher(pattern)
+    if "." not in text and ":" not in text:
+        return False
+    n, resume = len(text), 0
+    for candidate in _IP_CANDIDATES.finditer(text):
+        i = candidate.start()
+        if i < resume:
+            continue
+        if i + 3 < n and text[i] in "0123456789" and "." in text[i + 1:i + 4]:
+            span = _V4_SPAN.match(text, i)
+        elif _V6_HINT.match(text, i):
+            span = _V6_SPAN.match(text, i)
+        else:
+            continue
+        assert span is not None
+        try:
+            ip = ipaddress.ip_address(span.group())
+        except ValueError:
+            ip = None
+        if ip is not None and ip in m:
+            return True
+        resume = span.end() + 1        # Loki's scan goes on after the run (and the character after it)
+    return False
+
+
+# -- |> "pattern" --------------------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=256)
+def line_pattern(pattern: str) -> tuple[tuple[str, str], ...]:
+    """A ``|>`` pattern's parts; raises QueryError where Loki refuses it (named or consecutive captures)."""
+    parts: list[tuple[str, str]] = []
+    at = 0
+    for m in re.finditer(r"<([A-Za-z_][A-Za-z0-9_]*)>", pattern):
+        if m.start() > at:
+            parts.append(("literal", pattern[at:m.start()]))
+        elif parts and parts[-1][0] == "capture":
+            raise QueryError(f"invalid pattern {pattern!r}: consecutive captures <_><_> need a literal between them")
+        if m.group(1) != "_":
+            raise QueryError(f"invalid pattern {pattern!r}: a line filter pattern takes only <_> captures, "
+                             f"not <{m.group(1)}>")
+        parts.append(("capture", "_"))
+        at = m.end()
+    if at < len(pattern):
+        parts.append(("literal", pattern[at:]))
+    return tuple(parts)
+
+
+def pattern_matches(pattern: str, line: str) -> bool:
+    """Loki's pattern line filter test: each literal found in turn after the previous one, every ``<_>`` at
+    least one character, nothing left over unless the pattern ends with a ``<_>``."""
+    parts = line_pattern(pattern)
+    if not line or not parts:
+        return not line and not parts
+    off = 0
+    for i, (kind, text) in enumerate(parts):
+        if kind != "literal":
+            continue
+        j = line.find(text, off)
+        if j < 0 or (i != 0 and j == off):
+            return False
+        off = j + len(text)
+    return (parts[-1][0] == "capture") == (off != len(line))
+
+
+def validate(stages: Iterable[Stage]) -> None:
+    """Refuse, before any line is read, what Loki refuses when it builds the pipeline: ip() with another
+    operator than |= and !=, bad ip() patterns, bad pattern filters, bad line filter regexes."""
+    def predicate(p: LabelPredicate) -> None:
+        if isinstance(p, IpFilter):
+            ip_matcher(p.pattern)
+        elif isinstance(p, (LabelAnd, LabelOr)):
+            for item in p.items:
+                predicate(item)
+
+    for stage in stages:
+        if isinstance(stage, LineFilter):
+            for v in stage.values:
+                if isinstance(v, Ip):
+                    if stage.op not in ("|=", "!="):
+                        raise QueryError(f"ip: invalid operation: ip(...) filters lines with |= and != only, "
+                                         f"not {stage.op}")
+                    ip_matcher(v.pattern)
+                elif stage.op in ("|>", "!>"):
+                    line_pattern(v)
+                elif stage.op in ("|~", "!~"):
+                    regex(v, capture=False)
+        elif isinstance(stage, LabelFilter):
+            predicate(stage.predicate)
 
 
 def _keep(items: Iterable[str | Matcher], labels: dict[str, str], keep: bool) -> dict[str, str]:
@@ -347,6 +535,8 @@ def apply(stage: Stage, entry: Entry) -> bool:
                 for k, v in m.groupdict().items():
                     if v is not None:
                         _add(entry, k, v)
+        case UnpackParser():
+            _unpack(entry)
         case PatternParser(pattern=pattern):
             m = _pattern_regex(pattern).search(entry.line)
             if m:

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from query.errors import QueryError
 from query.language.ast import And, Exists, MatchAll, Node, Not, Or, Term
-from query.logql import Decolorize, LineFilter, LineFormat, LogQuery, Matcher, Selector, Stage
-from query.loki.pipeline import regex
+from query.logql import Decolorize, Ip, LineFilter, LineFormat, LogQuery, Matcher, Selector, Stage, UnpackParser
+from query.loki.pipeline import regex, validate
 from query.planner import literal_regex
 
 #: Loki labels every stream has, as loglake's columns; Grafana also asks for these aliases.
@@ -56,26 +56,34 @@ def selector_node(sel: Selector) -> Node:
 
 
 def line_filter_node(f: LineFilter) -> Node | None:
-    """A line filter as a native node; None when it keeps every line (``|= ""``)."""
+    """A line filter (``|=``, ``!=``, ``|~``, ``!~`` on strings) as a native node; None when it keeps every
+    line (``|= ""``)."""
+    values = [str(v) for v in f.values]
     if f.op in ("|=", "!="):
-        if any(v == "" for v in f.values):
+        if any(v == "" for v in values):
             return None if f.op == "|=" else Not(MatchAll())
-        terms = [Term("line", literal_regex(v, ignore_case=False), "regex") for v in f.values]
+        terms = [Term("line", literal_regex(v, ignore_case=False), "regex") for v in values]
     else:
-        terms = [Term("line", v, "regex") for v in f.values]
+        terms = [Term("line", v, "regex") for v in values]
     node: Node = terms[0] if len(terms) == 1 else Or(tuple(terms))
     return node if f.op in ("|=", "|~") else Not(node)
 
 
+def _sql_expressible(f: LineFilter) -> bool:
+    return f.op in ("|=", "!=", "|~", "!~") and not any(isinstance(v, Ip) for v in f.values)
+
+
 def pushdown(q: LogQuery) -> tuple[Node, tuple[Stage, ...]]:
-    """(the native node for ``q``'s SQL part, the stages left to run on its rows)."""
+    """(the native node for ``q``'s SQL part, the stages left to run on its rows). Raises QueryError for a
+    pipeline Loki would refuse to build (``validate``), whether or not any line reaches it."""
+    validate(q.pipeline)
     nodes = [selector_node(q.selector)]
     rest: list[Stage] = []
     line_rewritten = False
     for stage in q.pipeline:
-        if isinstance(stage, (LineFormat, Decolorize)):
+        if isinstance(stage, (LineFormat, Decolorize, UnpackParser)):
             line_rewritten = True
-        if isinstance(stage, LineFilter) and not line_rewritten:
+        if isinstance(stage, LineFilter) and not line_rewritten and _sql_expressible(stage):
             node = line_filter_node(stage)
             if node is not None:
                 nodes.append(node)
