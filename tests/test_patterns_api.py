@@ -26,6 +26,8 @@ from typing import Any
 
 import pytest
 
+from query.language import Term
+from query.patterns.miner import PatternMiner
 from query.timerange import format_us, parse_time_us
 from storage.catalog import Catalog
 from tests.helpers.lake import Segment, record, write_lake
@@ -288,6 +290,21 @@ def test_post_form_and_tenants(server: Server) -> None:
         .isdisjoint({ACME.loki})
 
 
+def test_past_max_distinct_the_rarest_masked_messages_count_as_their_own_templates(server: Server) -> None:
+    """Drain reads the most frequent masked messages of a level; the rest still count, each its own."""
+    miner = PatternMiner(server.service.runner, max_distinct=2)
+    node = Term("service", "api", "phrase")
+    mined = miner.mine(node, "default", T0_US, END_US, HOUR_US)
+    api = [ln for ln in LINES if ln.tenant == "default" and ln.gen.service == "api"]
+    assert sum(p.total for p in mined.patterns) == len(api)
+    assert {p.level for p in mined.patterns} == {"info", "warn"}
+    # warn: "order <_> not found for <user>": six users, six masked messages; two go through Drain and merge
+    # into one template (the user position differs), the four rarer ones stay themselves.
+    warn = [p.template for p in mined.patterns if p.level == "warn"]
+    assert "order <_> not found for <_>" in warn and len(warn) == 5
+    assert all(t.startswith("order <_> not found for ") for t in warn)
+
+
 def test_nothing_selected_is_an_empty_list(server: Server) -> None:
     assert server.ok("/loki/api/v1/patterns", query='{service_name="nope"}', start=ns(T0_US),
                      end=ns(END_US)) == {"status": "success", "data": []}
@@ -333,6 +350,14 @@ def test_native_route_lists_message_templates_and_pattern_filter_finds_their_lin
         assert sum(n for _, n in p["samples"]) == p["count"]
         found = server.search(f'pattern:"{p["pattern"]}" level:{p["level"]}', rng=rng, limit=10_000)["rows"]
         assert len(found) == p["count"] == want[(p["pattern"], p["level"])], p["pattern"]
+
+
+def test_native_route_with_a_query_on_the_original_line(server: Server) -> None:
+    rng = {"start": format_us(T0_US), "end": format_us(END_US)}
+    body = server.ok("/api/v1/patterns", q='line:"sshd[" level:info', limit=1000, **rng)
+    want = Counter(ln.gen.native for ln in LINES
+                   if ln.tenant == "default" and "sshd[" in ln.line and ln.gen.level == "info")
+    assert {p["pattern"]: p["count"] for p in body["patterns"]} == dict(want)
 
 
 def test_pattern_term_errors_are_400(server: Server) -> None:

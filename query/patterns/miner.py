@@ -115,10 +115,11 @@ class PatternMiner:
     """Patterns over one query runner (its catalog, limits and DuckDB)."""
 
     def __init__(self, runner: QueryRunner, cache_bytes: int = DEFAULT_CACHE_BYTES,
-                 drain_depth: int = 4, drain_sim: float = 0.5) -> None:
+                 drain_depth: int = 4, drain_sim: float = 0.5, max_distinct: int = MAX_DISTINCT) -> None:
         self.runner = runner
         self.cache = _Cache(cache_bytes)
         self.depth, self.sim = drain_depth, drain_sim
+        self.max_distinct = max_distinct
 
     def mine(self, node: Node, tenant: str, start_us: int, end_us: int, step_us: int, *,
              lines: bool = False) -> Mined:
@@ -137,10 +138,10 @@ class PatternMiner:
                 return Mined([], {**scan.stats(), "elapsed_ms": _ms(t0)})
             by_url = {f"{self.runner.root.url}/{s.path}": s for s in segments}
             inside, edge = _split(scan, by_url, start_us, end_us)
-            tables = [self._segment(plan.where, url, ranges, by_url[url], step_us, lines)
+            tables = [self._segment(plan.where, url, ranges, by_url[url], step_us, lines, plan.original)
                       for url, ranges in inside]
             if not edge.empty:
-                tables.append(self._count(plan.where, edge, step_us, lines, (start_us, end_us)))
+                tables.append(self._count(plan.where, edge, step_us, lines, plan.original, (start_us, end_us)))
         counted = pa.concat_tables(tables) if tables else _EMPTY.empty_table()
         patterns = self._mine_counts(counted, lines)
         stats = {**scan.stats(), "segments_cached": self.cache.hits - hits0,
@@ -152,18 +153,19 @@ class PatternMiner:
     # -- step 1: DuckDB --------------------------------------------------------------
 
     def _segment(self, where: Compiled, url: str, ranges: list[tuple[int, int]] | None, seg: SegmentRow,
-                 step_us: int, lines: bool) -> pa.Table:
+                 step_us: int, lines: bool, original: bool) -> pa.Table:
         key = (seg.id, url, tuple(ranges or ()), where.sql, repr(where.params), step_us, lines)
         table = self.cache.get(key)
         if table is None:
             one = Scan(whole=[url]) if ranges is None else Scan(partial=[(url, ranges)])
-            table = self._count(where, one, step_us, lines, None)
+            table = self._count(where, one, step_us, lines, original, None)
             self.cache.put(key, table)
         return table
 
-    def _count(self, where: Compiled, scan: Scan, step_us: int, lines: bool,
+    def _count(self, where: Compiled, scan: Scan, step_us: int, lines: bool, original: bool,
                rng: tuple[int, int] | None) -> pa.Table:
-        source = scan.relation(original=True) if lines else scan.relation()
+        """Step 1 over ``scan``, within ``rng`` if given; ``original``: the condition reads the line."""
+        source = scan.relation(original=lines or original)
         shape = SHAPE_SQL if lines else "0"
         cond = f"{RANGE_SQL} AND ({where.sql})" if rng is not None else f"({where.sql})"
         masked = mask_sql("coalesce(message, '')")
@@ -190,9 +192,9 @@ class PatternMiner:
         for lv, items in by_level.items():
             items.sort(key=lambda mw: (-mw[1], mw[0]))
             drain = Drain(self.depth, self.sim)
-            for m, cid in drain.train(items[:MAX_DISTINCT]).items():
+            for m, cid in drain.train(items[:self.max_distinct]).items():
                 template_of[(lv, m)] = drain.cluster(cid).template
-            for m, _ in items[MAX_DISTINCT:]:
+            for m, _ in items[self.max_distinct:]:
                 template_of[(lv, m)] = join_template(m.split(" "))
         for lv, m in zip(per["level"].to_pylist(), per["masked"].to_pylist(), strict=True):
             t = template_of[(lv, m)]
