@@ -22,6 +22,7 @@ import numpy as np
 from query.errors import QueryError, UnknownField
 from query.language.ast import And, Compare, Exists, MatchAll, Node, Not, Or, Range, Term
 from query.language.lexer import FIELD_RE
+from query.patterns import template
 from storage import tokens
 from storage.catalog import SegmentRow
 from storage.errors import StorageError
@@ -228,6 +229,10 @@ def _comparisons(fname: str, bounds: list[tuple[str, str]]) -> Compiled:
 
 
 def _term(t: Term) -> Compiled:
+    if t.field == template.FIELD:
+        if t.kind not in ("word", "phrase"):
+            raise QueryError(template.USAGE)
+        return Compiled("regexp_matches(message, ?)", [template.template_regex(t.value)])
     kind, name = resolve(t.field) if t.field is not None else ("column", "message")
     if t.kind == "regex":
         subject = _value_sql(kind, name)
@@ -279,6 +284,8 @@ def compile_filter(node: Node) -> Compiled:
             return Compiled("TRUE")
         case Term():
             return _term(node)
+        case Compare(field=template.FIELD) | Range(field=template.FIELD) | Exists(field=template.FIELD):
+            raise QueryError(template.USAGE)
         case Compare(field=f, op=op, value=v):
             return _comparisons(f, [(op, v)])
         case Range(field=f):
@@ -374,6 +381,8 @@ RowGroupTest = Callable[[SegmentIndex], np.ndarray]
 
 def _message_text(t: Term) -> list[str]:
     """Pieces every matching message contains, ignoring case."""
+    if t.field == template.FIELD:
+        return template.literals(t.value)
     if t.field is not None and _ALIASES.get(t.field, t.field) != "message":
         return []
     if t.kind in ("word", "phrase"):

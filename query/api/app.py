@@ -26,6 +26,9 @@ from query.api.limits import BodyLimitMiddleware, BodyTooLarge, HostCheckMiddlew
 from query.auth import Authenticator, AuthMiddleware, KeysNeedAuthMiddleware
 from query.errors import QueryError, QuerySyntaxError, ScanTooLarge, TooManyQueries
 from query.loki.api import router as loki_router
+from query.loki.patterns import router as loki_patterns_router
+from query.patterns.api import router as patterns_router
+from query.patterns.miner import PatternMiner
 from query.search import SearchResult
 from query.service import SearchService
 from query.sources import list_sources
@@ -396,6 +399,9 @@ def create_app(cfg: Config, catalog: Catalog | None = None) -> FastAPI:
 
     app.include_router(alerts_router(service, gate, cfg.alerts.default_interval_s, external_url(cfg)))
     app.include_router(loki_router(service, gate))
+    miner = app.state.patterns = PatternMiner(service.runner)       # one per app: its cache outlives requests
+    app.include_router(loki_patterns_router(service, miner, gate))
+    app.include_router(patterns_router(service, miner, gate))
     app.include_router(admin_router(service))
     app.include_router(web_router(app))      # the search page, its assets, /docs
     if cfg.auth.enabled:

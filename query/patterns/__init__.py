@@ -1,0 +1,1 @@
+"""Log patterns: templates mined from messages (Drain over messages masked in DuckDB)."""
