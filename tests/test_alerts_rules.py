@@ -147,6 +147,9 @@ def lake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 RULES = [
     {"alert": "LogQLErrors", "expr": 'sum by (service) (count_over_time({level="error"} |= "timeout" [5m])) > 30',
      "for": "3m", "labels": {"severity": "page"}},
+    # service_name is a stream label of every line (Loki's, derived from service), so a rule can group by it
+    {"alert": "LogQLByServiceName", "expr": 'sum by (service_name) (count_over_time({service_name=~".+", '
+                                            'level="error"} |= "timeout" [5m])) > 30', "for": "3m"},
     {"alert": "NativeCount", "query": "level:error timeout",
      "condition": {"fn": "count", "window": "5m", "by": ["service"], "op": ">", "threshold": 30}, "for": "3m"},
     {"alert": "NativeRate", "query": "level:error",
@@ -167,11 +170,12 @@ def test_backtest_firings_equal_a_direct_evaluation_at_each_step(lake: Server, s
     assert result.steps == len(steps) == 141
     assert result.firings == direct
     assert result.firings, "the data has bursts the rule must catch"
-    if rule.name in ("LogQLErrors", "NativeCount"):
+    if rule.name in ("LogQLErrors", "NativeCount", "LogQLByServiceName"):
         # 12 errors a minute (at :00 to :44): over 30 in (t-5m, t] from the burst's 3rd minute, firing 3m
         # later; resolved once only two burst minutes, less their :00 error, are left in the window.
         # The 3-minute and 1-minute api bursts never get there.
-        fired = sorted((f.labels["service"], (f.fired_us - T0) // MIN, (f.resolved_us - T0) // MIN)
+        by = "service_name" if rule.name == "LogQLByServiceName" else "service"
+        fired = sorted((f.labels[by], (f.fired_us - T0) // MIN, (f.resolved_us - T0) // MIN)
                        for f in result.firings if f.resolved_us is not None)
         assert fired == [("api", 16, 28), ("web", 46, 53)]
 

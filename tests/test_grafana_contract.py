@@ -25,9 +25,16 @@ Where the shapes come from (read with the search tool; versions as stored there)
   ``match[]``, ``detected_fields`` and ``detected_field/<name>/values`` with ``limit`` 1000, times in ns)
   and ``datasource.ts`` ``getQueryStats`` (``index/stats``);
 - Logs Drilldown: grafana/logs-drilldown ``src/services/datasource.ts`` (``detected_labels``,
-  ``detected_fields``, ``index/volume`` with ``limit`` 5000, times as ISO 8601, ``X-Query-Tags``) and
-  the metric queries of ``src/services/expressions.ts``, ``labels.ts``, ``fields.ts`` and
-  ``ServiceSelectionScene.tsx`` (``sum by (detected_level)``, ``| detected_level != ""``, ``| keep``);
+  ``detected_fields``, ``patterns``, ``index/volume`` with ``limit`` 5000 and no ``targetLabels``, read as
+  ``metric[primaryLabel]``, times as ISO 8601, ``X-Query-Tags``) and the queries of
+  ``src/services/expressions.ts`` (``getTimeSeriesExpr``), ``variables.ts`` (``LOG_STREAM_SELECTOR_EXPR``,
+  ``DETECTED_FIELD_VALUES_EXPR``: the selector, then ``| json | logfmt | drop __error__, __error_details__``),
+  ``labels.ts`` (``buildLabelsQuery``: ``{<filters> ,<label> != ""}`` by the label), ``fields.ts``,
+  ``ServiceSelectionScene.tsx`` (the service list: ``{service_name=~".+"}``, a search as
+  ``(?i).*<text>.*``, per service ``sum by (detected_level) (count_over_time({ service_name="x" } ...))``
+  and ``{service_name=`x` }`` with 100 lines), ``ServiceSelectionTabsScene.tsx`` (``detected_labels``
+  with an empty query) and ``ServiceScene.tsx`` (a service's page: ``{service_name="x"}``), at
+  logs-drilldown commit 4418b4d6 (2026-08);
 - Loki's own: grafana/loki ``pkg/util/marshal`` (``encodingFlags`` in a streams answer only, as the query
   frontend writes them), ``docs/sources/reference/loki-http-api.md`` (volume_range).
 """
@@ -48,6 +55,7 @@ from tests.helpers.loki_records import (
     metadata_of,
     ns,
     of,
+    service_name_of,
     stream_of,
     write_records,
 )
@@ -280,7 +288,7 @@ def test_log_context(server: Server, records: list[dict[str, Any]], direction: s
     the selector, the original query's single parser, 2 h before (backward, up to the row) or after (forward,
     from the row) the row, 10 lines."""
     label_keys = _labels_api(server)
-    assert set(label_keys) == {"service", "host", "level", "source"}
+    assert set(label_keys) == {"service", "service_name", "host", "level", "source"}
     shown = explore_range(server, '{service="checkout"} | json', limit=1000)["result"]
     row = sorted(shown, key=lambda x: x["ns"])[len(shown) // 2]
     selector = ",".join(f'{k}="{v}"' for k, v in sorted(row["labels"].items()) if k in label_keys)
@@ -303,9 +311,12 @@ def test_log_context(server: Server, records: list[dict[str, Any]], direction: s
 # -- data source: label browser, query hints, detected fields ---------------------------------------------
 
 def test_label_names_values_and_series(server: Server, records: list[dict[str, Any]]) -> None:
-    assert _labels_api(server) == sorted({"service", "host", "level", "source"})
+    assert _labels_api(server) == sorted({"service", "service_name", "host", "level", "source"})
     by_query = server.ok("/loki/api/v1/labels", start=str(START_NS), end=str(END_NS), query='{service="auth"}')
-    assert by_query["data"] == sorted({"service", "host", "level", "source"})
+    assert by_query["data"] == sorted({"service", "service_name", "host", "level", "source"})
+    unnamed = server.ok("/loki/api/v1/labels", start=str(START_NS), end=str(END_NS),
+                        query='{service_name="unknown_service"}')
+    assert unnamed["data"] == sorted({"service_name", "host", "level", "source"})
     values = server.ok("/loki/api/v1/label/level/values", start=str(START_NS), end=str(END_NS),
                        query='{service="billing"}')
     assert values["data"] == sorted({r["level"] for r in of(records, "billing")})
@@ -357,15 +368,16 @@ def test_drilldown_service_selection(server: Server, records: list[dict[str, Any
         assert isinstance(s["value"][0], (int, float)) and isinstance(s["value"][1], str)
     want: Counter[str] = Counter()
     for r in records:
-        want[r["service"]] += len(r["line"].encode())
-    assert got == dict(want)
+        want[service_name_of(r)] += len(r["line"].encode())
+    assert got == dict(want) and "unknown_service" in got
 
 
 def test_drilldown_detected_labels_and_fields(server: Server, records: list[dict[str, Any]]) -> None:
     labels = server.get("/loki/api/v1/detected_labels", headers=DRILLDOWN, start=ISO_START, end=ISO_END, query="")
     assert labels.status_code == 200, labels.text
     got = {d["label"]: d["cardinality"] for d in labels.json()["detectedLabels"]}
-    assert got["host"] == 2 and got["service"] == len({r["service"] for r in records})
+    assert got["host"] == 2 and got["service"] == len({r["service"] for r in records if r["service"]})
+    assert got["service_name"] == len({service_name_of(r) for r in records}) == got["service"] + 1
     fields = server.get("/loki/api/v1/detected_fields", headers=DRILLDOWN, start=ISO_START, end=ISO_END,
                         query='{service_name="edge"}')
     assert fields.status_code == 200, fields.text
@@ -406,6 +418,116 @@ def test_drilldown_field_breakdown(server: Server, records: list[dict[str, Any]]
     assert totals == {k: float(n) for k, n in want.items()}
 
 
+def _drilldown_range(server: Server, expr: str, *, limit: int = 1000, step_ms: int = 60_000) -> dict[str, Any]:
+    """A Drilldown panel's data query: through the data source (nanoseconds, the categorize header),
+    tagged with the app's source, over 10:00-11:00 with ``$__auto`` resolved to 1m."""
+    return explore_range(server, expr.replace("$__auto", "1m"), limit=limit, start=T0_US * 1000,
+                         end=(T0_US + HOUR_US) * 1000, step_ms=step_ms, source="grafana-lokiexplore-app")
+
+
+def _per_level_minute(rs: list[dict[str, Any]]) -> dict[tuple[tuple[str, str], ...], dict[float, float]]:
+    want: dict[tuple[tuple[str, str], ...], dict[float, float]] = defaultdict(lambda: defaultdict(float))
+    for r in rs:
+        want[(("detected_level", r["level"]),)][math.ceil(r["ts_us"] / 60_000_000) * 60.0] += 1
+    return {k: dict(v) for k, v in want.items()}
+
+
+def _drilldown_volume(server: Server, query: str) -> list[tuple[str, int]]:
+    """datasource.ts getVolume: index/volume (no targetLabels), sorted by volume, ``metric[primaryLabel]``."""
+    body = server.ok("/loki/api/v1/index/volume", headers=DRILLDOWN, end=ISO_END, limit="5000", query=query,
+                     start=ISO_START)
+    result = sorted(body["data"]["result"], key=lambda r: -float(r["value"][1]))
+    assert all(set(r["metric"]) == {"service_name"} for r in result), result
+    return [(r["metric"]["service_name"], int(r["value"][1])) for r in result]
+
+
+def test_drilldown_service_list(server: Server, records: list[dict[str, Any]]) -> None:
+    """The services page, as Logs Drilldown builds it: its tabs from detected_labels (service_name, its
+    default, among them), the services by volume of ``{service_name=~".+"}`` (every record has one;
+    those of no service are ``unknown_service``), a search, and each listed service's two panels."""
+    tabs = server.get("/loki/api/v1/detected_labels", headers=DRILLDOWN, end=ISO_END, query="", start=ISO_START)
+    assert tabs.status_code == 200, tabs.text
+    cardinality = {d["label"]: d["cardinality"] for d in tabs.json()["detectedLabels"]}
+    names = {service_name_of(r) for r in records}
+    assert cardinality["service_name"] == len(names) and "unknown_service" in names
+
+    listed = _drilldown_volume(server, '{service_name=~".+"}')
+    want: Counter[str] = Counter()
+    for r in records:
+        want[service_name_of(r)] += len(r["line"].encode())
+    assert dict(listed) == dict(want)
+    assert _drilldown_volume(server, '{service_name=~"(?i).*CHECK.*"}') == [("checkout", want["checkout"])]
+    assert _drilldown_volume(server, '{service_name=~"(?i).*unknown.*"}') == [
+        ("unknown_service", want["unknown_service"])]
+
+    for name, _ in listed[:20]:          # the first page of services
+        rs = [r for r in records if service_name_of(r) == name]
+        levels = _drilldown_range(server, f'sum by (detected_level) (count_over_time({{ service_name="{name}" }} '
+                                          "[$__auto]))")
+        assert levels["result"] == _per_level_minute(rs), name
+        logs = _drilldown_range(server, f"{{service_name=`{name}` }}", limit=100)
+        newest = sorted((r for r in rs if r["ts_us"] < T0_US + HOUR_US), key=ns, reverse=True)[:100]
+        assert sorted(row["ns"] for row in logs["result"]) == sorted(ns(r) for r in newest), name
+        by_ns = {ns(r): r for r in rs}
+        for row in logs["result"]:
+            assert row["labels"]["service_name"] == name and row["types"]["service_name"] == "I"
+            assert {k for k, t in row["types"].items() if t == "I"} == set(stream_of(by_ns[row["ns"]]))
+
+
+@pytest.mark.parametrize("name", ["checkout", "billing", "unknown_service"])
+def test_drilldown_service_page(server: Server, records: list[dict[str, Any]], name: str) -> None:
+    """A service's page (ServiceScene), every request filtered by ``{service_name="<name>"}``: the logs
+    with the mixed parsers, the level volume, the total, detected labels and fields, patterns, the
+    breakdown of each detected label, and a label's values."""
+    rs = [r for r in records if service_name_of(r) == name]
+    assert rs
+    selector = f'{{service_name="{name}"}}'
+    parsers = "| json  | logfmt | drop __error__, __error_details__"
+    logs = _drilldown_range(server, f"{selector}      {parsers} ")
+    assert sorted(row["ns"] for row in logs["result"]) == sorted(ns(r) for r in rs)
+    by_ns = {ns(r): r for r in rs}
+    for row in logs["result"]:
+        r = by_ns[row["ns"]]
+        indexed = {k: v for k, v in row["labels"].items() if row["types"][k] == "I"}
+        assert indexed == stream_of(r)
+        assert ("service" in indexed) == (name != "unknown_service")
+
+    volume = _drilldown_range(server, f"sum(count_over_time({selector}      [$__auto])) by (detected_level)")
+    assert volume["result"] == _per_level_minute(rs)
+    total = _drilldown_range(server, f"sum(count_over_time({selector}      {parsers}  [$__auto]))")
+    assert sum(total["result"][()].values()) == len(rs)
+
+    detected = server.get("/loki/api/v1/detected_labels", headers=DRILLDOWN, end=ISO_END, query=selector,
+                          start=ISO_START)
+    assert detected.status_code == 200, detected.text
+    labels = {d["label"]: d["cardinality"] for d in detected.json()["detectedLabels"]}
+    want_labels = {k: len({stream_of(r)[k] for r in rs}) for k in {k for r in rs for k in stream_of(r)}}
+    assert labels == want_labels and labels["service_name"] == 1
+
+    fields = server.get("/loki/api/v1/detected_fields", headers=DRILLDOWN, end=ISO_END,
+                        query=f"{selector}      {parsers} ", start=ISO_START)
+    assert fields.status_code == 200, fields.text
+    field_names = {f["label"] for f in fields.json()["fields"]}
+    assert {k for r in rs for k in metadata_of(r)} <= field_names
+    assert not field_names & {"service", "service_name", "host"}, "stream labels are not fields"
+
+    patterns = server.get("/loki/api/v1/patterns", headers=DRILLDOWN, end=ISO_END, query=selector,
+                          start=ISO_START, step="60s")
+    assert patterns.status_code == 200, patterns.text
+    assert sum(n for p in patterns.json()["data"] for _, n in p["samples"]) == len(rs)
+
+    for label in labels:
+        if label == "service_name":
+            continue        # the page's own filter
+        breakdown = _drilldown_range(server, f'sum(count_over_time({{service_name="{name}" ,{label} != ""}}       '
+                                             f"[$__auto])) by ({label})")
+        got = {dict(k)[label]: sum(v.values()) for k, v in breakdown["result"].items()}
+        assert got == {k: float(n) for k, n in Counter(stream_of(r)[label] for r in rs).items()}, label
+    values = server.ok("/loki/api/v1/label/service_name/values", headers=DRILLDOWN, start=ISO_START, end=ISO_END,
+                       query=selector)
+    assert values["data"] == [name]
+
+
 def test_volume_range(server: Server, records: list[dict[str, Any]]) -> None:
     """index/volume_range: a matrix of bytes per target label and step that adds up to index/volume."""
     body = server.ok("/loki/api/v1/index/volume_range", query='{service=~".+"}', start=str(T0_US * 1000),
@@ -418,7 +540,8 @@ def test_volume_range(server: Server, records: list[dict[str, Any]]) -> None:
             got[s["metric"]["level"]] += int(v)
     want: Counter[str] = Counter()
     for r in records:
-        want[r["level"]] += len(r["line"].encode())
+        if r["service"]:        # {service=~".+"}: the records of no service have no service label
+            want[r["level"]] += len(r["line"].encode())
     assert dict(got) == dict(want)
 
 

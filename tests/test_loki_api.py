@@ -59,7 +59,9 @@ START_US = T0_US - HOUR_US            # 09:00: before every record
 END_US = T0_US + 3 * HOUR_US          # 13:00: after every record
 #: Loki's label names (Prometheus' data model).
 LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
-STREAM_LABELS = ("service", "host", "level", "source")
+#: A stream's labels: the label columns, and ``service_name``, which Loki's distributor adds to every
+#: stream (its ``service`` here; grafana/loki pkg/loghttp/push/push.go, ``discover_service_name``).
+STREAM_LABELS = ("service", "service_name", "host", "level", "source")
 
 
 def ns(us: int) -> str:
@@ -87,7 +89,8 @@ class Rec:
 
     @property
     def stream(self) -> dict[str, str]:
-        return {"service": self.service, "host": self.host, "level": self.level, "source": self.source}
+        return {"service": self.service, "service_name": self.service or "unknown_service", "host": self.host,
+                "level": self.level, "source": self.source}
 
     @property
     def key(self) -> tuple[tuple[str, str], ...]:

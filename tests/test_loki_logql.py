@@ -226,8 +226,8 @@ def test_unpack_makes_the_packed_entry_the_line_and_its_strings_labels(server: S
     roundtrips(query)
     got = streams(server, query)
     # (the level column is also Loki's detected_level structured metadata)
-    base = {"service": "packed", "host": "web-1", "level": "info", "source": "/var/log/packed.log",
-            "detected_level": "info"}
+    base = {"service": "packed", "service_name": "packed", "host": "web-1", "level": "info",
+            "source": "/var/log/packed.log", "detected_level": "info"}
     labels = {line: stream for stream, line in got}
     assert sorted(labels) == sorted(['{"pod": "p3", "msg": "no entry"}', "plain text", "real line one",
                                      "real line two"])
@@ -321,7 +321,7 @@ def test_rate_counter_adds_back_the_reset(server: Server) -> None:
     # (30 s, 150 s]: 60, 90, 30 (a reset: +90 carried), 60 -> increase 90 over 90 s, extrapolated to
     # 120 s (the first sample, 30 s after the window's start, is within 1.1 x the 30 s spacing) -> 1/s.
     key = (("detected_level", "info"), ("host", "web-1"), ("level", "info"), ("service", "counter"),
-           ("source", "/var/log/counter.log"))
+           ("service_name", "counter"), ("source", "/var/log/counter.log"))
     assert instant(server, RATE_COUNTER, T0 + 150 * S) == {key: 1.0}
     # (60 s, 120 s]: 90 then 30: increase 30 over 30 s, extrapolated to 60 s, per 60 s -> 1/s.
     assert instant(server, 'rate_counter({service="counter"} | logfmt | unwrap c [1m])', T0 + 120 * S) == {key: 1.0}
@@ -336,7 +336,7 @@ def test_rate_counter_over_steps_and_its_edges(server: Server) -> None:
     # spacing: extrapolated back by half a spacing only (15 s): 30 x (45 / 30) / 120 s.
     assert instant(server, 'rate_counter({service="counter"} | logfmt | unwrap c [2m])', T0 + 60 * S)[
         (("detected_level", "info"), ("host", "web-1"), ("level", "info"), ("service", "counter"),
-         ("source", "/var/log/counter.log"))
+         ("service_name", "counter"), ("source", "/var/log/counter.log"))
     ] == pytest.approx(30 * (45 / 30) / 120)
 
 

@@ -2,8 +2,9 @@
 
 Differential: generated records (seeded random) of a JSON-logged service (``checkout``: attributes with
 dotted, dashed, digit-first and non-ASCII keys, nested objects, trace and span ids), a logfmt service
-(``billing``), a text service with a header (``auth``) and a JSON service of awkward keys (``edge``: keys
-that collide once made label-safe, keys named as stream labels, empty values) go through ingest's real
+(``billing``), a text service with a header (``auth``), a JSON service of awkward keys (``edge``: keys
+that collide once made label-safe, keys named as stream labels, empty values) and text lines of no
+service (``service`` empty) go through ingest's real
 ``Normaliser`` and storage's ``write_segments`` into a real SQLite catalog; a real uvicorn serves the API.
 What a response shows, over real HTTP with and without ``X-Loki-Response-Encoding-Flags:
 categorize-labels``, is compared with what this module computes in plain Python from the stored
@@ -16,7 +17,9 @@ carries ``encodingFlags``, a stream is its stream labels only and an entry is ``
 object always exists and holds ``structuredMetadata`` and ``parsed`` when they are not empty. A parsed
 label takes the place of structured metadata of its name; a metric query's series carry structured
 metadata like labels (pkg/logql/log/labels.go ``LabelsResult``), and Loki's ingester adds
-``detected_level`` as structured metadata (pkg/distributor/field_detection.go).
+``detected_level`` as structured metadata (pkg/distributor/field_detection.go). Loki's distributor also
+makes ``service_name`` a stream label at ingest (pkg/loghttp/push/push.go with ``discover_service_name``
+of pkg/validation/limits.go): the stream's ``service`` here, else ``unknown_service``.
 """
 
 from __future__ import annotations
@@ -41,11 +44,13 @@ from tests.helpers.loki_records import (
     START,
     STREAM,
     T0_US,
+    UNNAMED,
     json_parsed,
     logfmt_parsed,
     metadata_of,
     ns,
     of,
+    service_name_of,
     stream_of,
     write_records,
 )
@@ -97,6 +102,7 @@ def test_the_data_exercises_the_naming_rules(rows: list[dict[str, Any]]) -> None
             "a.b", "a_b", "c.d", "c-d", "empty", "9z", "x.y.z", "x_y_z"} <= keys
     assert any(r["trace_id"] for r in rows) and any(r["span_id"] for r in rows)
     assert any(not r["trace_id"] for r in of(rows, "checkout"))
+    assert len(of(rows, "")) == UNNAMED, "records of no service are stored with an empty service"
 
 
 @pytest.mark.parametrize("service", list(SERVICES))
@@ -239,10 +245,12 @@ def _matrix(server: Server, logql: str, step: str = "3600") -> dict[tuple[tuple[
 
 
 @pytest.mark.parametrize("labels", [("region",), ("http_status",), ("detected_level",), ("region", "user_id"),
-                                    ("source_extracted", "a_b"), ("trace_id",), ("level", "detected_level")])
+                                    ("source_extracted", "a_b"), ("trace_id",), ("level", "detected_level"),
+                                    ("service_name",), ("service", "service_name"), ("service_name", "region")])
 def test_sum_by_metadata_is_one_series_per_value(server: Server, rows: list[dict[str, Any]],
                                                  labels: tuple[str, ...]) -> None:
-    got = _matrix(server, f'sum by ({", ".join(labels)}) (count_over_time({{service=~".+"}}[1h]))')
+    """Every record (``service_name=~".+"`` selects the records of no service too), one series per value."""
+    got = _matrix(server, f'sum by ({", ".join(labels)}) (count_over_time({{service_name=~".+"}}[1h]))')
     want = Counter(tuple((n, v) for n in sorted(labels) if (v := {**stream_of(r), **metadata_of(r)}.get(n)))
                    for r in rows)
     assert got == {k: float(n) for k, n in want.items()}
@@ -269,6 +277,63 @@ def test_ungrouped_series_are_stream_labels_and_metadata(server: Server, rows: l
     want = Counter(tuple(sorted((k, v) for k, v in {**stream_of(r), **metadata_of(r)}.items()
                                 if k not in ("host", "detected_level"))) for r in of(rows, "billing"))
     assert got == {k: float(n) for k, n in want.items()}
+
+
+#: Selectors on service_name, each with what it says of a record's service name (Loki's matchers: an
+#: anchored RE2 regex; the records of no service are ``unknown_service``).
+SERVICE_NAME_SELECTORS = [
+    ('service_name="checkout"', lambda n, r: n == "checkout"),
+    ('service_name="unknown_service"', lambda n, r: n == "unknown_service"),
+    ('service_name!="checkout", host=~"web-.+"', lambda n, r: n != "checkout"),
+    ('service_name!="unknown_service", host=~"web-.+"', lambda n, r: n != "unknown_service"),
+    ('service_name=~"unknown.*"', lambda n, r: n.startswith("unknown")),
+    ('service_name=~"auth|unknown_service"', lambda n, r: n in ("auth", "unknown_service")),
+    ('service_name=~".+"', lambda n, r: True),
+    ('service_name!~"unknown_service|edge", host=~"web-.+"', lambda n, r: n not in ("unknown_service", "edge")),
+    ('service_name!~".*t", host=~"web-.+"', lambda n, r: not n.endswith("t")),
+    ('service_name=~".*", host="web-1"', lambda n, r: r["host"] == "web-1"),
+    ('service_name="", host="web-1"', lambda n, r: False),
+    ('service_name!="", host="web-2"', lambda n, r: r["host"] == "web-2"),
+    ('service=~".+"', lambda n, r: r["service"] != ""),
+    ('service="", service_name=~".+"', lambda n, r: r["service"] == ""),
+]
+
+
+@pytest.mark.parametrize(("selector", "holds"), SERVICE_NAME_SELECTORS, ids=[s for s, _ in SERVICE_NAME_SELECTORS])
+def test_service_name_is_a_stream_label(server: Server, rows: list[dict[str, Any]], selector: str,
+                                        holds: Any) -> None:
+    """A selector on service_name picks the records whose service name it matches, counted in SQL by
+    service name and listed by the log query (whose streams carry it), with and without a pipeline."""
+    want = Counter(service_name_of(r) for r in rows if holds(service_name_of(r), r))
+    got = _matrix(server, f"sum by (service_name) (count_over_time({{{selector}}}[1h]))")
+    assert got == {(("service_name", k),): float(n) for k, n in want.items()}
+    piped = _matrix(server, f'sum by (service_name) (count_over_time({{{selector}}} | drop nothing [1h]))')
+    assert piped == got
+    logs = entries(query(server, f"{{{selector}}}", categorize=True))
+    assert sorted(logs) == sorted(ns(r) for r in rows if holds(service_name_of(r), r))
+    by_ns = {ns(r): r for r in rows}
+    assert all(stream == stream_of(by_ns[t]) for t, (stream, _) in logs.items())
+
+
+def test_a_record_of_no_service_is_unknown_service(server: Server, rows: list[dict[str, Any]]) -> None:
+    """Its stream has no ``service`` (an empty label is an absent one) and ``service_name`` is Loki's
+    ``unknown_service``, in streams, series and label values alike."""
+    got = entries(query(server, '{service_name="unknown_service"}', categorize=True))
+    assert sorted(got) == sorted(ns(r) for r in of(rows, ""))
+    for r in of(rows, ""):
+        stream, value = got[ns(r)]
+        assert stream == {"service_name": "unknown_service", "host": r["host"], "level": r["level"],
+                          "source": r["source"]}
+        assert value[2] == {"structuredMetadata": metadata_of(r)}
+    series = server.ok("/loki/api/v1/series", **{"match[]": '{service_name="unknown_service"}'}, start=START, end=END)
+    assert sorted(tuple(sorted(s.items())) for s in series["data"]) == sorted(
+        {tuple(sorted(stream_of(r).items())) for r in of(rows, "")})
+    values = server.ok("/loki/api/v1/label/service_name/values", start=START, end=END)["data"]
+    assert values == sorted({service_name_of(r) for r in rows}) and "unknown_service" in values
+    assert server.ok("/loki/api/v1/label/service/values", start=START, end=END)["data"] == sorted({*SERVICES, "bulk"})
+    assert _matrix(server, 'count_over_time({service_name="unknown_service", host="web-1"} | keep service, '
+                           'service_name [1h])') == {(("service_name", "unknown_service"),):
+                                                     float(sum(r["host"] == "web-1" for r in of(rows, "")))}
 
 
 def test_unwrap_an_attribute(server: Server, rows: list[dict[str, Any]]) -> None:

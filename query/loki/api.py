@@ -24,9 +24,9 @@ from query.logql import Expr, JsonParser, LogfmtParser, LogQuery, VectorAggregat
 from query.logql.lexer import parse_bytes, parse_go_duration
 from query.loki.engine import Engine, Matrix, Scalar, series_limit
 from query.loki.labels import LabelQueries
-from query.loki.metadata import label_name, label_sql
+from query.loki.metadata import label_name, label_sql, stream_label_sql, stream_labels
 from query.loki.pipeline import ERROR, Entry, apply
-from query.loki.translate import STREAM_LABELS, column_of, selector_node
+from query.loki.translate import STREAM_COLUMNS, STREAM_LABELS, column_of, selector_node
 from query.planner import FIELD_COLUMNS, is_decimal
 from query.service import SearchService
 from query.timerange import now_us, parse_duration_us, parse_time_us
@@ -329,8 +329,8 @@ def router(service: SearchService, gate: QueryGate | None = None) -> APIRouter:
         """Label names: the stream labels of the records in the range (and matching ``query``)."""
         lo, hi = _range(start, end, since)
         found: set[str] = set()
-        for row in label_queries.label_sets(selector_of(query), lo, hi, tenant, list(STREAM_LABELS)):
-            found.update(k for k, v in row.items() if v is not None)
+        for row in label_queries.label_sets(selector_of(query), lo, hi, tenant, list(STREAM_COLUMNS)):
+            found.update(stream_labels(row))
         return _ok(sorted(found))
 
     @r.get("/loki/api/v1/label/{name}/values")
@@ -341,16 +341,16 @@ def router(service: SearchService, gate: QueryGate | None = None) -> APIRouter:
         n = whole(_args(limit=limit), "limit", 1000)
         lo, hi = _range(start, end, since)
         node = selector_of(query)
-        values = label_queries.distinct(column_of(name), node, lo, hi, tenant, max(n, 0))
+        values = label_queries.distinct(stream_label_sql(name), node, lo, hi, tenant, max(n, 0))
         return _ok(sorted(values))
 
     def _series(match: list[str], start: str | None, end: str | None, tenant: str) -> dict[str, Any]:
         lo, hi = _range(start, end)
         found: set[tuple[tuple[str, str], ...]] = set()
-        for m in match or ["{service=~\".+\"}"]:
+        for m in match or ["{service_name=~\".+\"}"]:
             node = selector_of(m)
-            for row in label_queries.label_sets(node, lo, hi, tenant, list(STREAM_LABELS)):
-                found.add(tuple(sorted((k, v) for k, v in row.items() if v is not None)))
+            for row in label_queries.label_sets(node, lo, hi, tenant, list(STREAM_COLUMNS)):
+                found.add(tuple(sorted(stream_labels(row).items())))
         return _ok([dict(k) for k in sorted(found)])
 
     @r.get("/loki/api/v1/series")
@@ -410,7 +410,7 @@ def router(service: SearchService, gate: QueryGate | None = None) -> APIRouter:
             if not ranged:
                 per = []
                 for n in names:
-                    rows = label_queries.volume(node, lo, hi, tenant, [column_of(n)])
+                    rows = label_queries.volume(node, lo, hi, tenant, [stream_label_sql(n)])
                     per.append((n, sum(r["bytes"] for r in rows if r["labels"][0] is not None)))
                 per.sort(key=lambda x: (-x[1], x[0]))
                 return _ok({"resultType": "vector", "result": [
@@ -418,7 +418,7 @@ def router(service: SearchService, gate: QueryGate | None = None) -> APIRouter:
             assert node is not None
             label_series: dict[str, dict[int, int]] = {}
             for n in names:
-                table = service.buckets(node, tenant, lo - 1, hi - 1, lo - 1, step_us, [column_of(n)],
+                table = service.buckets(node, tenant, lo - 1, hi - 1, lo - 1, step_us, [stream_label_sql(n)],
                                         line_bytes=True)
                 if not table.num_rows:
                     continue
@@ -433,12 +433,12 @@ def router(service: SearchService, gate: QueryGate | None = None) -> APIRouter:
                 {"metric": {n: ""}, "values": [[t / 1e6, str(v)] for t, v in sorted(pts.items())]}
                 for n, pts in ordered]})
         if not ranged:
-            rows = label_queries.volume(node, lo, hi, tenant, [column_of(n) for n in names])[:limit]
+            rows = label_queries.volume(node, lo, hi, tenant, [stream_label_sql(n) for n in names])[:limit]
             return _ok({"resultType": "vector", "result": [
                 {"metric": {n: str(r["labels"][i]) for i, n in enumerate(names) if r["labels"][i] is not None},
                  "value": [(hi - 1) / 1e6, str(r["bytes"])]} for r in rows]})
         assert node is not None     # the query is not empty: the parse above refuses an empty one
-        table = service.buckets(node, tenant, lo - 1, hi - 1, lo - 1, step_us, [column_of(n) for n in names],
+        table = service.buckets(node, tenant, lo - 1, hi - 1, lo - 1, step_us, [stream_label_sql(n) for n in names],
                                 line_bytes=True)
         series: dict[tuple[tuple[str, str], ...], dict[int, int]] = {}
         cols = [table[f"l{i}"].to_pylist() for i in range(len(names))] if table.num_rows else []
@@ -480,8 +480,11 @@ def router(service: SearchService, gate: QueryGate | None = None) -> APIRouter:
     def detected_labels(query: str | None = None, start: str | None = None, end: str | None = None,
                         tenant: Tenant = "default") -> dict[str, Any]:
         lo, hi = _range(start, end)
-        counts = label_queries.cardinalities(selector_of(query), lo, hi, tenant, list(STREAM_LABELS))
-        return {"detectedLabels": [{"label": name, "cardinality": counts[name]} for name in STREAM_LABELS]}
+        counts = label_queries.cardinalities(selector_of(query), lo, hi, tenant,
+                                             {name: stream_label_sql(name) for name in STREAM_LABELS})
+        # Loki lists a label only if it has values (querier.go: shouldRejectLabel of no values).
+        return {"detectedLabels": [{"label": name, "cardinality": counts[name]} for name in STREAM_LABELS
+                                   if counts[name]]}
 
     def _detected(query: str | None, lo: int, hi: int, tenant: str) -> dict[str, dict[str, Any]]:
         """Fields by label name, as Loki detects them: the structured metadata (sampled by the
@@ -542,8 +545,8 @@ def router(service: SearchService, gate: QueryGate | None = None) -> APIRouter:
                               tenant: Tenant = "default") -> dict[str, Any]:
         n = max(whole(_args(limit=limit), "limit", 1000), 0)
         lo, hi = _range(start, end)
-        if name in STREAM_LABELS or column_of(name) in STREAM_LABELS:
-            values = label_queries.distinct(column_of(name), selector_of(query), lo, hi, tenant, n)
+        if name in STREAM_LABELS or column_of(name) in STREAM_COLUMNS:
+            values = label_queries.distinct(stream_label_sql(name), selector_of(query), lo, hi, tenant, n)
             return {"values": sorted(values)}
         d = _detected(query, lo, hi, tenant).get(name)
         if d is None:

@@ -42,7 +42,7 @@ from query.logql.lexer import parse_bytes, parse_go_duration
 from query.loki import pipeline
 from query.loki.metadata import label_sql, stream_labels, structured_metadata
 from query.loki.pipeline import ERROR, ERROR_DETAILS, Entry
-from query.loki.translate import STREAM_LABELS, pushdown
+from query.loki.translate import STREAM_COLUMNS, pushdown
 from query.planner import Compiled, group_sql
 from query.search import Order
 from query.service import SearchService
@@ -77,7 +77,7 @@ def _key(labels: dict[str, str]) -> Labels:
 
 #: What a log query reads of each record: its stream labels, original line, and what its
 #: structured metadata is made of.
-FIELDS = [*STREAM_LABELS, "line", "attrs", "trace_id", "span_id"]
+FIELDS = [*STREAM_COLUMNS, "line", "attrs", "trace_id", "span_id"]
 
 
 def _entries(rows: list[dict]) -> list[Entry]:
@@ -220,15 +220,15 @@ class Engine:
     def _counts(self, node: Node, tenant: str, lo: int, hi: int, origin: int, width: int, n_buckets: int,
                 inject: Grouping | None, *, line_bytes: bool, value: str) -> dict[Labels, np.ndarray]:
         """Lines (or their bytes) per bucket and series, counted in DuckDB. A series is a label set:
-        with a ``by`` grouping injected, just those labels (each a column or an attribute, by the
-        metadata naming rule); else the stream labels and the structured metadata. The SQL groups
+        with a ``by`` grouping injected, just those labels (each a column, ``service_name``, or an
+        attribute by the metadata naming rule); else the stream labels and the structured metadata. The SQL groups
         by the labels' sources and a hash of them, so Python builds each series' labels once."""
         if inject is not None and not inject.without:
             names = list(dict.fromkeys(inject.labels))
             groups = [label_sql(n) for n in names]
         else:
             names = []
-            groups = [group_sql(n) for n in STREAM_LABELS] + [Compiled("attrs")] + [group_sql(c) for c in _IDS]
+            groups = [group_sql(n) for n in STREAM_COLUMNS] + [Compiled("attrs")] + [group_sql(c) for c in _IDS]
         if groups:
             groups.append(Compiled(f"hash({', '.join(g.sql for g in groups)})",
                                    [p for g in groups for p in g.params]))
@@ -252,7 +252,7 @@ class Engine:
             if names:
                 labels = {n: str(v) for n, v in zip(names, values, strict=True) if v is not None and v != ""}
             else:
-                record = dict(zip((*STREAM_LABELS, "attrs", *_IDS), values, strict=True))
+                record = dict(zip((*STREAM_COLUMNS, "attrs", *_IDS), values, strict=True))
                 labels = {**structured_metadata(record), **stream_labels(record)}
                 if inject is not None:
                     labels = _grouped(labels, inject)

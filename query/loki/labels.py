@@ -5,12 +5,17 @@ Each is one SELECT over the planned data (:meth:`QueryRunner.select`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from query.language import Node
 from query.planner import Compiled, group_sql
 from query.runner import QueryRunner
 from storage.schema import LINE_SQL
+
+
+def _group(label: str | Compiled) -> Compiled:
+    return label if isinstance(label, Compiled) else group_sql(label)
 
 
 class LabelQueries:
@@ -22,15 +27,16 @@ class LabelQueries:
     def distinct(self, fieldname: str | Compiled, node: Node | None, start_us: int, end_us: int,
                  tenant: str = "default", limit: int = 1000) -> list[str]:
         """Distinct values of one field (or SQL over a row) in the range (label values)."""
-        group = fieldname if isinstance(fieldname, Compiled) else group_sql(fieldname)
+        group = _group(fieldname)
         table, _ = self.runner.select(node, start_us, end_us, tenant, f"DISTINCT {group.sql} AS v",
                                       "AND v IS NOT NULL ORDER BY v LIMIT ?", group.params, [limit])
         return [] if table is None else [str(v) for v in table["v"].to_pylist()]
 
     def cardinalities(self, node: Node | None, start_us: int, end_us: int, tenant: str,
-                      labels: list[str]) -> dict[str, int]:
-        """How many distinct values each of ``labels`` (columns or attribute keys) takes in the range."""
-        groups = [group_sql(name) for name in labels]
+                      labels: dict[str, str | Compiled]) -> dict[str, int]:
+        """How many distinct values each of ``labels`` (name: a column, an attribute key or SQL over a row)
+        takes in the range, by name."""
+        groups = [_group(g) for g in labels.values()]
         select = ", ".join(f"count(DISTINCT {g.sql}) AS c{i}" for i, g in enumerate(groups))
         table, _ = self.runner.select(node, start_us, end_us, tenant, select, "",
                                       [p for g in groups for p in g.params], [])
@@ -51,10 +57,10 @@ class LabelQueries:
         return [{name: cols[i][j] for i, name in enumerate(labels)} for j in range(table.num_rows)]
 
     def volume(self, node: Node | None, start_us: int, end_us: int, tenant: str,
-               labels: list[str]) -> list[dict[str, Any]]:
+               labels: Sequence[str | Compiled]) -> list[dict[str, Any]]:
         """Rows, bytes (of the original lines, as Loki counts them) and streams per combination of
-        ``labels``, most bytes first."""
-        groups = [group_sql(name) for name in labels]
+        ``labels`` (columns, attribute keys or SQL over a row), most bytes first."""
+        groups = [_group(g) for g in labels]
         keys = "".join(f"{g.sql} AS l{i}, " for i, g in enumerate(groups))
         select = (f"{keys}count(*) AS n, sum(strlen({LINE_SQL}))::BIGINT AS b, "
                   "count(DISTINCT (service, host, level, source)) AS streams")

@@ -2,7 +2,8 @@
 
 Loki 3 keeps three kinds of labels apart: the stream's (indexed), the entry's
 structured metadata, and what pipeline parsers add. loglake's stream labels
-are its label columns (``STREAM_LABELS``); a record's structured metadata is
+are its label columns (``STREAM_COLUMNS``) and ``service_name``, derived from
+``service`` as Loki's distributor derives it; a record's structured metadata is
 every attribute under a Loki-safe name, its ``trace_id`` and ``span_id``, and
 ``detected_level`` (its level, as Loki's ingester adds it when it discovers
 log levels). Names follow Prometheus' rule ``[a-zA-Z_][a-zA-Z0-9_]*``:
@@ -27,14 +28,14 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import cast
 
-from query.loki.translate import STREAM_LABELS
+from query.loki.translate import SERVICE_NAME, STREAM_COLUMNS, STREAM_LABELS, UNKNOWN_SERVICE, column_of, service_name
 from query.planner import Compiled, group_sql
 
 #: Structured metadata read from a column rather than from ``attrs``: label -> column.
 COLUMN_METADATA = {"trace_id": "trace_id", "span_id": "span_id", "detected_level": "level"}
-#: Names no attribute may take: a stream label, a column's metadata, Loki's error labels, and
-#: ``service_name`` (Grafana's name for the service, answered from the service column).
-RESERVED = frozenset((*STREAM_LABELS, *COLUMN_METADATA, "service_name", "__error__", "__error_details__"))
+#: Names no attribute may take: a stream label (``service_name`` included), a column's metadata, Loki's
+#: error labels.
+RESERVED = frozenset((*STREAM_LABELS, *COLUMN_METADATA, "__error__", "__error_details__"))
 SUFFIX = "_extracted"
 _INVALID = re.compile(r"[^A-Za-z0-9_]")
 
@@ -84,8 +85,10 @@ def structured_metadata(row: Mapping[str, object]) -> dict[str, str]:
 
 
 def stream_labels(row: Mapping[str, object]) -> dict[str, str]:
-    """A record's stream labels: its label columns that have a value."""
-    return {name: str(row[name]) for name in STREAM_LABELS if row.get(name) is not None and row.get(name) != ""}
+    """A record's stream labels: its label columns that have a value, and its ``service_name``."""
+    out = {name: str(row[name]) for name in STREAM_COLUMNS if row.get(name) is not None and row.get(name) != ""}
+    out[SERVICE_NAME] = service_name(row.get("service"))
+    return out
 
 
 # -- the same names in SQL ------------------------------------------------------------------------
@@ -96,10 +99,26 @@ _RESERVED_SQL = ", ".join(f"'{n}'" for n in sorted(RESERVED))      # fixed names
 _LABEL = f"(CASE WHEN {_SAFE} IN ({_RESERVED_SQL}) THEN {_SAFE} || '{SUFFIX}' ELSE {_SAFE} END)"
 
 
+#: ``service_name`` of each row, as :func:`query.loki.translate.service_name` makes it.
+SERVICE_NAME_SQL = f"coalesce(NULLIF(CAST(service AS VARCHAR), ''), '{UNKNOWN_SERVICE}')"
+
+
+def stream_label_sql(label: str) -> Compiled:
+    """SQL for a stream label of each row (``service_name`` derived), or for the field a name Grafana
+    uses stands for (``detected_level`` is the level column, another name an attribute); NULL where
+    the row has none."""
+    if label == SERVICE_NAME:
+        return Compiled(SERVICE_NAME_SQL)
+    field = group_sql(column_of(label))
+    return Compiled(f"NULLIF({field.sql}, '')", field.params)     # an empty label is an absent one
+
+
 def label_sql(label: str) -> Compiled:
     """SQL for the value of label ``label`` of each row (NULL when the row has none): a stream
     label's column, a column's metadata, or the attribute the naming rule maps to it."""
-    if label in STREAM_LABELS:
+    if label == SERVICE_NAME:
+        return Compiled(SERVICE_NAME_SQL)
+    if label in STREAM_COLUMNS:
         return group_sql(label)
     if label in COLUMN_METADATA:
         column = COLUMN_METADATA[label]

@@ -17,14 +17,30 @@ from query.logql import Decolorize, Ip, LineFilter, LineFormat, LogQuery, Matche
 from query.loki.pipeline import regex, validate
 from query.planner import literal_regex
 
-#: Loki labels every stream has, as loglake's columns; Grafana also asks for these aliases.
-STREAM_LABELS = ("service", "host", "level", "source")
-_ALIASES = {"service_name": "service", "detected_level": "level", "app": "service", "job": "service"}
+#: The columns that are a record's stream labels, under their own names.
+STREAM_COLUMNS = ("service", "host", "level", "source")
+#: Loki 3's service label, which its distributor adds to every stream at ingest (``discover_service_name``):
+#: a stream's ``service_name`` if it has one, else the first non-empty of ``service``, ``app``, ... ``job``,
+#: else ``unknown_service``. loglake's stream has ``service`` (and no ``service_name`` of its own, which
+#: the Loki push route takes as the service), so ``service_name`` is ``service``, or
+#: ``unknown_service`` where that is empty; ``service`` stays a label, as Loki keeps the original.
+SERVICE_NAME = "service_name"
+UNKNOWN_SERVICE = "unknown_service"
+#: Every stream label of a Loki answer.
+STREAM_LABELS = ("service", SERVICE_NAME, "host", "level", "source")
+#: Names Grafana also asks for that are a column under another name (not labels of an answer).
+_ALIASES = {"detected_level": "level", "app": "service", "job": "service"}
 
 
 def column_of(label: str) -> str:
-    """The record field a Loki label addresses (a column, or an attribute key)."""
+    """The record field a Loki label addresses (a column, or an attribute key); ``service_name`` is
+    derived from ``service`` (see :func:`service_name`) and has a matcher of its own."""
     return _ALIASES.get(label, label)
+
+
+def service_name(service: object) -> str:
+    """The ``service_name`` of a record whose ``service`` column is ``service``."""
+    return str(service) if service is not None and service != "" else UNKNOWN_SERVICE
 
 
 def _empty_matches(pattern: str) -> bool:
@@ -35,8 +51,30 @@ def _empty_matches(pattern: str) -> bool:
         return False        # refused with its reason where the SQL checks the pattern
 
 
+def _service_name_node(m: Matcher) -> Node:
+    """A matcher on ``service_name``: on the service column where it has a value, and where it is empty
+    the matcher's verdict on ``unknown_service`` (service_name is never empty, so never absent)."""
+    empty = Term("service", "", "phrase")
+    if m.op in ("=", "!="):
+        column: Node = Term("service", m.value, "phrase")
+        unknown = m.value == UNKNOWN_SERVICE
+    else:
+        column = Term("service", f"^(?:{m.value})$", "regex")
+        try:
+            unknown = regex(m.value, capture=False).fullmatch(UNKNOWN_SERVICE) is not None
+        except QueryError:
+            unknown = False     # refused with its reason where the SQL checks the pattern
+    if m.op in ("!=", "!~"):
+        column, unknown = Not(column), not unknown
+    elif m.op == "=" and m.value != "" and not unknown:
+        return column       # the usual {service_name="api"}: the column alone, which the catalog prunes by
+    return Or((empty, column)) if unknown else And((Not(empty), column))
+
+
 def matcher_node(m: Matcher) -> Node:
     """One selector matcher; an absent label reads as "" (Loki's rule)."""
+    if m.name == SERVICE_NAME:
+        return _service_name_node(m)
     name = column_of(m.name)
     absent = Not(Exists(name))
     if m.op in ("=", "!="):

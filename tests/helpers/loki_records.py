@@ -3,10 +3,11 @@
 Seeded random lines of a JSON-logged service (``checkout``: attributes with dotted, dashed, digit-first
 and non-ASCII keys, nested objects, trace and span ids), a logfmt service (``billing``), a text service
 with a header (``auth``), a JSON service of awkward keys (``edge``: keys that collide once made
-label-safe, keys named as stream labels, empty values) and one whose every line has an id of its own
-(``bulk``) go through ingest's real ``Normaliser`` and storage's ``write_segments`` into a real catalog.
-The reference computes, in plain Python, what Loki shows of each stored record: its stream labels,
-its structured metadata (Loki's label names), what ``| json`` and ``| logfmt`` extract.
+label-safe, keys named as stream labels, empty values), one whose every line has an id of its own
+(``bulk``) and text lines of no service at all (``service`` empty: Loki's ``unknown_service``) go
+through ingest's real ``Normaliser`` and storage's ``write_segments`` into a real catalog. The reference
+computes, in plain Python, what Loki shows of each stored record: its stream labels (``service_name``
+among them), its structured metadata (Loki's label names), what ``| json`` and ``| logfmt`` extract.
 """
 
 from __future__ import annotations
@@ -31,9 +32,10 @@ T0_US = parse_time_us("2024-03-01T10:00:00Z")
 HOUR_US = 3_600_000_000
 START, END = str((T0_US - HOUR_US) * 1000), str((T0_US + 2 * HOUR_US) * 1000)
 CATEGORIZE = {"X-Loki-Response-Encoding-Flags": "categorize-labels"}
-STREAM = ("service", "host", "level", "source")
-#: Names no attribute takes (stream labels, column-backed metadata, Grafana's service name, Loki's errors).
-RESERVED = {*STREAM, "trace_id", "span_id", "detected_level", "service_name", "__error__", "__error_details__"}
+#: Stream labels: the label columns, and ``service_name`` as Loki's distributor adds it.
+STREAM = ("service", "service_name", "host", "level", "source")
+#: Names no attribute takes (stream labels, column-backed metadata, Loki's errors).
+RESERVED = {*STREAM, "trace_id", "span_id", "detected_level", "__error__", "__error_details__"}
 
 REGIONS = ["us-east-1", "eu-west-1", "ap-south-1"]
 USERS = ["u-1", "u-2", "u-3", "u-4"]
@@ -69,8 +71,17 @@ def metadata_of(row: dict[str, Any]) -> dict[str, str]:
     return out
 
 
+def service_name_of(row: dict[str, Any]) -> str:
+    """Loki's ``discover_service_name`` on a stream whose labels are the row's columns: its ``service``
+    when not empty (``host``, ``level`` and ``source`` are not on Loki's list), else ``unknown_service``."""
+    return row["service"] or "unknown_service"
+
+
 def stream_of(row: dict[str, Any]) -> dict[str, str]:
-    return {name: row[name] for name in STREAM}
+    """A stored record's stream labels: its label columns that have a value, and its service name."""
+    out = {name: row[name] for name in ("service", "host", "level", "source") if row[name]}
+    out["service_name"] = service_name_of(row)
+    return out
 
 
 def json_parsed(line: str) -> dict[str, str]:
@@ -158,6 +169,8 @@ SERVICES = {"checkout": checkout_line, "billing": billing_line, "auth": auth_lin
 PER_SERVICE = 90
 #: Records of a service whose every line has an id of its own: more label sets than Loki answers.
 BULK = 510
+#: Records whose shipper named no service (``service`` empty).
+UNNAMED = 24
 
 
 def generate(seed: int) -> list[tuple[str, str, datetime]]:
@@ -174,6 +187,11 @@ def generate(seed: int) -> list[tuple[str, str, datetime]]:
         at = datetime.fromtimestamp((T0_US + 20 * 60_000_000 + j * 3_000_000 + 7_000) / 1e6, UTC)
         stamp = at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
         out.append(("bulk", json.dumps({"ts": stamp, "msg": "bulk", "req_id": f"r-{j}"}), at))
+    for j in range(UNNAMED):
+        at = datetime.fromtimestamp((T0_US + 50 * 60_000_000 + j * 7_000_000 + 3_000) / 1e6, UTC)
+        stamp = at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        out.append(("", f"{stamp} {rng.choice(['INFO', 'WARN'])} kernel: eth{j % 2} link {rng.choice(['up', 'down'])}",
+                    at))
     return out
 
 
