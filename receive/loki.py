@@ -4,12 +4,13 @@ The protobuf messages are declared here (wire-compatible with Loki's ``push.prot
 and types), built into classes at import. Strings are read as bytes so that a line that is not
 UTF-8 is stored with replacement characters (and flagged by ingest) rather than failing the push.
 
-A stream's labels describe its run: ``service_name`` (else ``service``, ``app``, ``job``) is the
-service, ``host`` (or ``hostname``) the host, ``filename`` the source, the rest become attributes. Each
-entry becomes a JSON line: ``ts`` (the entry's time, nanoseconds), ``message`` (the line as it was
-pushed, as Loki keeps it), its structured metadata as attributes (``trace_id`` and ``span_id`` as
-those columns), and ``level`` from a ``level``, ``detected_level``, ``severity`` or ``lvl`` in its
-metadata or the stream's labels.
+A stream's labels describe its run: ``service_name`` (else the first of the labels Loki 3 discovers a
+service name from: ``service``, ``app``, ``application``, ..., ``job``) is the service, ``host`` (or
+``hostname``) the host, ``filename`` the source, the rest become attributes. Each entry becomes a
+JSON line: ``ts`` (the entry's time, nanoseconds), ``message`` (the line as it was pushed, as Loki
+keeps it), its structured metadata as attributes (``trace_id`` and ``span_id`` as those columns),
+and ``level`` from a ``level``, ``detected_level``, ``severity`` or ``lvl`` in its metadata or the
+stream's labels.
 """
 
 from __future__ import annotations
@@ -55,7 +56,10 @@ def _push_classes() -> dict[str, type[Message]]:
 PUSH = _push_classes()
 PushRequest = PUSH["PushRequest"]
 
-_SERVICE_LABELS = ("service_name", "service", "app", "job")
+#: Loki 3's discover_service_name order (its default ``discover_service_name`` limit).
+_SERVICE_LABELS = ("service_name", "service", "app", "application", "app_name", "name", "app_kubernetes_io_name",
+                   "container", "container_name", "k8s_container_name", "component", "workload", "job",
+                   "k8s_job_name")
 #: The keys Loki itself detects a level from (python-logging-loki's handler sends ``severity``).
 _LEVEL_KEYS = ("level", "detected_level", "severity", "lvl")
 #: Structured metadata that names the entry's trace or span (as OpenTelemetry-instrumented services

@@ -255,6 +255,14 @@ def test_loki_json_push(push: Push) -> None:
     assert row["attrs"]["region"] == "eu" and row["attrs"]["queue"] == "emails"
     bad = httpx.post(f"{push.url}/loki/api/v1/push", json={"streams": [{"stream": {}, "values": [["x", "y"]]}]})
     assert bad.status_code == 400 and "nanoseconds" in bad.text
+    # Without service_name, the service is found as Loki 3 finds it: the first of its labels, in its order.
+    other = _tenant()
+    body = {"streams": [{"stream": {"job": "cron", "container": "mailer", "namespace": "prod"},
+                         "values": [[str(now), "sent"]]}]}
+    resp = httpx.post(f"{push.url}/loki/api/v1/push", json=body, headers={"X-Scope-OrgID": other})
+    assert resp.status_code == 204, resp.text
+    (row,) = push.search(other)
+    assert row["service"] == "mailer" and row["attrs"]["job"] == "cron" and row["attrs"]["namespace"] == "prod"
 
 
 # -- Elasticsearch bulk ----------------------------------------------------------------------------
