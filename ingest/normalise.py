@@ -66,6 +66,9 @@ RAW_SCHEMA = pa.schema([
     ("zone", _PER_SOURCE),             # "" (ingest's default) or the source's zone for zone-less times
 ])
 
+#: Attributes that say how a row was parsed (appended after the line's own).
+PARSE_FLAGS = ("ts_parse", "ts_original", "format")
+
 #: Auto-detection order; plain text is the fallback.
 DETECTED: tuple[Parser, ...] = (json.PARSER, syslog.PARSER, access.PARSER, apache_error.PARSER, logfmt.PARSER)
 #: Format names a source can be configured with (besides "auto" and "pattern").
@@ -275,11 +278,17 @@ SELECT
     fmt2 AS parsed_format
 FROM r
 """
-    # A record with a hundred thousand keys would make every later scan of the map pay for it.
+    # A record with a hundred thousand keys would make every later scan of the map pay for it. The
+    # flags saying how the row was parsed come last and are kept past the cut: they are why it is odd.
     n = int(settings.max_attrs)
+    flags = ", ".join(sql_str(k) for k in PARSE_FLAGS)
     return route, f"""SELECT * REPLACE (
     CASE WHEN len(attrs) <= {n} THEN attrs
-         ELSE list_concat(attrs[:{n}], [{{'key': 'attrs_dropped', 'value': CAST(len(attrs) - {n} AS VARCHAR)}}])
+         ELSE list_concat(attrs[:{n}],
+                          [{{'key': 'attrs_dropped',
+                             'value': CAST(len(attrs) - {n} - len(list_filter(attrs[{n} + 1:],
+                                                                   e -> e.key IN ({flags}))) AS VARCHAR)}}],
+                          list_filter(attrs[{n} + 1:], e -> e.key IN ({flags})))
     END AS attrs)
 FROM ({sql})"""
 

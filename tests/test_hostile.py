@@ -128,9 +128,10 @@ def test_hostile_records_are_bounded_and_the_worker_keeps_storing(stack: Stack) 
     assert value == '{"a":' * (10_000 - 7) + "1" + "}" * (10_000 - 7)
     # Attributes are cut at ingest.max_attrs (1000), and the cut is recorded.
     wide_attrs = rows["wide id=w1"]["attrs"]
-    # (100,000 keys and the flag that its time was not read: the first 1,000 are kept)
-    assert len(wide_attrs) == 1001 and wide_attrs["attrs_dropped"] == str(100_000 + 1 - 1000)
+    # (100,000 keys: the first 1,000 are kept, and the flag that its time was not read past the cut)
+    assert len(wide_attrs) == 1002 and wide_attrs["attrs_dropped"] == str(100_000 - 1000)
     assert wide_attrs["k0"] == "0" and wide_attrs["k998"] == "998"     # the first ones are kept
+    assert wide_attrs["ts_parse"] == "observed"
     assert stack.procs["ingest"].poll() is None
 
 

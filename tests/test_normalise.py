@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ingest.normalise import RAW_SCHEMA, Normaliser
+from ingest.normalise import RAW_SCHEMA, Normaliser, ParseSettings
 from ingest.parsers import json as json_parser
 from ingest.sources import SourceBook
 from storage.schema import RECORD_SCHEMA, SEVERITY
@@ -512,3 +512,14 @@ def test_invalid_utf8_is_replaced_and_the_row_flagged(con: Normaliser) -> None:
     assert dict(out[0]["attrs"]) == {"env": "prod", "ts_parse": "observed", "format": "unknown"}
     assert out[1]["message"] == "bad \ufffd\ufffd bytes"
     assert dict(out[1]["attrs"]) == {"env": "prod", "invalid_utf8": "true", "ts_parse": "observed", "format": "unknown"}
+
+
+def test_attrs_cut_at_max_attrs_keep_the_parse_flags() -> None:
+    narrow = Normaliser(ParseSettings(max_attrs=3))
+    try:
+        row = parse(narrow, {"msg": "m"} | {f"k{i}": str(i) for i in range(10)})
+    finally:
+        narrow.close()
+    # The first three of the line's own, how many were dropped, and why its time is the observed one.
+    assert attrs(row) == {"k0": "0", "k1": "1", "k2": "2", "attrs_dropped": "7"} | OBSERVED_FLAG
+    assert row["ts"] == OBSERVED
