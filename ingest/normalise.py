@@ -397,10 +397,12 @@ class Normaliser:
                 routed = routed.append_column(f"p_{parser}_{name}", column)
         # Plain text is read with its source's learned layout.
         text = pc.fill_null(pc.equal(fmt, "text"), False).to_numpy(zero_copy_only=False)
-        keys = pc.binary_join_element_wise(pa.scalar(tenant),
-                                           _one_chunk(routed.column("service")).cast(pa.string()),
-                                           _one_chunk(routed.column("source")).cast(pa.string()), "\x1f")
-        learned = self.sources.columns(lines, keys, text)
+        learned: dict[str, pa.Array] = {}
+        if text.any():      # (a batch of JSON and access lines has no source key to build)
+            keys = pc.binary_join_element_wise(pa.scalar(tenant),
+                                               _one_chunk(routed.column("service")).cast(pa.string()),
+                                               _one_chunk(routed.column("source")).cast(pa.string()), "\x1f")
+            learned = self.sources.columns(lines, keys, text)
         for part in PARTS:
             routed = routed.append_column(f"l_{part}", learned.get(f"l_{part}", pa.nulls(len(lines), pa.string())))
         routed = routed.append_column("l_timeonly", learned.get("l_timeonly", pa.nulls(len(lines), pa.bool_())))
