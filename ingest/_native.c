@@ -1,6 +1,7 @@
 /* Ingest's compiled loops: whole Arrow arrays in, Arrow buffers out.
  *
- * join_lines makes a batch's one array of lines from its frames' records. The
+ * join_lines makes a batch's one array of lines from its frames' records;
+ * skeletons writes the stored lines of a normalised batch (storage/lines.py). The
  * rest is the compiled half of two parsers.
  *
  * DuckDB's JSON and regex functions are fast per call, but flattening a JSON
@@ -38,11 +39,14 @@ enum {
     C_CONTROL = 16,    /* below 0x20: not allowed raw in a JSON string */
     C_JSON_WS = 32,    /* JSON's whitespace: \t \n \r and space */
     C_COMMA = 64,
+    C_RESERVED = 128,  /* control bytes but \t \n \r (and NUL): what stands for values in a stored line */
 };
 static unsigned char cls[256];
 
 static void init_classes(void) {
     for (int c = 0; c < 0x20; c++) cls[c] |= C_CONTROL;
+    for (int c = 1; c < 0x20; c++)
+        if (c != '\t' && c != '\n' && c != '\r') cls[c] |= C_RESERVED;
     cls['\t'] |= C_SPACE | C_JSON_WS;
     cls['\n'] |= C_SPACE | C_JSON_WS;
     cls['\r'] |= C_SPACE | C_JSON_WS;
@@ -61,11 +65,14 @@ static void init_classes(void) {
 typedef struct {
     char *p;
     Py_ssize_t len, cap;
+    int fixed;          /* p is memory this Buf does not own (a bytes object's): never grown */
 } Buf;
 
 static int buf_reserve(Buf *b, Py_ssize_t extra) {
     if (b->len + extra <= b->cap)
         return 0;
+    if (b->fixed)
+        return -1;
     Py_ssize_t cap = b->cap ? b->cap : 4096;
     while (cap < b->len + extra)
         cap *= 2;
@@ -80,7 +87,7 @@ static int buf_reserve(Buf *b, Py_ssize_t extra) {
 static inline int buf_put(Buf *b, const char *s, Py_ssize_t n) {
     if (n == 0)
         return 0;
-    if (buf_reserve(b, n) < 0)
+    if (b->len + n > b->cap && buf_reserve(b, n) < 0)
         return -1;
     memcpy(b->p + b->len, s, (size_t)n);
     b->len += n;
@@ -785,6 +792,442 @@ static PyObject *clf_fields(PyObject *self, PyObject *args) {
     return out;
 }
 
+/* -- skeletons of stored JSON lines ---------------------------------------------------- */
+
+/* A skeleton (storage/lines.py) writes each value its record holds elsewhere as a slot: SLOT, what
+ * names the value, SLOT. An attribute's value is named by its key; a column's, by the byte the
+ * JSON pass's shape wrote for it (2 to 6); the record's time rendered in UTC with milliseconds,
+ * microseconds or whole seconds, each then "Z", by one of these bytes. */
+#define SLOT '\x07'
+#define TIME_MS_BYTE '\x0e'
+#define TIME_US_BYTE '\x0f'
+#define TIME_S_BYTE '\x10'
+#define FIRST_COLUMN_BYTE '\x02'
+#define LAST_COLUMN_BYTE '\x06'
+/* A stored line that starts with this is the line itself after it (nothing stands in for anything). */
+#define LITERAL_BYTE '\x01'
+/* What to do with each line: copy it, make its skeleton, or copy it marked if it must be. */
+enum { COPY = 0, SKELETON = 1, KEEP_OR_MARK = 2 };
+
+/* The date last rendered: rows of a batch mostly share their day. */
+typedef struct {
+    int64_t days;
+    int ok;               /* 0: nothing rendered yet; 1: ymd holds days' date; -1: days is out of range */
+    char ymd[10];
+} DateCache;
+
+/* "YYYY-MM-DDTHH:MM:SS" of ts (µs since the epoch, UTC) into out (19 bytes), and its microseconds;
+ * -1 for a year outside 1000..9999 (rendered differently by strftime and Python). */
+static int render_seconds(int64_t ts, char out[19], int32_t *micros, DateCache *cache) {
+    int64_t secs = ts / 1000000, us = ts % 1000000;
+    if (us < 0) { us += 1000000; secs -= 1; }
+    int64_t days = secs / 86400, sod = secs % 86400;
+    if (sod < 0) { sod += 86400; days -= 1; }
+    if (!cache->ok || cache->days != days) {
+        /* civil date from days since 1970-01-01 (proleptic Gregorian) */
+        int64_t z = days + 719468, era = (z >= 0 ? z : z - 146096) / 146097;
+        int64_t doe = z - era * 146097, yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+        int64_t y = yoe + era * 400, doy = doe - (365 * yoe + yoe / 4 - yoe / 100), mp = (5 * doy + 2) / 153;
+        int64_t d = doy - (153 * mp + 2) / 5 + 1, m = mp < 10 ? mp + 3 : mp - 9;
+        if (m <= 2) y++;
+        cache->days = days;
+        cache->ok = y < 1000 || y > 9999 ? -1 : 1;
+        if (cache->ok > 0) {
+            char *p = cache->ymd;
+            *p++ = (char)('0' + y / 1000); *p++ = (char)('0' + y / 100 % 10);
+            *p++ = (char)('0' + y / 10 % 10); *p++ = (char)('0' + y % 10); *p++ = '-';
+            *p++ = (char)('0' + m / 10); *p++ = (char)('0' + m % 10); *p++ = '-';
+            *p++ = (char)('0' + d / 10); *p++ = (char)('0' + d % 10);
+        }
+    }
+    if (cache->ok < 0) return -1;
+    memcpy(out, cache->ymd, 10);
+    int hh = (int)(sod / 3600), mi = (int)(sod / 60 % 60), ss = (int)(sod % 60);
+    char *p = out + 10;
+    *p++ = 'T';
+    *p++ = (char)('0' + hh / 10); *p++ = (char)('0' + hh % 10); *p++ = ':';
+    *p++ = (char)('0' + mi / 10); *p++ = (char)('0' + mi % 10); *p++ = ':';
+    *p++ = (char)('0' + ss / 10); *p++ = (char)('0' + ss % 10);
+    *micros = (int32_t)us;
+    return 0;
+}
+
+/* The time byte for the string s (len bytes) when it is one of ts's renderings, else 0. */
+static char time_byte(const char *s, Py_ssize_t len, const char secs[19], int32_t micros) {
+    if ((len != 20 && len != 24 && len != 27) || s[len - 1] != 'Z' || memcmp(s, secs, 19) != 0)
+        return 0;
+    if (len == 20) return TIME_S_BYTE;
+    if (s[19] != '.') return 0;
+    int digits = len == 24 ? 3 : 6;
+    int32_t v = len == 24 ? micros / 1000 : micros;
+    for (int k = digits - 1; k >= 0; k--, v /= 10)
+        if (s[20 + k] != (char)('0' + v % 10)) return 0;
+    return len == 24 ? TIME_MS_BYTE : TIME_US_BYTE;
+}
+
+/* A string that may stand in a skeleton as a key or a value: no quote, backslash or control byte. */
+static inline int plain(const char *s, Py_ssize_t len) {
+    for (Py_ssize_t k = 0; k < len; k++)
+        if (IS(s[k], C_QUOTE | C_BACKSLASH | C_CONTROL)) return 0;
+    return 1;
+}
+
+/* A key's hash from its length and its first and last eight bytes (keys are short). */
+static inline uint32_t hash_key(const char *s, Py_ssize_t len) {
+    uint64_t a = 0, b = 0;
+    if (len >= 8) {
+        memcpy(&a, s, 8);
+        memcpy(&b, s + len - 8, 8);
+    } else {
+        memcpy(&a, s, (size_t)len);
+    }
+    uint64_t h = a * 0x9E3779B97F4A7C15ull ^ (b + (uint64_t)len) * 0xC2B2AE3D27D4EB4Full;
+    return (uint32_t)(h >> 32) ^ (uint32_t)h;
+}
+
+/* Up to this many attributes a row's keys are looked up one by one; above, in a hash table. */
+#define LINEAR_ATTRS 16
+
+typedef struct {
+    const int32_t *key_off, *val_off;
+    const char *keys, *vals;
+    Py_ssize_t key_first, val_first;
+    const unsigned char *val_valid;        /* a bitmap, or NULL: all valid */
+    int64_t lo, hi;                        /* the row's entries */
+    int hashed;
+    Buf *table;                            /* int32 slots: entry - lo + 1, 0 empty, negative a repeated key */
+    uint32_t mask;
+} AttrIndex;
+
+static inline void attr_key(const AttrIndex *a, int64_t e, const char **s, Py_ssize_t *len) {
+    int32_t x = a->key_off[a->key_first + e], y = a->key_off[a->key_first + e + 1];
+    *s = a->keys + x;
+    *len = y - x;
+}
+
+static inline int attr_value(const AttrIndex *a, int64_t e, const char **s, Py_ssize_t *len) {
+    Py_ssize_t at = a->val_first + e;
+    if (a->val_valid && !(a->val_valid[at >> 3] & (1u << (at & 7)))) return 0;
+    int32_t x = a->val_off[at], y = a->val_off[at + 1];
+    *s = a->vals + x;
+    *len = y - x;
+    return 1;
+}
+
+/* Index a row's entries [lo, hi) by key (a table only for many of them).
+ * 0: none, 1: some, -1: out of memory. */
+static int attr_index(AttrIndex *a, int64_t lo, int64_t hi) {
+    a->lo = lo;
+    a->hi = hi;
+    a->hashed = hi - lo > LINEAR_ATTRS;
+    if (!a->hashed) return hi > lo;
+    uint32_t size = 8;
+    while (size < 2 * (uint64_t)(hi - lo)) size *= 2;
+    a->table->len = 0;
+    if (buf_reserve(a->table, (Py_ssize_t)size * 4) < 0) return -1;
+    int32_t *slot = (int32_t *)a->table->p;
+    memset(slot, 0, (size_t)size * 4);
+    a->mask = size - 1;
+    for (int64_t e = lo; e < hi; e++) {
+        const char *k;
+        Py_ssize_t klen;
+        attr_key(a, e, &k, &klen);
+        for (uint32_t h = hash_key(k, klen) & a->mask;; h = (h + 1) & a->mask) {
+            int32_t s = slot[h];
+            if (s == 0) { slot[h] = (int32_t)(e - lo + 1); break; }
+            const char *o;
+            Py_ssize_t olen;
+            attr_key(a, lo + (s < 0 ? -s : s) - 1, &o, &olen);
+            /* a key held twice names no value: its slot is marked negative */
+            if (olen == klen && memcmp(o, k, (size_t)klen) == 0) { slot[h] = s < 0 ? s : -s; break; }
+        }
+    }
+    return 1;
+}
+
+/* The entry of key k (non-empty), or -1: none, or more than one. */
+static int64_t attr_find(const AttrIndex *a, const char *k, Py_ssize_t klen) {
+    if (!a->hashed) {
+        int64_t found = -1;
+        for (int64_t e = a->lo; e < a->hi; e++) {
+            const char *o;
+            Py_ssize_t olen;
+            attr_key(a, e, &o, &olen);
+            if (olen == klen && memcmp(o, k, (size_t)klen) == 0) {
+                if (found >= 0) return -1;
+                found = e;
+            }
+        }
+        return found;
+    }
+    const int32_t *slot = (const int32_t *)a->table->p;
+    for (uint32_t h = hash_key(k, klen) & a->mask;; h = (h + 1) & a->mask) {
+        int32_t s = slot[h];
+        if (s == 0) return -1;
+        const char *o;
+        Py_ssize_t olen;
+        attr_key(a, a->lo + (s < 0 ? -s : s) - 1, &o, &olen);
+        if (olen == klen && memcmp(o, k, (size_t)klen) == 0) return s < 0 ? -1 : a->lo + s - 1;
+    }
+}
+
+/* The first byte of [p, end) below 7 (a column byte of the JSON pass's shape, in a JSON line), or end.
+ * Eight bytes at a time: a byte below 7 sets the top bit of its lane in (x - 0x07...) & ~x, and the
+ * lowest lane set is the first such byte (a borrow only carries past a lane that was below). */
+static inline const char *below_seven(const char *p, const char *end) {
+    const uint64_t ones = 0x0101010101010101ull, highs = 0x8080808080808080ull;
+    for (; end - p >= 8; p += 8) {
+        uint64_t x;
+        memcpy(&x, p, 8);
+        uint64_t hit = (x - 7 * ones) & ~x & highs;
+        if (hit) {
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+            return p + (__builtin_ctzll(hit) >> 3);
+#else
+            break;
+#endif
+        }
+    }
+    while (p < end && (unsigned char)*p >= 7) p++;
+    return p;
+}
+
+/* Line text [a, b) into out, each column byte of the JSON pass's shape as its slot. */
+static int put_text(Buf *out, const char *a, const char *b) {
+    for (const char *p = below_seven(a, b); p < b; p = below_seven(p + 1, b)) {
+        if (*p >= FIRST_COLUMN_BYTE && *p <= LAST_COLUMN_BYTE) {
+            char slot[3] = {SLOT, *p, SLOT};
+            if (buf_put(out, a, p - a) < 0 || buf_put(out, slot, 3) < 0) return -1;
+            a = p + 1;
+        }
+    }
+    return buf_put(out, a, b - a);
+}
+
+/* A slot named by [name, name + len) into out. */
+static int put_slot(Buf *out, const char *name, Py_ssize_t len) {
+    if (buf_byte(out, SLOT) < 0 || buf_put(out, name, len) < 0 || buf_byte(out, SLOT) < 0) return -1;
+    return 0;
+}
+
+/* The end of the JSON string whose opening quote is at q (its closing quote, or end), and whether
+ * it holds nothing escaped and no control byte. */
+static inline const char *string_end(const char *q, const char *end, int *clean) {
+    const char *c = q + 1;
+    *clean = 1;
+    for (;;) {
+        while (c < end && !IS(*c, C_QUOTE | C_BACKSLASH | C_CONTROL)) c++;
+        if (c >= end || *c == '"') return c;
+        *clean = 0;
+        c += *c == '\\' ? 2 : 1;
+    }
+}
+
+/* The skeleton of one line [s, end) into out. */
+static int skeleton(const char *s, const char *end, const AttrIndex *a, int has_attrs, int64_t ts, DateCache *dates,
+                    Buf *out) {
+    char secs[19];
+    int32_t micros = 0;
+    int timed = render_seconds(ts, secs, &micros, dates) == 0;
+    const char *copied = s, *p = s;
+    char b;
+    for (;;) {
+        const char *q1 = memchr(p, '"', (size_t)(end - p));
+        if (!q1) break;
+        int clean, vclean;
+        const char *q2 = string_end(q1, end, &clean);
+        if (q2 >= end) break;
+        Py_ssize_t len = q2 - q1 - 1;
+        const char *r = q2 + 1;
+        while (r < end && IS(*r, C_JSON_WS)) r++;
+        if (r >= end || *r != ':') {
+            /* a string that is not a key: it may be the time */
+            if (timed && clean && (b = time_byte(q1 + 1, len, secs, micros)) != 0) {
+                if (put_text(out, copied, q1 + 1) < 0 || put_slot(out, &b, 1) < 0) return -1;
+                copied = q2;
+            }
+            p = q2 + 1;
+            continue;
+        }
+        /* a key: its value becomes its slot when it is written plainly and is attrs[key] */
+        r++;
+        while (r < end && IS(*r, C_JSON_WS)) r++;
+        int named = has_attrs && clean && len > 0;
+        int64_t e;
+        const char *v;
+        Py_ssize_t vlen;
+        if (r < end && *r == '"') {
+            const char *q4 = string_end(r, end, &vclean);
+            if (q4 >= end) break;
+            Py_ssize_t slen = q4 - r - 1;
+            if (named && vclean && slen > 0 && (e = attr_find(a, q1 + 1, len)) >= 0 && attr_value(a, e, &v, &vlen) &&
+                vlen == slen && memcmp(r + 1, v, (size_t)vlen) == 0) {
+                if (put_text(out, copied, r + 1) < 0 || put_slot(out, q1 + 1, len) < 0) return -1;
+                copied = q4;
+            } else if (timed && vclean && (b = time_byte(r + 1, slen, secs, micros)) != 0) {
+                if (put_text(out, copied, r + 1) < 0 || put_slot(out, &b, 1) < 0) return -1;
+                copied = q4;
+            }
+            p = q4 + 1;
+            continue;
+        }
+        if (named && r < end && !IS(*r, C_CONTROL) && (e = attr_find(a, q1 + 1, len)) >= 0 &&
+            attr_value(a, e, &v, &vlen) && vlen > 0 && end - r > vlen && memcmp(r, v, (size_t)vlen) == 0 &&
+            (r[vlen] == ',' || r[vlen] == '}' || r[vlen] == ']' || IS(r[vlen], C_JSON_WS)) && plain(v, vlen)) {
+            if (put_text(out, copied, r) < 0 || put_slot(out, q1 + 1, len) < 0) return -1;
+            copied = r + vlen;
+        }
+        p = r;
+    }
+    return put_text(out, copied, end);
+}
+
+PyDoc_STRVAR(skeletons_doc,
+"skeletons(offsets, data, selected, first, n, ts, ts_first, attr_offsets, attr_valid, attr_first,\n"
+"          key_offsets, keys, key_first, value_offsets, values, value_valid, value_first)\n--\n\n"
+"Each selected stored JSON line of an Arrow string array with the values its record\n"
+"keeps elsewhere written as slots (byte 7, a name, byte 7; storage/lines.py): after\n"
+"a key k (\"k\", JSON whitespace, ':', whitespace), a value written plainly (a string\n"
+"with nothing escaped, or a token ending at ',', '}', ']' or whitespace) that is the\n"
+"record's attribute k is the slot named k; a string that is the record's time in UTC\n"
+"as YYYY-MM-DDTHH:MM:SS.mmmZ, .uuuuuuZ or Z is the slot named byte 14, 15 or 16\n"
+"(quotes kept); the JSON pass's column bytes (2 to 6) become the slots they name.\n"
+"Only keys and values free of quotes, backslashes and control bytes count, and keys\n"
+"the record's attributes hold once. A line starting with byte 1 is copied as it is.\n\n"
+"selected: a byte per line: 1 a JSON line (its skeleton), 2 a line kept as it is\n"
+"(byte 1 put before it when it holds a control byte other than tab, LF or CR),\n"
+"0 copied as it is (a null one).\n"
+"ts: int64 microseconds; the attributes: a list array's int32 offsets and validity\n"
+"bitmap (or None), its keys' and values' int32 offsets and bytes, the values'\n"
+"validity bitmap (or None); *_first: each array's offset.\n\n"
+"Returns (offsets, data): int32 offsets and the bytes of a string array.");
+
+static PyObject *skeletons(PyObject *self, PyObject *args) {
+    PyObject *offsets, *data, *selected, *ts_o, *aoff_o, *avalid_o, *koff_o, *keys_o, *voff_o, *vals_o, *vvalid_o;
+    Py_ssize_t first, n, ts_first, a_first, k_first, v_first;
+    if (!PyArg_ParseTuple(args, "OOOnnOnOOnOOnOOOn", &offsets, &data, &selected, &first, &n, &ts_o, &ts_first,
+                          &aoff_o, &avalid_o, &a_first, &koff_o, &keys_o, &k_first, &voff_o, &vals_o, &vvalid_o,
+                          &v_first))
+        return NULL;
+    Lines in;
+    if (lines_open(&in, offsets, data, selected, first, n) < 0)
+        return NULL;
+    /* ts, attr offsets, attr validity, key offsets, keys, value offsets, values, value validity */
+    Py_buffer v[8];
+    memset(v, 0, sizeof v);
+    PyObject *objs[8] = {ts_o, aoff_o, avalid_o, koff_o, keys_o, voff_o, vals_o, vvalid_o};
+    PyObject *out = NULL;
+    int opened = 0;
+    for (; opened < 8; opened++) {
+        if (objs[opened] != Py_None && PyObject_GetBuffer(objs[opened], &v[opened], PyBUF_SIMPLE) < 0)
+            goto done;
+    }
+    if (ts_first < 0 || a_first < 0 || k_first < 0 || v_first < 0 || !v[0].obj || !v[1].obj || !v[3].obj ||
+        !v[4].obj || !v[5].obj || !v[6].obj || (ts_first + n) * 8 > v[0].len || (a_first + n + 1) * 4 > v[1].len ||
+        (v[2].obj && (a_first + n + 7) / 8 > v[2].len)) {
+        PyErr_SetString(PyExc_ValueError, "times or attributes shorter than the lines");
+        goto done;
+    }
+    const int32_t *a_off = (const int32_t *)v[1].buf;
+    const unsigned char *a_valid = v[2].obj ? (const unsigned char *)v[2].buf : NULL;
+    /* Every entry the rows name must be inside the keys' and values' buffers. */
+    int64_t e_lo = a_off[a_first], e_hi = a_off[a_first + n];
+    if (e_lo < 0 || e_hi < e_lo || (k_first + e_hi + 1) * 4 > v[3].len || (v_first + e_hi + 1) * 4 > v[5].len ||
+        (v[7].obj && (v_first + e_hi + 7) / 8 > v[7].len)) {
+        PyErr_SetString(PyExc_ValueError, "attribute offsets outside their keys or values");
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (a_off[a_first + i + 1] < a_off[a_first + i]) {
+            PyErr_SetString(PyExc_ValueError, "attribute offsets that go backwards");
+            goto done;
+        }
+    }
+    const int32_t *k_off = (const int32_t *)v[3].buf, *v_off = (const int32_t *)v[5].buf;
+    for (int64_t e = e_lo; e <= e_hi; e++) {
+        int32_t ka = k_off[k_first + e], va = v_off[v_first + e];
+        if (ka < 0 || ka > v[4].len || va < 0 || va > v[6].len ||
+            (e < e_hi && (k_off[k_first + e + 1] < ka || v_off[v_first + e + 1] < va))) {
+            PyErr_SetString(PyExc_ValueError, "attribute key or value offsets outside their bytes");
+            goto done;
+        }
+    }
+    /* The output goes straight into bytes objects: a skeleton is never more than three times its line
+     * (a column byte becomes a slot of three; an attribute's slot, its key and two bytes, replaces a
+     * value of at least one byte after that key, whose quotes and text stay), a marked line one more. */
+    Py_ssize_t total = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const char *s, *end;
+        if (line_at(&in, i, &s, &end) < 0) {
+            PyErr_SetString(PyExc_ValueError, "line offsets outside the data");
+            goto done;
+        }
+        total += end - s;
+    }
+    if (total > (PY_SSIZE_T_MAX - n) / 3) {
+        PyErr_SetString(PyExc_OverflowError, "lines too long");
+        goto done;
+    }
+    PyObject *off_bytes = PyBytes_FromStringAndSize(NULL, 4 * (n + 1));
+    PyObject *data_bytes = PyBytes_FromStringAndSize(NULL, 3 * total + n);
+    if (!off_bytes || !data_bytes) {
+        Py_XDECREF(off_bytes);
+        Py_XDECREF(data_bytes);
+        goto done;
+    }
+    Buf b[3] = {{PyBytes_AS_STRING(off_bytes), 0, 4 * (n + 1), 1}, {PyBytes_AS_STRING(data_bytes), 0, 3 * total + n, 1},
+                {0}};
+    Buf *o_off = &b[0], *o_data = &b[1];
+    AttrIndex ai = {.key_off = k_off, .val_off = v_off, .keys = (const char *)v[4].buf,
+                    .vals = (const char *)v[6].buf, .key_first = k_first, .val_first = v_first,
+                    .val_valid = v[7].obj ? (const unsigned char *)v[7].buf : NULL, .table = &b[2]};
+    const int64_t *ts = (const int64_t *)v[0].buf + ts_first;
+    const char *sel = (const char *)in.selected.buf;
+    int oom = 0, bad = 0;
+    DateCache dates = {0, 0, {0}};
+    Py_BEGIN_ALLOW_THREADS
+    oom = buf_i32(o_off, 0) < 0;
+    for (Py_ssize_t i = 0; i < n && !oom && !bad; i++) {
+        const char *s, *end;
+        if (line_at(&in, i, &s, &end) < 0) { bad = 1; break; }
+        if (sel[i] == KEEP_OR_MARK) {
+            /* a line kept as it is: marked when it holds a byte that would be read as standing for a value */
+            const char *q = s;
+            while (q < end && !IS(*q, C_RESERVED)) q++;
+            oom = (q < end && buf_byte(o_data, LITERAL_BYTE) < 0) || buf_put(o_data, s, end - s) < 0;
+        } else if (sel[i] != SKELETON || s == end || *s == LITERAL_BYTE) {
+            oom = buf_put(o_data, s, end - s) < 0;
+        } else {
+            Py_ssize_t row = a_first + i;
+            int64_t lo = a_off[row], hi = a_off[row + 1];
+            int has = 0;
+            if (!a_valid || (a_valid[row >> 3] & (1u << (row & 7)))) {
+                has = attr_index(&ai, lo, hi);
+                if (has < 0) { oom = 1; break; }
+            }
+            oom = skeleton(s, end, &ai, has, ts[i], &dates, o_data) < 0;
+        }
+        if (!oom && o_data->len > INT32_MAX) bad = 2;
+        if (!oom && !bad) oom = buf_i32(o_off, (int32_t)o_data->len) < 0;
+    }
+    Py_END_ALLOW_THREADS
+    free_bufs(&b[2], 1);
+    if (oom) PyErr_NoMemory();
+    else if (bad == 1) PyErr_SetString(PyExc_ValueError, "line offsets outside the data");
+    else if (bad == 2) PyErr_SetString(PyExc_OverflowError, "lines over 2 GiB in one array");
+    else if (_PyBytes_Resize(&data_bytes, o_data->len) == 0) {
+        out = Py_BuildValue("(NN)", off_bytes, data_bytes);
+        off_bytes = data_bytes = NULL;
+    }
+    Py_XDECREF(off_bytes);
+    Py_XDECREF(data_bytes);
+done:
+    for (int k = 0; k < opened; k++)
+        if (v[k].obj) PyBuffer_Release(&v[k]);
+    lines_close(&in);
+    return out;
+}
+
 /* -- a batch's lines ---------------------------------------------------------------- */
 
 PyDoc_STRVAR(join_lines_doc,
@@ -888,13 +1331,14 @@ static PyMethodDef methods[] = {
     {"join_lines", join_lines, METH_VARARGS, join_lines_doc},
     {"json_entries", json_entries, METH_VARARGS, json_entries_doc},
     {"clf_fields", clf_fields, METH_VARARGS, clf_fields_doc},
+    {"skeletons", skeletons, METH_VARARGS, skeletons_doc},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "_native",
-    .m_doc = "Ingest's compiled loops: a batch's lines, and the JSON and access-log pre-passes.",
+    .m_doc = "Ingest's compiled loops: a batch's lines, the JSON and access-log pre-passes, stored lines' skeletons.",
     .m_size = -1,
     .m_methods = methods,
 };

@@ -42,3 +42,26 @@ def clf_fields(
     """The selected access lines split: ``(status, [(offsets, data)] * 11,
     (list_offsets, keys, value_offsets, values))``; ``attrs`` is (field index, whether a
     lone "-" is absent) per attribute."""
+
+def skeletons(
+    offsets: _Buffer,
+    data: _Buffer,
+    selected: _Buffer,
+    first: int,
+    n: int,
+    ts: _Buffer,
+    ts_first: int,
+    attr_offsets: _Buffer,
+    attr_valid: _Buffer | None,
+    attr_first: int,
+    key_offsets: _Buffer,
+    keys: _Buffer,
+    key_first: int,
+    value_offsets: _Buffer,
+    values: _Buffer,
+    value_valid: _Buffer | None,
+    value_first: int,
+    /,
+) -> tuple[bytes, bytes]:
+    """The selected stored JSON lines as skeletons (storage/lines.py), the others as they are:
+    ``(int32 offsets, data)`` of a string array."""

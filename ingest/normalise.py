@@ -30,6 +30,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ingest import _native
 from ingest.levels import level_sql, severity_sql
 from ingest.parsers import (
     ATTRS_TYPE,
@@ -350,6 +351,8 @@ class Normaliser:
         attrs = pa.MapArray.from_arrays(pairs.offsets, pairs.values.field("key"), pairs.values.field("value"),
                                         mask=pairs.is_null() if pairs.null_count else None)
         out = out.set_column(out.schema.get_field_index("attrs"), "attrs", attrs)
+        # Now that the attributes are final: the JSON lines' skeletons (storage/lines.py).
+        out = out.set_column(out.schema.get_field_index("raw"), "raw", _skeletons(out, pairs))
         self._note_formats(out, tenant)
         return out.drop_columns(["parsed_format"]).cast(RECORD_SCHEMA)
 
@@ -416,6 +419,32 @@ class Normaliser:
 
     def close(self) -> None:
         self.con.close()
+
+
+def _skeletons(out: pa.Table, pairs: pa.ListArray) -> pa.Array:
+    """``out``'s ``raw`` as stored (storage/lines.py): each JSON row's line as its skeleton (the
+    values its columns, ``attrs`` and ``ts`` hold written as slots), any other line as it is,
+    marked literal if it holds a byte a skeleton uses (``_native.skeletons``, one pass)."""
+    raw = _one_chunk(out.column("raw"))
+    if raw.null_count == len(raw):
+        return raw
+    # (the compiled pass reads int32 offsets, as DuckDB writes them)
+    raw = raw if raw.type == pa.string() else raw.cast(pa.string())
+    valid = pc.is_valid(raw)
+    is_json = pc.fill_null(pc.equal(_one_chunk(out.column("parsed_format")), "json"), False)
+    # 1: a skeleton, 2: kept (marked if need be), 0: a null
+    mode = pc.add(valid.cast(pa.uint8()), pc.and_(valid, pc.invert(is_json)).cast(pa.uint8()))
+    ts = _one_chunk(out.column("ts"))
+    offsets, keys, values = pairs.offsets, pairs.values.field("key"), pairs.values.field("value")
+    keys = keys if keys.type == pa.string() else keys.cast(pa.string())
+    values = values if values.type == pa.string() else values.cast(pa.string())
+    off, data = _native.skeletons(
+        raw.buffers()[1], raw.buffers()[2], mode.to_numpy(zero_copy_only=False), raw.offset, len(raw),
+        ts.buffers()[1], ts.offset, offsets.buffers()[1], pairs.buffers()[0], offsets.offset,
+        keys.buffers()[1], keys.buffers()[2], keys.offset, values.buffers()[1], values.buffers()[2],
+        values.buffers()[0], values.offset)
+    return pa.Array.from_buffers(pa.string(), len(raw), [valid.buffers()[1] if raw.null_count else None,
+                                                          pa.py_buffer(off), pa.py_buffer(data)])
 
 
 def _one_chunk(column: pa.ChunkedArray) -> pa.Array:

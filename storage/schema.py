@@ -22,7 +22,7 @@ RECORD_SCHEMA = pa.schema([
     pa.field("trace_id", pa.string()),
     pa.field("span_id", pa.string()),
     # The original line (storage/lines.py): head || message when the message is the line's tail,
-    # else (structured records) raw with the columns' values put back.
+    # else raw (a JSON line as its skeleton, with its slots filled).
     pa.field("head", pa.string()),
     pa.field("raw", pa.string()),
 ])

@@ -1,8 +1,9 @@
 """The original line: kept byte for byte in ``head``/``raw`` and returned everywhere a record is shown.
 
-A record's original line is ``coalesce(raw, coalesce(head, '') || message)``. The lake here is written
-through the storage package (records carrying ``head``/``raw`` as ingest stores them, and one segment
-written before the columns existed); a real ``loglake serve`` on loopback answers the native search
+A record's original line is ``raw`` (a JSON line's skeleton with its slots filled: storage/lines.py), else
+``coalesce(head, '') || message``. The lake here is written through the storage package (records carrying
+``head``/``raw``, lines through the real normaliser as ingest stores them, and one segment written before
+the columns existed); a real ``loglake serve`` on loopback answers the native search
 API, the Loki API (streams, parsers, live tail) and the CLI. Compaction and a retention rewrite run
 in-process on a lake of their own.
 """
@@ -15,6 +16,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,16 +25,19 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
+from ingest.normalise import Normaliser
 from loglake.core.config import CompactionConfig, RetentionPolicy, load_config
 from query.timerange import parse_time_us
 from storage import retention
 from storage.catalog import Catalog, PartitionCommit
 from storage.compaction import compact
+from storage.lines import LITERAL, SLOT
 from storage.root import DataRoot
 from storage.schema import ORIGINAL_COLUMNS, RECORD_SCHEMA
-from storage.segments import describe, hour_dir
+from storage.segments import describe, hour_dir, write_segments
 from tests.helpers.browser import Served, loglake_serve, write_config
 from tests.helpers.lake import Segment, arrow_table, original_line, record, write_lake
+from tests.helpers.normalising import raw
 
 T0 = parse_time_us("2024-05-01T10:00:00Z")
 SEC = 1_000_000
@@ -63,6 +68,28 @@ NEW_ROWS = [
          head="2024-01-01 12:00:02,000 ERROR [main] c.Foo: ", level="error"),
     _rec(6, "json", "bye", raw='{"msg":"bye\u2028",  "user_id":"u2"}\t '),
 ]
+#: Lines stored as ingest stores them (through the real normaliser): JSON as skeletons, whose slots
+#: name the time, the columns and the attributes, and a line holding a slot byte of its own.
+INGESTED = {
+    "i1": '{"time":"2024-05-01T10:00:20.144Z","level":"info","service":"ingested","host":"h-7","msg":"order placed",'
+          '"id":"i1","trace_id":"4bf92f3577b34da6","duration_ms":4.799,"region":"eu-west-1","ok":true}',
+    "i2": '{"ts": "2024-05-01T10:00:21.144123Z", "msg": "paid",  "id": "i2", "n": 1.50, "e": 1e3, "z": -0, '
+          '"http": {"method": "GET", "status": 200}, "tags": ["a", "b"], "note": "caf\\u00e9 \\"q\\""}',
+    "i3": '{"@timestamp":"2024-05-01T10:00:22Z","msg":"dup","id":"i3","a":"1","a":"2","region":"eu-west-1"}',
+    "i4": 'level=info ts=2024-05-01T10:00:23Z msg="bell \x07 rang" id=i4 region=eu-west-1',
+}
+
+
+def ingested_table() -> pa.Table:
+    lines = list(INGESTED.values())
+    normaliser = Normaliser()
+    try:
+        return normaliser(raw(lines, observed=datetime.fromtimestamp((T0 + 60 * SEC) / 1e6, UTC), service="ingested",
+                              source="/var/log/ingested.log"))
+    finally:
+        normaliser.close()
+
+
 #: A segment from before the columns existed: its line is its message.
 OLD_ROWS = [_rec(10 + i, "old", f"legacy line {i} needleword" if i == 7 else f"legacy line {i}") for i in range(12)]
 
@@ -109,6 +136,9 @@ def lake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lake]:
         # Row groups of 2 rows, so that a searched word reads some row groups of a segment, not all.
         write_lake(root / "data", catalog, [Segment("default", "new.parquet", NEW_ROWS, row_group_rows=2)])
         write_old_segment(DataRoot(str(root / "data")), catalog, OLD_ROWS, "old.parquet")
+        segments = write_segments(root / "data", "default", ingested_table(), "ingested.parquet")
+        catalog.commit([PartitionCommit(topic="ingested", partition=0, epoch=0, expected_next=0,
+                                        new_next=len(INGESTED), segments=segments)])
     finally:
         catalog.close()
     with loglake_serve(config) as served:
@@ -124,7 +154,7 @@ def by_id(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 def test_search_returns_each_original_line_byte_for_byte(lake: Lake) -> None:
     got = by_id(lake.search())
-    want = {r["attrs"][0][1]: original_line(r) for r in NEW_ROWS + OLD_ROWS}
+    want = {r["attrs"][0][1]: original_line(r) for r in NEW_ROWS + OLD_ROWS} | INGESTED
     assert {k: v["line"] for k, v in got.items()} == want
     assert got["r0"]["line"] == TEXT_HEAD + "started" and got["r0"]["message"] == "started"
     assert got["r1"]["line"] == JSON_LINE and "\\u00e9" in got["r1"]["line"]
@@ -153,7 +183,7 @@ def test_bare_words_search_the_message_and_line_searches_the_original(lake: Lake
     assert sorted(by_id(lake.search('line:"[main]"'))) == ["r0", "r5"]
     assert sorted(by_id(lake.search('line:"\\"user_id\\":\\"u1\\""'))) == ["r1"]
     assert sorted(by_id(lake.search("line:/^ts=\\S+ level=info/"))) == ["r2"]
-    assert sorted(by_id(lake.search("_exists_:raw"))) == ["r1", "r2", "r6"]
+    assert sorted(by_id(lake.search("_exists_:raw"))) == ["i1", "i2", "i3", "i4", "r1", "r2", "r6"]
     assert sorted(by_id(lake.search("_exists_:head"))) == ["r0", "r4", "r5"]
     assert sorted(by_id(lake.search("attrs.line:42"))) == ["r3"]        # an attribute named line
     assert by_id(lake.search("legacy AND line:legacy*"))["r10"]["line"] == "legacy line 0"
@@ -173,7 +203,30 @@ def test_old_segments_answer_with_their_message_as_the_line(lake: Lake) -> None:
         cursor = body["cursor"]
         if cursor is None:
             break
-    assert sorted(seen) == sorted(original_line(r) for r in NEW_ROWS + OLD_ROWS)
+    assert sorted(seen) == sorted([original_line(r) for r in NEW_ROWS + OLD_ROWS] + list(INGESTED.values()))
+
+
+def test_ingested_lines_come_back_from_their_skeletons(lake: Lake) -> None:
+    rows = {r["id"]: r for r in lake.search("service:ingested", fields="id,line,raw")}
+    assert {k: r["line"] for k, r in rows.items()} == INGESTED
+    # Stored as skeletons: the values kept elsewhere are slots (and a line with a slot byte of its own is marked).
+    for name in ("\x0e", "\x03", "\x06", "\x02", "\x04", "id", "duration_ms", "region", "ok"):
+        assert SLOT + name + SLOT in rows["i1"]["raw"], name
+    for name in ("\x0f", "id", "n", "e", "z"):
+        assert SLOT + name + SLOT in rows["i2"]["raw"], name
+    assert '"method": "GET"' in rows["i2"]["raw"] and '"tags": ["a", "b"]' in rows["i2"]["raw"]
+    assert SLOT + "\x10" + SLOT in rows["i3"]["raw"]
+    assert rows["i4"]["raw"] == LITERAL + INGESTED["i4"]
+    # Searches of the line see the values put back.
+    assert sorted(by_id(lake.search('line:"\\"region\\":\\"eu-west-1\\""'))) == ["i1", "i3"]
+    assert sorted(by_id(lake.search('line:"2024-05-01T10:00:21.144123Z"'))) == ["i2"]
+
+
+def test_loki_json_parses_the_ingested_lines(lake: Lake) -> None:
+    [stream] = lake.loki('{service="ingested"} | json | region="eu-west-1" | ok="true"')
+    assert stream["values"][0][1] == INGESTED["i1"]
+    assert stream["stream"]["region"] == "eu-west-1" and stream["stream"]["time"] == "2024-05-01T10:00:20.144Z"
+    assert lines_of(lake.loki('{service="ingested"} |= "\\"n\\": 1.50"')) == [INGESTED["i2"]]
 
 
 def test_values_and_aggregations_of_the_line(lake: Lake) -> None:

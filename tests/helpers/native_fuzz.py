@@ -23,8 +23,9 @@ SEEDS = [
     '::1 - - [04/Mar/2024:05:06:07 +0000] "POST /y HTTP/2.0" 503 -',
     '{"deep":' + '{"k":' * 30 + '[' * 40 + ']' * 40 + '}' * 30 + '}',
     '{"\\ud83d\\ude00":"\\ud83d","a":1,"a":2}',
+    '{"time":"2023-11-14T22:13:20.123Z","t":"2023-11-14T22:13:20.123456Z","region":"us-west-2","n":12,"s":"\x02"}',
 ]
-ALPHABET = '{}[]":,\\ u0123456789abcdefnrtl.-+eE\t\n/' + "é\x00\x01"
+ALPHABET = '{}[]":,\\ u0123456789abcdefnrtl.-+eE\t\n/' + "é\x00\x01\x02\x07\x0e"
 
 
 def load(name: str, path: str) -> ModuleType:
@@ -48,6 +49,26 @@ def mutate(rng: random.Random, text: str) -> str:
     return "".join(chars)
 
 
+def skeletons(native: ModuleType, rng: random.Random, text: pa.StringArray) -> None:
+    """``skeletons`` over ``text`` with random attributes (keys taken from the lines), times and modes."""
+    words = [w for line in text.to_pylist() for w in line.replace("{", '"').replace("}", '"').split('"')]
+    words = words + ["a", "ts", ""] if words else ["a", "", "x\x07"]
+    n = len(text)
+    extra = rng.randint(0, 3)
+    attrs = pa.array([None if rng.random() < 0.1 else
+                      [(rng.choice(words), None if rng.random() < 0.1 else rng.choice(words))
+                       for _ in range(rng.choice([0, 1, 3, 20]))] for _ in range(n + extra)],
+                     pa.list_(pa.struct([("key", pa.string()), ("value", pa.string())]))).slice(extra)
+    offsets, keys, values = attrs.offsets, attrs.values.field("key"), attrs.values.field("value")
+    ts = pa.array([rng.choice([0, -1, 1_700_000_000_123_456, -(2**62), 2**62, 253402300799999999])
+                   for _ in range(n + extra)], pa.int64()).slice(extra)
+    mode = np.array([rng.randint(0, 2) for _ in range(n)], np.uint8)
+    native.skeletons(text.buffers()[1], text.buffers()[2], mode, text.offset, n, ts.buffers()[1], ts.offset,
+                     offsets.buffers()[1], attrs.buffers()[0], offsets.offset, keys.buffers()[1],
+                     keys.buffers()[2], keys.offset, values.buffers()[1], values.buffers()[2],
+                     values.buffers()[0], values.offset)
+
+
 def main(seconds: float, seed: int, native_so: str, trigrams_so: str) -> int:
     native, trigrams = load("_native", native_so), load("_trigrams", trigrams_so)
     rng = random.Random(seed)
@@ -67,6 +88,7 @@ def main(seconds: float, seed: int, native_so: str, trigrams_so: str) -> int:
         records = pa.array([line.encode() + rng.choice(ends) for line in lines], pa.binary()).slice(cut)
         part = (records.buffers()[1], records.buffers()[2], records.offset, len(records))
         native.join_lines([part] * rng.randint(0, 3))
+        skeletons(native, rng, text)
         raw = "".join(lines).encode()
         bounds = np.array(sorted(rng.randint(0, len(raw)) for _ in range(rng.randint(1, 5))), np.int64)
         trigrams.bitmaps(raw, bounds, bytes(rng.randint(0, 36) for _ in range(256)))
