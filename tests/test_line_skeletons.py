@@ -209,8 +209,8 @@ def test_values_the_attributes_do_not_hold_stay_text() -> None:
 
 def test_only_the_attributes_kept_are_slots() -> None:
     [row] = assert_lines_come_back(['{"msg":"m","a":"1","b":"2","c":"3"}'], max_attrs=2).to_pylist()
-    # (c and the ts_parse flag are cut)
-    assert dict(row["attrs"]) == {"a": "1", "b": "2", "attrs_dropped": "2"}
+    # (c is cut; the ts_parse flag is kept past the cut)
+    assert dict(row["attrs"]) == {"a": "1", "b": "2", "attrs_dropped": "1", "ts_parse": "observed"}
     assert row["raw"] == '{"msg":"' + s("\x02") + '","a":"' + s("a") + '","b":"' + s("b") + '","c":"3"}'
 
 
