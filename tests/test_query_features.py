@@ -980,6 +980,11 @@ SHORTCUT: list[tuple[str, str | None, Callable[[dict[str, Any]], bool]]] = [
     ("level:error", None, lambda r: r["level"] == "error"),
     ("level:error OR level:warning", "level", lambda r: r["level"] in ("error", "warn")),
     ("service:billing", "service", lambda r: r["service"] == "billing"),
+    # Both columns, or NOT: the catalog's rows per service and level.
+    ("service:api level:error", None, lambda r: r["service"] == "api" and r["level"] == "error"),
+    ("level:error", "service", lambda r: r["level"] == "error"),
+    ("-service:api", "level", lambda r: r["service"] != "api"),
+    ("service:web OR level:warn", "service,level", lambda r: r["service"] == "web" or r["level"] == "warn"),
 ]
 
 
@@ -998,7 +1003,7 @@ def test_catalog_shortcut_answers_whole_segments_and_agrees_with_scanning(
     assert totals == {k: sum(v) for k, v in per_hour(slow).items()}
     # and both agree with the data
     assert series_map(fast) == expected_counts([r for r in DATA_A if pred(r)], HOUR_US, A0, as_us(A_END),
-                                               _by(by) if by else lambda r: ())
+                                               _by(*by.split(",")) if by else lambda r: ())
 
 
 def test_catalog_shortcut_with_a_partial_range_mixes_catalog_and_scan(server: Server) -> None:
@@ -1017,7 +1022,7 @@ def test_catalog_shortcut_with_top_n_adds_up(server: Server) -> None:
     assert len(fast["series"]) == 2 and fast["series"][1]["other"]
 
 
-@pytest.mark.parametrize("q", ["timeout", "service:api level:error", "-service:api", "status:500", "service:ap*"])
+@pytest.mark.parametrize("q", ["timeout", "service:api timeout", "status:500", "service:ap*", "level>=warn"])
 def test_catalog_shortcut_is_not_used_when_the_query_needs_rows(server: Server, q: str) -> None:
     body = server.aggregate(q=q, interval="1h")
     assert body["stats"]["segments_answered_by_catalog"] == 0

@@ -36,6 +36,7 @@ from query.planner import literal_regex
 from query.timerange import format_us, parse_time_us
 from storage.catalog import Catalog
 from storage.compaction import collect_garbage, compact
+from storage.maintenance import fill_service_levels
 from storage.root import DataRoot
 
 _HOUR = 3_600_000_000
@@ -200,6 +201,13 @@ def compacted(lines: int, shape: str = "mixed") -> Config:
         print(f"  query: compacted {report.rows:,} rows in {time.perf_counter() - t0:.0f}s")
         catalog.close()
         marker.write_text("{}")
+    # A lake compacted by an older loglake has segments without rows per service and level; the
+    # maintenance loop counts them after an upgrade, as here (nothing to do for a lake written now).
+    catalog = Catalog(f"sqlite:///{work / 'catalog.sqlite'}")
+    filled = fill_service_levels(DataRoot(str(work)), catalog, limit=1 << 30)
+    catalog.close()
+    if filled:
+        print(f"  query: counted services and levels of {filled} segments recorded before the catalog kept them")
     return cfg.model_copy(update={"storage": cfg.storage.model_copy(
         update={"data_root": str(work), "catalog_url": f"sqlite:///{work / 'catalog.sqlite'}"})})
 
