@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -26,8 +26,9 @@ from query.language import MatchAll, Node, parse
 from query.metrics import QueryMetrics
 from query.planner import Compiled, Scan, choose, compile_filter, regexes, term_count, uses_original
 from storage.catalog import Catalog, SegmentRow
-from storage.root import DataRoot
-from storage.tokens import IndexCache, SegmentIndex
+from storage.root import DataRoot, SegmentFooter
+from storage.schema import ORIGINAL_COLUMNS
+from storage.tokens import FooterCache, SegmentIndex
 
 #: The time range of a request as SQL: two bound epoch microseconds, start inclusive.
 RANGE_SQL = "ts >= make_timestamptz(?::BIGINT) AND ts < make_timestamptz(?::BIGINT)"
@@ -46,11 +47,15 @@ class Plan:
     where: Compiled
     #: Whether the condition reads the original line's columns.
     original: bool = False
+    #: Whether a segment's file has the original line's columns (from its footer).
+    has_original: Callable[[SegmentRow], bool] = lambda seg: False
 
     def relation(self, *, original: bool = False) -> Compiled:
         """The planned data as a FROM-clause relation; with the original line's columns when the
         condition needs them or ``original`` asks for them (a projection that shows them)."""
-        return self.scan.relation(original=original or self.original)
+        original = original or self.original
+        every = original and all(self.has_original(seg) for seg in self.scan.segments)
+        return self.scan.relation(original=original, every_file_has_original=every)
 
 
 class QueryRunner:
@@ -74,7 +79,7 @@ class QueryRunner:
         self._local = threading.local()
         #: The concurrency limit: one slot per running request.
         self.slots = threading.BoundedSemaphore(q.max_concurrent)
-        self._indexes = IndexCache()
+        self._footers: FooterCache[SegmentFooter | None] = FooterCache()
         self.metrics = QueryMetrics()
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
@@ -114,15 +119,24 @@ class QueryRunner:
         finally:
             timer.cancel()
 
-    def _index(self, seg: SegmentRow) -> SegmentIndex | None:
-        hit, idx = self._indexes.get(seg.path)
+    def _footer(self, seg: SegmentRow) -> SegmentFooter | None:
+        hit, footer = self._footers.get(seg.path)
         if not hit:
             try:
-                idx = self.root.read_index(seg.path)
+                footer = self.root.read_footer(seg.path)
             except (OSError, ValueError):
-                idx = None      # unreadable footer: scan the segment whole, as before the index
-            self._indexes.put(seg.path, idx)
-        return idx
+                footer = None   # unreadable footer: scan the segment whole, as before the index
+            self._footers.put(seg.path, footer)
+        return footer
+
+    def _index(self, seg: SegmentRow) -> SegmentIndex | None:
+        footer = self._footer(seg)
+        return footer.index if footer is not None else None
+
+    def _has_original(self, seg: SegmentRow) -> bool:
+        """Whether the segment's file has the original line's columns (those written before do not)."""
+        footer = self._footer(seg)
+        return footer is not None and footer.columns.issuperset(ORIGINAL_COLUMNS)
 
     def check_regexes(self, node: Node) -> None:
         """Refuse a regular expression DuckDB's RE2 cannot compile, before any reading."""
@@ -158,7 +172,7 @@ class QueryRunner:
         if scan.bytes_scanned > self.cfg.query.max_scan_bytes:
             raise ScanTooLarge(scan.bytes_scanned, self.cfg.query.max_scan_bytes)
         self.metrics.scanned(scan)
-        return Plan(scan, where, uses_original(node))
+        return Plan(scan, where, uses_original(node), self._has_original)
 
     def select(self, node: Node | None, start_us: int, end_us: int, tenant: str, select: str,
                tail: str, select_params: list[Any], tail_params: list[Any], *,
