@@ -30,6 +30,7 @@ from query.planner import (
 )
 from query.runner import RANGE_SQL, Plan, QueryRunner
 from query.timerange import format_us, parse_duration_us, parse_range
+from query.timing import span
 from storage.catalog import SegmentRow
 from storage.schema import LINE_SQL
 
@@ -222,11 +223,13 @@ class Aggregator:
             raise QueryError("top must be between 1 and 1000")
         first = start_us // iv * iv
         buckets = list(range(first, end_us, iv))
-        segments = self.runner.catalog.segments(tenant, start_us, end_us)
-        from_catalog: Cells = {}
-        counted = 0
-        if fname == "count":
-            segments, counted = self._count_from_catalog(node, by, segments, start_us, end_us, iv, from_catalog)
+        with span("catalog"):
+            segments = self.runner.catalog.segments(tenant, start_us, end_us)
+            from_catalog: Cells = {}
+            counted = 0
+            if fname == "count":
+                segments, counted = self._count_from_catalog(node, by, segments, start_us, end_us, iv,
+                                                             from_catalog)
         with self.runner.slot():
             plan = self.runner.plan(node, tenant, start_us, end_us, segments)
             rows: list[Row] = []

@@ -25,6 +25,7 @@ from query.errors import QueryError, QueryOutOfMemory, QueryTimeout, ScanTooLarg
 from query.language import MatchAll, Node, parse
 from query.metrics import QueryMetrics
 from query.planner import Compiled, Scan, choose, compile_filter, regexes, term_count, uses_original
+from query.timing import span
 from storage.catalog import Catalog, SegmentRow
 from storage.root import DataRoot, SegmentFooter
 from storage.schema import ORIGINAL_COLUMNS
@@ -107,7 +108,8 @@ class QueryRunner:
         timer = threading.Timer(self.cfg.query.timeout_s, cur.interrupt)
         timer.start()
         try:
-            return cur.execute(sql, params).to_arrow_table()
+            with span("duckdb"):
+                return cur.execute(sql, params).to_arrow_table()
         except duckdb.InterruptException:
             raise QueryTimeout(f"query interrupted after {self.cfg.query.timeout_s:g} s") from None
         except duckdb.OutOfMemoryException:
@@ -164,11 +166,14 @@ class QueryRunner:
         terms, limit = term_count(node), self.cfg.query.max_query_terms
         if terms > limit:
             raise QueryError(f"the query has {terms} terms; the limit is {limit} (query.max_query_terms)")
-        self.check_regexes(node)
-        where = compile_filter(node)     # unknown fields and bad values are refused before any reading
+        with span("plan"):
+            self.check_regexes(node)
+            where = compile_filter(node)     # unknown fields and bad values are refused before any reading
         if segments is None:
-            segments = self.catalog.segments(tenant, start_us, end_us)
-        scan = choose(node, segments, self.root.url, self._index)
+            with span("catalog"):
+                segments = self.catalog.segments(tenant, start_us, end_us)
+        with span("plan"):
+            scan = choose(node, segments, self.root.url, self._index)
         if scan.bytes_scanned > self.cfg.query.max_scan_bytes:
             raise ScanTooLarge(scan.bytes_scanned, self.cfg.query.max_scan_bytes)
         self.metrics.scanned(scan)

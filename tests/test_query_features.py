@@ -598,6 +598,35 @@ def test_cursor_from_desc_used_with_asc_is_400(server: Server) -> None:
 # == stats and pruning ======================================================================
 
 
+def _server_timing(resp: httpx.Response) -> dict[str, float]:
+    out = {}
+    for part in resp.headers["server-timing"].split(","):
+        name, _, dur = part.strip().partition(";dur=")
+        out[name] = float(dur)
+    return out
+
+
+@pytest.mark.parametrize(("path", "params", "spans"), [
+    ("/api/v1/search", {"q": "service:api"}, {"catalog", "plan", "duckdb", "render", "app"}),
+    ("/api/v1/aggregate", {"q": "user:erin", "by": "service"}, {"catalog", "plan", "duckdb", "render", "app"}),
+    # Answered by the catalog: no statement runs.
+    ("/api/v1/aggregate", {"q": "level:error", "by": "service", "interval": "1h"}, {"catalog", "plan", "render",
+                                                                                     "app"}),
+])
+def test_server_timing_says_where_the_time_went(server: Server, path: str, params: dict[str, str],
+                                                spans: set[str]) -> None:
+    for accept in ("application/json", "application/x-ndjson"):
+        if path.endswith("aggregate") and accept != "application/json":
+            continue
+        resp = server.client.get(path, params={**params, **RANGE_A}, headers={"Accept": accept})
+        assert resp.status_code == 200, resp.text
+        timing = _server_timing(resp)
+        want = spans - {"render"} if "ndjson" in accept else spans
+        assert set(timing) == want
+        assert all(v >= 0 for v in timing.values())
+        assert timing["app"] >= sum(v for k, v in timing.items() if k != "app") - 0.05
+
+
 def segments_in(lake: Lake, rng: dict[str, str]) -> list[Any]:
     return lake.catalog.segments("default", parse_time_us(rng["start"]), parse_time_us(rng["end"]))
 
