@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 from query.errors import QueryError
@@ -33,6 +34,7 @@ from query.timerange import format_us, parse_duration_us, parse_range
 from query.timing import span
 from storage.catalog import SegmentRow
 from storage.schema import LINE_SQL
+from storage.segments import MINUTE_US, MinuteCounts
 
 AGGREGATE_FNS = ("count", "sum", "avg", "min", "max", "p50", "p95", "p99")
 _QUANTILES = {"p50": 0.5, "p95": 0.95, "p99": 0.99}
@@ -156,6 +158,45 @@ def _cell_key(by: list[str]) -> Callable[[str, str], tuple[str | None, ...]] | N
     return lambda s, lv: tuple(s if p else lv for p in pick)
 
 
+def _columns(node: Node) -> set[str]:
+    """The columns ``node``'s terms name (for a node :func:`cell_test` takes)."""
+    match node:
+        case Term(field=f) if f is not None:
+            return {resolve(f)[1]}
+        case Not(item=item):
+            return _columns(item)
+        case And(items=items) | Or(items=items):
+            return set().union(*(_columns(i) for i in items))
+    return set()
+
+
+def _add_minutes(minutes: MinuteCounts | None, test: CellTest, by_level: bool, start_us: int, end_us: int,
+                 iv: int, into: Cells) -> bool:
+    """Add a segment's rows per minute and level that ``test`` takes (it looks at the level only) to
+    ``into``, per bucket of ``iv`` (whole minutes) and per level when ``by_level``; False, adding
+    nothing, when the counts are not known or a minute holding rows is cut by [start, end)."""
+    widths = {len(v) for v in minutes.levels.values()} if minutes is not None else set()
+    if minutes is None or len(widths) > 1:
+        return False
+    starts = (minutes.first + np.arange(widths.pop() if widths else 0)) * MINUTE_US
+    inside = (starts >= start_us) & (starts + MINUTE_US <= end_us)
+    outside = (starts + MINUTE_US <= start_us) | (starts >= end_us)
+    held = np.zeros(len(starts), dtype=bool)
+    for counts in minutes.levels.values():
+        held |= np.asarray(counts, dtype=np.int64) > 0
+    if (held & ~inside & ~outside).any():
+        return False
+    buckets = starts // iv * iv
+    for level, counts in minutes.levels.items():
+        if not test("", level):
+            continue
+        n = np.where(inside, np.asarray(counts, dtype=np.int64), 0)
+        for b in np.unique(buckets[n > 0]).tolist():
+            k = (int(b), (level,) if by_level else ())
+            into[k] = into.get(k, 0) + int(n[buckets == b].sum())
+    return True
+
+
 def fold_top(merged: dict[tuple[int, tuple[str | None, ...]], float], top: int) -> list[Row]:
     """Keep the ``top`` groups by total; fold the rest into "other" per bucket."""
     totals: dict[tuple[str | None, ...], float] = {}
@@ -250,12 +291,16 @@ class Aggregator:
     @staticmethod
     def _count_from_catalog(node: Node, by: list[str], segments: list[SegmentRow], start_us: int, end_us: int,
                             iv: int, into: Cells) -> tuple[list[SegmentRow], int]:
-        """Add to ``into`` the counts of every segment the catalog answers for (wholly inside the
-        range and inside one bucket, and either with its rows per service and level or, for a query
-        about one of the two, its rows per that one); the segments left to scan, and how many were
-        answered."""
+        """Add to ``into`` the counts of every segment the catalog answers for, and return the segments
+        left to scan and how many were answered. A segment wholly inside the range and inside one
+        bucket is answered by its rows per service and level (or, recorded before those were kept,
+        for a query about one of the two, by its rows per that one); when the query and groups name
+        only the level and buckets are whole minutes, a segment is answered by its rows per minute
+        and level if none of its minutes is cut by the range."""
         test, key = cell_test(node), _cell_key(by)
         single = _catalog_counts(node, by)       # for segments recorded before service_levels
+        by_minute = test is not None and iv % MINUTE_US == 0 and "service" not in _columns(node) and \
+            (by == [] or (len(by) == 1 and resolve(by[0]) == ("column", "level")))
         rest: list[SegmentRow] = []
         counted = 0
         for seg in segments:
@@ -273,7 +318,8 @@ class Aggregator:
                     if keep is None or value in keep:
                         k = (b, (value,) if by else ())
                         into[k] = into.get(k, 0) + n
-            else:
+            elif not (by_minute and test is not None and
+                      _add_minutes(seg.minutes(), test, bool(by), start_us, end_us, iv, into)):
                 rest.append(seg)
                 continue
             counted += 1

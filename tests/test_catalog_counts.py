@@ -27,7 +27,7 @@ from query.timerange import format_us
 from storage import retention
 from storage.catalog import MIGRATIONS, Catalog
 from storage.compaction import collect_garbage, compact
-from storage.maintenance import fill_service_levels, run_gc
+from storage.maintenance import fill_counts, run_gc
 from storage.retention import Rules
 from storage.schema import COLUMNS, RECORD_SCHEMA
 from storage.segments import HOUR_US, service_level_counts
@@ -70,6 +70,13 @@ def file_counts(lake: Lake, rel: str) -> dict[str, dict[str, int]]:
     return out
 
 
+def file_minutes(lake: Lake, rel: str) -> Counter[tuple[int, str]]:
+    """Rows per (epoch minute, level) in one segment file, as DuckDB counts them."""
+    return Counter({(m, lv): n for m, lv, n in duckdb.sql(
+        f"SELECT epoch_us(ts) // 60000000, level, count(*) FROM read_parquet('{lake.dir}/{rel}') "
+        "GROUP BY ALL").fetchall()})
+
+
 def check_segments(lake: Lake) -> None:
     """Every live segment's counts are its file's, and add up to its rows and per-column counts."""
     live = lake.catalog.live_segments(TENANT)
@@ -78,45 +85,66 @@ def check_segments(lake: Lake) -> None:
         assert seg.service_levels == file_counts(lake, seg.path), seg.path
         assert sum(n for row in seg.service_levels.values() for n in row.values()) == seg.rows
         assert {s: sum(row.values()) for s, row in seg.service_levels.items()} == seg.services
+        minutes = seg.minutes()
+        assert minutes is not None
+        per_minute: Counter[tuple[int, str]] = Counter()
+        for level, counts in minutes.levels.items():
+            for i, n in enumerate(counts):
+                if n:
+                    per_minute[(minutes.first + i, level)] += n
+        assert per_minute == file_minutes(lake, seg.path), seg.path
 
 
-def expected(held: Counter[RowKey], pred: Any, by: list[str]) -> dict[tuple[Any, ...], int]:
-    """Counts per (hour, group) of the records the lake holds that ``pred`` takes."""
+def _us(ts: Any) -> int:
+    return int(ts.timestamp() * 1_000_000)
+
+
+def expected(held: Counter[RowKey], pred: Any, by: list[str], start: int = DAY_US, end: int = DAY_US + 24 * HOUR_US,
+             width: int = HOUR_US) -> dict[tuple[Any, ...], int]:
+    """Counts per (bucket of ``width`` after the day's start, group) of the records the lake holds in
+    [start, end) that ``pred`` takes."""
     out: Counter[tuple[Any, ...]] = Counter()
     for key, n in held.items():
-        svc, level = key[_SERVICE], key[_LEVEL]
-        if pred(svc, level):
-            ts = key[COLUMNS.index("ts")]
-            hour = (int(ts.timestamp() * 1_000_000) - DAY_US) // HOUR_US
+        svc, level, ts = key[_SERVICE], key[_LEVEL], _us(key[COLUMNS.index("ts")])
+        if pred(svc, level) and start <= ts < end:
             group = tuple(svc if b == "service" else level for b in by)
-            out[(hour, group)] += n
+            out[((ts - DAY_US) // width, group)] += n
     return dict(out)
 
 
-def answered(svc: SearchService, q: str, by: list[str], interval: str) -> tuple[dict[tuple[Any, ...], int], int]:
-    """An aggregation's counts per (hour, group), and how many segments the catalog answered."""
-    a = svc.aggregate(q, format_us(DAY_US), format_us(DAY_US + 24 * HOUR_US), interval=interval, by=by, top=1000,
-                      tenant=TENANT)
+def answered(svc: SearchService, q: str, by: list[str], interval: str, start: int = DAY_US,
+             end: int = DAY_US + 24 * HOUR_US, width: int = HOUR_US) -> tuple[dict[tuple[Any, ...], int], int]:
+    """An aggregation's counts per (bucket of ``width``, group), and how many segments the catalog answered."""
+    a = svc.aggregate(q, format_us(start), format_us(end), interval=interval, by=by, top=1000, tenant=TENANT)
     out: Counter[tuple[Any, ...]] = Counter()
     for s in a.series:
         assert not s.other
         for b, n in zip(a.buckets, s.points, strict=True):
             if n:
-                out[((b - DAY_US) // HOUR_US, tuple(s.group[k] for k in by))] += int(n)
+                out[((b - DAY_US) // width, tuple(s.group[k] for k in by))] += int(n)
     return dict(out), int(a.stats["segments_answered_by_catalog"])
 
 
+def about_levels_only(q: str, by: list[str]) -> bool:
+    """Whether a case's query and groups name only the level (its counts per minute answer it)."""
+    return "service" not in q and "service" not in by
+
+
 def check_counts(tmp_path: Path, lake: Lake) -> None:
-    """Each case counted from the catalog (1h buckets) equals the scan (30m buckets, summed) and the records."""
+    """Each case counted from the catalog (1h buckets: per service and level; 5m: per minute and level,
+    when it names the level only) equals the scan (90 s buckets, not whole minutes) and the records."""
     check_segments(lake)
     svc = _service(lake)
     live = len(lake.catalog.live_segments(TENANT))
     for q, by, pred in CASES:
         fast, from_catalog = answered(svc, q, by, "1h")
-        slow, none = answered(svc, q, by, "30m")
+        slow, none = answered(svc, q, by, "90s")
         assert from_catalog == live, q
         assert none == 0, q
         assert fast == slow == expected(lake.by_tenant[TENANT], pred, by), q
+        five, by_minute = answered(svc, q, by, "5m", width=5 * 60_000_000)
+        assert by_minute == (live if about_levels_only(q, by) else 0), q
+        assert five == expected(lake.by_tenant[TENANT], pred, by, width=5 * 60_000_000), q
 
 
 def test_counts_after_ingest_compaction_retention_and_deletion(tmp_path: Path, lake: Lake) -> None:
@@ -156,10 +184,31 @@ def test_counts_after_ingest_compaction_retention_and_deletion(tmp_path: Path, l
     check_counts(tmp_path, lake)
 
 
+@pytest.mark.parametrize(("start_s", "end_s", "cut"), [
+    (30 * 60, 165 * 60, False),              # whole minutes: every segment answered
+    (30 * 60 + 30, 165 * 60, True),          # a minute cut at the start: its hour is scanned
+    (0, 3 * 3600 + 59, True),                # and at the end
+])
+def test_counts_per_minute_answer_ranges_of_whole_minutes(tmp_path: Path, lake: Lake, start_s: int, end_s: int,
+                                                          cut: bool) -> None:
+    svc = _service(lake)
+    start, end = DAY_US + start_s * 1_000_000, DAY_US + end_s * 1_000_000
+    overlapping = len(lake.catalog.segments(TENANT, start, end))
+    for q, by, pred in CASES:
+        if not about_levels_only(q, by):
+            continue
+        got, from_catalog = answered(svc, q, by, "1m", start, end, width=60_000_000)
+        assert got == expected(lake.by_tenant[TENANT], pred, by, start, end, width=60_000_000), q
+        if cut:
+            assert 0 < from_catalog < overlapping, q
+        else:
+            assert from_catalog == overlapping, q
+
+
 def test_segments_recorded_before_the_counts_are_scanned(tmp_path: Path, lake: Lake) -> None:
     """A segment whose counts the catalog lacks (recorded at schema version 9) is scanned, not guessed."""
     old = lake.catalog.live_segments(TENANT)[0]
-    run_sql(lake.url, "UPDATE segments SET service_levels = NULL WHERE id = ?", (old.id,))
+    run_sql(lake.url, "UPDATE segments SET service_levels = NULL, minute_levels = NULL WHERE id = ?", (old.id,))
     svc = _service(lake)
     live = len(lake.catalog.live_segments(TENANT))
     for q, by, pred in CASES:
@@ -172,17 +221,18 @@ def test_segments_recorded_before_the_counts_are_scanned(tmp_path: Path, lake: L
 def test_maintenance_fills_the_counts_of_segments_recorded_before_them(tmp_path: Path, lake: Lake) -> None:
     """After an upgrade, the GC run counts what older segments hold, so the catalog answers for them too."""
     for seg in lake.catalog.live_segments(TENANT):
-        run_sql(lake.url, "UPDATE segments SET service_levels = NULL WHERE id = ?", (seg.id,))
-    assert len(lake.catalog.lacking_service_levels(100)) == 12
-    assert fill_service_levels(lake.root, lake.catalog, limit=5) == 5
+        run_sql(lake.url, "UPDATE segments SET service_levels = NULL, minute_levels = NULL WHERE id = ?",
+                (seg.id,))
+    assert len(lake.catalog.lacking_counts(100)) == 12
+    assert fill_counts(lake.root, lake.catalog, limit=5) == 5
     cfg = Config.model_validate({"storage": {"data_root": str(lake.dir), "catalog_url": lake.url}})
     result = run_gc(cfg, lake.root, lake.catalog)
-    assert result["service_levels_filled"] == 7
-    assert lake.catalog.lacking_service_levels(100) == []
+    assert result["counts_filled"] == 7
+    assert lake.catalog.lacking_counts(100) == []
     check_counts(tmp_path, lake)
     # A segment that already has its counts is not written again.
     seg = lake.catalog.live_segments(TENANT)[0]
-    assert not lake.catalog.set_service_levels(seg.id, {"x": {"info": 1}})
+    assert not lake.catalog.set_counts(seg.id, {"x": {"info": 1}}, None)
     assert lake.catalog.live_segments(TENANT)[0].service_levels == seg.service_levels
 
 

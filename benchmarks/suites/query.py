@@ -36,7 +36,7 @@ from query.planner import literal_regex
 from query.timerange import format_us, parse_time_us
 from storage.catalog import Catalog
 from storage.compaction import collect_garbage, compact
-from storage.maintenance import fill_service_levels
+from storage.maintenance import fill_counts
 from storage.root import DataRoot
 
 _HOUR = 3_600_000_000
@@ -204,7 +204,7 @@ def compacted(lines: int, shape: str = "mixed") -> Config:
     # A lake compacted by an older loglake has segments without rows per service and level; the
     # maintenance loop counts them after an upgrade, as here (nothing to do for a lake written now).
     catalog = Catalog(f"sqlite:///{work / 'catalog.sqlite'}")
-    filled = fill_service_levels(DataRoot(str(work)), catalog, limit=1 << 30)
+    filled = fill_counts(DataRoot(str(work)), catalog, limit=1 << 30)
     catalog.close()
     if filled:
         print(f"  query: counted services and levels of {filled} segments recorded before the catalog kept them")
