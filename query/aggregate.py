@@ -187,13 +187,15 @@ def _add_minutes(minutes: MinuteCounts | None, test: CellTest, by_level: bool, s
     if (held & ~inside & ~outside).any():
         return False
     buckets = starts // iv * iv
+    first_bucket = int(buckets[0]) if len(buckets) else 0
+    index = (buckets - first_bucket) // iv
     for level, counts in minutes.levels.items():
         if not test("", level):
             continue
-        n = np.where(inside, np.asarray(counts, dtype=np.int64), 0)
-        for b in np.unique(buckets[n > 0]).tolist():
-            k = (int(b), (level,) if by_level else ())
-            into[k] = into.get(k, 0) + int(n[buckets == b].sum())
+        sums = np.bincount(index, weights=np.where(inside, np.asarray(counts, dtype=np.int64), 0))
+        for i in np.flatnonzero(sums).tolist():
+            k = (first_bucket + i * iv, (level,) if by_level else ())
+            into[k] = into.get(k, 0) + int(sums[i])
     return True
 
 
