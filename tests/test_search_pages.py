@@ -10,6 +10,8 @@ from __future__ import annotations
 import base64
 import json
 import random
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -167,3 +169,41 @@ def test_files_are_read_by_name_only_when_one_lacks_the_original_columns(
     assert got == {x["attrs"][0][1]: expected_row(x) for x in old}
     everything = svc.search("", START, END, limit=1000).rows
     assert len(everything) == len(rows) + len(old)
+
+
+# -- the time limit's watchdog ----------------------------------------------------------------
+
+
+def test_watchdog_calls_what_is_due_in_order_and_never_what_was_disarmed() -> None:
+    from query.runner import Watchdog
+
+    dog = Watchdog()
+    called: list[str] = []
+    done = threading.Event()
+    dog.arm(0.3, lambda: (called.append("late"), done.set()))
+    dog.arm(0.05, lambda: called.append("early"))
+    kept = dog.arm(0.1, lambda: called.append("disarmed"))
+    dog.disarm(kept)
+    assert done.wait(5)
+    assert called == ["early", "late"]
+    # Armed again after an idle spell, it still fires.
+    again = threading.Event()
+    dog.arm(0.01, again.set)
+    assert again.wait(5)
+
+
+def test_a_statement_past_the_time_limit_is_interrupted(tmp_path: Path) -> None:
+    from query.errors import QueryTimeout
+
+    catalog = Catalog(f"sqlite:///{tmp_path / 'catalog.sqlite'}")
+    cfg = Config.model_validate({"storage": {"data_root": str(tmp_path / "data"),
+                                             "catalog_url": f"sqlite:///{tmp_path / 'catalog.sqlite'}"},
+                                 "query": {"timeout_s": 0.2}})
+    (tmp_path / "data").mkdir()
+    runner = SearchService(cfg, catalog).runner
+    t0 = time.monotonic()
+    with pytest.raises(QueryTimeout):
+        runner.run("SELECT count(*) FROM range(100000000000) a WHERE a.range % 7 = 3", [])
+    assert time.monotonic() - t0 < 10
+    # The next statement on the same cursor runs to its end.
+    assert runner.run("SELECT 42 AS x", [])["x"].to_pylist() == [42]
