@@ -150,6 +150,7 @@ def generate(out_dir: Path, lines: int, *, seed: int = 42, day: datetime = DAY) 
     physical = 0
     raw_bytes = 0
     stored_ts = ts_us.copy()
+    continuation = np.zeros(n, dtype=np.int64)      # lines of a record after its first (stack traces)
     try:
         svc_l, host_l, lvl_l, ms_l = svc.tolist(), host.tolist(), level.tolist(), ms.tolist()
         for i in order.tolist():
@@ -209,6 +210,7 @@ def generate(out_dir: Path, lines: int, *, seed: int = 42, day: datetime = DAY) 
                     out = [f"<{pri}>1 {t:%Y-%m-%dT%H:%M:%S}.{t.microsecond // 1000:03d}Z host-{host_l[i]:03d} {name} "
                            f"{(r >> 30) % 30000 + 100} - - {msg}{extra}"]
             block = "\n".join(out) + "\n"
+            continuation[i] = len(out) - 1
             files[name].write(block)
             physical += len(out)
             raw_bytes += len(block.encode())
@@ -216,12 +218,20 @@ def generate(out_dir: Path, lines: int, *, seed: int = 42, day: datetime = DAY) 
         for f in files.values():
             f.close()
 
-    return _truth(n, physical, raw_bytes, day_start_us, svc, level, stored_ts, needle_at, substring_at)
+    return truth_of(n, physical, raw_bytes, day_start_us, svc, level, stored_ts, needle_at, substring_at,
+                    continuation=continuation)
 
 
-def _truth(n: int, physical: int, raw_bytes: int, day_start_us: int, svc: np.ndarray, level: np.ndarray,
-           ts: np.ndarray, needle_at: set[int], substring_at: set[int]) -> Truth:
-    names = [s for s, _ in SERVICES]
+def truth_of(n: int, physical: int, raw_bytes: int, day_start_us: int, svc: np.ndarray, level: np.ndarray,
+           ts: np.ndarray, needle_at: set[int], substring_at: set[int],
+           services: tuple[str, ...] | None = None, continuation: np.ndarray | None = None) -> Truth:
+    """The answers, from each record's service and level index (into ``services`` and
+    :data:`LEVELS`), stored time, and where the needle and the substring were planted.
+
+    ``continuation``: per record, its lines after the first (a stack trace's). Each is stored as a
+    row of its own at the record's time (``attrs.ts_parse = inherited``) with level ``unknown``,
+    so q3 counts them; the other answers are about records."""
+    names = list(services) if services is not None else [s for s, _ in SERVICES]
     q2_sel = (svc == names.index(Q2_SERVICE)) & (level == LEVELS.index(Q2_LEVEL)) & \
         (ts >= day_start_us + Q2_HOUR * 3_600_000_000) & (ts < day_start_us + (Q2_HOUR + 1) * 3_600_000_000)
     q2 = np.sort(ts[q2_sel])[::-1][:100]
@@ -231,8 +241,12 @@ def _truth(n: int, physical: int, raw_bytes: int, day_start_us: int, svc: np.nda
     for k, c in zip(keys.tolist(), counts.tolist(), strict=True):
         start = str(day_start_us + (k // 8) * 300_000_000)
         q3.setdefault(start, {})[LEVELS[k % 8]] = c
-    errors = np.bincount(svc[level == LEVELS.index("error")], minlength=len(SERVICES))
-    top = sorted(((names[i], int(errors[i])) for i in range(len(SERVICES)) if errors[i]),
+    if continuation is not None and continuation.any():
+        extra = np.bincount(bucket, weights=continuation, minlength=int(bucket.max()) + 1)
+        for k in np.flatnonzero(extra).tolist():
+            q3.setdefault(str(day_start_us + k * 300_000_000), {})["unknown"] = int(extra[k])
+    errors = np.bincount(svc[level == LEVELS.index("error")], minlength=len(names))
+    top = sorted(((names[i], int(errors[i])) for i in range(len(names)) if errors[i]),
                  key=lambda x: (-x[1], x[0]))[:10]
     w_lo = day_start_us + Q5_START_HOUR * 3_600_000_000
     w_hi = w_lo + Q5_HOURS * 3_600_000_000
@@ -243,5 +257,5 @@ def _truth(n: int, physical: int, raw_bytes: int, day_start_us: int, svc: np.nda
         substring_in_window=int(((ts[sub] >= w_lo) & (ts[sub] < w_hi)).sum()) if len(sub) else 0,
         substring_total=len(substring_at), q2_ts_us=q2.tolist(), q3_buckets=q3, q4_top_services=top,
         per_level={LEVELS[i]: int(c) for i, c in enumerate(np.bincount(level, minlength=len(LEVELS)))},
-        per_service={names[i]: int(c) for i, c in enumerate(np.bincount(svc, minlength=len(SERVICES)))},
+        per_service={names[i]: int(c) for i, c in enumerate(np.bincount(svc, minlength=len(names)))},
     )

@@ -9,12 +9,16 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
+
+from benchmarks.app_corpus import generate_app
 from benchmarks.corpus import Truth, generate
 from ingest.worker import IngestWorker
 from loglake.broker import start_broker, stop_process
@@ -60,14 +64,25 @@ def config(work: Path, bootstrap: str, topic: str, include: list[str], **section
     return Config.model_validate(base)
 
 
-def corpus(lines: int, seed: int = 42) -> tuple[Path, Truth]:
-    """The corpus for ``lines`` records, generated once and cached under WORK."""
-    d = WORK / f"corpus-{lines}-{seed}"
+#: Corpus shapes: ``mixed`` (benchmarks/corpus.py: JSON, nginx, Java, syslog) and ``app`` (benchmarks/app_corpus.py:
+#: JSON application logs, the shape of issue 26).
+SHAPES = ("mixed", "app")
+
+
+def _prefix(shape: str) -> str:
+    if shape not in SHAPES:
+        raise ValueError(f"unknown corpus shape {shape!r}")
+    return "" if shape == "mixed" else f"{shape}-"
+
+
+def corpus(lines: int, seed: int = 42, shape: str = "mixed") -> tuple[Path, Truth]:
+    """The corpus of ``shape`` for ``lines`` records, generated once and cached under WORK."""
+    d = WORK / f"corpus-{_prefix(shape)}{lines}-{seed}"
     truth_file = d / "truth.json"
     if not truth_file.exists():
         shutil.rmtree(d, ignore_errors=True)
         t0 = time.perf_counter()
-        truth = generate(d / "logs", lines, seed=seed)
+        truth = (generate if shape == "mixed" else generate_app)(d / "logs", lines, seed=seed)
         truth.save(truth_file)
         print(f"  corpus: {lines:,} records, {truth.raw_bytes / 1e6:,.0f} MB in {time.perf_counter() - t0:.0f}s")
     return d / "logs", Truth.load(truth_file)
@@ -147,10 +162,10 @@ async def ingest_until(cfg: Config, rows: int, timeout_s: float = 1800,
     return IngestRun(done_at - assigned_at[0], final_rows, dict(worker.stats), complete=final_rows >= rows)
 
 
-def store(lines: int, seed: int = 42) -> tuple[Path, Truth, Config]:
-    """The corpus shipped and ingested by the real pipeline, cached under WORK."""
-    logs, truth = corpus(lines, seed)
-    work = WORK / f"store-{lines}-{seed}"
+def store(lines: int, seed: int = 42, shape: str = "mixed") -> tuple[Path, Truth, Config]:
+    """The corpus of ``shape`` shipped and ingested by the real pipeline, cached under WORK."""
+    logs, truth = corpus(lines, seed, shape)
+    work = WORK / f"store-{_prefix(shape)}{lines}-{seed}"
     marker = work / "done.json"
     if marker.exists():
         return logs, truth, Config.model_validate(json.loads(marker.read_text()))
@@ -164,3 +179,40 @@ def store(lines: int, seed: int = 42) -> tuple[Path, Truth, Config]:
               f"(ingest {run.seconds:.1f}s)")
     marker.write_text(cfg.model_dump_json())
     return logs, truth, cfg
+
+
+def serve_config(cfg: Config, work: Path) -> Path:
+    """A configuration file for `loglake serve` over ``cfg``'s data root and catalog, auth off."""
+    work.mkdir(parents=True, exist_ok=True)
+    path = work / "loglake.toml"
+    path.write_text(f'[storage]\ndata_root = "{cfg.storage.data_root}"\n'
+                    f'catalog_url = "{cfg.storage.resolved_catalog_url()}"\n\n'
+                    '[auth]\nenabled = false\n\n[log]\nlevel = "warning"\n')
+    return path
+
+
+@contextlib.contextmanager
+def serve(config: Path) -> Iterator[str]:
+    """`loglake serve` over ``config`` on a free loopback port, as a real process; yields its URL."""
+    port = free_port()
+    log = config.parent / "serve.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOGLAKE_")}
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "loglake", "--config", str(config), "serve",
+                                 "--host", "127.0.0.1", "--port", str(port)], env=env, stdout=out,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"loglake serve exited with {proc.returncode}: {log.read_text()[-2000:]}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError("loglake serve did not get ready in 60 s")
+            time.sleep(0.1)
+        yield url
+    finally:
+        stop_process(proc, 15)

@@ -1,36 +1,53 @@
 """Aggregation: a function of the matching records per time bucket, one series per group.
 
 The top groups are kept and the rest folded into one "other" series. A count
-by service or level over whole hours is answered from the catalog's
-per-segment counts where a segment lies wholly inside the range. The Loki
-API's range vectors use :meth:`Aggregator.buckets`.
+whose query and groups name only the service and the level is answered from
+the catalog's per-segment counts (rows per service and level) for each
+segment that lies wholly inside the range and inside one bucket; only the
+others are scanned. The Loki API's range vectors use :meth:`Aggregator.buckets`.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 from query.errors import QueryError
-from query.language import And, MatchAll, Node, Or, Term
-from query.planner import ORIGINAL_FIELDS, Compiled, field_sql, group_sql, numeric_sql, required_values, resolve
+from query.language import And, MatchAll, Node, Not, Or, Term
+from query.planner import (
+    ORIGINAL_FIELDS,
+    Compiled,
+    field_sql,
+    group_sql,
+    level_value,
+    numeric_sql,
+    required_values,
+    resolve,
+)
 from query.runner import RANGE_SQL, Plan, QueryRunner
 from query.timerange import format_us, parse_duration_us, parse_range
+from query.timing import span
+from storage.catalog import SegmentRow
 from storage.schema import LINE_SQL
+from storage.segments import MINUTE_US, MinuteCounts
 
 AGGREGATE_FNS = ("count", "sum", "avg", "min", "max", "p50", "p95", "p99")
 _QUANTILES = {"p50": 0.5, "p95": 0.95, "p99": 0.99}
 _NICE_INTERVALS_US = [s * 1_000_000 for s in (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200,
                                               10800, 21600, 43200, 86400, 172800, 604800)]
-_HOUR_US = 3_600_000_000
 MAX_BUCKETS = 10_000
+#: Whether a record of (service, level) matches a query.
+CellTest = Callable[[str, str], bool]
 
 #: (bucket start, group values, is the "other" series, value)
 Row = tuple[int, tuple[str | None, ...], bool, float | None]
+#: A value per (bucket start, group values).
+Cells = dict[tuple[int, tuple[str | None, ...]], float]
 
 
 @dataclass
@@ -104,6 +121,84 @@ def _catalog_counts(node: Node, by: list[str]) -> tuple[str, set[str] | None] | 
     return None
 
 
+def cell_test(node: Node) -> CellTest | None:
+    """``node`` as a test of a record's (service, level), when that is all it looks at (exact service
+    and level terms under AND, OR and NOT, as the SQL compares them); None otherwise."""
+    match node:
+        case MatchAll():
+            return lambda s, lv: True
+        case Term(field=f, kind="word" | "phrase", value=v) if f is not None:
+            match resolve(f):
+                case ("column", "service"):
+                    return lambda s, lv: s == v
+                case ("column", "level"):
+                    want = level_value(v)
+                    return lambda s, lv: lv == want
+            return None
+        case Not(item=item):
+            inner = cell_test(item)
+            return None if inner is None else (lambda s, lv: not inner(s, lv))
+        case And(items=items) | Or(items=items):
+            tests = [cell_test(i) for i in items]
+            if any(t is None for t in tests):
+                return None
+            parts = [t for t in tests if t is not None]
+            if isinstance(node, And):
+                return lambda s, lv: all(t(s, lv) for t in parts)
+            return lambda s, lv: any(t(s, lv) for t in parts)
+    return None
+
+
+def _cell_key(by: list[str]) -> Callable[[str, str], tuple[str | None, ...]] | None:
+    """The group of a (service, level) cell for ``by``, when ``by`` names only those two."""
+    names = [resolve(b) for b in by]
+    if any(kind != "column" or name not in ("service", "level") for kind, name in names):
+        return None
+    pick = [name == "service" for _, name in names]
+    return lambda s, lv: tuple(s if p else lv for p in pick)
+
+
+def _columns(node: Node) -> set[str]:
+    """The columns ``node``'s terms name (for a node :func:`cell_test` takes)."""
+    match node:
+        case Term(field=f) if f is not None:
+            return {resolve(f)[1]}
+        case Not(item=item):
+            return _columns(item)
+        case And(items=items) | Or(items=items):
+            return set().union(*(_columns(i) for i in items))
+    return set()
+
+
+def _add_minutes(minutes: MinuteCounts | None, test: CellTest, by_level: bool, start_us: int, end_us: int,
+                 iv: int, into: Cells) -> bool:
+    """Add a segment's rows per minute and level that ``test`` takes (it looks at the level only) to
+    ``into``, per bucket of ``iv`` (whole minutes) and per level when ``by_level``; False, adding
+    nothing, when the counts are not known or a minute holding rows is cut by [start, end)."""
+    widths = {len(v) for v in minutes.levels.values()} if minutes is not None else set()
+    if minutes is None or len(widths) > 1:
+        return False
+    starts = (minutes.first + np.arange(widths.pop() if widths else 0)) * MINUTE_US
+    inside = (starts >= start_us) & (starts + MINUTE_US <= end_us)
+    outside = (starts + MINUTE_US <= start_us) | (starts >= end_us)
+    held = np.zeros(len(starts), dtype=bool)
+    for counts in minutes.levels.values():
+        held |= np.asarray(counts, dtype=np.int64) > 0
+    if (held & ~inside & ~outside).any():
+        return False
+    buckets = starts // iv * iv
+    first_bucket = int(buckets[0]) if len(buckets) else 0
+    index = (buckets - first_bucket) // iv
+    for level, counts in minutes.levels.items():
+        if not test("", level):
+            continue
+        sums = np.bincount(index, weights=np.where(inside, np.asarray(counts, dtype=np.int64), 0))
+        for i in np.flatnonzero(sums).tolist():
+            k = (first_bucket + i * iv, (level,) if by_level else ())
+            into[k] = into.get(k, 0) + int(sums[i])
+    return True
+
+
 def fold_top(merged: dict[tuple[int, tuple[str | None, ...]], float], top: int) -> list[Row]:
     """Keep the ``top`` groups by total; fold the rest into "other" per bucket."""
     totals: dict[tuple[str | None, ...], float] = {}
@@ -171,24 +266,13 @@ class Aggregator:
             raise QueryError("top must be between 1 and 1000")
         first = start_us // iv * iv
         buckets = list(range(first, end_us, iv))
-        segments = self.runner.catalog.segments(tenant, start_us, end_us)
-        from_catalog: dict[tuple[int, tuple[str | None, ...]], float] = {}
-        counted = 0
-        shortcut = _catalog_counts(node, by) if fname == "count" and iv % _HOUR_US == 0 else None
-        if shortcut is not None:
-            column, keep = shortcut
-            rest = []
-            for seg in segments:
-                if seg.min_ts_us >= start_us and seg.max_ts_us < end_us:
-                    b = seg.min_ts_us // iv * iv
-                    for value, n in (seg.services if column == "service" else seg.levels).items():
-                        if keep is None or value in keep:
-                            k: tuple[str | None, ...] = (value,) if by else ()
-                            from_catalog[(b, k)] = from_catalog.get((b, k), 0) + n
-                    counted += 1
-                else:
-                    rest.append(seg)
-            segments = rest
+        with span("catalog"):
+            segments = self.runner.catalog.segments(tenant, start_us, end_us)
+            from_catalog: Cells = {}
+            counted = 0
+            if fname == "count":
+                segments, counted = self._count_from_catalog(node, by, segments, start_us, end_us, iv,
+                                                             from_catalog)
         with self.runner.slot():
             plan = self.runner.plan(node, tenant, start_us, end_us, segments)
             rows: list[Row] = []
@@ -205,6 +289,43 @@ class Aggregator:
                  "start": format_us(start_us), "end": format_us(end_us),
                  "elapsed_ms": round((time.perf_counter() - t0) * 1000, 2)}
         return AggregateResult(iv, fn if fname == "count" else f"{fname}({ffield})", by, buckets, series, stats)
+
+    @staticmethod
+    def _count_from_catalog(node: Node, by: list[str], segments: list[SegmentRow], start_us: int, end_us: int,
+                            iv: int, into: Cells) -> tuple[list[SegmentRow], int]:
+        """Add to ``into`` the counts of every segment the catalog answers for, and return the segments
+        left to scan and how many were answered. A segment wholly inside the range and inside one
+        bucket is answered by its rows per service and level (or, recorded before those were kept,
+        for a query about one of the two, by its rows per that one); when the query and groups name
+        only the level and buckets are whole minutes, a segment is answered by its rows per minute
+        and level if none of its minutes is cut by the range."""
+        test, key = cell_test(node), _cell_key(by)
+        single = _catalog_counts(node, by)       # for segments recorded before service_levels
+        by_minute = test is not None and iv % MINUTE_US == 0 and "service" not in _columns(node) and \
+            (by == [] or (len(by) == 1 and resolve(by[0]) == ("column", "level")))
+        rest: list[SegmentRow] = []
+        counted = 0
+        for seg in segments:
+            b = seg.min_ts_us // iv * iv
+            inside = seg.min_ts_us >= start_us and seg.max_ts_us < end_us and seg.max_ts_us // iv * iv == b
+            if inside and test is not None and key is not None and seg.service_levels is not None:
+                for svc, row in seg.service_levels.items():
+                    for level, n in row.items():
+                        if test(svc, level):
+                            k = (b, key(svc, level))
+                            into[k] = into.get(k, 0) + n
+            elif inside and single is not None:
+                column, keep = single
+                for value, n in (seg.services if column == "service" else seg.levels).items():
+                    if keep is None or value in keep:
+                        k = (b, (value,) if by else ())
+                        into[k] = into.get(k, 0) + n
+            elif not (by_minute and test is not None and
+                      _add_minutes(seg.minutes(), test, bool(by), start_us, end_us, iv, into)):
+                rest.append(seg)
+                continue
+            counted += 1
+        return rest, counted
 
     def _aggregate_sql(self, plan: Plan, start_us: int, end_us: int, iv: int, by: list[str], groups: list[Compiled],
                        fname: str, ffield: str | None, top: int | None) -> list[Row]:

@@ -438,6 +438,8 @@ class Scan:
     rows_scanned: int = 0
     bytes_scanned: int = 0
     index_used: bool = False
+    #: The segments read, whole or in part.
+    segments: list[SegmentRow] = field(default_factory=list)
 
     @property
     def empty(self) -> bool:
@@ -452,14 +454,17 @@ class Scan:
                 "rows_scanned": self.rows_scanned, "bytes_scanned": self.bytes_scanned,
                 "index_used": self.index_used}
 
-    def relation(self, columns: str = "*", *, original: bool = False) -> Compiled:
+    def relation(self, columns: str = "*", *, original: bool = False,
+                 every_file_has_original: bool = False) -> Compiled:
         """A FROM-clause relation over exactly the scanned data.
 
         With ``original``, it has the columns of the original line (:data:`ORIGINAL_COLUMNS`)
         whatever the segments hold: those written before the columns existed read them as NULL.
-        DuckDB binds a file list to its first file's columns, so the files are then read by name
-        (``union_by_name``) and the parts joined by name onto an empty relation that has them.
-        Without it, nothing names those columns and the files are read as before."""
+        DuckDB binds a file list to its first file's columns, so unless ``every_file_has_original``
+        (their footers say so) the files are then read by name (``union_by_name``, which costs
+        about a third more on a whole-row search) and the parts joined by name onto an empty
+        relation that has them. Otherwise the files are read as they are."""
+        original = original and not every_file_has_original
         parts: list[str] = []
         params: list[object] = []
         by_name = ", union_by_name = true" if original else ""
@@ -489,6 +494,7 @@ def choose(node: Node, segments: list[SegmentRow], root: str,
         url = f"{root}/{_inside(seg.path)}"
         idx = index_of(seg) if test is not None and index_of is not None else None
         if idx is None or test is None:     # (no test: no index was read)
+            scan.segments.append(seg)
             scan.whole.append(url)
             scan.segments_scanned += 1
             scan.rows_scanned += seg.rows
@@ -500,6 +506,7 @@ def choose(node: Node, segments: list[SegmentRow], root: str,
         kept_rows = int(np.asarray(idx.rows)[keep].sum())
         if not keep.any():
             continue
+        scan.segments.append(seg)
         scan.segments_scanned += 1
         scan.row_groups_scanned += int(keep.sum())
         scan.rows_scanned += kept_rows

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import time
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Literal
 
 import orjson
@@ -36,9 +37,15 @@ MAX_FIELDS = 256
 
 @dataclass
 class SearchResult:
-    rows: list[dict[str, Any]]
+    #: Each row as the JSON object text the API sends (rendered by DuckDB from the page's rows).
+    json_rows: list[str]
     stats: dict[str, Any]
     cursor: str | None = None
+
+    @cached_property
+    def rows(self) -> list[dict[str, Any]]:
+        """The rows as Python objects (what the JSON texts hold)."""
+        return [orjson.loads(r) for r in self.json_rows]
 
 
 def check_fields(fields: list[str]) -> None:
@@ -48,29 +55,54 @@ def check_fields(fields: list[str]) -> None:
         raise QueryError(f"{len(distinct)} fields asked for; a search returns at most {MAX_FIELDS}")
 
 
-def _format_ts(table: pa.Table) -> dict[str, pa.ChunkedArray | pa.Array]:
-    cols: dict[str, Any] = {name: table[name] for name in table.column_names}
-    for name in ("ts", "observed_ts"):
-        if name in cols:
-            us = pc.cast(cols[name], pa.int64()).to_pylist()
-            cols[name] = pa.array([format_us(u) for u in us], pa.string())
-    return cols
+#: A timestamp column as the API writes it: RFC 3339, microseconds, Z (DuckDB runs with TimeZone UTC).
+_TIME_JSON = "strftime({}, '%Y-%m-%dT%H:%M:%S.%fZ')"
 
 
-def _encode_cursor(ts_us: int, tie: int, skip: int, order: str) -> str:
-    raw = orjson.dumps({"v": 1, "t": ts_us, "h": tie, "n": skip, "o": order})
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+def _json_object(projection: list[tuple[str, Compiled]]) -> Compiled:
+    """Each row as one JSON object of the projection's fields, in their order: timestamps as RFC 3339
+    text, ``attrs`` as an object (``{}`` when it has none), the rest as JSON values."""
+    args, params = [], []
+    for name, c in projection:
+        if c.sql in ("ts", "observed_ts"):
+            expr = _TIME_JSON.format(c.sql)
+        elif c.sql == "attrs":
+            expr = "coalesce(attrs, MAP {}::MAP(VARCHAR, VARCHAR))"
+        else:
+            expr = c.sql
+        args.append(f"?::VARCHAR, {expr}")
+        params += [name, *c.params]
+    return Compiled(f"json_object({', '.join(args)})::VARCHAR", params)
 
 
-def _decode_cursor(cursor: str, order: str) -> tuple[int, int, int]:
+def _encode_cursor(ts_us: int, tie: int | None, skip: int, order: str) -> str:
+    """The cursor after a page: its last row's time and tie hash and how many rows with both were
+    returned; ``tie`` None when the page holds every row at that time (the next page starts after it)."""
+    data = {"v": 1, "t": ts_us, "h": tie, "n": skip, "o": order} if tie is not None else \
+        {"v": 1, "t": ts_us, "d": 1, "o": order}
+    return base64.urlsafe_b64encode(orjson.dumps(data)).decode().rstrip("=")
+
+
+_HASHED = {"v", "t", "h", "n", "o"}
+_DONE = {"v", "t", "d", "o"}
+
+
+def _decode_cursor(cursor: str, order: str) -> tuple[int, int | None, int]:
+    """(time, tie hash, rows with both already returned); the hash None: every row at the time was."""
     try:
         data = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        t, h, n, o = int(data["t"]), int(data["h"]), int(data["n"]), data["o"]
+        keys = set(data)
+        if keys == _DONE and data["d"] == 1 and data["v"] == 1:
+            t, h, n, o = int(data["t"]), None, 0, data["o"]
+        elif keys == _HASHED and data["v"] == 1:
+            t, h, n, o = int(data["t"]), int(data["h"]), int(data["n"]), data["o"]
+        else:
+            raise ValueError("not a cursor of this version")
     except (ValueError, KeyError, TypeError) as e:
         raise QueryError(f"invalid cursor: {e}") from None
     if o != order:
         raise QueryError(f"this cursor continues a search in {o} order, not {order}")
-    if not (0 <= h < 2**64 and 0 <= n <= 1_000_000 and 0 <= t < 2**62):
+    if not ((h is None or 0 <= h < 2**64) and 0 <= n <= 1_000_000 and 0 <= t < 2**62):
         raise QueryError("invalid cursor")
     return t, h, n
 
@@ -116,14 +148,14 @@ class Searcher:
         """:meth:`search` for a query already parsed (the Loki API builds its own)."""
         t0 = time.perf_counter() if t0 is None else t0
         projection = _projection(fields)
-        after: tuple[int, int, int] | None = None
+        after: tuple[int, int | None, int] | None = None
         lo, hi = start_us, end_us
         if cursor:
             after = _decode_cursor(cursor, order)
             lo, hi = (lo, min(hi, after[0] + 1)) if order == "desc" else (max(lo, after[0]), hi)
         with self.runner.slot():
             plan = self.runner.plan(node, tenant, lo, hi)
-            rows: list[dict[str, Any]] = []
+            rows: list[str] = []
             next_cursor = None
             if not plan.scan.empty and lo < hi:
                 rows, next_cursor = self._page(plan, lo, hi, limit, order, projection, after)
@@ -132,65 +164,78 @@ class Searcher:
         return SearchResult(rows, stats, next_cursor)
 
     def _page(self, plan: Plan, lo: int, hi: int, limit: int, order: str,
-              projection: list[tuple[str, Compiled]], after: tuple[int, int, int] | None,
-              ) -> tuple[list[dict[str, Any]], str | None]:
-        """One page. Rows are ordered by ts; only the rows sharing the page's last timestamp
-        need a finer order (for the cursor), so only they are hashed, in a second small query
-        that leaves the main one DuckDB's top-N with late materialisation."""
+              projection: list[tuple[str, Compiled]], after: tuple[int, int | None, int] | None,
+              ) -> tuple[list[str], str | None]:
+        """One page, as each row's JSON text, and the cursor after it.
+
+        Rows are ordered by ts. The main statement asks for one row more than the page holds: if
+        that row's time differs from the page's last, the page ends between two times and nothing
+        else is needed. Only when it ends inside a run of rows sharing a time are that time's rows
+        ordered by a hash of everything they hold, in a second small statement, so that a cursor
+        can resume between them. Each row's JSON is built by DuckDB after the top-N, for the page's
+        rows only."""
         cond = plan.where
         # Always with the original line's columns: the row's ``line``, and the hash that orders ties.
         source = plan.relation(original=True)
         desc = order == "desc"
-        select = ", ".join(f"{c.sql} AS c{i}" for i, (_, c) in enumerate(projection))
-        select_params: list[Any] = [p for _, c in projection for p in c.params]
+        direction = "DESC" if desc else "ASC"
+        row = _json_object(projection)
 
         def query(lo_: int, hi_: int, n: int, ties: bool) -> pa.Table:
-            extra = f", {_TIE} AS _h" if ties else ", 0::UBIGINT AS _h"
-            key = "_h" if ties else "ts"
-            sql = (f"SELECT {select}, epoch_us(ts) AS _t{extra} FROM {source.sql} AS logs "
-                   f"WHERE {RANGE_SQL} AND ({cond.sql}) ORDER BY {key} {'DESC' if desc else 'ASC'} LIMIT ?")
-            return self.runner.run(sql, [*select_params, *source.params, lo_, hi_, *cond.params, n])
+            tie, key = (f", {_TIE} AS _h", "_h") if ties else ("", "ts")
+            outer_h = "_h" if ties else "0::UBIGINT"
+            sql = (f"SELECT {row.sql} AS _j, epoch_us(ts) AS _t, {outer_h} AS _h FROM ("
+                   f"SELECT *{tie} FROM {source.sql} AS logs WHERE {RANGE_SQL} AND ({cond.sql}) "
+                   f"ORDER BY {key} {direction} LIMIT ?) AS logs ORDER BY {key} {direction}")
+            return self.runner.run(sql, [*row.params, *source.params, lo_, hi_, *cond.params, n])
 
         parts: list[pa.Table] = []
+        #: How the page ends: "hashed" (its last rows are ordered by hash: the cursor resumes between
+        #: them), "between" (it holds every row at its last time and more follow), "last" (nothing follows).
+        ends = "hashed"
         if after is not None:
-            # The rest of the cursor's timestamp: rows past (hash, skip) in hash order.
             t, h, skip = after
-            tie = query(t, t + 1, 1 << 62, ties=True)
-            hs = tie["_h"].to_pylist()
-            past = [i for i, x in enumerate(hs) if (x < h if desc else x > h)]
-            same = [i for i, x in enumerate(hs) if x == h][skip:]
-            keep = sorted(same + past)
-            parts.append(tie.take(pa.array(keep[:limit], pa.int64())))
+            if h is not None:
+                # The rest of the cursor's timestamp: rows past (hash, skip) in hash order.
+                tie = query(t, t + 1, 1 << 62, ties=True)
+                hs = tie["_h"].to_pylist()
+                past = [i for i, x in enumerate(hs) if (x < h if desc else x > h)]
+                same = [i for i, x in enumerate(hs) if x == h][skip:]
+                keep = sorted(same + past)
+                parts.append(tie.take(pa.array(keep[:limit], pa.int64())))
             lo, hi = (lo, t) if desc else (t + 1, hi)
         taken = sum(p.num_rows for p in parts)
         if taken < limit and lo < hi:
-            main = query(lo, hi, limit - taken, ties=False)
-            if main.num_rows == limit - taken and main.num_rows:
-                # The page ends inside a timestamp: take that timestamp's rows in hash order.
-                last = main["_t"][main.num_rows - 1].as_py()
-                at_last = pc.equal(main["_t"], last)
-                k = pc.sum(at_last).as_py()
-                tie = query(last, last + 1, k, ties=True)
-                main = pa.concat_tables([main.filter(pc.invert(at_last)), tie])
+            want = limit - taken
+            main = query(lo, hi, want + 1, ties=False)
+            ends = "last"
+            if main.num_rows > want:
+                last, beyond = main["_t"][want - 1].as_py(), main["_t"][want].as_py()
+                main = main.slice(0, want)
+                ends = "between"
+                if beyond == last:
+                    # The page ends inside a timestamp: take that timestamp's rows in hash order.
+                    at_last = pc.equal(main["_t"], last)
+                    k = pc.sum(at_last).as_py()
+                    tie = query(last, last + 1, k, ties=True)
+                    main = pa.concat_tables([main.filter(pc.invert(at_last)), tie])
+                    ends = "hashed"
             parts.append(main)
         table = pa.concat_tables(parts)     # never empty: search() calls only with lo < hi
         table = table.slice(0, limit)
         next_cursor = None
-        if table.num_rows == limit:
+        if table.num_rows == limit and ends != "last":
             ts_col, h_col = table["_t"].to_pylist(), table["_h"].to_pylist()
             last_t, last_h = ts_col[-1], h_col[-1]
-            same_n = 0
-            for t_, h_ in zip(reversed(ts_col), reversed(h_col), strict=True):
-                if (t_, h_) != (last_t, last_h):
-                    break
-                same_n += 1
-            if after is not None and (after[0], after[1]) == (last_t, last_h):
-                same_n += after[2]
-            next_cursor = _encode_cursor(last_t, last_h, same_n, order)
-        names = [n for n, _ in projection]
-        out = table.select([f"c{i}" for i in range(len(names))]).rename_columns(names)
-        rows = pa.table(_format_ts(out)).to_pylist()
-        if "attrs" in names:
-            for r in rows:
-                r["attrs"] = dict(r["attrs"] or ())
-        return rows, next_cursor
+            if ends == "between":
+                next_cursor = _encode_cursor(last_t, None, 0, order)
+            else:
+                same_n = 0
+                for t_, h_ in zip(reversed(ts_col), reversed(h_col), strict=True):
+                    if (t_, h_) != (last_t, last_h):
+                        break
+                    same_n += 1
+                if after is not None and (after[0], after[1]) == (last_t, last_h):
+                    same_n += after[2]
+                next_cursor = _encode_cursor(last_t, last_h, same_n, order)
+        return table["_j"].to_pylist(), next_cursor

@@ -103,8 +103,9 @@ def parse_range(start: str | None, end: str | None, *, default_span: str = "1h",
 
 
 def format_us(us: int) -> str:
-    """RFC 3339 with microseconds and Z."""
-    return (_EPOCH + timedelta(microseconds=us)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """RFC 3339 with microseconds and Z (a four-digit year, as RFC 3339 and DuckDB's strftime write it)."""
+    t = _EPOCH + timedelta(microseconds=us)
+    return f"{t.year:04d}" + t.strftime("-%m-%dT%H:%M:%S.%fZ")
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

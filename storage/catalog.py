@@ -33,7 +33,7 @@ import orjson
 
 from storage.database import Database, Transaction
 from storage.errors import CatalogConflict
-from storage.segments import SegmentInfo
+from storage.segments import MinuteCounts, SegmentInfo
 
 #: Each entry moves the schema from version i to i+1; applied at open. Written for
 #: SQLite; on PostgreSQL, INTEGER becomes BIGINT and the integer key an identity
@@ -217,6 +217,13 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (tenant, service, source)
     );
     """,
+    # Rows per service and level, and per minute and level, of each segment, so counts by both (errors
+    # per service) and counts over time by level (the histogram) are answered without opening the
+    # files; NULL for segments recorded before (the maintenance loop fills them in).
+    """
+    ALTER TABLE segments ADD COLUMN service_levels TEXT;   -- JSON {service: {level: rows}}
+    ALTER TABLE segments ADD COLUMN minute_levels TEXT;    -- JSON {"first": epoch minute, "levels": {level: [rows]}}
+    """,
 )
 
 
@@ -263,6 +270,15 @@ class SegmentRow:
     state: str = "live"
     retired_us: int | None = None
     zstd_level: int | None = None
+    #: ``{service: {level: rows}}``; None for a segment recorded before the catalog kept it.
+    service_levels: dict[str, dict[str, int]] | None = None
+    #: Rows per minute and level as JSON (see :meth:`minutes`); None as ``service_levels``.
+    minute_levels: str | None = None
+
+    def minutes(self) -> MinuteCounts | None:
+        """Rows per minute and level, read from the catalog's JSON when asked for (it is the largest
+        part of a row, and most queries do not need it)."""
+        return MinuteCounts.from_json(self.minute_levels) if self.minute_levels is not None else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,12 +313,12 @@ class AuditEntry:
 
 
 _SEGMENT_COLUMNS = ("id, tenant, path, min_ts_us, max_ts_us, rows, bytes, services, levels, created_us, "
-                    "generation, state, retired_us, zstd_level")
+                    "generation, state, retired_us, zstd_level, service_levels, minute_levels")
 
 
 def _segment_row(r: Sequence[Any]) -> SegmentRow:
     return SegmentRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], orjson.loads(r[7]), orjson.loads(r[8]),
-                      r[9], r[10], r[11], r[12], r[13])
+                      r[9], r[10], r[11], r[12], r[13], orjson.loads(r[14]) if r[14] is not None else None, r[15])
 
 
 def _now_us() -> int:
@@ -414,12 +430,14 @@ class Catalog:
                         sources: dict[str, int] | None = None) -> int:
         row = tx.execute(
             "INSERT INTO segments (tenant, path, min_ts_us, max_ts_us, rows, bytes, services, levels, topic,"
-            " partition, epoch, first_offset, last_offset, created_us, generation, sources, zstd_level)"
-            f" VALUES ({tx.dialect.params(17)}) RETURNING id",
+            " partition, epoch, first_offset, last_offset, created_us, generation, sources, zstd_level,"
+            f" service_levels, minute_levels) VALUES ({tx.dialect.params(19)}) RETURNING id",
             (s.tenant, s.path, s.min_ts_us, s.max_ts_us, s.rows, s.bytes,
              orjson.dumps(s.services).decode(), orjson.dumps(s.levels).decode(),
              topic, partition, epoch, first_offset, last_offset, now, generation,
-             orjson.dumps(sources).decode() if sources else None, s.zstd_level)).fetchone()
+             orjson.dumps(sources).decode() if sources else None, s.zstd_level,
+             orjson.dumps(s.service_levels).decode() if s.service_levels is not None else None,
+             s.minute_levels.to_json() if s.minute_levels is not None else None)).fetchone()
         return int(row[0])
 
     def record_source_layouts(self, rows: Sequence[SourceLayoutRow]) -> None:
@@ -494,6 +512,27 @@ class Catalog:
                             f" AND retired_us < {self.db.dialect.p} ORDER BY retired_us",
                             (before_us if before_us is not None else 1 << 62,))
         return [_segment_row(r) for r in rows]
+
+    def lacking_counts(self, limit: int) -> list[SegmentRow]:
+        """Up to ``limit`` live segments recorded without their rows per service and level and per
+        minute and level (before schema version 10), oldest first."""
+        rows = self.db.read(f"SELECT {_SEGMENT_COLUMNS} FROM segments WHERE state='live'"
+                            " AND (service_levels IS NULL OR minute_levels IS NULL)"
+                            f" ORDER BY id LIMIT {self.db.dialect.p}", (limit,))
+        return [_segment_row(r) for r in rows]
+
+    def set_counts(self, segment_id: int, service_levels: dict[str, dict[str, int]],
+                   minute_levels: MinuteCounts | None) -> bool:
+        """Record a segment's rows per service and level and per minute and level where it has none
+        yet; whether anything was recorded."""
+        with self.db.transaction() as tx:
+            p = tx.dialect.p
+            cur = tx.execute(f"UPDATE segments SET service_levels=coalesce(service_levels, {p}),"
+                             f" minute_levels=coalesce(minute_levels, {p})"
+                             f" WHERE id={p} AND (service_levels IS NULL OR minute_levels IS NULL)",
+                             (orjson.dumps(service_levels).decode(),
+                              minute_levels.to_json() if minute_levels is not None else None, segment_id))
+            return bool(cur.rowcount)
 
     def forget(self, ids: Sequence[int]) -> None:
         """Drop the rows of retired or missing segments (their files are gone)."""

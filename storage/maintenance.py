@@ -23,6 +23,7 @@ from loglake.core.config import Config
 from storage import compaction, retention
 from storage.catalog import Catalog
 from storage.root import DataRoot
+from storage.segments import minute_level_counts, service_level_counts
 
 if TYPE_CHECKING:
     from storage.iceberg import IcebergMirror
@@ -31,6 +32,9 @@ log = logging.getLogger("loglake.maintenance")
 
 #: How often retired files past their grace period, and orphans, are looked for.
 GC_INTERVAL_S = 60.0
+#: Segments recorded before the catalog kept rows per service and level, counted per GC run
+#: (two label columns each: a few milliseconds a segment).
+FILL_PER_RUN = 200
 
 
 def _now_us() -> int:
@@ -58,9 +62,26 @@ def run_retention(cfg: Config, root: DataRoot, catalog: Catalog) -> dict[str, An
     return result
 
 
+def fill_counts(root: DataRoot, catalog: Catalog, limit: int = FILL_PER_RUN) -> int:
+    """Count the rows per service and level and per minute and level of up to ``limit`` live
+    segments recorded before the catalog kept them (reading their time and two label columns), so
+    that such counts are answered from the catalog for old data too; how many were filled. A segment
+    whose file is gone is left to fsck."""
+    filled = 0
+    for seg in catalog.lacking_counts(limit):
+        try:
+            part = root.read_parquet(seg.path, columns=["ts", "service", "level"])
+        except (OSError, ValueError) as e:
+            log.warning("cannot count a segment's services and levels", extra={"path": seg.path, "error": str(e)})
+            continue
+        filled += catalog.set_counts(seg.id, service_level_counts(part), minute_level_counts(part))
+    return filled
+
+
 def run_gc(cfg: Config, root: DataRoot, catalog: Catalog) -> dict[str, Any]:
     started = _now_us()
     result = asdict(compaction.collect_garbage(root, catalog, cfg.storage.grace_s))
+    result["counts_filled"] = fill_counts(root, catalog)
     catalog.record_job("gc", started, result)
     if any(result.values()):
         log.info("garbage collected", extra=result)

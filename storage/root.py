@@ -44,6 +44,14 @@ class FileStat:
     mtime_us: int | None
 
 
+@dataclass(frozen=True, slots=True)
+class SegmentFooter:
+    """What a query wants from a segment's footer: its trigram index and its columns."""
+
+    index: SegmentIndex | None
+    columns: frozenset[str]
+
+
 def httpfs_extension() -> Path:
     """The httpfs extension file shipped in the ``duckdb-extension-httpfs`` wheel."""
     import duckdb_extension_httpfs
@@ -151,14 +159,19 @@ class DataRoot:
             raise
         _fsync_dir(dest.parent)
 
-    def read_parquet(self, rel: str) -> pa.Table:
-        return pq.read_table(self._path(rel), filesystem=self.fs)
+    def read_parquet(self, rel: str, columns: list[str] | None = None) -> pa.Table:
+        return pq.read_table(self._path(rel), filesystem=self.fs, columns=columns)
 
     def read_index(self, rel: str) -> SegmentIndex | None:
         """The trigram index in the footer of the segment at ``rel`` (None for a segment without one)."""
+        return self.read_footer(rel).index
+
+    def read_footer(self, rel: str) -> SegmentFooter:
+        """The trigram index (None for a segment without one) and the top-level columns of the segment at ``rel``."""
         meta = pq.read_metadata(self._path(rel), filesystem=self.fs)
-        return SegmentIndex.from_metadata(meta.metadata, [meta.row_group(i).num_rows
-                                                          for i in range(meta.num_row_groups)])
+        index = SegmentIndex.from_metadata(meta.metadata, [meta.row_group(i).num_rows
+                                                           for i in range(meta.num_row_groups)])
+        return SegmentFooter(index, frozenset(meta.schema.to_arrow_schema().names))
 
     def delete(self, rel: str) -> bool:
         """Remove the file at ``rel``; False if it was not there."""

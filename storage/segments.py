@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import numpy as np
+import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -22,6 +23,9 @@ from storage.root import DataRoot
 from storage.schema import conform
 
 HOUR_US = 3_600_000_000
+MINUTE_US = 60_000_000
+#: The widest span of minutes a segment's per-minute counts cover (a segment holds one hour).
+MAX_MINUTES = 1440
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +42,27 @@ class SegmentInfo:
     levels: dict[str, int] = field(default_factory=dict)
     #: The zstd level it was written at (None: not known, as for segments from before it was kept).
     zstd_level: int | None = None
+    #: Rows per service and level: ``{service: {level: rows}}`` (None: not known, as for segments
+    #: described before the catalog kept it). Counts by service and level come from it.
+    service_levels: dict[str, dict[str, int]] | None = None
+    #: Rows per minute and level (None: not known); counts over time by level come from it.
+    minute_levels: MinuteCounts | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MinuteCounts:
+    """Rows per minute and level: ``levels[level][i]`` rows in minute ``first + i`` (epoch minutes)."""
+
+    first: int
+    levels: dict[str, list[int]]
+
+    def to_json(self) -> str:
+        return orjson.dumps({"first": self.first, "levels": self.levels}).decode()
+
+    @classmethod
+    def from_json(cls, text: str) -> MinuteCounts:
+        data = orjson.loads(text)
+        return cls(int(data["first"]), {str(k): [int(n) for n in v] for k, v in data["levels"].items()})
 
 
 def check_tenant(tenant: str) -> str:
@@ -56,11 +81,54 @@ def hour_dir(tenant: str, hour_start_us: int) -> str:
     return f"tenant={tenant}/date={t:%Y-%m-%d}/hour={t:%H}"
 
 
-def _value_counts(col: pa.ChunkedArray) -> dict[str, int]:
-    counts = pc.value_counts(col.combine_chunks().dictionary_decode()
-                             if pa.types.is_dictionary(col.type) else col)
-    return {str(v): int(c) for v, c in zip(counts.field("values").to_pylist(),
-                                          counts.field("counts").to_pylist(), strict=True)}
+def _codes(col: pa.ChunkedArray | pa.Array) -> tuple[list[str], np.ndarray]:
+    """A label column as (distinct-or-not values, one index into them per row)."""
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    if not pa.types.is_dictionary(arr.type):
+        arr = pc.dictionary_encode(arr)
+    values = [str(v) for v in arr.dictionary.to_pylist()]
+    return values, np.asarray(arr.indices.fill_null(0), dtype=np.int64)
+
+
+def service_level_counts(part: pa.Table) -> dict[str, dict[str, int]]:
+    """Rows per (service, level) of ``part``: ``{service: {level: rows}}``; one bincount of the two
+    columns' dictionary indices, no pass per row in Python."""
+    if part.num_rows == 0:
+        return {}
+    services, s = _codes(part["service"])
+    levels, lv = _codes(part["level"])
+    cells = np.bincount(s * len(levels) + lv, minlength=len(services) * len(levels))
+    out: dict[str, dict[str, int]] = {}
+    for k in np.flatnonzero(cells).tolist():
+        row = out.setdefault(services[k // len(levels)], {})
+        level = levels[k % len(levels)]
+        row[level] = row.get(level, 0) + int(cells[k])     # a dictionary may repeat a value
+    return out
+
+
+def minute_level_counts(part: pa.Table) -> MinuteCounts | None:
+    """Rows per minute and level of ``part`` (None if it spans more than :data:`MAX_MINUTES`); one
+    bincount of minute and level index."""
+    if part.num_rows == 0:
+        return MinuteCounts(0, {})
+    minutes = np.floor_divide(np.asarray(pc.cast(part["ts"], pa.int64())), MINUTE_US)
+    first, last = int(minutes.min()), int(minutes.max())
+    width = last - first + 1
+    if width > MAX_MINUTES:
+        return None
+    levels, codes = _codes(part["level"])
+    cells = np.bincount((minutes - first) * len(levels) + codes,
+                        minlength=width * len(levels)).reshape(width, len(levels))
+    out: dict[str, list[int]] = {}
+    for j, level in enumerate(levels):
+        column = cells[:, j]
+        if not column.any():
+            continue
+        if level in out:                # a dictionary may repeat a value
+            out[level] = [a + b for a, b in zip(out[level], column.tolist(), strict=True)]
+        else:
+            out[level] = column.tolist()
+    return MinuteCounts(first, out)
 
 
 def _order(table: pa.Table, hours: pa.Array | pa.ChunkedArray | None = None) -> pa.Array:
@@ -82,10 +150,15 @@ def sort_rows(table: pa.Table) -> pa.Table:
 def describe(tenant: str, rel: str, part: pa.Table, size: int, zstd_level: int | None = None) -> SegmentInfo:
     """The catalog's description of ``part``, written at ``rel`` with ``size`` bytes."""
     ts = pc.cast(part["ts"], pa.int64())
+    pairs = service_level_counts(part)
+    services = {svc: sum(row.values()) for svc, row in pairs.items()}
+    levels: dict[str, int] = {}
+    for row in pairs.values():
+        for level, n in row.items():
+            levels[level] = levels.get(level, 0) + n
     return SegmentInfo(tenant=tenant, path=rel, min_ts_us=pc.min(ts).as_py(), max_ts_us=pc.max(ts).as_py(),
-                       rows=part.num_rows, bytes=size,
-                       services=_value_counts(part["service"]), levels=_value_counts(part["level"]),
-                       zstd_level=zstd_level)
+                       rows=part.num_rows, bytes=size, services=services, levels=levels,
+                       zstd_level=zstd_level, service_levels=pairs, minute_levels=minute_level_counts(part))
 
 
 def hours_of(table: pa.Table) -> pa.Array:

@@ -26,6 +26,7 @@ import threading
 import zlib
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -148,24 +149,28 @@ def required(text: str) -> np.ndarray:
     return np.unique(_trigram_ids(data)).astype(np.int64)
 
 
-class IndexCache:
-    """Segment indexes by path; segments are immutable, so an entry never goes stale."""
+V = TypeVar("V")
+
+
+class FooterCache(Generic[V]):
+    """Something read from each segment's footer, by path; segments are immutable, so an entry
+    never goes stale."""
 
     def __init__(self, capacity: int = 4096) -> None:
         self.capacity = capacity
-        self._items: OrderedDict[str, SegmentIndex | None] = OrderedDict()
+        self._items: OrderedDict[str, V] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, path: str) -> tuple[bool, SegmentIndex | None]:
+    def get(self, path: str) -> tuple[bool, V | None]:
         with self._lock:
             if path in self._items:
                 self._items.move_to_end(path)
                 return True, self._items[path]
             return False, None
 
-    def put(self, path: str, index: SegmentIndex | None) -> None:
+    def put(self, path: str, value: V) -> None:
         with self._lock:
-            self._items[path] = index
+            self._items[path] = value
             self._items.move_to_end(path)
             while len(self._items) > self.capacity:
                 self._items.popitem(last=False)

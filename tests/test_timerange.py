@@ -243,6 +243,8 @@ def test_range_with_an_invalid_end_raises() -> None:
         (T0 + 123_456, "2024-03-01T10:00:00.123456Z"),
         (T0 + D - 1, "2024-03-02T09:59:59.999999Z"),
         (4_102_444_800 * S - 1, "2099-12-31T23:59:59.999999Z"),
+        (-50_000_000_000 * S, "0385-07-25T07:06:40.000000Z"),      # RFC 3339 years have four digits
+        (-62_135_596_800 * S, "0001-01-01T00:00:00.000000Z"),
     ],
 )
 def test_format_us_is_rfc3339_utc_with_exact_microseconds(us: int, text: str) -> None:

@@ -17,14 +17,9 @@ is asserted about speed (aim: under one second; assets under 300 KB compressed).
 
 from __future__ import annotations
 
-import contextlib
 import gzip
-import os
 import statistics
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -32,10 +27,8 @@ from urllib.parse import urlencode
 import httpx
 
 from benchmarks.harness import Result, Samples
-from benchmarks.pipeline import WORK, free_port, store
+from benchmarks.pipeline import WORK, serve, serve_config, store
 from benchmarks.suites.query import compacted
-from loglake.broker import stop_process
-from loglake.core.config import Config
 from query.timerange import format_us
 
 CHROMIUM = "/usr/bin/chromium"
@@ -54,42 +47,6 @@ _FIRST_ROW = """
   obs.observe(document, {childList: true, subtree: true});
 })();
 """
-
-
-def _config_file(cfg: Config, work: Path) -> Path:
-    work.mkdir(parents=True, exist_ok=True)
-    path = work / "loglake.toml"
-    path.write_text(f'[storage]\ndata_root = "{cfg.storage.data_root}"\n'
-                    f'catalog_url = "{cfg.storage.resolved_catalog_url()}"\n\n'
-                    '[auth]\nenabled = false\n\n[log]\nlevel = "warning"\n')
-    return path
-
-
-@contextlib.contextmanager
-def _serve(config: Path) -> Iterator[str]:
-    """`loglake serve` over ``config`` on a free loopback port, as a real process; yields its URL."""
-    port = free_port()
-    log = config.parent / "serve.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LOGLAKE_")}
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "loglake", "--config", str(config), "serve",
-                                 "--host", "127.0.0.1", "--port", str(port)], env=env, stdout=out,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"loglake serve exited with {proc.returncode}: {log.read_text()[-2000:]}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError("loglake serve did not get ready in 60 s")
-            time.sleep(0.1)
-        yield url
-    finally:
-        stop_process(proc, 15)
 
 
 def _load(browser: Any, url: str) -> dict[str, Any]:
@@ -137,7 +94,7 @@ def run(lines: int, repetitions: int = 7) -> Result:
     cfg = compacted(lines)
     start, end = format_us(truth.day_start_us), format_us(truth.day_start_us + _DAY_US)
     r = Result("web", lines)
-    with _serve(_config_file(cfg, WORK / f"web-{lines}")) as url:
+    with serve(serve_config(cfg, WORK / f"web-{lines}")) as url:
         page_url = f"{url}/?{urlencode({'q': '', 'start': start, 'end': end, 'tz': 'utc'})}"
         api = Samples()
         newest = None

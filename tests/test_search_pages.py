@@ -1,0 +1,209 @@
+"""Search pages as the search service builds them (query/search.py): each row's JSON rendered by
+DuckDB, the cursor after a page, and which files are read by name.
+
+The lake is written by the real storage code into a real SQLite catalog and searched by the real
+``SearchService`` (DuckDB); the HTTP layer over it is tested in test_query_features.py.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import random
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from loglake.core.config import Config
+from query.language import parse
+from query.service import SearchService
+from query.timerange import format_us
+from storage.catalog import Catalog, PartitionCommit
+from storage.root import DataRoot
+from storage.schema import ORIGINAL_COLUMNS
+from storage.segments import describe, hour_dir
+from tests.helpers.lake import Segment, arrow_table, original_line, record, write_lake
+
+T0 = 1_714_557_600_000_000          # 2024-05-01T10:00:00Z
+SEC = 1_000_000
+START, END = format_us(T0), format_us(T0 + 3600 * SEC)
+#: Strings JSON must escape or carry as they are.
+ODD = ["quote \" and back\\slash", "control \x00\x01\x08\x0b\x1f\x7f", "tab\tnewline\nreturn\r",
+       "naïve ☕ 𝄞 \u2028\u2029 \ufeff", "</script>", ""]
+
+
+def _rows(rng: random.Random) -> list[dict[str, Any]]:
+    """80 records over 6 timestamps (runs of equal times for the cursor), odd strings among them; one more
+    record, alone at its time and without attributes."""
+    rows = []
+    for i in range(80):
+        ts = T0 + rng.choice([1, 2, 2, 3, 5, 8, 8, 8, 13]) * SEC
+        attrs = [("id", f"r{i:02d}")] + ([("odd", ODD[i % len(ODD)])] if i % 3 == 0 else [])
+        message = f"row {i} " + ODD[i % len(ODD)]
+        rows.append(record(ts, rng.choice(["api", "db"]), rng.choice(["info", "error"]), message, attrs=attrs,
+                           trace_id=None if i % 2 else f"{i:032x}",
+                           head="2024-05-01 10:00:00 INFO " if i % 5 == 0 else None))
+    rows.append(record(T0 + 21 * SEC, "api", "info", "no attributes at all", attrs=[]))
+    rows[-1]["attrs"] = None
+    return rows
+
+
+@pytest.fixture
+def lake(tmp_path: Path) -> tuple[SearchService, list[dict[str, Any]]]:
+    rows = _rows(random.Random(5))
+    catalog = Catalog(f"sqlite:///{tmp_path / 'catalog.sqlite'}")
+    # Row groups of 4 rows in two files, so that a page spans row groups and files.
+    write_lake(tmp_path / "data", catalog, [Segment("default", "a.parquet", rows[:41], row_group_rows=4),
+                                            Segment("default", "b.parquet", rows[41:], row_group_rows=4)])
+    cfg = Config.model_validate({"storage": {"data_root": str(tmp_path / "data"),
+                                             "catalog_url": f"sqlite:///{tmp_path / 'catalog.sqlite'}"}})
+    return SearchService(cfg, catalog), rows
+
+
+def expected_row(r: dict[str, Any]) -> dict[str, Any]:
+    """A row as the search API returns it, by the rules of the record model."""
+    return {"ts": format_us(r["ts"]), "observed_ts": format_us(r["observed_ts"]), "service": r["service"],
+            "host": r["host"], "source": r["source"], "level": r["level"], "severity": r["severity"],
+            "message": r["message"], "attrs": dict(r["attrs"] or ()), "trace_id": r["trace_id"],
+            "span_id": r["span_id"], "line": original_line(r)}
+
+
+def _cursor(text: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+    return data
+
+
+def test_rows_are_the_records_as_json_whatever_their_characters(lake: tuple[SearchService, list[dict[str, Any]]],
+                                                                ) -> None:
+    svc, rows = lake
+    r = svc.search("", START, END, limit=1000)
+    assert r.cursor is None
+    got = {row["attrs"].get("id", row["message"]): row for row in r.rows}
+    want = {(x["attrs"] and dict(x["attrs"]).get("id")) or x["message"]: expected_row(x) for x in rows}
+    assert got == want
+    # The texts are JSON objects with the fields in the API's order, and what `rows` decodes.
+    assert [json.loads(t) for t in r.json_rows] == r.rows
+    assert all(list(json.loads(t)) == list(expected_row(rows[0])) for t in r.json_rows)
+    assert [row["ts"] for row in r.rows] == sorted((row["ts"] for row in r.rows), reverse=True)
+
+
+def test_a_projection_renders_only_its_fields(lake: tuple[SearchService, list[dict[str, Any]]]) -> None:
+    svc, rows = lake
+    r = svc.search("odd:*", START, END, limit=1000, fields=["odd", "observed_ts", "attrs", "line", "nope"])
+    want = [x for x in rows if x["attrs"] and "odd" in dict(x["attrs"])]
+    assert len(r.rows) == len(want)
+    for row in r.rows:
+        assert list(row) == ["ts", "odd", "observed_ts", "attrs", "line", "nope"]
+        x = next(x for x in want if dict(x["attrs"])["id"] == row["attrs"]["id"])
+        assert row == {"ts": format_us(x["ts"]), "odd": dict(x["attrs"])["odd"],
+                       "observed_ts": format_us(x["observed_ts"]), "attrs": dict(x["attrs"]),
+                       "line": original_line(x), "nope": None}
+
+
+@pytest.mark.parametrize("order", ["desc", "asc"])
+@pytest.mark.parametrize("k", [1, 2, 3, 5, 9, 10, 11, 27, 80, 81])
+def test_pages_walk_every_row_once_in_order(lake: tuple[SearchService, list[dict[str, Any]]], k: int,
+                                            order: str) -> None:
+    svc, rows = lake
+    whole = svc.search("", START, END, limit=1000, order=order).rows      # type: ignore[arg-type]
+    walked: list[dict[str, Any]] = []
+    cursor = None
+    forms = set()
+    for _ in range(200):
+        page = svc.search("", START, END, limit=k, order=order, cursor=cursor)     # type: ignore[arg-type]
+        assert len(page.rows) <= k
+        walked += page.rows
+        cursor = page.cursor
+        if cursor is None:
+            break
+        forms.add("between" if "d" in _cursor(cursor) else "hashed")
+    assert cursor is None
+    assert len(walked) == len(rows)
+    assert sorted(json.dumps(r, sort_keys=True) for r in walked) == \
+        sorted(json.dumps(r, sort_keys=True) for r in whole)
+    assert [r["ts"] for r in walked] == sorted((r["ts"] for r in walked), reverse=order == "desc")
+    if k < 9:
+        # Some page ends inside a run of equal times (the longest runs hold far more than 8 rows).
+        assert "hashed" in forms
+
+
+def test_a_page_holding_the_last_rows_has_no_cursor(lake: tuple[SearchService, list[dict[str, Any]]]) -> None:
+    svc, rows = lake
+    n = len(rows)
+    assert svc.search("", START, END, limit=n).cursor is None
+    assert svc.search("", START, END, limit=n - 1).cursor is not None
+    # The first page ends between two times: the cursor says every row at that time was returned.
+    latest = max(r["ts"] for r in rows)
+    at_latest = sum(r["ts"] == latest for r in rows)
+    page = svc.search("", START, END, limit=at_latest)
+    assert page.cursor is not None and _cursor(page.cursor) == {"v": 1, "t": latest, "d": 1, "o": "desc"}
+    rest = svc.search("", START, END, limit=1000, cursor=page.cursor)
+    assert len(rest.rows) == n - at_latest and rest.cursor is None
+
+
+def _write_old(root: DataRoot, catalog: Catalog, rows: list[dict[str, Any]]) -> None:
+    """A segment as written before ``head`` and ``raw`` existed."""
+    table = arrow_table(rows).drop_columns(list(ORIGINAL_COLUMNS))
+    rel = f"{hour_dir('default', T0)}/old.parquet"
+    size = root.write_parquet(rel, table, row_group_rows=4)
+    catalog.commit([PartitionCommit(topic="old", partition=0, epoch=0, expected_next=0, new_next=len(rows),
+                                    segments=[describe("default", rel, table, size, 3)])])
+
+
+def test_files_are_read_by_name_only_when_one_lacks_the_original_columns(
+        lake: tuple[SearchService, list[dict[str, Any]]], tmp_path: Path) -> None:
+    svc, rows = lake
+    plan = svc.runner.plan(parse("row"), "default", T0, T0 + 3600 * SEC)
+    assert "union_by_name" not in plan.relation(original=True).sql
+    old = [record(T0 + 4 * SEC + i, "old", "info", f"legacy row {i}", attrs=[("id", f"old{i}")]) for i in range(6)]
+    _write_old(svc.root, svc.catalog, old)
+    plan = svc.runner.plan(parse("row"), "default", T0, T0 + 3600 * SEC)
+    assert "union_by_name" in plan.relation(original=True).sql
+    assert "union_by_name" not in plan.relation().sql      # nothing names head or raw
+    only_old = svc.runner.plan(parse("service:old"), "default", T0, T0 + 3600 * SEC)
+    assert "union_by_name" in only_old.relation(original=True).sql
+    got = {r["attrs"]["id"]: r for r in svc.search("legacy", START, END, limit=100).rows}
+    assert got == {x["attrs"][0][1]: expected_row(x) for x in old}
+    everything = svc.search("", START, END, limit=1000).rows
+    assert len(everything) == len(rows) + len(old)
+
+
+# -- the time limit's watchdog ----------------------------------------------------------------
+
+
+def test_watchdog_calls_what_is_due_in_order_and_never_what_was_disarmed() -> None:
+    from query.runner import Watchdog
+
+    dog = Watchdog()
+    called: list[str] = []
+    done = threading.Event()
+    dog.arm(0.3, lambda: (called.append("late"), done.set()))
+    dog.arm(0.05, lambda: called.append("early"))
+    kept = dog.arm(0.1, lambda: called.append("disarmed"))
+    dog.disarm(kept)
+    assert done.wait(5)
+    assert called == ["early", "late"]
+    # Armed again after an idle spell, it still fires.
+    again = threading.Event()
+    dog.arm(0.01, again.set)
+    assert again.wait(5)
+
+
+def test_a_statement_past_the_time_limit_is_interrupted(tmp_path: Path) -> None:
+    from query.errors import QueryTimeout
+
+    catalog = Catalog(f"sqlite:///{tmp_path / 'catalog.sqlite'}")
+    cfg = Config.model_validate({"storage": {"data_root": str(tmp_path / "data"),
+                                             "catalog_url": f"sqlite:///{tmp_path / 'catalog.sqlite'}"},
+                                 "query": {"timeout_s": 0.2}})
+    (tmp_path / "data").mkdir()
+    runner = SearchService(cfg, catalog).runner
+    t0 = time.monotonic()
+    with pytest.raises(QueryTimeout):
+        runner.run("SELECT count(*) FROM range(100000000000) a WHERE a.range % 7 = 3", [])
+    assert time.monotonic() - t0 < 10
+    # The next statement on the same cursor runs to its end.
+    assert runner.run("SELECT 42 AS x", [])["x"].to_pylist() == [42]
