@@ -30,6 +30,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from benchmarks.arrow_text import decimal, hex_strings, join, pick
 from benchmarks.corpus import DAY, LEVEL_P, LEVELS, NEEDLE, SUBSTRING, Truth, truth_of
 
 #: In traffic rank order: rank 1 gets the most lines.
@@ -57,32 +58,11 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
                    ("failed to load", "failed to save", "could not lock")),
     "fatal": tuple(f"giving up on {{obj}} {{id}} after {{n}} attempts: {e}" for e in _ERRORS[:6]),
 }
-_HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
 
 
 def template_count() -> int:
     """Distinct message templates the corpus draws from."""
     return sum(len(t) for t in TEMPLATES.values())
-
-
-def _s(values: np.ndarray) -> pa.Array:
-    return pc.cast(pa.array(values), pa.string())
-
-
-def _pick(choices: tuple[str, ...], idx: np.ndarray) -> pa.Array:
-    return pa.array(choices, pa.string()).take(pa.array(idx))
-
-
-def _hex(rng: np.random.Generator, m: int, nbytes: int) -> pa.Array:
-    raw = np.frombuffer(rng.bytes(m * nbytes), dtype=np.uint8)
-    chars = np.empty(raw.size * 2, dtype=np.uint8)
-    chars[0::2] = _HEX[raw >> 4]
-    chars[1::2] = _HEX[raw & 0xF]
-    return pa.array(chars.view(f"S{2 * nbytes}")).cast(pa.string())
-
-
-def _join(*parts: object) -> pa.Array:
-    return pc.binary_join_element_wise(*parts, "")
 
 
 def _messages(template: np.ndarray, fields: dict[str, pa.Array]) -> pa.Array:
@@ -101,7 +81,7 @@ def _messages(template: np.ndarray, fields: dict[str, pa.Array]) -> pa.Array:
                 parts.append(fields[tok].take(take))
             elif tok:
                 parts.append(tok)
-        pieces.append(_join(*parts) if any(isinstance(p, pa.Array) for p in parts)
+        pieces.append(join(*parts) if any(isinstance(p, pa.Array) for p in parts)
                       else pa.array([shape] * rows.size, pa.string()))
         where.append(rows)
     order = np.concatenate(where)
@@ -118,23 +98,23 @@ def _lines(rng: np.random.Generator, svc: np.ndarray, ms: np.ndarray, level: np.
     sizes = np.diff(offsets)
     template = offsets[level] + (rng.random(m) * sizes[level]).astype(np.int64)
     took = np.minimum(rng.lognormal(3.5, 1.0, size=m), 30_000).astype(np.int64)
-    fields = {"id": _s(rng.integers(1, 1_000_000, size=m)), "ms": _s(took),
-              "hit": _pick(("true", "false"), rng.integers(0, 2, size=m)),
-              "shard": _s(rng.integers(0, 64, size=m)), "bytes": _s(rng.integers(64, 65_536, size=m)),
-              "user": _s(rng.integers(1, 50_000, size=m)), "obj": _pick(_OBJECTS, rng.integers(0, 10, size=m)),
-              "n": _s(rng.integers(2, 10, size=m))}
+    fields = {"id": decimal(rng.integers(1, 1_000_000, size=m)), "ms": decimal(took),
+              "hit": pick(("true", "false"), rng.integers(0, 2, size=m)),
+              "shard": decimal(rng.integers(0, 64, size=m)), "bytes": decimal(rng.integers(64, 65_536, size=m)),
+              "user": decimal(rng.integers(1, 50_000, size=m)), "obj": pick(_OBJECTS, rng.integers(0, 10, size=m)),
+              "n": decimal(rng.integers(2, 10, size=m))}
     msg = _messages(template, fields)
-    suffix = _pick(("", f" marker={NEEDLE}", f" cause={SUBSTRING}", f" cause={SUBSTRING.lower()}",
+    suffix = pick(("", f" marker={NEEDLE}", f" cause={SUBSTRING}", f" cause={SUBSTRING.lower()}",
                     f" cause={SUBSTRING.upper()}"), extra)
     ts = pa.array(int(DAY.timestamp() * 1000) + ms, pa.int64()).cast(pa.timestamp("ms"))
-    names = _pick(SERVICES, svc)
-    return _join(
+    names = pick(SERVICES, svc)
+    return join(
         '{"ts":"', pc.strftime(ts, "%Y-%m-%dT%H:%M:%S"), 'Z"',     # %S of a ms timestamp has the ms
-        ',"level":"', _pick(LEVELS, level), '","service":"', names,
-        '","host":"', names, "-", pc.utf8_lpad(_s(rng.integers(0, 12, size=m)), 2, "0"),
+        ',"level":"', pick(LEVELS, level), '","service":"', names,
+        '","host":"', names, "-", pc.utf8_lpad(decimal(rng.integers(0, 12, size=m)), 2, "0"),
         '","msg":"', msg, suffix,
-        '","trace_id":"', _hex(rng, m, 16), '","request_id":"', _hex(rng, m, 8),
-        '","duration_ms":', _s(took), "}")
+        '","trace_id":"', hex_strings(rng, m, 16), '","request_id":"', hex_strings(rng, m, 8),
+        '","duration_ms":', decimal(took), "}")
 
 
 def _daily_ms(rng: np.random.Generator, n: int) -> np.ndarray:

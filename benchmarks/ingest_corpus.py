@@ -35,6 +35,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from benchmarks.arrow_text import decimal, hex_strings, join, pick
+
 DAY = datetime(2026, 11, 1, tzinfo=UTC)
 DAY_MS = int(DAY.timestamp() * 1000)
 #: One file per service, in traffic rank order within each format.
@@ -83,7 +85,6 @@ _AGENTS = (
     "Go-http-client/1.1",
 )
 _AGENT_P = (0.22, 0.10, 0.10, 0.12, 0.10, 0.12, 0.14, 0.10)
-_HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
 
 
 @dataclass
@@ -115,30 +116,7 @@ class IngestCorpus:
         return cls(**json.loads(path.read_text()))
 
 
-# -- vectorised string assembly ------------------------------------------------
-
-def _s(values: np.ndarray) -> pa.Array:
-    """Integers to decimal strings."""
-    return pc.cast(pa.array(values), pa.string())
-
-
-def _pick(choices: tuple[str, ...], idx: np.ndarray) -> pa.Array:
-    return pa.array(choices, pa.string()).take(pa.array(idx))
-
-
-def _hex(rng: np.random.Generator, m: int, nbytes: int) -> pa.Array:
-    """``m`` random lowercase hex strings of ``2 * nbytes`` characters."""
-    raw = np.frombuffer(rng.bytes(m * nbytes), dtype=np.uint8)
-    chars = np.empty(raw.size * 2, dtype=np.uint8)
-    chars[0::2] = _HEX[raw >> 4]
-    chars[1::2] = _HEX[raw & 0xF]
-    return pa.array(chars.view(f"S{2 * nbytes}")).cast(pa.string())
-
-
-def _join(*parts: object) -> pa.Array:
-    """Concatenate string arrays and literals element-wise."""
-    return pc.binary_join_element_wise(*parts, "")
-
+# -- vectorised string assembly (benchmarks/arrow_text.py holds the pieces) ---------
 
 def _template(shape: str, fields: dict[str, pa.Array]) -> pa.Array:
     parts: list[object] = []
@@ -147,7 +125,7 @@ def _template(shape: str, fields: dict[str, pa.Array]) -> pa.Array:
             parts.append(fields[tok])
         elif tok:
             parts.append(tok)
-    return _join(*parts)
+    return join(*parts)
 
 
 def _by_group(group: np.ndarray, build: dict[int, object]) -> pa.Array:
@@ -174,10 +152,10 @@ def _json_lines(rng: np.random.Generator, svc: np.ndarray, ms: np.ndarray) -> pa
     took_int = took.astype(np.int64)
     took_frac = ((took - took_int) * 1000).astype(np.int64)
     err = rng.integers(0, len(_ERRORS), size=m)
-    fields = {"obj": _pick(_OBJECTS, obj), "id": _s(ident), "act": _pick(_ACTIONS, act),
-              "verb": _pick(_VERBS, verb), "ms": _s(took_int), "err": _pick(_ERRORS, err),
-              "hit": _pick(("true", "false"), rng.integers(0, 2, size=m)),
-              "shard": _s(rng.integers(0, 64, size=m))}
+    fields = {"obj": pick(_OBJECTS, obj), "id": decimal(ident), "act": pick(_ACTIONS, act),
+              "verb": pick(_VERBS, verb), "ms": decimal(took_int), "err": pick(_ERRORS, err),
+              "hit": pick(("true", "false"), rng.integers(0, 2, size=m)),
+              "shard": decimal(rng.integers(0, 64, size=m))}
     msg = _by_group(level, {k: (lambda rows, k=k: _template(_SHAPES[_LEVELS[k]],
                                                              {n: a.take(pa.array(rows)) for n, a in fields.items()}))
                             for k in range(len(_LEVELS))})
@@ -185,47 +163,46 @@ def _json_lines(rng: np.random.Generator, svc: np.ndarray, ms: np.ndarray) -> pa
     status = np.where(level == 3, rng.choice((500, 502, 503, 504), size=m),
                       np.where(level == 2, rng.choice((400, 404, 409, 429), size=m),
                                rng.choice((200, 200, 200, 201, 204, 304), size=m)))
-    http = _join(',"http":{"method":"', _pick(_METHODS, rng.choice(len(_METHODS), size=m, p=_METHOD_P)),
-                 '","status":', _s(status), "}")
+    http = join(',"http":{"method":"', pick(_METHODS, rng.choice(len(_METHODS), size=m, p=_METHOD_P)),
+                 '","status":', decimal(status), "}")
     has_http = rng.random(m) < 0.3
-    return _join(
+    return join(
         '{"time":"', pc.strftime(ts, "%Y-%m-%dT%H:%M:%SZ"),
-        '","level":"', _pick(_LEVELS, level),
-        '","service":"', _pick(JSON_SERVICES, svc),
-        '","host":"host-', pc.utf8_lpad(_s(host), 3, "0"),
+        '","level":"', pick(_LEVELS, level),
+        '","service":"', pick(JSON_SERVICES, svc),
+        '","host":"host-', pc.utf8_lpad(decimal(host), 3, "0"),
         '","msg":"', msg,
-        '","trace_id":"', _hex(rng, m, 16),
-        '","duration_ms":', _s(took_int), ".", pc.utf8_lpad(_s(took_frac), 3, "0"),
-        ',"region":"', _pick(_REGIONS, rng.integers(0, len(_REGIONS), size=m)), '"',
+        '","trace_id":"', hex_strings(rng, m, 16),
+        '","duration_ms":', decimal(took_int), ".", pc.utf8_lpad(decimal(took_frac), 3, "0"),
+        ',"region":"', pick(_REGIONS, rng.integers(0, len(_REGIONS), size=m)), '"',
         pc.if_else(pa.array(has_http), http, ""), "}")
 
 
 def _nginx_lines(rng: np.random.Generator, ms: np.ndarray) -> pa.Array:
     m = ms.size
-    octets = [_s(rng.integers(1, 224, size=m))] + [_s(rng.integers(0, 256, size=m)) for _ in range(3)]
-    ip = _join(octets[0], ".", octets[1], ".", octets[2], ".", octets[3])
-    user = pc.if_else(pa.array(rng.random(m) < 0.05), _pick(_USERS, rng.integers(0, len(_USERS), size=m)), "-")
+    octets = [decimal(rng.integers(1, 224, size=m))] + [decimal(rng.integers(0, 256, size=m)) for _ in range(3)]
+    ip = join(octets[0], ".", octets[1], ".", octets[2], ".", octets[3])
+    user = pc.if_else(pa.array(rng.random(m) < 0.05), pick(_USERS, rng.integers(0, len(_USERS), size=m)), "-")
     ts = pa.array((DAY_MS + ms) // 1000, pa.int64()).cast(pa.timestamp("s"))
     k = rng.integers(0, len(_PATHS), size=m)
     kinds = np.array([p[1] for p in _PATHS])[k]
-    var = pc.if_else(pa.array(kinds == "id"), _s(rng.integers(1, 100_000, size=m)),
-                     pc.if_else(pa.array(kinds == "hex"), _hex(rng, m, 4), ""))
+    var = pc.if_else(pa.array(kinds == "id"), decimal(rng.integers(1, 100_000, size=m)),
+                     pc.if_else(pa.array(kinds == "hex"), hex_strings(rng, m, 4), ""))
     query = pc.if_else(pa.array(rng.random(m) < 0.2),
-                       _join(_pick(_QUERIES, rng.integers(0, len(_QUERIES), size=m)),
-                             _s(rng.integers(1, 50, size=m))), "")
-    path = _join(_pick(tuple(p[0] for p in _PATHS), k), var, _pick(tuple(p[2] for p in _PATHS), k), query)
+                       join(pick(_QUERIES, rng.integers(0, len(_QUERIES), size=m)),
+                             decimal(rng.integers(1, 50, size=m))), "")
+    path = join(pick(tuple(p[0] for p in _PATHS), k), var, pick(tuple(p[2] for p in _PATHS), k), query)
     cls = rng.random(m)
     status = np.where(cls < 0.03, rng.choice((500, 502, 503, 504), size=m),
                       np.where(cls < 0.10, rng.choice((400, 401, 403, 404, 404, 429), size=m),
                                rng.choice((200, 200, 200, 200, 201, 204, 301, 302, 304), size=m)))
     size = np.where(status == 304, 0, np.minimum(rng.lognormal(8.0, 1.5, size=m), 5e6)).astype(np.int64)
     referer = pc.if_else(pa.array(rng.random(m) < 0.3),
-                         _pick(_REFERERS, rng.integers(0, len(_REFERERS), size=m)), "-")
-    return _join(ip, " - ", user, " [", pc.strftime(ts, "%d/%b/%Y:%H:%M:%S +0000"), '] "',
-                 _pick(_METHODS, rng.choice(len(_METHODS), size=m, p=_METHOD_P)), " ", path, ' HTTP/1.1" ',
-                 _s(status), " ", _s(size), ' "', referer, '" "',
-                 _pick(_AGENTS, rng.choice(len(_AGENTS), size=m, p=_AGENT_P)), '"')
-
+                         pick(_REFERERS, rng.integers(0, len(_REFERERS), size=m)), "-")
+    return join(ip, " - ", user, " [", pc.strftime(ts, "%d/%b/%Y:%H:%M:%S +0000"), '] "',
+                 pick(_METHODS, rng.choice(len(_METHODS), size=m, p=_METHOD_P)), " ", path, ' HTTP/1.1" ',
+                 decimal(status), " ", decimal(size), ' "', referer, '" "',
+                 pick(_AGENTS, rng.choice(len(_AGENTS), size=m, p=_AGENT_P)), '"')
 
 
 def _daily_ms(rng: np.random.Generator, n: int) -> np.ndarray:
