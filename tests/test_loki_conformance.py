@@ -32,7 +32,7 @@ from query.errors import QueryError
 from query.logql import LogQLUnsupported, LogQuery, VectorAggregation, parse, walk
 from query.timerange import parse_time_us
 from storage.catalog import Catalog
-from tests.helpers.lake import Segment, record, write_lake
+from tests.helpers.lake import per_service, record, write_lake
 from tests.helpers.server import Server, config_for, serve
 
 CORPUS = Path(__file__).parent / "data" / "loki_queries.jsonl"
@@ -92,11 +92,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     root = tmp_path_factory.mktemp("loki-conformance")
     cfg = config_for(root, root / "data")
     catalog = Catalog(cfg.storage.resolved_catalog_url())
-    by_service: dict[str, list[dict[str, Any]]] = {}
-    for row in _records():
-        by_service.setdefault(row["service"], []).append(row)
-    write_lake(cfg.storage.data_root, catalog, [Segment("default", f"{name}.parquet", rows)
-                                                  for name, rows in sorted(by_service.items())])
+    write_lake(cfg.storage.data_root, catalog, per_service(_records()))
     catalog.close()
     with serve(cfg, keepalive=False) as s:
         yield s

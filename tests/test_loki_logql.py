@@ -30,7 +30,7 @@ from query.logql import (
 )
 from query.timerange import parse_time_us
 from storage.catalog import Catalog
-from tests.helpers.lake import Segment, record, write_lake
+from tests.helpers.lake import per_service, record, write_lake
 from tests.helpers.server import Server, config_for, serve
 
 T0 = parse_time_us("2024-05-01T10:00:00Z")
@@ -88,11 +88,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     root = tmp_path_factory.mktemp("loki-logql")
     cfg = config_for(root, root / "data", max_query_chars=5000)
     catalog = Catalog(cfg.storage.resolved_catalog_url())
-    by_service: dict[str, list[dict[str, Any]]] = {}
-    for row in _rows():
-        by_service.setdefault(row["service"], []).append(row)
-    write_lake(cfg.storage.data_root, catalog, [Segment("default", f"{name}.parquet", rows)
-                                                  for name, rows in sorted(by_service.items())])
+    write_lake(cfg.storage.data_root, catalog, per_service(_rows()))
     catalog.close()
     with serve(cfg, keepalive=False) as s:
         yield s

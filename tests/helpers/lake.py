@@ -63,3 +63,11 @@ def write_lake(data_root: Path, catalog: Catalog, segments: Iterable[Segment], *
     catalog.commit([PartitionCommit(topic=topic, partition=partition, epoch=0, expected_next=0,
                                     new_next=len(written), segments=written)])
     return written
+
+
+def per_service(rows: Iterable[dict[str, Any]], tenant: str = "default") -> list[Segment]:
+    """``rows`` as one segment per service (named for it), as ingest splits a batch by service."""
+    by_service: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_service.setdefault(row["service"], []).append(row)
+    return [Segment(tenant, f"{name}.parquet", service_rows) for name, service_rows in sorted(by_service.items())]
