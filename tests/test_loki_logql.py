@@ -526,3 +526,10 @@ def test_a_good_tail_with_delay_for_streams(server: Server) -> None:
 def test_the_data_is_what_the_module_says(server: Server) -> None:
     assert len(lines(server, '{service=~"edge|packed|counter|pat"}')) == len(EDGE) + len(PACKED) + len(COUNTER) \
         + len(PAT)
+
+
+def test_sort_and_sort_desc_order_an_instant_vector_by_value(server: Server) -> None:
+    inner = 'sum by (host) (count_over_time({service="edge"} |~ "ok|range" [2m]))'
+    for op, want in (("sort", [("web-2", "1"), ("web-1", "3")]), ("sort_desc", [("web-1", "3"), ("web-2", "1")])):
+        body = server.ok("/loki/api/v1/query", query=f"{op}({inner})", time=ns(T0 + 90 * S))
+        assert [(r["metric"]["host"], r["value"][1]) for r in body["data"]["result"]] == want, op

@@ -300,8 +300,12 @@ def router(service: SearchService, gate: QueryGate | None = None) -> APIRouter:
                         "stats": stats})
         if isinstance(value, Scalar):
             value = {(): value.values}
-        result = [{"metric": dict(k), "value": [at / 1e6, _sample(float(v[0]))]}
-                  for k, v in sorted(value.items()) if not math.isnan(v[0])]
+        samples = [(k, float(v[0])) for k, v in sorted(value.items()) if not math.isnan(v[0])]
+        # sort()/sort_desc() order an instant vector by its values (ties keep label order), as in
+        # Prometheus; every other answer is in label order.
+        if isinstance(expr, VectorAggregation) and expr.op in ("sort", "sort_desc"):
+            samples.sort(key=lambda kv: kv[1], reverse=expr.op == "sort_desc")
+        result = [{"metric": dict(k), "value": [at / 1e6, _sample(v)]} for k, v in samples]
         stats["summary"]["totalEntriesReturned"] = len(result)
         return _ok({"resultType": "vector", "result": result, "stats": stats})
 
