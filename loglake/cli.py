@@ -113,16 +113,24 @@ def cmd_ingest(cfg: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def _open_without_auth(command: str, host: str, cfg: Config, args: argparse.Namespace) -> bool:
+    """Whether ``command`` would listen beyond loopback with authentication off (and says so)."""
+    from loglake.core.addresses import is_loopback
+
+    if cfg.auth.enabled or is_loopback(host) or args.insecure:
+        return False
+    print(f"loglake {command}: refusing to listen on {host} with authentication off (auth.enabled = false); "
+          "turn it on, listen on loopback, or pass --insecure", file=sys.stderr)
+    return True
+
+
 def cmd_serve(cfg: Config, args: argparse.Namespace) -> int:
     import uvicorn
 
-    from loglake.core.addresses import is_loopback
     from query.api.app import create_app
 
     host = args.host or cfg.query.host
-    if not cfg.auth.enabled and not is_loopback(host) and not args.insecure:
-        print(f"loglake serve: refusing to serve {host} with authentication off (auth.enabled = false); "
-              "turn it on, listen on loopback, or pass --insecure", file=sys.stderr)
+    if _open_without_auth("serve", host, cfg, args):
         return EXIT_USAGE
     tls = bool(cfg.query.tls_cert)
     # The app checks Host against the address it really listens on, --host included.
@@ -136,13 +144,10 @@ def cmd_serve(cfg: Config, args: argparse.Namespace) -> int:
 def cmd_receive(cfg: Config, args: argparse.Namespace) -> int:
     import uvicorn
 
-    from loglake.core.addresses import is_loopback
     from receive.app import Middleware, create_app, required_role
 
     host = args.host or cfg.receive.host
-    if not cfg.auth.enabled and not is_loopback(host) and not args.insecure:
-        print(f"loglake receive: refusing to listen on {host} with authentication off (auth.enabled = false); "
-              "turn it on, listen on loopback, or pass --insecure", file=sys.stderr)
+    if _open_without_auth("receive", host, cfg, args):
         return EXIT_USAGE
     wrap: Middleware | None = None
     if cfg.auth.enabled:

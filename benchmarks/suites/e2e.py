@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 
 from benchmarks.harness import Result
-from benchmarks.pipeline import WORK, free_port
+from benchmarks.pipeline import WORK, free_port, wait_ready
 from loglake.broker import start_broker, stop_process
 from storage.catalog import Catalog
 
@@ -122,16 +122,7 @@ def run(lines: int, rate: int = RATE) -> Result:
             procs[name] = subprocess.Popen([sys.executable, "-m", "loglake", name], env=env, cwd=work,
                                            stdout=open(work / f"{name}.log", "wb"), stderr=subprocess.STDOUT)
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("query server did not become ready")
-            time.sleep(0.2)
+        wait_ready(url, procs["serve"], work / "serve.log")
         time.sleep(6)    # let the ingest worker join its group before the clock starts
         pids = {"broker": broker.pid, **{n: p.pid for n, p in procs.items()}}
         cpu0 = {n: _cpu_s(pid) for n, pid in pids.items()}

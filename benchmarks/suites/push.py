@@ -26,7 +26,7 @@ from typing import Any
 import httpx
 
 from benchmarks.harness import Result
-from benchmarks.pipeline import WORK, broker, config, free_port, ingest_until, ship_once
+from benchmarks.pipeline import WORK, broker, config, free_port, ingest_until, ship_once, wait_ready
 
 BATCH = 1000
 _SERVICES = ("checkout", "cart", "search", "auth")
@@ -133,16 +133,7 @@ def _push_path(name: str, records: list[dict[str, Any]], work: Path) -> tuple[fl
         proc = _receiver(address, topic, port, work / f"receive-{name}.log")
         url = f"http://127.0.0.1:{port}"
         try:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"receiver not ready: {(work / f'receive-{name}.log').read_text()[-2000:]}")
-                time.sleep(0.1)
+            wait_ready(url, proc, work / f"receive-{name}.log")
             clients = [httpx.Client(timeout=60) for _ in range(4)]
 
             def post(i: int) -> None:
