@@ -12,10 +12,10 @@ from pathlib import Path
 
 from benchmarks.harness import RESULTS_DIR, console
 
-SUITES = ("ship", "ingest", "storage", "query", "e2e", "web", "push", "patterns")
+SUITES = ("ship", "ingest", "storage", "query", "e2e", "web", "push", "patterns", "up")
 DEFAULT_LINES = {"ship": 2_000_000, "ingest": 5_000_000, "storage": 2_000_000, "query": 10_000_000,
                  "e2e": 2_400_000, "web": 2_000_000,
-                 "push": 200_000, "patterns": 1_000_000}
+                 "push": 200_000, "patterns": 1_000_000, "up": 2_500_000}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -38,11 +38,13 @@ class Child:
     restarts: int = 0
     next_start: float = 0.0
     started: float = field(default=0.0)
+    #: Settings of this child's own (LOGLAKE_* variables) over the environment all children share.
+    env: dict[str, str] = field(default_factory=dict)
 
     def start(self, env: dict[str, str]) -> None:
         out = open(self.log_path, "ab")  # noqa: SIM115 (handed to the child)
         self.proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     env=env, process_group=0, preexec_fn=die_with_parent)
+                                     env={**env, **self.env}, process_group=0, preexec_fn=die_with_parent)
         out.close()
         self.started = time.monotonic()
 
@@ -123,6 +125,7 @@ def run_up(cfg: Config, config_path: str | None) -> int:
             base += ["--config", config_path]
         names = ["ingest", "serve", "receive", "ship", "maintain", "alert"] + (["demo"] if cfg.demo.enabled else [])
         children = [Child(n, [*base, n], log_dir / f"{n}.log") for n in names]
+        children[1:1] = ingest_helpers(cfg, base, log_dir)
         for c in children:
             c.start(env)
         if _wait_ready(cfg, lambda: stopping):
@@ -152,6 +155,20 @@ def run_up(cfg: Config, config_path: str | None) -> int:
         if broker is not None:
             stop_process(broker)
         print("  stopped.", flush=True)
+
+
+def ingest_helpers(cfg: Config, base: list[str], log_dir: Path) -> list[Child]:
+    """The ingest processes after the first (`ingest.workers`): one consumer group shares the
+    topic's partitions among them. Each serves its metrics on the next port, if any."""
+    n = cfg.ingest.worker_count(cfg.kafka.partitions)
+    helpers = []
+    for i in range(2, n + 1):
+        env = {}
+        if cfg.ingest.metrics_listen:
+            host, _, port = cfg.ingest.metrics_listen.rpartition(":")
+            env["LOGLAKE_INGEST__METRICS_LISTEN"] = f"{host}:{int(port) + i - 1}"
+        helpers.append(Child(f"ingest-{i}", [*base, "ingest"], log_dir / f"ingest-{i}.log", env=env))
+    return helpers
 
 
 def _wait_ready(cfg: Config, stopping: Callable[[], bool], timeout_s: float = 60.0) -> bool:

@@ -311,3 +311,15 @@ def test_a_pattern_python_accepts_but_re2_rejects_stops_ingest_with_exit_2(tmp_p
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2, proc.stderr
     assert "ingest.formats" in proc.stderr and "RE2" in proc.stderr
+
+
+@pytest.mark.parametrize(("workers", "partitions", "cores", "expected"), [
+    (0, 3, 2, 2),       # one per core
+    (0, 3, 8, 3),       # never more than the partitions: the rest would sit idle
+    (0, 1, 8, 1),
+    (0, 12, 1, 1),
+    (4, 3, 1, 4),       # said outright: as said
+])
+def test_ingest_worker_count(workers: int, partitions: int, cores: int, expected: int) -> None:
+    cfg = Config.model_validate({"ingest": {"workers": workers}})
+    assert cfg.ingest.worker_count(partitions, cores) == expected

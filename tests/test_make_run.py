@@ -31,6 +31,19 @@ def _processes_with_marker(marker: str) -> list[int]:
     return pids
 
 
+def _command(pid: int) -> list[str]:
+    try:
+        return (Path("/proc") / str(pid) / "cmdline").read_bytes().decode(errors="replace").split("\0")[:-1]
+    except OSError:
+        return []
+
+
+def _nice(pid: int) -> int:
+    # /proc/<pid>/stat: the command is in parentheses and may hold spaces; nice is field 19.
+    stat = (Path("/proc") / str(pid) / "stat").read_text()
+    return int(stat[stat.rindex(")") + 2:].split()[16])
+
+
 @pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
 def test_make_run_starts_serves_demo_lines_and_stops_cleanly(tmp_path: Path) -> None:
     broker_port, query_port = free_port(), free_port()
@@ -48,6 +61,8 @@ def test_make_run_starts_serves_demo_lines_and_stops_cleanly(tmp_path: Path) -> 
         "LOGLAKE_SHIPPER__STATE_DIR": str(tmp_path / "shipper"),
         "LOGLAKE_LOG__DIR": str(tmp_path / "log"),
         "LOGLAKE_CONFIG": str(REPO / "loglake.toml"),
+        # Two ingest processes whatever the machine's cores (the default is one per core).
+        "LOGLAKE_INGEST__WORKERS": "2",
     })
     out_path = tmp_path / "make-run.out"
     with open(out_path, "wb") as out:
@@ -70,8 +85,16 @@ def test_make_run_starts_serves_demo_lines_and_stops_cleanly(tmp_path: Path) -> 
         rows = wait_until(demo_rows, 60, what="demo lines searchable")
         assert all(r["service"] == "api" for r in rows)
         running = _processes_with_marker(marker)
-        # make, the supervisor, broker, ingest, serve, ship, demo
-        assert len(running) >= 7, running
+        # make, the supervisor, broker, two ingest workers, serve, ship, demo
+        assert len(running) >= 8, running
+        commands = {pid: _command(pid) for pid in running}
+        ingest = [pid for pid, argv in commands.items() if argv[-1:] == ["ingest"]]
+        assert len(ingest) == 2, commands
+        assert (tmp_path / "log" / "ingest-2.log").exists()
+        # Maintenance runs at a lower CPU priority than the stages users wait on.
+        maintain = [pid for pid, argv in commands.items() if argv[-1:] == ["maintain"]]
+        assert len(maintain) == 1, commands
+        assert _nice(maintain[0]) == _nice(ingest[0]) + 10
 
         os.killpg(proc.pid, signal.SIGINT)          # what Ctrl-C in a terminal does
         proc.wait(60)

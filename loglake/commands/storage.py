@@ -7,6 +7,7 @@ works; `--dry-run` shows the same table and changes nothing.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import threading
 from collections.abc import Callable, Iterator
@@ -180,6 +181,9 @@ def cmd_maintain(cfg: Config, args: argparse.Namespace) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
+    if cfg.maintain.nice:
+        # Compaction can wait; ingest and searches cannot. (On an idle machine it still gets a core.)
+        os.nice(cfg.maintain.nice)
     maintenance = Maintenance(cfg)
     if cfg.maintain.metrics_listen:
         _serve_in_background(cfg.maintain.metrics_listen, maintenance)

@@ -347,6 +347,9 @@ class IngestConfig(_Section):
     """The ingest workers: what they consume, how they parse, and when they flush a segment."""
 
     group_id: str = "loglake-ingest"
+    #: Ingest processes `loglake up` starts, one consumer group: 0 is one per core, at most the
+    #: topic's partitions (a worker parses on one core; more than the partitions would sit idle).
+    workers: int = Field(0, ge=0, le=64)
     flush_rows: int = Field(200_000, ge=1)
     flush_bytes: int = Field(64 << 20, ge=1024)
     flush_interval_s: float = Field(2.0, gt=0)
@@ -380,6 +383,14 @@ class IngestConfig(_Section):
     @classmethod
     def _zone(cls, v: str) -> str:
         return check_timezone(v)
+
+    def worker_count(self, partitions: int, cores: int | None = None) -> int:
+        """How many ingest processes `loglake up` starts for a topic of ``partitions``."""
+        if self.workers:
+            return self.workers
+        if cores is None:
+            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        return max(1, min(cores, partitions))
 
     def patterns(self) -> tuple[str, ...]:
         """The user-defined patterns, in rule order (rule i's pattern is format `pattern<i>`)."""
@@ -577,6 +588,9 @@ class MaintainConfig(_Section):
 
     #: host:port for /metrics, /healthz and /readyz (503 while a job's last run failed); empty: none.
     metrics_listen: str = ""
+    #: CPU priority given up at start (os.nice): compaction and retention can wait, so on busy cores
+    #: they take what ingest and searches leave; 0 keeps the priority it was started with.
+    nice: int = Field(10, ge=0, le=19)
 
 
 # -- query/alerts: alert and recording rules (`loglake alert`) --------------------------------------
