@@ -35,12 +35,12 @@ PARSED, DEFER = 1, 2
 class SqlOnly(Normaliser):
     """A normaliser whose compiled pre-passes take no line: the SQL steps parse them all."""
 
-    def _pre_pass(self, routed: pa.Table, tenant: str = "") -> pa.Table:
-        out = super()._pre_pass(routed, tenant)
+    def _pre_pass(self, routed: pa.Table, tenant: str = "") -> tuple[pa.Table, frozenset[str]]:
+        out, _ = super()._pre_pass(routed, tenant)
         for name in ("p_json_status", "p_clf_status"):
             i = out.schema.get_field_index(name)
             out = out.set_column(i, name, pa.array(np.full(out.num_rows, DEFER, np.int8)))
-        return out
+        return out, frozenset()
 
 
 @pytest.fixture(scope="module")

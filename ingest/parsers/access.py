@@ -98,6 +98,7 @@ PARSER = Parser(
                  f"ELSE regexp_extract(line, '{WIDE_REGEX}', {list(GROUPS)}) END")),
     ok="{p}_m.status <> ''",
     native=native_fields,
+    compiled_steps=(("n", "{p}_f"), ("m", "{p}_n")),
     out={
         "ts_tz": "try_strptime({p}_m.time, ['%d/%b/%Y:%H:%M:%S %z', '%d/%b/%Y:%H:%M:%S.%f %z'])",
         # Only for a time written without its zone (with one, the format above has it).

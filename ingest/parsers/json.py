@@ -140,6 +140,35 @@ def _position(keys: tuple[str, ...]) -> str:
 # map: those lines take the slow path, which flattens and renames.
 _FLAT = "strpos(substr(line, 2), '{') = 0"
 
+_FIND_DEEPER = ("CASE WHEN {p}_e IS NULL OR ({p}_k0.ts IS NOT NULL AND {p}_k0.lvl IS NOT NULL) THEN {p}_k0 "
+                "ELSE {'ts': coalesce({p}_k0.ts, list_position(list_transform({p}_e, x -> regexp_matches(x.key, "
+                + _leaf_sql(TS_LEAVES, ("t",)) + ")), true)), "
+                "'lvl': coalesce({p}_k0.lvl, list_position(list_transform({p}_e, x -> regexp_matches(x.key, "
+                + _leaf_sql(LEVEL_LEAVES) + ")), true)), "
+                "'msg': {p}_k0.msg, 'svc': {p}_k0.svc, 'trace': {p}_k0.trace, 'span': {p}_k0.span, "
+                "'host': {p}_k0.host} END")
+
+# From the entries and where the well-known keys are: their values, the time, what leaves attrs.
+_VALUE_STEPS: tuple[tuple[str, str], ...] = (
+    # Only a row missing a listed time or level key looks deeper (so the usual row pays nothing).
+    ("k", _FIND_DEEPER),
+    ("v", "{"
+          "'ts': {p}_e[{p}_k.ts].value, 'lvl': {p}_e[{p}_k.lvl].value, 'msg': {p}_e[{p}_k.msg].value, "
+          "'svc': {p}_e[{p}_k.svc].value, 'trace': {p}_e[{p}_k.trace].value, "
+          "'span': {p}_e[{p}_k.span].value, 'host': {p}_e[{p}_k.host].value"
+          "}"),
+    ("tz", "ll_ts_tz({p}_v.ts)"),
+    ("local", "CASE WHEN {p}_tz IS NULL THEN ll_ts_local({p}_v.ts) END"),
+    # Keys that became columns leave attrs: the time only if it parsed, the level only if
+    # it is a normalised name in some case (so "WARNING" or 30 is still there to see).
+    ("drop", "list_filter(["
+             "CASE WHEN {p}_tz IS NOT NULL OR {p}_local IS NOT NULL THEN {p}_k.ts END, "
+             f"CASE WHEN lower({{p}}_v.lvl) IN ({_STORED_LEVELS}) "
+             "     THEN {p}_k.lvl END, "
+             "{p}_k.msg, {p}_k.svc, {p}_k.trace, {p}_k.span, "
+             "CASE WHEN coalesce({p}_v.host, '') <> '' THEN {p}_k.host END], x -> x IS NOT NULL)"),
+)
+
 PARSER = Parser(
     name="json",
     detect="starts_with(line, '{')",
@@ -158,30 +187,9 @@ PARSER = Parser(
         ("keys", f"CASE WHEN {{p}}_status <> {PARSED} THEN list_transform({{p}}_e, x -> x.key) END"),
         ("k0", f"CASE WHEN {{p}}_status = {PARSED} THEN {{p}}_pos ELSE {{"
                + ", ".join(f"'{name}': {_position(keys)}" for name, keys in WELL_KNOWN.items()) + "} END"),
-        # Only a row missing a listed time or level key looks deeper (so the usual row pays nothing).
-        ("k", "CASE WHEN {p}_e IS NULL OR ({p}_k0.ts IS NOT NULL AND {p}_k0.lvl IS NOT NULL) THEN {p}_k0 "
-              "ELSE {'ts': coalesce({p}_k0.ts, list_position(list_transform({p}_e, x -> regexp_matches(x.key, "
-              + _leaf_sql(TS_LEAVES, ("t",)) + ")), true)), "
-              "'lvl': coalesce({p}_k0.lvl, list_position(list_transform({p}_e, x -> regexp_matches(x.key, "
-              + _leaf_sql(LEVEL_LEAVES) + ")), true)), "
-              "'msg': {p}_k0.msg, 'svc': {p}_k0.svc, 'trace': {p}_k0.trace, 'span': {p}_k0.span, "
-              "'host': {p}_k0.host} END"),
-        ("v", "{"
-              "'ts': {p}_e[{p}_k.ts].value, 'lvl': {p}_e[{p}_k.lvl].value, 'msg': {p}_e[{p}_k.msg].value, "
-              "'svc': {p}_e[{p}_k.svc].value, 'trace': {p}_e[{p}_k.trace].value, "
-              "'span': {p}_e[{p}_k.span].value, 'host': {p}_e[{p}_k.host].value"
-              "}"),
-        ("tz", "ll_ts_tz({p}_v.ts)"),
-        ("local", "CASE WHEN {p}_tz IS NULL THEN ll_ts_local({p}_v.ts) END"),
-        # Keys that became columns leave attrs: the time only if it parsed, the level only if
-        # it is a normalised name in some case (so "WARNING" or 30 is still there to see).
-        ("drop", "list_filter(["
-                 "CASE WHEN {p}_tz IS NOT NULL OR {p}_local IS NOT NULL THEN {p}_k.ts END, "
-                 f"CASE WHEN lower({{p}}_v.lvl) IN ({_STORED_LEVELS}) "
-                 "     THEN {p}_k.lvl END, "
-                 "{p}_k.msg, {p}_k.svc, {p}_k.trace, {p}_k.span, "
-                 "CASE WHEN coalesce({p}_v.host, '') <> '' THEN {p}_k.host END], x -> x IS NOT NULL)"),
+        *_VALUE_STEPS,
     ),
+    compiled_steps=(("e", "{p}_c"), ("k0", "{p}_pos"), *_VALUE_STEPS),
     ok="{p}_e IS NOT NULL",
     native=native_entries,
     out={
