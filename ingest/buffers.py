@@ -37,6 +37,8 @@ class PartitionBuffer:
     bytes: int = 0
     ranges: dict[SourceKey, Ranges] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
+    #: The worker's ``IngestState.log_end_at`` when the first record was taken (see ``Buffered``).
+    arrived_after: float | None = None
     last_record: str | None = None         # fingerprint of the record at last_offset
 
 
@@ -48,6 +50,10 @@ class Buffered:
     bytes: int
     #: When the oldest buffer holding a record began (monotonic seconds); None when all are empty.
     oldest: float | None
+    #: Its records came to the log after this: the last time before its first record was taken
+    #: that the log was read to its end (what a worker busy flushing fetched is older than
+    #: ``oldest`` says). None when unknown, or all are empty.
+    arrived_after: float | None = None
 
 
 @dataclass
@@ -62,6 +68,8 @@ class IngestState:
     stats: Counter[str] = field(default_factory=Counter)
     #: Pushed requests (sources of their own) and when this worker first saw each (monotonic s).
     pushed: dict[SourceKey, float] = field(default_factory=dict)
+    #: When a read last reached the log's end (monotonic s); None before the first did.
+    log_end_at: float | None = None
 
     def reload_ranges(self, catalog: Catalog) -> None:
         """Take the stored ranges from the catalog again (what was buffered since is not stored)."""
@@ -82,9 +90,10 @@ class IngestState:
         return len(old)
 
     def buffered(self) -> Buffered:
-        bufs = self.buffers.values()
+        bufs = [b for b in self.buffers.values() if b.last_offset is not None]
+        after = [b.arrived_after if b.arrived_after is not None else b.started for b in bufs]
         return Buffered(rows=sum(b.rows for b in bufs), bytes=sum(b.bytes for b in bufs),
-                        oldest=min((b.started for b in bufs if b.last_offset is not None), default=None))
+                        oldest=min((b.started for b in bufs), default=None), arrived_after=min(after, default=None))
 
 
 def fingerprint(timestamp_ms: int, value: bytes | None) -> str:

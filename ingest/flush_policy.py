@@ -18,11 +18,15 @@ MAX_RETRY_S = 30.0
 @dataclass
 class FlushPolicy:
     """Flush by rows, bytes or age; at once at the end of a backlog; early once the log is read to
-    its end and a batch is a tenth full; not while a failed flush waits out its back-off."""
+    its end and a batch is a tenth full or ``caught_up_s`` old; not while a failed flush waits out
+    its back-off."""
 
     flush_rows: int
     flush_bytes: int
     interval_s: float
+    #: Once the log is read to its end, a batch this old is flushed whatever its size: the wait
+    #: a caught-up worker adds to the write-to-searchable lag (``interval_s`` caps the rest).
+    caught_up_s: float = 0.5
     #: Flushing by size since the log was last read to its end: working through a backlog.
     behind: bool = False
     #: When a failed flush may be tried again (monotonic seconds); 0 while flushes succeed.
@@ -32,7 +36,7 @@ class FlushPolicy:
     failures: int = 0
 
     def due(self, buffered: Buffered, now: float, caught_up: bool = False) -> bool:
-        """Whether to flush now; ``caught_up`` when the last read found nothing new."""
+        """Whether to flush now; ``caught_up`` when the last read reached the log's end."""
         if self.retrying(now):
             return False
         rows, size = buffered.rows, buffered.bytes
@@ -40,16 +44,21 @@ class FlushPolicy:
         if full:
             self.behind = True
         elif caught_up and self.behind:
-            # The end of a backlog: its last rows are not held for the interval. A steady
-            # trickle never flushes by size, so its segments still grow for the interval.
+            # The end of a backlog: its last rows are not held at all.
             self.behind = False
             if rows:
                 return True
-        # Once the log is read to its end, a batch already a tenth of full is not held for
-        # the interval: waiting would add latency without making segments much bigger.
+        if buffered.oldest is None:
+            return full
+        age = now - buffered.oldest
+        # Once the log is read to its end, holding a batch only adds lag: a tenth-full batch is
+        # flushed at once (waiting would not make segments much bigger), a smaller one once its
+        # records may have waited caught_up_s, counted from when they could have come (what was
+        # fetched during a long flush waited that flush too), which bounds how many segments a
+        # trickle makes (compaction merges them).
+        waited = now - (buffered.arrived_after if buffered.arrived_after is not None else buffered.oldest)
         big = rows >= self.flush_rows // 10 or size >= self.flush_bytes // 10
-        return (full or (caught_up and big)
-                or (buffered.oldest is not None and now - buffered.oldest >= self.interval_s))
+        return full or (caught_up and (big or waited >= self.caught_up_s)) or age >= self.interval_s
 
     def retrying(self, now: float) -> bool:
         """A failed flush is waiting out its back-off."""

@@ -1,9 +1,10 @@
 """Writing the buffers out: normalise, write segments, send dead letters, commit once.
 
-A flush normalises each buffer per tenant in DuckDB, writes one segment per tenant and
-hour, sends what could not become rows to the dead-letter topic, and then commits the
-segments, each partition's new offset and the per-source stored byte ranges in one
-catalog transaction. Kafka's committed offsets are updated afterwards, for monitoring only.
+A flush normalises the rows of all its buffers per tenant in one DuckDB statement, writes
+one segment per partition, tenant and hour, sends what could not become rows to the
+dead-letter topic, and then commits the segments, each partition's new offset and the
+per-source stored byte ranges in one catalog transaction. Kafka's committed offsets are
+updated afterwards, for monitoring only.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import logging
 import time
 from collections import Counter, defaultdict
 
+import numpy as np
+import pyarrow as pa
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 
@@ -96,7 +99,7 @@ class Flusher:
         try:
             # A full disk or an unreachable object store fails here; the same names are written again
             # on the retry, so nothing is left behind twice.
-            written = await asyncio.to_thread(lambda: [self.write(k, b) for k, b in todo.items()])
+            written = await asyncio.to_thread(self.write_all, todo)
             commits = [c for c, _ in written]
             dead = [d for b in todo.values() for d in b.dead] + [d for _, ds in written for d in ds]
             # Dead letters first: once the catalog moves past them they exist nowhere else.
@@ -119,35 +122,64 @@ class Flusher:
 
     def write(self, key: Key, buf: PartitionBuffer) -> tuple[PartitionCommit, list[DeadLetter]]:
         """Normalise and write ``buf``'s segments; the catalog commit for them and the rows that failed."""
-        assert buf.last_offset is not None
-        topic, partition = key
-        segments: list[SegmentInfo] = []
-        dead: list[DeadLetter] = []
-        by_tenant: dict[str, list[RecordRun]] = defaultdict(list)
-        for tenant, run in self.router.runs(topic, buf):
-            by_tenant[tenant].append(run)
-        name = segment_name(topic, partition, buf.state.epoch, buf.state.next_offset, buf.last_offset)
-        counted = self._pending_counts[key] = []
-        for tenant, runs in by_tenant.items():
-            raw = raw_table(runs)
-            if raw.num_rows == 0:
-                continue
-            records, failed = normalise_safely(self.normaliser, raw, tenant)
+        return self.write_all({key: buf})[0]
+
+    def write_all(self, todo: dict[Key, PartitionBuffer]) -> list[tuple[PartitionCommit, list[DeadLetter]]]:
+        """Normalise and write the segments of every buffer of ``todo`` (one per partition, tenant and
+        hour); each one's catalog commit and the rows that failed, in ``todo``'s order.
+
+        Each tenant's rows of all the partitions are normalised in one statement and split back by
+        position: planning it costs about 0.1 s however few the rows, which a flush every second
+        of three partitions would otherwise pay three times."""
+        raws: dict[str, list[tuple[Key, pa.Table]]] = defaultdict(list)
+        names: dict[Key, str] = {}
+        for key, buf in todo.items():
+            assert buf.last_offset is not None
+            names[key] = segment_name(key[0], key[1], buf.state.epoch, buf.state.next_offset, buf.last_offset)
+            by_tenant: dict[str, list[RecordRun]] = defaultdict(list)
+            for tenant, run in self.router.runs(key[0], buf):
+                by_tenant[tenant].append(run)
+            for tenant, runs in by_tenant.items():
+                raw = raw_table(runs)
+                if raw.num_rows:
+                    raws[tenant].append((key, raw))
+            self._pending_counts[key] = []
+        segments: dict[Key, list[SegmentInfo]] = {key: [] for key in todo}
+        dead: dict[Key, list[DeadLetter]] = {key: [] for key in todo}
+        for tenant, parts in raws.items():
+            whole = pa.concat_tables([raw for _, raw in parts]) if len(parts) > 1 else parts[0][1]
+            records, failed = normalise_safely(self.normaliser, whole, tenant)
+            starts = np.cumsum([0] + [raw.num_rows for _, raw in parts])
+            failed_in: list[list[tuple[int, str]]] = [[] for _ in parts]
             for i, err in failed:
-                row = raw.slice(i, 1).to_pylist()[0]
-                dead.append(DeadLetter(Reason.UNPARSEABLE, (row["line"] or "").encode(), topic, partition,
-                                       buf.state.next_offset, detail=err,
-                                       context={"tenant": tenant, "source": row["source"] or "",
-                                                "service": row["service"] or "", "host": row["host"] or ""}))
-            if records.num_rows:
-                counted.append((tenant, count_rows(records)))
-                segments += write_segments(self.root, tenant, records, name,
-                                           zstd_level=self.storage.zstd_level,
-                                           row_group_rows=self.storage.row_group_rows)
-        commit = PartitionCommit(topic, partition, buf.state.epoch, buf.state.next_offset, buf.last_offset + 1,
-                                 segments, source_ranges={k: list(v) for k, v in buf.ranges.items()},
-                                 last_record=buf.last_record)
-        return commit, dead
+                k = int(np.searchsorted(starts, i, side="right")) - 1
+                failed_in[k].append((i - int(starts[k]), err))
+            taken = 0
+            for (key, raw), bad in zip(parts, failed_in, strict=True):
+                buf = todo[key]
+                topic, partition = key
+                for i, err in bad:
+                    row = raw.slice(i, 1).to_pylist()[0]
+                    dead[key].append(DeadLetter(
+                        Reason.UNPARSEABLE, (row["line"] or "").encode(), topic, partition, buf.state.next_offset,
+                        detail=err, context={"tenant": tenant, "source": row["source"] or "",
+                                             "service": row["service"] or "", "host": row["host"] or ""}))
+                # The records keep the input's order, less the failed rows.
+                mine = records.slice(taken, raw.num_rows - len(bad))
+                taken += mine.num_rows
+                if mine.num_rows:
+                    self._pending_counts[key].append((tenant, count_rows(mine)))
+                    segments[key] += write_segments(self.root, tenant, mine, names[key],
+                                                    zstd_level=self.storage.zstd_level,
+                                                    row_group_rows=self.storage.row_group_rows)
+        out = []
+        for key, buf in todo.items():
+            assert buf.last_offset is not None
+            commit = PartitionCommit(key[0], key[1], buf.state.epoch, buf.state.next_offset, buf.last_offset + 1,
+                                     segments[key], source_ranges={k: list(v) for k, v in buf.ranges.items()},
+                                     last_record=buf.last_record)
+            out.append((commit, dead[key]))
+        return out
 
     def _failed(self, e: Exception) -> None:
         self.state.stats["flush_errors"] += 1

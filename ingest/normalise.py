@@ -158,7 +158,9 @@ def build_sql(settings: ParseSettings, inherit: bool = False, present: frozenset
 
     The first routes the lines of a registered relation ``raw`` (unwrapped, each
     with its format); the second parses them from a relation ``c``: the first's
-    rows plus, per parser with a compiled pre-pass, its columns.
+    rows plus, per parser with a compiled pre-pass, its columns. Both return one row
+    per input row, in the input's order (a flush normalises several partitions in one
+    statement and splits the rows back by position).
     """
     formats = settings.pattern_ts_formats + ("",) * (len(settings.patterns) - len(settings.pattern_ts_formats))
     patterns = tuple(pattern.parser(i, p, f) for i, (p, f) in enumerate(zip(settings.patterns, formats, strict=True)))
@@ -294,6 +296,7 @@ SELECT
          ELSE line END AS raw,
     fmt2 AS parsed_format
 FROM r
+{"ORDER BY rn" if inherit else ""}
 """
     # A record with a hundred thousand keys would make every later scan of the map pay for it. The
     # flags saying how the row was parsed come last and are kept past the cut: they are why it is odd.

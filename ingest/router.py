@@ -115,6 +115,7 @@ class RecordRouter:
         buf = self.state.buffers[(topic, partition)]
         if buf.last_offset is None:
             buf.started = time.monotonic()
+            buf.arrived_after = self.state.log_end_at
         buf.last_offset = offset
         if not value:
             return

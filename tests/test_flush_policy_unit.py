@@ -15,7 +15,7 @@ T0 = 1000.0     # any monotonic time
 
 
 def _policy() -> FlushPolicy:
-    return FlushPolicy(flush_rows=1000, flush_bytes=100_000, interval_s=60)
+    return FlushPolicy(flush_rows=1000, flush_bytes=100_000, interval_s=60, caught_up_s=5)
 
 
 def _rows(n: int, started: float | None = T0) -> Buffered:
@@ -35,11 +35,25 @@ def test_a_full_buffer_is_due_at_once(buffered: Buffered) -> None:
     assert p.behind, "a flush by size means a backlog is being read"
 
 
-def test_a_trickle_waits_for_the_interval_counted_from_its_oldest_buffer() -> None:
+def test_a_small_batch_read_to_the_log_end_waits_caught_up_s_counted_from_its_oldest_buffer() -> None:
     p = _policy()
-    assert not p.due(_rows(50), T0 + 59.9, caught_up=True)
-    assert p.due(_rows(50), T0 + 60, caught_up=True)
+    assert not p.due(_rows(50), T0 + 4.9, caught_up=True)
+    assert p.due(_rows(50), T0 + 5, caught_up=True)
+    assert p.due(_rows(1), T0 + 5, caught_up=True), "whatever its size"
+    assert not p.due(_rows(50), T0 + 5, caught_up=False), "not while more is being read"
+
+
+def test_a_small_batch_never_read_to_the_log_end_waits_for_the_interval() -> None:
+    p = _policy()
+    assert not p.due(_rows(50), T0 + 59.9, caught_up=False)
     assert p.due(_rows(50), T0 + 60, caught_up=False)
+    assert p.due(_rows(50), T0 + 60, caught_up=True)
+
+
+def test_the_interval_caps_the_wait_when_it_is_shorter_than_caught_up_s() -> None:
+    p = FlushPolicy(flush_rows=1000, flush_bytes=100_000, interval_s=1, caught_up_s=5)
+    assert not p.due(_rows(50), T0 + 0.9, caught_up=True)
+    assert p.due(_rows(50), T0 + 1, caught_up=True)
 
 
 def test_a_tenth_full_batch_is_due_once_the_log_is_read_to_its_end() -> None:
@@ -99,3 +113,15 @@ def test_reading_stops_only_while_failing_with_twice_flush_bytes_buffered() -> N
     assert p.backlogged(2 * p.flush_bytes)
     p.succeeded()
     assert not p.backlogged(2 * p.flush_bytes)
+
+
+def test_records_fetched_during_a_long_flush_count_their_wait_from_the_last_read_to_the_log_end() -> None:
+    p = _policy()
+    # Taken at T0 + 4 (the worker was flushing), but the log was last read to its end at T0.
+    fetched_late = Buffered(rows=50, bytes=500, oldest=T0 + 4, arrived_after=T0)
+    assert not p.due(fetched_late, T0 + 4.9, caught_up=True)
+    assert p.due(fetched_late, T0 + 5, caught_up=True)
+    assert not p.due(fetched_late, T0 + 5, caught_up=False)
+    # The interval, for a worker never at the log's end, still counts from the first record taken.
+    assert not p.due(fetched_late, T0 + 63.9, caught_up=False)
+    assert p.due(fetched_late, T0 + 64, caught_up=False)

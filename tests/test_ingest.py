@@ -19,6 +19,7 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import confluent_kafka
 import httpx
 import pytest
 
@@ -516,3 +517,35 @@ def test_worker_restart_on_an_unchanged_topic_is_not_a_recreation(stack: Stack) 
         f"{len(twice)} records stored twice {twice[:3]}...; catalog state {state}; "
         f"'topic recreated' logged: {recreated}")
     assert len(counts) == 11
+
+
+# -- 6. flushing under a steady flow ---------------------------------------------
+
+
+def test_a_worker_that_keeps_up_with_a_steady_flow_flushes_after_caught_up_s(stack: Stack) -> None:
+    """Records every 20 ms, so a read seldom comes back empty: the worker still knows it is at the
+    log's end (each fetch's high watermark) and flushes after flush_caught_up_s, long before the
+    interval, while the flow goes on."""
+    create_topics(stack.bootstrap, stack.topic)
+    stack.start("ingest", LOGLAKE_INGEST__FLUSH_INTERVAL_S="120", LOGLAKE_INGEST__FLUSH_CAUGHT_UP_S="0.3")
+    catalog = open_catalog(stack)
+    wait_until(lambda: _assigned(stack, "ingest"), 20, what="partitions assigned to the worker")
+    producer = confluent_kafka.Producer({"bootstrap.servers": stack.bootstrap, "linger.ms": 0, "acks": "all"})
+    sent = 0
+    first_rows_at: float | None = None
+    started = time.monotonic()
+    while time.monotonic() - started < 20 and (first_rows_at is None or time.monotonic() - first_rows_at < 3):
+        producer.produce(stack.topic, f"steady id={sent}".encode())
+        producer.poll(0)
+        sent += 1
+        time.sleep(0.02)
+        if first_rows_at is None and catalog.totals()["rows"]:
+            first_rows_at = time.monotonic()
+    producer.flush(10)
+    running(stack)()
+    assert first_rows_at is not None, f"nothing stored in 20 s of a steady flow of {sent} records"
+    # A flush every flush_caught_up_s or so while records kept coming, not one batch at the end.
+    assert len(catalog.live_segments()) >= 3, catalog.live_segments()
+    wait_rows(stack, catalog, sent)
+    assert sorted(r["message"] for r in stored(stack, catalog, "default")) == \
+        sorted(f"steady id={i}" for i in range(sent))

@@ -417,3 +417,19 @@ def test_lines_that_miss_their_pattern_are_counted_per_source() -> None:
     records = n(_pattern_raw(["2024-01-15T10:00:00Z | ok", "not the pattern", "nor this"]))
     counts = count_rows(records)[("app", "/var/log/app.log")]
     assert (counts["rows"], counts["unmatched"], counts["observed_time"]) == (3, 2, 2)
+
+
+def test_rows_come_out_in_the_input_order_when_two_sources_interleave_continuation_lines() -> None:
+    """A flush normalises several partitions in one statement and splits the rows back by position;
+    the window that carries a time to continuation lines must not reorder them."""
+    n = Normaliser()
+    a = _raw([f"2024-03-01 12:00:{i:02d},000 ERROR [main] c.Foo: a {i}" if i % 3 == 0 else f"\tat a.frame{i}"
+              for i in range(60)], source="/var/log/a.log")
+    b = _raw([f"2024-03-01 13:00:{i:02d},000 ERROR [main] c.Bar: b {i}" if i % 4 == 0 else f"\tat b.frame{i}"
+              for i in range(60)], source="/var/log/b.log")
+    mixed = pa.concat_tables([a.slice(i, 1) if k == 0 else b.slice(i, 1) for i in range(60) for k in (0, 1)])
+    rows = n(mixed).to_pylist()
+    assert [r["source"] for r in rows] == ["/var/log/a.log", "/var/log/b.log"] * 60
+    assert [original(r) for r in rows] == mixed.column("line").to_pylist()
+    inherited = [r for r in rows if dict(r["attrs"] or []).get("ts_parse") == "inherited"]
+    assert inherited and all(r["ts"].hour == (12 if r["source"].endswith("a.log") else 13) for r in inherited)

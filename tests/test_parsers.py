@@ -12,6 +12,7 @@ import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -26,6 +27,9 @@ from ingest.normalise import Normaliser, ParseSettings, normalise_safely
 from ingest.parsers.json import MAX_DEPTH
 from ingest.parsers.pattern import PatternError
 from ingest.sources import SourceBook
+from ingest.worker import IngestWorker
+from loglake.core.config import Config
+from storage.catalog import Catalog
 from storage.schema import LEVELS, RECORD_SCHEMA
 from tests.helpers import normalising
 
@@ -1315,6 +1319,34 @@ class _Exploding(Normaliser):
         if _poisoned(raw):
             raise duckdb.InvalidInputException("poisoned batch")
         return super().__call__(raw, tenant)
+
+
+def test_a_flush_of_several_partitions_gives_each_its_own_rows_and_failed_lines(tmp_path: Path) -> None:
+    """One statement normalises every partition's rows (its planning is the most of a small flush);
+    they are split back by position, so a failed line in one must not shift the rows of the next."""
+    cfg = Config.model_validate({"kafka": {"topic": "t"}, "storage": {"data_root": str(tmp_path / "data")}})
+    worker = IngestWorker(cfg, Catalog(cfg.storage.resolved_catalog_url()))
+    worker.flusher.normaliser.close()
+    worker.flusher.normaliser = exploding = _Exploding()
+    try:
+        keys = [("t", p) for p in range(3)]
+        worker.partitions.open(keys)
+        lines = {0: [f"p0 line {i}" for i in range(5)],
+                 1: ["p1 line 0", f"{MARK} in p1", "p1 line 2", f"{MARK} again in p1"],
+                 2: [f"p2 line {i}" for i in range(3)]}
+        for (topic, p), mine in zip(keys, lines.values(), strict=True):
+            for offset, line in enumerate(mine):
+                worker.router.take(topic, p, offset, line.encode(), [], 1_700_000_000_000 + offset)
+        written = worker.flusher.write_all({k: worker.buffers[k] for k in keys})
+        for (commit, dead), p in zip(written, range(3), strict=True):
+            assert (commit.topic, commit.partition, commit.new_next) == ("t", p, len(lines[p]))
+            paths = [str(tmp_path / "data" / s.path) for s in commit.segments]
+            stored = duckdb.sql(f"SELECT message FROM read_parquet({paths!r})").fetchall()
+            assert sorted(m for (m,) in stored) == sorted(line for line in lines[p] if MARK not in line)
+            assert [(d.partition, d.value.decode()) for d in dead] == [(p, line) for line in lines[p] if MARK in line]
+        assert exploding.calls > 1, "the poisoned batch was halved"
+    finally:
+        exploding.close()
 
 
 class _FakeExploding(Normaliser):

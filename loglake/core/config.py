@@ -220,12 +220,16 @@ class ShipperConfig(_InputSettings):
     fingerprint_bytes: int = Field(1024, ge=16, le=1 << 20)
     #: Longer lines are cut here and flagged (attrs.truncated, attrs.original_length).
     max_line_bytes: int = Field(1 << 20, ge=64)
-    poll_interval_s: float = Field(0.2, gt=0)
+    #: How long to wait after a pass over the files found nothing new (a busy shipper does not
+    #: wait): up to this much is added to the time from a line written to it being searchable.
+    poll_interval_s: float = Field(0.1, gt=0)
     rescan_interval_s: float = Field(2.0, gt=0)
     max_frame_bytes: int = Field(1 << 20, ge=1024, le=64 << 20)
     #: A partial last line (no newline yet) is shipped after waiting this long.
     partial_line_timeout_s: float = Field(5.0, gt=0)
-    linger_ms: int = Field(50, ge=0)
+    #: A frame is already a batch (a chunk of one file); lingering only groups frames of several
+    #: files, and adds its wait to every line's way to being searchable.
+    linger_ms: int = Field(20, ge=0)
     max_batch_bytes: int = Field(2 << 20, ge=16 << 10)
     acks: Literal["all", "1", "0"] = "all"
     #: Idempotent producing; off by default because the embedded broker lacks it.
@@ -352,7 +356,12 @@ class IngestConfig(_Section):
     workers: int = Field(0, ge=0, le=64)
     flush_rows: int = Field(200_000, ge=1)
     flush_bytes: int = Field(64 << 20, ge=1024)
-    flush_interval_s: float = Field(2.0, gt=0)
+    #: The longest a record waits in a worker's buffers before it is written and searchable.
+    flush_interval_s: float = Field(1.0, gt=0)
+    #: Once the log is read to its end, a batch this old is flushed whatever its size: what a
+    #: worker that keeps up adds to the write-to-searchable lag (compaction merges the small
+    #: segments this makes). A batch a tenth of `flush_rows`/`flush_bytes` goes at once.
+    flush_caught_up_s: float = Field(0.5, gt=0)
     default_tenant: _TenantName = "default"
     #: More topics to consume, each with its own tenant and service; one consumer group for all.
     topics: list[TopicInput] = []
