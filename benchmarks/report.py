@@ -9,7 +9,7 @@ from benchmarks.harness import RESULTS_DIR
 
 README = Path(__file__).resolve().parent / "README.md"
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
-SUITES = ("ship", "ingest", "storage", "query", "e2e", "web")
+SUITES = ("ship", "ingest", "storage", "query", "e2e", "web", "up")
 
 
 def _fmt(v: object) -> str:

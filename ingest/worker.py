@@ -135,6 +135,9 @@ class IngestWorker:
             **client_kwargs(k), client_id=f"{k.client_id}-ingest",
             group_id=self.cfg.ingest.group_id, enable_auto_commit=False,
             auto_offset_reset="earliest", max_partition_fetch_bytes=8 << 20, fetch_max_bytes=64 << 20,
+            # (a heartbeat a third of the session, as Kafka asks)
+            session_timeout_ms=int(self.cfg.ingest.session_timeout_s * 1000),
+            heartbeat_interval_ms=max(100, int(self.cfg.ingest.session_timeout_s * 1000 / 3)),
             # The embedded broker (tansu) answers a fetch with nothing new only when this is up,
             # not when a record comes meanwhile: at the default 500 ms a record waited up to
             # 250 ms there, at 100 ms up to 50 ms (measured). Kafka answers at once either way.

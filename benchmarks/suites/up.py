@@ -117,6 +117,7 @@ class Ours:
         self.segments: list[tuple[int, int]] = []
         self.complete: list[bool] = []
         self.first_row_s: list[float] = []
+        self.steady: list[float] = []           # lines/s from the first row seen to the last
         self.workers = 0
 
     def __call__(self) -> float:
@@ -130,7 +131,7 @@ class Ours:
                                 stdout=subprocess.DEVNULL, stderr=open(work / "up.err", "wb"),  # noqa: SIM115
                                 stdin=subprocess.DEVNULL, start_new_session=True)
         catalog_file = work / "data" / "catalog.sqlite"
-        rows, elapsed = 0, 0.0
+        rows, first_rows, elapsed = 0, 0, 0.0
         try:
             deadline = t0 + 1800
             catalog: Catalog | None = None
@@ -148,8 +149,11 @@ class Ours:
                     continue
                 if rows and len(self.first_row_s) < len(self.cpu) + 1:
                     self.first_row_s.append(time.perf_counter() - t0)
+                    first_rows = rows
                 if rows >= self.lines:
                     elapsed = time.perf_counter() - t0
+                    if elapsed > self.first_row_s[-1]:
+                        self.steady.append((rows - first_rows) / (elapsed - self.first_row_s[-1]))
                     break
             procs = _processes(proc.pid)
             self.workers = sum(1 for name in procs.values() if name == "ingest")
@@ -235,6 +239,10 @@ def run(lines: int, repetitions: int = REPETITIONS) -> Result:
     r.check("every line stored, in every run", all(ours.complete), f"{ours.complete}")
     r.check("ClickHouse read every line", all(n == total for n in theirs.rows), f"{theirs.rows} of {total}")
     r.metrics["up.first_row_s"] = statistics.median(ours.first_row_s)
+    if ours.steady:
+        r.metrics["up.after_first_row.lines_per_s"] = statistics.median(ours.steady)
+        r.ratios["up.after_first_row.lines_per_s.vs_clickhouse_insert"] = \
+            statistics.median(ours.steady) / statistics.median(ch)
     workers = ours.workers
     r.notes += [
         f"Corpus: the app shape (benchmarks/app_corpus.py), {total:,} JSON lines, {raw_mb:,.0f} MB, one file "
@@ -243,7 +251,8 @@ def run(lines: int, repetitions: int = REPETITIONS) -> Result:
         "to the catalog holding every line (polled every 0.25 s); CPU seconds per process read from /proc "
         f"at that moment (the ingest figure sums its {workers} workers); segment count and size then, "
         "before compaction has settled. up.first_row_s: from the start to the first row in the catalog "
-        "(starting the processes and the broker, the first flush).",
+        "(starting the processes and the broker, joining the consumer group, the first flush); "
+        "up.after_first_row: the rate from then to the last row.",
         "Baseline: chdb INSERT INTO a MergeTree ORDER BY (service, ts) SELECT * FROM file(<files>, JSONEachRow, "
         "<the eight fields>), all cores, timed to the end of the insert.",
         f"Rounds: {repetitions}, ours then theirs each round; medians, the ratio the median of per-round ratios.",

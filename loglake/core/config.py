@@ -354,6 +354,9 @@ class IngestConfig(_Section):
     #: Ingest processes `loglake up` starts, one consumer group: 0 is one per core, at most the
     #: topic's partitions (a worker parses on one core; more than the partitions would sit idle).
     workers: int = Field(0, ge=0, le=64)
+    #: A worker silent this long leaves the group and its partitions go to the others. Kafka's
+    #: least (its brokers' group.min.session.timeout.ms): the group forms in half of it at start.
+    session_timeout_s: float = Field(6.0, ge=1, le=300)
     flush_rows: int = Field(200_000, ge=1)
     flush_bytes: int = Field(64 << 20, ge=1024)
     #: The longest a record waits in a worker's buffers before it is written and searchable.
