@@ -120,6 +120,12 @@ def _projection(fields: list[str] | None) -> list[tuple[str, Compiled]]:
     return out
 
 
+#: Over more segments than this, a page is read first from the ones nearest its start (see
+#: :meth:`Searcher._newest_first`), from enough of them to hold this many pages of rows.
+_WINDOW_MIN_SEGMENTS = 32
+_WINDOW_PAGES = 4
+
+
 class Searcher:
     """Paged search over the runner."""
 
@@ -153,20 +159,71 @@ class Searcher:
         if cursor:
             after = _decode_cursor(cursor, order)
             lo, hi = (lo, min(hi, after[0] + 1)) if order == "desc" else (max(lo, after[0]), hi)
+        windows = 0
         with self.runner.slot():
             plan = self.runner.plan(node, tenant, lo, hi)
             rows: list[str] = []
             next_cursor = None
             if not plan.scan.empty and lo < hi:
-                rows, next_cursor = self._page(plan, lo, hi, limit, order, projection, after)
+                rows, next_cursor, windows = self._newest_first(node, tenant, plan, lo, hi, limit, order,
+                                                                projection, after)
         stats = {**plan.scan.stats(), "returned": len(rows), "start": format_us(start_us),
                  "end": format_us(end_us), "elapsed_ms": round((time.perf_counter() - t0) * 1000, 2)}
+        if windows:
+            stats["windows"] = windows
         return SearchResult(rows, stats, next_cursor)
+
+    def _newest_first(self, node: Node, tenant: str, plan: Plan, lo: int, hi: int, limit: int, order: str,
+                      projection: list[tuple[str, Compiled]], after: tuple[int, int | None, int] | None,
+                      ) -> tuple[list[str], str | None, int]:
+        """The page, read first from the segments nearest the end the page starts at.
+
+        Ingest writes a segment per partition every half second or so when it keeps up, and
+        compaction merges them minutes later: a search of the last quarter hour would open
+        thousands of small files for the hundred newest rows. Over many segments the page is
+        first asked of a window [w, hi) that the newest segments cover with four pages' worth
+        of rows (every segment overlapping the window is read, so every row at or after w is
+        seen); only if fewer rows in the window match than the page holds does the window grow
+        (eight times the rows each time), up to the whole range. Returns the rows, the cursor, and how
+        many windows were read (0: the whole range at once)."""
+        segments = plan.scan.segments
+        if len(segments) <= _WINDOW_MIN_SEGMENTS:
+            rows, cursor, _ = self._page(plan, lo, hi, limit, order, projection, after)
+            return rows, cursor, 0
+        desc = order == "desc"
+        # Nearest the page's start first: newest ends for a descending page, oldest starts otherwise.
+        ordered = sorted(segments, key=lambda g: -g.max_ts_us if desc else g.min_ts_us)
+        want = _WINDOW_PAGES * (limit + 1)
+        windows, taken, covered = 0, 0, 0
+        while True:
+            while taken < len(ordered) and covered < want:
+                covered += ordered[taken].rows
+                taken += 1
+            if taken >= len(ordered):
+                w_lo, w_hi = lo, hi
+            elif desc:
+                w_lo, w_hi = max(lo, min(g.min_ts_us for g in ordered[:taken])), hi
+            else:
+                w_lo, w_hi = lo, min(hi, max(g.max_ts_us for g in ordered[:taken]) + 1)
+            windows += 1
+            whole = (w_lo, w_hi) == (lo, hi)
+            inside = [g for g in segments if g.max_ts_us >= w_lo and g.min_ts_us < w_hi]
+            window = plan if whole else self.runner.plan(node, tenant, w_lo, w_hi, segments=inside)
+            if window.scan.empty and not whole:
+                rows, cursor, ends = [], None, "last"
+            else:
+                rows, cursor, ends = self._page(window, w_lo, w_hi, limit, order, projection, after)
+            # A page that ends inside the window is the page; one the window ran out under is not,
+            # unless the window was the whole range.
+            if whole or ends != "last":
+                return rows, cursor, windows
+            want *= 8
 
     def _page(self, plan: Plan, lo: int, hi: int, limit: int, order: str,
               projection: list[tuple[str, Compiled]], after: tuple[int, int | None, int] | None,
-              ) -> tuple[list[str], str | None]:
-        """One page, as each row's JSON text, and the cursor after it.
+              ) -> tuple[list[str], str | None, str]:
+        """One page, as each row's JSON text, the cursor after it, and how the page ends in
+        [lo, hi): "last" when no row of the range follows it.
 
         Rows are ordered by ts. The main statement asks for one row more than the page holds: if
         that row's time differs from the page's last, the page ends between two times and nothing
@@ -205,6 +262,8 @@ class Searcher:
                 parts.append(tie.take(pa.array(keep[:limit], pa.int64())))
             lo, hi = (lo, t) if desc else (t + 1, hi)
         taken = sum(p.num_rows for p in parts)
+        if taken < limit and lo >= hi:
+            ends = "last"           # the range holds nothing past the cursor's time
         if taken < limit and lo < hi:
             want = limit - taken
             main = query(lo, hi, want + 1, ties=False)
@@ -221,7 +280,9 @@ class Searcher:
                     main = pa.concat_tables([main.filter(pc.invert(at_last)), tie])
                     ends = "hashed"
             parts.append(main)
-        table = pa.concat_tables(parts)     # never empty: search() calls only with lo < hi
+        if not parts:
+            return [], None, "last"         # a window that ends at the cursor's time, read to its end
+        table = pa.concat_tables(parts)
         table = table.slice(0, limit)
         next_cursor = None
         if table.num_rows == limit and ends != "last":
@@ -238,4 +299,4 @@ class Searcher:
                 if after is not None and (after[0], after[1]) == (last_t, last_h):
                     same_n += after[2]
                 next_cursor = _encode_cursor(last_t, last_h, same_n, order)
-        return table["_j"].to_pylist(), next_cursor
+        return table["_j"].to_pylist(), next_cursor, ends

@@ -207,3 +207,77 @@ def test_a_statement_past_the_time_limit_is_interrupted(tmp_path: Path) -> None:
     assert time.monotonic() - t0 < 10
     # The next statement on the same cursor runs to its end.
     assert runner.run("SELECT 42 AS x", [])["x"].to_pylist() == [42]
+
+
+# -- many small segments: a page read first from the segments nearest its start --------------------
+
+
+@pytest.fixture
+def many_small(tmp_path: Path) -> tuple[SearchService, list[dict[str, Any]]]:
+    """60 segments of 12 rows, as ingest writes them when it keeps up: each a few seconds of time,
+    neighbours overlapping, runs of equal times across segments, and an error in every fourth row."""
+    rng = random.Random(11)
+    rows = []
+    for s in range(60):
+        for i in range(12):
+            ts = T0 + (s * 4 + rng.choice([0, 1, 2, 5])) * SEC          # overlaps the next segment's
+            n = s * 12 + i
+            rows.append(record(ts, rng.choice(["api", "db"]), "error" if n % 4 == 0 else "info",
+                               f"row {n}",
+                               attrs=[("id", f"r{n:03d}")]))
+    catalog = Catalog(f"sqlite:///{tmp_path / 'catalog.sqlite'}")
+    write_lake(tmp_path / "data", catalog,
+               [Segment("default", f"s{s:02d}.parquet", rows[s * 12:(s + 1) * 12]) for s in range(60)])
+    cfg = Config.model_validate({"storage": {"data_root": str(tmp_path / "data"),
+                                             "catalog_url": f"sqlite:///{tmp_path / 'catalog.sqlite'}"}})
+    return SearchService(cfg, catalog), rows
+
+
+def _walk(svc: SearchService, q: str, k: int, order: str) -> tuple[list[dict[str, Any]], set[int]]:
+    walked: list[dict[str, Any]] = []
+    windows: set[int] = set()
+    cursor = None
+    for _ in range(1000):
+        page = svc.search(q, START, END, limit=k, order=order, cursor=cursor)     # type: ignore[arg-type]
+        walked += page.rows
+        windows.add(int(page.stats.get("windows", 0)))
+        cursor = page.cursor
+        if cursor is None:
+            return walked, windows
+    raise AssertionError("the pages never ended")
+
+
+@pytest.mark.parametrize("order", ["desc", "asc"])
+@pytest.mark.parametrize(("q", "k"), [("", 1), ("", 7), ("", 100), ("level:error", 5), ("level:error", 40),
+                                      ("id:r007 OR id:r300 OR id:r301 OR id:r650", 1),
+                                      ("id:r007 OR id:r300 OR id:r301 OR id:r650", 3),
+                                      ("service:db level:error", 13)])
+def test_pages_over_many_segments_are_the_pages_of_one_scan(many_small: tuple[SearchService, list[dict[str, Any]]],
+                                                            q: str, k: int, order: str,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    svc, rows = many_small
+    windowed, windows = _walk(svc, q, k, order)
+    monkeypatch.setattr("query.search._WINDOW_MIN_SEGMENTS", 10**9)
+    whole, none = _walk(svc, q, k, order)
+    assert none == {0}
+    assert windows != {0}, "the pages were read over the whole range, not in windows"
+    # The same rows in the same time order (rows of one time may come in any order within a page);
+    # and every matching row once.
+    assert [r["ts"] for r in windowed] == [r["ts"] for r in whole]
+    key = lambda r: json.dumps(r, sort_keys=True)  # noqa: E731
+    assert sorted(map(key, windowed)) == sorted(map(key, whole))
+    matching = svc.search(q, START, END, limit=1000).rows
+    assert sorted(r["attrs"]["id"] for r in windowed) == sorted(r["attrs"]["id"] for r in matching)
+    assert [r["ts"] for r in windowed] == sorted((r["ts"] for r in windowed), reverse=order == "desc")
+
+
+def test_a_window_short_of_a_page_grows_to_the_whole_range(many_small: tuple[SearchService, list[dict[str, Any]]],
+                                                           ) -> None:
+    svc, rows = many_small
+    # Four rows match, in segments far apart (and no index leaves out the others): the first windows
+    # hold too few, the last is the whole range.
+    page = svc.search("id:r007 OR id:r300 OR id:r301 OR id:r650", START, END, limit=4)
+    assert sorted(r["attrs"]["id"] for r in page.rows) == ["r007", "r300", "r301", "r650"]
+    assert [r["ts"] for r in page.rows] == sorted((r["ts"] for r in page.rows), reverse=True)
+    assert page.cursor is None
+    assert page.stats["windows"] > 1
