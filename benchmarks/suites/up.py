@@ -127,9 +127,10 @@ class Ours:
         config = _config(work, self.logs)
         env = {k: v for k, v in os.environ.items() if not k.startswith("LOGLAKE_")}
         t0 = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, "-m", "loglake", "--config", str(config), "up"], env=env,
-                                stdout=subprocess.DEVNULL, stderr=open(work / "up.err", "wb"),  # noqa: SIM115
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+        with open(work / "up.err", "wb") as err:        # (the child keeps its own copy of the file)
+            proc = subprocess.Popen([sys.executable, "-m", "loglake", "--config", str(config), "up"], env=env,
+                                    stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL,
+                                    start_new_session=True)
         catalog_file = work / "data" / "catalog.sqlite"
         rows, first_rows, elapsed = 0, 0, 0.0
         try:
