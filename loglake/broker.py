@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -81,6 +82,17 @@ def die_with_parent() -> None:
         libc.prctl(1, signal.SIGTERM)   # PR_SET_PDEATHSIG
     except OSError:
         pass
+
+
+def interrupt_group(proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:
+    """SIGINT to the process group ``proc`` leads (Ctrl-C, as `loglake up` expects it), then
+    SIGKILL to the group after ``timeout_s``."""
+    os.killpg(proc.pid, signal.SIGINT)
+    try:
+        proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def stop_process(proc: subprocess.Popen[bytes], timeout_s: float = 5.0) -> None:

@@ -12,7 +12,6 @@ import logging
 import os
 import re
 import secrets
-import signal
 import socket
 import statistics
 import subprocess
@@ -27,7 +26,7 @@ from typing import Any
 import httpx
 import pytest
 
-from loglake.broker import stop_process
+from loglake.broker import interrupt_group, stop_process
 from loglake.core.config import Config, load_config
 from query.api.app import create_app
 from query.auth import create_key
@@ -356,12 +355,7 @@ def test_up_keeps_authentication_on_when_the_configuration_says_so(broker: str, 
         resp = wait_until(pushed, 30, what="the push receiver")
         assert resp.status_code == 401, resp.text
     finally:
-        os.killpg(proc.pid, signal.SIGINT)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        interrupt_group(proc)
 
 
 def test_key_management_is_refused_with_authentication_off(tmp_path: Path) -> None:

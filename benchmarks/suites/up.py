@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -27,6 +26,7 @@ from pathlib import Path
 
 from benchmarks.harness import Result, console
 from benchmarks.pipeline import WORK, corpus, free_port
+from loglake.broker import interrupt_group
 from storage.catalog import Catalog
 
 REPETITIONS = 3
@@ -167,12 +167,7 @@ class Ours:
                 self.segments.append((int(totals["segments"]), int(totals["bytes"])))
                 catalog.close()
         finally:
-            os.killpg(proc.pid, signal.SIGINT)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+            interrupt_group(proc, 60)
         self.complete.append(rows == self.lines)
         if not elapsed:
             raise RuntimeError(f"loglake up stored {rows:,} of {self.lines:,} lines in 30 minutes")
