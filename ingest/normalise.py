@@ -131,11 +131,14 @@ u AS (
 )"""
 
 
-# The time of the source's previous line that had one, for lines without their own.
+# The time of the source's previous line that had one, for lines without their own: in the batch,
+# else (the batch starts inside a record, a flush having ended in its stack trace) the one its source
+# carried from earlier batches (`l_before`, ingest/sources.py).
 _INHERIT = """SELECT * REPLACE (coalesce(parsed_ts, CASE WHEN l_cont THEN before END) AS parsed_ts),
            parsed_ts IS NULL AND l_cont AND before IS NOT NULL AS inherited
-    FROM (SELECT *, last_value(parsed_ts IGNORE NULLS) OVER (PARTITION BY service, source ORDER BY rn
-                        ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS before FROM tsr)"""
+    FROM (SELECT *, coalesce(last_value(parsed_ts IGNORE NULLS) OVER (PARTITION BY service, source ORDER BY rn
+                                 ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), l_before) AS before
+          FROM tsr)"""
 
 
 def _case(parsers: Sequence[Parser], column: str, output: str, default: str = "NULL") -> str:
@@ -150,7 +153,10 @@ def build_sql(settings: ParseSettings, inherit: bool = False, present: frozenset
     """The two normalising statements for ``settings``.
 
     With ``inherit``, a line of a source with a learned layout that carries no time of its own
-    (a stack trace's continuation) takes the time of the line before it from the same source.
+    (a stack trace's continuation) takes the time of the line before it from the same source, or
+    where there is none in the batch, its source's ``l_before``. A statement that may parse plain
+    text (``present`` None or with "text") also returns ``ts_believed``: per row, NULL where no time
+    was read from the line, else whether that time was believed (see :meth:`Normaliser._carry`).
     With ``present`` (the formats the batch's lines were routed to), the second statement has
     only those parsers' steps, and ``compiled`` names the parsers whose lines the compiled
     pre-pass took every one of (their SQL fallbacks are left out): a smaller statement, planned
@@ -211,7 +217,8 @@ FROM u"""
     outputs["attrs"] = _case(everyone, "fmt2", "attrs", f"[]::{ATTRS_TYPE}")
     select_out = ",\n        ".join(f"{expr} AS o_{name}" for name, expr in outputs.items())
     ctes.append(f"o AS (SELECT line, observed_ts, service, host, source, labels, zone, wrap_ts, wrap_stream,\n"
-                f"        fmt2, configured AND fmt2 = 'text' AND fmt <> 'text' AS unmatched, rn, l_cont,\n"
+                f"        fmt2, configured AND fmt2 = 'text' AND fmt <> 'text' AS unmatched, rn, l_cont,"
+                f"{' l_before,' if inherit else ''}\n"
                 # (the compiled pass's shape only where it parsed the line: its values are the columns')
                 f"        CASE WHEN fmt2 = 'json' AND p_json_status = 1 THEN p_json_shape END AS shape,\n"
                 f"        {select_out}\n    FROM {prev})")
@@ -245,6 +252,9 @@ tsr AS (
               OR parsed_ts < TIMESTAMPTZ '1900-01-01 00:00:00+00' AS implausible
     FROM q
 )""")
+    # Only batches with text lines (the only ones with a learned layout) say which times to carry.
+    carried = "" if present is not None and "text" not in present else \
+        ",\n    CASE WHEN parsed_ts IS NOT NULL AND NOT inherited THEN NOT implausible END AS ts_believed"
     sql = "WITH " + ",\n".join(ctes) + f"""
 SELECT
     CAST(CASE WHEN parsed_ts IS NULL OR implausible THEN observed_ts ELSE parsed_ts END AS TIMESTAMPTZ) AS ts,
@@ -294,7 +304,7 @@ SELECT
          WHEN shape IS NOT NULL THEN shape
          WHEN quoted > 0 THEN left(line, quoted) || chr(2) || substr(line, quoted + 1 + length(o_message))
          ELSE line END AS raw,
-    fmt2 AS parsed_format
+    fmt2 AS parsed_format{carried}
 FROM r
 {"ORDER BY rn" if inherit else ""}
 """
@@ -376,6 +386,9 @@ class Normaliser:
         # Now that the attributes are final: the JSON lines' skeletons (storage/lines.py).
         out = out.set_column(out.schema.get_field_index("raw"), "raw", _skeletons(out, pairs))
         self._note_formats(out, tenant)
+        if "ts_believed" in out.column_names:
+            self._carry(c, out, tenant)
+            out = out.drop_columns(["ts_believed"])
         return out.drop_columns(["parsed_format"]).cast(RECORD_SCHEMA)
 
     def _statement(self, c: pa.Table, inherit: bool, compiled: frozenset[str]) -> str:
@@ -404,6 +417,30 @@ class Normaliser:
             if n > best.get(key, (0, ""))[0]:
                 best[key] = (n, fmt or "text")
         self.formats.update({k: fmt for k, (_, fmt) in best.items()})
+
+    def _carry(self, c: pa.Table, out: pa.Table, tenant: str) -> None:
+        """Remember, per text source with a layout in ``c``, the time of its last line that had one, for
+        the continuation lines its next batch may start with (one group-by over those lines).
+
+        A time not believed is not carried: that record's trace then gets the observed time. The times
+        are not kept anywhere else: a restarted worker gives such lines the observed time, and a flush
+        retried after its commit failed gives them the time its own batch left (a later record's);
+        either way only the lines before a batch's first timed line of their source are affected.
+        """
+        # (l_few is set on exactly the lines of a source with a layout)
+        rows = pc.and_(pc.is_valid(out.column("ts_believed")), pc.is_valid(c.column("l_few")))
+        if not pc.any(rows).as_py():
+            return
+        read = pa.table({"service": c.column("service"), "source": c.column("source"), "ts": out.column("ts"),
+                         "believed": out.column("ts_believed")}).filter(rows)
+        read = read.set_column(0, "service", read.column("service").cast(pa.string()))
+        read = read.set_column(1, "source", read.column("source").cast(pa.string()))
+        # (ordered: without threads, "last" is the last row of the group in the batch's order)
+        last = read.group_by(["service", "source"], use_threads=False).aggregate([("ts", "last"),
+                                                                                  ("believed", "last")])
+        columns = (last.column(name).to_pylist() for name in ("service", "source", "ts_last", "believed_last"))
+        self.sources.carry((f"{tenant}\x1f{service}\x1f{source}", ts if believed else None)
+                           for service, source, ts, believed in zip(*columns, strict=True))
 
     def _route(self, raw: pa.Table) -> pa.Table:
         """The first statement over ``raw``: each line (unwrapped) with its format."""
@@ -448,6 +485,8 @@ class Normaliser:
             routed = routed.append_column(f"l_{part}", learned.get(f"l_{part}", pa.nulls(len(lines), pa.string())))
         routed = routed.append_column("l_timeonly", learned.get("l_timeonly", pa.nulls(len(lines), pa.bool_())))
         routed = routed.append_column("l_few", learned.get("l_few", pa.nulls(len(lines), pa.bool_())))
+        if "l_before" in learned:       # (only the inheriting statement reads it, and only with a layout)
+            routed = routed.append_column("l_before", learned["l_before"])
         # A line its source's layout did not read at all may continue the line before it.
         cont = learned.get("l_layout")
         cont = pc.and_(pc.is_valid(cont), pc.is_null(learned["l_msg"])) if cont is not None else \

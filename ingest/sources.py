@@ -11,8 +11,9 @@ one RE2 pass (``pyarrow.compute.extract_regex``) over the source's lines.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import numpy as np
 import pyarrow as pa
@@ -37,6 +38,8 @@ RELEARN_BELOW = 0.5
 MIN_BATCH = 20
 #: Columns :meth:`SourceBook.columns` returns, each named ``l_<part>``.
 PARTS: tuple[str, ...] = (*TIME_PARTS, *FIELD_PARTS)
+#: The type of the times carried from one batch to the next (``l_before``).
+TS_TYPE = pa.timestamp("us", tz="UTC")
 
 
 @dataclass
@@ -57,6 +60,11 @@ class SourceState:
     matched_batch: int = 0
     read_batch: int = 0
     continued_batch: int = 0
+    #: The time read from the source's last line that had one (None if that time was not believed):
+    #: what a continuation line at the start of its next batch takes. One field per source, next to
+    #: the sample of lines the state keeps anyway: it adds no entries of its own. Only in memory, as
+    #: the layout is: a restarted worker starts without it, and such lines then get the observed time.
+    last_ts: datetime | None = None
 
 
 class SourceBook:
@@ -70,8 +78,9 @@ class SourceBook:
 
     def columns(self, lines: pa.Array, keys: pa.Array, selected: np.ndarray) -> dict[str, pa.Array]:
         """Per line, the parts its source's layout reads (``l_<part>``; NULL where it has none or none read),
-        ``l_layout``, the name of its source's time layout (NULL where it has none), and ``l_timeonly``
-        (true where only the layout's time read the line: its header is another shape).
+        ``l_layout``, the name of its source's time layout (NULL where it has none), ``l_timeonly``
+        (true where only the layout's time read the line: its header is another shape), and
+        ``l_before``, the time its source's last line in earlier batches had (:meth:`carry`).
 
         ``keys`` names each line's source; only the ``selected`` lines are read.
         """
@@ -88,6 +97,7 @@ class SourceBook:
         layouts: list[pa.Array] = []
         timeonly: list[pa.Array] = []
         few: list[pa.Array] = []
+        before: list[pa.Array] = []
         for code, name in enumerate(names):
             at = rows[codes == code]
             state = self.sources.setdefault(name, SourceState())
@@ -111,6 +121,7 @@ class SourceBook:
             layouts.append(pa.array([state.layout.time.name] * len(at), pa.string()))
             timeonly.append(got["timeonly"])
             few.append(pa.array(np.full(len(at), state.learned_from < MIN_LINES_FOR_COLUMNS)))
+            before.append(pa.repeat(pa.scalar(state.last_ts, TS_TYPE), len(at)))
         if not order:
             return {}
         where = np.concatenate(order)
@@ -121,7 +132,16 @@ class SourceBook:
         out["l_layout"] = pc.take(pa.concat_arrays(layouts), index)
         out["l_timeonly"] = pc.take(pa.concat_arrays(timeonly), index)
         out["l_few"] = pc.take(pa.concat_arrays(few), index)
+        out["l_before"] = pc.take(pa.concat_arrays(before), index)
         return out
+
+    def carry(self, last: Iterable[tuple[str, datetime | None]]) -> None:
+        """Remember, per (key, time) of ``last``, the time of the source's last line that had one, for
+        the continuation lines its next batch may start with (a flush can end inside a stack trace)."""
+        for key, ts in last:
+            state = self.sources.get(key)
+            if state is not None and state.layout is not None:
+                state.last_ts = ts
 
     def _learn(self, state: SourceState, text: pa.Array) -> None:
         if len(state.sample) >= SAMPLE_LINES:

@@ -297,6 +297,81 @@ def test_continuation_lines_inherit_the_time_of_the_line_they_continue() -> None
         assert [r["message"] for r in trace] == lines[4 * i + 1:4 * i + 4]
 
 
+
+def _java(start: int, n: int, hour: int = 12, tag: str = "Foo") -> list[str]:
+    """``n`` records of a Java log from second ``start``: a header line, then a three-line stack trace."""
+    lines = []
+    for i in range(start, start + n):
+        lines.append(f"2024-03-01 {hour}:00:{i:02d},000 ERROR [main] c.{tag}: request {i} failed")
+        lines += ["java.lang.IllegalStateException: boom", f"\tat c.{tag}.bar({tag}.java:42)",
+                  f"\tat c.{tag}.main({tag}.java:7)"]
+    return lines
+
+
+def _flags(rows: list[dict]) -> list[str | None]:
+    return [dict(r["attrs"] or []).get("ts_parse") for r in rows]
+
+
+def test_a_stack_trace_split_between_two_batches_inherits_the_first_batchs_time() -> None:
+    # A flush boundary inside a stack trace: the second batch starts with the trace's last two lines.
+    n = Normaliser()
+    lines = _java(0, 12)
+    first = n(_raw(lines[:-2], source="/var/log/java.log")).to_pylist()
+    rows = n(_raw(lines[-2:] + _java(20, 3), source="/var/log/java.log")).to_pylist()
+    assert first[-2]["ts"] == datetime(2024, 3, 1, 12, 0, 11, tzinfo=UTC)
+    assert [r["ts"] for r in rows[:2]] == [datetime(2024, 3, 1, 12, 0, 11, tzinfo=UTC)] * 2
+    assert _flags(rows[:2]) == ["inherited", "inherited"]
+    assert [r["message"] for r in rows[:2]] == lines[-2:]
+    # Past the first header of the batch its own times win, as within one batch.
+    assert [r["ts"] for r in rows[2:]] == [datetime(2024, 3, 1, 12, 0, s, tzinfo=UTC) for s in (20, 21, 22)
+                                           for _ in range(4)]
+    assert _flags(rows[2:]) == [None, "inherited", "inherited", "inherited"] * 3
+
+
+def test_a_continued_stack_trace_takes_the_time_of_its_own_source_only() -> None:
+    n = Normaliser()
+    a, b = _java(0, 10), _java(0, 10, hour=13, tag="Bar")
+    both = pa.concat_tables([_raw(a[:-2], source="/var/log/a.log"), _raw(b[:-1], source="/var/log/b.log")])
+    n(both)
+    # The next batch: b's trace goes on, then a's, then a source that was not in the first batch, whose
+    # lines are the same shape and come after a's; and a's source again, but of another tenant.
+    c = _java(0, 10, hour=14, tag="Baz")
+    second = pa.concat_tables([_raw(b[-1:], source="/var/log/b.log"), _raw(a[-2:], source="/var/log/a.log"),
+                               _raw(["\tat c.Baz.early(Baz.java:1)"] + c, source="/var/log/c.log")])
+    rows = n(second).to_pylist()
+    assert [r["ts"] for r in rows[:3]] == [datetime(2024, 3, 1, 13, 0, 9, tzinfo=UTC)] + \
+        [datetime(2024, 3, 1, 12, 0, 9, tzinfo=UTC)] * 2
+    assert _flags(rows[:3]) == ["inherited"] * 3
+    # The new source's leading line has no time of its own and no earlier one: the observed time, said so.
+    assert rows[3]["ts"] == OBSERVED and _flags(rows[3:4]) == ["observed"]
+    other = n(_raw(a[-2:], source="/var/log/a.log"), tenant="other").to_pylist()
+    assert [r["ts"] for r in other] == [OBSERVED] * 2 and _flags(other) == ["observed"] * 2
+
+
+def test_a_sources_last_time_carries_over_batches_without_continuation_lines() -> None:
+    n = Normaliser()
+    heads = [f"2024-03-01 12:00:{i:02d},000 INFO [main] c.Foo: tick {i}" for i in range(30)]
+    n(_raw(heads, source="/var/log/ticks.log"))             # no continuation lines: no inheriting statement
+    n(_raw(_java(0, 5, hour=15, tag="Other"), source="/var/log/other.log"))   # another source meanwhile
+    rows = n(_raw(["java.lang.IllegalStateException: late", "\tat c.Foo.tick(Foo.java:3)"],
+                  source="/var/log/ticks.log")).to_pylist()
+    assert [r["ts"] for r in rows] == [datetime(2024, 3, 1, 12, 0, 29, tzinfo=UTC)] * 2
+    assert _flags(rows) == ["inherited"] * 2
+
+
+def test_an_implausible_time_is_not_carried_to_the_next_batch() -> None:
+    n = Normaliser()
+    lines = _java(0, 10)
+    # The last record's header is dated far ahead of the observed time: not believed, so its trace's
+    # lines in the next batch do not take it, nor the time of the record before it.
+    lines[-4] = lines[-4].replace("2024-03-01", "2099-03-01")
+    first = n(_raw(lines[:-2], source="/var/log/ahead.log")).to_pylist()
+    assert dict(first[-2]["attrs"])["ts_parse"] == "fallback"
+    rows = n(_raw(lines[-2:], source="/var/log/ahead.log")).to_pylist()
+    assert [r["ts"] for r in rows] == [OBSERVED] * 2
+    assert _flags(rows) == ["observed"] * 2
+
+
 # -- where a source's zone comes from: format rule, then the shipper input (in the frame), then the topic --
 
 def test_zone_settings_are_checked_at_load() -> None:
