@@ -15,7 +15,6 @@ import time
 from collections import Counter, defaultdict
 
 import numpy as np
-import pyarrow as pa
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 
@@ -131,7 +130,10 @@ class Flusher:
         Each tenant's rows of all the partitions are normalised in one statement and split back by
         position: planning it costs about 0.1 s however few the rows, which a flush every second
         of three partitions would otherwise pay three times."""
-        raws: dict[str, list[tuple[Key, pa.Table]]] = defaultdict(list)
+        # Per tenant, its runs of every partition (and how many records each partition has), made
+        # into one batch at once: concatenating per-partition tables would copy every line again.
+        runs_of: dict[str, list[RecordRun]] = defaultdict(list)
+        parts_of: dict[str, list[tuple[Key, int]]] = defaultdict(list)
         names: dict[Key, str] = {}
         for key, buf in todo.items():
             assert buf.last_offset is not None
@@ -140,22 +142,24 @@ class Flusher:
             for tenant, run in self.router.runs(key[0], buf):
                 by_tenant[tenant].append(run)
             for tenant, runs in by_tenant.items():
-                raw = raw_table(runs)
-                if raw.num_rows:
-                    raws[tenant].append((key, raw))
+                rows = sum(len(r.records) for r in runs)
+                if rows:
+                    runs_of[tenant] += runs
+                    parts_of[tenant].append((key, rows))
             self._pending_counts[key] = []
         segments: dict[Key, list[SegmentInfo]] = {key: [] for key in todo}
         dead: dict[Key, list[DeadLetter]] = {key: [] for key in todo}
-        for tenant, parts in raws.items():
-            whole = pa.concat_tables([raw for _, raw in parts]) if len(parts) > 1 else parts[0][1]
+        for tenant, parts in parts_of.items():
+            whole = raw_table(runs_of[tenant])
             records, failed = normalise_safely(self.normaliser, whole, tenant)
-            starts = np.cumsum([0] + [raw.num_rows for _, raw in parts])
+            starts = np.cumsum([0] + [rows for _, rows in parts])
             failed_in: list[list[tuple[int, str]]] = [[] for _ in parts]
             for i, err in failed:
                 k = int(np.searchsorted(starts, i, side="right")) - 1
                 failed_in[k].append((i - int(starts[k]), err))
             taken = 0
-            for (key, raw), bad in zip(parts, failed_in, strict=True):
+            for (key, rows), bad, start in zip(parts, failed_in, starts.tolist(), strict=False):
+                raw = whole.slice(start, rows)
                 buf = todo[key]
                 topic, partition = key
                 for i, err in bad:

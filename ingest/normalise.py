@@ -166,7 +166,8 @@ def build_sql(settings: ParseSettings, inherit: bool = False, present: frozenset
     with its format); the second parses them from a relation ``c``: the first's
     rows plus, per parser with a compiled pre-pass, its columns. Both return one row
     per input row, in the input's order (a flush normalises several partitions in one
-    statement and splits the rows back by position).
+    statement and splits the rows back by position). The second leaves out ``observed_ts`` and
+    ``source``, which parsing does not change: the caller takes them from its batch.
     """
     formats = settings.pattern_ts_formats + ("",) * (len(settings.patterns) - len(settings.pattern_ts_formats))
     patterns = tuple(pattern.parser(i, p, f) for i, (p, f) in enumerate(zip(settings.patterns, formats, strict=True)))
@@ -258,11 +259,9 @@ tsr AS (
     sql = "WITH " + ",\n".join(ctes) + f"""
 SELECT
     CAST(CASE WHEN parsed_ts IS NULL OR implausible THEN observed_ts ELSE parsed_ts END AS TIMESTAMPTZ) AS ts,
-    observed_ts,
     coalesce(o_service, service) AS service,
     -- The host the line names wins; the shipper's machine then goes to attrs.agent.host.
     coalesce(nullif(o_host, ''), host) AS host,
-    source,
     {level_sql('severity')} AS level,
     severity,
     o_message AS message,
@@ -378,6 +377,9 @@ class Normaliser:
             out = self.con.execute(self._statement(c, inherit, compiled)).to_arrow_table()
         finally:
             self.con.unregister("c")
+        # The columns parsing never changes come from the batch as they are, not through DuckDB
+        # (converting them back to Arrow cost a copy, and the source's dictionary).
+        out = out.add_column(1, "observed_ts", c.column("observed_ts")).add_column(4, "source", c.column("source"))
         # The attributes come out as a list of key/value pairs; as a map they are the same buffers.
         pairs = _one_chunk(out.column("attrs"))
         attrs = pa.MapArray.from_arrays(pairs.offsets, pairs.values.field("key"), pairs.values.field("value"),
