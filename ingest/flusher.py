@@ -266,6 +266,7 @@ class Flusher:
             self._active.clear()
             self._layouts_at = now
         return len(rows)
+
     def _forget_pushed(self) -> None:
         """Now and then, forget pushed requests older than ``receive.dedup_window_s``, in memory and
         in the catalog: a pushed request is a source of its own, so they would otherwise pile up."""
