@@ -67,11 +67,19 @@ class SourceState:
     last_ts: datetime | None = None
 
 
+#: Sources a book keeps. Past it, the one whose lines came longest ago is forgotten (and learned
+#: again if it writes again): each holds a sample of up to SAMPLE_LINES lines, and files named by
+#: date or pod make new sources for as long as a worker runs.
+MAX_SOURCES = 10_000
+
+
 class SourceBook:
     """Learned layouts per source, applied to batches of text lines."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_sources: int = MAX_SOURCES) -> None:
+        #: In the order their lines last came, the oldest first.
         self.sources: dict[str, SourceState] = {}
+        self.max_sources = max_sources
 
     def __iter__(self) -> Iterator[tuple[str, SourceState]]:
         return iter(self.sources.items())
@@ -100,7 +108,7 @@ class SourceBook:
         before: list[pa.Array] = []
         for code, name in enumerate(names):
             at = rows[codes == code]
-            state = self.sources.setdefault(name, SourceState())
+            state = self._touch(name)
             text = lines.take(pa.array(at))
             self._learn(state, text)
             if state.layout is None:
@@ -134,6 +142,15 @@ class SourceBook:
         out["l_few"] = pc.take(pa.concat_arrays(few), index)
         out["l_before"] = pc.take(pa.concat_arrays(before), index)
         return out
+
+    def _touch(self, name: str) -> SourceState:
+        """``name``'s state, now the most recently seen (a new one if it had none, the oldest
+        forgotten when there are too many)."""
+        state = self.sources.pop(name, None) or SourceState()
+        self.sources[name] = state
+        while len(self.sources) > self.max_sources:
+            del self.sources[next(iter(self.sources))]
+        return state
 
     def carry(self, last: Iterable[tuple[str, datetime | None]]) -> None:
         """Remember, per (key, time) of ``last``, the time of the source's last line that had one, for

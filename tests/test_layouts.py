@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 
 from ingest.layouts import LAYOUTS_BY_NAME, TIME_LAYOUTS, instant, learn
 from ingest.normalise import RAW_SCHEMA, Normaliser, ParseSettings
+from ingest.sources import SourceBook
 from storage.lines import original_line
 
 OBSERVED = datetime(2026, 11, 26, 18, 0, 0, tzinfo=UTC)
@@ -508,3 +509,18 @@ def test_rows_come_out_in_the_input_order_when_two_sources_interleave_continuati
     assert [original(r) for r in rows] == mixed.column("line").to_pylist()
     inherited = [r for r in rows if dict(r["attrs"] or []).get("ts_parse") == "inherited"]
     assert inherited and all(r["ts"].hour == (12 if r["source"].endswith("a.log") else 13) for r in inherited)
+
+
+def test_a_book_of_sources_forgets_the_one_seen_longest_ago() -> None:
+    n = Normaliser()
+    n.sources = SourceBook(max_sources=2)
+    heads = [f"2024-03-01 12:00:{i:02d},000 INFO [main] c.Foo: tick {i}" for i in range(10)]
+    for name in ("a", "b", "a", "c"):          # a is seen again after b, so b is the oldest when c comes
+        n(_raw(heads, source=f"/var/log/{name}.log"))
+    assert [k.rsplit("\x1f", 1)[1] for k, _ in n.sources] == ["/var/log/a.log", "/var/log/c.log"]
+    # A forgotten source is learned again from its next lines, and its continuation lines then have
+    # no time to carry over: the observed one, said so.
+    rows = n(_raw(["\tat c.Foo.tick(Foo.java:3)"] + heads, source="/var/log/b.log")).to_pylist()
+    assert rows[0]["ts"] == OBSERVED and _flags(rows[:1]) == ["observed"]
+    assert [r["ts"] for r in rows[1:]] == [datetime(2024, 3, 1, 12, 0, i, tzinfo=UTC) for i in range(10)]
+    assert len(list(n.sources)) == 2
