@@ -60,70 +60,6 @@ static void init_classes(void) {
 
 #define IS(c, mask) (cls[(unsigned char)(c)] & (mask))
 
-/* -- spare memory ----------------------------------------------------------------------
- *
- * A pass writes hundreds of megabytes of output per batch. Memory fresh from the system costs a
- * page fault, and a zeroed page, for every 4 KiB written (a fifth of a worker's CPU was the
- * kernel's, measured); so the large blocks a pass's outputs leave behind when Arrow lets go of
- * them are kept, a few, for the next batch's buffers, whose pages are then already there. The
- * cache is shared by the threads that run passes (they release the GIL), hence the lock. */
-
-#define SPARE_SLOTS 48
-#define SPARE_MIN ((Py_ssize_t)1 << 20)           /* smaller blocks are cheap to get anew */
-#define SPARE_MAX_BYTES ((Py_ssize_t)768 << 20)   /* at most this much kept idle */
-
-static struct { char *p; Py_ssize_t cap; } spare[SPARE_SLOTS];
-static int n_spare;
-static Py_ssize_t spare_bytes;
-static PyThread_type_lock spare_lock;
-
-/* The smallest kept block of at least ``need`` bytes (its size in *cap), or NULL. */
-static char *spare_take(Py_ssize_t need, Py_ssize_t *cap) {
-    char *p = NULL;
-    PyThread_acquire_lock(spare_lock, WAIT_LOCK);
-    int best = -1;
-    for (int i = 0; i < n_spare; i++)
-        if (spare[i].cap >= need && (best < 0 || spare[i].cap < spare[best].cap))
-            best = i;
-    if (best >= 0) {
-        p = spare[best].p;
-        *cap = spare[best].cap;
-        spare_bytes -= *cap;
-        spare[best] = spare[--n_spare];
-    }
-    PyThread_release_lock(spare_lock);
-    return p;
-}
-
-/* Keep ``p`` (``cap`` bytes from malloc) for a later buffer, or free it: small, or no room (a
- * bigger block pushes the smallest kept ones out). */
-static void spare_put(char *p, Py_ssize_t cap) {
-    if (p == NULL)
-        return;
-    if (cap >= SPARE_MIN && cap <= SPARE_MAX_BYTES) {
-        PyThread_acquire_lock(spare_lock, WAIT_LOCK);
-        while (n_spare > 0 && (n_spare == SPARE_SLOTS || spare_bytes + cap > SPARE_MAX_BYTES)) {
-            int least = 0;
-            for (int i = 1; i < n_spare; i++)
-                if (spare[i].cap < spare[least].cap)
-                    least = i;
-            if (spare[least].cap >= cap)
-                break;
-            free(spare[least].p);
-            spare_bytes -= spare[least].cap;
-            spare[least] = spare[--n_spare];
-        }
-        if (n_spare < SPARE_SLOTS && spare_bytes + cap <= SPARE_MAX_BYTES) {
-            spare[n_spare].p = p;
-            spare[n_spare++].cap = cap;
-            spare_bytes += cap;
-            p = NULL;
-        }
-        PyThread_release_lock(spare_lock);
-    }
-    free(p);
-}
-
 /* -- growable byte buffer ------------------------------------------------------ */
 
 typedef struct {
@@ -140,33 +76,12 @@ static int buf_reserve(Buf *b, Py_ssize_t extra) {
     Py_ssize_t cap = b->cap ? b->cap : 4096;
     while (cap < b->len + extra)
         cap *= 2;
-    if (cap >= SPARE_MIN) {
-        /* A kept block instead of growing: its pages are there already, and no realloc copies. */
-        Py_ssize_t got;
-        char *p = spare_take(cap, &got);
-        if (p) {
-            if (b->len)
-                memcpy(p, b->p, (size_t)b->len);
-            spare_put(b->p, b->cap);
-            b->p = p;
-            b->cap = got;
-            return 0;
-        }
-    }
     char *p = realloc(b->p, (size_t)cap);
     if (!p)
         return -1;
     b->p = p;
     b->cap = cap;
     return 0;
-}
-
-/* Give a Buf's memory back (to the spare blocks when large). */
-static void buf_free(Buf *b) {
-    if (!b->fixed)
-        spare_put(b->p, b->cap);
-    b->p = NULL;
-    b->len = b->cap = 0;
 }
 
 static inline int buf_put(Buf *b, const char *s, Py_ssize_t n) {
@@ -195,7 +110,7 @@ static inline int buf_i32(Buf *b, int32_t v) { return buf_put(b, (const char *)&
 typedef struct {
     PyObject_HEAD
     char *p;
-    Py_ssize_t len, cap;
+    Py_ssize_t len;
 } Block;
 
 static int block_getbuffer(PyObject *self, Py_buffer *view, int flags) {
@@ -204,7 +119,7 @@ static int block_getbuffer(PyObject *self, Py_buffer *view, int flags) {
 }
 
 static void block_dealloc(PyObject *self) {
-    spare_put(((Block *)self)->p, ((Block *)self)->cap);
+    free(((Block *)self)->p);
     Py_TYPE(self)->tp_free(self);
 }
 
@@ -232,13 +147,10 @@ static PyObject *buf_bytes(Buf *b) {
     Block *out = PyObject_New(Block, &BlockType);
     if (!out)
         return NULL;
-    /* A block big enough to be kept when Arrow lets go of it keeps its slack too (the next
-     * batch's buffer may use it); a smaller one is shrunk (in place), or the slack of doubling
-     * would stay allocated as long as Arrow holds it. */
-    char *p = b->len > 0 && b->len < b->cap && b->cap < SPARE_MIN ? realloc(b->p, (size_t)b->len) : NULL;
+    /* (shrinking a large block is done in place; the slack of doubling would stay allocated) */
+    char *p = b->len > 0 && b->len < b->cap ? realloc(b->p, (size_t)b->len) : NULL;
     out->p = p ? p : b->p;
     out->len = b->len;
-    out->cap = p ? b->len : b->cap;
     b->p = NULL;
     b->len = b->cap = 0;
     return (PyObject *)out;
@@ -569,7 +481,7 @@ static int repeats_a_key(Buf *keys, Buf *key_off, int64_t first, int64_t n) {
 }
 
 static void free_bufs(Buf *bufs, int n) {
-    for (int i = 0; i < n; i++) buf_free(&bufs[i]);
+    for (int i = 0; i < n; i++) free(bufs[i].p);
 }
 
 /* The well-known keys: candidate c is key[c] (len[c] bytes) of group group[c], rank[c] in its
@@ -1481,9 +1393,6 @@ static struct PyModuleDef module = {
 
 PyMODINIT_FUNC PyInit__native(void) {
     init_classes();
-    spare_lock = PyThread_allocate_lock();
-    if (spare_lock == NULL)
-        return PyErr_NoMemory();
     if (PyType_Ready(&BlockType) < 0)
         return NULL;
     return PyModule_Create(&module);
