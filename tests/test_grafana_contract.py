@@ -49,6 +49,8 @@ from typing import Any
 
 import pytest
 
+from loglake.core.config import load_config
+from query.logql.lexer import parse_bytes, parse_duration
 from tests.helpers.loki_records import (
     HOUR_US,
     T0_US,
@@ -59,7 +61,7 @@ from tests.helpers.loki_records import (
     stream_of,
     write_records,
 )
-from tests.helpers.server import Server, config_for, serve
+from tests.helpers.server import Server, config_for, free_port, serve
 
 START_NS, END_NS = (T0_US - HOUR_US) * 1000, (T0_US + HOUR_US + 60_000_000) * 1000
 ISO_START, ISO_END = "2024-03-01T09:00:00.000Z", "2024-03-01T11:01:00.000Z"
@@ -551,3 +553,68 @@ def test_times_grafana_writes_agree(server: Server) -> None:
     b = server.ok("/loki/api/v1/index/stats", query='{service="auth"}', start=ISO_START, end=ISO_END)
     assert a == b and datetime.fromisoformat(ISO_START.replace("Z", "+00:00")).astimezone(UTC).timestamp() * 1e9 \
         == START_NS
+
+
+# -- Drilldown's limits probe and the query editor's formatting ---------------------------------------
+
+def test_drilldown_limits_say_what_this_service_enforces(server: Server) -> None:
+    """Logs Drilldown reads drilldown-limits on every service page and shows its patterns tab only with
+    pattern_ingester_enabled; the limits are this service's own."""
+    got = server.client.get("/loki/api/v1/drilldown-limits", headers=DRILLDOWN)
+    assert got.status_code == 200, got.text
+    body = got.json()
+    assert body["pattern_ingester_enabled"] is True
+    assert body["version"] == server.client.get("/loki/api/v1/status/buildinfo").json()["version"]
+    limits = body["limits"]
+    q = server.cfg.query
+    assert limits["max_entries_limit_per_query"] == q.max_limit
+    assert parse_duration(limits["query_timeout"]) == int(q.timeout_s * 1e9)
+    assert parse_bytes(limits["max_query_bytes_read"]) == q.max_scan_bytes
+    assert limits["volume_enabled"] is True and limits["retention_period"] == "0s"   # no policy: kept for ever
+    # What it says of series is what a query meets: one series more than max_query_series is refused.
+    assert isinstance(limits["max_query_series"], int) and limits["max_query_series"] > 0
+    # ...and the tab it opens has patterns to show.
+    patterns = server.client.get("/loki/api/v1/patterns", headers=DRILLDOWN,
+                                 params={"query": '{service_name="checkout"}', "start": str(START_NS),
+                                         "end": str(END_NS), "step": "60s"})
+    assert patterns.status_code == 200 and patterns.json()["data"], patterns.text
+
+
+def test_drilldown_limits_give_the_tenants_retention(tmp_path: Path) -> None:
+    (tmp_path / "loglake.toml").write_text(
+        '[[retention.policies]]\ntenant = "*"\nmax_age = "90d"\n\n'
+        '[[retention.policies]]\ntenant = "team-a"\nmax_age = "36h"\n\n'
+        '[[retention.policies]]\ntenant = "team-a"\nservice = "api"\nmax_age = "1d"\n')
+    cfg = load_config(environ={"LOGLAKE_CONFIG": str(tmp_path / "loglake.toml"),
+                               "LOGLAKE_STORAGE__DATA_ROOT": str(tmp_path / "data"),
+                               "LOGLAKE_QUERY__PORT": str(free_port()), "LOGLAKE_AUTH__ENABLED": "false"})
+    with serve(cfg) as s:
+        def retention(tenant: str) -> str:
+            return s.client.get("/loki/api/v1/drilldown-limits",
+                                headers={"X-Scope-OrgID": tenant}).json()["limits"]["retention_period"]
+
+        # The tenant-wide policy (a service's own does not speak for the tenant), else the default one.
+        assert parse_duration(retention("team-a")) == 36 * 3600 * 10**9
+        assert parse_duration(retention("team-b")) == 90 * 86400 * 10**9
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_format_query_prints_the_query_as_it_parses(server: Server, method: str) -> None:
+    """The query editor's "Format query": the query printed from what it parses to, on one line."""
+    text = 'sum   by(region)(count_over_time({service="api"}|="error"|json|level="error"[5m]))'
+    if method == "GET":
+        got = server.client.get("/loki/api/v1/format_query", params={"query": text})
+    else:
+        got = server.client.post("/loki/api/v1/format_query", data={"query": text})
+    assert got.status_code == 200, got.text
+    body = got.json()
+    assert body["status"] == "success"
+    assert body["data"] == 'sum by (region) (count_over_time({service="api"} |= "error" | json | level="error" [5m]))'
+    again = server.client.get("/loki/api/v1/format_query", params={"query": body["data"]}).json()["data"]
+    assert again == body["data"]
+
+
+@pytest.mark.parametrize("params", [{}, {"query": '{service="api"'}, {"query": "sum(rate())"}])
+def test_format_query_refuses_what_does_not_parse(server: Server, params: dict[str, str]) -> None:
+    got = server.client.get("/loki/api/v1/format_query", params=params)
+    assert got.status_code == 400 and got.text.strip(), got.text

@@ -20,9 +20,9 @@ from query.api.limits import QueryGate
 from query.auth import AuthDenied
 from query.errors import QueryError
 from query.language.ast import Node
-from query.logql import Expr, JsonParser, LogfmtParser, LogQuery, VectorAggregation, is_scalar, parse, walk
-from query.logql.lexer import parse_bytes, parse_go_duration
-from query.loki.engine import Engine, Matrix, Scalar, series_limit
+from query.logql import Expr, JsonParser, LogfmtParser, LogQuery, VectorAggregation, is_scalar, parse, to_string, walk
+from query.logql.lexer import format_bytes, format_duration, parse_bytes, parse_go_duration
+from query.loki.engine import MAX_SERIES, Engine, Matrix, Scalar, series_limit
 from query.loki.labels import LabelQueries
 from query.loki.metadata import label_name, label_sql, stream_label_sql, stream_labels
 from query.loki.pipeline import ERROR, Entry, apply
@@ -30,6 +30,7 @@ from query.loki.translate import STREAM_COLUMNS, STREAM_LABELS, column_of, selec
 from query.planner import FIELD_COLUMNS, is_decimal
 from query.service import SearchService
 from query.timerange import now_us, parse_duration_us, parse_time_us
+from storage.retention import Rules
 
 log = logging.getLogger("loglake.query")
 VERSION = "3.4.0"        # the Loki API level this answers, as Grafana checks features by version
@@ -564,6 +565,50 @@ def router(service: SearchService, gate: QueryGate | None = None) -> APIRouter:
     def buildinfo() -> dict[str, str]:
         return {"version": VERSION, "revision": "loglake", "branch": "main", "buildUser": "loglake",
                 "buildDate": "", "goVersion": ""}
+
+    @r.get("/loki/api/v1/drilldown-limits")
+    def drilldown_limits(tenant: Tenant = "default") -> dict[str, Any]:
+        """The tenant's limits and features, as Loki 3 tells Grafana's Logs Drilldown (it hides its
+        patterns tab without ``pattern_ingester_enabled``); each is what this service enforces."""
+        q = service.cfg.query
+        policy = Rules.of(service.cfg.retention).age_policy(tenant, "*")
+        retention_s = policy.max_age_s if policy is not None and policy.max_age_s is not None else 0
+        return {
+            "limits": {
+                "discover_log_levels": True,
+                # service_name is the record's service (else unknown_service).
+                "discover_service_name": ["service"],
+                "log_level_fields": ["level", "detected_level"],
+                "max_entries_limit_per_query": q.max_limit,
+                "max_line_size_truncate": False,
+                "max_query_bytes_read": format_bytes(q.max_scan_bytes),
+                "max_query_length": "0s",
+                "max_query_lookback": "0s",
+                "max_query_range": "0s",
+                "max_query_series": MAX_SERIES,
+                "metric_aggregation_enabled": False,
+                "pattern_persistence_enabled": False,
+                "query_timeout": format_duration(int(q.timeout_s * 1e9)),
+                "retention_period": format_duration(int(retention_s) * 1_000_000_000),
+                "volume_enabled": True,
+                "volume_max_series": MAX_SERIES,
+            },
+            # Patterns are mined from stored messages when asked (/loki/api/v1/patterns).
+            "pattern_ingester_enabled": True,
+            "version": VERSION,
+        }
+
+    def _format_query(p: Params) -> dict[str, Any]:
+        return _ok(to_string(_parse(service, required(p, "query"))))
+
+    @r.get("/loki/api/v1/format_query")
+    def format_query(query: str | None = None) -> dict[str, Any]:
+        """The query as Loki prints it (Grafana's query editor's "Format query")."""
+        return _format_query(_args(query=query))
+
+    @r.post("/loki/api/v1/format_query")
+    async def format_query_post(request: Request) -> dict[str, Any]:
+        return _format_query(await form_params(request))
 
     @r.get("/ready")
     def ready() -> JSONResponse:
