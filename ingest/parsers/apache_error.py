@@ -18,7 +18,7 @@ PARSER = Parser(
     out={
         "ts_local": "ll_ts_local(regexp_replace({p}_m.time, '  +', ' '))",
         "lvl": "{p}_m.level",
-        "message": "{p}_m.msg",
+        "message": "ll_body({p}_m.msg, line)",
         "attrs": attrs_sql([
             ("apache.module", "{p}_m.module"),
             ("process.pid", "{p}_m.pid"),

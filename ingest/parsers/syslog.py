@@ -13,9 +13,13 @@ from ingest.parsers.text import LEVEL_REGEX
 
 RFC5424 = r'^<(\d{1,3})>1 (\S+) (\S+) (\S+) (\S+) (\S+) (?:-|(?:\[(?:[^\]\\]|\\.)*\])+) ?(.*)$'
 RFC5424_GROUPS = ("pri", "time", "host", "app", "procid", "msgid", "msg")
+# The tag: a word (with a version), its [pid], a macOS "(address)", then ": "; or, only when a [pid]
+# follows (so that a message's "two words: ..." is not taken for one), a name of a few words,
+# as macOS writes "Microsoft Word[14463]: ".
 RFC3164 = (r'^(?:<(\d{1,3})>)?([A-Z][a-z]{2} [ \d]\d \d{2}:\d{2}:\d{2}|\d{4}-\d{2}-\d{2}T\S+) (\S+) '
-           r'(?:([^:\[\s]+(?: v?\d[\d.]*)?)(?:\[(\d+)\])?(?: \([^)\s]*\))?: )?(.*)$')
-RFC3164_GROUPS = ("pri", "time", "host", "app", "procid", "msg")
+           r'(?:([^:\[\s]+(?: v?\d[\d.]*)?)(?:\[(\d+)\])?(?: \([^)\s]*\))?: '
+           r'|([^:\[\s]+(?: [^:\[\s]+){1,3})\[(\d+)\](?: \([^)\s]*\))?: )?(.*)$')
+RFC3164_GROUPS = ("pri", "time", "host", "app", "procid", "app_words", "procid_words", "msg")
 
 
 def _nil(v: str) -> str:
@@ -41,12 +45,13 @@ PARSER = Parser(
                f"nullif(regexp_extract(left(coalesce({{p}}_b.msg, {{p}}_m.msg), 64), '{LEVEL_REGEX}', 2), ''))",
         "host": _nil("coalesce(nullif({p}_m.host, ''), {p}_b.host)"),
         # The message is what follows the header (time, host, tag); the header stays in the line.
-        "message": "coalesce(nullif({p}_m.msg, ''), {p}_b.msg, line)",
+        "message": "ll_body(coalesce(nullif({p}_m.msg, ''), {p}_b.msg, line), line)",
         "attrs": attrs_sql([
             ("syslog.facility", "CAST({p}_pri // 8 AS VARCHAR)"),
             ("syslog.hostname", _nil("coalesce(nullif({p}_m.host, ''), {p}_b.host)")),
-            ("syslog.appname", _nil("coalesce(nullif({p}_m.app, ''), {p}_b.app)")),
-            ("syslog.procid", _nil("coalesce(nullif({p}_m.procid, ''), {p}_b.procid)")),
+            ("syslog.appname", _nil("coalesce(nullif({p}_m.app, ''), nullif({p}_b.app, ''), {p}_b.app_words)")),
+            ("syslog.procid", _nil("coalesce(nullif({p}_m.procid, ''), nullif({p}_b.procid, ''), "
+                                   "{p}_b.procid_words)")),
             ("syslog.msgid", _nil("{p}_m.msgid")),
         ]),
     },

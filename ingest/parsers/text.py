@@ -96,7 +96,7 @@ PARSER = Parser(
             f"nullif(regexp_extract(left(l_msg, 48), '{LEVEL_REGEX}', 2), '')) END)",
             "coalesce(nullif({p}_m.android_lvl, ''), nullif({p}_m.klog_lvl, ''), nullif({p}_w.upper, ''), "
             "nullif({p}_w.lower, ''))"),
-        "message": _learned_or("l_msg", "line"),
+        "message": _learned_or("ll_body(l_msg, line)", "line"),
         "host": "nullif(split_part(split_part(l_host, '/', 1), '@', -1), '')",
         "attrs": attrs_sql([("component", "l_comp"), ("pid", "l_pid")]),
     },
