@@ -739,15 +739,14 @@ def test_syslog_hostname_wins_over_the_shippers_host(con: Normaliser, line: str,
 
 @pytest.mark.parametrize(("line", "message", "app", "procid"), [
     # macOS names an app by its name, spaces and all, before its [pid].
-    ("Jul  4 23:22:09 mac-1 Microsoft Word[14463]: Cocoa scripting error for '0x00660011'",
-     "Cocoa scripting error for '0x00660011'", "Microsoft Word", "14463"),
-    ("Jul  5 00:21:07 mac-1 Google Chrome Helper[35628] ([31211]): deprecated call", "deprecated call",
-     "Google Chrome Helper", "35628"),
+    ("Jul  4 23:22:09 mac-1 Text Editor[4242]: scripting error for '0x00aa0011'",
+     "scripting error for '0x00aa0011'", "Text Editor", "4242"),
+    ("Jul  5 00:21:07 mac-1 Web Browser Helper[5151] ([777]): deprecated call", "deprecated call",
+     "Web Browser Helper", "5151"),
     # Without a [pid], words before a colon are the message's own.
     ("Jul  4 23:22:09 mac-1 two words: not a tag", "two words: not a tag", None, None),
     # The blanks after the tag (and at the end) are not the message's.
-    ("Jul  1 10:13:39 mac-1 secd[276]:  SOSAccountThisDeviceCanSyncWithCircle failure  ",
-     "SOSAccountThisDeviceCanSyncWithCircle failure", "secd", "276"),
+    ("Jul  1 10:13:39 mac-1 keyd[276]:  device sync failure  ", "device sync failure", "keyd", "276"),
 ])
 def test_syslog_tag_of_several_words_and_blanks_around_the_message(con: Normaliser, line: str, message: str,
                                                                    app: str | None, procid: str | None) -> None:
@@ -759,7 +758,7 @@ def test_syslog_tag_of_several_words_and_blanks_around_the_message(con: Normalis
 
 
 def test_a_learned_header_leaves_the_blanks_around_the_message_out(con: Normaliser) -> None:
-    lines = [f"[10.30 17:{i:02d}:12] YodaoDict.exe - oimage{i}.ydstatic.com:80 error : A request was canceled. "
+    lines = [f"[10.30 17:{i:02d}:12] Dict.exe - img{i}.example.com:80 error : A request was canceled. "
              for i in range(30)]
     rows = parse_all(con, lines, host="")
     for line, row in zip(lines, rows, strict=True):

@@ -15,7 +15,7 @@ RFC5424 = r'^<(\d{1,3})>1 (\S+) (\S+) (\S+) (\S+) (\S+) (?:-|(?:\[(?:[^\]\\]|\\.
 RFC5424_GROUPS = ("pri", "time", "host", "app", "procid", "msgid", "msg")
 # The tag: a word (with a version), its [pid], a macOS "(address)", then ": "; or, only when a [pid]
 # follows (so that a message's "two words: ..." is not taken for one), a name of a few words,
-# as macOS writes "Microsoft Word[14463]: ".
+# as macOS writes an app's name ("Text Editor[4242]: ").
 RFC3164 = (r'^(?:<(\d{1,3})>)?([A-Z][a-z]{2} [ \d]\d \d{2}:\d{2}:\d{2}|\d{4}-\d{2}-\d{2}T\S+) (\S+) '
            r'(?:([^:\[\s]+(?: v?\d[\d.]*)?)(?:\[(\d+)\])?(?: \([^)\s]*\))?: '
            r'|([^:\[\s]+(?: [^:\[\s]+){1,3})\[(\d+)\](?: \([^)\s]*\))?: )?(.*)$')
