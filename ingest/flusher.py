@@ -26,6 +26,7 @@ from ingest.layouts import LayoutSummary, SourceLayout, summarise
 from ingest.normalise import Normaliser, ParseSettings, normalise_safely
 from ingest.router import RecordRouter
 from ingest.source_stats import SourceKey, SourceTally, count_rows
+from ingest.sources import source_key
 from loglake.core.config import Config
 from loglake.core.frame import PUSHED_SOURCE_PREFIX
 from storage.catalog import Catalog, PartitionCommit, PartitionState, SourceLayoutRow
@@ -158,7 +159,7 @@ class Flusher:
                 k = int(np.searchsorted(starts, i, side="right")) - 1
                 failed_in[k].append((i - int(starts[k]), err))
             taken = 0
-            for (key, rows), bad, start in zip(parts, failed_in, starts.tolist(), strict=False):
+            for (key, rows), bad, start in zip(parts, failed_in, starts[:-1].tolist(), strict=True):
                 raw = whole.slice(start, rows)
                 buf = todo[key]
                 topic, partition = key
@@ -221,7 +222,7 @@ class Flusher:
         tenant, service, source = key
         n = self.normaliser
         fmt = n.formats.get((tenant, service, source), "text")
-        state = n.sources.sources.get(f"{tenant}\x1f{service}\x1f{source}") if fmt == "text" else None
+        state = n.sources.sources.get(source_key(tenant, service, source)) if fmt == "text" else None
         layout = state.layout if state is not None else None
         zone = n.settings.default_timezone
         detail: dict[str, object] = {}

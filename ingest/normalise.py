@@ -45,7 +45,7 @@ from ingest.parsers import (
     syslog,
     text,
 )
-from ingest.sources import PARTS, SourceBook
+from ingest.sources import KEY_SEPARATOR, PARTS, SourceBook, source_key
 from ingest.timestamps import macros
 from storage.schema import RECORD_SCHEMA
 
@@ -441,7 +441,7 @@ class Normaliser:
         last = read.group_by(["service", "source"], use_threads=False).aggregate([("ts", "last"),
                                                                                   ("believed", "last")])
         columns = (last.column(name).to_pylist() for name in ("service", "source", "ts_last", "believed_last"))
-        self.sources.carry((f"{tenant}\x1f{service}\x1f{source}", ts if believed else None)
+        self.sources.carry((source_key(tenant, service, source), ts if believed else None)
                            for service, source, ts, believed in zip(*columns, strict=True))
 
     def _route(self, raw: pa.Table) -> pa.Table:
@@ -481,7 +481,7 @@ class Normaliser:
         if text.any():      # (a batch of JSON and access lines has no source key to build)
             keys = pc.binary_join_element_wise(pa.scalar(tenant),
                                                _one_chunk(routed.column("service")).cast(pa.string()),
-                                               _one_chunk(routed.column("source")).cast(pa.string()), "\x1f")
+                                               _one_chunk(routed.column("source")).cast(pa.string()), KEY_SEPARATOR)
             learned = self.sources.columns(lines, keys, text)
         for part in PARTS:
             routed = routed.append_column(f"l_{part}", learned.get(f"l_{part}", pa.nulls(len(lines), pa.string())))

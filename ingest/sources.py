@@ -38,6 +38,8 @@ RELEARN_BELOW = 0.5
 MIN_BATCH = 20
 #: Columns :meth:`SourceBook.columns` returns, each named ``l_<part>``.
 PARTS: tuple[str, ...] = (*TIME_PARTS, *FIELD_PARTS)
+#: Between the tenant, service and source of a source's key (a byte no name holds).
+KEY_SEPARATOR = "\x1f"
 #: The type of the times carried from one batch to the next (``l_before``).
 TS_TYPE = pa.timestamp("us", tz="UTC")
 
@@ -71,6 +73,11 @@ class SourceState:
 #: again if it writes again): each holds a sample of up to SAMPLE_LINES lines, and files named by
 #: date or pod make new sources for as long as a worker runs.
 MAX_SOURCES = 10_000
+
+
+def source_key(tenant: str, service: str, source: str) -> str:
+    """The key a :class:`SourceBook` files a source under (the normaliser builds the same per line)."""
+    return KEY_SEPARATOR.join((tenant, service, source))
 
 
 class SourceBook:

@@ -58,11 +58,6 @@ def macros() -> list[str]:
         f"""CREATE OR REPLACE MACRO ll_ts_local(s) AS
            CASE WHEN regexp_matches(s, '^\\d{{4}}-\\d') THEN try_cast(replace(s, ',', '.') AS TIMESTAMP)
                 ELSE try_strptime(s, {_list(LOCAL_FORMATS)}) END""",
-        # The message after a header, without the blanks around it: the run of spaces after a
-        # syslog tag or a learned header separates, it is not the message (nor are trailing
-        # blanks). The line stays whole: head and raw keep what the message leaves out.
-        """CREATE OR REPLACE MACRO ll_body(m, line) AS
-           CASE WHEN m IS DISTINCT FROM line THEN trim(m, chr(32) || chr(9) || chr(13)) ELSE m END""",
         f"""CREATE OR REPLACE MACRO ll_ts_noyear(s) AS
            try_strptime('2000 ' || regexp_replace(s, ' +', ' ', 'g'),
                         {_list(tuple('%Y ' + f for f in NOYEAR_FORMATS))})""",

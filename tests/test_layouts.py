@@ -298,7 +298,6 @@ def test_continuation_lines_inherit_the_time_of_the_line_they_continue() -> None
         assert [r["message"] for r in trace] == lines[4 * i + 1:4 * i + 4]
 
 
-
 def _java(start: int, n: int, hour: int = 12, tag: str = "Foo") -> list[str]:
     """``n`` records of a Java log from second ``start``: a header line, then a three-line stack trace."""
     lines = []

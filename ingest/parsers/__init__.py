@@ -79,6 +79,14 @@ def attrs_sql(pairs: list[tuple[str, str]]) -> str:
     return f"list_filter([{items}]::{ATTRS_TYPE}, e -> coalesce(e.value, '') <> '')"
 
 
+def body_sql(message: str) -> str:
+    """SQL: the message ``message`` cut after a header, without the blanks around it (the run of
+    spaces after a syslog tag or a learned header separates, it is not the message, nor are
+    trailing blanks); the line stays whole, as head and raw keep what the message leaves out."""
+    return f"CASE WHEN {message} IS DISTINCT FROM line THEN trim({message}, chr(32) || chr(9) || chr(13)) " \
+           f"ELSE {message} END"
+
+
 def first_key_sql(m: str, keys: tuple[str, ...]) -> str:
     """SQL: the first of ``keys`` present in map ``m`` (NULL when none is)."""
     whens = " ".join(f"WHEN {m}[{sql_str(k)}] IS NOT NULL THEN {sql_str(k)}" for k in keys)

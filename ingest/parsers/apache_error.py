@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ingest.parsers import Parser, attrs_sql
+from ingest.parsers import Parser, attrs_sql, body_sql
 
 REGEX = (r'^\[([A-Z][a-z]{2} [A-Z][a-z]{2} [ \d]?\d \d{2}:\d{2}:\d{2}(?:\.\d+)? \d{4})\] '
          r'\[(?:([\w-]*):)?([a-z]+)\d?\](?: \[pid (\d+)(?::tid (\d+))?\])? ?((?s:.*))$')
@@ -18,7 +18,7 @@ PARSER = Parser(
     out={
         "ts_local": "ll_ts_local(regexp_replace({p}_m.time, '  +', ' '))",
         "lvl": "{p}_m.level",
-        "message": "ll_body({p}_m.msg, line)",
+        "message": body_sql("{p}_m.msg"),
         "attrs": attrs_sql([
             ("apache.module", "{p}_m.module"),
             ("process.pid", "{p}_m.pid"),

@@ -8,7 +8,7 @@ priority, or failing that from a level word near the start of the message.
 from __future__ import annotations
 
 from ingest.levels import syslog_word_sql
-from ingest.parsers import Parser, attrs_sql
+from ingest.parsers import Parser, attrs_sql, body_sql
 from ingest.parsers.text import LEVEL_REGEX
 
 RFC5424 = r'^<(\d{1,3})>1 (\S+) (\S+) (\S+) (\S+) (\S+) (?:-|(?:\[(?:[^\]\\]|\\.)*\])+) ?(.*)$'
@@ -45,7 +45,7 @@ PARSER = Parser(
                f"nullif(regexp_extract(left(coalesce({{p}}_b.msg, {{p}}_m.msg), 64), '{LEVEL_REGEX}', 2), ''))",
         "host": _nil("coalesce(nullif({p}_m.host, ''), {p}_b.host)"),
         # The message is what follows the header (time, host, tag); the header stays in the line.
-        "message": "ll_body(coalesce(nullif({p}_m.msg, ''), {p}_b.msg, line), line)",
+        "message": body_sql("coalesce(nullif({p}_m.msg, ''), {p}_b.msg, line)"),
         "attrs": attrs_sql([
             ("syslog.facility", "CAST({p}_pri // 8 AS VARCHAR)"),
             ("syslog.hostname", _nil("coalesce(nullif({p}_m.host, ''), {p}_b.host)")),

@@ -14,7 +14,7 @@ A line with neither a timestamp nor a level is stored as it is, flagged
 from __future__ import annotations
 
 from ingest.levels import TEXT_LEVEL_WORDS
-from ingest.parsers import Parser, attrs_sql
+from ingest.parsers import Parser, attrs_sql, body_sql
 from ingest.timestamps import ISO
 
 _WORDS = "|".join(TEXT_LEVEL_WORDS)
@@ -96,7 +96,7 @@ PARSER = Parser(
             f"nullif(regexp_extract(left(l_msg, 48), '{LEVEL_REGEX}', 2), '')) END)",
             "coalesce(nullif({p}_m.android_lvl, ''), nullif({p}_m.klog_lvl, ''), nullif({p}_w.upper, ''), "
             "nullif({p}_w.lower, ''))"),
-        "message": _learned_or("ll_body(l_msg, line)", "line"),
+        "message": _learned_or(body_sql("l_msg"), "line"),
         "host": "nullif(split_part(split_part(l_host, '/', 1), '@', -1), '')",
         "attrs": attrs_sql([("component", "l_comp"), ("pid", "l_pid")]),
     },
