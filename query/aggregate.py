@@ -332,9 +332,8 @@ class Aggregator:
         """(bucket, group, is_other, value) rows. Count, sum, avg, min and max are computed once per
         (bucket, group) and the top groups folded from that small result; quantiles cannot be
         folded, so they group the raw rows a second time by (bucket, top group or other)."""
-        cond = plan.where
         named = [*by, *([ffield] if ffield is not None else [])]
-        source = plan.relation(original=any(resolve(n)[1] in ORIGINAL_FIELDS for n in named))
+        source, cond = plan.filtered(original=any(resolve(n)[1] in ORIGINAL_FIELDS for n in named))
         value = Compiled("NULL::DOUBLE")
         if ffield is not None:
             kind, _ = resolve(ffield)
@@ -414,8 +413,7 @@ class Aggregator:
                 acc["bytes"] = acc.get("bytes", 0) + scan.bytes_scanned
             if scan.empty:
                 return pa.table({"k": pa.array([], pa.int64())})
-            cond = plan.where
-            source = plan.relation(original=line_bytes)
+            source, cond = plan.filtered(original=line_bytes)
             cols = "".join(f", {g.sql} AS l{i}" for i, g in enumerate(groups))
             size = f"sum(strlen({LINE_SQL}))::BIGINT" if line_bytes else "NULL::BIGINT"
             sql = (f"SELECT (epoch_us(ts) - ? + ? - 1) // ? AS k{cols}, count(*) AS n, "

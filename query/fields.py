@@ -57,8 +57,7 @@ class FieldQueries:
             scan = plan.scan
             if scan.empty:
                 return [], {**scan.stats(), "sampled_rows": 0}
-            cond = plan.where
-            source = plan.relation()
+            source, cond = plan.filtered()
             sample = (f"SELECT service, host, source, level, trace_id, span_id, attrs FROM {source.sql} AS logs "
                       f"WHERE {RANGE_SQL} AND ({cond.sql}) ORDER BY ts DESC LIMIT ?")
             params = [*source.params, start_us, end_us, *cond.params, self.cfg.query.fields_sample_rows]

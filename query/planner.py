@@ -309,6 +309,77 @@ def compile_filter(node: Node) -> Compiled:
     raise TypeError(f"not a query node: {node!r}")
 
 
+def _on_message_only(node: Node) -> bool:
+    """Whether ``node`` reads the message column and nothing else."""
+    match node:
+        case Term(field=None):
+            return True
+        case Term(field=template.FIELD):
+            return True
+        case Term(field=f) if f is not None:
+            try:
+                return resolve(f) == ("column", "message")
+            except QueryError:
+                return False
+        case Not(item=item):
+            return _on_message_only(item)
+        case And(items=items) | Or(items=items):
+            return all(_on_message_only(i) for i in items)
+    return False
+
+
+def _all_of(parts: list[Compiled]) -> Compiled:
+    """``parts`` all true, as one expression: a CASE, which DuckDB evaluates inside a Parquet scan
+    as it does a single function call (an AND of two function calls on one column it leaves above
+    the scan), and which evaluates each part only on the rows the ones before it kept."""
+    if len(parts) == 1:
+        return parts[0]
+    rest = _all_of(parts[1:])
+    return Compiled(f"CASE WHEN ({parts[0].sql}) THEN ({rest.sql}) ELSE FALSE END", [*parts[0].params, *rest.params])
+
+
+def scan_filter(node: Node) -> tuple[Compiled | None, Compiled]:
+    """``node``'s condition in two parts: what to evaluate inside each file's scan (None: nothing),
+    and what is left to apply above it (TRUE: nothing); the two together keep what ``node`` keeps.
+
+    DuckDB 1.5 evaluates a condition inside the Parquet scan, first on the column it names and on
+    the other columns only for the vectors with a match, when the condition is one comparison per
+    column or one expression such as ``regexp_matches(message, ?)``; a conjunction of two
+    expressions it leaves above the scan, which then decodes every column of every row group
+    read. So the conditions on the message (bare words, phrases, patterns) become one expression
+    inside, and the rest, if any, stays above (from where DuckDB pushes it down in turn)."""
+    items = list(node.items) if isinstance(node, And) else [node]
+    if isinstance(node, MatchAll):
+        return None, Compiled("TRUE")
+    text = [i for i in items if _on_message_only(i)]
+    other = [i for i in items if not _on_message_only(i)]
+    if not text:
+        return (compile_filter(node), Compiled("TRUE")) if len(items) == 1 else (None, compile_filter(node))
+    if not all(_label_equals(i) for i in other):
+        # Another expression (a negation, an attribute, a pattern on a label) may be the selective
+        # one: left together above the scan, DuckDB orders the conditions by cost and tests the
+        # message only on the rows the cheaper ones keep. With the message inside, a search for a
+        # common word among the rows of a negated level took twice as long (measured).
+        return None, compile_filter(node)
+    inside = _all_of([compile_filter(i) for i in text])
+    if not other:
+        return inside, Compiled("TRUE")
+    rest = [compile_filter(i) for i in other]
+    return inside, Compiled(" AND ".join(f"({r.sql})" for r in rest), [x for r in rest for x in r.params])
+
+
+def _label_equals(node: Node) -> bool:
+    """Whether ``node`` is ``column = value`` on a label column (a comparison DuckDB evaluates in the
+    scan itself, and prunes row groups by)."""
+    if not isinstance(node, Term) or node.field is None or node.kind not in ("word", "phrase"):
+        return False
+    try:
+        kind, name = resolve(node.field)
+    except QueryError:
+        return False
+    return kind == "column" and (name in _EXACT or name in ("level", "severity"))
+
+
 def term_count(node: Node) -> int:
     """How many terms (leaves) ``node`` has: what a query costs to compile and to run per row."""
     match node:
@@ -455,28 +526,39 @@ class Scan:
                 "index_used": self.index_used}
 
     def relation(self, columns: str = "*", *, original: bool = False,
-                 every_file_has_original: bool = False) -> Compiled:
-        """A FROM-clause relation over exactly the scanned data.
+                 every_file_has_original: bool = False, where: Compiled | None = None) -> Compiled:
+        """A FROM-clause relation over exactly the scanned data, holding only the rows ``where`` keeps
+        when it is given.
 
         With ``original``, it has the columns of the original line (:data:`ORIGINAL_COLUMNS`)
         whatever the segments hold: those written before the columns existed read them as NULL.
         DuckDB binds a file list to its first file's columns, so unless ``every_file_has_original``
         (their footers say so) the files are then read by name (``union_by_name``, which costs
         about a third more on a whole-row search) and the parts joined by name onto an empty
-        relation that has them. Otherwise the files are read as they are."""
+        relation that has them. Otherwise the files are read as they are.
+
+        ``where`` is written into each file's read, beside its row ranges: there DuckDB evaluates it
+        inside the Parquet scan, first on the columns it names, and decodes the rest of a row group
+        only for the vectors with a match. Above a UNION ALL (or any subquery with a WHERE of its
+        own) DuckDB 1.5 pushes down comparisons but not a function such as ``regexp_matches``, and
+        every column of every candidate row group was decoded: a needle search over 7 row groups
+        read whole rows for 114,688 rows to return 7."""
         original = original and not every_file_has_original
         parts: list[str] = []
         params: list[object] = []
         by_name = ", union_by_name = true" if original else ""
+        cond = f" AND ({where.sql})" if where is not None else ""
+        cond_params = where.params if where is not None else []
         if self.whole:
-            parts.append(f"SELECT {columns} FROM read_parquet(?, hive_partitioning = false{by_name})")
-            params.append(self.whole)
+            first = f" WHERE ({where.sql})" if where is not None else ""
+            parts.append(f"SELECT {columns} FROM read_parquet(?, hive_partitioning = false{by_name}){first}")
+            params += [self.whole, *cond_params]
         for url, ranges in self.partial:
             rows = " OR ".join("file_row_number >= ? AND file_row_number < ?" for _ in ranges)
             cols = "* EXCLUDE (file_row_number)" if columns == "*" else columns
             parts.append(f"SELECT {cols} FROM read_parquet(?, hive_partitioning = false, "
-                         f"file_row_number = true) WHERE {rows}")
-            params += [url, *[b for r in ranges for b in r]]
+                         f"file_row_number = true) WHERE ({rows}){cond}")
+            params += [url, *[b for r in ranges for b in r], *cond_params]
         if not original:
             return Compiled("(" + " UNION ALL ".join(parts) + ")", params)
         empty = ", ".join(f"NULL::VARCHAR AS {c}" for c in ORIGINAL_COLUMNS)

@@ -25,7 +25,7 @@ from loglake.core.config import Config
 from query.errors import QueryError, QueryOutOfMemory, QueryTimeout, ScanTooLarge, TooManyQueries
 from query.language import MatchAll, Node, parse
 from query.metrics import QueryMetrics
-from query.planner import Compiled, Scan, choose, compile_filter, regexes, term_count, uses_original
+from query.planner import Compiled, Scan, choose, compile_filter, regexes, scan_filter, term_count, uses_original
 from query.timing import span
 from storage.catalog import Catalog, SegmentRow
 from storage.root import DataRoot, SegmentFooter
@@ -103,6 +103,8 @@ class Plan:
     original: bool = False
     #: Whether a segment's file has the original line's columns (from its footer).
     has_original: Callable[[SegmentRow], bool] = lambda seg: False
+    #: The condition split into what each file's scan evaluates and what is left above it.
+    inside: tuple[Compiled | None, Compiled] = (None, Compiled("TRUE"))
 
     def relation(self, *, original: bool = False) -> Compiled:
         """The planned data as a FROM-clause relation; with the original line's columns when the
@@ -110,6 +112,18 @@ class Plan:
         original = original or self.original
         every = original and all(self.has_original(seg) for seg in self.scan.segments)
         return self.scan.relation(original=original, every_file_has_original=every)
+
+    def filtered(self, *, original: bool = False) -> tuple[Compiled, Compiled]:
+        """The planned data as a relation that applies the condition inside each file's scan where
+        it can (:func:`query.planner.scan_filter`, :meth:`Scan.relation`), and the rest of the
+        condition to apply above it (TRUE when nothing is left). All of it stays above where the
+        condition reads the original line and a file was written before those columns existed."""
+        original = original or self.original
+        every = original and all(self.has_original(seg) for seg in self.scan.segments)
+        inside, rest = self.inside
+        if inside is None or (self.original and not every):
+            return self.scan.relation(original=original, every_file_has_original=every), self.where
+        return self.scan.relation(original=original, every_file_has_original=every, where=inside), rest
 
 
 class QueryRunner:
@@ -231,7 +245,7 @@ class QueryRunner:
         if scan.bytes_scanned > self.cfg.query.max_scan_bytes:
             raise ScanTooLarge(scan.bytes_scanned, self.cfg.query.max_scan_bytes)
         self.metrics.scanned(scan)
-        return Plan(scan, where, uses_original(node), self._has_original)
+        return Plan(scan, where, uses_original(node), self._has_original, scan_filter(node))
 
     def select(self, node: Node | None, start_us: int, end_us: int, tenant: str, select: str,
                tail: str, select_params: list[Any], tail_params: list[Any], *,
@@ -243,7 +257,7 @@ class QueryRunner:
             plan = self.plan(node, tenant, start_us, end_us)
             if plan.scan.empty:
                 return None, plan.scan
-            source = plan.relation(original=original)
-            sql = f"SELECT {select} FROM {source.sql} AS logs WHERE {RANGE_SQL} AND ({plan.where.sql}) {tail}"
-            return self.run(sql, [*select_params, *source.params, start_us, end_us, *plan.where.params,
+            source, cond = plan.filtered(original=original)
+            sql = f"SELECT {select} FROM {source.sql} AS logs WHERE {RANGE_SQL} AND ({cond.sql}) {tail}"
+            return self.run(sql, [*select_params, *source.params, start_us, end_us, *cond.params,
                                   *tail_params]), plan.scan

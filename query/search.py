@@ -231,9 +231,8 @@ class Searcher:
         ordered by a hash of everything they hold, in a second small statement, so that a cursor
         can resume between them. Each row's JSON is built by DuckDB after the top-N, for the page's
         rows only."""
-        cond = plan.where
         # Always with the original line's columns: the row's ``line``, and the hash that orders ties.
-        source = plan.relation(original=True)
+        source, cond = plan.filtered(original=True)
         desc = order == "desc"
         direction = "DESC" if desc else "ASC"
         row = _json_object(projection)

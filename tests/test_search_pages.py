@@ -171,6 +171,49 @@ def test_files_are_read_by_name_only_when_one_lacks_the_original_columns(
     assert len(everything) == len(rows) + len(old)
 
 
+def _explain(svc: SearchService, source_sql: str, params: list[Any]) -> str:
+    table = svc.runner.run(f"EXPLAIN SELECT * FROM {source_sql}", params)
+    return "\n".join(table.column(1).to_pylist())
+
+
+@pytest.mark.parametrize(("q", "inside"), [
+    ("row", True), ("row AND NOT timeout", True), ("row -timeout \"row 1\"", True), ("msg:row* OR timeout", True),
+    ("row AND service:api", True), ("(row OR x) AND host:web-1 AND -zz AND level:info", True),
+    # another expression may be the selective condition: all of it stays above, for DuckDB to order
+    ("row AND NOT attrs.id:r3", False), ("row AND -level:error", False)])
+def test_the_condition_is_evaluated_inside_each_files_parquet_scan(
+        lake: tuple[SearchService, list[dict[str, Any]]], q: str, inside: bool) -> None:
+    svc, rows = lake
+    plan = svc.runner.plan(parse(q), "default", T0, T0 + 3600 * SEC)
+    source, rest = plan.filtered(original=True)
+    text = _explain(svc, f"{source.sql} AS logs WHERE ({rest.sql})", [*source.params, *rest.params])
+    # DuckDB shows a condition it evaluates in the scan among the READ_PARQUET's filters; one left
+    # above the scan is a FILTER operator of its own.
+    assert ("FILTER" not in text.replace("Filters:", "")) == inside, text
+    assert (rest.sql == "TRUE" or "regexp_matches" not in rest.sql) == inside
+    # And the rows are those of the whole condition applied above the scan.
+    whole = plan.relation(original=True)
+    above = svc.runner.run(f"SELECT count(*) FROM {whole.sql} AS logs WHERE {plan.where.sql}",
+                           [*whole.params, *plan.where.params]).column(0)[0].as_py()
+    split = svc.runner.run(f"SELECT count(*) FROM {source.sql} AS logs WHERE {rest.sql}",
+                           [*source.params, *rest.params]).column(0)[0].as_py()
+    assert len(svc.search(q, START, END, limit=1000).rows) == split == above
+
+
+def test_a_condition_on_the_original_line_stays_above_files_written_before_it(
+        lake: tuple[SearchService, list[dict[str, Any]]]) -> None:
+    svc, _ = lake
+    old = [record(T0 + 4 * SEC + i, "old", "info", f"legacy row {i}", attrs=[("id", f"old{i}")]) for i in range(3)]
+    _write_old(svc.root, svc.catalog, old)
+    plan = svc.runner.plan(parse("line:legacy*"), "default", T0, T0 + 3600 * SEC)
+    source, rest = plan.filtered(original=True)
+    assert rest == plan.where          # an old file has no head or raw to test inside its scan
+    assert {r["attrs"]["id"] for r in svc.search("line:legacy*", START, END, limit=100).rows} == \
+        {"old0", "old1", "old2"}
+    plan = svc.runner.plan(parse("legacy"), "default", T0, T0 + 3600 * SEC)
+    assert plan.filtered(original=True)[1].sql == "TRUE"     # the message is in every file
+
+
 # -- the time limit's watchdog ----------------------------------------------------------------
 
 

@@ -30,8 +30,8 @@ from query.errors import QueryError
 from query.language import Node
 from query.patterns.drain import PARAM, Drain, join_template
 from query.patterns.mask import mask_sql
-from query.planner import Compiled, Scan
-from query.runner import RANGE_SQL, QueryRunner
+from query.planner import Scan
+from query.runner import RANGE_SQL, Plan, QueryRunner
 from storage.catalog import SegmentRow
 
 #: The line shapes, for templates of whole lines: the line is the message (0), a header and the
@@ -138,10 +138,10 @@ class PatternMiner:
                 return Mined([], {**scan.stats(), "elapsed_ms": _ms(t0)})
             by_url = {f"{self.runner.root.url}/{s.path}": s for s in segments}
             inside, edge = _split(scan, by_url, start_us, end_us)
-            tables = [self._segment(plan.where, url, ranges, by_url[url], step_us, lines, plan.original)
+            tables = [self._segment(plan, url, ranges, by_url[url], step_us, lines)
                       for url, ranges in inside]
             if not edge.empty:
-                tables.append(self._count(plan.where, edge, step_us, lines, plan.original, (start_us, end_us)))
+                tables.append(self._count(plan, edge, step_us, lines, (start_us, end_us)))
         counted = pa.concat_tables(tables) if tables else _EMPTY.empty_table()
         patterns = self._mine_counts(counted, lines)
         stats = {**scan.stats(), "segments_cached": self.cache.hits - hits0,
@@ -152,27 +152,31 @@ class PatternMiner:
 
     # -- step 1: DuckDB --------------------------------------------------------------
 
-    def _segment(self, where: Compiled, url: str, ranges: list[tuple[int, int]] | None, seg: SegmentRow,
-                 step_us: int, lines: bool, original: bool) -> pa.Table:
-        key = (seg.id, url, tuple(ranges or ()), where.sql, repr(where.params), step_us, lines)
+    def _segment(self, plan: Plan, url: str, ranges: list[tuple[int, int]] | None, seg: SegmentRow,
+                 step_us: int, lines: bool) -> pa.Table:
+        key = (seg.id, url, tuple(ranges or ()), plan.where.sql, repr(plan.where.params), step_us, lines)
         table = self.cache.get(key)
         if table is None:
             one = Scan(whole=[url]) if ranges is None else Scan(partial=[(url, ranges)])
-            table = self._count(where, one, step_us, lines, original, None)
+            table = self._count(plan, one, step_us, lines, None)
             self.cache.put(key, table)
         return table
 
-    def _count(self, where: Compiled, scan: Scan, step_us: int, lines: bool, original: bool,
-               rng: tuple[int, int] | None) -> pa.Table:
-        """Step 1 over ``scan``, within ``rng`` if given; ``original``: the condition reads the line."""
-        source = scan.relation(original=lines or original)
+    def _count(self, plan: Plan, scan: Scan, step_us: int, lines: bool, rng: tuple[int, int] | None) -> pa.Table:
+        """Step 1 over ``scan`` (one of ``plan``'s, or all of it), within ``rng`` if given."""
+        # What it can of the condition goes inside each file's scan (Plan.filtered), unless the
+        # condition reads the original line, which a file written before its columns existed lacks.
+        inside, rest = plan.inside
+        if plan.original:
+            inside, rest = None, plan.where
+        source = scan.relation(original=lines or plan.original, where=inside)
         shape = SHAPE_SQL if lines else "0"
-        cond = f"{RANGE_SQL} AND ({where.sql})" if rng is not None else f"({where.sql})"
+        cond = f"{RANGE_SQL} AND ({rest.sql})" if rng is not None else f"({rest.sql})"
         masked = mask_sql("coalesce(message, '')")
         sql = (f"SELECT coalesce(level, 'unknown') AS level, ({shape})::INTEGER AS shape, {masked} AS masked, "
                f"(epoch_us(ts) // ?) * ? AS bucket, count(*) AS n "
                f"FROM {source.sql} AS logs WHERE {cond} GROUP BY ALL")
-        params: list[Any] = [step_us, step_us, *source.params, *(rng or ()), *where.params]
+        params: list[Any] = [step_us, step_us, *source.params, *(rng or ()), *rest.params]
         return self.runner.run(sql, params).cast(_EMPTY)
 
     # -- steps 2 and 3: Drain, then the counts per template ---------------------------
