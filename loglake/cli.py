@@ -12,12 +12,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from loglake.commands import alerts as alert_commands
-from loglake.commands import formats as format_commands
-from loglake.commands import keys as key_commands
-from loglake.commands import lakehouse as lakehouse_commands
-from loglake.commands import sources as source_commands
-from loglake.commands import storage as storage_commands
+from loglake.commands import parsers as admin
 from loglake.core.config import Config, ConfigError, load_config
 from loglake.core.logs import setup_logging
 from query.errors import QueryError
@@ -229,19 +224,13 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--key", help="API key (default: auth.key, e.g. from LOGLAKE_AUTH__KEY)")
     search.add_argument("-o", "--output", choices=["table", "json", "ndjson", "raw"], default="table",
                         help="raw: each record's original line, exactly as received")
-    storage_commands.add_parsers(sub)
-    key_commands.add_parsers(sub)
-    source_commands.add_parsers(sub)
-    format_commands.add_parsers(sub)
-    alert_commands.add_parsers(sub)
-    lakehouse_commands.add_parsers(sub)
+    admin.add_parsers(sub)
     return p
 
 
+#: The pipeline's commands; the admin commands' functions are imported when one runs (admin.command).
 COMMANDS = {"up": cmd_up, "broker": cmd_broker, "ship": cmd_ship, "ingest": cmd_ingest,
-            "serve": cmd_serve, "receive": cmd_receive, "demo": cmd_demo, "search": cmd_search,
-            **storage_commands.COMMANDS, **key_commands.COMMANDS, **alert_commands.COMMANDS,
-            **lakehouse_commands.COMMANDS, **source_commands.COMMANDS, **format_commands.COMMANDS}
+            "serve": cmd_serve, "receive": cmd_receive, "demo": cmd_demo, "search": cmd_search}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -254,7 +243,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command != "search":
         setup_logging(args.command, cfg.log.level, cfg.log.json_format)
     try:
-        return COMMANDS[args.command](cfg, args)
+        run = COMMANDS.get(args.command) or admin.command(args.command)
+        return run(cfg, args)
     except ConfigError as e:       # found only when a command puts the config to use
         print(f"loglake: {e}", file=sys.stderr)
         return EXIT_USAGE

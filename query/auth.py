@@ -31,6 +31,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from loglake.core.config import AuthConfig
 from query.errors import QueryError
+from query.roles import GRANTS, ROLES
 from query.store import ApiKeyRow, KeyStore
 from storage.catalog import Catalog
 from storage.errors import StorageError
@@ -38,11 +39,6 @@ from storage.segments import check_tenant
 
 log = logging.getLogger("loglake.auth")
 
-ROLES = ("reader", "writer", "admin", "ingest")
-#: What each role may do. ``ingest`` only pushes (to ``loglake receive``): the key an agent holds
-#: on every node, which reads nothing if it leaks. A writer pushes too.
-GRANTS = {"reader": frozenset({"reader"}), "ingest": frozenset({"ingest"}),
-          "writer": frozenset({"reader", "writer", "ingest"}), "admin": frozenset(ROLES)}
 _PREFIX = "llk"
 _SCRYPT = {"n": 2**14, "r": 8, "p": 1}
 #: Paths anyone may call: probes, metrics and the API's own documentation.

@@ -104,7 +104,7 @@ class Plan:
     #: Whether a segment's file has the original line's columns (from its footer).
     has_original: Callable[[SegmentRow], bool] = lambda seg: False
     #: The condition split into what each file's scan evaluates and what is left above it.
-    inside: tuple[Compiled | None, Compiled] = (None, Compiled("TRUE"))
+    split: tuple[Compiled | None, Compiled] = (None, Compiled("TRUE"))
 
     def relation(self, *, original: bool = False) -> Compiled:
         """The planned data as a FROM-clause relation; with the original line's columns when the
@@ -120,7 +120,7 @@ class Plan:
         condition reads the original line and a file was written before those columns existed."""
         original = original or self.original
         every = original and all(self.has_original(seg) for seg in self.scan.segments)
-        inside, rest = self.inside
+        inside, rest = self.split
         if inside is None or (self.original and not every):
             return self.scan.relation(original=original, every_file_has_original=every), self.where
         return self.scan.relation(original=original, every_file_has_original=every, where=inside), rest

@@ -124,30 +124,3 @@ def _backtest(cfg: Config, catalog: Catalog, store: AlertStore, args: argparse.N
                       format_us(f.pending_us), f"{f.max_value:g}", labels)
     Console(width=200).print(table)
     return 0
-
-
-def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    alert = sub.add_parser("alert", help="evaluate alert and recording rules (without an action); manage rules")
-    actions = alert.add_subparsers(dest="alert_command", metavar="ACTION")
-    load = actions.add_parser("load", help="load Prometheus/Loki rule files into the catalog (a namespace each)")
-    load.add_argument("files", nargs="+", type=Path)
-    load.add_argument("--tenant", default="default")
-    check = actions.add_parser("check", help="check rule files without loading them")
-    check.add_argument("files", nargs="+", type=Path)
-    lst = actions.add_parser("list", help="the tenant's rules and their alerts")
-    lst.add_argument("--tenant", default="default")
-    delete = actions.add_parser("delete", help="delete a rule group")
-    delete.add_argument("namespace")
-    delete.add_argument("group")
-    delete.add_argument("--tenant", default="default")
-    bt = actions.add_parser("backtest", help="replay a rule over stored history: when it would have fired")
-    bt.add_argument("rule", help="the rule's name (or namespace/group/name), or one in --file")
-    bt.add_argument("--since", default="7d", help="how far back (default 7d)")
-    bt.add_argument("--end", help="end of the replay (default now)")
-    bt.add_argument("--step", help="evaluation step (default the group's interval)")
-    bt.add_argument("--file", type=Path, help="take the rule from this rule file instead of the catalog")
-    bt.add_argument("--tenant", default="default")
-    bt.add_argument("--output", choices=["table", "json"], default="table")
-
-
-COMMANDS = {"alert": cmd_alert}

@@ -28,10 +28,9 @@ from rich.table import Table
 from ingest.layouts import SourceLayout, learn, rule_pattern, summarise
 from ingest.normalise import RAW_SCHEMA, Normaliser, ParseSettings
 from ingest.parsers.json import LEVEL_KEYS, TS_KEYS
+from loglake.commands.parsers import SAMPLE_LINES
 from loglake.core.config import Config, SourceFormat
 
-#: Lines read from the start of the file.
-SAMPLE_LINES = 500
 PREVIEW_ROWS = 5
 #: The fields each structured format reads (for the report; the parsers are the truth).
 _FORMAT_FIELDS = {
@@ -245,15 +244,3 @@ def cmd_formats(cfg: Config, args: argparse.Namespace) -> int:
     else:
         _print(answer)
     return 0
-
-
-def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    formats = sub.add_parser("formats", help="work out a file's format and suggest an [[ingest.formats]] rule")
-    formats_sub = formats.add_subparsers(dest="formats_command", required=True, metavar="ACTION")
-    s = formats_sub.add_parser("suggest", help="detected format, time layout, zone, level, fields, a rule, a preview")
-    s.add_argument("file", help="a log file (plain or .gz)")
-    s.add_argument("--lines", type=int, default=SAMPLE_LINES, help=f"lines to sample (default {SAMPLE_LINES})")
-    s.add_argument("--json", action="store_true", help="machine-readable output")
-
-
-COMMANDS = {"formats": cmd_formats}

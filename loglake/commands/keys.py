@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from loglake.core.config import Config
-from query.auth import ROLES, create_key
+from query.auth import create_key
 from query.store import KeyStore
 from query.timerange import format_us, now_us, parse_duration_us
 from storage.catalog import Catalog
@@ -41,21 +41,3 @@ def cmd_keys(cfg: Config, args: argparse.Namespace) -> int:
     finally:
         catalog.close()
     return 0
-
-
-def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    keys = sub.add_parser("keys", help="create, list and revoke API keys")
-    keys_sub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
-    create = keys_sub.add_parser("create", help="make a key and print it (the only time it is shown)")
-    create.add_argument("--tenant", action="append", required=True, help="tenant it may use (repeat, or a,b)")
-    create.add_argument("--role", choices=ROLES, required=True,
-                        help="reader: search; writer: also saved queries and push; admin: also retention; "
-                             "ingest: push to `loglake receive` only, no reading")
-    create.add_argument("--expires", help="lifetime, e.g. 90d (default: none)")
-    create.add_argument("--description", default="")
-    keys_sub.add_parser("list", help="every key: id, role, tenants, dates (never the secret)")
-    revoke = keys_sub.add_parser("revoke", help="stop a key working (within auth.cache_s)")
-    revoke.add_argument("id", help="the key's id: the part after llk_")
-
-
-COMMANDS = {"keys": cmd_keys}

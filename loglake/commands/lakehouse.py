@@ -140,33 +140,3 @@ def cmd_iceberg(cfg: Config, args: argparse.Namespace) -> int:
         mirror.close()
         catalog.close()
     return 0
-
-
-def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    b = sub.add_parser("backup", help="back up the catalog and segments; list, verify, restore, prune backups")
-    bs = b.add_subparsers(dest="backup_command", required=True, metavar="ACTION")
-    create = bs.add_parser("create", help="a new backup (copies only segments DEST lacks)")
-    create.add_argument("dest", nargs="?", help="directory or s3://bucket/prefix (default: backup.dest)")
-    create.add_argument("--keep", type=int, help="then delete all but the newest KEEP backups")
-    lst = bs.add_parser("list", help="the backups in DEST")
-    lst.add_argument("dest", nargs="?")
-    verify = bs.add_parser("verify", help="check every file of every backup (size and SHA-256)")
-    verify.add_argument("dest", nargs="?")
-    verify.add_argument("--backup", help="only this backup id")
-    restore = bs.add_parser("restore", help="restore a backup into an empty data root and catalog")
-    restore.add_argument("dest")
-    restore.add_argument("--to", required=True, help="the data root to restore into (empty)")
-    restore.add_argument("--backup", help="backup id (default: the newest)")
-    restore.add_argument("--catalog-url", help="the catalog to restore into (empty; default: storage.catalog_url, "
-                                               "or catalog.sqlite in the new data root)")
-    prune = bs.add_parser("prune", help="delete all but the newest backups")
-    prune.add_argument("dest", nargs="?")
-    prune.add_argument("--keep", type=int, help="how many to keep (default: backup.keep)")
-    ice = sub.add_parser("iceberg", help="the Iceberg mirror of the lake")
-    ices = ice.add_subparsers(dest="iceberg_command", required=True, metavar="ACTION")
-    sync = ices.add_parser("sync", help="bring the tables up to the catalog now, then list them")
-    sync.add_argument("--tenant")
-    ices.add_parser("tables", help="each tenant's table and its current metadata file")
-
-
-COMMANDS = {"backup": cmd_backup, "iceberg": cmd_iceberg}

@@ -53,12 +53,3 @@ def cmd_sources(cfg: Config, args: argparse.Namespace) -> int:
     if not any(found.values()):
         console.print("no sources yet: nothing was ingested, or no ingest worker has recorded its sources")
     return 0
-
-
-def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("sources", help="every source: detected format, time layout, zone, share parsed (1h)")
-    p.add_argument("--tenant", help="only this tenant (default: every tenant ingest recorded)")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-
-
-COMMANDS = {"sources": cmd_sources}

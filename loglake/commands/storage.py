@@ -198,29 +198,3 @@ def _serve_in_background(listen: str, maintenance: Maintenance) -> None:
     from storage.metrics import registry_for
 
     serve_in_thread(listen, registry_for(maintenance), maintenance.health, maintenance.ready)
-
-
-def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    compact = sub.add_parser("compact", help="merge each hour's small segments into big sorted ones")
-    compact.add_argument("--tenant")
-    compact.add_argument("--dry-run", action="store_true", help="show what would be merged")
-    ret = sub.add_parser("retention", help="apply the retention policies")
-    ret_sub = ret.add_subparsers(dest="retention_command", required=True, metavar="ACTION")
-    run = ret_sub.add_parser("run", help="delete what the policies say has expired")
-    run.add_argument("--tenant")
-    run.add_argument("--dry-run", action="store_true", help="show what would be deleted, delete nothing")
-    delete = sub.add_parser("delete", help="delete the rows a query matches (rewrites the segments)")
-    delete.add_argument("--tenant", required=True)
-    delete.add_argument("--query", required=True, help="search language, e.g. 'password' or 'user.id:42'")
-    delete.add_argument("--start", required=True, help="RFC 3339, epoch or now-30d")
-    delete.add_argument("--end", default="now")
-    delete.add_argument("--dry-run", action="store_true")
-    delete.add_argument("--actor", help="who asked, for the audit table (default: the OS user)")
-    fsck = sub.add_parser("fsck", help="compare the files with the catalog")
-    fsck.add_argument("--repair", action="store_true", help="delete old orphans, retire segments without files")
-    sub.add_parser("maintain", help="run compaction, retention, garbage collection, the Iceberg mirror's sync "
-                                    "and backups on their schedules")
-
-
-COMMANDS = {"compact": cmd_compact, "retention": cmd_retention, "delete": cmd_delete, "fsck": cmd_fsck,
-            "maintain": cmd_maintain}

@@ -166,7 +166,7 @@ class PatternMiner:
         """Step 1 over ``scan`` (one of ``plan``'s, or all of it), within ``rng`` if given."""
         # What it can of the condition goes inside each file's scan (Plan.filtered), unless the
         # condition reads the original line, which a file written before its columns existed lacks.
-        inside, rest = plan.inside
+        inside, rest = plan.split
         if plan.original:
             inside, rest = None, plan.where
         source = scan.relation(original=lines or plan.original, where=inside)
