@@ -10,11 +10,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import pyarrow as pa
+
 from query.errors import QueryError
 from query.language import MatchAll, Node
 from query.planner import FIELD_COLUMNS, ORIGINAL_FIELDS, SELECT_COLUMNS, group_sql, resolve
-from query.runner import RANGE_SQL, QueryRunner
+from query.runner import RANGE_SQL, Plan, QueryRunner
 from query.timerange import parse_range
+from storage.catalog import SegmentRow
 
 
 @dataclass
@@ -52,24 +55,32 @@ class FieldQueries:
         """:meth:`fields` for a parsed query (None: every record)."""
         t0 = time.perf_counter()
         node = node or MatchAll()
+        want = self.cfg.query.fields_sample_rows
         with self.runner.slot():
             plan = self.runner.plan(node, tenant, start_us, end_us)
             scan = plan.scan
             if scan.empty:
                 return [], {**scan.stats(), "sampled_rows": 0}
-            source, cond = plan.filtered()
-            sample = (f"SELECT service, host, source, level, trace_id, span_id, attrs FROM {source.sql} AS logs "
-                      f"WHERE {RANGE_SQL} AND ({cond.sql}) ORDER BY ts DESC LIMIT ?")
-            params = [*source.params, start_us, end_us, *cond.params, self.cfg.query.fields_sample_rows]
-            sql = (f"WITH s AS MATERIALIZED ({sample}), "
-                   "kv AS (SELECT unnest(['service', 'host', 'source', 'level', 'trace_id', 'span_id']) AS k, "
-                   "unnest([service, host, source, level, trace_id, span_id]::VARCHAR[]) AS v, TRUE AS col FROM s "
-                   "UNION ALL SELECT unnest(map_keys(attrs)) AS k, unnest(map_values(attrs)) AS v, FALSE FROM s) "
-                   "SELECT k, col, v, count(*) AS n, (SELECT count(*) FROM s) AS total FROM kv "
-                   "WHERE v IS NOT NULL GROUP BY ALL")
-            table = self.runner.run(sql, params)
+            # The sample is the newest rows: first asked of the newest segments that hold that many
+            # rows, [lo, end_us) with lo the oldest time among them (every segment overlapping it is
+            # read, so each row at or after lo is seen); if fewer rows there match, of as many rows
+            # again as that share of matches needs twice over (at least eight times as many), up to
+            # the whole range. A day's sidebar read every row of the day's attributes to keep 10,000.
+            table, rows = None, want
+            while table is None:
+                lo = _window_start(scan.segments, rows)
+                if lo <= start_us:
+                    table = self._sample(plan, start_us, end_us, want)
+                    break
+                inside = [g for g in plan.scan.segments if g.max_ts_us >= lo]
+                window = self.runner.plan(node, tenant, lo, end_us, segments=inside)
+                found = self._sample(window, lo, end_us, want)
+                matched = _sampled(found)
+                if matched >= want:
+                    table, scan = found, window.scan
+                rows = max(rows * 8, want * window.scan.rows_scanned * 2 // max(1, matched))
         by_field: dict[tuple[str, bool], list[tuple[str, int]]] = {}
-        total = int(table["total"][0].as_py()) if table.num_rows else 0
+        total = _sampled(table)
         for k, col, v, n in zip(*(table.column(i).to_pylist() for i in range(4)), strict=True):
             by_field.setdefault((k, col), []).append((v, n))
         out = []
@@ -82,6 +93,21 @@ class FieldQueries:
         out.sort(key=lambda f: (f.name not in SELECT_COLUMNS, -f.count, f.name))
         return out, {**scan.stats(), "sampled_rows": total,
                      "elapsed_ms": round((time.perf_counter() - t0) * 1000, 2)}
+
+    def _sample(self, plan: Plan, lo: int, hi: int, want: int) -> pa.Table:
+        """(field, is a column, value, count, rows sampled) over the newest ``want`` rows in [lo, hi)."""
+        source, cond = plan.filtered()
+        sample = (f"SELECT service, host, source, level, trace_id, span_id, attrs FROM {source.sql} AS logs "
+                  f"WHERE {RANGE_SQL} AND ({cond.sql}) ORDER BY ts DESC LIMIT ?")
+        params = [*source.params, lo, hi, *cond.params, want]
+        sql = (f"WITH s AS MATERIALIZED ({sample}), "
+               "kv AS (SELECT unnest(['service', 'host', 'source', 'level', 'trace_id', 'span_id']) AS k, "
+               "unnest([service, host, source, level, trace_id, span_id]::VARCHAR[]) AS v, TRUE AS col FROM s "
+               "UNION ALL SELECT unnest(map_keys(attrs)) AS k, unnest(map_values(attrs)) AS v, FALSE FROM s) "
+               "SELECT k, col, v, count(*) AS n, (SELECT count(*) FROM s) AS total FROM kv "
+               "WHERE v IS NOT NULL GROUP BY ALL")
+        return self.runner.run(sql, params)
+
 
     def values(self, fieldname: str, q: str = "", start: str | None = None, end: str | None = None,
                limit: int = 20, tenant: str = "default") -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -98,3 +124,18 @@ class FieldQueries:
         values = [] if table is None else [{"value": v, "count": n} for v, n in
                                            zip(table["v"].to_pylist(), table["n"].to_pylist(), strict=True)]
         return values, {**scan.stats(), "elapsed_ms": round((time.perf_counter() - t0) * 1000, 2)}
+
+
+def _sampled(table: pa.Table) -> int:
+    return int(table["total"][0].as_py()) if table.num_rows else 0
+
+
+def _window_start(segments: list[SegmentRow], rows: int) -> int:
+    """The oldest time among the newest segments (by their newest row) that hold ``rows`` rows."""
+    covered, lo = 0, 1 << 62
+    for g in sorted(segments, key=lambda g: -g.max_ts_us):
+        covered += g.rows
+        lo = min(lo, g.min_ts_us)
+        if covered >= rows:
+            return lo
+    return -(1 << 62)           # they do not hold as many: the whole range

@@ -326,3 +326,27 @@ def test_a_window_short_of_a_page_grows_to_the_whole_range(many_small: tuple[Sea
     assert [r["ts"] for r in page.rows] == sorted((r["ts"] for r in page.rows), reverse=True)
     assert page.cursor is None
     assert page.stats["windows"] > 1
+
+
+_FIELDS_QUERIES: dict[str, Any] = {
+    "": lambda r: True, "level:error": lambda r: r["level"] == "error",
+    "service:db level:error": lambda r: r["service"] == "db" and r["level"] == "error",
+    "id:r007 OR id:r300 OR id:r650": lambda r: r["attrs"][0][1] in ("r007", "r300", "r650"), "zzz": lambda r: False}
+
+
+@pytest.mark.parametrize("q", list(_FIELDS_QUERIES))
+def test_fields_sample_the_newest_rows_from_the_newest_segments_first(
+        many_small: tuple[SearchService, list[dict[str, Any]]], monkeypatch: pytest.MonkeyPatch, q: str) -> None:
+    svc, rows = many_small
+    # A sample size whose last row's time no other matching row shares, so that "the newest n" is one set.
+    times = sorted((r["ts"] for r in rows if _FIELDS_QUERIES[q](r)), reverse=True)
+    n = next((k for k in range(60, 0, -1) if k >= len(times) or times[k - 1] != times[k]), 1)
+    cfg = svc.cfg.model_copy(update={"query": svc.cfg.query.model_copy(update={"fields_sample_rows": n})})
+    small = SearchService(cfg, svc.catalog)
+    windowed, stats = small.fields(q, START, END)
+    monkeypatch.setattr("query.fields._window_start", lambda segments, rows: -(1 << 62))
+    whole, whole_stats = small.fields(q, START, END)
+    assert [vars(f) for f in windowed] == [vars(f) for f in whole]
+    assert stats["sampled_rows"] == whole_stats["sampled_rows"] == min(n, len(times))
+    if q in ("", "level:error"):            # enough matches among the newest segments: not all are read
+        assert stats["segments_scanned"] < whole_stats["segments_scanned"]
