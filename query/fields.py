@@ -66,18 +66,19 @@ class FieldQueries:
             # read, so each row at or after lo is seen); if fewer rows there match, of as many rows
             # again as that share of matches needs twice over (at least eight times as many), up to
             # the whole range. A day's sidebar read every row of the day's attributes to keep 10,000.
-            table, rows = None, want
+            table, rows, windows = None, want, 0
             while table is None:
                 lo = _window_start(scan.segments, rows)
                 if lo <= start_us:
                     table = self._sample(plan, start_us, end_us, want)
                     break
-                inside = [g for g in plan.scan.segments if g.max_ts_us >= lo]
+                inside = [g for g in scan.segments if g.max_ts_us >= lo]
                 window = self.runner.plan(node, tenant, lo, end_us, segments=inside)
                 found = self._sample(window, lo, end_us, want)
+                windows += 1
                 matched = _sampled(found)
                 if matched >= want:
-                    table, scan = found, window.scan
+                    table = found
                 rows = max(rows * 8, want * window.scan.rows_scanned * 2 // max(1, matched))
         by_field: dict[tuple[str, bool], list[tuple[str, int]]] = {}
         total = _sampled(table)
@@ -91,7 +92,8 @@ class FieldQueries:
             out.append(FieldInfo(name, "number" if numeric and not col else "string", sum(n for _, n in values),
                                  len(values), [{"value": v, "count": n} for v, n in values[:top]]))
         out.sort(key=lambda f: (f.name not in SELECT_COLUMNS, -f.count, f.name))
-        return out, {**scan.stats(), "sampled_rows": total,
+        # The range's plan, as a search reports it, and how many windows were read before the whole range.
+        return out, {**scan.stats(), "sampled_rows": total, "windows": windows,
                      "elapsed_ms": round((time.perf_counter() - t0) * 1000, 2)}
 
     def _sample(self, plan: Plan, lo: int, hi: int, want: int) -> pa.Table:

@@ -331,11 +331,14 @@ def _on_message_only(node: Node) -> bool:
 def _all_of(parts: list[Compiled]) -> Compiled:
     """``parts`` all true, as one expression: a CASE, which DuckDB evaluates inside a Parquet scan
     as it does a single function call (an AND of two function calls on one column it leaves above
-    the scan), and which evaluates each part only on the rows the ones before it kept."""
+    the scan), and which evaluates each part only on the rows the ones before it kept. Nested as a
+    balanced tree, so that a query of ``max_query_terms`` words stays far inside DuckDB's expression
+    depth limit (1,000) and Python's recursion limit."""
     if len(parts) == 1:
         return parts[0]
-    rest = _all_of(parts[1:])
-    return Compiled(f"CASE WHEN ({parts[0].sql}) THEN ({rest.sql}) ELSE FALSE END", [*parts[0].params, *rest.params])
+    half = len(parts) // 2
+    first, rest = _all_of(parts[:half]), _all_of(parts[half:])
+    return Compiled(f"CASE WHEN ({first.sql}) THEN ({rest.sql}) ELSE FALSE END", [*first.params, *rest.params])
 
 
 def scan_filter(node: Node) -> tuple[Compiled | None, Compiled]:
@@ -347,7 +350,10 @@ def scan_filter(node: Node) -> tuple[Compiled | None, Compiled]:
     column or one expression such as ``regexp_matches(message, ?)``; a conjunction of two
     expressions it leaves above the scan, which then decodes every column of every row group
     read. So the conditions on the message (bare words, phrases, patterns) become one expression
-    inside, and the rest, if any, stays above (from where DuckDB pushes it down in turn)."""
+    inside, and label equalities stay above beside it (DuckDB pushes those down as comparisons).
+    A condition that is one expression of another kind (an attribute, a negated label, an OR across
+    columns) goes inside whole; a conjunction holding one keeps all of it above, for DuckDB to
+    order its parts by cost."""
     items = list(node.items) if isinstance(node, And) else [node]
     if isinstance(node, MatchAll):
         return None, Compiled("TRUE")
@@ -543,6 +549,11 @@ class Scan:
         own) DuckDB 1.5 pushes down comparisons but not a function such as ``regexp_matches``, and
         every column of every candidate row group was decoded: a needle search over 7 row groups
         read whole rows for 114,688 rows to return 7."""
+        if columns == "*" and not original:
+            # The record's columns by name: a file list binds to its first file's columns and a file
+            # read by row ranges to its own, and a file written before head and raw existed has two
+            # fewer, so "*" made the UNION of the two kinds fail on a lake holding both.
+            columns = ", ".join(SELECT_COLUMNS)
         original = original and not every_file_has_original
         parts: list[str] = []
         params: list[object] = []
