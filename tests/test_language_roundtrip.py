@@ -14,6 +14,7 @@ from __future__ import annotations
 import string
 from datetime import timedelta
 
+import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
@@ -232,3 +233,15 @@ def test_any_text_parses_or_is_a_syntax_error_within_the_query(query: str) -> No
 def test_long_repetitive_text_is_parsed_or_refused_promptly(chunk: str, times: int) -> None:
     # A query of up to ~40 KB: quadratic rescanning (of regexes, ranges, comparisons) would blow the deadline.
     _check_parse(chunk * times)
+
+
+def test_a_bare_wildcard_starting_with_a_dash_round_trips() -> None:
+    # Read glued to a phrase, '-*' is a wildcard, not a negation; printed at a term's start it
+    # takes the one escape a wildcard allows.
+    ast = parse('""-*')
+    assert ast == And((Term(None, "", "phrase"), Term(None, "-*", "wildcard")))
+    assert to_string(ast) == '"" AND \\-*'
+    assert parse(to_string(ast)) == ast
+    assert parse("\\-a?b") == Term(None, "-a?b", "wildcard")
+    with pytest.raises(QuerySyntaxError):
+        parse("a\\-*")          # any other escape in a wildcard is still refused

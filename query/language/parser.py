@@ -116,7 +116,9 @@ class _Parser:
         if tok.kind == "WORD":
             self.take()
             wild = any(c in "*?" and k not in tok.escaped for k, c in enumerate(tok.text))
-            if wild and tok.escaped:
+            # The one escape a wildcard takes: a leading '-' (written '\-'), which would otherwise
+            # negate it when it starts a term.
+            if wild and tok.escaped and not (tok.escaped == {0} and tok.text.startswith("-")):
                 raise QuerySyntaxError("escaped characters are not supported in a wildcard term",
                                        tok.pos, self.query)
             return Term(field, tok.text, "wildcard" if wild else "word")

@@ -30,8 +30,10 @@ def _value(t: Term) -> str:
     if t.kind == "regex":
         return _regex(t.value)
     if t.kind == "wildcard":
-        # The parser takes no escape in a wildcard: its text was read as is, and prints as is.
-        return t.value
+        # The parser takes no escape in a wildcard but a leading dash's: its text was read as is,
+        # and prints as is. (A bare '-*' read after a phrase, '""-*', printed as '"" AND -*',
+        # which reads as NOT *.)
+        return "\\" + t.value if t.value.startswith("-") and t.field is None else t.value
     out = "".join("\\" + c if c in _WORD_SPECIAL | {"*", "?"} or c.isspace() else c for c in t.value)
     if t.value in ("AND", "OR", "NOT") or t.value.startswith("-") or (t.field and t.value[:1] in "/[{"):
         out = "\\" + out     # an escape keeps a keyword, a leading '-', or a field's '/' or '[' literal
