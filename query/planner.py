@@ -312,9 +312,7 @@ def compile_filter(node: Node) -> Compiled:
 def _on_message_only(node: Node) -> bool:
     """Whether ``node`` reads the message column and nothing else."""
     match node:
-        case Term(field=None):
-            return True
-        case Term(field=template.FIELD):
+        case Term(field=None) | Term(field=template.FIELD):
             return True
         case Term(field=f) if f is not None:
             try:
@@ -341,9 +339,10 @@ def _all_of(parts: list[Compiled]) -> Compiled:
     return Compiled(f"CASE WHEN ({first.sql}) THEN ({rest.sql}) ELSE FALSE END", [*first.params, *rest.params])
 
 
-def scan_filter(node: Node) -> tuple[Compiled | None, Compiled]:
-    """``node``'s condition in two parts: what to evaluate inside each file's scan (None: nothing),
-    and what is left to apply above it (TRUE: nothing); the two together keep what ``node`` keeps.
+def scan_filter(node: Node, where: Compiled) -> tuple[Compiled | None, Compiled]:
+    """``node``'s condition (``where``, compiled) in two parts: what to evaluate inside each file's
+    scan (None: nothing), and what is left to apply above it (TRUE: nothing); the two together keep
+    what ``node`` keeps.
 
     DuckDB 1.5 evaluates a condition inside the Parquet scan, first on the column it names and on
     the other columns only for the vectors with a match, when the condition is one comparison per
@@ -360,13 +359,13 @@ def scan_filter(node: Node) -> tuple[Compiled | None, Compiled]:
     text = [i for i in items if _on_message_only(i)]
     other = [i for i in items if not _on_message_only(i)]
     if not text:
-        return (compile_filter(node), Compiled("TRUE")) if len(items) == 1 else (None, compile_filter(node))
+        return (where, Compiled("TRUE")) if len(items) == 1 else (None, where)
     if not all(_label_equals(i) for i in other):
         # Another expression (a negation, an attribute, a pattern on a label) may be the selective
         # one: left together above the scan, DuckDB orders the conditions by cost and tests the
         # message only on the rows the cheaper ones keep. With the message inside, a search for a
         # common word among the rows of a negated level took twice as long (measured).
-        return None, compile_filter(node)
+        return None, where
     inside = _all_of([compile_filter(i) for i in text])
     if not other:
         return inside, Compiled("TRUE")

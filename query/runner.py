@@ -113,17 +113,19 @@ class Plan:
         every = original and all(self.has_original(seg) for seg in self.scan.segments)
         return self.scan.relation(original=original, every_file_has_original=every)
 
-    def filtered(self, *, original: bool = False) -> tuple[Compiled, Compiled]:
-        """The planned data as a relation that applies the condition inside each file's scan where
-        it can (:func:`query.planner.scan_filter`, :meth:`Scan.relation`), and the rest of the
-        condition to apply above it (TRUE when nothing is left). All of it stays above where the
-        condition reads the original line and a file was written before those columns existed."""
+    def filtered(self, *, original: bool = False, scan: Scan | None = None) -> tuple[Compiled, Compiled]:
+        """The planned data (or ``scan``, a part of it) as a relation that applies the condition
+        inside each file's scan where it can (:func:`query.planner.scan_filter`,
+        :meth:`Scan.relation`), and the rest of the condition to apply above it (TRUE when nothing
+        is left). All of it stays above where the condition reads the original line and a file was
+        written before those columns existed."""
+        scan = self.scan if scan is None else scan
         original = original or self.original
         every = original and all(self.has_original(seg) for seg in self.scan.segments)
         inside, rest = self.split
         if inside is None or (self.original and not every):
-            return self.scan.relation(original=original, every_file_has_original=every), self.where
-        return self.scan.relation(original=original, every_file_has_original=every, where=inside), rest
+            return scan.relation(original=original, every_file_has_original=every), self.where
+        return scan.relation(original=original, every_file_has_original=every, where=inside), rest
 
 
 class QueryRunner:
@@ -245,7 +247,7 @@ class QueryRunner:
         if scan.bytes_scanned > self.cfg.query.max_scan_bytes:
             raise ScanTooLarge(scan.bytes_scanned, self.cfg.query.max_scan_bytes)
         self.metrics.scanned(scan)
-        return Plan(scan, where, uses_original(node), self._has_original, scan_filter(node))
+        return Plan(scan, where, uses_original(node), self._has_original, scan_filter(node, where))
 
     def select(self, node: Node | None, start_us: int, end_us: int, tenant: str, select: str,
                tail: str, select_params: list[Any], tail_params: list[Any], *,

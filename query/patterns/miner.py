@@ -164,12 +164,7 @@ class PatternMiner:
 
     def _count(self, plan: Plan, scan: Scan, step_us: int, lines: bool, rng: tuple[int, int] | None) -> pa.Table:
         """Step 1 over ``scan`` (one of ``plan``'s, or all of it), within ``rng`` if given."""
-        # What it can of the condition goes inside each file's scan (Plan.filtered), unless the
-        # condition reads the original line, which a file written before its columns existed lacks.
-        inside, rest = plan.split
-        if plan.original:
-            inside, rest = None, plan.where
-        source = scan.relation(original=lines or plan.original, where=inside)
+        source, rest = plan.filtered(original=lines, scan=scan)
         shape = SHAPE_SQL if lines else "0"
         cond = f"{RANGE_SQL} AND ({rest.sql})" if rng is not None else f"({rest.sql})"
         masked = mask_sql("coalesce(message, '')")
