@@ -217,22 +217,53 @@ def test_a_condition_on_the_original_line_stays_above_files_written_before_it(
 # -- the time limit's watchdog ----------------------------------------------------------------
 
 
-def test_watchdog_calls_what_is_due_in_order_and_never_what_was_disarmed() -> None:
+def test_watchdog_calls_what_is_due_in_order_again_until_disarmed_and_never_what_was_disarmed() -> None:
     from query.runner import Watchdog
 
     dog = Watchdog()
     called: list[str] = []
-    done = threading.Event()
-    dog.arm(0.3, lambda: (called.append("late"), done.set()))
-    dog.arm(0.05, lambda: called.append("early"))
+    late = threading.Event()
+    early = dog.arm(0.05, lambda: called.append("early"))
+    dog.arm(0.3, lambda: (called.append("late"), late.set()))
     kept = dog.arm(0.1, lambda: called.append("disarmed"))
     dog.disarm(kept)
-    assert done.wait(5)
-    assert called == ["early", "late"]
+    assert late.wait(5)
+    # Past its deadline a function is called again and again (an interrupt can be lost while DuckDB
+    # binds a statement), until it is disarmed; then never again.
+    assert called[0] == "early" and called.count("early") >= 3 and "disarmed" not in called
+    dog.disarm(early)
+    n = called.count("early")
+    time.sleep(0.3)
+    assert called.count("early") == n
     # Armed again after an idle spell, it still fires.
     again = threading.Event()
-    dog.arm(0.01, again.set)
+    token = dog.arm(0.01, again.set)
     assert again.wait(5)
+    dog.disarm(token)
+
+
+def test_the_time_limit_is_the_requests_not_each_statements(tmp_path: Path) -> None:
+    """Inside a slot every statement shares the request's limit: time spent before a statement (a plan,
+    an earlier statement, Python) counts, and a statement that starts past the limit never runs."""
+    from query.errors import QueryTimeout
+
+    catalog = Catalog(f"sqlite:///{tmp_path / 'catalog.sqlite'}")
+    cfg = Config.model_validate({"storage": {"data_root": str(tmp_path / "data"),
+                                             "catalog_url": f"sqlite:///{tmp_path / 'catalog.sqlite'}"},
+                                 "query": {"timeout_s": 0.3}})
+    (tmp_path / "data").mkdir()
+    runner = SearchService(cfg, catalog).runner
+    with runner.slot():
+        assert runner.run("SELECT 1 AS x", [])["x"].to_pylist() == [1]
+        time.sleep(0.35)
+        with pytest.raises(QueryTimeout):
+            runner.run("SELECT 2 AS x", [])
+        with pytest.raises(QueryTimeout):
+            runner.in_time()
+    # The next request has the whole limit again.
+    with runner.slot():
+        assert runner.in_time() > 0.2
+        assert runner.run("SELECT 3 AS x", [])["x"].to_pylist() == [3]
 
 
 def test_a_statement_past_the_time_limit_is_interrupted(tmp_path: Path) -> None:

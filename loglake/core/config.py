@@ -695,7 +695,7 @@ class QueryConfig(_Section):
     max_limit: int = Field(10_000, ge=1)
     threads: int = Field(2, ge=1)
     memory_limit: str = "2GB"
-    #: A query still running after this long is interrupted (HTTP 504).
+    #: A request's query work (plan and statements) still running after this long is interrupted (HTTP 504).
     timeout_s: float = Field(30.0, gt=0)
     #: Refuse (HTTP 422) a query whose planned segments add up to more than this.
     max_scan_bytes: int = Field(50 * 1024**3, ge=1)

@@ -13,18 +13,15 @@ from __future__ import annotations
 import math
 import re
 import threading
-import time
 import warnings
 from collections import defaultdict
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 
-from query.errors import QueryError, QueryTimeout
+from query.errors import QueryError
 from query.language import Node
 from query.logql import (
     BinaryOp,
@@ -57,9 +54,6 @@ MAX_SERIES = 500                    # series a metric query may answer (Loki's m
 _SUMMABLE = ("count_over_time", "rate", "bytes_over_time", "bytes_rate", "sum_over_time")
 _IDS = ("trace_id", "span_id")      # columns that are structured metadata, beside attrs and level
 _PAGE = 5_000
-#: When the request being answered must end (monotonic seconds): each SQL page has the
-#: service's timeout, but pages and the Python stages between them add up.
-_DEADLINE: ContextVar[float | None] = ContextVar("loki_deadline", default=None)
 
 
 @dataclass
@@ -112,27 +106,10 @@ class Engine:
 
     # -- log queries ----------------------------------------------------------
 
-    @contextmanager
-    def _request(self) -> Iterator[None]:
-        """One request's time limit (query.timeout_s), set by the outermost call only."""
-        if _DEADLINE.get() is not None:
-            yield
-            return
-        token = _DEADLINE.set(time.monotonic() + self.svc.cfg.query.timeout_s)
-        try:
-            yield
-        finally:
-            _DEADLINE.reset(token)
-
-    def _in_time(self) -> None:
-        deadline = _DEADLINE.get()
-        if deadline is not None and time.monotonic() > deadline:
-            raise QueryTimeout(f"query interrupted after {self.svc.cfg.query.timeout_s:g} s")
-
     def logs(self, q: LogQuery, start_us: int, end_us: int, limit: int, direction: str,
              tenant: str) -> tuple[list[Entry], dict[str, int]]:
         """Up to ``limit`` entries with start <= ts < end after the whole pipeline."""
-        with self._request():
+        with self.svc.runner.time_limit():
             return self._logs(q, start_us, end_us, limit, direction, tenant)
 
     def _logs(self, q: LogQuery, start_us: int, end_us: int, limit: int, direction: str,
@@ -152,7 +129,7 @@ class Engine:
                 stats[k] = stats.get(k, 0) + int(r.stats.get(k, 0))
             scanned += len(r.rows)
             found += pipeline.run(stages, _entries(r.rows))
-            self._in_time()
+            self.svc.runner.in_time()
             cursor = r.cursor
             if len(found) >= limit or cursor is None or not stages or scanned >= MAX_PIPELINE_LINES:
                 break
@@ -163,7 +140,7 @@ class Engine:
 
     def evaluate(self, expr: MetricExpr, steps: np.ndarray, tenant: str) -> Value:
         """``expr`` at each step (epoch microseconds)."""
-        with self._request():
+        with self.svc.runner.time_limit():
             return self._evaluate(expr, steps, tenant)
 
     def _evaluate(self, expr: MetricExpr, steps: np.ndarray, tenant: str) -> Value:
@@ -290,7 +267,7 @@ class Engine:
             if seen > MAX_PIPELINE_LINES:
                 raise QueryError(f"more than {MAX_PIPELINE_LINES:,} lines to run through a pipeline; "
                                  "narrow the time range or the selector")
-            self._in_time()
+            self.svc.runner.in_time()
             for e in pipeline.run(stages, _entries(r.rows)):
                 value: float | None = 1.0 if agg.op != "bytes_over_time" and agg.op != "bytes_rate" \
                     else float(len(e.line.encode()))
@@ -308,7 +285,7 @@ class Engine:
                 key = _key(_grouped(e.all_labels(), agg.grouping or inject))
                 out[key][0].append(e.ts_us)
                 out[key][1].append(value)
-            self._in_time()
+            self.svc.runner.in_time()
             cursor = r.cursor
             if cursor is None:
                 return out
