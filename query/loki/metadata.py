@@ -38,6 +38,8 @@ COLUMN_METADATA = {"trace_id": "trace_id", "span_id": "span_id", "detected_level
 RESERVED = frozenset((*STREAM_LABELS, *COLUMN_METADATA, "__error__", "__error_details__"))
 SUFFIX = "_extracted"
 _INVALID = re.compile(r"[^A-Za-z0-9_]")
+#: A name that only an attribute of exactly that key takes.
+_PLAIN = re.compile(r"[A-Za-z][A-Za-z0-9]*")
 
 
 def safe_name(key: str) -> str:
@@ -123,9 +125,21 @@ def label_sql(label: str) -> Compiled:
     if label in COLUMN_METADATA:
         column = COLUMN_METADATA[label]
         return Compiled(f"NULLIF(CAST({column} AS VARCHAR), '')")
-    # The attributes named ``label``, the one whose key is ``label`` first, then by key.
+    if _PLAIN.fullmatch(label):
+        # Only the key ``label`` itself is named ``label``: the rule changes characters into ``_``,
+        # prefixes one, or appends a suffix that has one. A map lookup, not the rule run on every key
+        # of every row (12 ms of a 20 ms Grafana query over 400 rows, measured).
+        return Compiled("NULLIF(map_extract_value(attrs, ?), '')", [label])
+    # The attributes named ``label``, the one whose key is ``label`` first, then by key. Only keys
+    # LIKE the name (its ``_`` matching any one character), or like it without the ``_`` the rule
+    # prefixes or the suffix it appends, can be named ``label``: the rule runs on those alone.
+    shapes = [label]
+    if label.endswith(SUFFIX):
+        shapes.append(label[:-len(SUFFIX)])
+    shapes += [shape[1:] for shape in shapes if shape.startswith("_") and len(shape) > 1]
+    candidate = " OR ".join(["e.key LIKE ?"] * len(shapes))
     return Compiled(
         "list_sort(list_transform(list_filter(map_entries(attrs), "
-        f"e -> e.value IS NOT NULL AND e.value <> '' AND {_LABEL} = ?), "
+        f"e -> e.value IS NOT NULL AND e.value <> '' AND CASE WHEN {candidate} THEN {_LABEL} = ? ELSE false END), "
         "e -> {'other': e.key <> ?, 'key': e.key, 'value': e.value}))[1].value",
-        [label, label])
+        [*shapes, label, label])
