@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: run test lint test-slow soak bench clean
+.PHONY: run test lint test-slow fuzz soak bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,13 @@ lint: $(STAMP)
 TEST_WORKERS ?= 4
 test: $(STAMP) $(CHROMIUM_STAMP) $(ALERTMANAGER_STAMP) lint
 	$(BIN)/python -m pytest -m "not slow and not soak" -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
+
+# The same suite with LOGLAKE_FUZZ_SCALE times the property tests' examples (tests/helpers/fuzzing.py):
+# `make test` keeps the costliest ones modest to stay within 15 minutes on two cores.
+FUZZ_SCALE ?= 4
+fuzz: $(STAMP) $(CHROMIUM_STAMP) $(ALERTMANAGER_STAMP)
+	LOGLAKE_FUZZ_SCALE=$(FUZZ_SCALE) $(BIN)/python -m pytest -m "not slow and not soak" -n $(TEST_WORKERS) \
+		--dist worksteal $(PYTEST_ARGS)
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)

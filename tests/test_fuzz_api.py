@@ -51,6 +51,7 @@ from query.timerange import now_us
 from storage.catalog import Catalog, PartitionCommit
 from storage.schema import RECORD_SCHEMA, SEVERITY
 from storage.segments import SegmentInfo, write_segments
+from tests.helpers.fuzzing import examples
 from tests.helpers.processes import free_port, uvicorn_thread
 
 #: query.timeout_s of the fuzzed servers; every answer must come within it plus MARGIN_S.
@@ -69,7 +70,7 @@ RANGE = {"start": "now-2h", "end": "now"}
 
 # Hypothesis settings shared by the query-language fuzzers: reproducible in CI, no per-example deadline
 # (a request over a socket has its own bound, checked explicitly).
-FUZZ = settings(max_examples=100, deadline=None, derandomize=True, database=None,
+FUZZ = settings(max_examples=examples(50), deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
                                        HealthCheck.data_too_large, HealthCheck.filter_too_much])
 
@@ -358,7 +359,7 @@ def _node_id_for_schemathesis(request: pytest.FixtureRequest) -> None:
 
 @pytest.mark.usefixtures("_node_id_for_schemathesis")
 @schema.parametrize()
-@settings(max_examples=30, deadline=None, derandomize=True, database=None,
+@settings(max_examples=examples(12), deadline=None, derandomize=True, database=None,
           suppress_health_check=list(HealthCheck))
 def test_every_operation_answers_2xx_or_a_4xx_with_a_message(case: schemathesis.Case) -> None:
     """Any request the spec allows, and many it does not: never a 5xx, always in time, a reason with a 4xx."""
@@ -887,7 +888,7 @@ def _no_marks_of(resp: httpx.Response, tenants: set[str]) -> None:
         assert mark not in text, f"another tenant's {mark!r} in {resp.request.method} {resp.request.url}: {text[:300]}"
 
 
-AUTH_FUZZ = settings(FUZZ, max_examples=50)
+AUTH_FUZZ = settings(FUZZ, max_examples=examples(25))
 
 
 @AUTH_FUZZ

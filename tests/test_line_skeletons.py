@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 from ingest.normalise import Normaliser, ParseSettings
 from storage.lines import LITERAL, ORIGINAL_LINE, RESERVED, SLOT, original_line
+from tests.helpers.fuzzing import examples
 from tests.helpers.normalising import raw
 
 OBSERVED = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
@@ -153,7 +154,8 @@ _OTHERS = st.sampled_from([
 ])
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(max_examples=examples(30), deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(lines=st.lists(st.one_of(json_lines(), json_lines(), _OTHERS), min_size=1, max_size=6),
        labelled=st.booleans(), max_attrs=st.sampled_from([1000, 3]))
 def test_any_json_line_comes_back_byte_for_byte(lines: list[str], labelled: bool, max_attrs: int) -> None:

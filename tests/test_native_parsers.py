@@ -27,6 +27,7 @@ from ingest.normalise import Normaliser
 from ingest.parsers import access
 from ingest.parsers import json as json_parser
 from tests.helpers import normalising
+from tests.helpers.fuzzing import examples
 
 OBSERVED = datetime(2024, 6, 1, 12, 0, tzinfo=UTC)
 PARSED, DEFER = 1, 2
@@ -99,7 +100,7 @@ _DUMPS = {
 }
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=examples(25), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(objs=st.lists(st.dictionaries(_KEY, _VALUE, max_size=8), min_size=1, max_size=8),
        style=st.sampled_from(sorted(_DUMPS)))
 def test_json_records_equal_the_sql_parsers(both: tuple[Normaliser, Normaliser], objs: list[dict[str, Any]],
@@ -175,7 +176,7 @@ def _access_line(draw: st.DrawFn) -> str:
     return line
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 @given(lines=st.lists(_access_line(), min_size=1, max_size=10))
 def test_access_fields_equal_the_regexs(lines: list[str]) -> None:
     out = access.native_fields(pa.array(lines, pa.string()), np.ones(len(lines), bool))
@@ -218,7 +219,7 @@ def test_access_client_written_as_an_address_list_is_left_to_the_sql_parser(
     assert [dict(r["attrs"])["client.ip"] for r in rows] == ["10.0.0.2", "10.0.0.2"]
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=examples(20), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(lines=st.lists(_access_line(), min_size=1, max_size=10))
 def test_access_records_equal_the_sql_parsers(both: tuple[Normaliser, Normaliser], lines: list[str]) -> None:
     native, sql = both

@@ -20,6 +20,7 @@ from ingest.parsers import json as json_parser
 from ingest.sources import SourceBook
 from storage.schema import RECORD_SCHEMA, SEVERITY
 from tests.helpers import normalising
+from tests.helpers.fuzzing import examples
 
 OBSERVED = datetime(2031, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)
 LOGHUB = Path(__file__).resolve().parents[2] / "shared" / "data" / "loghub"   # beside the checkout, never copied in
@@ -288,7 +289,7 @@ _key = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size
 _value = st.text(st.characters(blacklist_categories=("Cs",)), max_size=20) | st.integers(-(2**63), 2**63 - 1)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=examples(30), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(obj=st.dictionaries(_key, _value, max_size=8))
 def test_any_flat_json_object_keeps_every_key_in_attrs(con: Normaliser,
                                                         obj: dict[str, str | int]) -> None:

@@ -59,6 +59,7 @@ from storage.catalog import Catalog, PartitionCommit
 from storage.root import DataRoot
 from storage.schema import RECORD_SCHEMA, SEVERITY
 from storage.segments import SegmentInfo, write_segments
+from tests.helpers.fuzzing import examples
 
 TENANT = "default"
 BASE_US = parse_time_us("2024-03-01T10:00:00Z")
@@ -502,7 +503,7 @@ _RANGES = [(0, 2 * 3600), (-600, 3 * 3600), (0, 3 * 3600), (1200, 5400 + 7), (-3
 _AGG_BY = [[], ["service"], ["level"], ["user"], ["svc"], ["service", "level"]]
 
 
-@settings(max_examples=100, deadline=None,
+@settings(max_examples=examples(50), deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much])
 @given(datasets(), st.lists(st.tuples(queries, st.sampled_from(_AGG_BY), st.sampled_from(["15m", "1h", "2h"]),
                                       st.sampled_from([None, 2])), min_size=6, max_size=12, unique_by=lambda c: c[0]),

@@ -35,6 +35,7 @@ from ingest.marks import Ranges, add_range, drop_stored
 from loglake.core.config import Config
 from loglake.core.frame import Frame, decode_frame
 from shippers.shipper import Shipper
+from tests.helpers.fuzzing import examples
 
 TOPIC = "model.logs"
 MAX_LINE = 64                   # shipper.max_line_bytes: longer lines are cut (and flagged)
@@ -501,7 +502,7 @@ class ShipperMachine(RuleBasedStateMachine):
 
 TestShipperModel = ShipperMachine.TestCase
 TestShipperModel.settings = settings(
-    max_examples=300, stateful_step_count=40, deadline=None, report_multiple_bugs=False,
+    max_examples=examples(120), stateful_step_count=40, deadline=None, report_multiple_bugs=False,
     phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink],
     suppress_health_check=[HealthCheck.too_slow])
 
