@@ -303,7 +303,11 @@ def test_cheap_routes_and_the_queue_limit_hold_with_slow_loki_posts(tmp_path: Pa
     assert cheap_s < 1.0, cheap_s
     assert len(results) == 16
     assert all(code == 429 and retry for code, _, retry in results), results
-    assert max(took for _, took, _ in results) < queue_s + 1.5, sorted(took for _, took, _ in results)
+    # All turned away together, about queue_timeout_s after they came (not one after another: before,
+    # the last came after 6 s). The bound leaves room for a loaded machine: the whole suite on two
+    # cores once delayed every answer by the same 1.5 s.
+    took = sorted(t for _, t, _ in results)
+    assert took[-1] - took[0] < 1.0 and queue_s <= took[0] and took[-1] < 2 * queue_s + 1.0, took
 
 
 # -- item 6: `loglake up`, key management with auth off, Host -------------------------------------
