@@ -19,6 +19,7 @@ import pytest
 
 from loglake.core.config import Config
 from query.language import parse
+from query.runner import QueryRunner
 from query.service import SearchService
 from query.timerange import format_us
 from storage.catalog import Catalog, PartitionCommit
@@ -242,17 +243,22 @@ def test_watchdog_calls_what_is_due_in_order_again_until_disarmed_and_never_what
     dog.disarm(token)
 
 
+def _runner(tmp_path: Path, *, timeout_s: float) -> QueryRunner:
+    """A runner over an empty lake with ``query.timeout_s``."""
+    catalog = Catalog(f"sqlite:///{tmp_path / 'catalog.sqlite'}")
+    cfg = Config.model_validate({"storage": {"data_root": str(tmp_path / "data"),
+                                             "catalog_url": f"sqlite:///{tmp_path / 'catalog.sqlite'}"},
+                                 "query": {"timeout_s": timeout_s}})
+    (tmp_path / "data").mkdir()
+    return SearchService(cfg, catalog).runner
+
+
 def test_the_time_limit_is_the_requests_not_each_statements(tmp_path: Path) -> None:
     """Inside a slot every statement shares the request's limit: time spent before a statement (a plan,
     an earlier statement, Python) counts, and a statement that starts past the limit never runs."""
     from query.errors import QueryTimeout
 
-    catalog = Catalog(f"sqlite:///{tmp_path / 'catalog.sqlite'}")
-    cfg = Config.model_validate({"storage": {"data_root": str(tmp_path / "data"),
-                                             "catalog_url": f"sqlite:///{tmp_path / 'catalog.sqlite'}"},
-                                 "query": {"timeout_s": 0.3}})
-    (tmp_path / "data").mkdir()
-    runner = SearchService(cfg, catalog).runner
+    runner = _runner(tmp_path, timeout_s=0.3)
     with runner.slot():
         assert runner.run("SELECT 1 AS x", [])["x"].to_pylist() == [1]
         time.sleep(0.35)
@@ -269,12 +275,7 @@ def test_the_time_limit_is_the_requests_not_each_statements(tmp_path: Path) -> N
 def test_a_statement_past_the_time_limit_is_interrupted(tmp_path: Path) -> None:
     from query.errors import QueryTimeout
 
-    catalog = Catalog(f"sqlite:///{tmp_path / 'catalog.sqlite'}")
-    cfg = Config.model_validate({"storage": {"data_root": str(tmp_path / "data"),
-                                             "catalog_url": f"sqlite:///{tmp_path / 'catalog.sqlite'}"},
-                                 "query": {"timeout_s": 0.2}})
-    (tmp_path / "data").mkdir()
-    runner = SearchService(cfg, catalog).runner
+    runner = _runner(tmp_path, timeout_s=0.2)
     t0 = time.monotonic()
     with pytest.raises(QueryTimeout):
         runner.run("SELECT count(*) FROM range(100000000000) a WHERE a.range % 7 = 3", [])
