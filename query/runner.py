@@ -48,6 +48,8 @@ query_deadline: ContextVar[float | None] = ContextVar("query_deadline", default=
 #: while DuckDB is still binding the statement is lost (it clears the flag when execution begins), and
 #: such a statement ran to its end, seconds past the limit, on a loaded machine.
 _INTERRUPT_AGAIN_S = 0.05
+#: How many regular expressions known to compile a runner remembers.
+_KNOWN_REGEXES = 4096
 
 
 class Watchdog:
@@ -161,6 +163,10 @@ class QueryRunner:
         #: The concurrency limit: one slot per running request.
         self.slots = threading.BoundedSemaphore(q.max_concurrent)
         self._footers: FooterCache[SegmentFooter | None] = FooterCache()
+        #: Regular expressions RE2 compiled before (a pattern compiles or not, once and for all): a
+        #: dashboard's queries repeat theirs every refresh. Oldest first, at most _KNOWN_REGEXES.
+        self._compiled: dict[str, None] = {}
+        self._compiled_lock = threading.Lock()
         self.metrics = QueryMetrics()
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
@@ -244,23 +250,26 @@ class QueryRunner:
 
     def check_regexes(self, node: Node) -> None:
         """Refuse a regular expression DuckDB's RE2 cannot compile, before any reading."""
-        patterns = list(dict.fromkeys(regexes(node)))
+        patterns = [p for p in dict.fromkeys(regexes(node)) if p not in self._compiled]
         if not patterns:
             return
         # One statement for all of them, within the time limit (a statement each took 100 ms for a
         # hundred, outside it); only when it fails is each tried alone, to name the one at fault.
         try:
             self.run("SELECT " + ", ".join(["regexp_matches('', ?)"] * len(patterns)), patterns)
-            return
         except QueryTimeout:
             raise
         except (QueryError, duckdb.Error):
-            pass
-        for pattern in patterns:
-            try:
-                self.cursor().execute("SELECT regexp_matches('', ?)", [pattern])
-            except duckdb.Error as e:
-                raise QueryError(f"invalid regular expression /{pattern}/: {e}") from None
+            for pattern in patterns:
+                try:
+                    self.cursor().execute("SELECT regexp_matches('', ?)", [pattern])
+                except duckdb.Error as e:
+                    raise QueryError(f"invalid regular expression /{pattern}/: {e}") from None
+        with self._compiled_lock:
+            for pattern in patterns:
+                self._compiled[pattern] = None
+            while len(self._compiled) > _KNOWN_REGEXES:
+                del self._compiled[next(iter(self._compiled))]
 
     def check_query_text(self, text: str) -> None:
         """Refuse query text over ``query.max_query_chars`` before parsing it (either language)."""

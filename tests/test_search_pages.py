@@ -272,6 +272,26 @@ def test_the_time_limit_is_the_requests_not_each_statements(tmp_path: Path) -> N
         assert runner.run("SELECT 3 AS x", [])["x"].to_pylist() == [3]
 
 
+def test_a_regex_is_compiled_once_and_a_bad_one_refused_every_time(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from query.errors import QueryError
+
+    runner = _runner(tmp_path, timeout_s=5)
+    statements: list[str] = []
+    run = runner.run
+    monkeypatch.setattr(runner, "run", lambda sql, params: (statements.append(sql), run(sql, params))[1])
+    good = parse("message:/ab+c/ OR message:/x[0-9]+/")
+    runner.check_regexes(good)
+    assert len(statements) == 1             # both in one statement
+    runner.check_regexes(good)
+    runner.check_regexes(parse("message:/x[0-9]+/"))
+    assert len(statements) == 1             # known to compile: no statement
+    for _ in range(2):
+        with pytest.raises(QueryError, match=r"invalid regular expression /\(unclosed/"):
+            runner.check_regexes(parse("message:/ab+c/ OR message:/(unclosed/"))
+    assert len(statements) == 3
+
+
 def test_a_statement_past_the_time_limit_is_interrupted(tmp_path: Path) -> None:
     from query.errors import QueryTimeout
 
