@@ -633,3 +633,40 @@ def test_processes_racing_for_one_partition_exactly_one_wins_each_round(catalog_
         cat.close()
     assert integrity(catalog_url) == "ok"
 
+
+
+# -- how raw is encoded -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("repeating", [True, False])
+def test_raw_is_dictionary_encoded_only_where_skeletons_repeat_and_reads_back_alike(repeating: bool) -> None:
+    import duckdb
+
+    from storage.lines import SLOT, original_line
+    from storage.root import write_segment
+    from tests.helpers.lake import arrow_table, record
+
+    n = 20_000
+    rows = []
+    for i in range(n):
+        skeleton = '{"msg":"' + SLOT + "\x02" + SLOT + '","n":' + (str(i) if not repeating else str(i % 7)) + "}"
+        rows.append(record(1_700_000_000_000_000 + i, "api" if i < n // 2 else "db", "info", f"m{i}",
+                           raw=skeleton if i % 10 else None, head=None if i % 10 else "H "))
+    table = arrow_table(rows)
+    sink = pa.BufferOutputStream()
+    write_segment(table, sink, zstd_level=3, row_group_rows=4096)
+    data = sink.getvalue()
+    meta = pq.ParquetFile(pa.BufferReader(data)).metadata
+    raw = [c for g in range(meta.num_row_groups) for c in map(meta.row_group(g).column, range(meta.num_columns))
+           if c.path_in_schema == "raw"]
+    assert len(raw) == meta.num_row_groups == 5
+    assert all(("RLE_DICTIONARY" in c.encodings) == repeating for c in raw)
+    back = pq.read_table(pa.BufferReader(data))
+    assert back.equals(table)
+    with tempfile.NamedTemporaryFile(suffix=".parquet") as f:
+        f.write(data.to_pybytes())
+        f.flush()
+        con = duckdb.connect()
+        got = [r[0] for r in con.execute(f"SELECT raw FROM read_parquet('{f.name}')").fetchall()]
+    assert got == table["raw"].to_pylist()
+    assert [original_line(r) for r in back.to_pylist()] == [original_line(r) for r in rows]
