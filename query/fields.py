@@ -14,10 +14,9 @@ import pyarrow as pa
 
 from query.errors import QueryError
 from query.language import MatchAll, Node
-from query.planner import FIELD_COLUMNS, ORIGINAL_FIELDS, SELECT_COLUMNS, group_sql, resolve
+from query.planner import FIELD_COLUMNS, ORIGINAL_FIELDS, SELECT_COLUMNS, group_sql, nearest_segments, resolve
 from query.runner import RANGE_SQL, Plan, QueryRunner
 from query.timerange import parse_range
-from storage.catalog import SegmentRow
 
 
 @dataclass
@@ -68,7 +67,8 @@ class FieldQueries:
             # the whole range. A day's sidebar read every row of the day's attributes to keep 10,000.
             table, rows, windows = None, want, 0
             while table is None:
-                lo = _window_start(scan.segments, rows)
+                taken = nearest_segments(scan.segments, rows)
+                lo = start_us if taken is None else min(g.min_ts_us for g in taken)
                 if lo <= start_us:
                     table = self._sample(plan, start_us, end_us, want)
                     break
@@ -131,13 +131,3 @@ class FieldQueries:
 def _sampled(table: pa.Table) -> int:
     return int(table["total"][0].as_py()) if table.num_rows else 0
 
-
-def _window_start(segments: list[SegmentRow], rows: int) -> int:
-    """The oldest time among the newest segments (by their newest row) that hold ``rows`` rows."""
-    covered, lo = 0, 1 << 62
-    for g in sorted(segments, key=lambda g: -g.max_ts_us):
-        covered += g.rows
-        lo = min(lo, g.min_ts_us)
-        if covered >= rows:
-            return lo
-    return -(1 << 62)           # they do not hold as many: the whole range

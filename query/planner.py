@@ -576,6 +576,19 @@ class Scan:
                         + " UNION ALL BY NAME ".join(f"({p})" for p in parts) + ")", params)
 
 
+def nearest_segments(segments: list[SegmentRow], rows: int, *, newest: bool = True) -> list[SegmentRow] | None:
+    """The fewest segments nearest one end of a range (the newest by their newest row, else the
+    oldest by their oldest row) that hold ``rows`` rows; None when all of them hold fewer. A window
+    starting at the oldest time among them (or ending after the newest) holds at least ``rows``."""
+    ordered = sorted(segments, key=lambda g: -g.max_ts_us if newest else g.min_ts_us)
+    covered = 0
+    for n, g in enumerate(ordered, 1):
+        covered += g.rows
+        if covered >= rows:
+            return ordered[:n]
+    return None
+
+
 def choose(node: Node, segments: list[SegmentRow], root: str,
            index_of: Callable[[SegmentRow], SegmentIndex | None] | None = None) -> Scan:
     """What to read for ``node`` among ``segments`` (already limited to the time range)."""

@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 
 from query.errors import QueryError
 from query.language import Node
-from query.planner import SELECT_COLUMNS, Compiled, field_sql
+from query.planner import SELECT_COLUMNS, Compiled, field_sql, nearest_segments
 from query.runner import RANGE_SQL, Plan, QueryRunner
 from query.timerange import format_us, parse_range
 
@@ -191,20 +191,17 @@ class Searcher:
             rows, cursor, _ = self._page(plan, lo, hi, limit, order, projection, after)
             return rows, cursor, 0
         desc = order == "desc"
-        # Nearest the page's start first: newest ends for a descending page, oldest starts otherwise.
-        ordered = sorted(segments, key=lambda g: -g.max_ts_us if desc else g.min_ts_us)
         want = _WINDOW_PAGES * (limit + 1)
-        windows, taken, covered = 0, 0, 0
+        windows = 0
         while True:
-            while taken < len(ordered) and covered < want:
-                covered += ordered[taken].rows
-                taken += 1
-            if taken >= len(ordered):
+            # Nearest the page's start first: newest ends for a descending page, oldest starts otherwise.
+            taken = nearest_segments(segments, want, newest=desc)
+            if taken is None or len(taken) == len(segments):
                 w_lo, w_hi = lo, hi
             elif desc:
-                w_lo, w_hi = max(lo, min(g.min_ts_us for g in ordered[:taken])), hi
+                w_lo, w_hi = max(lo, min(g.min_ts_us for g in taken)), hi
             else:
-                w_lo, w_hi = lo, min(hi, max(g.max_ts_us for g in ordered[:taken]) + 1)
+                w_lo, w_hi = lo, min(hi, max(g.max_ts_us for g in taken) + 1)
             windows += 1
             whole = (w_lo, w_hi) == (lo, hi)
             inside = [g for g in segments if g.max_ts_us >= w_lo and g.min_ts_us < w_hi]

@@ -48,7 +48,6 @@ def add_parsers(sub: Subparsers) -> None:
         add(sub)
 
 
-
 def _storage(sub: Subparsers) -> None:
     compact = sub.add_parser("compact", help="merge each hour's small segments into big sorted ones")
     compact.add_argument("--tenant")
