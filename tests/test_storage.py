@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -30,8 +31,9 @@ from storage.catalog import MIGRATIONS, Catalog, PartitionCommit, PartitionState
 from storage.database import POSTGRES
 from storage.errors import CatalogConflict, CatalogUnavailable, StorageError
 from storage.schema import RECORD_SCHEMA, SEVERITY
-from storage.segments import SegmentInfo, check_tenant, write_segments
+from storage.segments import MIN_RUN_ROWS, SegmentInfo, check_tenant, gather, hours_of, write_segments
 from tests.helpers.catalogs import integrity, is_postgres, run_sql
+from tests.helpers.fuzzing import examples
 
 HOUR = timedelta(hours=1)
 BASE = datetime(2024, 3, 4, 22, 0, tzinfo=UTC)          # two hours before midnight
@@ -125,6 +127,51 @@ def test_segments_hold_every_row_once(tmp_path: Path) -> None:
         return (r["message"], r["ts"])
 
     assert sorted(back, key=key) == sorted(table_of(rows).to_pylist(), key=key)
+
+
+def framed_rows(frames: list[tuple[str, int]]) -> list[dict[str, Any]]:
+    """Rows as a flush gets them: frames of one service's lines in time order, the frames of
+    different services interleaved, the times crossing hours."""
+    clock = {"web": BASE, "api": BASE + timedelta(minutes=20), "db": BASE + timedelta(minutes=50)}
+    rows = []
+    for f, (service, n) in enumerate(frames):
+        for i in range(n):
+            clock[service] += timedelta(seconds=7)
+            rows.append(record(clock[service], service=service, message=f"{service} {f} {i}"))
+    return rows
+
+
+@settings(max_examples=examples(40), deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["web", "api", "db"]), st.integers(1, 3 * MIN_RUN_ROWS)),
+                min_size=1, max_size=8))
+def test_gather_puts_rows_in_segment_order_as_a_take_does(frames: list[tuple[str, int]]) -> None:
+    table = table_of(framed_rows(frames))
+    hours = hours_of(table)
+    order = pc.sort_indices(pa.table({"hour": hours, "service": table["service"].cast(pa.string()),
+                                      "ts": table["ts"]}),
+                            sort_keys=[("hour", "ascending"), ("service", "ascending"), ("ts", "ascending")])
+    assert gather(table, order).equals(table.take(order))
+
+
+def test_segments_of_frames_in_order_are_slices_of_the_batch_and_hold_every_row(tmp_path: Path) -> None:
+    frames = [("web", 900), ("api", 700), ("web", 600), ("db", 1200), ("api", 800), ("web", 500)]
+    rows = framed_rows(frames)
+    table = table_of(rows)
+    hours = hours_of(table)
+    order = pc.sort_indices(pa.table({"hour": hours, "service": table["service"].cast(pa.string()),
+                                      "ts": table["ts"]}),
+                            sort_keys=[("hour", "ascending"), ("service", "ascending"), ("ts", "ascending")])
+    gathered = gather(table, order)
+    # (slices, not a copy: a chunk per run of the batch)
+    assert gathered["attrs"].num_chunks > 1
+    assert gathered.equals(table.take(order))
+    infos = write_segments(tmp_path, "acme", table, "s.parquet")
+    assert len(infos) > 1
+    back = [r for i in infos for r in pq.read_table(tmp_path / i.path).cast(RECORD_SCHEMA).to_pylist()]
+    assert [(r["service"], r["ts"], r["message"]) for r in back] == \
+        sorted([(r["service"], r["ts"], r["message"]) for r in rows],
+               key=lambda k: (int(k[1].timestamp()) // 3600, k[0], k[1]))
+    assert sum(i.rows for i in infos) == len(rows)
 
 
 def test_segment_files_are_zstd_compressed(tmp_path: Path) -> None:
