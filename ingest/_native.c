@@ -571,7 +571,67 @@ PyDoc_STRVAR(json_entries_doc,
 "int64 offsets and bytes of each line's shape: the line with the value of each\n"
 "group's key from the third group on (the one `positions` names), when written\n"
 "plainly (a string with nothing escaped, or a number), as one byte: the group's\n"
-"number (empty for lines not flattened).");
+"number (empty for lines not flattened); and per line the int64 instant (µs since\n"
+"the epoch) of the first group's value when it is a plain RFC 3339 time with a zone\n"
+"(INT64_MIN otherwise).");
+
+/* Days since 1970-01-01 of a proleptic Gregorian date. */
+static int64_t days_from_civil(int64_t y, int64_t m, int64_t d) {
+    y -= m <= 2;
+    int64_t era = (y >= 0 ? y : y - 399) / 400, yoe = y - era * 400;
+    int64_t doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
+    return era * 146097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719468;
+}
+
+static inline int digits(const char *s, int n, int *out) {
+    int v = 0;
+    for (int k = 0; k < n; k++) {
+        if (s[k] < '0' || s[k] > '9') return -1;
+        v = v * 10 + (s[k] - '0');
+    }
+    *out = v;
+    return 0;
+}
+
+/* The instant (µs since the epoch) of s when it is written the one plain RFC 3339 way,
+ * "YYYY-MM-DD(T| )HH:MM:SS[.fraction](Z|+HH:MM|-HH:MM)", with a real date and time; INT64_MIN for
+ * anything else, which the SQL steps read as they always did. Digits of the fraction past the
+ * sixth are dropped, as DuckDB's cast drops them. */
+static int64_t rfc3339_us(const char *s, Py_ssize_t len) {
+    static const int month_days[12] = {31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+    int y, mo, d, h, mi, sec;
+    if (len < 20 || s[4] != '-' || s[7] != '-' || (s[10] != 'T' && s[10] != ' ') || s[13] != ':' ||
+        s[16] != ':' || digits(s, 4, &y) < 0 || digits(s + 5, 2, &mo) < 0 || digits(s + 8, 2, &d) < 0 ||
+        digits(s + 11, 2, &h) < 0 || digits(s + 14, 2, &mi) < 0 || digits(s + 17, 2, &sec) < 0)
+        return INT64_MIN;
+    if (mo < 1 || mo > 12 || d < 1 || d > month_days[mo - 1] || h > 23 || mi > 59 || sec > 59 || y < 1)
+        return INT64_MIN;
+    if (mo == 2 && d == 29 && !(y % 4 == 0 && (y % 100 != 0 || y % 400 == 0)))
+        return INT64_MIN;
+    Py_ssize_t at = 19;
+    int64_t micros = 0;
+    if (s[at] == '.') {
+        int n = 0;
+        for (at++; at < len && s[at] >= '0' && s[at] <= '9'; at++, n++) {
+            if (n < 6) micros = micros * 10 + (s[at] - '0');
+        }
+        if (n == 0 || n > 9) return INT64_MIN;
+        for (; n < 6; n++) micros *= 10;
+    }
+    int64_t offset_s = 0;
+    if (at == len - 1 && s[at] == 'Z') {
+        /* UTC */
+    } else if (at == len - 6 && (s[at] == '+' || s[at] == '-') && s[at + 3] == ':') {
+        int oh, om;
+        if (digits(s + at + 1, 2, &oh) < 0 || digits(s + at + 4, 2, &om) < 0 || oh > 23 || om > 59)
+            return INT64_MIN;
+        offset_s = (s[at] == '-' ? -1 : 1) * (int64_t)(oh * 3600 + om * 60);
+    } else {
+        return INT64_MIN;
+    }
+    int64_t secs = days_from_civil(y, mo, d) * 86400 + h * 3600 + mi * 60 + sec - offset_s;
+    return secs * 1000000 + micros;
+}
 
 static PyObject *json_entries(PyObject *self, PyObject *args) {
     PyObject *offsets, *data, *selected, *groups;
@@ -594,8 +654,9 @@ static PyObject *json_entries(PyObject *self, PyObject *args) {
         PyMem_Free(wk);
         return NULL;
     }
-    /* status, list_off, key_off, keys, val_off, vals, valid, key, positions, shape_off, shape, spans */
-    Buf b[12] = {{0}};
+    /* status, list_off, key_off, keys, val_off, vals, valid, key, positions, shape_off, shape, spans, instants */
+    Buf b[13] = {{0}};
+    Buf *instants = &b[12];
     Buf *positions = &b[8], *shape_off = &b[9], *shape = &b[10];
     Buf *status = &b[0], *list_off = &b[1];
     Json j = {.keys = &b[3], .vals = &b[5], .key = &b[7], .key_off = &b[2], .val_off = &b[4], .valid = &b[6],
@@ -603,7 +664,7 @@ static PyObject *json_entries(PyObject *self, PyObject *args) {
     const char *sel = (const char *)in.selected.buf;
     int failed = 0;
     Py_BEGIN_ALLOW_THREADS
-    if (buf_reserve(status, n) < 0 || buf_i32(list_off, 0) < 0 || buf_i64(j.key_off, 0) < 0 ||
+    if (buf_reserve(status, n) < 0 || buf_reserve(instants, n * 8) < 0 || buf_i32(list_off, 0) < 0 || buf_i64(j.key_off, 0) < 0 ||
         buf_i64(j.val_off, 0) < 0 || buf_i64(shape_off, 0) < 0)
         j.oom = 1;
     for (Py_ssize_t i = 0; i < n && !j.oom; i++) {
@@ -646,6 +707,18 @@ static PyObject *json_entries(PyObject *self, PyObject *args) {
         if (find_well_known(wk, j.keys, j.key_off, row_first, st == PARSED ? j.entries - row_first : 0,
                             positions) < 0)
             j.oom = 1;
+        int64_t instant = INT64_MIN;
+        if (st == PARSED && !j.oom && wk->groups > 0) {
+            /* The first group's value (the time), read when it is a plain RFC 3339 instant. */
+            int32_t at = ((const int32_t *)(positions->p + positions->len))[-wk->groups];
+            if (at > 0 && j.valid->p[row_first + at - 1]) {
+                const int64_t *voff = (const int64_t *)j.val_off->p;
+                instant = rfc3339_us(j.vals->p + voff[row_first + at - 1],
+                                     voff[row_first + at] - voff[row_first + at - 1]);
+            }
+        }
+        if (!j.oom && buf_i64(instants, instant) < 0)
+            j.oom = 1;
         if (st == PARSED && !j.oom) {
             /* The shape: each group's chosen value written as the group's number (a byte JSON never
              * holds unescaped), the rest of the line as it is. */
@@ -669,13 +742,13 @@ static PyObject *json_entries(PyObject *self, PyObject *args) {
     lines_close(&in);
     PyMem_Free(wk);
     if (j.oom || failed) {
-        free_bufs(b, 12);
+        free_bufs(b, 13);
         return j.oom ? PyErr_NoMemory() : (PyErr_SetString(PyExc_OverflowError, "too many entries"), NULL);
     }
-    PyObject *out = Py_BuildValue("(NNNNNNNNNN)", buf_bytes(status), buf_bytes(list_off), buf_bytes(j.key_off),
+    PyObject *out = Py_BuildValue("(NNNNNNNNNNN)", buf_bytes(status), buf_bytes(list_off), buf_bytes(j.key_off),
                                   buf_bytes(j.keys), buf_bytes(j.val_off), buf_bytes(j.vals), buf_bytes(j.valid),
-                                  buf_bytes(positions), buf_bytes(shape_off), buf_bytes(shape));
-    free_bufs(b, 12);
+                                  buf_bytes(positions), buf_bytes(shape_off), buf_bytes(shape), buf_bytes(instants));
+    free_bufs(b, 13);
     return out;
 }
 

@@ -26,9 +26,11 @@ def json_entries(
     max_depth: int,
     groups: list[list[bytes]],
     /,
-) -> tuple[bytes, bytes, bytes, bytes, bytes, bytes, bytes, bytes, bytes, bytes]:
+) -> tuple[bytes, bytes, bytes, bytes, bytes, bytes, bytes, bytes, bytes, bytes, bytes]:
     """The selected JSON lines flattened: ``(status, list_offsets, key_offsets, keys,
-    value_offsets, values, valid, positions, shape_offsets, shapes)``."""
+    value_offsets, values, valid, positions, shape_offsets, shapes, instants)``; ``instants``
+    holds an int64 per line: the first group's value as µs since the epoch when it is plain
+    RFC 3339 with a zone, else the least int64."""
 
 def clf_fields(
     offsets: _Buffer,

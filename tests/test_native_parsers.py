@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import duckdb
@@ -26,10 +26,12 @@ from ingest import _native
 from ingest.normalise import Normaliser
 from ingest.parsers import access
 from ingest.parsers import json as json_parser
+from ingest.timestamps import macros
 from tests.helpers import normalising
 from tests.helpers.fuzzing import examples
 
 OBSERVED = datetime(2024, 6, 1, 12, 0, tzinfo=UTC)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 PARSED, DEFER = 1, 2
 
 
@@ -41,6 +43,8 @@ class SqlOnly(Normaliser):
         for name in ("p_json_status", "p_clf_status"):
             i = out.schema.get_field_index(name)
             out = out.set_column(i, name, pa.array(np.full(out.num_rows, DEFER, np.int8)))
+        i = out.schema.get_field_index("p_json_at")
+        out = out.set_column(i, "p_json_at", pa.nulls(out.num_rows, out.schema.field(i).type))
         return out, frozenset()
 
 
@@ -112,6 +116,55 @@ def test_json_records_equal_the_sql_parsers(both: tuple[Normaliser, Normaliser],
     # Either way, each row gives back the line it was made from.
     assert [normalising.original(r) for r in native_rows] == lines
     assert [normalising.original(r) for r in sql_rows] == lines
+
+
+@st.composite
+def _instant_text(draw: st.DrawFn) -> str:
+    """Times near RFC 3339's plain shape: real and impossible dates and times, fractions of any
+    length, every zone spelling, and a separator sometimes changed."""
+    year = draw(st.integers(0, 9999))
+    month, day = draw(st.integers(0, 13)), draw(st.sampled_from([1, 9, 28, 29, 30, 31, 32]))
+    hour, minute, second = draw(st.integers(0, 25)), draw(st.integers(0, 60)), draw(st.integers(0, 61))
+    date_sep, time_sep = draw(st.sampled_from("----/")), draw(st.sampled_from("::::."))
+    sep = draw(st.sampled_from(["T", "T", " ", "t", "  "]))
+    fraction = draw(st.sampled_from(["", "", "."]) | st.from_regex(r"\.\d{1,10}", fullmatch=True))
+    zone = draw(st.sampled_from(["Z", "Z", "z", "", " UTC", "+00:00", "-00:00", "+05:30", "-08:00", "+23:59",
+                                 "+24:00", "-12:60", "+0530", "+05", " +05:00"]))
+    return (f"{year:04d}{date_sep}{month:02d}-{day:02d}{sep}{hour:02d}{time_sep}{minute:02d}:{second:02d}"
+            f"{fraction}{zone}")
+
+
+@settings(max_examples=examples(150), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(times=st.lists(_instant_text(), min_size=1, max_size=8))
+def test_json_times_read_by_the_compiled_pass_equal_the_sql_parsers(both: tuple[Normaliser, Normaliser],
+                                                                     times: list[str]) -> None:
+    lines = [orjson.dumps({"time": t, "msg": "m"}).decode() for t in times]
+    native, sql = both
+    _assert_same(_records(native, lines), _records(sql, lines))
+    # Where the compiled pass read a time, it is the instant the SQL macro makes of the text.
+    at = json_parser.native_entries(pa.array(lines, pa.string()), np.ones(len(lines), bool))["at"].to_pylist()
+    with duckdb.connect() as con:
+        con.execute("SET TimeZone = 'UTC'")
+        for m in macros():
+            con.execute(m)
+        for t, got in zip(times, at, strict=True):
+            if got is not None:
+                micros = con.execute("SELECT epoch_us(ll_ts_tz(?))", [t]).fetchone()[0]
+                assert micros == (got - EPOCH) // timedelta(microseconds=1), t
+
+
+def test_the_compiled_pass_reads_plain_rfc3339_times_and_leaves_the_others() -> None:
+    times = ["2024-03-04T05:06:07Z", "2024-03-04 05:06:07.123456789+05:30", "2024-02-29T23:59:59.5-00:30",
+             "0001-01-01T00:00:00Z",
+             # left to the SQL steps: other spellings, and what no calendar has
+             "2024-03-04T05:06:07", "2024-03-04T05:06:07+0530", "2024-03-04T05:06:07 UTC", "2024-03-04t05:06:07Z",
+             "2023-02-29T00:00:00Z", "2024-04-31T00:00:00Z", "2024-03-04T24:00:00Z", "2024-03-04T05:06:60Z",
+             "2024-03-04T05:06:07.Z", "2024-03-04T05:06:07.1234567890Z", "1709528767"]
+    lines = [orjson.dumps({"ts": t}).decode() for t in times] + [orjson.dumps({"ts": 1709528767}).decode()]
+    at = json_parser.native_entries(pa.array(lines, pa.string()), np.ones(len(lines), bool))["at"].to_pylist()
+    assert at[:4] == [datetime(2024, 3, 4, 5, 6, 7, tzinfo=UTC), datetime(2024, 3, 3, 23, 36, 7, 123456, tzinfo=UTC),
+                      datetime(2024, 3, 1, 0, 29, 59, 500000, tzinfo=UTC), datetime(1, 1, 1, tzinfo=UTC)]
+    assert at[4:] == [None] * (len(lines) - 4)
 
 
 def test_json_lines_the_compiled_pass_takes_and_leaves() -> None:

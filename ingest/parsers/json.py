@@ -79,6 +79,7 @@ _AS_TEXT = (f"CAST(list_transform({{p}}_n, e -> {{'key': e.key, 'value': "
 
 _ENTRIES = pa.list_(pa.struct([("key", pa.large_string()), ("value", pa.large_string())]))
 PARSED = 1          # the line's status from _native: 1 flattened there, 2 left to the SQL steps
+_NOT_READ = np.iinfo(np.int64).min      # _native's instant of a time it did not read
 
 
 #: The groups of well-known keys, each in precedence order: their positions become the step ``k``.
@@ -89,10 +90,12 @@ _GROUPS = [[k.encode() for k in keys] for keys in WELL_KNOWN.values()]
 
 def native_entries(lines: pa.StringArray, selected: np.ndarray) -> dict[str, pa.Array]:
     """The compiled flattening of the ``selected`` lines: ``status``, their entries ``c`` and
-    where their well-known keys are (``pos``, as the step ``k`` has them), and each line's ``shape``
-    (the line with the values kept elsewhere left out: see :func:`storage.lines.original_line`)."""
-    status, list_off, key_off, keys, val_off, vals, valid, positions, shape_off, shape = _native.json_entries(
-        *native_args(lines, selected), MAX_DEPTH, _GROUPS)
+    where their well-known keys are (``pos``, as the step ``k`` has them), each line's ``shape``
+    (the line with the values kept elsewhere left out: see :func:`storage.lines.original_line`),
+    and ``at``, the instant of its time key's value where that is plain RFC 3339 with a zone (what
+    ``ll_ts_tz`` would make of it; the step ``tz`` reads the others)."""
+    status, list_off, key_off, keys, val_off, vals, valid, positions, shape_off, shape, instants = \
+        _native.json_entries(*native_args(lines, selected), MAX_DEPTH, _GROUPS)
     m = len(valid)
     present = np.frombuffer(valid, np.uint8)
     bitmap = None if present.all() else pa.py_buffer(np.packbits(present, bitorder="little"))
@@ -108,7 +111,9 @@ def native_entries(lines: pa.StringArray, selected: np.ndarray) -> dict[str, pa.
     flattened = st == PARSED
     shapes = strings(len(st), shape_off, shape, None if flattened.all() else
                      pa.py_buffer(np.packbits(flattened, bitorder="little")), large=True)
-    return {"status": pa.array(st), "c": entries, "pos": found, "shape": shapes}
+    at = np.frombuffer(instants, np.int64)
+    return {"status": pa.array(st), "c": entries, "pos": found, "shape": shapes,
+            "at": pa.array(at, pa.timestamp("us", tz="UTC"), mask=at == _NOT_READ)}
 
 
 def _flatten_steps() -> tuple[tuple[str, str], ...]:
@@ -157,7 +162,8 @@ _VALUE_STEPS: tuple[tuple[str, str], ...] = (
           "'svc': {p}_e[{p}_k.svc].value, 'trace': {p}_e[{p}_k.trace].value, "
           "'span': {p}_e[{p}_k.span].value, 'host': {p}_e[{p}_k.host].value"
           "}"),
-    ("tz", "ll_ts_tz({p}_v.ts)"),
+    # (the compiled pass read the plain RFC 3339 times, the usual ones: a CASE runs the macro on the rest)
+    ("tz", "CASE WHEN {p}_at IS NOT NULL THEN {p}_at ELSE ll_ts_tz({p}_v.ts) END"),
     ("local", "CASE WHEN {p}_tz IS NULL THEN ll_ts_local({p}_v.ts) END"),
     # Keys that became columns leave attrs: the time only if it parsed, the level only if
     # it is a normalised name in some case (so "WARNING" or 30 is still there to see).
