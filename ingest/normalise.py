@@ -54,6 +54,11 @@ log = logging.getLogger("loglake.ingest")
 # A value per source, repeated on each of its lines: dictionary-encoded, as the batch builds them.
 _PER_SOURCE = pa.dictionary(pa.int32(), pa.string())
 
+#: DuckDB's rows per Arrow chunk, and the lines' bytes up to which a batch's result is one chunk
+#: (far below the 2 GiB a string chunk can hold, as the message and line can both be whole lines).
+_ARROW_BATCH_ROWS = 1_000_000
+_ONE_CHUNK_BYTES = 1 << 29
+
 #: Columns of the batch handed to :class:`Normaliser`.
 RAW_SCHEMA = pa.schema([
     ("line", pa.string()),
@@ -374,7 +379,7 @@ class Normaliser:
         self.con.register("c", c)
         try:
             inherit = bool(pc.any(c.column("l_cont")).as_py())
-            out = self.con.execute(self._statement(c, inherit, compiled)).to_arrow_table()
+            out = self.con.execute(self._statement(c, inherit, compiled)).to_arrow_table(_batch_rows(c))
         finally:
             self.con.unregister("c")
         # The columns parsing never changes come from the batch as they are, not through DuckDB
@@ -448,7 +453,7 @@ class Normaliser:
         """The first statement over ``raw``: each line (unwrapped) with its format."""
         self.con.register("raw", raw)
         try:
-            routed = self.con.execute(self.route_sql).to_arrow_table()
+            routed = self.con.execute(self.route_sql).to_arrow_table(_batch_rows(raw))
         finally:
             self.con.unregister("raw")
         # The columns routing does not change come straight from the batch, not through DuckDB;
@@ -524,6 +529,12 @@ def _skeletons(out: pa.Table, pairs: pa.ListArray) -> pa.Array:
         values.buffers()[0], values.offset)
     return pa.Array.from_buffers(pa.string(), len(raw), [valid.buffers()[1] if raw.null_count else None,
                                                           pa.py_buffer(off), pa.py_buffer(data)])
+
+
+def _batch_rows(lines: pa.Table) -> int:
+    """DuckDB's rows per Arrow chunk for a statement over the batch ``lines``: all of them where
+    that fits (a second chunk costs a copy of every column to join them again)."""
+    return max(lines.num_rows, 1) if lines.column("line").nbytes < _ONE_CHUNK_BYTES else _ARROW_BATCH_ROWS
 
 
 def _one_chunk(column: pa.ChunkedArray) -> pa.Array:

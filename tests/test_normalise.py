@@ -524,3 +524,22 @@ def test_attrs_cut_at_max_attrs_keep_the_parse_flags() -> None:
     # The first three of the line's own, how many were dropped, and why its time is the observed one.
     assert attrs(row) == {"k0": "0", "k1": "1", "k2": "2", "attrs_dropped": "7"} | OBSERVED_FLAG
     assert row["ts"] == OBSERVED
+
+
+def test_a_batch_duckdb_returns_in_several_chunks_gives_the_records_of_one_chunk(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import ingest.normalise as normalise
+    lines = ([orjson.dumps({"time": f"2031-05-06T07:0{i % 10}:00Z", "level": "warn", "msg": f"m{i}", "k": i}).decode()
+              for i in range(40)] + [f'10.0.0.{i} - - [06/May/2031:07:08:0{i % 10} +0000] "GET /{i} HTTP/1.1" 200 5'
+                                     for i in range(40)] + [f"plain line {i}" for i in range(40)])
+    whole = Normaliser()
+    expected = whole(raw(lines))
+    whole.close()
+    # (DuckDB's result in chunks of 7 rows, as a batch past the bytes one chunk takes gets it)
+    monkeypatch.setattr(normalise, "_ONE_CHUNK_BYTES", 0)
+    monkeypatch.setattr(normalise, "_ARROW_BATCH_ROWS", 7)
+    chunked = Normaliser()
+    got = chunked(raw(lines))
+    chunked.close()
+    assert got.num_rows == len(lines)
+    assert got.to_pylist() == expected.to_pylist()
