@@ -830,9 +830,33 @@ PyDoc_STRVAR(clf_fields_doc,
 "values)): a status byte per line (0 not selected, 1 split, 2 left to the SQL\n"
 "parser); per field int32 offsets and bytes, an empty value on lines not split\n"
 "here; int32 attribute offsets per line, a byte per attribute (its index in\n"
-"attrs), and the values' int32 offsets and bytes.");
+"attrs), and the values' int32 offsets and bytes; then per line the int64 instant\n"
+"(µs since the epoch) of a time field written \"DD/Mon/YYYY:HH:MM:SS +HHMM\" on a\n"
+"line split here (INT64_MIN otherwise).");
 
-#define CLF_BUFS (1 + 2 * CLF_FIELDS + 4)
+#define CLF_BUFS (1 + 2 * CLF_FIELDS + 5)
+#define CLF_TIME 3          /* the time's field */
+
+/* The instant (µs since the epoch) of an access log's time written the usual way,
+ * "DD/Mon/YYYY:HH:MM:SS +HHMM" (an English month as written, a real date and time); INT64_MIN for
+ * anything else, which the SQL steps' strptime reads as it always did. */
+static int64_t clf_time_us(const char *s, Py_ssize_t len) {
+    static const char months[] = "JanFebMarAprMayJunJulAugSepOctNovDec";
+    static const int month_days[12] = {31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+    int d, y, h, mi, sec, oh, om, mo = 0;
+    if (len != 26 || s[2] != '/' || s[6] != '/' || s[11] != ':' || s[14] != ':' || s[17] != ':' || s[20] != ' ' ||
+        (s[21] != '+' && s[21] != '-') || digits(s, 2, &d) < 0 || digits(s + 7, 4, &y) < 0 ||
+        digits(s + 12, 2, &h) < 0 || digits(s + 15, 2, &mi) < 0 || digits(s + 18, 2, &sec) < 0 ||
+        digits(s + 22, 2, &oh) < 0 || digits(s + 24, 2, &om) < 0)
+        return INT64_MIN;
+    while (mo < 12 && memcmp(months + 3 * mo, s + 3, 3) != 0) mo++;
+    if (mo == 12 || y < 1 || d < 1 || d > month_days[mo] || h > 23 || mi > 59 || sec > 59 || oh > 23 || om > 59)
+        return INT64_MIN;
+    if (mo == 1 && d == 29 && !(y % 4 == 0 && (y % 100 != 0 || y % 400 == 0)))
+        return INT64_MIN;
+    int64_t offset_s = (s[21] == '-' ? -1 : 1) * (int64_t)(oh * 3600 + om * 60);
+    return (days_from_civil(y, mo + 1, d) * 86400 + h * 3600 + mi * 60 + sec - offset_s) * 1000000;
+}
 
 static PyObject *clf_fields(PyObject *self, PyObject *args) {
     PyObject *offsets, *data, *selected, *spec;
@@ -861,11 +885,13 @@ static PyObject *clf_fields(PyObject *self, PyObject *args) {
     Buf *status = &b[0];
     /* per line: where its attributes start; per attribute: its index in spec, and its value */
     Buf *attr_off = &b[1 + 2 * CLF_FIELDS], *attr_key = attr_off + 1, *val_off = attr_off + 2, *vals = attr_off + 3;
+    Buf *instants = attr_off + 4;
     const char *sel = (const char *)in.selected.buf;
     int oom = 0;
     int32_t entries = 0;
     Py_BEGIN_ALLOW_THREADS
-    oom = buf_reserve(status, n) < 0 || buf_i32(attr_off, 0) < 0 || buf_i32(val_off, 0) < 0;
+    oom = buf_reserve(status, n) < 0 || buf_reserve(instants, 8 * n) < 0 || buf_i32(attr_off, 0) < 0 ||
+          buf_i32(val_off, 0) < 0;
     for (int f = 0; f < CLF_FIELDS && !oom; f++)
         oom = buf_reserve(&b[1 + 2 * f], 4 * (n + 1)) < 0 || buf_i32(&b[1 + 2 * f], 0) < 0;
     for (Py_ssize_t i = 0; i < n && !oom; i++) {
@@ -876,6 +902,9 @@ static PyObject *clf_fields(PyObject *self, PyObject *args) {
             st = line_at(&in, i, &s, &end) == 0 && clf_line(s, end, at, to) == 0 ? PARSED : DEFER;
         }
         status->p[status->len++] = st;
+        if (!oom)
+            oom = buf_i64(instants, st == PARSED ? clf_time_us(at[CLF_TIME], to[CLF_TIME] - at[CLF_TIME])
+                                                 : INT64_MIN) < 0;
         for (int f = 0; f < CLF_FIELDS && !oom; f++) {
             Buf *off = &b[1 + 2 * f], *val = &b[2 + 2 * f];
             if (st == PARSED && buf_put(val, at[f], to[f] - at[f]) < 0) oom = 1;
@@ -907,8 +936,8 @@ static PyObject *clf_fields(PyObject *self, PyObject *args) {
         if (!pair) { Py_DECREF(fields); free_bufs(b, CLF_BUFS); return NULL; }
         PyList_SET_ITEM(fields, f, pair);
     }
-    PyObject *out = Py_BuildValue("(NN(NNNN))", buf_bytes(status), fields, buf_bytes(attr_off), buf_bytes(attr_key),
-                                  buf_bytes(val_off), buf_bytes(vals));
+    PyObject *out = Py_BuildValue("(NN(NNNN)N)", buf_bytes(status), fields, buf_bytes(attr_off), buf_bytes(attr_key),
+                                  buf_bytes(val_off), buf_bytes(vals), buf_bytes(instants));
     free_bufs(b, CLF_BUFS);
     return out;
 }

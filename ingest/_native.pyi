@@ -40,10 +40,11 @@ def clf_fields(
     n: int,
     attrs: list[tuple[int, bool]],
     /,
-) -> tuple[bytes, list[tuple[bytes, bytes]], tuple[bytes, bytes, bytes, bytes]]:
+) -> tuple[bytes, list[tuple[bytes, bytes]], tuple[bytes, bytes, bytes, bytes], bytes]:
     """The selected access lines split: ``(status, [(offsets, data)] * 11,
-    (list_offsets, keys, value_offsets, values))``; ``attrs`` is (field index, whether a
-    lone "-" is absent) per attribute."""
+    (list_offsets, keys, value_offsets, values), instants)``; ``attrs`` is (field index,
+    whether a lone "-" is absent) per attribute; ``instants`` an int64 per line, the time
+    as µs since the epoch when written "DD/Mon/YYYY:HH:MM:SS +HHMM", else the least int64."""
 
 def skeletons(
     offsets: _Buffer,

@@ -43,8 +43,9 @@ class SqlOnly(Normaliser):
         for name in ("p_json_status", "p_clf_status"):
             i = out.schema.get_field_index(name)
             out = out.set_column(i, name, pa.array(np.full(out.num_rows, DEFER, np.int8)))
-        i = out.schema.get_field_index("p_json_at")
-        out = out.set_column(i, "p_json_at", pa.nulls(out.num_rows, out.schema.field(i).type))
+        for name in ("p_json_at", "p_clf_at"):
+            i = out.schema.get_field_index(name)
+            out = out.set_column(i, name, pa.nulls(out.num_rows, out.schema.field(i).type))
         return out, frozenset()
 
 
@@ -277,3 +278,49 @@ def test_access_client_written_as_an_address_list_is_left_to_the_sql_parser(
 def test_access_records_equal_the_sql_parsers(both: tuple[Normaliser, Normaliser], lines: list[str]) -> None:
     native, sql = both
     _assert_same(_records(native, lines), _records(sql, lines))
+
+
+@st.composite
+def _access_time(draw: st.DrawFn) -> str:
+    """Access-log times near the usual "DD/Mon/YYYY:HH:MM:SS +HHMM": real and impossible dates and
+    times, months in any case, and the zone in other spellings."""
+    day = draw(st.sampled_from(["01", "09", "28", "29", "30", "31", "32", "00", "7"]))
+    month = draw(st.sampled_from(["Jan", "Feb", "Apr", "Dec", "feb", "FEB", "Foo"]))
+    year = draw(st.integers(0, 9999))
+    clock = (f"{draw(st.integers(0, 25)):02d}:{draw(st.integers(0, 60)):02d}:{draw(st.integers(0, 61)):02d}"
+             + draw(st.sampled_from(["", "", ".123"])))
+    zone = draw(st.sampled_from([" +0000", " +0000", " -0800", " +0530", " +2359", " +2400", " -0060", " +05:30",
+                                 " Z", "", "  +0000"]))
+    return f"{day}/{month}/{year:04d}:{clock}{zone}"
+
+
+@settings(max_examples=examples(100), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(times=st.lists(_access_time(), min_size=1, max_size=8))
+def test_access_times_read_by_the_compiled_split_equal_the_sql_parsers(both: tuple[Normaliser, Normaliser],
+                                                                       times: list[str]) -> None:
+    lines = [f'10.0.0.1 - - [{t}] "GET /x HTTP/1.1" 200 5 "-" "curl/8"' for t in times]
+    native, sql = both
+    _assert_same(_records(native, lines), _records(sql, lines))
+    # Where the compiled split read a time, it is the instant the SQL's strptime makes of it.
+    at = access.native_fields(pa.array(lines, pa.string()), np.ones(len(lines), bool))["at"].to_pylist()
+    with duckdb.connect() as con:
+        con.execute("SET TimeZone = 'UTC'")
+        for t, got in zip(times, at, strict=True):
+            if got is not None:
+                micros = con.execute("SELECT epoch_us(try_strptime(?, ['%d/%b/%Y:%H:%M:%S %z', "
+                                     "'%d/%b/%Y:%H:%M:%S.%f %z']))", [t]).fetchone()[0]
+                assert micros == (got - EPOCH) // timedelta(microseconds=1), t
+
+
+def test_the_compiled_split_reads_the_usual_access_times_and_leaves_the_others() -> None:
+    times = ["04/Mar/2024:05:06:07 +0000", "29/Feb/2024:23:59:59 -0830", "01/Jan/0001:00:00:00 +0000",
+             # left to the SQL steps
+             "04/Mar/2024:05:06:07.123 +0000", "04/mar/2024:05:06:07 +0000", "04/Mar/2024:05:06:07 +00:00",
+             "04/Mar/2024:05:06:07", "29/Feb/2023:00:00:00 +0000", "31/Apr/2024:00:00:00 +0000",
+             "04/Mar/2024:24:00:00 +0000", "4/Mar/2024:05:06:07 +0000"]
+    lines = [f'10.0.0.1 - - [{t}] "GET /x HTTP/1.1" 200 5' for t in times]
+    assert _status(access.native_fields, lines) == [PARSED] * len(lines)
+    at = access.native_fields(pa.array(lines, pa.string()), np.ones(len(lines), bool))["at"].to_pylist()
+    assert at[:3] == [datetime(2024, 3, 4, 5, 6, 7, tzinfo=UTC), datetime(2024, 3, 1, 8, 29, 59, tzinfo=UTC),
+                      datetime(1, 1, 1, tzinfo=UTC)]
+    assert at[3:] == [None] * (len(lines) - 3)

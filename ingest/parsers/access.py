@@ -71,8 +71,10 @@ def _attrs_sql() -> str:
 
 def native_fields(lines: pa.StringArray, selected: np.ndarray) -> dict[str, pa.Array]:
     """The compiled split of the ``selected`` lines: ``status`` (1 split), the fields ``f`` and
-    the attributes ``attrs`` of the lines split."""
-    status, fields, (attr_off, keys, val_off, vals) = _native.clf_fields(*native_args(lines, selected), _ATTR_SPEC)
+    the attributes ``attrs`` of the lines split, and ``at``, their time where it is written the
+    usual way (what the strptime of ``ts_tz`` makes of it; the SQL reads the others)."""
+    status, fields, (attr_off, keys, val_off, vals), instants = _native.clf_fields(*native_args(lines, selected),
+                                                                                  _ATTR_SPEC)
     n, m = len(lines), len(keys)
     st = np.frombuffer(status, np.int8)
     split = pa.array(st != 1)
@@ -84,8 +86,9 @@ def native_fields(lines: pa.StringArray, selected: np.ndarray) -> dict[str, pa.A
         names=["key", "value"])
     attrs = pa.ListArray.from_arrays(pa.Array.from_buffers(pa.int32(), n + 1, [None, pa.py_buffer(attr_off)]),
                                      entries, mask=split)
+    at = np.frombuffer(instants, np.int64)
     return {"status": pa.array(st), "f": pa.StructArray.from_arrays(arrays, fields=list(_FIELDS), mask=split),
-            "attrs": attrs}
+            "attrs": attrs, "at": pa.array(at, pa.timestamp("us", tz="UTC"), mask=at == np.iinfo(np.int64).min)}
 
 
 PARSER = Parser(
@@ -100,7 +103,9 @@ PARSER = Parser(
     native=native_fields,
     compiled_steps=(("n", "{p}_f"), ("m", "{p}_n")),
     out={
-        "ts_tz": "try_strptime({p}_m.time, ['%d/%b/%Y:%H:%M:%S %z', '%d/%b/%Y:%H:%M:%S.%f %z'])",
+        # (the compiled split read the usual times: a CASE runs strptime on the rest)
+        "ts_tz": "CASE WHEN {p}_at IS NOT NULL THEN {p}_at "
+                 "ELSE try_strptime({p}_m.time, ['%d/%b/%Y:%H:%M:%S %z', '%d/%b/%Y:%H:%M:%S.%f %z']) END",
         # Only for a time written without its zone (with one, the format above has it).
         "ts_local": "CASE WHEN NOT contains({p}_m.time, ' ') "
                     "THEN try_strptime({p}_m.time, ['%d/%b/%Y:%H:%M:%S', '%d/%b/%Y:%H:%M:%S.%f']) END",
