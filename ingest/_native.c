@@ -583,6 +583,13 @@ static int64_t days_from_civil(int64_t y, int64_t m, int64_t d) {
     return era * 146097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719468;
 }
 
+/* Whether y-m-d (m 1-12) is a date the proleptic Gregorian calendar has, from year 1 on. */
+static int real_date(int y, int m, int d) {
+    static const int month_days[12] = {31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+    if (y < 1 || m < 1 || m > 12 || d < 1 || d > month_days[m - 1]) return 0;
+    return m != 2 || d != 29 || (y % 4 == 0 && (y % 100 != 0 || y % 400 == 0));
+}
+
 static inline int digits(const char *s, int n, int *out) {
     int v = 0;
     for (int k = 0; k < n; k++) {
@@ -598,15 +605,12 @@ static inline int digits(const char *s, int n, int *out) {
  * anything else, which the SQL steps read as they always did. Digits of the fraction past the
  * sixth are dropped, as DuckDB's cast drops them. */
 static int64_t rfc3339_us(const char *s, Py_ssize_t len) {
-    static const int month_days[12] = {31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
     int y, mo, d, h, mi, sec;
     if (len < 20 || s[4] != '-' || s[7] != '-' || (s[10] != 'T' && s[10] != ' ') || s[13] != ':' ||
         s[16] != ':' || digits(s, 4, &y) < 0 || digits(s + 5, 2, &mo) < 0 || digits(s + 8, 2, &d) < 0 ||
         digits(s + 11, 2, &h) < 0 || digits(s + 14, 2, &mi) < 0 || digits(s + 17, 2, &sec) < 0)
         return INT64_MIN;
-    if (mo < 1 || mo > 12 || d < 1 || d > month_days[mo - 1] || h > 23 || mi > 59 || sec > 59 || y < 1)
-        return INT64_MIN;
-    if (mo == 2 && d == 29 && !(y % 4 == 0 && (y % 100 != 0 || y % 400 == 0)))
+    if (!real_date(y, mo, d) || h > 23 || mi > 59 || sec > 59)
         return INT64_MIN;
     Py_ssize_t at = 19;
     int64_t micros = 0;
@@ -664,8 +668,8 @@ static PyObject *json_entries(PyObject *self, PyObject *args) {
     const char *sel = (const char *)in.selected.buf;
     int failed = 0;
     Py_BEGIN_ALLOW_THREADS
-    if (buf_reserve(status, n) < 0 || buf_reserve(instants, n * 8) < 0 || buf_i32(list_off, 0) < 0 || buf_i64(j.key_off, 0) < 0 ||
-        buf_i64(j.val_off, 0) < 0 || buf_i64(shape_off, 0) < 0)
+    if (buf_reserve(status, n) < 0 || buf_reserve(instants, 8 * n) < 0 || buf_i32(list_off, 0) < 0 ||
+        buf_i64(j.key_off, 0) < 0 || buf_i64(j.val_off, 0) < 0 || buf_i64(shape_off, 0) < 0)
         j.oom = 1;
     for (Py_ssize_t i = 0; i < n && !j.oom; i++) {
         char st = NOT_ASKED;
@@ -842,7 +846,6 @@ PyDoc_STRVAR(clf_fields_doc,
  * anything else, which the SQL steps' strptime reads as it always did. */
 static int64_t clf_time_us(const char *s, Py_ssize_t len) {
     static const char months[] = "JanFebMarAprMayJunJulAugSepOctNovDec";
-    static const int month_days[12] = {31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
     int d, y, h, mi, sec, oh, om, mo = 0;
     if (len != 26 || s[2] != '/' || s[6] != '/' || s[11] != ':' || s[14] != ':' || s[17] != ':' || s[20] != ' ' ||
         (s[21] != '+' && s[21] != '-') || digits(s, 2, &d) < 0 || digits(s + 7, 4, &y) < 0 ||
@@ -850,9 +853,7 @@ static int64_t clf_time_us(const char *s, Py_ssize_t len) {
         digits(s + 22, 2, &oh) < 0 || digits(s + 24, 2, &om) < 0)
         return INT64_MIN;
     while (mo < 12 && memcmp(months + 3 * mo, s + 3, 3) != 0) mo++;
-    if (mo == 12 || y < 1 || d < 1 || d > month_days[mo] || h > 23 || mi > 59 || sec > 59 || oh > 23 || om > 59)
-        return INT64_MIN;
-    if (mo == 1 && d == 29 && !(y % 4 == 0 && (y % 100 != 0 || y % 400 == 0)))
+    if (!real_date(y, mo + 1, d) || h > 23 || mi > 59 || sec > 59 || oh > 23 || om > 59)
         return INT64_MIN;
     int64_t offset_s = (s[21] == '-' ? -1 : 1) * (int64_t)(oh * 3600 + om * 60);
     return (days_from_civil(y, mo + 1, d) * 86400 + h * 3600 + mi * 60 + sec - offset_s) * 1000000;

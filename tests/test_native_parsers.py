@@ -119,6 +119,20 @@ def test_json_records_equal_the_sql_parsers(both: tuple[Normaliser, Normaliser],
     assert [normalising.original(r) for r in sql_rows] == lines
 
 
+def _assert_read_as(pre_pass: Any, lines: list[str], times: list[str], sql: str) -> None:
+    """Each time the compiled ``pre_pass`` read from ``lines`` is the instant DuckDB's ``sql``
+    (one ``?``, the time's text) makes of it."""
+    at = pre_pass(pa.array(lines, pa.string()), np.ones(len(lines), bool))["at"].to_pylist()
+    with duckdb.connect() as con:
+        con.execute("SET TimeZone = 'UTC'")
+        for m in macros():
+            con.execute(m)
+        for t, got in zip(times, at, strict=True):
+            if got is not None:
+                micros = con.execute(f"SELECT epoch_us({sql})", [t]).fetchone()[0]
+                assert micros == (got - EPOCH) // timedelta(microseconds=1), t
+
+
 @st.composite
 def _instant_text(draw: st.DrawFn) -> str:
     """Times near RFC 3339's plain shape: real and impossible dates and times, fractions of any
@@ -143,15 +157,7 @@ def test_json_times_read_by_the_compiled_pass_equal_the_sql_parsers(both: tuple[
     native, sql = both
     _assert_same(_records(native, lines), _records(sql, lines))
     # Where the compiled pass read a time, it is the instant the SQL macro makes of the text.
-    at = json_parser.native_entries(pa.array(lines, pa.string()), np.ones(len(lines), bool))["at"].to_pylist()
-    with duckdb.connect() as con:
-        con.execute("SET TimeZone = 'UTC'")
-        for m in macros():
-            con.execute(m)
-        for t, got in zip(times, at, strict=True):
-            if got is not None:
-                micros = con.execute("SELECT epoch_us(ll_ts_tz(?))", [t]).fetchone()[0]
-                assert micros == (got - EPOCH) // timedelta(microseconds=1), t
+    _assert_read_as(json_parser.native_entries, lines, times, "ll_ts_tz(?)")
 
 
 def test_the_compiled_pass_reads_plain_rfc3339_times_and_leaves_the_others() -> None:
@@ -302,14 +308,8 @@ def test_access_times_read_by_the_compiled_split_equal_the_sql_parsers(both: tup
     native, sql = both
     _assert_same(_records(native, lines), _records(sql, lines))
     # Where the compiled split read a time, it is the instant the SQL's strptime makes of it.
-    at = access.native_fields(pa.array(lines, pa.string()), np.ones(len(lines), bool))["at"].to_pylist()
-    with duckdb.connect() as con:
-        con.execute("SET TimeZone = 'UTC'")
-        for t, got in zip(times, at, strict=True):
-            if got is not None:
-                micros = con.execute("SELECT epoch_us(try_strptime(?, ['%d/%b/%Y:%H:%M:%S %z', "
-                                     "'%d/%b/%Y:%H:%M:%S.%f %z']))", [t]).fetchone()[0]
-                assert micros == (got - EPOCH) // timedelta(microseconds=1), t
+    _assert_read_as(access.native_fields, lines, times, "try_strptime(?, ['%d/%b/%Y:%H:%M:%S %z', "
+                                                        "'%d/%b/%Y:%H:%M:%S.%f %z'])")
 
 
 def test_the_compiled_split_reads_the_usual_access_times_and_leaves_the_others() -> None:

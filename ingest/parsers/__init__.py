@@ -61,6 +61,16 @@ def native_args(lines: pa.StringArray, selected: np.ndarray) -> tuple[pa.Buffer,
     return lines.buffers()[1], lines.buffers()[2], selected.view(np.uint8), lines.offset, len(lines)
 
 
+#: A compiled pre-pass's instant for a time it did not read.
+_NOT_READ = np.iinfo(np.int64).min
+
+
+def instants(data: bytes) -> pa.Array:
+    """The int64 µs a compiled pre-pass returned, one per line, as UTC times (null where not read)."""
+    at = np.frombuffer(data, np.int64)
+    return pa.array(at, pa.timestamp("us", tz="UTC"), mask=at == _NOT_READ)
+
+
 def strings(n: int, offsets: bytes, data: bytes, validity: pa.Buffer | None = None, *,
             large: bool = False) -> pa.Array:
     """A string array of ``n`` values over buffers a compiled pre-pass returned (no copy)."""

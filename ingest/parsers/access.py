@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 
 from ingest import _native
-from ingest.parsers import Parser, attrs_sql, native_args, strings
+from ingest.parsers import Parser, attrs_sql, instants, native_args, strings
 
 # A quoted field with backslash escapes, in the unrolled form RE2 runs fastest.
 _QUOTED = r'"([^"\\]*(?:\\.[^"\\]*)*)"'
@@ -73,8 +73,8 @@ def native_fields(lines: pa.StringArray, selected: np.ndarray) -> dict[str, pa.A
     """The compiled split of the ``selected`` lines: ``status`` (1 split), the fields ``f`` and
     the attributes ``attrs`` of the lines split, and ``at``, their time where it is written the
     usual way (what the strptime of ``ts_tz`` makes of it; the SQL reads the others)."""
-    status, fields, (attr_off, keys, val_off, vals), instants = _native.clf_fields(*native_args(lines, selected),
-                                                                                  _ATTR_SPEC)
+    status, fields, (attr_off, keys, val_off, vals), at = _native.clf_fields(*native_args(lines, selected),
+                                                                            _ATTR_SPEC)
     n, m = len(lines), len(keys)
     st = np.frombuffer(status, np.int8)
     split = pa.array(st != 1)
@@ -86,9 +86,8 @@ def native_fields(lines: pa.StringArray, selected: np.ndarray) -> dict[str, pa.A
         names=["key", "value"])
     attrs = pa.ListArray.from_arrays(pa.Array.from_buffers(pa.int32(), n + 1, [None, pa.py_buffer(attr_off)]),
                                      entries, mask=split)
-    at = np.frombuffer(instants, np.int64)
     return {"status": pa.array(st), "f": pa.StructArray.from_arrays(arrays, fields=list(_FIELDS), mask=split),
-            "attrs": attrs, "at": pa.array(at, pa.timestamp("us", tz="UTC"), mask=at == np.iinfo(np.int64).min)}
+            "attrs": attrs, "at": instants(at)}
 
 
 PARSER = Parser(

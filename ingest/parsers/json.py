@@ -22,7 +22,7 @@ import pyarrow as pa
 
 from ingest import _native
 from ingest.levels import OTEL_SHORT_NAMES, numeric_word_sql
-from ingest.parsers import ATTRS_TYPE, Parser, native_args, sql_str, strings
+from ingest.parsers import ATTRS_TYPE, Parser, instants, native_args, sql_str, strings
 
 # Nested ones too, as flattening names them: MongoDB's {"t": {"$date": ...}}, ECS's {"log": {"level": ...}}.
 TS_KEYS = ("@timestamp", "timestamp", "time", "ts", "t", "t.$date", "timestamp.$date", "time.$date", "@t",
@@ -79,7 +79,6 @@ _AS_TEXT = (f"CAST(list_transform({{p}}_n, e -> {{'key': e.key, 'value': "
 
 _ENTRIES = pa.list_(pa.struct([("key", pa.large_string()), ("value", pa.large_string())]))
 PARSED = 1          # the line's status from _native: 1 flattened there, 2 left to the SQL steps
-_NOT_READ = np.iinfo(np.int64).min      # _native's instant of a time it did not read
 
 
 #: The groups of well-known keys, each in precedence order: their positions become the step ``k``.
@@ -94,7 +93,7 @@ def native_entries(lines: pa.StringArray, selected: np.ndarray) -> dict[str, pa.
     (the line with the values kept elsewhere left out: see :func:`storage.lines.original_line`),
     and ``at``, the instant of its time key's value where that is plain RFC 3339 with a zone (what
     ``ll_ts_tz`` would make of it; the step ``tz`` reads the others)."""
-    status, list_off, key_off, keys, val_off, vals, valid, positions, shape_off, shape, instants = \
+    status, list_off, key_off, keys, val_off, vals, valid, positions, shape_off, shape, at = \
         _native.json_entries(*native_args(lines, selected), MAX_DEPTH, _GROUPS)
     m = len(valid)
     present = np.frombuffer(valid, np.uint8)
@@ -111,9 +110,7 @@ def native_entries(lines: pa.StringArray, selected: np.ndarray) -> dict[str, pa.
     flattened = st == PARSED
     shapes = strings(len(st), shape_off, shape, None if flattened.all() else
                      pa.py_buffer(np.packbits(flattened, bitorder="little")), large=True)
-    at = np.frombuffer(instants, np.int64)
-    return {"status": pa.array(st), "c": entries, "pos": found, "shape": shapes,
-            "at": pa.array(at, pa.timestamp("us", tz="UTC"), mask=at == _NOT_READ)}
+    return {"status": pa.array(st), "c": entries, "pos": found, "shape": shapes, "at": instants(at)}
 
 
 def _flatten_steps() -> tuple[tuple[str, str], ...]:
