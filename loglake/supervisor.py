@@ -108,13 +108,15 @@ def run_up(cfg: Config, config_path: str | None) -> int:
 
     broker = None
     children: list[Child] = []
+    env = dict(os.environ)
     try:
         if cfg.broker.embedded:
+            cfg, overrides = embedded_settings(cfg)
+            env.update(overrides)
             broker = start_broker(cfg.broker.listen, log_file=log_dir / "broker.log")
             log.info("embedded broker started", extra={"listen": cfg.broker.listen, "pid": broker.pid})
         asyncio.run(ensure_topic(cfg.kafka))
 
-        env = dict(os.environ)
         auth_off = demo_auth_off(cfg) or not cfg.auth.enabled
         if auth_off:
             # The demo: nothing but this machine can reach the server, so no keys are asked for
@@ -155,6 +157,41 @@ def run_up(cfg: Config, config_path: str | None) -> int:
         if broker is not None:
             stop_process(broker)
         print("  stopped.", flush=True)
+
+
+#: The ingest workers' group session on the embedded broker, unless `ingest.session_timeout_s` is
+#: set. Kafka's brokers refuse less than 6 s; tansu takes it, and holds a new group's JoinGroup
+#: for half of it (3 s at 6 s, before `up`'s first row). A worker heartbeats every third of it
+#: from its event loop, which a flush (in a thread) does not block.
+EMBEDDED_SESSION_S = 3.0
+
+
+def embedded_settings(cfg: Config) -> tuple[Config, dict[str, str]]:
+    """``cfg`` as `loglake up` runs it on its embedded broker, and the ``LOGLAKE_*`` variables that
+    tell every child so: a partition count the workers share evenly, and a shorter group session
+    unless one is configured. The broker's topics and groups live only as long as it does."""
+    overrides: dict[str, str] = {}
+    if (partitions := even_partitions(cfg)) != cfg.kafka.partitions:
+        log.info("the embedded broker's topic gets a partition count the ingest workers share evenly",
+                 extra={"partitions": partitions, "configured": cfg.kafka.partitions,
+                        "workers": cfg.ingest.worker_count(cfg.kafka.partitions)})
+        cfg = cfg.model_copy(update={"kafka": cfg.kafka.model_copy(update={"partitions": partitions})})
+        overrides["LOGLAKE_KAFKA__PARTITIONS"] = str(partitions)
+    if "session_timeout_s" not in cfg.ingest.model_fields_set:
+        cfg = cfg.model_copy(update={"ingest": cfg.ingest.model_copy(update={"session_timeout_s": EMBEDDED_SESSION_S})})
+        overrides["LOGLAKE_INGEST__SESSION_TIMEOUT_S"] = str(EMBEDDED_SESSION_S)
+    return cfg, overrides
+
+
+def even_partitions(cfg: Config) -> int:
+    """`kafka.partitions` rounded up to a multiple of the ingest workers `loglake up` starts.
+
+    The shipper spreads bytes evenly over partitions (shippers/placement.py), so workers
+    share the work evenly only if they hold as many partitions each. With three partitions
+    and two workers, one worker held two and parsed two thirds of the lines. The embedded
+    broker's topic lives only as long as `loglake up`, so its count can be chosen for them."""
+    workers = cfg.ingest.worker_count(cfg.kafka.partitions)
+    return -(-cfg.kafka.partitions // workers) * workers
 
 
 def ingest_helpers(cfg: Config, base: list[str], log_dir: Path) -> list[Child]:

@@ -35,12 +35,17 @@ class FileCheckpoint:
     # When the file was let go (Unix time; 0 while it is read). Kept a while when compressed
     # files are read, so the .gz a rotated file becomes is known as what was already sent.
     released_at: float = 0.0
+    # The partition the file's frames go to (None: not placed yet); -1, as in checkpoints of
+    # version 3, for frames keyed to Kafka's hash of the source id.
+    partition: int | None = -1
 
 
 class CheckpointStore:
     """A JSON file of ``{key: FileCheckpoint}`` (key: fingerprint or inode), replaced atomically."""
 
-    VERSION = 3
+    VERSION = 4
+    #: Versions it reads: 3 is 4 without placed partitions.
+    READS = (3, 4)
 
     def __init__(self, state_dir: Path) -> None:
         self.file = state_dir / "checkpoints.json"
@@ -51,8 +56,8 @@ class CheckpointStore:
             data = orjson.loads(self.file.read_bytes())
         except FileNotFoundError:
             return {}
-        if data.get("version") != self.VERSION:
-            raise ValueError(f"{self.file}: checkpoint version {data.get('version')} is not {self.VERSION}")
+        if data.get("version") not in self.READS:
+            raise ValueError(f"{self.file}: checkpoint version {data.get('version')} is not one of {self.READS}")
         return {k: FileCheckpoint(**v) for k, v in data.get("files", {}).items()}
 
     def save(self, files: Mapping[str, FileCheckpoint]) -> None:

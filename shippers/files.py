@@ -158,18 +158,18 @@ class TailedFiles:
         # ingest drops its first lines as the old file's, already stored.
         if cp is not None and max(cp.offset, cp.head_len) <= st.st_size \
                 and head_hash(fd, cp.head_len) == cp.head_hash:
-            source_id, offset, sent_end = cp.source_id, cp.offset, cp.head_len
+            source_id, offset, sent_end, partition = cp.source_id, cp.offset, cp.head_len, cp.partition
             if compressed is None:
                 self.checkpoints.forget(inode_key(st))
         else:
-            source_id, sent_end = self._new_source_id(key), 0
+            source_id, sent_end, partition = self._new_source_id(key), 0, None
             offset = st.st_size if (inp.cfg.start_at == "end" and first and cp is None) else 0
         wrapper = wrapper_for(path, inp.cfg.format)
         joiner = (LineJoiner.for_wrapper(wrapper, self.sc.max_frame_bytes - 1, self.sc.partial_line_timeout_s)
                   if wrapper else inp.joiner)
         w = FileWatcher(path, key=key, source_id=source_id, offset=offset, input_index=index,
                         partial_timeout_s=self.sc.partial_line_timeout_s, joiner=joiner,
-                        max_line_bytes=self.sc.max_line_bytes, fd=fd, sent_end=sent_end)
+                        max_line_bytes=self.sc.max_line_bytes, fd=fd, sent_end=sent_end, partition=partition)
         w.wrapper = wrapper
         if compressed is not None:
             w.inode, w.compressed = compressed[0], compressed[1:]   # known by the .gz file's inode
@@ -210,6 +210,12 @@ class TailedFiles:
         if head_grows:
             self.checkpoints.update(w.key, _checkpoint(w, self.sc.fingerprint_bytes))
         return head_grows
+
+    def placed(self, w: FileWatcher, partition: int) -> None:
+        """``w``'s frames go to ``partition`` from now on (saved before any is sent)."""
+        w.partition = partition
+        if w.key in self.checkpoints.view and self.watchers.get(w.inode) is w:
+            self.checkpoints.update(w.key, _checkpoint(w, self.sc.fingerprint_bytes))
 
     def acked(self, w: FileWatcher, source_id: str, end: int) -> None:
         """The broker acknowledged ``w``'s records up to ``end``, sent under ``source_id``."""
@@ -255,7 +261,7 @@ def _checkpoint(w: FileWatcher, fingerprint_bytes: int) -> FileCheckpoint:
     # broker may have stored frames whose acks were lost, and a new file matching only
     # the acknowledged bytes (none, at offset 0) would have those offsets deduplicated away.
     n = min(w.sent_end, fingerprint_bytes)
-    return FileCheckpoint(w.source_id, w.path, w.acked, w.head_hash(n), n)
+    return FileCheckpoint(w.source_id, w.path, w.acked, w.head_hash(n), n, partition=w.partition)
 
 
 def _input_name(sc: ShipperConfig, index: int) -> str:

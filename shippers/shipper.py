@@ -1,7 +1,8 @@
 """The shipper loop: read complete lines from the files found, send frames, checkpoint on ack.
 
-Delivery: a frame is produced with acks=all, keyed by the file's source id so
-one file's frames stay ordered in one partition. A file's checkpoint moves
+Delivery: a frame is produced with acks=all, keyed by the file's source id, to
+the partition the file was placed on (:mod:`shippers.placement`), so one
+file's frames stay ordered in one partition. A file's checkpoint moves
 only past frames the broker acknowledged, so a restarted shipper re-sends at
 most its unacknowledged tail; ingest keeps the byte ranges it stored of each
 source and drops records that start inside them, so nothing is stored twice.
@@ -33,6 +34,7 @@ from shippers.files import TailedFiles
 from shippers.inputs import Input, kubernetes_labels
 from shippers.metrics import ShipperSnapshot
 from shippers.metrics import serve as metrics_server
+from shippers.placement import PartitionLoad, place
 from shippers.watcher import FileWatcher
 
 log = logging.getLogger("loglake.shipper")
@@ -50,7 +52,7 @@ class InFlight:
     source_id: str               # the acks of a file read again (truncated) belong to its old self
     end_offset: int
     size: int
-    future: asyncio.Future
+    future: asyncio.Future       # resolves to the record's metadata: its partition
 
 
 class Shipper:
@@ -73,6 +75,9 @@ class Shipper:
         self._outage_since: float | None = None
         #: Why the topic is not as configured (its partition count), while it is not: /readyz says so.
         self.topic_fault: str | None = None
+        #: The topic's partition count as last seen (None before the broker was reached).
+        self.partitions: int | None = None
+        self.partition_load = PartitionLoad()
         # A broker connection broke: make sure of the topic before sending more.
         self._check_topic = False
         for reason in self.sc.ignored_settings():
@@ -110,11 +115,32 @@ class Shipper:
 
     # -- sending -------------------------------------------------------------
 
+    def _place_new(self) -> bool:
+        """Give each file not placed yet its partition; True if any was (its checkpoint changed)."""
+        n = self.partitions
+        new = [w for w in self.files.watchers.values() if w.partition is None]
+        if not new or not n:
+            return False
+        load = self.partition_load.recent(n)
+        for w in self.files.watchers.values():
+            if w.partition is not None and 0 <= w.partition < n:
+                load[w.partition] += max(0, w.size() - w.offset)
+        chosen = place([(w.source_id, max(0, w.size() - w.offset)) for w in new], load)
+        for w, p in zip(new, chosen, strict=True):
+            self.files.placed(w, p)
+        return True
+
+    def _partition_of(self, w: FileWatcher) -> int | None:
+        """Where ``w``'s frames go: its placed partition, or None for Kafka's hash of the key (a
+        file checkpointed before placement, or placed on a partition the topic no longer has)."""
+        p = w.partition
+        return p if p is not None and 0 <= p < (self.partitions or 0) else None
+
     async def _send_available(self) -> int:
         assert self.producer is not None
         frames: list[tuple[FileWatcher, FrameMeta, bytes, int, int]] = []
         reserved = self.inflight_bytes
-        claimed = False
+        claimed = self._place_new()
         for w in list(self.files.watchers.values()):
             self.files.refresh(w)
             while reserved < self.max_inflight_bytes:
@@ -144,7 +170,7 @@ class Shipper:
             self.checkpoints.save()
         for w, meta, value, n, nbytes in frames:
             fut = await self.producer.send(
-                self.cfg.kafka.topic, value, key=meta.source_id.encode(),
+                self.cfg.kafka.topic, value, key=meta.source_id.encode(), partition=self._partition_of(w),
                 headers=[(self.cfg.kafka.tenant_header, meta.tenant.encode())])
             self.inflight.append(InFlight(w, meta.source_id, meta.end_offset, len(value), fut))
             self.inflight_bytes += len(value)
@@ -164,7 +190,8 @@ class Shipper:
                 await asyncio.wait([head.future])
             self.inflight.popleft()
             self.inflight_bytes -= head.size
-            head.future.result()   # raises the send error, handled by the caller
+            record = head.future.result()   # raises the send error, handled by the caller
+            self.partition_load.sent(record.partition, head.size)
             self.files.acked(head.watcher, head.source_id, head.end_offset)
 
     def _rewind_all(self) -> None:
@@ -210,8 +237,8 @@ class Shipper:
         broker loses its topics when it restarts, and loglake's clients do not let it auto-create
         them (it would with 4 partitions, not ``kafka.partitions``). Raises while the broker is away."""
         self._check_topic = False           # first: a connection that breaks meanwhile asks again
-        self.topic_fault = note_partitions(self.cfg.kafka, await ensure_topic(self.cfg.kafka, attempts=1),
-                                           self.topic_fault)
+        self.partitions = await ensure_topic(self.cfg.kafka, attempts=1)
+        self.topic_fault = note_partitions(self.cfg.kafka, self.partitions, self.topic_fault)
 
     def outage_seconds(self) -> float:
         return 0.0 if self._outage_since is None else time.monotonic() - self._outage_since
@@ -255,6 +282,7 @@ class Shipper:
                 sent = await self._send_available()
                 if (known := self.producer.client.cluster.partitions_for_topic(self.cfg.kafka.topic)) is not None:
                     # The producer's metadata may show a change.
+                    self.partitions = len(known)
                     self.topic_fault = note_partitions(self.cfg.kafka, len(known), self.topic_fault)
                 await self._collect_acks(wait=self.inflight_bytes >= self.max_inflight_bytes or once)
                 self.checkpoints.save()

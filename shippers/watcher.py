@@ -33,10 +33,14 @@ class FileWatcher:
 
     def __init__(self, path: str, *, key: str, source_id: str, offset: int, input_index: int,
                  partial_timeout_s: float, joiner: LineJoiner | None = None,
-                 max_line_bytes: int = 1 << 20, fd: int | None = None, sent_end: int = 0) -> None:
+                 max_line_bytes: int = 1 << 20, fd: int | None = None, sent_end: int = 0,
+                 partition: int | None = None) -> None:
         self.path = path
         self.key = key
         self.source_id = source_id
+        #: The partition its frames go to (shippers/placement.py): None until placed; -1 for a
+        #: file whose frames are keyed to Kafka's hash (checkpointed before files were placed).
+        self.partition = partition
         self.offset = offset          # next byte to read
         self.acked = offset           # end of the last acknowledged record
         # End of everything sent (or skipped) under this source id: the broker may hold
@@ -84,6 +88,7 @@ class FileWatcher:
     def restart(self, key: str, source_id: str) -> None:
         """Read the file again from its start, as a new source."""
         self.key, self.source_id = key, source_id
+        self.partition = None                       # a new source is placed anew
         self.offset = self.acked = self.sent_end = 0
         self._waiting_since = None
         self._long = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -91,6 +92,22 @@ def test_make_run_starts_serves_demo_lines_and_stops_cleanly(tmp_path: Path) -> 
         ingest = [pid for pid, argv in commands.items() if argv[-1:] == ["ingest"]]
         assert len(ingest) == 2, commands
         assert (tmp_path / "log" / "ingest-2.log").exists()
+        # On the embedded broker: four partitions for two workers (loglake.toml says three), which
+        # each hold two, and the shorter group session, both told to every child.
+        for pid in ingest:
+            environ = (Path("/proc") / str(pid) / "environ").read_bytes().split(b"\0")
+            assert b"LOGLAKE_KAFKA__PARTITIONS=4" in environ and b"LOGLAKE_INGEST__SESSION_TIMEOUT_S=3.0" in environ
+
+        def last_assignments() -> list[list[str]]:
+            held = []
+            for name in ("ingest.log", "ingest-2.log"):
+                lines = [json.loads(x) for x in (tmp_path / "log" / name).read_text().splitlines() if x.startswith("{")]
+                assigned = [x["partitions"] for x in lines if x.get("msg") == "partitions assigned"]
+                held.append(assigned[-1] if assigned else [])
+            return held if all(len(h) == 2 for h in held) else []
+
+        assert sorted(p for h in wait_until(last_assignments, 30, what="two partitions each") for p in h) == \
+            [f"loglake.logs/{i}" for i in range(4)]
         # Maintenance runs at a lower CPU priority than the stages users wait on.
         maintain = [pid for pid, argv in commands.items() if argv[-1:] == ["maintain"]]
         assert len(maintain) == 1, commands

@@ -22,6 +22,7 @@ import re
 import shutil
 import tempfile
 import time
+import types
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,7 +80,7 @@ class FakeProducer:
     async def flush(self) -> None:
         pass
 
-    async def send(self, topic: str, value: bytes, key: bytes | None = None,
+    async def send(self, topic: str, value: bytes, key: bytes | None = None, partition: int | None = None,
                    headers: list[tuple[str, bytes]] | None = None) -> asyncio.Future:
         assert not self.stopped, "send on a stopped producer"
         assert topic == TOPIC
@@ -105,7 +106,7 @@ class FakeProducer:
                 break
             fut, frame = self.pending.popleft()
             self.topic.frames.append(frame)
-            fut.set_result(None)
+            fut.set_result(types.SimpleNamespace(partition=0))     # (aiokafka's RecordMetadata)
             done += 1
         return done
 

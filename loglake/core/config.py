@@ -356,6 +356,7 @@ class IngestConfig(_Section):
     workers: int = Field(0, ge=0, le=64)
     #: A worker silent this long leaves the group and its partitions go to the others. Kafka's
     #: least (its brokers' group.min.session.timeout.ms): the group forms in half of it at start.
+    #: Unset, `loglake up` gives its workers 3 s on the embedded broker (supervisor.EMBEDDED_SESSION_S).
     session_timeout_s: float = Field(6.0, ge=1, le=300)
     flush_rows: int = Field(200_000, ge=1)
     flush_bytes: int = Field(64 << 20, ge=1024)
