@@ -117,9 +117,9 @@ class Shipper:
 
     def _place_new(self) -> bool:
         """Give each file not placed yet its partition; True if any was (its checkpoint changed)."""
-        n = self.partitions
+        n = self._partition_count()
         new = [w for w in self.files.watchers.values() if w.partition is None]
-        if not new or not n:
+        if not new:
             return False
         load = self.partition_load.recent(n)
         for w in self.files.watchers.values():
@@ -134,15 +134,23 @@ class Shipper:
         """Where ``w``'s frames go: its placed partition, or None for Kafka's hash of the key (a
         file checkpointed before placement, or placed on a partition the topic no longer has)."""
         p = w.partition
-        return p if p is not None and 0 <= p < (self.partitions or 0) else None
+        return p if p is not None and 0 <= p < self._partition_count() else None
+
+    def _partition_count(self) -> int:
+        # (the topic's, known before the first send; the configured one until then)
+        return self.partitions or self.cfg.kafka.partitions
 
     async def _send_available(self) -> int:
         assert self.producer is not None
         frames: list[tuple[FileWatcher, FrameMeta, bytes, int, int]] = []
         reserved = self.inflight_bytes
+        watchers = list(self.files.watchers.values())
+        for w in watchers:
+            self.files.refresh(w)           # (a file read again from its start is a new source)
+        # Every file is placed before its first frame goes: one sent keyed to Kafka's hash and the
+        # next to a placed partition would be out of order.
         claimed = self._place_new()
-        for w in list(self.files.watchers.values()):
-            self.files.refresh(w)
+        for w in watchers:
             while reserved < self.max_inflight_bytes:
                 chunk = w.read(self.sc.max_frame_bytes)
                 if chunk is None:

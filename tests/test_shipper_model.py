@@ -56,6 +56,8 @@ class Topic:
 
     def __init__(self) -> None:
         self.frames: list[Frame] = []
+        #: The partition each source's frames were sent to (None: Kafka's hash of the key).
+        self.partition_of: dict[str, int | None] = {}
 
 
 class FakeProducer:
@@ -87,6 +89,11 @@ class FakeProducer:
         frame = decode_frame(value)
         assert key == frame.meta.source_id.encode()
         assert headers == [("tenant", frame.meta.tenant.encode())]
+        # One source's frames all go to one partition, across crashes and restarts, or they could
+        # be read out of order.
+        sent_to = self.topic.partition_of.setdefault(frame.meta.source_id, partition)
+        assert partition == sent_to, f"{frame.meta.source} sent to partition {partition}, before to {sent_to}"
+        assert partition is not None, "a file was not placed before its first frame"
         fut = asyncio.get_running_loop().create_future()
         # A failed send the shipper drops in its rewind is not an unretrieved error.
         fut.add_done_callback(lambda f: f.cancelled() or f.exception())
@@ -106,7 +113,7 @@ class FakeProducer:
                 break
             fut, frame = self.pending.popleft()
             self.topic.frames.append(frame)
-            fut.set_result(types.SimpleNamespace(partition=0))     # (aiokafka's RecordMetadata)
+            fut.set_result(types.SimpleNamespace(partition=self.topic.partition_of[frame.meta.source_id]))
             done += 1
         return done
 

@@ -206,3 +206,43 @@ def test_a_file_checkpointed_before_placement_stays_with_kafkas_hash(broker: str
     # Saved again, the checkpoint is version 4 and still says: Kafka's hash.
     assert json.loads(file.read_text())["version"] == 4
     assert [cp.partition for cp in CheckpointStore(tmp_path / "state").load().values()] == [-1]
+
+
+def test_a_file_read_again_after_copytruncate_is_placed_before_its_first_new_frame(broker: str,
+                                                                                    tmp_path: Path) -> None:
+    topic, partitions = f"placement.{next(_topics)}", 4
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    _write(logs / "app.log", 2000)
+    cfg = _config(tmp_path, broker, topic, partitions)
+
+    async def go() -> None:
+        s = Shipper(cfg)
+        await s._ensure_topic()
+        s.producer = await s._start_producer()
+        try:
+            s.files.scan(first=True)
+            await s._send_available()
+            await s._collect_acks(wait=True)
+            # Truncated and written again, shorter than before: the pass that notices it sends too.
+            (logs / "app.log").write_text("")
+            _write(logs / "app.log", 300, start=2000)
+            await s._send_available()
+            await s._collect_acks(wait=True)
+            _write(logs / "app.log", 100, start=2300)
+            await s._send_available()
+            await s._collect_acks(wait=True)
+        finally:
+            await s.producer.stop()
+            s.files.close()
+
+    asyncio.run(go())
+    frames = _read(broker, topic, partitions)
+    by_source: dict[str, set[int]] = collections.defaultdict(set)
+    for f in frames:
+        by_source[f.source_id].add(f.partition)
+    assert sum(f.lines for f in frames) == 2400 and len(by_source) == 2
+    assert all(len(ps) == 1 for ps in by_source.values()), by_source
+    # ... and the one its checkpoint names.
+    (cp,) = CheckpointStore(tmp_path / "state").load().values()
+    assert by_source[cp.source_id] == {cp.partition}
