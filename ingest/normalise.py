@@ -365,6 +365,8 @@ class Normaliser:
         #: The parsing statement per (inherit, formats present, parsers the compiled pass took
         #: whole): a batch pays for planning and running only the parsers its lines need.
         self._parse_sql: dict[tuple[bool, frozenset[str], frozenset[str]], str] = {}
+        #: The routing of a JSON object line, per batch's format names (see _route_objects).
+        self._routes: dict[tuple[str, ...], pa.Table] = {}
         # (parser name, its compiled pre-pass) for the parsers that have one
         self.native = [(p.name, p.native) for p in DETECTED if p.native is not None]
         #: Learned layouts of the text sources this normaliser has seen.
@@ -451,20 +453,51 @@ class Normaliser:
 
     def _route(self, raw: pa.Table) -> pa.Table:
         """The first statement over ``raw``: each line (unwrapped) with its format."""
-        self.con.register("raw", raw)
-        try:
-            routed = self.con.execute(self.route_sql).to_arrow_table(_batch_rows(raw))
-        finally:
-            self.con.unregister("raw")
-        # The columns routing does not change come straight from the batch, not through DuckDB;
-        # so do the lines, but for those it unwrapped.
-        unwrapped = routed.column("unwrapped")
-        line = raw.column("line") if unwrapped.null_count == len(unwrapped) else \
-            pc.coalesce(unwrapped, raw.column("line"))
-        routed = routed.drop_columns(["unwrapped"]).append_column("line", line)
+        routed = self._route_objects(raw) if _objects_only(raw.column("line")) else None
+        if routed is not None:
+            line = raw.column("line")
+        else:
+            self.con.register("raw", raw)
+            try:
+                routed = self.con.execute(self.route_sql).to_arrow_table(_batch_rows(raw))
+            finally:
+                self.con.unregister("raw")
+            # The lines come straight from the batch, not through DuckDB, but for those it unwrapped.
+            unwrapped = routed.column("unwrapped")
+            line = raw.column("line") if unwrapped.null_count == len(unwrapped) else \
+                pc.coalesce(unwrapped, raw.column("line"))
+            routed = routed.drop_columns(["unwrapped"])
+        routed = routed.append_column("line", line)
+        # So do the columns routing does not change.
         for name in ("observed_ts", "service", "host", "source", "labels", "zone"):
             routed = routed.append_column(name, raw.column(name))
         return routed
+
+    def _route_objects(self, raw: pa.Table) -> pa.Table | None:
+        """Routing of a batch whose every line is a JSON object, not a container runtime's: no line
+        is unwrapped, and a line's route depends on its source's format alone. So the routing
+        statement runs over one line per format (cached), not over every line: 0.13 µs a line
+        less, 4% of normalising a JSON batch. None if a row has no format (the statement decides)."""
+        formats = _one_chunk(raw.column("format"))
+        if not isinstance(formats.type, pa.DictionaryType):
+            formats = formats.dictionary_encode()
+        indices, names = formats.indices, formats.dictionary
+        if indices.null_count or names.null_count:
+            return None
+        key = tuple(names.to_pylist())
+        routes = self._routes.get(key)
+        if routes is None:
+            sample = pa.table({"line": pa.array(["{"] * len(key), pa.string()), "wrapper": [""] * len(key),
+                               "format": names.cast(pa.string())})
+            self.con.register("raw", sample)
+            try:
+                routes = self.con.execute(self.route_sql).to_arrow_table().drop_columns(["unwrapped"])
+            finally:
+                self.con.unregister("raw")
+            if len(self._routes) >= 64:
+                self._routes.clear()
+            self._routes[key] = routes
+        return routes.take(indices)
 
     def _pre_pass(self, routed: pa.Table, tenant: str = "") -> tuple[pa.Table, frozenset[str]]:
         """``routed`` plus the compiled pre-passes' columns, each over its own parser's rows; and
@@ -529,6 +562,12 @@ def _skeletons(out: pa.Table, pairs: pa.ListArray) -> pa.Array:
         values.buffers()[0], values.offset)
     return pa.Array.from_buffers(pa.string(), len(raw), [valid.buffers()[1] if raw.null_count else None,
                                                           pa.py_buffer(off), pa.py_buffer(data)])
+
+
+def _objects_only(lines: pa.ChunkedArray) -> bool:
+    """Whether every line starts with ``{`` and none with a Docker json-file line's ``{"log":"``."""
+    return len(lines) > 0 and lines.null_count == 0 and bool(pc.all(pc.starts_with(lines, "{")).as_py()) \
+        and not pc.any(pc.starts_with(lines, '{"log":"')).as_py()
 
 
 def _batch_rows(lines: pa.Table) -> int:

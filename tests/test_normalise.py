@@ -15,6 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import ingest.normalise as normalise_module
 from ingest.normalise import RAW_SCHEMA, Normaliser, ParseSettings
 from ingest.parsers import json as json_parser
 from ingest.sources import SourceBook
@@ -543,3 +544,31 @@ def test_a_batch_duckdb_returns_in_several_chunks_gives_the_records_of_one_chunk
     chunked.close()
     assert got.num_rows == len(lines)
     assert got.to_pylist() == expected.to_pylist()
+
+
+# -- routing a batch of JSON objects without the statement -------------------------------------
+
+_OBJECT_LINES = ['{"msg": "a", "level": "info"}', '{}', '{"log": "x"}', '{ "ts": 1 }', '{"a":1}\r']
+
+
+@pytest.mark.parametrize("formats", [[""], ["json"], ["text"], ["nginx"], ["pattern0"], ["", "json", "syslog", "text"],
+                                     ["logfmt", "", "apache", "pattern0", "json"]])
+@pytest.mark.parametrize("wrapper", ["", "cri", "docker"])
+def test_a_batch_of_json_objects_is_routed_as_the_statement_routes_it(formats: list[str], wrapper: str,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    n = Normaliser(ParseSettings(patterns=(r"^(?P<message>.*)$",)))
+    batch = pa.concat_tables([
+        normalising.raw(_OBJECT_LINES, observed=utc(2024, 5, 1), source=f"/var/log/{i}.log", fmt=f, wrapper=wrapper)
+        for i, f in enumerate(formats)])
+    assert normalise_module._objects_only(batch.column("line"))
+    routed, records = n._route(batch), n(batch)
+    monkeypatch.setattr(normalise_module, "_objects_only", lambda lines: False)     # the statement, for every line
+    assert routed.equals(n._route(batch)), routed.to_pylist()[:3]
+    assert records.equals(n(batch))
+
+
+@pytest.mark.parametrize("lines", [['{"a": 1}', "plain text"],
+                                   ['{"log":"hi\\n","stream":"stdout","time":"2024-05-01T00:00:00Z"}'],
+                                   ['{"a": 1}', ""], ['2024-05-01T00:00:00Z stdout F {"a": 1}']])
+def test_a_batch_with_any_other_line_goes_through_the_statement(lines: list[str]) -> None:
+    assert not normalise_module._objects_only(normalising.raw(lines, observed=utc(2024, 5, 1)).column("line"))
