@@ -305,9 +305,12 @@ SELECT
          THEN left(line, length(line) - length(o_message)) END AS head,
     CASE WHEN ends_with(line, o_message) THEN NULL
          -- The compiled pass's shape: the values the columns hold left out (storage/lines.py).
-         WHEN shape IS NOT NULL THEN shape
+         -- It is the batch's own column, p_json_shape: taken from there (raw_is_shape), not
+         -- copied back out of DuckDB.
+         WHEN shape IS NOT NULL THEN NULL
          WHEN quoted > 0 THEN left(line, quoted) || chr(2) || substr(line, quoted + 1 + length(o_message))
          ELSE line END AS raw,
+    ends_with(line, o_message) IS NOT TRUE AND shape IS NOT NULL AS raw_is_shape,
     fmt2 AS parsed_format{carried}
 FROM r
 {"ORDER BY rn" if inherit else ""}
@@ -387,6 +390,7 @@ class Normaliser:
         # The columns parsing never changes come from the batch as they are, not through DuckDB
         # (converting them back to Arrow cost a copy, and the source's dictionary).
         out = out.add_column(1, "observed_ts", c.column("observed_ts")).add_column(4, "source", c.column("source"))
+        out = _raw_from_shapes(out, c)
         # The attributes come out as a list of key/value pairs; as a map they are the same buffers.
         pairs = _one_chunk(out.column("attrs"))
         attrs = pa.MapArray.from_arrays(pairs.offsets, pairs.values.field("key"), pairs.values.field("value"),
@@ -536,6 +540,19 @@ class Normaliser:
 
     def close(self) -> None:
         self.con.close()
+
+
+def _raw_from_shapes(out: pa.Table, c: pa.Table) -> pa.Table:
+    """``out``'s ``raw`` with the compiled JSON pass's shapes filled in where the statement said
+    so (``raw_is_shape``): the batch's column itself when every row takes its shape."""
+    is_shape = _one_chunk(out.column("raw_is_shape"))
+    out = out.drop_columns(["raw_is_shape"])
+    taken = is_shape.true_count
+    if taken == 0:
+        return out
+    shapes = _one_chunk(c.column("p_json_shape"))
+    raw = shapes if taken == len(is_shape) else pc.if_else(is_shape, shapes, _one_chunk(out.column("raw")))
+    return out.set_column(out.schema.get_field_index("raw"), "raw", raw)
 
 
 def _skeletons(out: pa.Table, pairs: pa.ListArray) -> pa.Array:
