@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from functools import partial
@@ -11,8 +12,9 @@ from typing import Any
 
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given, settings, target
 from hypothesis import strategies as st
 
 import ingest.normalise as normalise_module
@@ -284,9 +286,12 @@ def test_lines_that_are_not_json_objects_are_plain_text(con: Normaliser, line: s
     assert attrs(row) == {"ts_parse": "observed", "format": "unknown"}
 
 
-# The empty key is left to its own test below, so the property explores every other key.
+# The empty key is left to its own test below, so the property explores every other key; and so
+# are the keys the deeper search reads a time or a level from ("T": 0 is 1970, and leaves attrs).
+_LEAVES = "|".join(map(re.escape, json_parser.TS_LEAVES + json_parser.LEVEL_LEAVES))
+_DEEPER = re.compile(rf"(?:(?:^|\.)(?:{_LEAVES})|^t)(?:\.\$(?:date|numberlong))*$", re.IGNORECASE)
 _key = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=12).filter(
-    lambda k: k not in WELL_KNOWN)
+    lambda k: k not in WELL_KNOWN and not _DEEPER.search(k))
 _value = st.text(st.characters(blacklist_categories=("Cs",)), max_size=20) | st.integers(-(2**63), 2**63 - 1)
 
 
@@ -572,3 +577,50 @@ def test_a_batch_of_json_objects_is_routed_as_the_statement_routes_it(formats: l
                                    ['{"a": 1}', ""], ['2024-05-01T00:00:00Z stdout F {"a": 1}']])
 def test_a_batch_with_any_other_line_goes_through_the_statement(lines: list[str]) -> None:
     assert not normalise_module._objects_only(normalising.raw(lines, observed=utc(2024, 5, 1)).column("line"))
+
+
+# -- attrs made in Arrow for compiled JSON lines -------------------------------------------------
+
+_ARROW_ATTRS = re.compile(r"CAST\(CASE WHEN shape IS NULL OR len\(o_attrs\).*?AS TINYINT\) AS attrs_from", re.S)
+_pool_key = st.sampled_from(["msg", "message", "level", "lvl", "ts", "time", "host", "service", "trace_id",
+                             "span_id", "agent", "agent.host", "user", "T", "n", "a.b", "stream"])
+_pool_value = st.sampled_from(["", "info", "ERROR", "warn2", "30", "2024-05-01T10:00:00Z", "1714557600",
+                               "0", "h1", "h2", "agent smith", "x" * 30, "ünï", "1e400"]) | st.integers(-5, 5)
+
+
+@settings(max_examples=examples(60), deadline=None)
+@given(objects=st.lists(st.dictionaries(_pool_key, _pool_value, max_size=7), min_size=1, max_size=12),
+       texts=st.lists(st.sampled_from(["plain text line", "2024-05-01 10:00:00 ERROR boom", "{broken"]), max_size=3),
+       labels=st.none() | st.just({"env": "prod"}), host=st.sampled_from(["h1", ""]))
+def test_attrs_made_in_arrow_are_the_statements(objects: list[dict[str, Any]], texts: list[str],
+                                                 labels: dict[str, str] | None, host: str) -> None:
+    # (the first line's attrs are made in Arrow whenever the batch has no labels)
+    lines = ['{"ts": "2024-05-01T10:00:00Z", "msg": "anchor", "k": "v"}', *(orjson.dumps(o).decode() for o in objects),
+             *texts]
+    made, by_statement, in_arrow = _attrs_both_ways(Normaliser(), normalising.raw(
+        lines, observed=utc(2024, 5, 1, 12), labels=labels, host=host))
+    target(in_arrow)
+    assert in_arrow or labels is not None
+    assert made.equals(by_statement), (made.column("attrs").to_pylist(), by_statement.column("attrs").to_pylist())
+
+
+def test_attrs_at_the_cap_are_the_statements() -> None:
+    objects = [{f"k{i}": str(i) for i in range(k)} | {"msg": "m", "ts": "2024-05-01T10:00:00Z", "host": h}
+               for k in range(0, 9) for h in ("", "h1", "h2")]
+    batch = normalising.raw([orjson.dumps(o).decode() for o in objects], observed=utc(2024, 5, 1, 12), host="h1")
+    made, by_statement, in_arrow = _attrs_both_ways(Normaliser(ParseSettings(max_attrs=5)), batch)
+    assert made.equals(by_statement) and in_arrow
+    # (up to the cap and attrs_dropped after it, made by the statement; below it, in Arrow)
+    assert max(len(r) for r in made.column("attrs").to_pylist()) == 6
+
+
+def _attrs_both_ways(n: Normaliser, batch: pa.Table) -> tuple[pa.Table, pa.Table, int]:
+    """``batch``'s records as made (some rows' attrs in Arrow), with every row's made by the statement,
+    and how many rows' attrs were made in Arrow."""
+    made = n(batch)
+    c, compiled = n._pre_pass(n._route(batch), "")
+    code = n.con.register("c", c).execute(n._statement(c, False, compiled)).to_arrow_table().column("attrs_from")
+    n.con.unregister("c")
+    statement = n._statement
+    n._statement = lambda *a: _ARROW_ATTRS.sub("CAST(0 AS TINYINT) AS attrs_from", statement(*a))  # type: ignore[method-assign]
+    return made, n(batch), int(pc.sum(pc.greater(code, 0)).as_py() or 0)

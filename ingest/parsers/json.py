@@ -204,8 +204,8 @@ PARSER = Parser(
                "WHEN length({p}_v.lvl) = 2 AND starts_with({p}_v.lvl, 'D') AND {p}_v.lvl BETWEEN 'D1' AND 'D5' "
                "THEN 'debug' ELSE {p}_v.lvl END",
         "message": "CASE WHEN {p}_k.msg IS NULL THEN line ELSE coalesce({p}_v.msg, 'null') END",
-        "attrs": "CASE WHEN len({p}_drop) = 0 THEN {p}_e "
-                 "ELSE list_filter({p}_e, (x, i) -> NOT list_contains({p}_drop, i)) END",
+        # (the keys in {p}_drop leave them in the last step, in DuckDB or in Arrow: see normalise.py)
+        "attrs": "{p}_e",
         "service": "{p}_v.svc",
         "host": "{p}_v.host",
         "trace_id": "{p}_v.trace",
