@@ -617,9 +617,11 @@ def _attrs_from_entries(out: pa.Table, c: pa.Table) -> pa.Table:
     taken[offsets[hosted]] = n_entries + np.arange(len(hosted))
     n_made = int(m_off[-1] - m_off[0])
     if n_made:
-        m_elems = np.arange(n_made)
-        taken[m_elems + (offsets[:-1] - m_off[:-1] + m_off[0])[np.repeat(np.arange(n), m_len)]] = \
-            n_entries + len(hosted) + m_elems
+        # (only the rows the statement made: the null list it gives a row made here may still
+        # span elements in Arrow, and they must not land in that row)
+        m_row = np.repeat(np.arange(n), m_len)
+        m_elems = np.nonzero(~sel[m_row])[0]
+        taken[m_elems + (offsets[:-1] - m_off[:-1] + m_off[0])[m_row[m_elems]]] = n_entries + len(hosted) + m_elems
     fields = []
     for f in ("key", "value"):
         own = entries.values.field(f).slice(int(e_off[0]), n_entries).cast(pa.string())
