@@ -269,6 +269,10 @@ tsr AS (
                         WHEN coalesce(o_host, '') IN ('', host) OR host = '' THEN 1
                         WHEN NOT contains(line, 'agent') THEN 2 ELSE 0 END AS TINYINT) AS attrs_from
     FROM r
+), k AS (
+    -- The other rows' entries without those that became columns, once (ll_last_wins repeats its list).
+    SELECT *, CASE WHEN attrs_from = 0 THEN ll_drop(o_attrs, o_drop) END AS o_kept
+    FROM a
 )""")
     # Only batches with text lines (the only ones with a learned layout) say which times to carry.
     carried = "" if present is not None and "text" not in present else \
@@ -289,17 +293,17 @@ SELECT
     CASE WHEN attrs_from > 0 THEN NULL
          WHEN labels IS NULL AND wrap_stream IS NULL AND NOT coalesce(implausible, TRUE) AND NOT unmatched
               AND NOT inherited AND (coalesce(o_host, '') IN ('', host) OR host = '')
-         THEN ll_drop(o_attrs, o_drop)
+         THEN o_kept
          -- (a line without the word cannot have an agent.host of its own to clash with)
          WHEN labels IS NULL AND wrap_stream IS NULL AND NOT coalesce(implausible, TRUE) AND NOT unmatched
               AND NOT inherited AND NOT contains(line, 'agent')
-         THEN list_prepend({{'key': 'agent.host', 'value': host}}, ll_drop(o_attrs, o_drop))
+         THEN list_prepend({{'key': 'agent.host', 'value': host}}, o_kept)
          ELSE ll_last_wins(list_concat(
              CASE WHEN labels IS NULL THEN []::{ATTRS_TYPE} ELSE CAST(map_entries(labels) AS {ATTRS_TYPE}) END,
              CASE WHEN wrap_stream IS NULL THEN []::{ATTRS_TYPE} ELSE [{{'key': 'stream', 'value': wrap_stream}}] END,
              CASE WHEN coalesce(o_host, '') IN ('', host) OR host = '' THEN []::{ATTRS_TYPE}
                   ELSE [{{'key': 'agent.host', 'value': host}}] END,
-             ll_drop(o_attrs, o_drop),
+             o_kept,
              CASE WHEN implausible THEN [{{'key': 'ts_parse', 'value': 'fallback'}},
                                          {{'key': 'ts_original', 'value': CAST(parsed_ts AS VARCHAR)}}]
                   WHEN inherited THEN [{{'key': 'ts_parse', 'value': 'inherited'}}]
@@ -329,7 +333,7 @@ SELECT
          ELSE line END AS raw,
     ends_with(line, o_message) IS NOT TRUE AND shape IS NOT NULL AS raw_is_shape,
     fmt2 AS parsed_format{carried}
-FROM a
+FROM k
 {"ORDER BY rn" if inherit else ""}
 """
     # A record with a hundred thousand keys would make every later scan of the map pay for it. The
