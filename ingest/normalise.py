@@ -223,8 +223,7 @@ FROM u"""
     outputs["attrs"] = _case(everyone, "fmt2", "attrs", f"[]::{ATTRS_TYPE}")
     select_out = ",\n        ".join(f"{expr} AS o_{name}" for name, expr in outputs.items())
     # The positions of a JSON line's entries that became columns: they leave its attrs at the end.
-    drop = "CASE WHEN fmt2 = 'json' THEN p_json_drop END" if any(p.name == "json" for p in parsing) \
-        else "NULL::INTEGER[]"
+    drop = "CASE WHEN fmt2 = 'json' THEN p_json_drop END" if json.PARSER in parsing else "NULL::INTEGER[]"
     ctes.append(f"o AS (SELECT line, observed_ts, service, host, source, labels, zone, wrap_ts, wrap_stream,\n"
                 f"        fmt2, configured AND fmt2 = 'text' AND fmt <> 'text' AS unmatched, rn, l_cont,"
                 f" {drop} AS o_drop,"
@@ -626,13 +625,14 @@ def _attrs_from_entries(out: pa.Table, c: pa.Table) -> pa.Table:
         m_row = np.repeat(np.arange(n), m_len)
         m_elems = np.nonzero(~sel[m_row])[0]
         taken[m_elems + (offsets[:-1] - m_off[:-1] + m_off[0])[m_row[m_elems]]] = n_entries + len(hosted) + m_elems
+    taken_array = pa.array(taken)
     fields = []
     for f in ("key", "value"):
         own = entries.values.field(f).slice(int(e_off[0]), n_entries).cast(pa.string())
         theirs = made.values.field(f).slice(int(m_off[0]), n_made).cast(pa.string())
         host = pa.repeat(pa.scalar("agent.host", pa.string()), len(hosted)) if f == "key" else \
             _one_chunk(c.column("host")).take(pa.array(hosted)).cast(pa.string())
-        fields.append(pa.concat_arrays([own, host, theirs]).take(pa.array(taken)))
+        fields.append(pa.concat_arrays([own, host, theirs]).take(taken_array))
     nulls = ~sel & np.asarray(made.is_null().to_numpy(zero_copy_only=False))
     attrs = pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)),
                                      pa.StructArray.from_arrays(fields, ["key", "value"]),

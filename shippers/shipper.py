@@ -124,8 +124,8 @@ class Shipper:
         load = self.partition_load.recent(n)
         for w in self.files.watchers.values():
             if w.partition is not None and 0 <= w.partition < n:
-                load[w.partition] += max(0, w.size() - w.offset)
-        chosen = place([(w.source_id, max(0, w.size() - w.offset)) for w in new], load)
+                load[w.partition] += w.unread()
+        chosen = place([(w.source_id, w.unread()) for w in new], load)
         for w, p in zip(new, chosen, strict=True):
             self.files.placed(w, p)
         return True

@@ -100,6 +100,10 @@ class FileWatcher:
         self._waiting_since = None
         self._long = None
 
+    def unread(self) -> int:
+        """Bytes of the file past what was read of it."""
+        return max(0, self.size() - self.offset)
+
     def at_end(self) -> bool:
         return self.offset >= self.size()
 
