@@ -51,8 +51,10 @@ class InFlight:
     watcher: FileWatcher
     source_id: str               # the acks of a file read again (truncated) belong to its old self
     end_offset: int
-    size: int
+    size: int                    # the frame's bytes
     future: asyncio.Future       # resolves to the record's metadata: its partition
+    #: The file's bytes it carries: what a partition's load counts, as it counts the unread ones.
+    file_bytes: int = 0
 
 
 class Shipper:
@@ -180,7 +182,7 @@ class Shipper:
             fut = await self.producer.send(
                 self.cfg.kafka.topic, value, key=meta.source_id.encode(), partition=self._partition_of(w),
                 headers=[(self.cfg.kafka.tenant_header, meta.tenant.encode())])
-            self.inflight.append(InFlight(w, meta.source_id, meta.end_offset, len(value), fut))
+            self.inflight.append(InFlight(w, meta.source_id, meta.end_offset, len(value), fut, nbytes))
             self.inflight_bytes += len(value)
             self.stats["lines"] += n
             self.stats["bytes"] += nbytes
@@ -199,7 +201,7 @@ class Shipper:
             self.inflight.popleft()
             self.inflight_bytes -= head.size
             record = head.future.result()   # raises the send error, handled by the caller
-            self.partition_load.sent(record.partition, head.size)
+            self.partition_load.sent(record.partition, head.file_bytes)
             self.files.acked(head.watcher, head.source_id, head.end_offset)
 
     def _rewind_all(self) -> None:

@@ -99,9 +99,9 @@ class Shipped:
     nbytes: int
 
 
-def _read(broker: str, topic: str, partitions: int) -> list[Shipped]:
-    """Every frame on the topic."""
-    async def go() -> list[Shipped]:
+def _messages(broker: str, topic: str, partitions: int) -> list[tuple[int, bytes]]:
+    """Every message on the topic, with its partition."""
+    async def go() -> list[tuple[int, bytes]]:
         consumer = AIOKafkaConsumer(bootstrap_servers=broker, enable_auto_commit=False,
                                     auto_offset_reset="earliest", fetch_max_bytes=16 << 20)
         await consumer.start()
@@ -109,18 +109,25 @@ def _read(broker: str, topic: str, partitions: int) -> list[Shipped]:
             tps = [TopicPartition(topic, p) for p in range(partitions)]
             consumer.assign(tps)
             ends = await consumer.end_offsets(tps)
-            out: list[Shipped] = []
+            out: list[tuple[int, bytes]] = []
             while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
                 for tp, messages in (await consumer.getmany(timeout_ms=500)).items():
-                    for m in messages:
-                        meta = decode_frame(m.value or b"").meta
-                        out.append(Shipped(tp.partition, Path(meta.source).name, meta.source_id, meta.first_offset,
-                                           meta.count, meta.end_offset - meta.first_offset))
+                    out += [(tp.partition, m.value or b"") for m in messages]
             return out
         finally:
             await consumer.stop()
 
     return asyncio.run(go())
+
+
+def _read(broker: str, topic: str, partitions: int) -> list[Shipped]:
+    """Every frame on the topic."""
+    out = []
+    for partition, value in _messages(broker, topic, partitions):
+        meta = decode_frame(value).meta
+        out.append(Shipped(partition, Path(meta.source).name, meta.source_id, meta.first_offset, meta.count,
+                           meta.end_offset - meta.first_offset))
+    return out
 
 
 def _partition_per_file(frames: list[Shipped]) -> dict[str, set[int]]:
@@ -246,3 +253,33 @@ def test_a_file_read_again_after_copytruncate_is_placed_before_its_first_new_fra
     # ... and the one its checkpoint names.
     (cp,) = CheckpointStore(tmp_path / "state").load().values()
     assert by_source[cp.source_id] == {cp.partition}
+
+
+def test_a_partitions_load_counts_the_files_bytes_not_the_compressed_frames(broker: str, tmp_path: Path) -> None:
+    topic, partitions = f"placement.{next(_topics)}", 2
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    _write(logs / "app.log", 3000)          # repetitive JSON: lz4 frames far smaller than the lines
+    cfg = _config(tmp_path, broker, topic, partitions)
+
+    async def go() -> list[float]:
+        s = Shipper(cfg)
+        await s._ensure_topic()
+        s.producer = await s._start_producer()
+        try:
+            s.files.scan(first=True)
+            while await s._send_available():
+                await s._collect_acks(wait=True)
+            await s._collect_acks(wait=True)
+            return s.partition_load.recent(partitions)
+        finally:
+            await s.producer.stop()
+            s.files.close()
+
+    load = asyncio.run(go())
+    frame_bytes = sum(len(value) for _, value in _messages(broker, topic, partitions))
+    size = (logs / "app.log").stat().st_size
+    assert frame_bytes < size / 2
+    # Unread bytes and acknowledged ones are then in one unit (within the decay of a few seconds).
+    assert sum(load) == pytest.approx(size, rel=0.05)
+
