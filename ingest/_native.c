@@ -1,7 +1,8 @@
 /* Ingest's compiled loops: whole Arrow arrays in, Arrow buffers out.
  *
  * join_lines makes a batch's one array of lines from its frames' records;
- * skeletons writes the stored lines of a normalised batch (storage/lines.py). The
+ * skeletons writes the stored lines of a normalised batch (storage/lines.py);
+ * any_contains asks whether a word is in any of a batch's lines. The
  * rest is the compiled half of two parsers.
  *
  * DuckDB's JSON and regex functions are fast per call, but flattening a JSON
@@ -16,6 +17,7 @@
  * Row status: 0 not asked, 1 parsed here, 2 deferred to SQL.
  */
 #define PY_SSIZE_T_CLEAN
+#define _GNU_SOURCE     /* memmem */
 #include <Python.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -1478,11 +1480,47 @@ done:
     return out;
 }
 
+PyDoc_STRVAR(any_contains_doc,
+"any_contains(offsets, data, selected, first, n, word)\n--\n\n"
+"Whether any selected line of an Arrow string array holds the bytes word (as SQL's contains).");
+
+static PyObject *any_contains(PyObject *self, PyObject *args) {
+    PyObject *offsets, *data, *selected;
+    Py_ssize_t first, n, wlen;
+    const char *word;
+    if (!PyArg_ParseTuple(args, "OOOnny#", &offsets, &data, &selected, &first, &n, &word, &wlen))
+        return NULL;
+    Lines in;
+    if (lines_open(&in, offsets, data, selected, first, n) < 0)
+        return NULL;
+    const uint8_t *sel = (const uint8_t *)in.selected.buf;
+    int found = 0, bad = 0;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < n && !found; i++) {
+        const char *s, *end;
+        if (!sel[i])
+            continue;
+        if (line_at(&in, i, &s, &end) < 0) {
+            bad = 1;
+            break;
+        }
+        found = wlen == 0 || memmem(s, (size_t)(end - s), word, (size_t)wlen) != NULL;
+    }
+    Py_END_ALLOW_THREADS
+    lines_close(&in);
+    if (bad) {
+        PyErr_SetString(PyExc_ValueError, "offsets outside the data");
+        return NULL;
+    }
+    return PyBool_FromLong(found);
+}
+
 static PyMethodDef methods[] = {
     {"join_lines", join_lines, METH_VARARGS, join_lines_doc},
     {"json_entries", json_entries, METH_VARARGS, json_entries_doc},
     {"clf_fields", clf_fields, METH_VARARGS, clf_fields_doc},
     {"skeletons", skeletons, METH_VARARGS, skeletons_doc},
+    {"any_contains", any_contains, METH_VARARGS, any_contains_doc},
     {NULL, NULL, 0, NULL},
 };
 

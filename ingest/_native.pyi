@@ -68,3 +68,6 @@ def skeletons(
 ) -> tuple[bytes, bytes]:
     """The selected stored JSON lines as skeletons (storage/lines.py), the others as they are:
     ``(int32 offsets, data)`` of a string array."""
+
+def any_contains(offsets: _Buffer, data: _Buffer, selected: _Buffer, first: int, n: int, word: bytes, /) -> bool:
+    """Whether any selected line of an Arrow string array holds ``word`` (as SQL's ``contains``)."""

@@ -30,7 +30,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ingest import _native
+from ingest import _native, json_columns
 from ingest.levels import level_sql, severity_sql
 from ingest.parsers import (
     ATTRS_TYPE,
@@ -353,7 +353,10 @@ FROM ({sql})"""
 class Normaliser:
     """Parses batches of raw lines (``RAW_SCHEMA``) into records (``RECORD_SCHEMA``)."""
 
-    def __init__(self, settings: ParseSettings | None = None, threads: int = 1) -> None:
+    def __init__(self, settings: ParseSettings | None = None, threads: int = 1, *,
+                 json_in_arrow: bool = True) -> None:
+        """``json_in_arrow`` False: every batch goes through the parsing statement, even one
+        :mod:`ingest.json_columns` could make in Arrow (the tests compare the two)."""
         self.settings = settings or ParseSettings()
         self.con = duckdb.connect()
         self.con.execute("SET TimeZone = 'UTC'")
@@ -387,6 +390,8 @@ class Normaliser:
         # Twice: a renamed key can meet one the line already had under that name.
         self.con.execute("""CREATE OR REPLACE MACRO ll_dedupe(l) AS ll_dedupe_once(ll_dedupe_once(l))""")
         self.route_sql, self.parse_sql = build_sql(self.settings)
+        self.json_in_arrow = json_in_arrow
+        self._level_words = json_columns.LevelWords(self.con)
         # Only batches with lines to inherit a time pay for the window it takes.
         self.inherit_sql = build_sql(self.settings, inherit=True)[1]
         #: The parsing statement per (inherit, formats present, parsers the compiled pass took
@@ -405,12 +410,15 @@ class Normaliser:
     def __call__(self, raw: pa.Table, tenant: str = "") -> pa.Table:
         """``raw``'s records; ``tenant`` keeps its sources' learned layouts apart from other tenants'."""
         c, compiled = self._pre_pass(self._route(raw), tenant)
-        self.con.register("c", c)
-        try:
-            inherit = bool(pc.any(c.column("l_cont")).as_py())
-            out = self.con.execute(self._statement(c, inherit, compiled)).to_arrow_table(_batch_rows(c))
-        finally:
-            self.con.unregister("c")
+        out = json_columns.columns(c, self.settings.max_attrs, self.settings.max_ahead_s, self._level_words) \
+            if self.json_in_arrow and "json" in compiled else None
+        if out is None:
+            self.con.register("c", c)
+            try:
+                inherit = bool(pc.any(c.column("l_cont")).as_py())
+                out = self.con.execute(self._statement(c, inherit, compiled)).to_arrow_table(_batch_rows(c))
+            finally:
+                self.con.unregister("c")
         # The columns parsing never changes come from the batch as they are, not through DuckDB
         # (converting them back to Arrow cost a copy, and the source's dictionary).
         out = out.add_column(1, "observed_ts", c.column("observed_ts")).add_column(4, "source", c.column("source"))

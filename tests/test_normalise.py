@@ -622,5 +622,6 @@ def _attrs_both_ways(n: Normaliser, batch: pa.Table) -> tuple[pa.Table, pa.Table
     code = n.con.register("c", c).execute(n._statement(c, False, compiled)).to_arrow_table().column("attrs_from")
     n.con.unregister("c")
     statement = n._statement
+    n.json_in_arrow = False     # (the second time every row through the statement, not ingest.json_columns)
     n._statement = lambda *a: _ARROW_ATTRS.sub("CAST(0 AS TINYINT) AS attrs_from", statement(*a))  # type: ignore[method-assign]
     return made, n(batch), int(pc.sum(pc.greater(code, 0)).as_py() or 0)

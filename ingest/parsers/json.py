@@ -54,7 +54,8 @@ def _leaf_sql(names: tuple[str, ...], top: tuple[str, ...] = ()) -> str:
 _MAP = "'\"MAP(VARCHAR, JSON)\"'"
 #: Level texts that leave attrs once they are the level column: the normalised names, and
 #: OpenTelemetry's short names with a number ("warn2"), whose severity says all they do.
-_STORED_LEVELS = ", ".join(f"'{w}'" for w in ("trace", "debug", "info", "warn", "error", "fatal", *OTEL_SHORT_NAMES))
+#: The level names (SQL literals) whose key leaves attrs once it became the level column.
+STORED_LEVELS = ", ".join(f"'{w}'" for w in ("trace", "debug", "info", "warn", "error", "fatal", *OTEL_SHORT_NAMES))
 _TEXT_MAP = "'\"MAP(VARCHAR, VARCHAR)\"'"
 
 
@@ -166,7 +167,7 @@ _VALUE_STEPS: tuple[tuple[str, str], ...] = (
     # it is a normalised name in some case (so "WARNING" or 30 is still there to see).
     ("drop", "list_filter(["
              "CASE WHEN {p}_tz IS NOT NULL OR {p}_local IS NOT NULL THEN {p}_k.ts END, "
-             f"CASE WHEN lower({{p}}_v.lvl) IN ({_STORED_LEVELS}) "
+             f"CASE WHEN lower({{p}}_v.lvl) IN ({STORED_LEVELS}) "
              "     THEN {p}_k.lvl END, "
              "{p}_k.msg, {p}_k.svc, {p}_k.trace, {p}_k.span, "
              "CASE WHEN coalesce({p}_v.host, '') <> '' THEN {p}_k.host END], x -> x IS NOT NULL)"),
