@@ -324,3 +324,32 @@ def test_the_compiled_split_reads_the_usual_access_times_and_leaves_the_others()
     assert at[:3] == [datetime(2024, 3, 4, 5, 6, 7, tzinfo=UTC), datetime(2024, 3, 1, 8, 29, 59, tzinfo=UTC),
                       datetime(1, 1, 1, tzinfo=UTC)]
     assert at[3:] == [None] * (len(lines) - 3)
+
+
+def _entries_as_lists(lines: list[str]) -> dict[str, Any]:
+    array = pa.array(lines, pa.string())
+    return {k: v.to_pylist() for k, v in json_parser.native_entries(array, np.ones(len(lines), bool)).items()}
+
+
+def test_memory_handed_back_is_reused_and_never_while_arrow_holds_it() -> None:
+    # Outputs of megabytes: the blocks of a dropped result go to the spare memory and the next pass
+    # takes them; a result still held keeps its own (spare memory is only what Arrow let go of).
+    def batch(tag: str, n: int) -> list[str]:
+        return [orjson.dumps({"ts": "2024-05-01T10:00:00Z", "level": "info", "msg": f"{tag} {i} " + tag * 20,
+                              "nested": {"k": tag * (i % 7)}}).decode() for i in range(n)]
+
+    a_lines, b_lines, c_lines = batch("a", 30_000), batch("bb", 25_000), batch("ccc", 40_000)
+    expected = {name: _entries_as_lists(lines) for name, lines in (("a", a_lines), ("c", c_lines))}
+    held = json_parser.native_entries(pa.array(a_lines, pa.string()), np.ones(len(a_lines), bool))
+    for _ in range(3):
+        dropped = json_parser.native_entries(pa.array(b_lines, pa.string()), np.ones(len(b_lines), bool))
+        del dropped
+        assert _entries_as_lists(c_lines) == expected["c"]
+    assert {k: v.to_pylist() for k, v in held.items()} == expected["a"]
+    # Skeletons take spare memory too: the same lines' skeletons, whatever memory they were written in.
+    n = Normaliser()
+    raw = normalising.raw(c_lines[:5000], observed=datetime(2024, 5, 1, 12, tzinfo=UTC))
+    first = n(raw).column("raw").to_pylist()
+    for _ in range(2):
+        json_parser.native_entries(pa.array(b_lines, pa.string()), np.ones(len(b_lines), bool))
+        assert n(raw).column("raw").to_pylist() == first
