@@ -1552,6 +1552,86 @@ done:
     return out;
 }
 
+/* -- attributes kept ------------------------------------------------------------ */
+
+PyDoc_STRVAR(attrs_kept_doc,
+"attrs_kept(rows, key_off, keys, val_off, vals, valid, keep, prepend, host_off, hosts)\n--\n\n"
+"Each row's attributes from the compiled JSON pass's entries: rows (int64, n + 1) says which\n"
+"entries are a row's, key_off/val_off (int64) and keys/vals their bytes, valid (a byte per\n"
+"entry, 0: null value), keep (a byte per entry) which stay; a row with prepend (a byte per row)\n"
+"set starts with agent.host, its value the next of hosts (int64 host_off, in row order).\n\n"
+"Returns (list_offsets, key_offsets, keys, value_offsets, values, valid): int32 offsets, the\n"
+"bytes, and a byte per element (0: a null value).");
+
+static PyObject *attrs_kept(PyObject *self, PyObject *args) {
+    PyObject *objs[10];
+    if (!PyArg_ParseTuple(args, "OOOOOOOOOO", &objs[0], &objs[1], &objs[2], &objs[3], &objs[4], &objs[5], &objs[6],
+                          &objs[7], &objs[8], &objs[9]))
+        return NULL;
+    Py_buffer v[10];
+    int opened = 0;
+    PyObject *out = NULL;
+    for (; opened < 10; opened++)
+        if (PyObject_GetBuffer(objs[opened], &v[opened], PyBUF_SIMPLE) < 0)
+            goto done;
+    const int64_t *rows = v[0].buf, *k_off = v[1].buf, *v_off = v[3].buf, *h_off = v[8].buf;
+    const char *keys = v[2].buf, *vals = v[4].buf, *hosts = v[9].buf;
+    const uint8_t *valid = v[5].buf, *keep = v[6].buf, *prepend = v[7].buf;
+    Py_ssize_t n = v[0].len / 8 - 1, m = v[5].len, h = v[8].len / 8 - 1;
+    int bad = n < 0 || v[6].len != m || v[7].len != n || v[1].len != 8 * (m + 1) || v[3].len != 8 * (m + 1) || h < 0;
+    for (Py_ssize_t i = 0; !bad && i < n; i++)
+        bad = rows[i] < 0 || rows[i] > rows[i + 1] || rows[i + 1] > m;
+    for (Py_ssize_t e = 0; !bad && e < m; e++)
+        bad = k_off[e] < 0 || k_off[e] > k_off[e + 1] || k_off[e + 1] > v[2].len || v_off[e] < 0 ||
+              v_off[e] > v_off[e + 1] || v_off[e + 1] > v[4].len;
+    for (Py_ssize_t k = 0; !bad && k < h; k++)
+        bad = h_off[k] < 0 || h_off[k] > h_off[k + 1] || h_off[k + 1] > v[9].len;
+    if (bad) {
+        PyErr_SetString(PyExc_ValueError, "offsets that do not fit the entries");
+        goto done;
+    }
+    Buf b[6] = {{0}};
+    Buf *l_out = &b[0], *ko = &b[1], *kd = &b[2], *vo = &b[3], *vd = &b[4], *vv = &b[5];
+    int oom = buf_presize(kd, v[2].len + 10 * n) < 0 || buf_presize(vd, v[4].len + v[9].len) < 0 ||
+              buf_presize(ko, 4 * (m + n + 1)) < 0 || buf_presize(vo, 4 * (m + n + 1)) < 0;
+    Py_ssize_t hosted = 0;
+    static const char AGENT_HOST[] = "agent.host";
+    Py_BEGIN_ALLOW_THREADS
+    oom = oom || buf_i32(l_out, 0) < 0 || buf_i32(ko, 0) < 0 || buf_i32(vo, 0) < 0;
+    int32_t elements = 0;
+    for (Py_ssize_t i = 0; i < n && !oom; i++) {
+        if (prepend[i]) {
+            if (hosted >= h) { bad = 1; break; }
+            oom = buf_put(kd, AGENT_HOST, sizeof AGENT_HOST - 1) < 0 ||
+                  buf_put(vd, hosts + h_off[hosted], h_off[hosted + 1] - h_off[hosted]) < 0 || buf_byte(vv, 1) < 0;
+            hosted++;
+            elements++;
+            oom = oom || buf_i32(ko, (int32_t)kd->len) < 0 || buf_i32(vo, (int32_t)vd->len) < 0;
+        }
+        for (int64_t e = rows[i]; e < rows[i + 1] && !oom; e++) {
+            if (!keep[e])
+                continue;
+            oom = buf_put(kd, keys + k_off[e], k_off[e + 1] - k_off[e]) < 0 ||
+                  buf_put(vd, vals + v_off[e], v_off[e + 1] - v_off[e]) < 0 || buf_byte(vv, valid[e] != 0) < 0 ||
+                  buf_i32(ko, (int32_t)kd->len) < 0 || buf_i32(vo, (int32_t)vd->len) < 0;
+            elements++;
+        }
+        if (kd->len > INT32_MAX || vd->len > INT32_MAX) { bad = 2; break; }
+        oom = oom || buf_i32(l_out, elements) < 0;
+    }
+    Py_END_ALLOW_THREADS
+    if (oom) PyErr_NoMemory();
+    else if (bad == 1) PyErr_SetString(PyExc_ValueError, "fewer hosts than rows with agent.host");
+    else if (bad == 2) PyErr_SetString(PyExc_OverflowError, "attributes over 2 GiB in one array");
+    else out = Py_BuildValue("(NNNNNN)", buf_bytes(l_out), buf_bytes(ko), buf_bytes(kd), buf_bytes(vo), buf_bytes(vd),
+                             buf_bytes(vv));
+    free_bufs(b, 6);
+done:
+    for (int k = 0; k < opened; k++)
+        PyBuffer_Release(&v[k]);
+    return out;
+}
+
 PyDoc_STRVAR(any_contains_doc,
 "any_contains(offsets, data, selected, first, n, word)\n--\n\n"
 "Whether any selected line of an Arrow string array holds the bytes word (as SQL's contains).");
@@ -1593,6 +1673,7 @@ static PyMethodDef methods[] = {
     {"clf_fields", clf_fields, METH_VARARGS, clf_fields_doc},
     {"skeletons", skeletons, METH_VARARGS, skeletons_doc},
     {"any_contains", any_contains, METH_VARARGS, any_contains_doc},
+    {"attrs_kept", attrs_kept, METH_VARARGS, attrs_kept_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -71,3 +71,19 @@ def skeletons(
 
 def any_contains(offsets: _Buffer, data: _Buffer, selected: _Buffer, first: int, n: int, word: bytes, /) -> bool:
     """Whether any selected line of an Arrow string array holds ``word`` (as SQL's ``contains``)."""
+
+def attrs_kept(
+    rows: _Buffer,
+    key_off: _Buffer,
+    keys: _Buffer,
+    val_off: _Buffer,
+    vals: _Buffer,
+    valid: _Buffer,
+    keep: _Buffer,
+    prepend: _Buffer,
+    host_off: _Buffer,
+    hosts: _Buffer,
+    /,
+) -> tuple[bytes, bytes, bytes, bytes, bytes, bytes]:
+    """Each row's kept entries, after ``agent.host`` where ``prepend`` says: ``(list_offsets,
+    key_offsets, keys, value_offsets, values, valid)``, int32 offsets and a byte per element."""

@@ -610,6 +610,15 @@ def _attrs_from_entries(out: pa.Table, c: pa.Table) -> pa.Table:
     d_pos = drop.values.to_numpy(zero_copy_only=False)[d_off[0]:d_off[-1]]
     inside = (d_pos >= 1) & (d_pos <= np.repeat(e_len, d_len))
     keep[(np.repeat(e_off[:-1] - e_off[0] - 1, d_len) + d_pos)[inside]] = False
+    n_made = int(m_off[-1] - m_off[0])
+    nulls = ~sel & np.asarray(made.is_null().to_numpy(zero_copy_only=False))
+    if not n_made:
+        # Every element is an entry or an agent.host: written out in one compiled pass (the take
+        # below copied each string three times: a cast, the concatenation, the take).
+        fields, offsets32 = _kept_entries(entries, e_off, keep, prep, _one_chunk(c.column("host")))
+        attrs = pa.ListArray.from_arrays(offsets32, pa.StructArray.from_arrays(fields, ["key", "value"]),
+                                         mask=pa.array(nulls) if nulls.any() else None)
+        return out.set_column(out.schema.get_field_index("attrs"), "attrs", attrs)
     kept = np.nonzero(keep)[0]
     kept_per_row = np.bincount(e_row[kept], minlength=n)
     counts = np.where(sel, kept_per_row + prep, m_len)
@@ -626,7 +635,6 @@ def _attrs_from_entries(out: pa.Table, c: pa.Table) -> pa.Table:
     hosted = np.nonzero(prep)[0]
     n_entries = int(e_off[-1] - e_off[0])
     taken[offsets[hosted]] = n_entries + np.arange(len(hosted))
-    n_made = int(m_off[-1] - m_off[0])
     if n_made:
         # (only the rows the statement made: the null list it gives a row made here may still
         # span elements in Arrow, and they must not land in that row)
@@ -641,11 +649,40 @@ def _attrs_from_entries(out: pa.Table, c: pa.Table) -> pa.Table:
         host = pa.repeat(pa.scalar("agent.host", pa.string()), len(hosted)) if f == "key" else \
             _one_chunk(c.column("host")).take(pa.array(hosted)).cast(pa.string())
         fields.append(pa.concat_arrays([own, host, theirs]).take(taken_array))
-    nulls = ~sel & np.asarray(made.is_null().to_numpy(zero_copy_only=False))
     attrs = pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)),
                                      pa.StructArray.from_arrays(fields, ["key", "value"]),
                                      mask=pa.array(nulls) if nulls.any() else None)
     return out.set_column(out.schema.get_field_index("attrs"), "attrs", attrs)
+
+
+def _kept_entries(entries: pa.ListArray, e_off: np.ndarray, keep: np.ndarray, prep: np.ndarray,
+                  hosts: pa.Array) -> tuple[list[pa.Array], pa.Array]:
+    """The key and value arrays and the list offsets of each row's ``keep`` entries (``e_off`` its
+    entries, ``keep`` a flag per entry from ``e_off[0]`` on), after ``agent.host`` (its ``hosts``
+    value) where ``prep`` is 1 (``_native.attrs_kept``)."""
+    first, last = int(e_off[0]), int(e_off[-1])
+    keys, values = entries.values.field("key"), entries.values.field("value")
+
+    def offsets_and_data(strings: pa.Array, lo: int, hi: int) -> tuple[np.ndarray, pa.Buffer]:
+        width = np.int64 if strings.type == pa.large_string() else np.int32
+        at = np.frombuffer(strings.buffers()[1], width)[strings.offset + lo:strings.offset + hi + 1]
+        data = strings.buffers()[2]
+        return at.astype(np.int64, copy=False), data if data is not None else pa.py_buffer(b"")
+
+    k_off, k_data = offsets_and_data(keys, first, last)
+    v_off, v_data = offsets_and_data(values, first, last)
+    valid = np.asarray(values.slice(first, last - first).is_valid().to_numpy(zero_copy_only=False), np.uint8)
+    hosted = hosts.take(pa.array(np.nonzero(prep)[0])).cast(pa.string())
+    h_off, h_data = offsets_and_data(hosted, 0, len(hosted))
+    lists, ko, kd, vo, vd, vv = _native.attrs_kept(
+        e_off - first, k_off, k_data, v_off, v_data, valid, keep.view(np.uint8), prep.astype(np.uint8),
+        h_off, h_data)
+    flags = np.frombuffer(vv, np.uint8)
+    n = len(flags)
+    validity = None if flags.all() else pa.py_buffer(np.packbits(flags, bitorder="little"))
+    key_array = pa.Array.from_buffers(pa.string(), n, [None, pa.py_buffer(ko), pa.py_buffer(kd)])
+    value_array = pa.Array.from_buffers(pa.string(), n, [validity, pa.py_buffer(vo), pa.py_buffer(vd)])
+    return [key_array, value_array], pa.Array.from_buffers(pa.int32(), len(e_off), [None, pa.py_buffer(lists)])
 
 
 def _skeletons(out: pa.Table, pairs: pa.ListArray) -> pa.Array:

@@ -64,6 +64,8 @@ def test_a_plain_batch_is_made_in_arrow_as_the_statement_makes_it(both: tuple[No
     assert [r["level"] for r in rows] == ["info", "error", "error", "debug", "unknown", "info"]
     assert rows[1]["host"] == "db-2" and dict(rows[1]["attrs"])["agent.host"] == "web-1"
     assert rows[3]["message"] == "null" and rows[3]["service"] == "file-svc"
+    # (a JSON null is a null value; the level key stays in attrs unless its word is a level's name)
+    assert ("level", None) in rows[4]["attrs"] and "level" not in dict(rows[0]["attrs"])
 
 
 def test_a_message_that_ends_the_line_is_stored_as_its_head(both: tuple[Normaliser, Normaliser]) -> None:

@@ -353,3 +353,13 @@ def test_memory_handed_back_is_reused_and_never_while_arrow_holds_it() -> None:
     for _ in range(2):
         json_parser.native_entries(pa.array(b_lines, pa.string()), np.ones(len(b_lines), bool))
         assert n(raw).column("raw").to_pylist() == first
+
+
+def test_attrs_kept_refuses_offsets_that_do_not_fit() -> None:
+    i64, u8 = (lambda *v: np.array(v, np.int64)), (lambda *v: np.array(v, np.uint8))
+    good = (i64(0, 1), i64(0, 1), b"k", i64(0, 1), b"v", u8(1), u8(1), u8(1), i64(0, 2), b"h1")
+    lists, ko, kd, vo, vd, vv = _native.attrs_kept(*good)
+    assert (bytes(kd), bytes(vd), np.frombuffer(lists, np.int32).tolist()) == (b"agent.hostk", b"h1v", [0, 2])
+    for at, bad in ((0, i64(0, 2)), (1, i64(0, 5)), (8, i64(0, 9)), (7, u8(1, 1))):
+        with pytest.raises(ValueError):
+            _native.attrs_kept(*good[:at], bad, *good[at + 1:])
