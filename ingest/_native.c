@@ -1632,6 +1632,85 @@ done:
     return out;
 }
 
+/* -- values at positions ----------------------------------------------------------- */
+
+PyDoc_STRVAR(values_at_doc,
+"values_at(rows, val_off, vals, valid, valid_first, positions)\n--\n\n"
+"The values at given entries of each row: rows (int64, n + 1) says which entries are a row's,\n"
+"val_off (int64) and vals their bytes, valid their Arrow validity bitmap (None: all valid) from\n"
+"bit valid_first; positions (int32, k rows of n, C order) the 1-based entry of each row per\n"
+"column wanted (0: none). Returns per column (int32 offsets, bytes, a byte per row: 0 null).");
+
+static PyObject *values_at(PyObject *self, PyObject *args) {
+    PyObject *objs[6];
+    Py_ssize_t valid_first;
+    if (!PyArg_ParseTuple(args, "OOOOnO", &objs[0], &objs[1], &objs[2], &objs[3], &valid_first, &objs[5]))
+        return NULL;
+    Py_buffer v[6];
+    int opened = 0;
+    PyObject *out = NULL;
+    int has_valid = objs[3] != Py_None;
+    for (; opened < 6; opened++) {
+        if (opened == 3 && !has_valid) { v[3].obj = NULL; v[3].buf = NULL; v[3].len = 0; continue; }
+        if (opened == 4) { v[4].obj = NULL; v[4].len = 0; continue; }
+        if (PyObject_GetBuffer(objs[opened], &v[opened], PyBUF_SIMPLE) < 0)
+            goto done;
+    }
+    const int64_t *rows = v[0].buf, *off = v[1].buf;
+    const char *vals = v[2].buf;
+    const uint8_t *bits = v[3].buf;
+    const int32_t *pos = v[5].buf;
+    Py_ssize_t n = v[0].len / 8 - 1, m = v[1].len / 8 - 1, k = n > 0 ? v[5].len / 4 / n : 0;
+    int bad = n < 0 || m < 0 || (n > 0 && v[5].len != 4 * k * n) || valid_first < 0 ||
+              (has_valid && (valid_first + m + 7) / 8 > v[3].len);
+    for (Py_ssize_t i = 0; !bad && i < n; i++)
+        bad = rows[i] < 0 || rows[i] > rows[i + 1] || rows[i + 1] > m;
+    for (Py_ssize_t e = 0; !bad && e < m; e++)
+        bad = off[e] < 0 || off[e] > off[e + 1] || off[e + 1] > v[2].len;
+    for (Py_ssize_t j = 0; !bad && j < k * n; j++)
+        bad = pos[j] < 0 || (pos[j] > 0 && pos[j] > rows[j % n + 1] - rows[j % n]);
+    if (bad) {
+        PyErr_SetString(PyExc_ValueError, "offsets or positions that do not fit the entries");
+        goto done;
+    }
+    out = PyList_New(k);
+    if (!out)
+        goto done;
+    for (Py_ssize_t c = 0; c < k; c++) {
+        Buf b[3] = {{0}};
+        const int32_t *p = pos + c * n;
+        int oom = 0, big = 0;
+        Py_BEGIN_ALLOW_THREADS
+        oom = buf_reserve(&b[0], 4 * (n + 1)) < 0 || buf_reserve(&b[2], n) < 0 || buf_i32(&b[0], 0) < 0;
+        for (Py_ssize_t i = 0; i < n && !oom; i++) {
+            int ok = 0;
+            if (p[i] > 0) {
+                int64_t e = rows[i] + p[i] - 1, bit = valid_first + e;
+                ok = !has_valid || (bits[bit >> 3] >> (bit & 7)) & 1;
+                if (ok)
+                    oom = buf_put(&b[1], vals + off[e], off[e + 1] - off[e]) < 0;
+            }
+            if (b[1].len > INT32_MAX) { big = 1; break; }
+            oom = oom || buf_byte(&b[2], (char)ok) < 0 || buf_i32(&b[0], (int32_t)b[1].len) < 0;
+        }
+        Py_END_ALLOW_THREADS
+        PyObject *col = oom || big ? NULL : Py_BuildValue("(NNN)", buf_bytes(&b[0]), buf_bytes(&b[1]),
+                                                          buf_bytes(&b[2]));
+        free_bufs(b, 3);
+        if (!col) {
+            if (oom) PyErr_NoMemory();
+            else if (big) PyErr_SetString(PyExc_OverflowError, "values over 2 GiB in one array");
+            Py_CLEAR(out);
+            goto done;
+        }
+        PyList_SET_ITEM(out, c, col);
+    }
+done:
+    for (int j = 0; j < opened; j++)
+        if (v[j].obj) PyBuffer_Release(&v[j]);
+    return out;
+}
+
 PyDoc_STRVAR(any_contains_doc,
 "any_contains(offsets, data, selected, first, n, word)\n--\n\n"
 "Whether any selected line of an Arrow string array holds the bytes word (as SQL's contains).");
@@ -1674,6 +1753,7 @@ static PyMethodDef methods[] = {
     {"skeletons", skeletons, METH_VARARGS, skeletons_doc},
     {"any_contains", any_contains, METH_VARARGS, any_contains_doc},
     {"attrs_kept", attrs_kept, METH_VARARGS, attrs_kept_doc},
+    {"values_at", values_at, METH_VARARGS, values_at_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -87,3 +87,9 @@ def attrs_kept(
 ) -> tuple[bytes, bytes, bytes, bytes, bytes, bytes]:
     """Each row's kept entries, after ``agent.host`` where ``prepend`` says: ``(list_offsets,
     key_offsets, keys, value_offsets, values, valid)``, int32 offsets and a byte per element."""
+
+def values_at(
+    rows: _Buffer, val_off: _Buffer, vals: _Buffer, valid: _Buffer | None, valid_first: int, positions: _Buffer, /
+) -> list[tuple[bytes, bytes, bytes]]:
+    """Per column of ``positions`` (int32, k rows of n: each row's 1-based entry, 0 none), each
+    row's value there: ``(int32 offsets, bytes, a byte per row: 0 null)``."""

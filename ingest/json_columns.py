@@ -106,9 +106,8 @@ def columns(c: pa.Table, max_attrs: int, max_ahead_s: float, words: LevelWords) 
     e_off = np.asarray(entries.offsets, np.int64)
     if (np.diff(e_off) >= max_attrs).any():
         return None     # at the cap: the statement cuts the attributes
-    values = entries.values.field("value")
     # (the time's text is not needed: the compiled pass read its instant)
-    value = {k: _at(values, e_off, pos.field(k)) for k in _KEYS if k != "ts"}
+    value = _values(entries.values.field("value"), e_off, pos, [k for k in _KEYS if k != "ts"])
 
     line = _array(c, "line")
     line = line if line.type == pa.string() else line.cast(pa.string())
@@ -160,12 +159,23 @@ def _array(c: pa.Table, name: str) -> pa.Array:
     return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
 
 
-def _at(values: pa.Array, offsets: np.ndarray, positions: pa.Array) -> pa.Array:
-    """Each row's value at its 1-based entry position (null where the row has none)."""
-    p = positions.to_numpy(zero_copy_only=False)
-    has = ~np.asarray(positions.is_null().to_numpy(zero_copy_only=False))
-    index = np.where(has, offsets[:-1] + np.where(has, p, 1).astype(np.int64) - 1, 0)
-    return values.take(pa.array(index, mask=~has)).cast(pa.string())
+def _values(values: pa.Array, e_off: np.ndarray, pos: pa.StructArray, keys: list[str]) -> dict[str, pa.Array]:
+    """Each row's value at its 1-based entry position of each of ``keys`` (null where the row has
+    none), in one compiled pass over the entries (``_native.values_at``)."""
+    width = np.int64 if values.type == pa.large_string() else np.int32
+    first, last = int(e_off[0]), int(e_off[-1])
+    v_off = np.frombuffer(values.buffers()[1], width)[values.offset:values.offset + len(values) + 1]
+    data = values.buffers()[2] if values.buffers()[2] is not None else pa.py_buffer(b"")
+    grid = np.ascontiguousarray(np.stack([np.asarray(pos.field(k).fill_null(0).to_numpy(zero_copy_only=False),
+                                                     np.int32) for k in keys]))
+    columns = _native.values_at(e_off - first, v_off[first:last + 1].astype(np.int64, copy=False), data,
+                                values.buffers()[0], values.offset + first, grid)
+    out = {}
+    for k, (offsets, text, flags) in zip(keys, columns, strict=True):
+        valid = np.frombuffer(flags, np.uint8)
+        bitmap = None if valid.all() else pa.py_buffer(np.packbits(valid, bitorder="little"))
+        out[k] = pa.Array.from_buffers(pa.string(), len(valid), [bitmap, pa.py_buffer(offsets), pa.py_buffer(text)])
+    return out
 
 
 def _bytes(strings: pa.Array) -> tuple[np.ndarray, np.ndarray]:

@@ -363,3 +363,27 @@ def test_attrs_kept_refuses_offsets_that_do_not_fit() -> None:
     for at, bad in ((0, i64(0, 2)), (1, i64(0, 5)), (8, i64(0, 9)), (7, u8(1, 1))):
         with pytest.raises(ValueError):
             _native.attrs_kept(*good[:at], bad, *good[at + 1:])
+
+
+@settings(max_examples=examples(200), deadline=None)
+@given(lines=st.lists(st.text(alphabet="agent .x", max_size=12), max_size=12), data=st.data())
+def test_any_contains_is_contains_on_the_selected_lines(lines: list[str], data: st.DataObject) -> None:
+    selected = np.array(data.draw(st.lists(st.booleans(), min_size=len(lines), max_size=len(lines))), bool)
+    start = data.draw(st.integers(0, len(lines)))
+    array = pa.array(["pad agent pad", *lines], pa.string()).slice(1)[start:]
+    from ingest.parsers import native_args
+    got = _native.any_contains(*native_args(array, selected[start:]), b"agent")
+    assert got == any("agent" in line for line, s in zip(lines[start:], selected[start:], strict=True) if s)
+
+
+def test_values_at_takes_each_rows_entry_or_null_and_refuses_what_does_not_fit() -> None:
+    rows, offsets = np.array([0, 2, 2, 3], np.int64), np.array([0, 1, 3, 6], np.int64)
+    valid = pa.array([True, False, True]).buffers()[1]       # the second entry's value is JSON null
+    grid = np.array([[1, 0, 1], [2, 0, 0]], np.int32)
+    got = _native.values_at(rows, offsets, b"abbccc", valid, 0, grid)
+    as_lists = [(np.frombuffer(o, np.int32).tolist(), bytes(d), list(bytes(f))) for o, d, f in got]
+    assert as_lists == [([0, 1, 1, 4], b"accc", [1, 0, 1]), ([0, 0, 0, 0], b"", [0, 0, 0])]
+    with pytest.raises(ValueError):
+        _native.values_at(rows, offsets, b"abbccc", None, 0, np.array([[1, 1, 1]], np.int32))  # row 2 has none
+    with pytest.raises(ValueError):
+        _native.values_at(rows, offsets, b"abb", None, 0, grid)                               # bytes too short
