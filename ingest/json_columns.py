@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 from ingest import _native
 from ingest.levels import level_sql, severity_sql
 from ingest.parsers import json as json_parser
-from ingest.parsers import native_args
+from ingest.parsers import native_args, string_buffers
 
 #: The well-known keys in the order ``pos`` holds them, and the order the statement's ``drop`` lists them.
 _KEYS = tuple(json_parser.WELL_KNOWN)
@@ -131,9 +131,8 @@ def columns(c: pa.Table, max_attrs: int, max_ahead_s: float, words: LevelWords) 
     ends = _ends_with(line, message, whole)
     if ends is None:
         return None
-    # The message is the line's tail (the whole line where there is no message key): stored as
-    # head || message; any other compiled line is stored as its shape (the batch's own column).
-
+    # Where the message is the line's tail (the whole line where there is no message key), the line
+    # is stored as head || message; any other compiled line as its shape (the batch's own column).
     return pa.table({
         "ts": at.cast(pa.timestamp("us", tz="UTC")),
         "service": pc.coalesce(value["svc"], _array(c, "service").cast(pa.string())),
@@ -153,7 +152,6 @@ def columns(c: pa.Table, max_attrs: int, max_ahead_s: float, words: LevelWords) 
     })
 
 
-
 def _array(c: pa.Table, name: str) -> pa.Array:
     column = c.column(name)
     return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
@@ -162,14 +160,11 @@ def _array(c: pa.Table, name: str) -> pa.Array:
 def _values(values: pa.Array, e_off: np.ndarray, pos: pa.StructArray, keys: list[str]) -> dict[str, pa.Array]:
     """Each row's value at its 1-based entry position of each of ``keys`` (null where the row has
     none), in one compiled pass over the entries (``_native.values_at``)."""
-    width = np.int64 if values.type == pa.large_string() else np.int32
     first, last = int(e_off[0]), int(e_off[-1])
-    v_off = np.frombuffer(values.buffers()[1], width)[values.offset:values.offset + len(values) + 1]
-    data = values.buffers()[2] if values.buffers()[2] is not None else pa.py_buffer(b"")
+    v_off, data = string_buffers(values, first, last)
     grid = np.ascontiguousarray(np.stack([np.asarray(pos.field(k).fill_null(0).to_numpy(zero_copy_only=False),
                                                      np.int32) for k in keys]))
-    columns = _native.values_at(e_off - first, v_off[first:last + 1].astype(np.int64, copy=False), data,
-                                values.buffers()[0], values.offset + first, grid)
+    columns = _native.values_at(e_off - first, v_off, data, values.buffers()[0], values.offset + first, grid)
     out = {}
     for k, (offsets, text, flags) in zip(keys, columns, strict=True):
         valid = np.frombuffer(flags, np.uint8)
@@ -179,10 +174,9 @@ def _values(values: pa.Array, e_off: np.ndarray, pos: pa.StructArray, keys: list
 
 
 def _bytes(strings: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """A string array's offsets (int64) and data bytes."""
-    _, offsets, data = strings.buffers()
-    at = np.frombuffer(offsets, np.int32)[strings.offset:strings.offset + len(strings) + 1].astype(np.int64)
-    return at, np.frombuffer(data, np.uint8) if data is not None else np.zeros(0, np.uint8)
+    """A string array's offsets (int64) and data bytes, as numpy arrays."""
+    offsets, data = string_buffers(strings)
+    return offsets, np.frombuffer(data, np.uint8)
 
 
 def _ends_with(line: pa.Array, message: pa.Array, whole: np.ndarray) -> np.ndarray | None:

@@ -42,6 +42,7 @@ from ingest.parsers import (
     logfmt,
     pattern,
     sql_str,
+    string_buffers,
     syslog,
     text,
 )
@@ -662,18 +663,10 @@ def _kept_entries(entries: pa.ListArray, e_off: np.ndarray, keep: np.ndarray, pr
     value) where ``prep`` is 1 (``_native.attrs_kept``)."""
     first, last = int(e_off[0]), int(e_off[-1])
     keys, values = entries.values.field("key"), entries.values.field("value")
-
-    def offsets_and_data(strings: pa.Array, lo: int, hi: int) -> tuple[np.ndarray, pa.Buffer]:
-        width = np.int64 if strings.type == pa.large_string() else np.int32
-        at = np.frombuffer(strings.buffers()[1], width)[strings.offset + lo:strings.offset + hi + 1]
-        data = strings.buffers()[2]
-        return at.astype(np.int64, copy=False), data if data is not None else pa.py_buffer(b"")
-
-    k_off, k_data = offsets_and_data(keys, first, last)
-    v_off, v_data = offsets_and_data(values, first, last)
+    k_off, k_data = string_buffers(keys, first, last)
+    v_off, v_data = string_buffers(values, first, last)
     valid = np.asarray(values.slice(first, last - first).is_valid().to_numpy(zero_copy_only=False), np.uint8)
-    hosted = hosts.take(pa.array(np.nonzero(prep)[0])).cast(pa.string())
-    h_off, h_data = offsets_and_data(hosted, 0, len(hosted))
+    h_off, h_data = string_buffers(hosts.take(pa.array(np.nonzero(prep)[0])).cast(pa.string()))
     lists, ko, kd, vo, vd, vv = _native.attrs_kept(
         e_off - first, k_off, k_data, v_off, v_data, valid, keep.view(np.uint8), prep.astype(np.uint8),
         h_off, h_data)

@@ -71,6 +71,16 @@ def instants(data: bytes) -> pa.Array:
     return pa.array(at, pa.timestamp("us", tz="UTC"), mask=at == _NOT_READ)
 
 
+def string_buffers(strings: pa.Array, lo: int = 0, hi: int | None = None) -> tuple[np.ndarray, pa.Buffer]:
+    """The int64 offsets of values ``lo`` to ``hi`` (all by default) of a string or large string
+    array, into its data buffer, and that buffer: what a compiled pass reads."""
+    hi = len(strings) if hi is None else hi
+    width = np.int64 if strings.type == pa.large_string() else np.int32
+    at = np.frombuffer(strings.buffers()[1], width)[strings.offset + lo:strings.offset + hi + 1]
+    data = strings.buffers()[2]
+    return at.astype(np.int64, copy=False), data if data is not None else pa.py_buffer(b"")
+
+
 def strings(n: int, offsets: bytes, data: bytes, validity: pa.Buffer | None = None, *,
             large: bool = False) -> pa.Array:
     """A string array of ``n`` values over buffers a compiled pre-pass returned (no copy)."""
