@@ -7,13 +7,14 @@ those positions, the time, which entries leave ``attrs``, the stored shape of th
 with numpy and Arrow takes over the whole batch, it costs a fraction of planning and running the
 statement (whose columns then have to be copied back out of DuckDB).
 
-Only the statement's plainest case is taken: every row a compiled JSON line with a time key and a
-level key, the time plain RFC 3339 and believable, no labels or container stream, the shipper's
+Only the statement's plainest case is taken: every row a compiled JSON line with a time key, the
+time plain RFC 3339 and believable, no labels or container stream, the shipper's
 host not clashing with one the line names in a way only the statement resolves, and short of the
 attribute cap. :func:`columns` returns None for any other batch, which the statement then parses
 whole, so there is one meaning of a line and the statement defines it. The level words, the one
 part that is a function of a value rather than a position, are worked out by the statement's own
-SQL, once per distinct word (:class:`LevelWords`).
+SQL, once per distinct word (:class:`LevelWords`); a line without a listed level key gets the
+statement's deeper search for one, run once per distinct key (:func:`_deeper`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from ingest.parsers import native_args, string_buffers
 #: The well-known keys in the order ``pos`` holds them, and the order the statement's ``drop`` lists them.
 _KEYS = tuple(json_parser.WELL_KNOWN)
 _DROP_ORDER = ("ts", "lvl", "msg", "svc", "trace", "span", "host")
+#: A key the statement's deeper search takes for the level when the line has none of the listed ones.
+_LEVEL_LEAF = json_parser.leaf_pattern(json_parser.LEVEL_LEAVES)
 #: Times before this are misread numbers to the statement (``implausible``).
 _EARLIEST_US = -2_208_988_800_000_000          # 1900-01-01T00:00:00Z
 #: Rows whose message may end the line (its last byte is the line's) are checked one by one; past
@@ -95,8 +98,8 @@ def columns(c: pa.Table, max_attrs: int, max_ahead_s: float, words: LevelWords) 
         return None
     at = _array(c, "p_json_at")
     pos = _array(c, "p_json_pos")
-    if at.null_count or pos.field("ts").null_count or pos.field("lvl").null_count:
-        return None     # a time not plain RFC 3339, or a row the statement searches deeper for keys
+    if at.null_count or pos.field("ts").null_count:
+        return None     # a time not plain RFC 3339 (the statement's macros read the others)
     at_us = at.cast(pa.int64()).to_numpy()
     observed = _array(c, "observed_ts").cast(pa.int64()).to_numpy()
     if ((at_us > observed + int(max_ahead_s * 1e6)) | (at_us < _EARLIEST_US)).any():
@@ -106,8 +109,11 @@ def columns(c: pa.Table, max_attrs: int, max_ahead_s: float, words: LevelWords) 
     e_off = np.asarray(entries.offsets, np.int64)
     if (np.diff(e_off) >= max_attrs).any():
         return None     # at the cap: the statement cuts the attributes
+    positions = {k: pos.field(k) for k in _KEYS}
+    if positions["lvl"].null_count:
+        positions["lvl"] = _deeper(entries, e_off, positions["lvl"], _LEVEL_LEAF)
     # (the time's text is not needed: the compiled pass read its instant)
-    value = _values(entries.values.field("value"), e_off, pos, [k for k in _KEYS if k != "ts"])
+    value = _values(entries.values.field("value"), e_off, positions, [k for k in _KEYS if k != "ts"])
 
     line = _array(c, "line")
     line = line if line.type == pa.string() else line.cast(pa.string())
@@ -125,7 +131,7 @@ def columns(c: pa.Table, max_attrs: int, max_ahead_s: float, words: LevelWords) 
         return None
 
     level, severity, leaves = words.of(value["lvl"].cast(pa.string()))
-    no_msg = pos.field("msg").is_null()
+    no_msg = positions["msg"].is_null()
     message = pc.if_else(no_msg, line, pc.fill_null(value["msg"], "null"))
     whole = np.asarray(no_msg.to_numpy(zero_copy_only=False))
     ends = _ends_with(line, message, whole)
@@ -142,7 +148,7 @@ def columns(c: pa.Table, max_attrs: int, max_ahead_s: float, words: LevelWords) 
         "message": message,
         "attrs": pa.nulls(n, _ATTRS),
         "attrs_from": pa.array(attrs_from),
-        "attrs_drop": _drops(pos, leaves, named, n),
+        "attrs_drop": _drops(positions, leaves, named, n),
         "trace_id": value["trace"],
         "span_id": value["span"],
         "head": _heads(line, message, ends & ~whole),
@@ -157,12 +163,30 @@ def _array(c: pa.Table, name: str) -> pa.Array:
     return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
 
 
-def _values(values: pa.Array, e_off: np.ndarray, pos: pa.StructArray, keys: list[str]) -> dict[str, pa.Array]:
+def _deeper(entries: pa.ListArray, e_off: np.ndarray, found: pa.Array, pattern: str) -> pa.Array:
+    """``found`` (1-based entry positions) with each row that has none given its first entry whose
+    key matches ``pattern``, as the statement's deeper search does (``_FIND_DEEPER``). Keys repeat
+    from line to line: the pattern runs once per distinct key, not once per entry."""
+    missing = np.asarray(found.is_null().to_numpy(zero_copy_only=False))
+    n_entries = np.diff(e_off)
+    e_row = np.repeat(np.arange(len(found)), n_entries)
+    asked = np.nonzero(missing[e_row])[0]
+    keys = entries.values.field("key").slice(int(e_off[0]), int(e_off[-1] - e_off[0])).take(pa.array(asked))
+    distinct = keys.dictionary_encode()
+    hits = pc.match_substring_regex(distinct.dictionary, pattern).to_numpy(zero_copy_only=False)
+    hit = asked[hits[distinct.indices.to_numpy(zero_copy_only=False)]]
+    rows, first = np.unique(e_row[hit], return_index=True)
+    at = np.array(found.fill_null(0).to_numpy(zero_copy_only=False), np.int32)     # (a copy: written to)
+    at[rows] = (hit[first] - (e_off[rows] - e_off[0]) + 1).astype(np.int32)
+    return pa.array(at, mask=at == 0)
+
+
+def _values(values: pa.Array, e_off: np.ndarray, pos: dict[str, pa.Array], keys: list[str]) -> dict[str, pa.Array]:
     """Each row's value at its 1-based entry position of each of ``keys`` (null where the row has
     none), in one compiled pass over the entries (``_native.values_at``)."""
     first, last = int(e_off[0]), int(e_off[-1])
     v_off, data = string_buffers(values, first, last)
-    grid = np.ascontiguousarray(np.stack([np.asarray(pos.field(k).fill_null(0).to_numpy(zero_copy_only=False),
+    grid = np.ascontiguousarray(np.stack([np.asarray(pos[k].fill_null(0).to_numpy(zero_copy_only=False),
                                                      np.int32) for k in keys]))
     columns = _native.values_at(e_off - first, v_off, data, values.buffers()[0], values.offset + first, grid)
     out = {}
@@ -213,14 +237,13 @@ def _heads(line: pa.Array, message: pa.Array, rows: np.ndarray) -> pa.Array:
                                                   pa.py_buffer(data.tobytes())])
 
 
-def _drops(pos: pa.StructArray, leaves: np.ndarray, named: pa.Array, n: int) -> pa.Array:
+def _drops(pos: dict[str, pa.Array], leaves: np.ndarray, named: pa.Array, n: int) -> pa.Array:
     """Per row, the 1-based positions of the entries that became columns (they leave ``attrs``):
     the time, the level when its word is a stored level name, the message, service, trace and
     span, and the host when it is not empty."""
     cols = []
     for k in _DROP_ORDER:
-        p = pos.field(k)
-        v = np.asarray(p.fill_null(0).to_numpy(zero_copy_only=False), np.int32)
+        v = np.asarray(pos[k].fill_null(0).to_numpy(zero_copy_only=False), np.int32)
         if k == "lvl":
             v = np.where(leaves, v, 0)
         elif k == "host":

@@ -86,7 +86,6 @@ def test_a_message_that_ends_the_line_is_stored_as_its_head(both: tuple[Normalis
     pytest.param({"ts": "2024-05-01 10:00:00"}, {}, id="time-without-zone"),
     pytest.param({"ts": "2099-01-01T00:00:00Z"}, {}, id="time-too-far-ahead"),
     pytest.param({"ts": "1850-01-01T00:00:00Z"}, {}, id="time-before-1900"),
-    pytest.param({"level": None}, {}, id="no-level-key"),
     pytest.param({"ts": None}, {}, id="no-time-key"),
     pytest.param({"host": "db-9", "agent": "smith"}, {}, id="agent-word-with-another-host"),
     pytest.param({}, {"labels": {"env": "prod"}}, id="labels"),
@@ -101,6 +100,18 @@ def test_other_batches_are_left_to_the_statement(both: tuple[Normaliser, Normali
     pair = capped if "k0" in change else both
     assert _in_arrow(pair[0], batch) is None
     _same(pair, batch)
+
+
+def test_a_line_without_a_level_key_gets_the_deeper_searchs_level(both: tuple[Normaliser, Normaliser]) -> None:
+    # No listed level key: the first key whose last part is a level word, at any depth and case.
+    plain = {k: v for k, v in PLAIN.items() if k != "level"}
+    objects = [plain, {**plain, "log": {"Level": "WARN"}}, {**plain, "a": {"severity": 30}, "z": {"level": "debug"}},
+               {**plain, "levels": "info"}, {**plain, "LogLevel": "error"}]
+    batch = _batch(objects)
+    assert _in_arrow(both[0], batch) is not None
+    rows = _same(both, batch).to_pylist()
+    assert [r["level"] for r in rows] == ["unknown", "warn", "info", "unknown", "error"]
+    assert "log.Level" not in dict(rows[1]["attrs"]) and dict(rows[2]["attrs"])["a.severity"] == "30"
 
 
 def test_many_messages_that_may_end_the_line_are_left_to_the_statement(both: tuple[Normaliser, Normaliser]) -> None:
@@ -120,15 +131,21 @@ _key = st.sampled_from(["msg", "message", "level", "lvl", "severity", "host", "h
 _value = st.sampled_from(["", "info", "ERROR", "Warn", "warn2", "30", "D3", "h1", "h2", "}", "x}", "a\"b}",
                           "ünï", "null", " spaced ", "agent smith", "x" * 40]) | st.integers(-5, 60) | st.none() \
     | st.just({"inner": {"deep": 1}}) | st.just([1, "two"])
+#: Keys only the deeper search reads as a level (a line without a listed one).
+_deep_key = st.sampled_from(["log.level", "Severity_Text", "x.LEVEL", "levels", "a.b.loglevel.$date"])
+_NO_LEVEL = object()
 _time = st.sampled_from(["2024-05-01T10:00:00Z", "2024-05-01T11:59:59.999999+00:00", "2024-04-30T23:00:00.5-05:00",
                          "2024-05-01 10:00:00Z"])
 
 
 @settings(max_examples=examples(80), deadline=None)
-@given(objects=st.lists(st.tuples(_time, _value, st.dictionaries(_key, _value, max_size=6)), min_size=1, max_size=10),
+@given(objects=st.lists(st.tuples(_time, _value | st.just(_NO_LEVEL), st.dictionaries(_key | _deep_key, _value,
+                                                                                      max_size=6)),
+                        min_size=1, max_size=10),
        host=st.sampled_from(["h1", "", "web-1"]))
 def test_any_batch_is_normalised_alike_either_way(both: tuple[Normaliser, Normaliser],
                                                   objects: list[tuple[str, Any, dict[str, Any]]], host: str) -> None:
-    batch = _batch([{"ts": ts, "level": level, **rest} for ts, level, rest in objects], host=host)
+    batch = _batch([{"ts": ts, **({} if level is _NO_LEVEL else {"level": level}), **rest}
+                    for ts, level, rest in objects], host=host)
     target(float(_in_arrow(both[0], batch) is not None))
     _same(both, batch)

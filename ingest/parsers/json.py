@@ -44,17 +44,21 @@ LEVEL_LEAVES = ("level", "severity", "lvl", "loglevel", "log_level", "levelname"
                 "severityText")
 
 
-def _leaf_sql(names: tuple[str, ...], top: tuple[str, ...] = ()) -> str:
-    """SQL regex: a flattened key whose last component (before any $-wrapper) is one of ``names``,
-    or which is one of ``top`` wrapped."""
+def leaf_pattern(names: tuple[str, ...], top: tuple[str, ...] = ()) -> str:
+    """RE2: a flattened key whose last component (before any $-wrapper) is one of ``names``, or
+    which is one of ``top`` wrapped."""
     leaves = "|".join(n.lower() for n in names)
     tops = "".join(f"|^{n}" for n in top)
-    return f"'(?i)(?:(?:^|\\.)(?:{leaves}){tops})(?:\\.\\$(?:date|numberlong))*$'"
+    return f"(?i)(?:(?:^|\\.)(?:{leaves}){tops})(?:\\.\\$(?:date|numberlong))*$"
+
+
+def _leaf_sql(names: tuple[str, ...], top: tuple[str, ...] = ()) -> str:
+    """:func:`leaf_pattern` as a SQL literal."""
+    return sql_str(leaf_pattern(names, top))
 
 _MAP = "'\"MAP(VARCHAR, JSON)\"'"
 #: Level texts that leave attrs once they are the level column: the normalised names, and
 #: OpenTelemetry's short names with a number ("warn2"), whose severity says all they do.
-#: The level names (SQL literals) whose key leaves attrs once it became the level column.
 STORED_LEVELS = ", ".join(f"'{w}'" for w in ("trace", "debug", "info", "warn", "error", "fatal", *OTEL_SHORT_NAMES))
 _TEXT_MAP = "'\"MAP(VARCHAR, VARCHAR)\"'"
 
