@@ -1554,6 +1554,16 @@ done:
 
 /* -- attributes kept ------------------------------------------------------------ */
 
+/* Whether off[0..n] rises (never falls) from 0 on and ends within len: offsets a pass may follow. */
+static int offsets_fit(const int64_t *off, Py_ssize_t n, Py_ssize_t len) {
+    if (n < 0 || off[0] < 0)
+        return 0;
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (off[i + 1] < off[i])
+            return 0;
+    return off[n] <= len;
+}
+
 PyDoc_STRVAR(attrs_kept_doc,
 "attrs_kept(rows, key_off, keys, val_off, vals, valid, keep, prepend, host_off, hosts)\n--\n\n"
 "Each row's attributes from the compiled JSON pass's entries: rows (int64, n + 1) says which\n"
@@ -1578,14 +1588,9 @@ static PyObject *attrs_kept(PyObject *self, PyObject *args) {
     const char *keys = v[2].buf, *vals = v[4].buf, *hosts = v[9].buf;
     const uint8_t *valid = v[5].buf, *keep = v[6].buf, *prepend = v[7].buf;
     Py_ssize_t n = v[0].len / 8 - 1, m = v[5].len, h = v[8].len / 8 - 1;
-    int bad = n < 0 || v[6].len != m || v[7].len != n || v[1].len != 8 * (m + 1) || v[3].len != 8 * (m + 1) || h < 0;
-    for (Py_ssize_t i = 0; !bad && i < n; i++)
-        bad = rows[i] < 0 || rows[i] > rows[i + 1] || rows[i + 1] > m;
-    for (Py_ssize_t e = 0; !bad && e < m; e++)
-        bad = k_off[e] < 0 || k_off[e] > k_off[e + 1] || k_off[e + 1] > v[2].len || v_off[e] < 0 ||
-              v_off[e] > v_off[e + 1] || v_off[e + 1] > v[4].len;
-    for (Py_ssize_t k = 0; !bad && k < h; k++)
-        bad = h_off[k] < 0 || h_off[k] > h_off[k + 1] || h_off[k + 1] > v[9].len;
+    int bad = n < 0 || v[6].len != m || v[7].len != n || v[1].len != 8 * (m + 1) || v[3].len != 8 * (m + 1) ||
+              h < 0 || !offsets_fit(rows, n, m) || !offsets_fit(k_off, m, v[2].len) ||
+              !offsets_fit(v_off, m, v[4].len) || !offsets_fit(h_off, h, v[9].len);
     if (bad) {
         PyErr_SetString(PyExc_ValueError, "offsets that do not fit the entries");
         goto done;
@@ -1662,11 +1667,8 @@ static PyObject *values_at(PyObject *self, PyObject *args) {
     const int32_t *pos = v[5].buf;
     Py_ssize_t n = v[0].len / 8 - 1, m = v[1].len / 8 - 1, k = n > 0 ? v[5].len / 4 / n : 0;
     int bad = n < 0 || m < 0 || (n > 0 && v[5].len != 4 * k * n) || valid_first < 0 ||
-              (has_valid && (valid_first + m + 7) / 8 > v[3].len);
-    for (Py_ssize_t i = 0; !bad && i < n; i++)
-        bad = rows[i] < 0 || rows[i] > rows[i + 1] || rows[i + 1] > m;
-    for (Py_ssize_t e = 0; !bad && e < m; e++)
-        bad = off[e] < 0 || off[e] > off[e + 1] || off[e + 1] > v[2].len;
+              (has_valid && (valid_first + m + 7) / 8 > v[3].len) || !offsets_fit(rows, n, m) ||
+              !offsets_fit(off, m, v[2].len);
     for (Py_ssize_t j = 0; !bad && j < k * n; j++)
         bad = pos[j] < 0 || (pos[j] > 0 && pos[j] > rows[j % n + 1] - rows[j % n]);
     if (bad) {

@@ -26,8 +26,8 @@ import pyarrow.compute as pc
 
 from ingest import _native
 from ingest.levels import level_sql, severity_sql
+from ingest.parsers import bitmap, native_args, one_chunk, string_buffers, strings
 from ingest.parsers import json as json_parser
-from ingest.parsers import native_args, string_buffers
 
 #: The well-known keys in the order ``pos`` holds them, and the order the statement's ``drop`` lists them.
 _KEYS = tuple(json_parser.WELL_KNOWN)
@@ -87,25 +87,25 @@ def columns(c: pa.Table, max_attrs: int, max_ahead_s: float, words: LevelWords) 
     n = c.num_rows
     if n == 0 or "p_json_status" not in c.column_names:
         return None
-    status = _array(c, "p_json_status").to_numpy(zero_copy_only=False)
-    if not (status == json_parser.PARSED).all() or _array(c, "fmt").null_count or \
-            not pc.all(pc.equal(_array(c, "fmt"), "json")).as_py():
+    status = one_chunk(c.column("p_json_status")).to_numpy(zero_copy_only=False)
+    if not (status == json_parser.PARSED).all() or one_chunk(c.column("fmt")).null_count or \
+            not pc.all(pc.equal(one_chunk(c.column("fmt")), "json")).as_py():
         return None
     for name in ("labels", "wrap_stream"):
-        if _array(c, name).null_count != n:
+        if one_chunk(c.column(name)).null_count != n:
             return None
-    if pc.any(_array(c, "l_cont")).as_py():
+    if pc.any(one_chunk(c.column("l_cont"))).as_py():
         return None
-    at = _array(c, "p_json_at")
-    pos = _array(c, "p_json_pos")
+    at = one_chunk(c.column("p_json_at"))
+    pos = one_chunk(c.column("p_json_pos"))
     if at.null_count or pos.field("ts").null_count:
         return None     # a time not plain RFC 3339 (the statement's macros read the others)
     at_us = at.cast(pa.int64()).to_numpy()
-    observed = _array(c, "observed_ts").cast(pa.int64()).to_numpy()
+    observed = one_chunk(c.column("observed_ts")).cast(pa.int64()).to_numpy()
     if ((at_us > observed + int(max_ahead_s * 1e6)) | (at_us < _EARLIEST_US)).any():
         return None     # not believed: the statement flags it and falls back to the observed time
 
-    entries = _array(c, "p_json_c")
+    entries = one_chunk(c.column("p_json_c"))
     e_off = np.asarray(entries.offsets, np.int64)
     if (np.diff(e_off) >= max_attrs).any():
         return None     # at the cap: the statement cuts the attributes
@@ -115,9 +115,9 @@ def columns(c: pa.Table, max_attrs: int, max_ahead_s: float, words: LevelWords) 
     # (the time's text is not needed: the compiled pass read its instant)
     value = _values(entries.values.field("value"), e_off, positions, [k for k in _KEYS if k != "ts"])
 
-    line = _array(c, "line")
+    line = one_chunk(c.column("line"))
     line = line if line.type == pa.string() else line.cast(pa.string())
-    host = _array(c, "host").cast(pa.string())
+    host = one_chunk(c.column("host")).cast(pa.string())
     named = value["host"]
     # attrs_from: 1 where the line names no other host than the shipper's, 2 where it does and
     # the line cannot hold an agent.host of its own; anything else is the statement's.
@@ -130,6 +130,8 @@ def columns(c: pa.Table, max_attrs: int, max_ahead_s: float, words: LevelWords) 
             _native.any_contains(*native_args(line, attrs_from == 2), b"agent"):
         return None
 
+    # (the line names a host: it becomes the column, and its key leaves attrs)
+    names_host = pc.fill_null(pc.not_equal(named, ""), False)
     level, severity, leaves = words.of(value["lvl"].cast(pa.string()))
     no_msg = positions["msg"].is_null()
     message = pc.if_else(no_msg, line, pc.fill_null(value["msg"], "null"))
@@ -141,14 +143,14 @@ def columns(c: pa.Table, max_attrs: int, max_ahead_s: float, words: LevelWords) 
     # is stored as head || message; any other compiled line as its shape (the batch's own column).
     return pa.table({
         "ts": at.cast(pa.timestamp("us", tz="UTC")),
-        "service": pc.coalesce(value["svc"], _array(c, "service").cast(pa.string())),
-        "host": pc.if_else(pc.fill_null(pc.not_equal(named, ""), False), named, host),
+        "service": pc.coalesce(value["svc"], one_chunk(c.column("service")).cast(pa.string())),
+        "host": pc.if_else(names_host, named, host),
         "level": level,
         "severity": severity,
         "message": message,
         "attrs": pa.nulls(n, _ATTRS),
         "attrs_from": pa.array(attrs_from),
-        "attrs_drop": _drops(positions, leaves, named, n),
+        "attrs_drop": _drops(positions, leaves, names_host.to_numpy(zero_copy_only=False), n),
         "trace_id": value["trace"],
         "span_id": value["span"],
         "head": _heads(line, message, ends & ~whole),
@@ -156,11 +158,6 @@ def columns(c: pa.Table, max_attrs: int, max_ahead_s: float, words: LevelWords) 
         "raw_is_shape": pa.array(~ends),
         "parsed_format": pa.repeat(pa.scalar("json"), n),
     })
-
-
-def _array(c: pa.Table, name: str) -> pa.Array:
-    column = c.column(name)
-    return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
 
 
 def _deeper(entries: pa.ListArray, e_off: np.ndarray, found: pa.Array, pattern: str) -> pa.Array:
@@ -189,12 +186,8 @@ def _values(values: pa.Array, e_off: np.ndarray, pos: dict[str, pa.Array], keys:
     grid = np.ascontiguousarray(np.stack([np.asarray(pos[k].fill_null(0).to_numpy(zero_copy_only=False),
                                                      np.int32) for k in keys]))
     columns = _native.values_at(e_off - first, v_off, data, values.buffers()[0], values.offset + first, grid)
-    out = {}
-    for k, (offsets, text, flags) in zip(keys, columns, strict=True):
-        valid = np.frombuffer(flags, np.uint8)
-        bitmap = None if valid.all() else pa.py_buffer(np.packbits(valid, bitorder="little"))
-        out[k] = pa.Array.from_buffers(pa.string(), len(valid), [bitmap, pa.py_buffer(offsets), pa.py_buffer(text)])
-    return out
+    return {k: strings(len(flags), offsets, text, bitmap(np.frombuffer(flags, np.uint8)))
+            for k, (offsets, text, flags) in zip(keys, columns, strict=True)}
 
 
 def _bytes(strings: pa.Array) -> tuple[np.ndarray, np.ndarray]:
@@ -233,11 +226,10 @@ def _heads(line: pa.Array, message: pa.Array, rows: np.ndarray) -> pa.Array:
     # Byte k of the heads comes from its row's line start plus how far into that head it is.
     starts = np.repeat(l_off[:-1] - offsets[:-1], h_len)
     data = l_data[starts + np.arange(offsets[-1])]
-    return pa.Array.from_buffers(pa.string(), n, [pa.array(rows).buffers()[1], pa.py_buffer(offsets.astype(np.int32)),
-                                                  pa.py_buffer(data.tobytes())])
+    return strings(n, offsets.astype(np.int32).tobytes(), data.tobytes(), bitmap(rows))
 
 
-def _drops(pos: dict[str, pa.Array], leaves: np.ndarray, named: pa.Array, n: int) -> pa.Array:
+def _drops(pos: dict[str, pa.Array], leaves: np.ndarray, names_host: np.ndarray, n: int) -> pa.Array:
     """Per row, the 1-based positions of the entries that became columns (they leave ``attrs``):
     the time, the level when its word is a stored level name, the message, service, trace and
     span, and the host when it is not empty."""
@@ -247,7 +239,7 @@ def _drops(pos: dict[str, pa.Array], leaves: np.ndarray, named: pa.Array, n: int
         if k == "lvl":
             v = np.where(leaves, v, 0)
         elif k == "host":
-            v = np.where(pc.fill_null(pc.not_equal(named, ""), False).to_numpy(zero_copy_only=False), v, 0)
+            v = np.where(names_host, v, 0)
         cols.append(v)
     grid = np.stack(cols, axis=1)
     keep = grid > 0

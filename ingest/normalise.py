@@ -38,11 +38,14 @@ from ingest.parsers import (
     Parser,
     access,
     apache_error,
+    bitmap,
     json,
     logfmt,
+    one_chunk,
     pattern,
     sql_str,
     string_buffers,
+    strings,
     syslog,
     text,
 )
@@ -425,7 +428,7 @@ class Normaliser:
         out = out.add_column(1, "observed_ts", c.column("observed_ts")).add_column(4, "source", c.column("source"))
         out = _attrs_from_entries(_raw_from_shapes(out, c), c)
         # The attributes come out as a list of key/value pairs; as a map they are the same buffers.
-        pairs = _one_chunk(out.column("attrs"))
+        pairs = one_chunk(out.column("attrs"))
         attrs = pa.MapArray.from_arrays(pairs.offsets, pairs.values.field("key"), pairs.values.field("value"),
                                         mask=pairs.is_null() if pairs.null_count else None)
         out = out.set_column(out.schema.get_field_index("attrs"), "attrs", attrs)
@@ -515,7 +518,7 @@ class Normaliser:
         is unwrapped, and a line's route depends on its source's format alone. So the routing
         statement runs over one line per format (cached), not over every line: 0.13 µs a line
         less, 4% of normalising a JSON batch. None if a row has no format (the statement decides)."""
-        formats = _one_chunk(raw.column("format"))
+        formats = one_chunk(raw.column("format"))
         if not isinstance(formats.type, pa.DictionaryType):
             formats = formats.dictionary_encode()
         indices, names = formats.indices, formats.dictionary
@@ -539,7 +542,7 @@ class Normaliser:
     def _pre_pass(self, routed: pa.Table, tenant: str = "") -> tuple[pa.Table, frozenset[str]]:
         """``routed`` plus the compiled pre-passes' columns, each over its own parser's rows; and
         the parsers whose rows the compiled pass took every one of."""
-        lines, fmt = _one_chunk(routed.column("line")), _one_chunk(routed.column("fmt"))
+        lines, fmt = one_chunk(routed.column("line")), one_chunk(routed.column("fmt"))
         if lines.type != pa.string():
             lines = lines.cast(pa.string())         # the compiled code reads int32 offsets
         compiled = set()
@@ -555,8 +558,8 @@ class Normaliser:
         learned: dict[str, pa.Array] = {}
         if text.any():      # (a batch of JSON and access lines has no source key to build)
             keys = pc.binary_join_element_wise(pa.scalar(tenant),
-                                               _one_chunk(routed.column("service")).cast(pa.string()),
-                                               _one_chunk(routed.column("source")).cast(pa.string()), KEY_SEPARATOR)
+                                               one_chunk(routed.column("service")).cast(pa.string()),
+                                               one_chunk(routed.column("source")).cast(pa.string()), KEY_SEPARATOR)
             learned = self.sources.columns(lines, keys, text)
         for part in PARTS:
             routed = routed.append_column(f"l_{part}", learned.get(f"l_{part}", pa.nulls(len(lines), pa.string())))
@@ -578,13 +581,13 @@ class Normaliser:
 def _raw_from_shapes(out: pa.Table, c: pa.Table) -> pa.Table:
     """``out``'s ``raw`` with the compiled JSON pass's shapes filled in where the statement said
     so (``raw_is_shape``): the batch's column itself when every row takes its shape."""
-    is_shape = _one_chunk(out.column("raw_is_shape"))
+    is_shape = one_chunk(out.column("raw_is_shape"))
     out = out.drop_columns(["raw_is_shape"])
     taken = is_shape.true_count
     if taken == 0:
         return out
-    shapes = _one_chunk(c.column("p_json_shape"))
-    raw = shapes if taken == len(is_shape) else pc.if_else(is_shape, shapes, _one_chunk(out.column("raw")))
+    shapes = one_chunk(c.column("p_json_shape"))
+    raw = shapes if taken == len(is_shape) else pc.if_else(is_shape, shapes, one_chunk(out.column("raw")))
     return out.set_column(out.schema.get_field_index("raw"), "raw", raw)
 
 
@@ -594,12 +597,12 @@ def _attrs_from_entries(out: pa.Table, c: pa.Table) -> pa.Table:
     after ``agent.host`` (the shipper's host) where ``attrs_from`` is 2. In DuckDB, filtering
     and prepending the lists and copying them back out cost half of the parsing statement; here
     it is one take over the entries, the hosts and the statement's own lists."""
-    code = _one_chunk(out.column("attrs_from")).to_numpy(zero_copy_only=False)
-    drop = _one_chunk(out.column("attrs_drop"))
+    code = one_chunk(out.column("attrs_from")).to_numpy(zero_copy_only=False)
+    drop = one_chunk(out.column("attrs_drop"))
     out = out.drop_columns(["attrs_from", "attrs_drop"])
     if not code.any():
         return out
-    made, entries = _one_chunk(out.column("attrs")), _one_chunk(c.column("p_json_c"))
+    made, entries = one_chunk(out.column("attrs")), one_chunk(c.column("p_json_c"))
     n, sel, prep = len(code), code > 0, (code == 2).astype(np.int64)
     e_off, m_off = np.asarray(entries.offsets, np.int64), np.asarray(made.offsets, np.int64)
     e_len, m_len = np.diff(e_off), np.diff(m_off)
@@ -616,7 +619,7 @@ def _attrs_from_entries(out: pa.Table, c: pa.Table) -> pa.Table:
     if not n_made:
         # Every element is an entry or an agent.host: written out in one compiled pass (the take
         # below copied each string three times: a cast, the concatenation, the take).
-        fields, offsets32 = _kept_entries(entries, e_off, keep, prep, _one_chunk(c.column("host")))
+        fields, offsets32 = _kept_entries(entries, e_off, keep, prep, one_chunk(c.column("host")))
         attrs = pa.ListArray.from_arrays(offsets32, pa.StructArray.from_arrays(fields, ["key", "value"]),
                                          mask=pa.array(nulls) if nulls.any() else None)
         return out.set_column(out.schema.get_field_index("attrs"), "attrs", attrs)
@@ -648,7 +651,7 @@ def _attrs_from_entries(out: pa.Table, c: pa.Table) -> pa.Table:
         own = entries.values.field(f).slice(int(e_off[0]), n_entries).cast(pa.string())
         theirs = made.values.field(f).slice(int(m_off[0]), n_made).cast(pa.string())
         host = pa.repeat(pa.scalar("agent.host", pa.string()), len(hosted)) if f == "key" else \
-            _one_chunk(c.column("host")).take(pa.array(hosted)).cast(pa.string())
+            one_chunk(c.column("host")).take(pa.array(hosted)).cast(pa.string())
         fields.append(pa.concat_arrays([own, host, theirs]).take(taken_array))
     attrs = pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)),
                                      pa.StructArray.from_arrays(fields, ["key", "value"]),
@@ -672,26 +675,24 @@ def _kept_entries(entries: pa.ListArray, e_off: np.ndarray, keep: np.ndarray, pr
         h_off, h_data)
     flags = np.frombuffer(vv, np.uint8)
     n = len(flags)
-    validity = None if flags.all() else pa.py_buffer(np.packbits(flags, bitorder="little"))
-    key_array = pa.Array.from_buffers(pa.string(), n, [None, pa.py_buffer(ko), pa.py_buffer(kd)])
-    value_array = pa.Array.from_buffers(pa.string(), n, [validity, pa.py_buffer(vo), pa.py_buffer(vd)])
-    return [key_array, value_array], pa.Array.from_buffers(pa.int32(), len(e_off), [None, pa.py_buffer(lists)])
+    return [strings(n, ko, kd), strings(n, vo, vd, bitmap(flags))], \
+        pa.Array.from_buffers(pa.int32(), len(e_off), [None, pa.py_buffer(lists)])
 
 
 def _skeletons(out: pa.Table, pairs: pa.ListArray) -> pa.Array:
     """``out``'s ``raw`` as stored (storage/lines.py): each JSON row's line as its skeleton (the
     values its columns, ``attrs`` and ``ts`` hold written as slots), any other line as it is,
     marked literal if it holds a byte a skeleton uses (``_native.skeletons``, one pass)."""
-    raw = _one_chunk(out.column("raw"))
+    raw = one_chunk(out.column("raw"))
     if raw.null_count == len(raw):
         return raw
     # (the compiled pass reads int32 offsets, as DuckDB writes them)
     raw = raw if raw.type == pa.string() else raw.cast(pa.string())
     valid = pc.is_valid(raw)
-    is_json = pc.fill_null(pc.equal(_one_chunk(out.column("parsed_format")), "json"), False)
+    is_json = pc.fill_null(pc.equal(one_chunk(out.column("parsed_format")), "json"), False)
     # 1: a skeleton, 2: kept (marked if need be), 0: a null
     mode = pc.add(valid.cast(pa.uint8()), pc.and_(valid, pc.invert(is_json)).cast(pa.uint8()))
-    ts = _one_chunk(out.column("ts"))
+    ts = one_chunk(out.column("ts"))
     offsets, keys, values = pairs.offsets, pairs.values.field("key"), pairs.values.field("value")
     keys = keys if keys.type == pa.string() else keys.cast(pa.string())
     values = values if values.type == pa.string() else values.cast(pa.string())
@@ -714,11 +715,6 @@ def _batch_rows(lines: pa.Table) -> int:
     """DuckDB's rows per Arrow chunk for a statement over the batch ``lines``: all of them where
     that fits (a second chunk costs a copy of every column to join them again)."""
     return max(lines.num_rows, 1) if lines.column("line").nbytes < _ONE_CHUNK_BYTES else _ARROW_BATCH_ROWS
-
-
-def _one_chunk(column: pa.ChunkedArray) -> pa.Array:
-    # combine_chunks copies even a single chunk.
-    return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
 
 
 def normalise_safely(normaliser: Normaliser, raw: pa.Table,

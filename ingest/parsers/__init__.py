@@ -71,6 +71,16 @@ def instants(data: bytes) -> pa.Array:
     return pa.array(at, pa.timestamp("us", tz="UTC"), mask=at == _NOT_READ)
 
 
+def one_chunk(column: pa.ChunkedArray) -> pa.Array:
+    """A column as one array (``combine_chunks`` copies even a single chunk)."""
+    return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
+
+
+def bitmap(flags: np.ndarray) -> pa.Buffer | None:
+    """An Arrow validity bitmap from a flag (0 or 1) per value; None when every value is valid."""
+    return None if flags.all() else pa.py_buffer(np.packbits(flags, bitorder="little"))
+
+
 def string_buffers(strings: pa.Array, lo: int = 0, hi: int | None = None) -> tuple[np.ndarray, pa.Buffer]:
     """The int64 offsets of values ``lo`` to ``hi`` (all by default) of a string or large string
     array, into its data buffer, and that buffer: what a compiled pass reads."""

@@ -22,7 +22,7 @@ import pyarrow as pa
 
 from ingest import _native
 from ingest.levels import OTEL_SHORT_NAMES, numeric_word_sql
-from ingest.parsers import ATTRS_TYPE, Parser, instants, native_args, sql_str, strings
+from ingest.parsers import ATTRS_TYPE, Parser, bitmap, instants, native_args, sql_str, strings
 
 # Nested ones too, as flattening names them: MongoDB's {"t": {"$date": ...}}, ECS's {"log": {"level": ...}}.
 TS_KEYS = ("@timestamp", "timestamp", "time", "ts", "t", "t.$date", "timestamp.$date", "time.$date", "@t",
@@ -102,9 +102,8 @@ def native_entries(lines: pa.StringArray, selected: np.ndarray) -> dict[str, pa.
         _native.json_entries(*native_args(lines, selected), MAX_DEPTH, _GROUPS)
     m = len(valid)
     present = np.frombuffer(valid, np.uint8)
-    bitmap = None if present.all() else pa.py_buffer(np.packbits(present, bitorder="little"))
     key_arr = strings(m, key_off, keys, large=True)
-    val_arr = strings(m, val_off, vals, bitmap, large=True)
+    val_arr = strings(m, val_off, vals, bitmap(present), large=True)
     st = np.frombuffer(status, np.int8)
     entries = pa.ListArray.from_arrays(pa.Array.from_buffers(pa.int32(), len(st) + 1, [None, pa.py_buffer(list_off)]),
                                        pa.StructArray.from_arrays([key_arr, val_arr], names=["key", "value"]),
@@ -113,8 +112,7 @@ def native_entries(lines: pa.StringArray, selected: np.ndarray) -> dict[str, pa.
     found = pa.StructArray.from_arrays([pa.array(pos[:, g], mask=pos[:, g] == 0) for g in range(len(WELL_KNOWN))],
                                        names=list(WELL_KNOWN))
     flattened = st == PARSED
-    shapes = strings(len(st), shape_off, shape, None if flattened.all() else
-                     pa.py_buffer(np.packbits(flattened, bitorder="little")), large=True)
+    shapes = strings(len(st), shape_off, shape, bitmap(flattened), large=True)
     return {"status": pa.array(st), "c": entries, "pos": found, "shape": shapes, "at": instants(at)}
 
 
