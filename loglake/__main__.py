@@ -9,7 +9,7 @@ from types import ModuleType
 
 class _WithoutPandas(MetaPathFinder):
     """Refuses pandas. No part of loglake uses it, but pyarrow imports it, when it is installed, on
-    the first Arrow array a process makes (to ask whether the array came from pandas): 0.3 s of CPU
+    the first Arrow array a process makes (to ask whether the array came from pandas): 0.15-0.3 s of CPU
     in each of the eight processes `loglake up` starts, all at once (measured). pyarrow takes the
     refusal as pandas not being installed."""
 
